@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE ?= $(HOME)/.cache/loan-recovery
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench lint clean broker-stop system-deps
+
+setup: $(STAMP) system-deps
+	@scripts/fetch-kafka.sh
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/pip install -q --upgrade pip
+	@$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# promtool lints metrics/rules; chromium renders the report in a browser test.
+system-deps:
+	@scripts/install-system-deps.sh
+
+test: setup
+	@$(BIN)/ruff check .
+	@$(BIN)/pytest -q -ra tests
+
+demo: setup
+	@$(BIN)/python scripts/demo.py
+
+bench: setup
+	@$(BIN)/python -m bench.run_all
+
+lint: setup
+	@$(BIN)/ruff check .
+
+broker-stop:
+	@$(BIN)/loan-recovery broker stop || true
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,24 @@
+"""The ``loan-recovery`` command line (DESIGN.md §7). Each command group lives in its own
+module under ``loan_recovery.commands``; this file only wires them together."""
+
+from __future__ import annotations
+
+import typer
+
+from loan_recovery.commands import broker, models, produce, serve, topics
+
+app = typer.Typer(
+    name="loan-recovery",
+    help="Streaming early-warning scorer and recovery-strategy engine for loan collections.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(broker.app, name="broker")
+app.add_typer(topics.app, name="topics")
+models.register(app)
+produce.register(app)
+serve.register(app)
+
+if __name__ == "__main__":
+    app()
