@@ -1,0 +1,1 @@
+"""Everything learned: feature state machine, training, calibration, clustering, policy, bundle, report."""
