@@ -1,0 +1,106 @@
+"""librdkafka settings for the event producer: a user's properties file plus our guarantees.
+
+A properties file (``--kafka-config FILE``) is passed through unchanged, so SASL/SSL work the
+way users know them from any librdkafka or Java client::
+
+    # client.properties
+    bootstrap.servers=broker-1.example.com:9093
+    security.protocol=SASL_SSL
+    sasl.mechanisms=SCRAM-SHA-512
+    sasl.username=loanrec
+    sasl.password=...
+    ssl.ca.location=/etc/ssl/certs/bank-ca.pem
+
+The only settings we refuse are the ones that would break per-loan ordering or lose
+acknowledgements (idempotence off, ``acks`` below ``all``, a custom partitioner).
+
+Example::
+
+    >>> cfg = producer_config("127.0.0.1:9092", {"linger.ms": "50"})
+    >>> cfg["enable.idempotence"], cfg["acks"], cfg["linger.ms"]
+    ('true', 'all', '50')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Defaults chosen for replay throughput; a properties file may override any of them.
+THROUGHPUT_DEFAULTS: dict[str, str] = {
+    "linger.ms": "10",
+    "batch.size": "1000000",
+    "queue.buffering.max.messages": "500000",
+    "queue.buffering.max.kbytes": "262144",
+    "compression.type": "lz4",
+}
+
+# What the stream's correctness rests on; a file that contradicts these is rejected.
+REQUIRED: dict[str, str] = {
+    "enable.idempotence": "true",
+    "acks": "all",
+}
+_ACKS_ALL = {"all", "-1"}
+# The scorer's batch reference (`loan-recovery score`) reproduces the *default* partitioner.
+_FORBIDDEN = ("partitioner", "partitioner_cb", "transactional.id")
+
+
+class KafkaConfigError(ValueError):
+    """A properties file that cannot be read or contradicts the producer's guarantees."""
+
+
+def load_properties(path: Path) -> dict[str, str]:
+    """Parse a Java/librdkafka ``.properties`` file: ``key=value`` (or ``key: value``) lines,
+    ``#``/``!`` comments, blank lines ignored. Values are kept verbatim (no escapes)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise KafkaConfigError(
+            f"--kafka-config {path}: cannot read it ({error.strerror})"
+        ) from None
+    settings: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        key, sep, value = _split_property(line)
+        if not sep or not key:
+            raise KafkaConfigError(
+                f"--kafka-config {path}, line {number}: expected key=value, got {line!r}"
+            )
+        settings[key] = value
+    return settings
+
+
+def _split_property(line: str) -> tuple[str, str, str]:
+    # Java properties accept '=' or ':' as separator; take whichever comes first.
+    positions = [i for i in (line.find("="), line.find(":")) if i >= 0]
+    if not positions:
+        return line, "", ""
+    i = min(positions)
+    return line[:i].strip(), line[i], line[i + 1 :].strip()
+
+
+def producer_config(
+    bootstrap_servers: str | None,
+    user: dict[str, str] | None = None,
+    source: str = "--kafka-config",
+) -> dict[str, str]:
+    """Our defaults, then the user's settings, then the guarantees (validated, not overridden
+    silently). ``bootstrap_servers`` given explicitly wins over the file's."""
+    user = dict(user or {})
+    for key in _FORBIDDEN:
+        if key in user:
+            raise KafkaConfigError(
+                f"{source}: remove '{key}': the producer must use the default partitioner and "
+                "no transactions, so that `loan-recovery score` reproduces the stream exactly"
+            )
+    if user.get("enable.idempotence", "true").lower() != "true":
+        raise KafkaConfigError(f"{source}: enable.idempotence must stay true (per-loan order)")
+    if user.get("acks", "all").lower() not in _ACKS_ALL:
+        raise KafkaConfigError(f"{source}: acks must stay 'all' (no silently lost events)")
+    config = {**THROUGHPUT_DEFAULTS, **user, **REQUIRED}
+    if bootstrap_servers:
+        config["bootstrap.servers"] = bootstrap_servers
+    if not config.get("bootstrap.servers"):
+        raise KafkaConfigError(f"{source}: no bootstrap.servers given")
+    return config
