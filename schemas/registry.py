@@ -50,7 +50,7 @@ def strip_logical_types(schema: Any) -> Any:
 
 def load_schema_version(name: str, version: int, path: Path) -> SchemaVersion:
     raw = json.loads(path.read_text())
-    parsed = fastavro.parse_schema(strip_logical_types(raw), _write_hint=False)
+    parsed = fastavro.parse_schema(strip_logical_types(raw))
     canonical = to_parsing_canonical_form(parsed)
     return SchemaVersion(
         name=name,
