@@ -35,7 +35,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from producer.config import producer_config
 from producer.encoding import EventEncoder, RejectedEvent
@@ -191,15 +191,27 @@ class EventProducer:
                 self.summary.rejected += 1
                 self._count_error(error.reason, str(error))
                 continue
-            while True:
-                try:
-                    produce(topic, value, key)
-                    break
-                except BufferError:  # local queue full: let librdkafka drain, then retry
-                    self._producer.poll(0.05)
+            if not self._produce_one(produce, topic, key, value):
+                continue
             by_type[event["body"][0]] += 1
             sent += 1
         self.summary.sent += sent
+
+    def _produce_one(self, produce: Callable[..., None], topic: str, key: bytes,
+                     value: bytes) -> bool:  # fmt: skip
+        """Queue one message; False if librdkafka refused it synchronously (counted)."""
+        while True:
+            try:
+                produce(topic, value, key)
+                return True
+            except BufferError:  # local queue full: let librdkafka drain it, then retry
+                self._producer.poll(0.05)
+            except KafkaException as error:  # e.g. larger than message.max.bytes
+                self.summary.sent += 1  # handed over and failed: counted in both
+                self.summary.failed += 1
+                kafka_error = error.args[0]
+                self._count_error(kafka_error.name(), f"produce refused: {kafka_error.str()}")
+                return False
 
     def _flush(self) -> None:
         remaining = self._producer.flush(self.flush_timeout_s)

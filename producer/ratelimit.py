@@ -52,7 +52,7 @@ class TokenBucket:
         is paid by waiting, so the long-run rate holds for any chunk size."""
         while True:
             delay = self.wait_time(min(n, self.burst))
-            if delay <= 0:
+            if delay <= 1e-6:  # float rounding must not leave us waiting for 1e-13 s forever
                 self._tokens -= n
                 return True
             if stop():

@@ -1,9 +1,240 @@
-"""Placeholder: filled in by its issue."""
+"""``loan-recovery produce``: replay history or stream live synthetic events into ``loan.events``.
+
+Examples::
+
+    loan-recovery produce --source seed --input book.csv
+    loan-recovery produce --source events --input out/events.jsonl --rate 500
+    loan-recovery produce --source synthetic --loans 2000 --months-per-second 2   # until Ctrl-C
+    loan-recovery produce --source uci --input UCI_Credit_Card.csv --dry-run --out uci.avro
+"""
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from loan_recovery.commands.common import BOOTSTRAP_HELP, bootstrap_or_fail, fail, print_json
+from schemas.topics import Topics
+
+EXIT_FAILED = 1  # some event was not acknowledged (delivery error, rejected, fatal)
+EXIT_INTERRUPTED = 130  # a finite replay was stopped before its end
+
+
+class Source(StrEnum):
+    seed = "seed"
+    uci = "uci"
+    events = "events"
+    synthetic = "synthetic"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command(name="produce")(produce)
+
+
+def produce(
+    source: Source = typer.Option(..., help="What to send; synthetic is a live stream."),
+    input_path: Path | None = typer.Option(
+        None, "--input", help="File to replay (seed/uci CSV; events: .jsonl or .avro)."
+    ),
+    topic: str = typer.Option(Topics().events, help="Topic to produce to."),
+    rate: float | None = typer.Option(
+        None, min=0.001, help="Limit to N events/s (token bucket). Default: as fast as possible."
+    ),
+    bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
+    kafka_config: Path | None = typer.Option(
+        None, "--kafka-config",
+        help="librdkafka properties file (key=value lines) passed through, e.g. for SASL/SSL.",
+    ),
+    loans: int = typer.Option(1000, min=1, help="synthetic: number of loans in the live book."),
+    seed: int = typer.Option(0, help="synthetic: random seed."),
+    months_per_second: float = typer.Option(
+        1.0, min=0.0001, help="synthetic: months of loan history streamed per wall-clock second."
+    ),
+    limit: int | None = typer.Option(None, min=1, help="Stop after N events."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Write an Avro container file (--out) instead of Kafka."
+    ),
+    out: Path | None = typer.Option(None, help="--dry-run output file (.avro)."),
+    flush_timeout: float = typer.Option(
+        120.0, min=1.0, help="Seconds to wait at the end for outstanding acknowledgements."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Send LoanEvents (Avro, keyed by loan_id) with an idempotent producer; print a summary.
+
+    Exit code 0 only if every event read was acknowledged by the broker (or written, with
+    --dry-run); 1 if any was rejected or failed; 130 if a replay was interrupted early.
+    SIGINT/SIGTERM stop the stream, flush what was sent, and print the summary.
+    """
+    from producer.engine import StopFlag
+
+    if dry_run and out is None:
+        fail("--dry-run needs --out FILE (the Avro container file to write)")
+    if out is not None and not dry_run:
+        fail("--out is only for --dry-run; to produce to Kafka drop --out")
+    stop = StopFlag()
+    event_source = _open_source(source.value, input_path, loans, seed, months_per_second, stop)
+    events = _limited(event_source.events, limit)
+    total = min(x for x in (event_source.total, limit) if x is not None) if (
+        event_source.total or limit) else None  # fmt: skip
+    with _stop_on_signals(stop), _progress_bar(progress and not as_json, total) as on_progress:
+        if dry_run:
+            from producer.engine import write_avro_file
+
+            assert out is not None
+            summary = write_avro_file(events, out, stop, on_progress)
+        else:
+            summary = _produce_to_kafka(events, topic, rate, bootstrap_servers, kafka_config,
+                                        flush_timeout, stop, on_progress)  # fmt: skip
+    _report(summary, source.value, as_json)
+    if not summary.ok:
+        raise typer.Exit(EXIT_FAILED)
+    if summary.interrupted and not event_source.live:
+        raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _open_source(source: str, input_path: Path | None, loans: int, seed: int,
+                 months_per_second: float, stop: Any) -> Any:  # fmt: skip
+    from producer.sources import SourceError, open_history, open_synthetic
+
+    try:
+        if source == "synthetic":
+            return open_synthetic(loans, seed, months_per_second, stop.is_set)
+        return open_history(source, input_path)
+    except SourceError as error:
+        fail(str(error))
+
+
+def _limited(events: Any, limit: int | None) -> Any:
+    from itertools import islice
+
+    return events if limit is None else islice(events, limit)
+
+
+def _produce_to_kafka(events: Any, topic: str, rate: float | None, bootstrap: str | None,
+                      kafka_config: Path | None, flush_timeout: float, stop: Any,
+                      on_progress: Any) -> Any:  # fmt: skip
+    from producer.config import KafkaConfigError, load_properties, producer_config
+    from producer.engine import EventProducer
+
+    try:
+        user = load_properties(kafka_config) if kafka_config else {}
+        servers = _bootstrap(bootstrap, user)
+        config = producer_config(servers, user)
+    except KafkaConfigError as error:
+        fail(str(error))
+    _check_topic({**user, "bootstrap.servers": servers}, topic)
+    producer = EventProducer(config, topic, rate=rate, flush_timeout_s=flush_timeout)
+    return producer.run(events, stop, on_progress)
+
+
+def _bootstrap(explicit: str | None, user: dict[str, str]) -> str:
+    """--bootstrap-servers, then $LOANREC_BOOTSTRAP_SERVERS, then the properties file's
+    bootstrap.servers, then the local broker (or one clear line saying how to start one)."""
+    import os
+
+    chosen = explicit or os.environ.get("LOANREC_BOOTSTRAP_SERVERS") or user.get(
+        "bootstrap.servers")  # fmt: skip
+    return chosen or bootstrap_or_fail(None)
+
+
+def _check_topic(config: dict[str, str], topic: str) -> None:
+    """Fail early on a missing topic: auto-creating it would give it the broker's default
+    partition count, and the batch reference (`score`) assumes the partitions we created."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(config)
+    servers = config["bootstrap.servers"]
+    try:
+        metadata = admin.list_topics(timeout=15)
+    except KafkaException as error:
+        fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); check "
+             "--bootstrap-servers / --kafka-config")  # fmt: skip
+    if topic not in metadata.topics:
+        fail(f"topic {topic} does not exist on {servers}: run `loan-recovery topics create` "
+             "(or pass --topic)")  # fmt: skip
+
+
+@contextmanager
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    """First SIGINT/SIGTERM: stop reading, flush, summarise. A second SIGINT aborts."""
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int | None) -> Iterator[Any]:
+    """A rich progress bar on stderr: sent, acknowledged, rate and ETA; None if disabled."""
+    if not enabled:
+        yield None
+        return
+    columns = [
+        TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[acked]:,} acked · {task.fields[errors]} errors"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("produce", total=total, acked=0, errors=0, rate="")
+
+        def update(summary: Any, in_flight: int) -> None:
+            speed = bar.tasks[0].speed
+            bar.update(
+                task, completed=summary.sent, errors=summary.failed + summary.rejected,
+                acked=max(0, summary.sent - summary.failed - in_flight),
+                rate=f"{speed:,.0f} ev/s" if speed else "",
+            )  # fmt: skip
+
+        yield update
+
+
+def _report(summary: Any, source: str, as_json: bool) -> None:
+    payload = {"source": source, **summary.to_dict()}
+    if as_json:
+        print_json(payload)
+        return
+    table = Table("", "", title="produce summary", show_header=False)
+    target = f"file {summary.out}" if summary.dry_run else f"topic {summary.topic}"
+    rows = [
+        ("source → target", f"{source} → {target}"), ("read", f"{summary.read:,}"),
+        ("sent", f"{summary.sent:,}"), ("acknowledged", f"{summary.acknowledged:,}"),
+        ("failed", f"{summary.failed:,}"), ("rejected", f"{summary.rejected:,}"),
+        ("seconds", f"{summary.seconds:.2f}"), ("events/s", f"{summary.events_per_s:,.0f}"),
+    ]  # fmt: skip
+    rows += [(f"  {name}", f"{count:,}") for name, count in summary.by_type.items()]
+    if summary.interrupted:
+        rows.append(("interrupted", "yes (stopped by signal; sent events were flushed)"))
+    rows += [(f"error {name}", f"{count:,}") for name, count in summary.errors.items()]
+    if summary.first_error:
+        rows.append(("first error", summary.first_error))
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)

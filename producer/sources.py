@@ -1,0 +1,76 @@
+"""Where events come from: history files through ``models.adapters``, or the live synthetic
+stream of ``models.synthetic``. The producer never parses files itself, so a seed CSV, a UCI
+export and an event log become exactly the events that training sees.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SOURCES = ("seed", "uci", "events", "synthetic")
+MONTH_MS = 30.4375 * 24 * 3600 * 1000  # mean Gregorian month
+
+
+class SourceError(ValueError):
+    """The source cannot be opened; the message names the file or option and the fix."""
+
+
+@dataclass
+class EventSource:
+    name: str
+    events: Iterable[dict[str, Any]]
+    total: int | None  # known length, for the progress bar's ETA
+    live: bool  # runs until stopped
+
+
+def open_history(source: str, path: Path | None) -> EventSource:
+    """A finite replay of ``seed``/``uci``/``events`` history through the models adapters."""
+    if path is None:
+        raise SourceError(f"--source {source} needs --input PATH (the file to replay)")
+    if not Path(path).exists():
+        raise SourceError(f"--input {path}: no such file")
+    from models.adapters import AdapterError, read_history
+
+    try:
+        history = read_history(source, path)
+    except AdapterError as error:
+        raise SourceError(str(error)) from None
+    events = history.events
+    total = len(events) if hasattr(events, "__len__") else None
+    return EventSource(source, events, total, live=False)
+
+
+def paced_by_event_time(
+    events: Iterable[dict[str, Any]], months_per_second: float, stop: Callable[[], bool],
+    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[dict[str, Any]]:  # fmt: skip
+    """Yield each event when its event time, compressed to ``months_per_second`` months of
+    loan history per wall-clock second, comes due. Ends early when ``stop()`` is true."""
+    start_wall: float | None = None
+    start_event = 0
+    for event in events:
+        if start_wall is None:
+            start_wall, start_event = clock(), event["occurred_at"]
+        due = start_wall + (event["occurred_at"] - start_event) / MONTH_MS / months_per_second
+        while (delay := due - clock()) > 0:
+            if stop():
+                return
+            sleep(min(delay, 0.1))
+        if stop():
+            return
+        yield event
+
+
+def open_synthetic(
+    loans: int, seed: int, months_per_second: float, stop: Callable[[], bool]
+) -> EventSource:
+    """The live stream: ``models.synthetic.iter_live_events`` paced to wall-clock time."""
+    from models.synthetic import iter_live_events
+
+    events = iter_live_events(loans, seed)
+    return EventSource("synthetic", paced_by_event_time(events, months_per_second, stop),
+                       total=None, live=True)  # fmt: skip
