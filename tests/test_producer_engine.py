@@ -55,7 +55,7 @@ def book(n_loans: int) -> list[dict]:
 # -- no broker ---------------------------------------------------------------------------------
 
 
-def test_fast_encoder_writes_exactly_the_serde_bytes() -> None:
+def test_encoder_writes_the_serde_bytes_keyed_by_loan() -> None:
     serde, encoder = AvroSerde("LoanEvent"), EventEncoder()
     for event in book(20):
         key, value = encoder.encode(event)
