@@ -80,6 +80,20 @@ def _split_property(line: str) -> tuple[str, str, str]:
     return line[:i].strip(), line[i], line[i + 1 :].strip()
 
 
+def check_user_config(user: dict[str, str], source: str = "--kafka-config") -> None:
+    """Raise :class:`KafkaConfigError` if ``user`` weakens the producer's guarantees."""
+    for key in _FORBIDDEN:
+        if key in user:
+            raise KafkaConfigError(
+                f"{source}: remove '{key}': the producer must use the default partitioner and "
+                "no transactions, so that `loan-recovery score` reproduces the stream exactly"
+            )
+    if str(user.get("enable.idempotence", "true")).lower() != "true":
+        raise KafkaConfigError(f"{source}: enable.idempotence must stay true (per-loan order)")
+    if str(user.get("acks", "all")).lower() not in _ACKS_ALL:
+        raise KafkaConfigError(f"{source}: acks must stay 'all' (no silently lost events)")
+
+
 def producer_config(
     bootstrap_servers: str | None,
     user: dict[str, str] | None = None,
@@ -88,16 +102,7 @@ def producer_config(
     """Our defaults, then the user's settings, then the guarantees (validated, not overridden
     silently). ``bootstrap_servers`` given explicitly wins over the file's."""
     user = dict(user or {})
-    for key in _FORBIDDEN:
-        if key in user:
-            raise KafkaConfigError(
-                f"{source}: remove '{key}': the producer must use the default partitioner and "
-                "no transactions, so that `loan-recovery score` reproduces the stream exactly"
-            )
-    if user.get("enable.idempotence", "true").lower() != "true":
-        raise KafkaConfigError(f"{source}: enable.idempotence must stay true (per-loan order)")
-    if user.get("acks", "all").lower() not in _ACKS_ALL:
-        raise KafkaConfigError(f"{source}: acks must stay 'all' (no silently lost events)")
+    check_user_config(user, source)
     config = {**THROUGHPUT_DEFAULTS, **user, **REQUIRED}
     if bootstrap_servers:
         config["bootstrap.servers"] = bootstrap_servers

@@ -89,20 +89,25 @@ def produce(
         fail("--dry-run needs --out FILE (the Avro container file to write)")
     if out is not None and not dry_run:
         fail("--out is only for --dry-run; to produce to Kafka drop --out")
+    # Kafka settings and the topic are checked before the source is read: a typo in a
+    # properties file should not cost a full parse of a large export first.
+    config = None if dry_run else _kafka_config(bootstrap_servers, kafka_config, topic)
     stop = StopFlag()
     event_source = _open_source(source.value, input_path, loans, seed, months_per_second, stop)
     events = _limited(event_source.events, limit)
-    total = min(x for x in (event_source.total, limit) if x is not None) if (
-        event_source.total or limit) else None  # fmt: skip
-    with _stop_on_signals(stop), _progress_bar(progress and not as_json, total) as on_progress:
-        if dry_run:
+    known = [x for x in (event_source.total, limit) if x is not None]
+    with _stop_on_signals(stop), _progress_bar(progress and not as_json,
+                                               min(known, default=None)) as on_progress:
+        if config is None:
             from producer.engine import write_avro_file
 
             assert out is not None
             summary = write_avro_file(events, out, stop, on_progress)
         else:
-            summary = _produce_to_kafka(events, topic, rate, bootstrap_servers, kafka_config,
-                                        flush_timeout, stop, on_progress)  # fmt: skip
+            from producer.engine import EventProducer
+
+            producer = EventProducer(config, topic, rate=rate, flush_timeout_s=flush_timeout)
+            summary = producer.run(events, stop, on_progress)
     _report(summary, source.value, as_json)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED)
@@ -128,21 +133,23 @@ def _limited(events: Any, limit: int | None) -> Any:
     return events if limit is None else islice(events, limit)
 
 
-def _produce_to_kafka(events: Any, topic: str, rate: float | None, bootstrap: str | None,
-                      kafka_config: Path | None, flush_timeout: float, stop: Any,
-                      on_progress: Any) -> Any:  # fmt: skip
-    from producer.config import KafkaConfigError, load_properties, producer_config
-    from producer.engine import EventProducer
+def _kafka_config(bootstrap: str | None, kafka_config: Path | None, topic: str) -> dict[str, str]:
+    from producer.config import (
+        KafkaConfigError,
+        check_user_config,
+        load_properties,
+        producer_config,
+    )
 
     try:
         user = load_properties(kafka_config) if kafka_config else {}
+        check_user_config(user, f"--kafka-config {kafka_config}")
         servers = _bootstrap(bootstrap, user)
         config = producer_config(servers, user)
     except KafkaConfigError as error:
         fail(str(error))
     _check_topic({**user, "bootstrap.servers": servers}, topic)
-    producer = EventProducer(config, topic, rate=rate, flush_timeout_s=flush_timeout)
-    return producer.run(events, stop, on_progress)
+    return config
 
 
 def _bootstrap(explicit: str | None, user: dict[str, str]) -> str:
@@ -161,10 +168,10 @@ def _check_topic(config: dict[str, str], topic: str) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(config)
+    admin = AdminClient({**config, "log_level": 0})  # our one-line error says it all
     servers = config["bootstrap.servers"]
     try:
-        metadata = admin.list_topics(timeout=15)
+        metadata = admin.list_topics(timeout=10)
     except KafkaException as error:
         fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); check "
              "--bootstrap-servers / --kafka-config")  # fmt: skip
