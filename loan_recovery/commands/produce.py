@@ -204,8 +204,8 @@ def _progress_bar(enabled: bool, total: int | None) -> Iterator[Any]:
         yield None
         return
     columns = [
-        TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[acked]:,} acked · {task.fields[errors]} errors"),
+        BarColumn(bar_width=10), MofNCompleteColumn(separator="/"),
+        TextColumn("sent, {task.fields[acked]:,} acked, {task.fields[errors]} errors,"),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
         TimeRemainingColumn(),
     ]  # fmt: skip
@@ -217,7 +217,7 @@ def _progress_bar(enabled: bool, total: int | None) -> Iterator[Any]:
             bar.update(
                 task, completed=summary.sent, errors=summary.failed + summary.rejected,
                 acked=max(0, summary.sent - summary.failed - in_flight),
-                rate=f"{speed:,.0f} ev/s" if speed else "",
+                rate=f"{speed:,.0f}/s" if speed else "",
             )  # fmt: skip
 
         yield update
