@@ -1,9 +1,241 @@
-"""Placeholder: filled in by its issue."""
+"""``loan-recovery serve`` (the streaming scorer) and ``loan-recovery score`` (its batch
+reference: the same processor over a file).
+
+Examples::
+
+    loan-recovery serve --model out/model --metrics-port 9108
+    LOANREC_BOOTSTRAP_SERVERS=kafka:9092 loan-recovery serve --model /models/current \\
+        --kafka-config client.properties --instance-id scorer-1
+    loan-recovery score --model out/model --source events --input out/book/events.jsonl \\
+        --out scores.csv --changes changes.csv
+"""
 
 from __future__ import annotations
 
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from loan_recovery.commands.common import BOOTSTRAP_HELP, bootstrap_or_fail, fail, print_json
+from schemas.topics import DEFAULT_PARTITIONS, Topics
+
+EXIT_FATAL = 1  # fenced or a fatal Kafka error while running
+_T = Topics()
+
+
+class Source(StrEnum):
+    seed = "seed"
+    uci = "uci"
+    events = "events"
+    synthetic = "synthetic"
+
+
+class GuaranteeOption(StrEnum):
+    exactly_once = "exactly-once"
+    at_least_once = "at-least-once"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command(name="serve")(serve)
+    app.command(name="score")(score)
+
+
+def _env(name: str) -> str:
+    return f"LOANREC_{name}"
+
+
+def serve(
+    model: Path = typer.Option(..., envvar=_env("MODEL"), help="Model bundle directory."),
+    policy: Path | None = typer.Option(None, envvar=_env("POLICY"),
+                                       help="Strategy policy file. Default: the shipped one."),
+    bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
+    metrics_port: int = typer.Option(9108, envvar=_env("METRICS_PORT"), min=0,
+                                     help="Port of /metrics, /healthz, /readyz; 0 = any free."),
+    app_id: str = typer.Option(_T.app_id, envvar=_env("APP_ID"),
+                               help="Application id: names the changelog topic."),
+    group_id: str | None = typer.Option(None, envvar=_env("GROUP_ID"),
+                                        help="Consumer group. Default: the app id."),
+    instance_id: str | None = typer.Option(
+        None, envvar=_env("INSTANCE_ID"),
+        help="Unique per running instance, stable across its restarts (names its "
+        "transactional id). Default: the host name."),
+    input_topic: str = typer.Option(_T.events, envvar=_env("INPUT_TOPIC")),
+    strategy_topic: str = typer.Option(_T.strategy_changes, envvar=_env("STRATEGY_TOPIC")),
+    alerts_topic: str = typer.Option(_T.risk_alerts, envvar=_env("ALERTS_TOPIC")),
+    dlq_topic: str = typer.Option(_T.dlq, envvar=_env("DLQ_TOPIC")),
+    commit_interval_ms: int = typer.Option(100, envvar=_env("COMMIT_INTERVAL_MS"), min=1,
+                                           help="One transaction per interval."),
+    guarantee: GuaranteeOption = typer.Option(GuaranteeOption.exactly_once,
+                                              envvar=_env("GUARANTEE")),
+    kafka_config: Path | None = typer.Option(
+        None, "--kafka-config", envvar=_env("KAFKA_CONFIG"),
+        help="librdkafka properties file (key=value) passed through, e.g. for SASL/SSL."),
+    exit_when_idle: float | None = typer.Option(
+        None, envvar=_env("EXIT_WHEN_IDLE"), min=0.1,
+        help="Commit and exit after this many seconds without input (demo, tests)."),
+    max_batch: int = typer.Option(2000, envvar=_env("MAX_BATCH"), min=1,
+                                  help="Most events per poll (one vectorised scoring call)."),
+) -> None:
+    """Score loan events as they arrive; emit strategy changes and early-warning alerts.
+
+    Exactly-once by default. SIGTERM/SIGINT finish the batch, commit and exit 0; SIGHUP reloads
+    the model bundle (kept if the new one does not validate). Exit 1 on fencing or a fatal
+    Kafka error, 2 on bad configuration.
+    """
+    from consumer.app import FatalError, ScorerApp
+    from consumer.config import ConfigError, Guarantee, ServeConfig, default_instance_id
+    from consumer.config import load_properties as load_kafka_properties
+    from consumer.health import HealthServer
+    from consumer.logs import log_event
+    from consumer.metrics import ScorerMetrics
+
+    bundle, policy_obj = _load_model_and_policy(model, policy)
+    try:
+        properties = load_kafka_properties(kafka_config) if kafka_config else {}
+        servers = (bootstrap_servers or os.environ.get("LOANREC_BOOTSTRAP_SERVERS")
+                   or properties.pop("bootstrap.servers", None) or bootstrap_or_fail(None))
+        properties.pop("bootstrap.servers", None)
+        topics = Topics(events=input_topic, strategy_changes=strategy_topic,
+                        risk_alerts=alerts_topic, dlq=dlq_topic, app_id=app_id)
+        config = ServeConfig(
+            bootstrap_servers=servers, model_dir=model, policy_path=policy, topics=topics,
+            group_id=group_id, instance_id=instance_id or default_instance_id(),
+            metrics_port=metrics_port, commit_interval_ms=commit_interval_ms,
+            guarantee=Guarantee(guarantee.value), kafka_properties=properties,
+            exit_when_idle_s=exit_when_idle, max_batch=max_batch,
+        )  # fmt: skip
+    except ConfigError as error:
+        fail(str(error))
+    _check_topics(config)
+    metrics = ScorerMetrics()
+    try:
+        server = HealthServer(metrics, config.metrics_host, metrics_port)
+    except OSError as error:
+        fail(f"--metrics-port {metrics_port}: {error.strerror}")
+    log_event("metrics_listening", port=server.port, endpoints=["/metrics", "/healthz",
+                                                                  "/readyz"])
+    scorer = ScorerApp(config, bundle, policy_obj, metrics, server.state,
+                       bundle_loader=lambda: _load_bundle(model))
+    scorer.install_signal_handlers()
+    try:
+        scorer.run()
+    except FatalError as error:
+        log_event("fatal", level="error", error=str(error))
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(EXIT_FATAL) from None
+    finally:
+        server.close()
+
+
+def _load_bundle(model: Path) -> Any:
+    from models.bundle import ModelBundle
+
+    return ModelBundle.load(model)
+
+
+def _load_model_and_policy(model: Path, policy: Path | None) -> tuple[Any, Any]:
+    from models.bundle import BundleError
+    from models.policy import Policy, PolicyError
+
+    try:
+        bundle = _load_bundle(model)
+    except (BundleError, FileNotFoundError) as error:
+        fail(f"--model {model}: {error}")
+    try:
+        policy_obj = Policy.load(policy)
+    except (PolicyError, FileNotFoundError) as error:
+        fail(f"--policy {policy}: {error}")
+    return bundle, policy_obj
+
+
+def _check_topics(config: Any) -> None:
+    """The changelog must exist and be partitioned like the input (a loan's state lives in the
+    changelog partition with its input partition's number)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**config.kafka_properties, "bootstrap.servers":
+                         config.bootstrap_servers, "log_level": 0})  # fmt: skip
+    try:
+        metadata = admin.list_topics(timeout=15)
+    except KafkaException as error:
+        fail(f"cannot reach Kafka at {config.bootstrap_servers} ({error.args[0].str()})")
+    t = config.topics
+    missing = [n for n in (t.events, t.strategy_changes, t.risk_alerts, t.dlq, t.changelog)
+               if n not in metadata.topics]  # fmt: skip
+    if missing:
+        fail(f"missing topics {', '.join(missing)}: run `loan-recovery topics create "
+             f"--app-id {t.app_id}`")  # fmt: skip
+    n_in = len(metadata.topics[t.events].partitions)
+    n_log = len(metadata.topics[t.changelog].partitions)
+    if n_in != n_log:
+        fail(f"{t.changelog} has {n_log} partitions but {t.events} has {n_in}: they must match")
+
+
+def score(
+    model: Path = typer.Option(..., help="Model bundle directory."),
+    source: Source = typer.Option(..., help="Input kind (as for `produce`)."),
+    input_path: Path | None = typer.Option(None, "--input", help="File (seed/uci/events)."),
+    out: Path = typer.Option(..., help="CSV: loan_id, risk_score, risk_tier, segment, strategy."),
+    policy: Path | None = typer.Option(None, help="Strategy policy file. Default: shipped."),
+    partitions: int = typer.Option(DEFAULT_PARTITIONS, min=1,
+                                   help="Partition count of the input topic to reproduce."),
+    changes: Path | None = typer.Option(None, help="Also write every StrategyChanged (CSV)."),
+    topic: str = typer.Option(_T.events, help="Input topic name recorded in the outputs."),
+    loans: int = typer.Option(1000, min=1, help="synthetic: loans (as for `produce`)."),
+    seed: int = typer.Option(0, help="synthetic: random seed (as for `produce`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Batch-score a history exactly as the stream would (the reference for `serve`)."""
+    from consumer.reference import score_events, write_changes_csv, write_loans_csv
+
+    bundle, policy_obj = _load_model_and_policy(model, policy)
+    events = _read_events(source, input_path, loans, seed)
+    result = score_events(events, bundle, policy_obj, partitions, topic)
+    write_loans_csv(result, out)
+    if changes:
+        write_changes_csv(result, changes)
+    _summary(result, out, as_json)
+
+
+def _read_events(source: Source, input_path: Path | None, loans: int, seed: int) -> Any:
+    if source is Source.synthetic:
+        from models.synthetic import iter_live_events
+
+        return iter_live_events(loans, seed)
+    if input_path is None:
+        fail(f"--source {source.value} needs --input PATH")
+    from models.adapters import AdapterError, read_history
+
+    try:
+        return read_history(source.value, input_path).events
+    except (AdapterError, FileNotFoundError) as error:
+        fail(str(error))
+
+
+def _summary(result: Any, out: Path, as_json: bool) -> None:
+    from collections import Counter
+
+    from rich.console import Console
+    from rich.table import Table
+
+    mix = Counter(s.strategy for s in result.loans.values())
+    dlq = Counter(d.reason for d in result.dead_letters)
+    payload = {"events": result.events, "loans": len(result.loans),
+               "strategy_changes": len(result.changes), "alerts": len(result.alerts),
+               "dlq": dict(dlq), "strategy_mix": dict(mix), "out": str(out)}  # fmt: skip
+    if as_json:
+        print_json(payload)
+        return
+    table = Table("", "", title="score summary", show_header=False)
+    for key in ("events", "loans", "strategy_changes", "alerts"):
+        table.add_row(key.replace("_", " "), f"{payload[key]:,}")
+    for name, count in sorted(mix.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"  {name}", f"{count:,}")
+    for reason, count in sorted(dlq.items()):
+        table.add_row(f"dlq {reason}", f"{count:,}")
+    table.add_row("written", str(out))
+    Console(stderr=True).print(table)

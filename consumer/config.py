@@ -1,0 +1,142 @@
+"""Scorer settings: CLI flags, ``LOANREC_*`` environment variables (handled by the CLI), and a
+librdkafka properties file passed through unchanged, so SASL/SSL work as users know them.
+
+Precedence: a flag, then its ``LOANREC_*`` variable, then the properties file (for
+``bootstrap.servers``), then defaults. The settings the guarantees rest on (manual offset
+commits, ``read_committed``, the transactional id) are set by us and win over the file.
+
+Example::
+
+    >>> cfg = ServeConfig(bootstrap_servers="127.0.0.1:9092", model_dir=Path("m"),
+    ...                   kafka_properties={"security.protocol": "SASL_SSL"})
+    >>> c = cfg.consumer_config()
+    >>> c["isolation.level"], c["enable.auto.commit"], c["security.protocol"]
+    ('read_committed', 'false', 'SASL_SSL')
+    >>> cfg.producer_config()["transactional.id"]
+    'loan-recovery-scorer-0'
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from schemas.topics import Topics
+
+
+class Guarantee(StrEnum):
+    exactly_once = "exactly-once"
+    at_least_once = "at-least-once"
+
+
+class ConfigError(ValueError):
+    """Settings that cannot work; the message names the setting and the fix."""
+
+
+def default_instance_id() -> str:
+    """The host name: stable across restarts of one replica (container, pod), distinct between
+    replicas. A restarted instance reuses its transactional id, which aborts a transaction it
+    left open when it crashed instead of waiting for the broker's transaction timeout."""
+    return socket.gethostname() or "scorer-0"
+
+
+def load_properties(path: Path) -> dict[str, str]:
+    """Parse a librdkafka/Java ``.properties`` file (``key=value`` or ``key: value`` lines,
+    ``#``/``!`` comments). Kept here rather than shared with ``producer`` because the two
+    packages must not import each other (docs/INTERNALS.md)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"--kafka-config {path}: cannot read it ({error.strerror})") from None
+    settings: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] in "#!":
+            continue
+        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
+        if cut <= 0:
+            raise ConfigError(f"--kafka-config {path}, line {number}: expected key=value, "
+                              f"got {line!r}")  # fmt: skip
+        settings[line[:cut].strip()] = line[cut + 1 :].strip()
+    return settings
+
+
+# Settings the exactly-once design depends on; a properties file may not change them.
+_CONSUMER_OWNED = ("enable.auto.commit", "isolation.level", "group.id")
+_PRODUCER_OWNED = ("transactional.id", "enable.idempotence")
+
+
+@dataclass
+class ServeConfig:
+    bootstrap_servers: str
+    model_dir: Path
+    policy_path: Path | None = None
+    topics: Topics = field(default_factory=Topics)
+    group_id: str | None = None  # default: the app id
+    instance_id: str = "scorer-0"
+    metrics_port: int | None = 9108  # 0 = any free port, None = no HTTP server
+    metrics_host: str = "0.0.0.0"
+    commit_interval_ms: int = 100
+    guarantee: Guarantee = Guarantee.exactly_once
+    kafka_properties: dict[str, str] = field(default_factory=dict)
+    exit_when_idle_s: float | None = None
+    max_batch: int = 2000
+    transaction_timeout_ms: int = 30000
+    commit_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):
+            if key in self.kafka_properties:
+                raise ConfigError(f"--kafka-config: remove '{key}': the scorer sets it (use "
+                                  "--group-id / --instance-id / --guarantee)")  # fmt: skip
+        if self.commit_interval_ms < 1:
+            raise ConfigError("--commit-interval-ms must be >= 1")
+
+    @property
+    def group(self) -> str:
+        return self.group_id or self.topics.app_id
+
+    @property
+    def transactional_id(self) -> str:
+        return f"{self.topics.app_id}-{self.instance_id}"
+
+    def _common(self) -> dict[str, str]:
+        return {**self.kafka_properties, "bootstrap.servers": self.bootstrap_servers}
+
+    def consumer_config(self) -> dict[str, str]:
+        return {
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": "50",
+            "queued.max.messages.kbytes": "65536",
+            **self._common(),
+            "group.id": self.group,
+            "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            # Read only committed input, and wait for offsets of pending transactions.
+            "isolation.level": "read_committed",
+        }
+
+    def producer_config(self) -> dict[str, str]:
+        config = {
+            "linger.ms": "5",
+            "compression.type": "lz4",
+            **self._common(),
+            "enable.idempotence": "true",
+        }
+        if self.guarantee is Guarantee.exactly_once:
+            config["transactional.id"] = self.transactional_id
+            config.setdefault("transaction.timeout.ms", str(self.transaction_timeout_ms))
+        return config
+
+    def restore_consumer_config(self) -> dict[str, str]:
+        """An unsubscribed reader of the changelog: committed records only, end reported."""
+        return {
+            **self._common(),
+            "group.id": f"{self.group}-restore",
+            "enable.auto.commit": "false",
+            "isolation.level": "read_committed",
+            "enable.partition.eof": "true",
+            "auto.offset.reset": "earliest",
+        }

@@ -1,0 +1,107 @@
+"""The scorer's Prometheus metrics; names and labels are the contract in docs/INTERNALS.md
+(the Grafana dashboard and the alert rules query exactly these).
+
+Each :class:`ScorerMetrics` owns its registry, so several scorers (tests) can live in one
+process. The hot path updates them once per batch, never per message.
+
+Example::
+
+    >>> m = ScorerMetrics()
+    >>> m.events.labels(event_type="PaymentMissed", outcome="scored").inc(3)
+    >>> b"loanrec_events_total" in m.exposition()
+    True
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Event time -> decision: a replay of history is months behind, a live stream sub-second.
+LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+                   86400.0, 2_592_000.0, 31_536_000.0)  # fmt: skip
+BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
+SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
+TIERS = ("HIGH", "MODERATE", "LOW")
+
+
+class ScorerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.events = Counter("loanrec_events", "Input events by body type and outcome.",
+                              ["event_type", "outcome"], registry=r)  # fmt: skip
+        self.batch_size = Histogram("loanrec_batch_size", "Events per processed batch.",
+                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.processing = Histogram(
+            "loanrec_processing_seconds",
+            "Wall time from poll to outputs handed to the producer, per batch.",
+            buckets=SECONDS_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.event_latency = Histogram(
+            "loanrec_event_latency_seconds", "Event time (occurred_at) to decision time.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.strategy_changes = Counter(
+            "loanrec_strategy_changes", "StrategyChanged events emitted, by transition.",
+            ["from_strategy", "to_strategy"], registry=r,
+        )  # fmt: skip
+        self.alerts = Counter("loanrec_alerts", "EarlyWarningAlert events emitted.", ["tier"],
+                              registry=r)  # fmt: skip
+        self.dlq = Counter("loanrec_dlq", "Records sent to the dead-letter topic, by reason.",
+                           ["reason"], registry=r)  # fmt: skip
+        self.loans_in_state = Gauge("loanrec_loans_in_state",
+                                    "Loans held in memory (assigned partitions).", registry=r)
+        self.loans_by_segment = Gauge("loanrec_loans_by_segment", "Loans per current segment.",
+                                      ["segment"], registry=r)  # fmt: skip
+        self.loans_by_tier = Gauge("loanrec_loans_by_tier", "Loans per current risk tier.",
+                                   ["tier"], registry=r)  # fmt: skip
+        self.consumer_lag = Gauge("loanrec_consumer_lag",
+                                  "Messages behind the high watermark, per input partition.",
+                                  ["partition"], registry=r)  # fmt: skip
+        self.transactions = Counter("loanrec_transactions", "Transactions by result.",
+                                    ["result"], registry=r)  # fmt: skip
+        self.restored_loans = Counter("loanrec_restored_loans",
+                                      "Loan states restored from the changelog.", registry=r)
+        self.assigned_partitions = Gauge("loanrec_assigned_partitions",
+                                         "Input partitions assigned to this instance.",
+                                         registry=r)  # fmt: skip
+        self.model_info = Gauge("loanrec_model_info", "The loaded model bundle (value 1).",
+                                ["version"], registry=r)  # fmt: skip
+        self.policy_info = Gauge("loanrec_policy_info", "The loaded strategy policy (value 1).",
+                                 ["version"], registry=r)  # fmt: skip
+        self.up = Gauge("loanrec_up", "1 while the processing loop runs.", registry=r)
+        self._prime()
+
+    def _prime(self) -> None:
+        """Create the label sets the dashboard always shows, so they read 0, not absent."""
+        for result in ("commit", "abort"):
+            self.transactions.labels(result=result)
+        for segment in SEGMENTS:
+            self.loans_by_segment.labels(segment=segment).set(0)
+        for tier in TIERS:
+            self.loans_by_tier.labels(tier=tier).set(0)
+        self.alerts.labels(tier="HIGH")
+
+    def set_model(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def set_policy(self, version: str) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(version=version).set(1)
+
+    def set_lag(self, lag_by_partition: dict[int, int]) -> None:
+        self.consumer_lag.clear()
+        for partition, lag in lag_by_partition.items():
+            self.consumer_lag.labels(partition=str(partition)).set(lag)
+
+    def set_population(self, loans: int, by_segment: dict[str, int],
+                       by_tier: dict[str, int]) -> None:  # fmt: skip
+        self.loans_in_state.set(loans)
+        for segment in {*SEGMENTS, *by_segment}:
+            self.loans_by_segment.labels(segment=segment).set(by_segment.get(segment, 0))
+        for tier in {*TIERS, *by_tier}:
+            self.loans_by_tier.labels(tier=tier).set(by_tier.get(tier, 0))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
