@@ -1,1 +1,2 @@
-"""Everything learned: feature state machine, training, calibration, clustering, policy, bundle, report."""
+"""Everything learned: feature state machine, training, calibration, clustering, policy,
+bundle, report."""
