@@ -70,3 +70,24 @@ def make_topic(bootstrap_servers: str, unique_name) -> Callable[..., str]:
         return name
 
     return create
+
+
+def _run_cli(*args: str, timeout: float = 600) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "loan_recovery.cli", *args], cwd=root,
+                            capture_output=True, text=True, timeout=timeout, check=False)
+    assert result.returncode == 0, f"loan-recovery {' '.join(args)}:\n{result.stderr[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory) -> Path:
+    """A model bundle that the real CLI (`generate` + `train`) fitted on a small synthetic book;
+    trained once per session and shared by every test that needs a model."""
+    out = tmp_path_factory.mktemp("trained-model")
+    _run_cli("generate", "--loans", "600", "--seed", "7", "--out", str(out / "book"))
+    (seed_csv,) = (out / "book").glob("*.csv")
+    _run_cli("train", "--source", "seed", "--input", str(seed_csv), "--out", str(out / "model"))
+    return out / "model"
