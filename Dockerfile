@@ -25,11 +25,11 @@ RUN pip install . \
 # created here owned by loanrec so that a fresh named volume inherits that ownership.
 USER loanrec
 VOLUME ["/data"]
-EXPOSE 8000
+EXPOSE 9108
 
 # /healthz answers 200 while the scorer's loop runs; python is there, curl is not.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LOANREC_METRICS_PORT', '8000') + '/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LOANREC_METRICS_PORT', '9108') + '/healthz', timeout=2)"]
 
 ENTRYPOINT ["loan-recovery"]
-CMD ["serve", "--model", "/data/model", "--metrics-port", "8000"]
+CMD ["serve", "--model", "/data/model", "--metrics-port", "9108"]

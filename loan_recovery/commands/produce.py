@@ -52,13 +52,16 @@ def produce(
     input_path: Path | None = typer.Option(
         None, "--input", help="File to replay (seed/uci CSV; events: .jsonl or .avro)."
     ),
-    topic: str = typer.Option(Topics().events, help="Topic to produce to."),
+    topic: str = typer.Option(
+        Topics().events, envvar="LOANREC_INPUT_TOPIC",
+        help="Topic to produce to (the scorer's input topic).",
+    ),
     rate: float | None = typer.Option(
         None, min=0.001, help="Limit to N events/s (token bucket). Default: as fast as possible."
     ),
     bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
     kafka_config: Path | None = typer.Option(
-        None, "--kafka-config",
+        None, "--kafka-config", envvar="LOANREC_KAFKA_CONFIG",
         help="librdkafka properties file (key=value lines) passed through, e.g. for SASL/SSL.",
     ),
     loans: int = typer.Option(1000, min=1, help="synthetic: number of loans in the live book."),
