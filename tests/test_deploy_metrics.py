@@ -1,10 +1,10 @@
 """Every metric the Grafana dashboard and the alert rules query exists on a live scorer.
 
-The scorer is the real thing: `loan-recovery serve` as a subprocess on the test broker, with a
-model bundle that `loan-recovery train` fitted on a small synthetic book from `loan-recovery
-generate`; the events of that book are produced to its input topic (plus one undecodable
-record, so the DLQ metrics have samples too), and `/metrics` is scraped once the scorer has
-processed them.
+The scorer is the real thing: `loan-recovery serve` as a subprocess on the test broker, with
+the session's model bundle (``trained_model``: `loan-recovery generate` + `loan-recovery train`
+on a small synthetic book); a synthetic book's events are produced to its input topic (plus
+one undecodable record, so the DLQ metrics have samples too), and `/metrics` is scraped once
+the scorer has processed them.
 """
 
 from __future__ import annotations
@@ -103,27 +103,9 @@ def test_dashboard_covers_every_metric_of_the_contract() -> None:
 # -- the live scorer ---------------------------------------------------------------------------
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loan_recovery.cli", *args]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                            check=False)  # fmt: skip
-    assert result.returncode == 0, f"loan-recovery {' '.join(args)}:\n{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def small_book(tmp_path_factory) -> dict[str, Path]:
-    """A small synthetic book and a model bundle trained on it (by the real CLI)."""
-    out = tmp_path_factory.mktemp("book")
-    _cli("generate", "--loans", "400", "--seed", "5", "--out", str(out / "book"))
-    (seed_csv,) = (out / "book").glob("*.csv")
-    _cli("train", "--source", "seed", "--input", str(seed_csv), "--out", str(out / "model"))
-    (event_log,) = [p for p in (out / "book").iterdir() if p.suffix in (".jsonl", ".avro")]
-    return {"csv": seed_csv, "events": event_log, "model": out / "model"}
-
-
 @pytest.fixture
-def live_scorer(bootstrap_servers: str, small_book, unique_name, tmp_path) -> Iterator[dict]:
+def live_scorer(bootstrap_servers: str, trained_model: Path, unique_name,
+                tmp_path: Path) -> Iterator[dict]:  # fmt: skip
     """`loan-recovery serve` on its own topics and metrics port; stopped afterwards."""
     topics = Topics(events=unique_name("events"), strategy_changes=unique_name("changes"),
                     risk_alerts=unique_name("alerts"), dlq=unique_name("dlq"),
@@ -131,7 +113,7 @@ def live_scorer(bootstrap_servers: str, small_book, unique_name, tmp_path) -> It
     create_topics(bootstrap_servers, topics, partitions=3)
     port = free_port()
     command = [
-        sys.executable, "-m", "loan_recovery.cli", "serve", "--model", str(small_book["model"]),
+        sys.executable, "-m", "loan_recovery.cli", "serve", "--model", str(trained_model),
         "--bootstrap-servers", bootstrap_servers, "--metrics-port", str(port),
         "--input-topic", topics.events, "--strategy-topic", topics.strategy_changes,
         "--alerts-topic", topics.risk_alerts, "--dlq-topic", topics.dlq,
@@ -184,13 +166,12 @@ def _events_processed(base: str) -> float:
 
 
 def test_every_dashboard_and_alert_metric_is_exported_by_the_live_scorer(
-    bootstrap_servers: str, small_book, live_scorer
+    bootstrap_servers: str, live_scorer
 ) -> None:
-    from models.adapters import read_history
-
+    from models.synthetic import generate_book
     from producer.engine import EventProducer
 
-    events = list(read_history("events", small_book["events"]).events)[:3000]
+    _, events, _ = generate_book(150, seed=21)
     topic = live_scorer["topics"].events
     summary = EventProducer({"bootstrap.servers": bootstrap_servers}, topic).run(events)
     assert summary.ok, summary.first_error
