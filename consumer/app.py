@@ -104,7 +104,7 @@ class ScorerApp:
         self.metrics.set_model(self.bundle.version)
         self.metrics.set_policy(self.policy.version)
         self._producer = Producer({**cfg.producer_config(), "error_cb": self._on_client_error,
-                                   "delivery.report.only.error": "true",
+                                   "delivery.report.only.error": True,
                                    "on_delivery": self._on_delivery_error})  # fmt: skip
         if self.eos:
             try:
@@ -429,6 +429,7 @@ class ScorerApp:
         self.pending_restore.clear()
         self._consumer.resume([TopicPartition(self.topics.events, p) for p in partitions])
         self.health.ready = True
+        self.last_activity = time.monotonic()  # idleness counts from being able to work
         log_event("state_restored", partitions=partitions, restored_loans=restored,
                   seconds=round(time.monotonic() - started, 3))  # fmt: skip
 

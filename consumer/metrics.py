@@ -14,7 +14,14 @@ Example::
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Event time -> decision: a replay of history is months behind, a live stream sub-second.
@@ -27,6 +34,9 @@ TIERS = ("HIGH", "MODERATE", "LOW")
 
 class ScorerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        # No `_created` series: nothing on the dashboard uses them and they double the
+        # exposition (process-wide switch; the scorer is the only exporter in its process).
+        disable_created_metrics()
         r = self.registry = registry or CollectorRegistry()
         self.events = Counter("loanrec_events", "Input events by body type and outcome.",
                               ["event_type", "outcome"], registry=r)  # fmt: skip

@@ -75,6 +75,7 @@ class _Pending:
     offset: int
     event: dict[str, Any]
     state: LoanState
+    row: list[float]  # the loan's features right after this event (later ones mutate state)
 
 
 class PartitionProcessor:
@@ -138,7 +139,7 @@ class PartitionProcessor:
         result.changed_loans.add(loan_id)
         result.outcomes[(body_type, "scored")] += 1
         result.occurred_at.append(event["occurred_at"])
-        return _Pending(offset, event, state)
+        return _Pending(offset, event, state, state.features())
 
     def _open_or_apply(self, loan_id: str, state: LoanState | None,
                        event: dict[str, Any]) -> LoanState:  # fmt: skip
@@ -163,14 +164,14 @@ class PartitionProcessor:
 
     # -- scoring and decisions ------------------------------------------------------------------
     def _decide(self, pending: list[_Pending], result: BatchResult, decided_at_ms: int) -> None:
-        scores = self.bundle.predict_proba([p.state.features() for p in pending])
+        scores = self.bundle.predict_proba([p.row for p in pending])
         tier_of, decide = self.bundle.tier, self.policy.decide
         segmenter = self.segmenter
         model_version, policy_version = self.bundle.version, self.policy.version
         for p, raw_score in zip(pending, scores, strict=True):
             score = float(raw_score)
             state, event = p.state, p.event
-            segment = segmenter.learn_predict(state)
+            segment = segmenter.learn_predict(p.row)
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
             strategy = decide(tier, segment, score, previous_strategy)
