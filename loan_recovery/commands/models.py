@@ -1,9 +1,171 @@
-"""Placeholder: filled in by its issue."""
+"""``generate``, ``train`` and ``report``: the offline half (issue 3).
+
+    loan-recovery generate --loans 10000 --seed 0 --out book/
+    loan-recovery train --source seed --input book/loans.csv --out model/ [--holdout 0.3] [--json]
+    loan-recovery report --model model/ --out report.html
+"""
 
 from __future__ import annotations
 
+import hashlib
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from loan_recovery.commands.common import fail, print_json
+
+
+class HistorySource(StrEnum):
+    seed = "seed"
+    uci = "uci"
+    events = "events"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command()(generate)
+    app.command()(train)
+    app.command()(report)
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def generate(
+    loans: int = typer.Option(..., min=1, help="Number of loans in the book."),
+    seed: int = typer.Option(0, help="Random seed: the same seed gives the same book."),
+    out: Path = typer.Option(..., help="Directory for loans.csv, events.jsonl, outcomes.csv.gz."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Write a synthetic book: seed-schema CSV, its event log (JSON lines) and outcomes."""
+    from models.adapters import write_jsonl, write_outcomes
+    from models.synthetic import generate_book
+
+    started = time.perf_counter()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        fail(f"--out {out}: cannot create the directory ({error.strerror})")
+    with _console().status(f"generating {loans:,} loans"):
+        frame, events, outcomes = generate_book(loans, seed)
+        frame.to_csv(out / "loans.csv", index=False)
+        with open(out / "events.jsonl", "w", encoding="utf-8") as handle:
+            n_events = write_jsonl(events, handle)
+        # .csv.gz, not .csv: the directory holds exactly one seed-schema CSV.
+        write_outcomes(outcomes, out / "outcomes.csv.gz")
+    seconds = time.perf_counter() - started
+    summary = {
+        "loans": loans, "events": n_events, "default_rate": sum(outcomes.values()) / loans,
+        "seconds": round(seconds, 2), "seed": seed,
+        "files": {"seed_csv": str(out / "loans.csv"), "events": str(out / "events.jsonl"),
+                  "outcomes": str(out / "outcomes.csv.gz")},
+    }  # fmt: skip
+    if as_json:
+        print_json(summary)
+        return
+    typer.echo(f"{loans:,} loans, {n_events:,} events, default rate "
+               f"{summary['default_rate']:.1%} in {seconds:.1f} s -> {out}/")  # fmt: skip
+
+
+def train(
+    source: HistorySource = typer.Option(..., help="Input kind: seed CSV, UCI CSV or event log."),
+    input_path: Path = typer.Option(..., "--input", help="The history file."),
+    out: Path = typer.Option(..., help="Bundle directory to write."),
+    holdout: float = typer.Option(0.3, min=0.0, max=0.9, help="Share of loans held out."),
+    seed: int = typer.Option(0, help="Seed for the split, the forest and the clusterings."),
+    outcomes: Path | None = typer.Option(None, help="events: outcomes CSV (default: next to it)."),
+    trees: int = typer.Option(300, min=1, help="Trees in the random forest."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Train the calibrated early-warning model and the segmentation; write a bundle."""
+    from models.adapters import AdapterError, read_history
+    from models.training import TrainingError, train_bundle
+
+    if not input_path.exists():
+        fail(f"--input {input_path}: no such file")
+    console = _console()
+    try:
+        with console.status("reading the history") as status:
+            started = time.perf_counter()
+            history = read_history(source.value, input_path, outcomes)
+
+            def progress(message: str) -> None:
+                status.update(f"{message} ({time.perf_counter() - started:.0f} s)")
+
+            metrics = train_bundle(history, out, holdout=holdout, seed=seed, n_estimators=trees,
+                                   input_sha256=_sha256(input_path), progress=progress)
+    except (AdapterError, TrainingError) as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"--out {out}: cannot write the bundle ({error.strerror})")
+    metrics["seconds"] = round(time.perf_counter() - started, 2)
+    if as_json:
+        print_json(metrics)
+        return
+    _print_metrics(metrics)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _print_metrics(m: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table("metric", "value", title=f"holdout metrics ({m['n_holdout']:,} loans)")
+    for key in ("roc_auc", "pr_auc", "brier", "base_rate"):
+        table.add_row(key, _fmt(m.get(key)))
+    for name, c in m.get("confusion", {}).items():
+        table.add_row(f"at {name} ({c['threshold']})",
+                      f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}")  # fmt: skip
+    console.print(table)
+    clusters = Table("algorithm", "clusters", "silhouette", "davies-bouldin",
+                     "calinski-harabasz", title="segmentation (standardized features)")
+    for name, a in m["clustering"].items():
+        clusters.add_row(name, str(a["n_clusters"]), _fmt(a["silhouette"]),
+                         _fmt(a["davies_bouldin"]), _fmt(a["calinski_harabasz"]))
+    console.print(clusters)
+    if imp := m.get("permutation_importance"):
+        top = Table("feature", "importance (ROC AUC drop)", title="top features")
+        for row in imp[:8]:
+            top.add_row(row["feature"], f"{row['mean']:.4f} ± {row['std']:.4f}")
+        console.print(top)
+    console.print(f"bundle {m['bundle']} version {m['version']} in {m['seconds']:.1f} s")
+
+
+def report(
+    model: Path = typer.Option(..., help="Bundle directory written by `train`."),
+    out: Path = typer.Option(..., help="HTML file to write."),
+) -> None:
+    """Write the interactive, self-contained HTML report of the model and the segmentation."""
+    from models.bundle import BundleError, ModelBundle
+    from models.report import write_report
+
+    try:
+        bundle = ModelBundle.load(model)
+    except BundleError as error:
+        fail(f"--model {model}: {error}")
+    try:
+        write_report(bundle, out)
+    except OSError as error:
+        fail(f"--out {out}: cannot write the report ({error.strerror})")
+    typer.echo(f"report -> {out}")
