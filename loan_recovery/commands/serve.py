@@ -185,8 +185,8 @@ def score(
                                    help="Partition count of the input topic to reproduce."),
     changes: Path | None = typer.Option(None, help="Also write every StrategyChanged (CSV)."),
     topic: str = typer.Option(_T.events, help="Input topic name recorded in the outputs."),
-    loans: int = typer.Option(1000, min=1, help="synthetic: loans (as for `produce`)."),
-    seed: int = typer.Option(0, help="synthetic: random seed (as for `produce`)."),
+    loans: int = typer.Option(1000, min=1, help="synthetic: loans of the book (as `generate`)."),
+    seed: int = typer.Option(0, help="synthetic: random seed of the book (as `generate`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Batch-score a history exactly as the stream would (the reference for `serve`)."""
@@ -203,9 +203,11 @@ def score(
 
 def _read_events(source: Source, input_path: Path | None, loans: int, seed: int) -> Any:
     if source is Source.synthetic:
-        from models.synthetic import iter_live_events
+        # The finite book `generate --loans N --seed S` writes (the live stream of `produce
+        # --source synthetic` never ends and starts at the wall-clock time).
+        from models.synthetic import generate_book
 
-        return iter_live_events(loans, seed)
+        return generate_book(loans, seed)[1]
     if input_path is None:
         fail(f"--source {source.value} needs --input PATH")
     from models.adapters import AdapterError, read_history
