@@ -99,8 +99,8 @@ def produce(
     event_source = _open_source(source.value, input_path, loans, seed, months_per_second, stop)
     events = _limited(event_source.events, limit)
     known = [x for x in (event_source.total, limit) if x is not None]
-    with _stop_on_signals(stop), _progress_bar(progress and not as_json,
-                                               min(known, default=None)) as on_progress:
+    bar = _progress_bar(progress and not as_json, min(known, default=None), dry_run)
+    with _stop_on_signals(stop), bar as on_progress:
         if config is None:
             from producer.engine import write_avro_file
 
@@ -201,27 +201,27 @@ def _stop_on_signals(stop: Any) -> Iterator[None]:
 
 
 @contextmanager
-def _progress_bar(enabled: bool, total: int | None) -> Iterator[Any]:
+def _progress_bar(enabled: bool, total: int | None, dry_run: bool = False) -> Iterator[Any]:
     """A rich progress bar on stderr: sent, acknowledged, rate and ETA; None if disabled."""
     if not enabled:
         yield None
         return
     columns = [
         BarColumn(bar_width=10), MofNCompleteColumn(separator="/"),
-        TextColumn("sent, {task.fields[acked]:,} acked, {task.fields[errors]} errors,"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("ETA"),
         TimeRemainingColumn(),
     ]  # fmt: skip
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("produce", total=total, acked=0, errors=0, rate="")
+        task = bar.add_task("produce", total=total, detail="")
 
         def update(summary: Any, in_flight: int) -> None:
             speed = bar.tasks[0].speed
-            bar.update(
-                task, completed=summary.sent, errors=summary.failed + summary.rejected,
-                acked=max(0, summary.sent - summary.failed - in_flight),
-                rate=f"{speed:,.0f}/s" if speed else "",
-            )  # fmt: skip
+            errors = summary.failed + summary.rejected
+            acked = max(0, summary.sent - summary.failed - in_flight)
+            detail = (f"written, {errors} rejected," if dry_run else
+                      f"sent, {acked:,} acked, {errors} errors,")  # fmt: skip
+            rate = f" {speed:,.0f}/s" if speed else ""
+            bar.update(task, completed=summary.sent, detail=detail + rate)
 
         yield update
 
@@ -233,10 +233,12 @@ def _report(summary: Any, source: str, as_json: bool) -> None:
         return
     table = Table("", "", title="produce summary", show_header=False)
     target = f"file {summary.out}" if summary.dry_run else f"topic {summary.topic}"
+    delivered = ([("written", f"{summary.sent:,}")] if summary.dry_run else
+                 [("sent", f"{summary.sent:,}"), ("acknowledged", f"{summary.acknowledged:,}"),
+                  ("failed", f"{summary.failed:,}")])  # fmt: skip
     rows = [
         ("source → target", f"{source} → {target}"), ("read", f"{summary.read:,}"),
-        ("sent", f"{summary.sent:,}"), ("acknowledged", f"{summary.acknowledged:,}"),
-        ("failed", f"{summary.failed:,}"), ("rejected", f"{summary.rejected:,}"),
+        *delivered, ("rejected", f"{summary.rejected:,}"),
         ("seconds", f"{summary.seconds:.2f}"), ("events/s", f"{summary.events_per_s:,.0f}"),
     ]  # fmt: skip
     rows += [(f"  {name}", f"{count:,}") for name, count in summary.by_type.items()]
