@@ -36,7 +36,7 @@ from consumer.health import HealthState
 from consumer.logs import log_event
 from consumer.metrics import ScorerMetrics
 from consumer.processor import BatchResult, DeadLetter, PartitionProcessor
-from consumer.state_store import ChangelogRestorer
+from consumer.state_store import ChangelogRestorer, RestoreError
 from schemas import AvroSerde
 
 HOUSEKEEPING_INTERVAL_S = 1.0
@@ -96,6 +96,12 @@ class ScorerApp:
         try:
             self._loop()
             self._finish_transaction("shutdown")
+        except FatalError as error:
+            self.fatal = self.fatal or str(error)  # no flush/commit attempts when closing
+            raise
+        except KafkaException as exc:  # e.g. poll() raising a fatal producer error
+            self.fatal = self._fatal_message("processing", exc.args[0])
+            raise FatalError(self.fatal) from None
         finally:
             self._close()
 
@@ -228,6 +234,8 @@ class ScorerApp:
                 return
             except BufferError:  # local queue full: let librdkafka deliver, then retry
                 producer.poll(0.05)
+            except KafkaException as exc:  # fatal: fenced, or the transaction is unusable
+                raise FatalError(self._fatal_message("produce", self._root_cause(exc))) from None
 
     def _record(self, result: BatchResult, now_ms: int) -> None:
         m = self.metrics
@@ -329,9 +337,21 @@ class ScorerApp:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
+    def _root_cause(self, exc: KafkaException) -> KafkaError:
+        """produce() only says "_FATAL"; the producer's fatal error (e.g. _FENCED) surfaces
+        from the next poll(), raised or through error_cb."""
+        error: KafkaError = exc.args[0]
+        if error.code() == KafkaError._FATAL and self._producer is not None:
+            try:
+                self._producer.poll(0)
+            except KafkaException as cause:
+                return cause.args[0]
+        return error
+
     def _fatal_message(self, what: str, error: KafkaError) -> str:
-        if error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                            KafkaError.INVALID_PRODUCER_EPOCH):  # fmt: skip
+        fenced = error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
+                                  KafkaError.INVALID_PRODUCER_EPOCH)  # fmt: skip
+        if fenced or "fenced" in error.str().lower():
             return (f"fenced during {what}: another scorer uses transactional.id "
                     f"{self.config.transactional_id}; give each instance its own --instance-id "
                     f"({error.str()})")
@@ -424,7 +444,10 @@ class ScorerApp:
         partitions = sorted(self.pending_restore)
         targets = {p: self.processors[p] for p in partitions}
         assert self._restorer is not None and self._consumer is not None
-        restored = self._restorer.restore(targets, keep_going=lambda: not self.stopping)
+        try:
+            restored = self._restorer.restore(targets, keep_going=lambda: not self.stopping)
+        except RestoreError as error:
+            raise FatalError(str(error)) from None
         self.metrics.restored_loans.inc(restored)
         self.pending_restore.clear()
         self._consumer.resume([TopicPartition(self.topics.events, p) for p in partitions])
@@ -436,7 +459,7 @@ class ScorerApp:
     # -- errors, reload, housekeeping --------------------------------------------------------------
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal():
-            self.fatal = f"fatal Kafka error: {error.name()}: {error.str()}"
+            self.fatal = self._fatal_message("processing", error)
         elif error.code() not in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN):
             log_event("kafka_error", level="warning", error=error.str())
 

@@ -78,8 +78,15 @@ class ChangelogRestorer:
                     raise KafkaException(error)
                 log.warning("changelog read error: %s", error)
                 continue
-            if processors[message.partition()].restore(message.key(), message.value()):
-                restored += 1
+            try:
+                if processors[message.partition()].restore(message.key(), message.value()):
+                    restored += 1
+            except Exception as error:  # an incompatible record: never guess a loan's state
+                raise RestoreError(
+                    f"changelog {self.topic} partition {message.partition()} offset "
+                    f"{message.offset()}: cannot restore record {message.key()!r} "
+                    f"({type(error).__name__}: {error}); was it written by an incompatible "
+                    "version? Use a new --app-id to start from an empty changelog") from None
         return restored
 
     def close(self) -> None:

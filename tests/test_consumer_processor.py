@@ -181,3 +181,21 @@ def test_properties_file_passes_through_but_cannot_break_the_guarantees(tmp_path
     path.write_text("just words\n")
     with pytest.raises(ConfigError, match="line 1"):
         load_properties(path)
+
+
+def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
+    from models.bundle import ModelBundle
+
+    # The same model with a lower HIGH threshold, so that this small book reaches it.
+    strict = ModelBundle(bundle.model, {**bundle.metadata,
+                                        "thresholds": {"high": 0.2, "moderate": 0.1}})
+    processor = PartitionProcessor(strict, policy, 1)
+    _, alerts, _ = run(processor, records(events), 500)
+    assert alerts, "no loan reached the HIGH tier"
+    for alert in alerts:
+        assert alert["risk_tier"] == "HIGH" and alert["risk_score"] > 0.2
+        assert alert["previous_tier"] != "HIGH"
+        AvroSerde("EarlyWarningAlert").encode(alert)
+    assert len({a["event_id"] for a in alerts}) == len(alerts)
+    again = run(PartitionProcessor(strict, policy, 1), records(events), 77)[1]
+    assert again == alerts  # same alerts, same ids, whatever the batching
