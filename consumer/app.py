@@ -60,6 +60,7 @@ class ScorerApp:
         self.eos = config.guarantee is Guarantee.exactly_once
         self.processors: dict[int, PartitionProcessor] = {}
         self.pending_restore: set[int] = set()
+        self.rewind_after_restore: dict[int, int] = {}
         self.positions: dict[int, int] = {}  # next offset to process, per partition
         self.txn_first: dict[int, int] = {}  # first offset processed in the open transaction
         self.in_txn = False
@@ -187,8 +188,11 @@ class ScorerApp:
         count = 0
         for partition, batch in by_partition.items():
             processor = self.processors.get(partition)
-            if processor is None or partition in self.pending_restore:
-                continue  # revoked meanwhile, or not restored yet: refetched later
+            if processor is None:
+                continue  # revoked meanwhile: its next owner starts from the committed offset
+            if partition in self.pending_restore:  # (paused at assignment; defensive)
+                self.rewind_after_restore.setdefault(partition, batch[0][0])
+                continue
             self.txn_first.setdefault(partition, batch[0][0])
             result = processor.process(batch, now_ms)
             self._emit(partition, result)
@@ -436,6 +440,7 @@ class ScorerApp:
             self.positions.pop(tp.partition, None)
             self.txn_first.pop(tp.partition, None)
             self.pending_restore.discard(tp.partition)
+            self.rewind_after_restore.pop(tp.partition, None)
         self.metrics.assigned_partitions.set(len(self.processors))
         self.metrics.set_lag({})
 
@@ -451,6 +456,9 @@ class ScorerApp:
         self.metrics.restored_loans.inc(restored)
         self.pending_restore.clear()
         self._consumer.resume([TopicPartition(self.topics.events, p) for p in partitions])
+        rewind, self.rewind_after_restore = self.rewind_after_restore, {}
+        self._seek([TopicPartition(self.topics.events, p, o) for p, o in rewind.items()
+                    if p in self.processors])  # fmt: skip
         self.health.ready = True
         self.last_activity = time.monotonic()  # idleness counts from being able to work
         log_event("state_restored", partitions=partitions, restored_loans=restored,

@@ -105,6 +105,10 @@ class PartitionProcessor:
         self._undo: dict[str, dict[str, Any] | None] = {}
         self._committed_segmenter = self.segmenter.to_json()
         self._committed_events_applied = 0
+        # Loans per current segment / tier, kept up to date per decision (the gauges must not
+        # cost a scan of a million loans every scrape).
+        self.by_segment: Counter[str] = Counter()
+        self.by_tier: Counter[str] = Counter()
 
     # -- the batch ------------------------------------------------------------------------------
     def process(self, batch: list[tuple[int, bytes | None, bytes | None]],
@@ -175,6 +179,10 @@ class PartitionProcessor:
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
             strategy = decide(tier, segment, score, previous_strategy)
+            if tier != previous_tier:
+                self._move(self.by_tier, previous_tier, tier)
+            if segment != state.segment:
+                self._move(self.by_segment, state.segment, segment)
             state.strategy, state.risk_tier = strategy, tier
             state.risk_score, state.segment = score, segment
             if strategy != previous_strategy:
@@ -190,6 +198,12 @@ class PartitionProcessor:
                     "source_event_id": event["event_id"], "source_offset": p.offset,
                     "occurred_at": event["occurred_at"], "decided_at": decided_at_ms,
                 })  # fmt: skip
+
+    @staticmethod
+    def _move(counts: Counter[str], old: str | None, new: str) -> None:
+        if old is not None:
+            counts[old] -= 1
+        counts[new] += 1
 
     def _change_record(self, p: _Pending, previous: str | None, strategy: str, score: float,
                        tier: str, segment: str, previous_tier: str | None, model_version: str,
@@ -248,6 +262,7 @@ class PartitionProcessor:
         self._undo.clear()
         self.segmenter = OnlineSegmenter.from_json(self._committed_segmenter)
         self.events_applied = self._committed_events_applied
+        self._recount()
 
     # -- restore --------------------------------------------------------------------------------
     def restore(self, key: bytes | None, value: bytes | None) -> bool:
@@ -270,14 +285,13 @@ class PartitionProcessor:
 
     def finish_restore(self) -> None:
         self.commit()
+        self._recount()
 
     # -- summaries ------------------------------------------------------------------------------
     def population(self) -> tuple[Counter[str], Counter[str]]:
         """Loans per current segment and per current tier."""
-        segments, tiers = Counter[str](), Counter[str]()
-        for state in self.states.values():
-            if state.segment:
-                segments[state.segment] += 1
-            if state.risk_tier:
-                tiers[state.risk_tier] += 1
-        return segments, tiers
+        return self.by_segment, self.by_tier
+
+    def _recount(self) -> None:
+        self.by_segment = Counter(s.segment for s in self.states.values() if s.segment)
+        self.by_tier = Counter(s.risk_tier for s in self.states.values() if s.risk_tier)
