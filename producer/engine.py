@@ -219,7 +219,10 @@ class EventProducer:
             # Not confirmed within the timeout: purge, so each one is reported as failed
             # through the delivery callback instead of vanishing.
             self._producer.purge(in_queue=True, in_flight=True, blocking=False)
-            self._producer.flush(5.0)
+            remaining = self._producer.flush(5.0)
+        if remaining:  # still no verdict: count them as failed rather than as acknowledged
+            self.summary.failed += remaining
+            self._count_error("_UNCONFIRMED", f"{remaining} events without a delivery report")
 
 
 def write_avro_file(
