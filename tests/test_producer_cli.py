@@ -61,6 +61,27 @@ def test_bad_properties_file_is_named_with_the_fix(tmp_path: Path) -> None:
                                      "(no silently lost events)")  # fmt: skip
 
 
+def test_property_librdkafka_refuses_is_named(bootstrap_servers: str, tmp_path: Path) -> None:
+    props = tmp_path / "client.properties"
+    props.write_text(f"bootstrap.servers={bootstrap_servers}\nsasl.mechanism.typo=PLAIN\n")
+    result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f'error: --kafka-config {props}: No such configuration '
+                                     'property: "sasl.mechanism.typo"; fix or remove that '
+                                     "property")  # fmt: skip
+
+
+def test_broken_export_fails_with_the_adapters_line(bootstrap_servers: str, make_topic,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    export = tmp_path / "export.csv"
+    export.write_text("Loan_ID,Loan_Amount\nL1,1000\n")
+    result = run_cli("produce", "--source", "seed", "--input", str(export),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", make_topic("broken"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {export}: required column") and "add it to the export" in line
+
+
 def test_dry_run_needs_out_and_history_needs_input(tmp_path: Path) -> None:
     result = run_cli("produce", "--source", "seed", "--dry-run")
     assert result.returncode == 2 and "--dry-run needs --out" in result.stderr

@@ -94,22 +94,20 @@ def produce(
         fail("--out is only for --dry-run; to produce to Kafka drop --out")
     # Kafka settings and the topic are checked before the source is read: a typo in a
     # properties file should not cost a full parse of a large export first.
-    config = None if dry_run else _kafka_config(bootstrap_servers, kafka_config, topic)
+    producer = None if dry_run else _kafka_producer(bootstrap_servers, kafka_config, topic,
+                                                    rate, flush_timeout)  # fmt: skip
     stop = StopFlag()
     event_source = _open_source(source.value, input_path, loans, seed, months_per_second, stop)
     events = _limited(event_source.events, limit)
     known = [x for x in (event_source.total, limit) if x is not None]
     bar = _progress_bar(progress and not as_json, min(known, default=None), dry_run)
     with _stop_on_signals(stop), bar as on_progress:
-        if config is None:
+        if producer is None:
             from producer.engine import write_avro_file
 
             assert out is not None
             summary = write_avro_file(events, out, stop, on_progress)
         else:
-            from producer.engine import EventProducer
-
-            producer = EventProducer(config, topic, rate=rate, flush_timeout_s=flush_timeout)
             summary = producer.run(events, stop, on_progress)
     _report(summary, source.value, as_json)
     if not summary.ok:
@@ -136,23 +134,32 @@ def _limited(events: Any, limit: int | None) -> Any:
     return events if limit is None else islice(events, limit)
 
 
-def _kafka_config(bootstrap: str | None, kafka_config: Path | None, topic: str) -> dict[str, str]:
+def _kafka_producer(bootstrap: str | None, kafka_config: Path | None, topic: str,
+                    rate: float | None, flush_timeout: float) -> Any:  # fmt: skip
+    """The producer, built before the source is read, so that a typo in a properties file or
+    a missing topic does not cost a full parse of a large export first."""
+    from confluent_kafka import KafkaException
+
     from producer.config import (
         KafkaConfigError,
         check_user_config,
         load_properties,
         producer_config,
     )
+    from producer.engine import EventProducer
 
+    where = f"--kafka-config {kafka_config}" if kafka_config else "Kafka settings"
     try:
         user = load_properties(kafka_config) if kafka_config else {}
-        check_user_config(user, f"--kafka-config {kafka_config}")
+        check_user_config(user, where)
         servers = _bootstrap(bootstrap, user)
-        config = producer_config(servers, user)
+        _check_topic({**user, "bootstrap.servers": servers}, topic, where)
+        return EventProducer(producer_config(servers, user, where), topic, rate=rate,
+                             flush_timeout_s=flush_timeout)  # fmt: skip
     except KafkaConfigError as error:
         fail(str(error))
-    _check_topic({**user, "bootstrap.servers": servers}, topic)
-    return config
+    except KafkaException as error:  # librdkafka refused a property (name or value)
+        fail(f"{where}: {error.args[0].str()}; fix or remove that property")
 
 
 def _bootstrap(explicit: str | None, user: dict[str, str]) -> str:
@@ -165,7 +172,7 @@ def _bootstrap(explicit: str | None, user: dict[str, str]) -> str:
     return chosen or bootstrap_or_fail(None)
 
 
-def _check_topic(config: dict[str, str], topic: str) -> None:
+def _check_topic(config: dict[str, str], topic: str, where: str) -> None:
     """Fail early on a missing topic: auto-creating it would give it the broker's default
     partition count, and the batch reference (`score`) assumes the partitions we created."""
     from confluent_kafka import KafkaException
@@ -176,8 +183,9 @@ def _check_topic(config: dict[str, str], topic: str) -> None:
     try:
         metadata = admin.list_topics(timeout=10)
     except KafkaException as error:
-        fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); check "
-             "--bootstrap-servers / --kafka-config")  # fmt: skip
+        settings = "--bootstrap-servers / $LOANREC_BOOTSTRAP_SERVERS" + (
+            f" / {where}" if where.startswith("--") else "")  # fmt: skip
+        fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); check {settings}")
     if topic not in metadata.topics:
         fail(f"topic {topic} does not exist on {servers}: run `loan-recovery topics create` "
              "(or pass --topic)")  # fmt: skip
