@@ -351,7 +351,8 @@ def read_uci(path: str | Path | IO[str]) -> History:
     amount paid p becomes:
 
     - s <= 0 (no consumption / paid duly / revolving): ``PaymentReceived`` on the due date,
-      ``amount_due`` = b, ``amount_paid`` = p, ``outstanding_after`` = b;
+      ``amount_due`` = the previous month's bill (what this month's payment settles; April
+      uses its own bill), ``amount_paid`` = p, ``outstanding_after`` = b;
     - s >= 1 (s months of delay): a late partial ``PaymentReceived`` of p (when p > 0), then
       ``PaymentMissed`` with ``days_past_due`` = 30 s, ``outstanding`` = b.
 
@@ -382,26 +383,30 @@ def read_uci(path: str | Path | IO[str]) -> History:
             "loan_tenure_months": -1, "interest_rate": math.nan, "loan_type": "Credit Card",
             "collateral_value": 0.0, "monthly_emi": math.nan,
         }))  # fmt: skip
+        previous_bill = max(0.0, float(v["X17"]))  # no March statement: April's stands in
         for m in range(6):  # April (X11/X17/X23) -> September (X6/X12/X18)
             status = int(v[f"X{11 - m}"])
             bill = max(0.0, float(v[f"X{17 - m}"]))
             paid = max(0.0, float(v[f"X{23 - m}"]))
             due = UCI_FIRST_DAY + 30 * m
+            # This month's payment settles (part of) last month's statement.
+            owed = previous_bill
+            previous_bill = bill
             if status <= 0:
                 seq += 1
                 events.append(_event(loan_id, loan_id, seq, due * DAY_MS, PAYMENT_RECEIVED, {
-                    "installment_due_date": due, "amount_due": bill, "amount_paid": paid,
+                    "installment_due_date": due, "amount_due": owed, "amount_paid": paid,
                     "outstanding_after": bill}))  # fmt: skip
             else:
                 if paid > 0:
                     seq += 1
                     events.append(_event(loan_id, loan_id, seq, (due + 1) * DAY_MS,
                                          PAYMENT_RECEIVED, {
-                        "installment_due_date": due, "amount_due": bill, "amount_paid": paid,
+                        "installment_due_date": due, "amount_due": owed, "amount_paid": paid,
                         "outstanding_after": bill}))  # fmt: skip
                 seq += 1
                 events.append(_event(loan_id, loan_id, seq, (due + 2) * DAY_MS, PAYMENT_MISSED, {
-                    "installment_due_date": due, "amount_due": bill,
+                    "installment_due_date": due, "amount_due": owed,
                     "days_past_due": 30 * status, "outstanding": bill}))  # fmt: skip
         outcomes[loan_id] = int(v["Y"])
     return History(events, outcomes, "uci", len(frame))

@@ -124,6 +124,11 @@ FEATURE_DOCS: tuple[tuple[str, str, str], ...] = (
     ("mean_amount_due", "Mean amount_due over installments.", "currency"),
     ("mean_amount_paid", "total_paid / installments.", "currency"),
     ("paid_to_due_ratio", "total_paid / sum of amount_due (1 when nothing was due).", "ratio"),
+    ("paid_in_full", "PaymentReceived events with amount_paid >= amount_due.", "count"),
+    ("zero_payment", "Installments with nothing paid: PaymentReceived of 0, or PaymentMissed "
+     "with no payment for the same due date.", "count"),
+    ("mean_outstanding_ratio", "Mean over installments of the outstanding balance after the "
+     "installment, divided by loan_amount (UCI: mean credit utilisation).", "ratio"),
     ("collection_attempts", "CollectionAttempt events so far.", "count"),
     ("last_collection_method", "Method of the last CollectionAttempt: NONE=0, CALLS=1, "
      "SETTLEMENT_OFFER=2, DEBT_COLLECTORS=3, LEGAL_NOTICE=4, OTHER=5.", "category code"),

@@ -54,7 +54,7 @@ SLOTS: tuple[str, ...] = (
     "installments", "paid_on_time", "paid_late", "num_missed", "consecutive_missed",
     "days_past_due", "days_past_due_prev", "days_past_due_prev2", "max_days_past_due",
     "outstanding", "outstanding_before", "last_amount_due", "last_amount_paid", "total_due",
-    "total_paid",
+    "total_paid", "paid_in_full", "zero_payment", "sum_outstanding",
     # collections
     "collection_attempts", "last_collection_method", "legal_action", "closed",
     # duplicate detection: ring of event-id hashes and the next write position
@@ -64,7 +64,7 @@ _I = {name: i for i, name in enumerate(SLOTS)}
 (AGE, GENDER, EMPLOYMENT, INCOME, DEPENDENTS, AMOUNT, TENURE, RATE, LOAN_TYPE, COLLATERAL, EMI,
  OPENED_AT, LAST_EVENT_AT, LAST_DUE, INSTALLMENTS, ON_TIME, LATE, MISSED, CONSECUTIVE, DPD,
  DPD_PREV, DPD_PREV2, MAX_DPD, OUTSTANDING, OUT_BEFORE, LAST_DUE_AMT, LAST_PAID, TOTAL_DUE,
- TOTAL_PAID, ATTEMPTS, METHOD, LEGAL, CLOSED) = range(33)  # fmt: skip
+ TOTAL_PAID, PAID_FULL, ZERO_PAY, SUM_OUT, ATTEMPTS, METHOD, LEGAL, CLOSED) = range(36)  # fmt: skip
 RECENT0 = _I["recent_id_0"]
 RECENT_POS = _I["recent_pos"]
 _NAN = math.nan
@@ -199,9 +199,13 @@ class LoanState:
             amount_due = _amount(body, "amount_due")
             paid = _amount(body, "amount_paid")
             outstanding = _amount(body, "outstanding_after")
-            self._installment(due, amount_due)
+            self._installment(due, amount_due, outstanding)
             v[LAST_PAID] += paid
             v[TOTAL_PAID] += paid
+            if paid >= amount_due:
+                v[PAID_FULL] += 1.0
+            elif paid == 0.0:
+                v[ZERO_PAY] += 1.0
             if at // DAY_MS > due:
                 v[LATE] += 1.0
             else:
@@ -216,7 +220,9 @@ class LoanState:
             if dpd is None or not 0 <= dpd <= _MAX_DAYS:
                 raise InvalidEvent("invalid_days_past_due", f"days_past_due={dpd!r}")
             outstanding = _amount(body, "outstanding")
-            self._installment(due, amount_due)
+            self._installment(due, amount_due, outstanding)
+            if v[LAST_PAID] == 0.0:  # nothing paid towards this installment
+                v[ZERO_PAY] += 1.0
             v[MISSED] += 1.0
             v[CONSECUTIVE] += 1.0
             v[DPD] = float(dpd)
@@ -250,11 +256,12 @@ class LoanState:
             )  # fmt: skip
         return due
 
-    def _installment(self, due: int, amount_due: float) -> None:
+    def _installment(self, due: int, amount_due: float, outstanding: float) -> None:
         # Events with the same due date as the previous one belong to the same installment
         # (e.g. a partial payment and then the miss of the rest).
         v = self._v
         if due != v[LAST_DUE]:
+            v[SUM_OUT] += outstanding
             v[INSTALLMENTS] += 1.0
             v[DPD_PREV2] = v[DPD_PREV]
             v[DPD_PREV] = v[DPD]
@@ -263,9 +270,11 @@ class LoanState:
             v[LAST_PAID] = 0.0
             v[TOTAL_DUE] += amount_due
             v[LAST_DUE_AMT] = amount_due
-        elif amount_due != v[LAST_DUE_AMT]:
-            v[TOTAL_DUE] += amount_due - v[LAST_DUE_AMT]
-            v[LAST_DUE_AMT] = amount_due
+        else:
+            v[SUM_OUT] += outstanding - v[OUTSTANDING]
+            if amount_due != v[LAST_DUE_AMT]:
+                v[TOTAL_DUE] += amount_due - v[LAST_DUE_AMT]
+                v[LAST_DUE_AMT] = amount_due
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -306,6 +315,8 @@ class LoanState:
             total_due / n if n > 0 else 0.0,
             v[TOTAL_PAID] / n if n > 0 else 0.0,
             v[TOTAL_PAID] / total_due if total_due > 0 else 1.0,
+            v[PAID_FULL], v[ZERO_PAY],
+            v[SUM_OUT] / n / amount if n > 0 and amount > 0 else 0.0,
             v[ATTEMPTS], v[METHOD], v[LEGAL],
         ]  # fmt: skip
 
