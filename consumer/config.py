@@ -143,5 +143,6 @@ class ServeConfig:
             "enable.auto.commit": "false",
             "isolation.level": "read_committed",
             "enable.partition.eof": "true",
+            "fetch.wait.max.ms": "10",  # the end is reported after an empty fetch: make it quick
             "auto.offset.reset": "earliest",
         }
