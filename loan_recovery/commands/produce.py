@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -172,20 +173,34 @@ def _bootstrap(explicit: str | None, user: dict[str, str]) -> str:
     return chosen or bootstrap_or_fail(None)
 
 
-def _check_topic(config: dict[str, str], topic: str, where: str) -> None:
+def _check_topic(config: dict[str, str], topic: str, where: str,
+                 timeout_s: float = 10.0) -> None:  # fmt: skip
     """Fail early on a missing topic: auto-creating it would give it the broker's default
-    partition count, and the batch reference (`score`) assumes the partitions we created."""
-    from confluent_kafka import KafkaException
+    partition count, and the batch reference (`score`) assumes the partitions we created.
+    An authentication failure ends the wait at once, with librdkafka's reason."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({**config, "log_level": 0})  # our one-line error says it all
+    refused: list[KafkaError] = []
+    auth = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
+            KafkaError._SSL, KafkaError.TOPIC_AUTHORIZATION_FAILED}  # fmt: skip
+    admin = AdminClient({**config, "log_level": 0,  # our one-line error says it all
+                         "error_cb": lambda e: refused.append(e) if e.code() in auth else None})
     servers = config["bootstrap.servers"]
-    try:
-        metadata = admin.list_topics(timeout=10)
-    except KafkaException as error:
-        settings = "--bootstrap-servers / $LOANREC_BOOTSTRAP_SERVERS" + (
-            f" / {where}" if where.startswith("--") else "")  # fmt: skip
-        fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); check {settings}")
+    settings = "--bootstrap-servers / $LOANREC_BOOTSTRAP_SERVERS" + (
+        f" / {where}" if where.startswith("--") else "")  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            metadata = admin.list_topics(timeout=1.0)
+            break
+        except KafkaException as error:
+            admin.poll(0)  # serves error_cb
+            if refused:
+                fail(f"Kafka at {servers} refused us: {refused[0].str()}; check {where}")
+            if time.monotonic() > deadline:
+                fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); "
+                     f"check {settings}")  # fmt: skip
     if topic not in metadata.topics:
         fail(f"topic {topic} does not exist on {servers}: run `loan-recovery topics create` "
              "(or pass --topic)")  # fmt: skip
