@@ -83,6 +83,12 @@ def test_stack_has_every_role() -> None:
     assert scorer["depends_on"]["topics-init"]["condition"] == "service_completed_successfully"
     assert scorer["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
     assert services["producer"]["depends_on"]["scorer"]["condition"] == "service_healthy"
+    producer = services["producer"]["command"]
+    assert producer[:3] == ["produce", "--source", "synthetic"]
+    trainer = " ".join(services["trainer"]["command"])
+    assert "loan-recovery generate" in trainer and "loan-recovery train" in trainer
+    model_dir = scorer["command"][scorer["command"].index("--model") + 1]
+    assert f"--out {model_dir}" in trainer  # the scorer loads what the trainer wrote
 
 
 def test_dockerfile_runs_as_non_root_with_healthcheck() -> None:

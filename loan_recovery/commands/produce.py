@@ -93,6 +93,9 @@ def produce(
         fail("--dry-run needs --out FILE (the Avro container file to write)")
     if out is not None and not dry_run:
         fail("--out is only for --dry-run; to produce to Kafka drop --out")
+    if source is Source.synthetic and input_path is not None:
+        fail("--input is not used with --source synthetic (it generates events); to replay a "
+             "generated book use --source events --input BOOK/events.jsonl")
     # Kafka settings and the topic are checked before the source is read: a typo in a
     # properties file should not cost a full parse of a large export first.
     producer = None if dry_run else _kafka_producer(bootstrap_servers, kafka_config, topic,
