@@ -237,3 +237,12 @@ def test_unreachable_broker_fails_every_event_with_a_reason() -> None:
     assert not summary.ok
     assert summary.failed == summary.sent == 15 and summary.acknowledged == 0
     assert "_MSG_TIMED_OUT" in summary.errors
+
+
+@pytest.mark.parametrize("module", ["producer.config", "producer.ratelimit", "producer.encoding"])
+def test_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0
