@@ -159,7 +159,8 @@ def event_id(loan_id: str, index: int) -> str:
     """Deterministic UUID-formatted id of a loan's ``index``-th history event, so replaying a
     file twice yields the same ids (and the stream drops the repeats)."""
     h = hashlib.md5(f"{loan_id}\x00{index}".encode(), usedforsecurity=False).hexdigest()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:32]}"
+    variant = "89ab"[int(h[16], 16) & 3]  # RFC 4122 variant bits, as in a random (v4) UUID
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
 # -- seed-schema CSV ---------------------------------------------------------------------------
@@ -445,10 +446,33 @@ def _read_avro(path: Path) -> Iterator[dict[str, Any]]:
 
     with open(path, "rb") as handle:
         try:
-            yield from reader(handle, return_record_name=True)
+            for n, event in enumerate(reader(handle, return_record_name=True), 1):
+                if not isinstance(event, dict) or not isinstance(event.get("body"), tuple):
+                    raise AdapterError(f"{path}: record {n} is not a LoanEvent; the container "
+                                       "must use the LoanEvent schema")  # fmt: skip
+                yield _plain(event)
+        except AdapterError:
+            raise
         except Exception as error:  # fastavro raises many types for corrupt blocks
             raise AdapterError(f"{path}: not a readable Avro container of LoanEvent "
                                f"({error}); re-export it") from None  # fmt: skip
+
+
+def _plain(event: dict[str, Any]) -> dict[str, Any]:
+    """Undo fastavro's logical-type conversions (a writer schema with timestamp-millis / date /
+    uuid yields datetime / date / UUID objects): events are plain ints and strings."""
+    import datetime as dt
+
+    at = event["occurred_at"]
+    if isinstance(at, dt.datetime):
+        event["occurred_at"] = int(at.timestamp() * 1000)
+    if not isinstance(event["event_id"], str):
+        event["event_id"] = str(event["event_id"])
+    _, body = event["body"]
+    due = body.get("installment_due_date")
+    if isinstance(due, dt.date):
+        body["installment_due_date"] = (due - dt.date(1970, 1, 1)).days
+    return event
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -510,6 +534,18 @@ def write_jsonl(events: Iterable[dict[str, Any]], handle: IO[str]) -> int:
     return n
 
 
+def write_avro(events: Iterable[dict[str, Any]], path: Path, codec: str = "deflate") -> int:
+    """Write events as an Avro object container file (LoanEvent schema); returns the count."""
+    from fastavro import writer
+
+    from schemas.registry import default_registry
+
+    events = events if isinstance(events, list) else list(events)
+    with open(path, "wb") as handle:
+        writer(handle, default_registry().latest("LoanEvent").parsed, events, codec=codec)
+    return len(events)
+
+
 def write_outcomes(outcomes: dict[str, int], path: Path) -> None:
     """``loan_id,outcome`` CSV (gzip-compressed when the name ends in ``.gz``)."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -521,5 +557,5 @@ def write_outcomes(outcomes: dict[str, int], path: Path) -> None:
 
 __all__ = [
     "AdapterError", "History", "read_events", "read_history", "read_seed", "read_uci",
-    "seed_frame_history", "seed_row_events", "write_jsonl", "write_outcomes",
+    "seed_frame_history", "seed_row_events", "write_avro", "write_jsonl", "write_outcomes",
 ]  # fmt: skip

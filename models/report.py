@@ -57,7 +57,7 @@ def _figures(bundle: Any, data: dict[str, Any]) -> dict[str, list[Any]]:
     fig = go.Figure()
     for segment in ("HIGH_RISK", "OTHERS", "LOW_RISK"):
         idx = [i for i, s in enumerate(proj["segment"]) if s == segment]
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(go.Scatter(
             x=[proj["x"][i] for i in idx], y=[proj["y"][i] for i in idx], mode="markers",
             name=segment, marker={"color": COLORS[segment], "size": 5, "opacity": 0.6},
             text=[f"risk {proj['risk'][i]:.3f}" for i in idx], hoverinfo="text+name"))
@@ -96,7 +96,7 @@ def _figures(bundle: Any, data: dict[str, Any]) -> dict[str, list[Any]]:
             if not idx:
                 continue
             label = names_of.get(c, "noise") if c != -1 else "noise"
-            fig.add_trace(go.Scattergl(
+            fig.add_trace(go.Scatter(
                 x=[comp["x"][i] for i in idx], y=[comp["y"][i] for i in idx], mode="markers",
                 name=f"{name}: {label}", showlegend=False,
                 marker={"size": 4, "opacity": 0.6, "color": COLORS.get(label, "#7f7f7f")}),

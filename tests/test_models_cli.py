@@ -63,3 +63,85 @@ def test_seed_and_event_log_of_the_same_book_give_the_same_training_data(book: P
     meta_b = ModelBundle.load(tmp_path / "b").metadata
     assert meta_a["training_data_sha256"] == meta_b["training_data_sha256"]
     assert a["roc_auc"] == b["roc_auc"]
+
+
+def _messy(book: Path, path: Path) -> None:
+    """The same book as a real export: blanks, odd spellings, unseen categories, extra
+    columns, thousands separators, a renamed header."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(book / "loans.csv", dtype=str, keep_default_na=False)
+    rng = np.random.default_rng(0)
+    for column in ("Age", "Monthly_Income", "Gender", "Employment_Type", "Interest_Rate",
+                   "Collateral_Value", "Num_Dependents", "Days_Past_Due", "Payment_History"):
+        frame.loc[rng.random(len(frame)) < 0.05, column] = ""
+    frame.loc[rng.random(len(frame)) < 0.05, "Employment_Type"] = "Freelancer"
+    frame.loc[rng.random(len(frame)) < 0.05, "Loan_Type"] = "Gold Loan"
+    frame.loc[rng.random(len(frame)) < 0.05, "Gender"] = "X"
+    frame.loc[rng.random(len(frame)) < 0.05, "Collection_Method"] = "E-mail"
+    frame.loc[rng.random(len(frame)) < 0.3, "Employment_Type"] = "self employed"
+    frame["Loan_Amount"] = [f"{float(v):,.2f}" for v in frame["Loan_Amount"]]
+    frame["Monthly_Income"] = [f"{float(v):,.2f}" if v else "n/a" for v in frame["Monthly_Income"]]
+    frame["Branch"] = "Pune"
+    frame.insert(0, "Exported At", "2025-01-01")
+    frame = frame.rename(columns={"Loan_ID": "loan id", "Recovery_Status": "RECOVERY_STATUS"})
+    frame.to_csv(path, index=False)
+
+
+def test_messy_export_trains(book: Path, tmp_path: Path) -> None:
+    messy = tmp_path / "messy.csv"
+    _messy(book, messy)
+    assert '"1,' in messy.read_text()  # thousands separators really are there
+    metrics = json.loads(cli("train", "--source", "seed", "--input", str(messy), "--out",
+                             str(tmp_path / "model"), "--trees", "40", "--json").stdout)
+    assert metrics["n_loans"] == 1500 and metrics["roc_auc"] > 0.65
+    ModelBundle.load(tmp_path / "model")
+
+
+@pytest.mark.parametrize("column", ["Days_Past_Due", "Recovery_Status", "Loan_ID"])
+def test_missing_required_column_is_one_clear_line(book: Path, tmp_path: Path,
+                                                    column: str) -> None:
+    import pandas as pd
+
+    broken = tmp_path / "broken.csv"
+    pd.read_csv(book / "loans.csv").drop(columns=[column]).to_csv(broken, index=False)
+    result = cli("train", "--source", "seed", "--input", str(broken), "--out",
+                 str(tmp_path / "model"), ok=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"'{column}'" in lines[0] and str(broken) in lines[0] and "add it" in lines[0]
+    assert not (tmp_path / "model").exists()
+
+
+def test_unreadable_inputs_are_one_clear_line(tmp_path: Path) -> None:
+    cases = {
+        "missing.csv": None,
+        "binary.csv": b"\x00\xff\xfe" * 100,
+        "empty.csv": b"",
+        "bad.jsonl": b'{"event_id": "e1"}\n',
+    }
+    for name, content in cases.items():
+        path = tmp_path / name
+        if content is not None:
+            path.write_bytes(content)
+        source = "events" if name.endswith(".jsonl") else "seed"
+        result = cli("train", "--source", source, "--input", str(path), "--out",
+                     str(tmp_path / "m"), ok=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1, (name, result.stderr)
+        assert str(path) in lines[0] and "Traceback" not in result.stderr
+    assert "line 1" in result.stderr  # the JSON lines error names the line
+
+
+def test_avro_event_log_with_outcomes_csv(tmp_path: Path) -> None:
+    from models.adapters import read_history
+
+    summary = json.loads(cli("generate", "--loans", "300", "--seed", "9", "--out",
+                             str(tmp_path / "book"), "--format", "avro", "--json").stdout)
+    log = Path(summary["files"]["events"])
+    assert log.suffix == ".avro" and log.read_bytes()[:4] == b"Obj\x01"
+    history = read_history("events", log)
+    seed = read_history("seed", tmp_path / "book" / "loans.csv")
+    assert history.events == seed.events and history.outcomes == seed.outcomes

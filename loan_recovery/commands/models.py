@@ -24,6 +24,11 @@ class HistorySource(StrEnum):
     events = "events"
 
 
+class EventFormat(StrEnum):
+    jsonl = "jsonl"
+    avro = "avro"
+
+
 def register(app: typer.Typer) -> None:
     app.command()(generate)
     app.command()(train)
@@ -40,10 +45,12 @@ def generate(
     loans: int = typer.Option(..., min=1, help="Number of loans in the book."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same book."),
     out: Path = typer.Option(..., help="Directory for loans.csv, events.jsonl, outcomes.csv.gz."),
+    events_format: EventFormat = typer.Option(EventFormat.jsonl, "--format",
+                                              help="Event log: JSON lines or Avro container."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Write a synthetic book: seed-schema CSV, its event log (JSON lines) and outcomes."""
-    from models.adapters import write_jsonl, write_outcomes
+    """Write a synthetic book: seed-schema CSV, its event log and outcomes."""
+    from models.adapters import write_avro, write_jsonl, write_outcomes
     from models.synthetic import generate_book
 
     started = time.perf_counter()
@@ -54,15 +61,19 @@ def generate(
     with _console().status(f"generating {loans:,} loans"):
         frame, events, outcomes = generate_book(loans, seed)
         frame.to_csv(out / "loans.csv", index=False)
-        with open(out / "events.jsonl", "w", encoding="utf-8") as handle:
-            n_events = write_jsonl(events, handle)
+        log = out / f"events.{events_format.value}"
+        if events_format is EventFormat.avro:
+            n_events = write_avro(events, log)
+        else:
+            with open(log, "w", encoding="utf-8") as handle:
+                n_events = write_jsonl(events, handle)
         # .csv.gz, not .csv: the directory holds exactly one seed-schema CSV.
         write_outcomes(outcomes, out / "outcomes.csv.gz")
     seconds = time.perf_counter() - started
     summary = {
         "loans": loans, "events": n_events, "default_rate": sum(outcomes.values()) / loans,
         "seconds": round(seconds, 2), "seed": seed,
-        "files": {"seed_csv": str(out / "loans.csv"), "events": str(out / "events.jsonl"),
+        "files": {"seed_csv": str(out / "loans.csv"), "events": str(log),
                   "outcomes": str(out / "outcomes.csv.gz")},
     }  # fmt: skip
     if as_json:
