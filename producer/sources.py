@@ -5,9 +5,10 @@ export and an event log become exactly the events that training sees.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class EventSource:
     events: Iterable[dict[str, Any]]
     total: int | None  # known length, for the progress bar's ETA
     live: bool  # runs until stopped
+    info: dict[str, Any] = field(default_factory=dict)  # for the summary, e.g. the seed
 
 
 def open_history(source: str, path: Path | None) -> EventSource:
@@ -66,11 +68,18 @@ def paced_by_event_time(
 
 
 def open_synthetic(
-    loans: int, seed: int, months_per_second: float, stop: Callable[[], bool]
+    loans: int, seed: int | None, months_per_second: float, stop: Callable[[], bool]
 ) -> EventSource:
-    """The live stream: ``models.synthetic.iter_live_events`` paced to wall-clock time."""
+    """The live stream: ``models.synthetic.iter_live_events`` paced to wall-clock time.
+
+    Loan and event ids derive from the seed, so two runs with one seed reuse ids (the scorer
+    would take the second run's events for duplicates or re-openings); without a seed, each
+    run draws a fresh one."""
     from models.synthetic import iter_live_events
 
+    if seed is None:
+        seed = secrets.randbelow(10**9)
     events = iter_live_events(loans, seed)
     return EventSource("synthetic", paced_by_event_time(events, months_per_second, stop),
-                       total=None, live=True)  # fmt: skip
+                       total=None, live=True, info={"seed": seed, "loans": loans,
+                       "months_per_second": months_per_second})  # fmt: skip

@@ -180,7 +180,7 @@ def test_live_synthetic_stream_stops_on_sigterm_and_flushes(
     code, out, err = _stop(process, signal.SIGTERM, after_s=4.0)
     assert code == 0, err  # stopping a live stream is its normal end
     summary = json.loads(out)
-    assert summary["interrupted"] and summary["ok"]
+    assert summary["interrupted"] and summary["ok"] and summary["seed"] == 3
     assert summary["sent"] == summary["acknowledged"] > 40  # openings plus some months
     assert topic_count(bootstrap_servers, topic) == summary["sent"]
 

@@ -66,7 +66,10 @@ def produce(
         help="librdkafka properties file (key=value lines) passed through, e.g. for SASL/SSL.",
     ),
     loans: int = typer.Option(1000, min=1, help="synthetic: number of loans in the live book."),
-    seed: int = typer.Option(0, help="synthetic: random seed."),
+    seed: int | None = typer.Option(
+        None, min=0, help="synthetic: random seed. Default: a new one per run (shown in the "
+        "summary), so a restarted stream never reuses the loan ids of the previous run.",
+    ),
     months_per_second: float = typer.Option(
         1.0, min=0.0001, help="synthetic: months of loan history streamed per wall-clock second."
     ),
@@ -113,14 +116,14 @@ def produce(
             summary = write_avro_file(events, out, stop, on_progress)
         else:
             summary = producer.run(events, stop, on_progress)
-    _report(summary, source.value, as_json)
+    _report(summary, source.value, as_json, event_source.info)
     if not summary.ok:
         raise typer.Exit(EXIT_FAILED)
     if summary.interrupted and not event_source.live:
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _open_source(source: str, input_path: Path | None, loans: int, seed: int,
+def _open_source(source: str, input_path: Path | None, loans: int, seed: int | None,
                  months_per_second: float, stop: Any) -> Any:  # fmt: skip
     from producer.sources import SourceError, open_history, open_synthetic
 
@@ -252,8 +255,8 @@ def _progress_bar(enabled: bool, total: int | None, dry_run: bool = False) -> It
         yield update
 
 
-def _report(summary: Any, source: str, as_json: bool) -> None:
-    payload = {"source": source, **summary.to_dict()}
+def _report(summary: Any, source: str, as_json: bool, info: dict[str, Any]) -> None:
+    payload = {"source": source, **info, **summary.to_dict()}
     if as_json:
         print_json(payload)
         return
@@ -263,7 +266,8 @@ def _report(summary: Any, source: str, as_json: bool) -> None:
                  [("sent", f"{summary.sent:,}"), ("acknowledged", f"{summary.acknowledged:,}"),
                   ("failed", f"{summary.failed:,}")])  # fmt: skip
     rows = [
-        ("source → target", f"{source} → {target}"), ("read", f"{summary.read:,}"),
+        ("source → target", f"{source} → {target}"),
+        *((key, str(value)) for key, value in info.items()), ("read", f"{summary.read:,}"),
         *delivered, ("rejected", f"{summary.rejected:,}"),
         ("seconds", f"{summary.seconds:.2f}"), ("events/s", f"{summary.events_per_s:,.0f}"),
     ]  # fmt: skip
