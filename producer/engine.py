@@ -169,7 +169,8 @@ class EventProducer:
                 break
             chunk = list(islice(events, self.chunk))
             if not chunk:
-                exhausted = True
+                # A live source also ends when asked to stop: that is an interruption.
+                exhausted = not stop.is_set()
                 break
             s.read += len(chunk)
             self._send_chunk(chunk, encoder, by_type)

@@ -3,6 +3,7 @@ then delivery accounting against the real broker."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -246,3 +247,18 @@ def test_docstring_examples_run(module: str) -> None:
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_live_source_that_ends_on_stop_counts_as_interrupted(
+    bootstrap_servers: str, make_topic
+) -> None:
+    topic = make_topic("live-stop")
+    stop = StopFlag()
+    live = paced_by_event_time(book(20), months_per_second=0.001, stop=stop.is_set)
+    threading.Timer(1.0, stop.set).start()  # as SIGTERM would, while the source waits
+    # The 20 openings fill 5 chunks of 4; the next chunk waits a month of event time and
+    # comes back empty when the stop arrives.
+    summary = EventProducer({"bootstrap.servers": bootstrap_servers}, topic, chunk=4).run(
+        live, stop)  # fmt: skip
+    assert summary.interrupted and summary.ok
+    assert summary.sent == watermark_total(bootstrap_servers, topic, 1) == 20
