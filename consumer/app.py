@@ -238,7 +238,16 @@ class ScorerApp:
                 return
             except BufferError:  # local queue full: let librdkafka deliver, then retry
                 producer.poll(0.05)
-            except KafkaException as exc:  # fatal: fenced, or the transaction is unusable
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE and topic == self.topics.dlq \
+                        and value:  # fmt: skip
+                    # A poison record too big to copy must not stop the stream: dead-letter
+                    # it without its bytes (the headers say where the original is).
+                    headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
+                    value = None
+                    continue
+                # Fatal: fenced, or the transaction is unusable.
                 raise FatalError(self._fatal_message("produce", self._root_cause(exc))) from None
 
     def _record(self, result: BatchResult, now_ms: int) -> None:

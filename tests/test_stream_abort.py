@@ -1,0 +1,83 @@
+"""Aborted transactions on the real broker: the scorer rolls its state back and rewinds its
+input (the consumer's fetch position is already past the aborted records), so the committed
+output is exactly that of a run without aborts.
+
+The scorer runs in-process so that the test can make some transactions fail with an abortable
+error; everything else (producer, abort, consumer, seek, broker) is real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+from test_stream_eos import (
+    PARTITIONS,
+    assert_same_changes,
+    change_keys,
+    encoded,
+    produce,
+    reference_keys,
+)
+
+from consumer.app import ScorerApp
+from consumer.config import ServeConfig
+from consumer.reference import score_events
+from producer.admin import create_topics
+from schemas.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+
+class FlakyTransactions:
+    """The real producer, except that every ``every``-th offsets commit fails, abortably."""
+
+    def __init__(self, producer: Any, every: int, failures: int) -> None:
+        self._producer, self.every, self.left, self.calls = producer, every, failures, 0
+
+    def send_offsets_to_transaction(self, *args: Any) -> None:
+        self.calls += 1
+        if self.left and self.calls % self.every == 0:
+            self.left -= 1
+            raise KafkaException(KafkaError(KafkaError._STATE, "injected abortable failure",
+                                            txn_requires_abort=True))  # fmt: skip
+        self._producer.send_offsets_to_transaction(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+
+class FlakyScorer(ScorerApp):
+    def _start(self) -> None:
+        super()._start()
+        self._producer = FlakyTransactions(self._producer, every=3, failures=4)
+
+
+def test_aborted_transactions_roll_back_and_rewind(
+    bootstrap_servers: str, trained_model: Path, unique_name
+) -> None:
+    from models.bundle import ModelBundle
+    from models.policy import Policy
+    from models.synthetic import generate_book
+
+    app = unique_name("abort")
+    topics = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
+                    risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    create_topics(bootstrap_servers, topics, partitions=PARTITIONS)
+    events = generate_book(500, seed=31)[1]
+    produce(bootstrap_servers, topics.events, encoded(events))
+    bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
+
+    config = ServeConfig(bootstrap_servers, trained_model, topics=topics, instance_id="flaky",
+                         commit_interval_ms=20, exit_when_idle_s=3, max_batch=300)  # fmt: skip
+    scorer = FlakyScorer(config, bundle, policy)
+    scorer.run()
+
+    assert scorer.metrics.transactions.labels(result="abort")._value.get() == 4
+    reference = score_events(events, bundle, policy, PARTITIONS)
+    got, _ = change_keys(bootstrap_servers, topics, len(reference.changes))
+    assert_same_changes(got, reference_keys(reference.changes))
+    assert scorer.processed > len(events)  # the aborted stretches were processed twice
+
