@@ -72,8 +72,11 @@ def sasl_broker() -> Iterator[int]:
     cluster_id = "-"
     while cluster_id.startswith("-"):  # StorageTool would read a leading '-' as an option
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-    subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c",
-                    str(properties)], check=True, capture_output=True)  # fmt: skip
+    formatted = subprocess.run([*java, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                "-c", str(properties)], capture_output=True, text=True)
+    if formatted.returncode != 0:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        pytest.fail(f"formatting the SASL broker failed: {formatted.stderr[-2000:]}")
     with open(data_dir / "broker.out", "wb") as out:
         process = subprocess.Popen([*java, "kafka.Kafka", str(properties)], stdout=out,
                                    stderr=subprocess.STDOUT, start_new_session=True)
