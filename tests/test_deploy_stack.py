@@ -197,3 +197,18 @@ def _mount(volume: str | dict) -> tuple[str, str]:
                                         if p.suffix in (".yml", ".yaml")))  # fmt: skip
 def test_deploy_yaml_parses(path: Path) -> None:
     assert yaml.safe_load((ROOT / path).read_text())
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each panel query, written as a recording rule (Grafana's
+    ``$__rate_interval`` replaced by a duration, as Grafana does before sending it)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"].replace("$__rate_interval", "1m") for p in dashboard["panels"]
+             for t in p.get("targets", [])]  # fmt: skip
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump(rules))
+    result = subprocess.run([_tool("promtool"), "check", "rules", "dashboard_rules.yml"],
+                            capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(exprs)} rules found" in result.stdout
