@@ -16,6 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 SECTIONS = (
     "summary", "segment-map", "segment-profiles", "clustering-comparison", "roc-pr",
     "calibration", "feature-importance", "score-distribution", "strategy-mix",
@@ -29,6 +31,81 @@ TITLES = {
     "score-distribution": "Score distribution and tier thresholds",
     "strategy-mix": "Strategy mix",
 }  # fmt: skip
+
+
+PROJECTION_POINTS = 2000  # loans drawn in the segment map
+MAX_SCORES = 50_000  # loans in the score histogram
+
+
+def population_data(x: np.ndarray, y: np.ndarray | None, risk: np.ndarray, z: np.ndarray,
+                    segments: np.ndarray, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """The population view of a book: a 2-D PCA projection of a seeded sample of loans (with
+    their segment and risk), per-segment profiles, the scores and the strategy mix under the
+    default policy. ``x`` = ``features()`` rows, ``z`` = standardized segmentation features.
+    The fitted PCA is returned under ``_pca`` (not serialised)."""
+    from sklearn.decomposition import PCA
+
+    from models.features import FEATURE_INDEX, SEGMENT_FEATURES
+    from models.policy import Policy
+
+    rng = np.random.default_rng(seed + 1)
+    idx = np.sort(rng.choice(len(z), size=min(PROJECTION_POINTS, len(z)), replace=False))
+    pca = PCA(n_components=2, random_state=seed).fit(z)
+    xy = pca.transform(z[idx])
+    profiles = {}
+    for s in sorted(set(segments.tolist())):
+        mask = segments == s
+        columns = {n: x[mask, FEATURE_INDEX[n]] for n in SEGMENT_FEATURES}
+        profiles[s] = {
+            "count": int(mask.sum()),
+            "default_rate": float(y[mask].mean()) if y is not None else None,
+            "mean_risk": float(risk[mask].mean()),
+            "features": {n: float(np.nanmean(c)) if np.isfinite(c).any() else None
+                         for n, c in columns.items()},
+        }  # fmt: skip
+    policy = Policy.load(None)
+    tiers = [policy.tier(r) for r in risk.tolist()]
+    strategies = [policy.matrix[t][s] for t, s in zip(tiers, segments.tolist(), strict=True)]
+    scores = risk if len(risk) <= MAX_SCORES else risk[idx]
+    return {
+        "projection": {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
+                       "segment": segments[idx].tolist(), "risk": np.round(risk[idx], 4).tolist(),
+                       "explained_variance": pca.explained_variance_ratio_.tolist()},
+        "profiles": profiles,
+        "all_scores": np.round(scores, 5).tolist(),
+        "strategy_mix": {s: strategies.count(s) for s in sorted(set(strategies))},
+        "tier_mix": {t: tiers.count(t) for t in ("HIGH", "MODERATE", "LOW")},
+        "n_loans": len(risk),
+        "_pca": pca,
+    }  # fmt: skip
+
+
+def input_data(bundle: Any, history: Any) -> dict[str, Any]:
+    """The population view of another book (``report --input``): replayed through the same
+    state machine, scored by the bundle, segmented by the bundle's K-Means centres."""
+    from models.segmentation import segment_matrix
+    from models.state import replay
+
+    states = replay(history.events)
+    if not states:
+        raise ValueError("the input holds no loans")
+    loan_ids = sorted(states)
+    x = np.array([states[i].features() for i in loan_ids], dtype=np.float64)
+    risk = bundle.predict_proba(x)
+    init = bundle.segmenter_init
+    means, stds = np.array(init["means"]), np.array(init["stds"])
+    raw = segment_matrix(x)
+    raw = np.where(np.isnan(raw), means, raw)
+    z = (raw - means) / stds
+    centres = np.array(init["centres"])
+    nearest = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    segments = np.array(init["names"], dtype=object)[nearest]
+    outcomes = history.outcomes
+    y = (np.array([outcomes[i] for i in loan_ids]) if loan_ids and
+         all(i in outcomes for i in loan_ids) else None)  # fmt: skip
+    data = population_data(x, y, risk, z, segments)
+    data.pop("_pca")
+    return data
 
 
 def load_report_data(bundle: Any) -> dict[str, Any]:
@@ -62,9 +139,12 @@ def _figures(bundle: Any, data: dict[str, Any]) -> dict[str, list[Any]]:
             name=segment, marker={"color": COLORS[segment], "size": 5, "opacity": 0.6},
             text=[f"risk {proj['risk'][i]:.3f}" for i in idx], hoverinfo="text+name"))
     ev = proj["explained_variance"]
-    fig.update_layout(title="Loans on the first two principal components (K-Means segments)",
+    fig.update_layout(title="Loans on the first two principal components (K-Means segments); "
+                      "zoom out for the outliers",
                       xaxis_title=f"PC1 ({ev[0]:.0%} of variance)",
-                      yaxis_title=f"PC2 ({ev[1]:.0%} of variance)", **layout)  # fmt: skip
+                      yaxis_title=f"PC2 ({ev[1]:.0%} of variance)",
+                      xaxis_range=_core_range(proj["x"]), yaxis_range=_core_range(proj["y"]),
+                      **layout)  # fmt: skip
     figs["segment-map"].append(fig)
 
     profiles = data["profiles"]
@@ -76,9 +156,10 @@ def _figures(bundle: Any, data: dict[str, Any]) -> dict[str, list[Any]]:
         # Standardized means, so features of different units share one axis.
         z = [((profiles[s]["features"][f] or 0.0) - seg["means"][k]) / seg["stds"][k]
              for k, f in enumerate(features)]
-        fig.add_trace(go.Bar(x=features, y=z, name=f"{s} ({profiles[s]['count']:,} loans, "
-                             f"default rate {profiles[s]['default_rate']:.1%})",
-                             marker_color=COLORS[s]))  # fmt: skip
+        rate = profiles[s]["default_rate"]
+        label = f"{s} ({profiles[s]['count']:,} loans, mean risk {profiles[s]['mean_risk']:.2f}"
+        label += f", default rate {rate:.1%})" if rate is not None else ")"
+        fig.add_trace(go.Bar(x=features, y=z, name=label, marker_color=COLORS[s]))
     fig.update_layout(title="Mean of each segmentation feature per segment (standardized)",
                       barmode="group", yaxis_title="standard deviations from the mean", **layout)
     figs["segment-profiles"].append(fig)
@@ -101,7 +182,10 @@ def _figures(bundle: Any, data: dict[str, Any]) -> dict[str, list[Any]]:
                 name=f"{name}: {label}", showlegend=False,
                 marker={"size": 4, "opacity": 0.6, "color": COLORS.get(label, "#7f7f7f")}),
                 row=1, col=col)  # fmt: skip
-    fig.update_layout(title="Clusterings of the same subsample (PCA projection)", **layout)
+    fig.update_xaxes(range=_core_range(comp["x"]))
+    fig.update_yaxes(range=_core_range(comp["y"]))
+    fig.update_layout(title="Clusterings of the same subsample (PCA projection; zoom out for "
+                      "the outliers)", **layout)
     figs["clustering-comparison"].append(fig)
 
     if curves := data.get("curves"):
@@ -152,12 +236,21 @@ def _figures(bundle: Any, data: dict[str, Any]) -> dict[str, list[Any]]:
                       yaxis_title="loans", **layout)  # fmt: skip
     figs["score-distribution"].append(fig)
 
-    mix = metrics.get("strategy_mix", {})
+    mix = data.get("strategy_mix") or metrics.get("strategy_mix", {})
     fig = go.Figure(go.Bar(x=list(mix), y=list(mix.values())))
     fig.update_layout(title="Strategy per loan under the default policy (tier x segment)",
                       yaxis_title="loans", **layout)
     figs["strategy-mix"].append(fig)
     return figs
+
+
+def _core_range(values: list[float]) -> list[float] | None:
+    """The 1st-99th percentile range, padded: a few extreme loans must not squash the map."""
+    if not values:
+        return None
+    lo, hi = np.percentile(values, [1, 99])
+    pad = (hi - lo) * 0.1 or 1.0
+    return [float(lo - pad), float(hi + pad)]
 
 
 def _f(value: Any) -> str:
@@ -198,11 +291,14 @@ def _summary_html(bundle: Any) -> str:
     )
 
 
-def render_report(bundle: Any) -> str:
-    """The report as one HTML string."""
+def render_report(bundle: Any, population: dict[str, Any] | None = None) -> str:
+    """The report as one HTML string. ``population`` (from :func:`input_data`) replaces the
+    training book in the population sections (segment map, profiles, scores, strategy mix)."""
     import plotly.offline
 
     data = load_report_data(bundle)
+    if population is not None:
+        data.update(population)
     figs = _figures(bundle, data)
     parts = []
     for name in SECTIONS:
@@ -230,10 +326,10 @@ def render_report(bundle: Any) -> str:
     )
 
 
-def write_report(bundle: Any, out: str | Path) -> Path:
+def write_report(bundle: Any, out: str | Path, population: dict[str, Any] | None = None) -> Path:
     """Render and write the report; returns its path."""
     out = Path(out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(bundle), encoding="utf-8")
+    out.write_text(render_report(bundle, population), encoding="utf-8")
     return out

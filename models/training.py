@@ -42,7 +42,6 @@ THRESHOLDS = {"high": 0.75, "moderate": 0.50}
 REPORT_FILE = "report_data.json"
 PERMUTATION_ROWS = 2000  # permutation importance on a seeded holdout subsample: it predicts
 PERMUTATION_REPEATS = 3  # features x repeats times
-PROJECTION_POINTS = 2000  # loans shown in the report's segment map
 
 
 class TrainingError(ValueError):
@@ -241,15 +240,12 @@ def train_bundle(
 
     segmenter["names_agree"] = name_by_risk(axis_risk) == comparison["kmeans_names"]
     segments = np.array(comparison["kmeans_names"], dtype=object)[kmeans.labels_]
-    policy = Policy.load(None)
-    tiers = np.where(risk_all > THRESHOLDS["high"], "HIGH",
-                     np.where(risk_all > THRESHOLDS["moderate"], "MODERATE", "LOW"))
-    strategies = [policy.matrix[t][s] for t, s in zip(tiers.tolist(), segments.tolist(),
-                                                      strict=True)]  # fmt: skip
-    metrics["strategy_mix"] = {s: strategies.count(s) for s in sorted(set(strategies))}
-    metrics["tier_mix"] = {t: int((tiers == t).sum()) for t in ("HIGH", "MODERATE", "LOW")}
-    metrics["segment_mix"] = {s: int((segments == s).sum()) for s in sorted(set(segments))}
     report.update(_report_data(x, y, risk_all, z, segments, comparison, seed))
+    # Under the shipped default policy, with the offline K-Means segments.
+    metrics["strategy_mix"] = report["strategy_mix"]
+    metrics["tier_mix"] = report["tier_mix"]
+    metrics["segment_mix"] = {s: int((segments == s).sum()) for s in sorted(set(segments))}
+    policy = Policy.load(None)
     metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["fit_seconds"] = round(fit_seconds, 2)
     metadata = {
@@ -289,37 +285,17 @@ def _report_data(
     x: np.ndarray, y: np.ndarray, risk: np.ndarray, z: np.ndarray, segments: np.ndarray,
     comparison: dict[str, Any], seed: int,
 ) -> dict[str, Any]:
-    """What the HTML report draws beyond the metrics: a 2-D PCA projection of a sample of
-    loans, per-segment profiles and the clustering comparison's sample labels."""
-    from sklearn.decomposition import PCA
+    """What the HTML report draws beyond the metrics: the population view (projection,
+    profiles, scores) and the clustering comparison's subsample in the same projection."""
+    from models.report import PROJECTION_POINTS, population_data
 
-    rng = np.random.default_rng(seed + 1)
-    idx = np.sort(rng.choice(len(z), size=min(PROJECTION_POINTS, len(z)), replace=False))
-    pca = PCA(n_components=2, random_state=seed).fit(z)
-    xy = pca.transform(z[idx])
-    profiles = {}
-    for s in sorted(set(segments.tolist())):
-        mask = segments == s
-        profiles[s] = {
-            "count": int(mask.sum()), "default_rate": float(y[mask].mean()),
-            "mean_risk": float(risk[mask].mean()),
-            "features": {n: float(np.nanmean(x[mask, FEATURE_INDEX[n]]))
-                         if np.isfinite(x[mask, FEATURE_INDEX[n]]).any() else None
-                         for n in SEGMENT_FEATURES},
-        }  # fmt: skip
-    sample = comparison["sample_index"]
-    pca_sample = pca.transform(comparison["z"][sample[: PROJECTION_POINTS]])
-    return {
-        "projection": {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
-                       "segment": segments[idx].tolist(), "risk": np.round(risk[idx], 4).tolist(),
-                       "explained_variance": pca.explained_variance_ratio_.tolist()},
-        "profiles": profiles,
-        "comparison_sample": {
-            "x": np.round(pca_sample[:, 0], 4).tolist(),
-            "y": np.round(pca_sample[:, 1], 4).tolist(),
-            "labels": {name: lab[: PROJECTION_POINTS].tolist()
-                       for name, lab in comparison["labels"].items()},
-        },
-        "all_scores": np.round(risk, 5).tolist() if len(risk) <= 50_000 else
-        np.round(risk[idx], 5).tolist(),
+    data = population_data(x, y, risk, z, segments, seed)
+    pca = data.pop("_pca")
+    sample = comparison["sample_index"][:PROJECTION_POINTS]
+    xy = pca.transform(comparison["z"][sample])
+    data["comparison_sample"] = {
+        "x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
+        "labels": {name: lab[:PROJECTION_POINTS].tolist()
+                   for name, lab in comparison["labels"].items()},
     }  # fmt: skip
+    return data

@@ -145,3 +145,27 @@ def test_avro_event_log_with_outcomes_csv(tmp_path: Path) -> None:
     history = read_history("events", log)
     seed = read_history("seed", tmp_path / "book" / "loans.csv")
     assert history.events == seed.events and history.outcomes == seed.outcomes
+
+
+def _segment_loans(html: str) -> int:
+    """Loans summed over the segment-profile legend entries ("HIGH_RISK (1,234 loans, ...")."""
+    import re
+
+    return sum(int(n.replace(",", "")) for n in re.findall(r"\((\d[\d,]*) loans, mean", html))
+
+
+def test_report_command_for_the_training_book_and_another_book(book: Path,
+                                                               tmp_path: Path) -> None:
+    cli("train", "--source", "seed", "--input", str(book / "loans.csv"), "--out",
+        str(tmp_path / "model"), "--trees", "20")
+    cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "a.html"))
+    other = tmp_path / "other"
+    cli("generate", "--loans", "700", "--seed", "99", "--out", str(other))
+    cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "b.html"),
+        "--source", "events", "--input", str(other / "events.jsonl"))
+    a, b = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
+    # The population sections describe the other book: its 700 loans, not the 1,500.
+    assert _segment_loans(a) == 1500 and _segment_loans(b) == 700
+    result = cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "c.html"),
+                 "--input", str(other / "loans.csv"), ok=False)
+    assert result.returncode != 0 and "--source" in result.stderr

@@ -166,17 +166,33 @@ def _print_metrics(m: dict[str, Any]) -> None:
 def report(
     model: Path = typer.Option(..., help="Bundle directory written by `train`."),
     out: Path = typer.Option(..., help="HTML file to write."),
+    source: HistorySource | None = typer.Option(None, help="With --input: its kind."),
+    input_path: Path | None = typer.Option(
+        None, "--input", help="Show this book (scored by the bundle) instead of the training "
+        "book in the segment map, profiles, score distribution and strategy mix."),
 ) -> None:
     """Write the interactive, self-contained HTML report of the model and the segmentation."""
+    from models.adapters import AdapterError, read_history
     from models.bundle import BundleError, ModelBundle
-    from models.report import write_report
+    from models.report import input_data, write_report
 
     try:
         bundle = ModelBundle.load(model)
     except BundleError as error:
         fail(f"--model {model}: {error}")
+    population = None
+    if input_path is not None:
+        if source is None:
+            fail("--input needs --source seed|uci|events")
+        if not input_path.exists():
+            fail(f"--input {input_path}: no such file")
+        try:
+            with _console().status(f"scoring {input_path}"):
+                population = input_data(bundle, read_history(source.value, input_path))
+        except (AdapterError, ValueError) as error:
+            fail(f"--input {input_path}: {error}")
     try:
-        write_report(bundle, out)
+        write_report(bundle, out, population)
     except OSError as error:
         fail(f"--out {out}: cannot write the report ({error.strerror})")
     typer.echo(f"report -> {out}")
