@@ -60,7 +60,7 @@ def feature_matrix(history: History) -> tuple[np.ndarray, np.ndarray, list[str]]
     return x, y, loan_ids
 
 
-def build_model(seed: int = 0, n_estimators: int = 300, min_samples_leaf: int = 40,
+def build_model(seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 40,
                 n_jobs: int = 2) -> Any:  # fmt: skip
     """The calibrated pipeline (unfitted). Inputs are ``features()`` rows (floats, NaN =
     missing), so serving needs no pandas."""
@@ -153,7 +153,7 @@ def train_bundle(
     *,
     holdout: float = 0.3,
     seed: int = 0,
-    n_estimators: int = 300,
+    n_estimators: int = 150,
     min_samples_leaf: int | None = None,
     n_jobs: int = 2,
     input_sha256: str | None = None,

@@ -90,7 +90,8 @@ def train(
     holdout: float = typer.Option(0.3, min=0.0, max=0.9, help="Share of loans held out."),
     seed: int = typer.Option(0, help="Seed for the split, the forest and the clusterings."),
     outcomes: Path | None = typer.Option(None, help="events: outcomes CSV (default: next to it)."),
-    trees: int = typer.Option(300, min=1, help="Trees in the random forest."),
+    # UCI holdout AUC saturates near 100 trees; every tree costs scoring latency per batch.
+    trees: int = typer.Option(150, min=1, help="Trees in the random forest."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Train the calibrated early-warning model and the segmentation; write a bundle."""
