@@ -70,6 +70,11 @@ SEED_NUMERIC = (
     "Collateral_Value", "Outstanding_Loan_Amount", "Monthly_EMI", "Num_Missed_Payments",
     "Days_Past_Due", "Collection_Attempts",
 )  # fmt: skip
+# Recovery_Status (normalised) -> outcome; anything else is unlabelled rather than guessed.
+RECOVERY_OUTCOMES = {
+    "writtenoff": 1, "writeoff": 1, "chargedoff": 1, "defaulted": 1, "default": 1,
+    "fullyrecovered": 0, "partiallyrecovered": 0, "recovered": 0, "settled": 0, "repaid": 0,
+}  # fmt: skip
 MAX_PAID_INSTALLMENTS = 24  # bounds the events per row; the rest of a long history is implied
 
 
@@ -167,7 +172,11 @@ def event_id(loan_id: str, index: int) -> str:
 
 
 def read_seed(path: str | Path | IO[str]) -> History:
-    """A seed-schema export -> :class:`History` (outcome = ``Recovery_Status == Written Off``)."""
+    """A seed-schema export -> :class:`History` (outcome = ``Recovery_Status == Written Off``;
+    Fully / Partially Recovered are 0; blank or unknown statuses leave the loan unlabelled).
+
+    Blank or unparsable numbers are 0 for the behavioural counts (missed payments, days past
+    due, attempts) and missing (NaN, imputed by the model) for profile values."""
     frame = _match_columns(_read_csv(path), SEED_COLUMNS, SEED_REQUIRED, path)
     return seed_frame_history(frame, path)
 
@@ -197,9 +206,9 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
         row.update({c: text[c][i] for c in text})
         row["Loan_ID"] = loan_id
         events.extend(seed_row_events(row))
-        status = _canonical(row["Recovery_Status"])
-        if status:
-            outcomes[loan_id] = int(status == "writtenoff")
+        outcome = RECOVERY_OUTCOMES.get(_canonical(row["Recovery_Status"]))
+        if outcome is not None:  # blank or unknown status: events yes, training label no
+            outcomes[loan_id] = outcome
     return History(events, outcomes, "seed", n)
 
 
