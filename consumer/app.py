@@ -185,6 +185,7 @@ class ScorerApp:
         elif not self.in_txn:
             self.in_txn, self.txn_started = True, time.monotonic()
         now_ms = int(time.time() * 1000)
+        applied: list[tuple[int, PartitionProcessor, BatchResult]] = []
         count = 0
         for partition, batch in by_partition.items():
             processor = self.processors.get(partition)
@@ -194,11 +195,21 @@ class ScorerApp:
                 self.rewind_after_restore.setdefault(partition, batch[0][0])
                 continue
             self.txn_first.setdefault(partition, batch[0][0])
-            result = processor.process(batch, now_ms)
-            self._emit(partition, result)
+            applied.append((partition, processor, processor.apply(batch)))
             self.positions[partition] = batch[-1][0] + 1
-            self._record(result, now_ms)
             count += len(batch)
+        # One vectorised scoring call for the whole poll, across partitions (each row's score
+        # depends on that row only, so this changes no result, only the per-call overhead).
+        rows = [p.row for _, _, result in applied for p in result.pending]
+        scores = self.bundle.predict_proba(rows) if rows else ()
+        start = 0
+        for partition, processor, result in applied:
+            n = len(result.pending)
+            if n:
+                processor.decide(result, scores[start : start + n], now_ms)
+                start += n
+            self._emit(partition, result)
+            self._record(result, now_ms)
         assert self._producer is not None
         self._producer.poll(0)
         self.processed += count

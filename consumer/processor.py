@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,10 @@ class BatchResult:
     occurred_at: list[int] = field(default_factory=list)  # of scored events, for latency
     changed_loans: set[str] = field(default_factory=set)
     next_offset: int | None = None
+    pending: list[_Pending] = field(default_factory=list)  # applied, waiting for scores
+
+    def rows(self) -> list[list[float]]:
+        return [p.row for p in self.pending]
 
     @property
     def scored(self) -> int:
@@ -113,10 +118,18 @@ class PartitionProcessor:
     # -- the batch ------------------------------------------------------------------------------
     def process(self, batch: list[tuple[int, bytes | None, bytes | None]],
                 decided_at_ms: int = 0) -> BatchResult:  # fmt: skip
+        """:meth:`apply`, one ``predict_proba`` call, :meth:`decide`."""
+        result = self.apply(batch)
+        if result.pending:
+            self.decide(result, self.bundle.predict_proba(result.rows()), decided_at_ms)
+        return result
+
+    def apply(self, batch: list[tuple[int, bytes | None, bytes | None]]) -> BatchResult:
+        """Decode and apply every record; the result's ``rows()`` still need scores. (The
+        Kafka loop scores the rows of all its partitions in one call: a row's score depends
+        on that row only.)"""
         result = BatchResult()
-        pending = [p for record in batch if (p := self._apply(record, result)) is not None]
-        if pending:
-            self._decide(pending, result, decided_at_ms)
+        result.pending = [p for record in batch if (p := self._apply(record, result)) is not None]
         if batch:
             result.next_offset = batch[-1][0] + 1
         return result
@@ -167,8 +180,10 @@ class PartitionProcessor:
         result.outcomes[(event_type, "dlq")] += 1
 
     # -- scoring and decisions ------------------------------------------------------------------
-    def _decide(self, pending: list[_Pending], result: BatchResult, decided_at_ms: int) -> None:
-        scores = self.bundle.predict_proba([p.row for p in pending])
+    def decide(self, result: BatchResult, scores: Sequence[float], decided_at_ms: int = 0
+               ) -> None:  # fmt: skip
+        """Segment, tier, policy and outputs for each applied event, in offset order."""
+        pending = result.pending
         tier_of, decide = self.bundle.tier, self.policy.decide
         segmenter = self.segmenter
         model_version, policy_version = self.bundle.version, self.policy.version
