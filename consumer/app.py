@@ -546,11 +546,15 @@ class ScorerApp:
         for partition in list(self.processors):
             tp = TopicPartition(self.topics.events, partition)
             try:
-                _low, high = consumer.get_watermark_offsets(tp, cached=True)
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             position = self.positions.get(partition)
-            if high >= 0 and position is not None:
+            if position is None:  # nothing processed here yet: from where it will start
+                position = consumer.position([tp])[0].offset
+                if position < 0:
+                    position = low
+            if high >= 0 and position >= 0:
                 lag[partition] = max(0, high - position)
         self.metrics.set_lag(lag)
 
