@@ -435,9 +435,11 @@ class ScorerApp:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Commit what was processed while we still own the partitions (bounded by the commit
-        # timeout); the next owner restores exactly this from the changelog.
+        # timeout); the next owner restores exactly this from the changelog. After a fatal
+        # error nothing can commit: the broker aborts the open transaction.
         try:
-            self._finish_transaction("revoke")
+            if not self.fatal:
+                self._finish_transaction("revoke")
         except FatalError as error:
             self.fatal = str(error)
         self._drop(partitions)
