@@ -113,7 +113,10 @@ def produce(
             from producer.engine import write_avro_file
 
             assert out is not None
-            summary = write_avro_file(events, out, stop, on_progress)
+            try:
+                summary = write_avro_file(events, out, stop, on_progress)
+            except OSError as error:
+                fail(f"--out {out}: cannot write it ({error.strerror}); pick a writable path")
         else:
             summary = producer.run(events, stop, on_progress)
     _report(summary, source.value, as_json, event_source.info)
