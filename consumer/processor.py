@@ -144,6 +144,13 @@ class PartitionProcessor:
             return None
         body_type = short_type(event["body"][0])
         loan_id = event["loan_id"]
+        if key != loan_id.encode():
+            # A loan's state lives in the partition of its key: a record keyed otherwise is
+            # on the wrong partition, and applying it would split the loan's history.
+            self._dead(result, offset, key, value, "key_mismatch",
+                       ValueError(f"record key {key!r} is not its loan_id {loan_id!r}"),
+                       body_type)  # fmt: skip
+            return None
         try:
             state = self._open_or_apply(loan_id, self.states.get(loan_id), event)
         except DuplicateEvent:

@@ -105,18 +105,20 @@ def test_every_kind_of_bad_input_is_a_dead_letter_with_its_reason(bundle, policy
         (7, loan.encode(), good),  # duplicate of offset 0
         (8, None, None),
         (9, loan.encode(), event("PaymentReceived", payment)),
+        (10, b"another-loan", event("PaymentReceived", payment)),
+        (11, None, event("PaymentReceived", payment)),
     ]
     out = PartitionProcessor(bundle, policy, 3).process(batch)
     reasons = {d.offset: d.reason for d in out.dead_letters}
     assert reasons == {1: "bad_header", 2: "unknown_fingerprint", 3: "undecodable",
                        4: "invalid_amount", 5: "impossible_date", 6: "unknown_loan",
-                       8: "bad_header"}  # fmt: skip
+                       8: "bad_header", 10: "key_mismatch", 11: "key_mismatch"}  # fmt: skip
     assert all(d.message and d.error_class for d in out.dead_letters)
     assert [(d.key, d.value) for d in out.dead_letters] == [(k, v) for o, k, v in batch
                                                             if o in reasons]  # fmt: skip
     assert out.outcomes[("LoanOpened", "duplicate")] == 1
-    assert out.scored == 2 and out.next_offset == 10
-    assert out.outcomes[("PaymentReceived", "dlq")] == 3
+    assert out.scored == 2 and out.next_offset == 12
+    assert out.outcomes[("PaymentReceived", "dlq")] == 5
     assert out.outcomes[("unknown", "dlq")] == 4
 
 
