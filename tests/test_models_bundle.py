@@ -117,3 +117,17 @@ def test_naming_and_knee_helpers() -> None:
     assert name_by_risk([0.1, 0.9, 0.5, 0.4]) == ["LOW_RISK", "HIGH_RISK", "OTHERS", "OTHERS"]
     curve = np.concatenate([np.linspace(0, 1, 90), np.linspace(1.5, 10, 10)])
     assert 0.9 <= knee(curve) <= 1.6
+
+
+def test_a_consistent_bundle_with_untrusted_types_is_refused(tmp_path: Path) -> None:
+    import operator
+
+    from sklearn.preprocessing import FunctionTransformer
+
+    from models.bundle import write_bundle
+
+    # Hashes and version are right, but the model would call an arbitrary function.
+    write_bundle(tmp_path, FunctionTransformer(func=operator.neg),
+                 {"features": [], "thresholds": {"high": 0.75, "moderate": 0.5}, "segmenter": {}})
+    with pytest.raises(BundleError, match=r"untrusted types \['_operator\.neg'\]"):
+        ModelBundle.load(tmp_path)
