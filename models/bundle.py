@@ -1,7 +1,8 @@
 """The model bundle: one directory the stream loads safely.
 
 ``model.skops`` (the calibrated pipeline, saved with skops: no pickle, and loading accepts
-only the types in :data:`TRUSTED_TYPES`) + ``metadata.json`` (version, trained-at,
+only the types in :data:`TRUSTED_TYPES`) + ``report_data.json`` (what the report draws) +
+``metadata.json`` (version, trained-at,
 training-data hash, feature list, metrics, calibration, thresholds, segmenter init, the
 SHA-256 of every file). ``version`` is a hash of the model file and the metadata, so any
 edit to either after training makes :meth:`ModelBundle.load` fail with :class:`BundleError`.
@@ -72,16 +73,21 @@ def content_version(metadata: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def write_bundle(directory: str | Path, model: Any, metadata: dict[str, Any]) -> str:
-    """Save ``model`` and ``metadata`` into ``directory``; returns the bundle version."""
+def write_bundle(directory: str | Path, model: Any, metadata: dict[str, Any],
+                 extra_files: dict[str, bytes] | None = None) -> str:  # fmt: skip
+    """Save ``model``, ``extra_files`` and ``metadata`` (which records every file's hash) into
+    ``directory``; returns the bundle version."""
     import skops.io as sio
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     sio.dump(model, directory / MODEL_FILE)
+    for name, content in (extra_files or {}).items():
+        (directory / name).write_bytes(content)
     metadata = dict(metadata)
     metadata["format"] = FORMAT
-    metadata["files"] = {MODEL_FILE: sha256_file(directory / MODEL_FILE)}
+    metadata["files"] = {name: sha256_file(directory / name)
+                         for name in (MODEL_FILE, *(extra_files or {}))}  # fmt: skip
     metadata["version"] = content_version(metadata)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=True)
     (directory / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
@@ -139,7 +145,7 @@ class ModelBundle:
             raise
         except Exception as error:  # skops raises many types on corrupt archives
             raise BundleError(f"{model_path}: cannot be loaded safely ({error}); retrain") from None
-        _single_threaded(model)
+        single_threaded(model)
         return cls(model, metadata, directory)
 
     def predict_proba(self, rows: Any) -> np.ndarray:
@@ -164,7 +170,7 @@ class ModelBundle:
         return f"ModelBundle(version={self.version!r}, features={len(self.feature_names)})"
 
 
-def _single_threaded(model: Any) -> None:
+def single_threaded(model: Any) -> None:
     """Predict with one thread: joblib threads add the trees' votes in completion order, and
     floating-point sums in a different order can differ in the last bit."""
     for name, value in model.get_params(deep=True).items():

@@ -147,6 +147,73 @@ def _hash_arrays(*arrays: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def split_by_loan(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded train / holdout row indices (one row per loan, so a split by loan)."""
+    from sklearn.model_selection import train_test_split
+
+    if len(set(y.tolist())) < 2:
+        raise TrainingError(f"all {len(y)} loans have outcome {y[0]}: the model needs both "
+                            "defaulted and recovered loans")  # fmt: skip
+    if holdout <= 0:
+        return np.arange(len(y)), np.arange(0)
+    minority = int(min((y == 0).sum(), (y == 1).sum()))
+    if minority < 6:
+        raise TrainingError(f"only {minority} loans in the smaller outcome class: too few to "
+                            "hold out and calibrate; add data or use --holdout 0")  # fmt: skip
+    train, test = train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed,
+                                   stratify=y)  # fmt: skip
+    return np.sort(train), np.sort(test)
+
+
+def holdout_metrics(model: Any, x: np.ndarray, y: np.ndarray,
+                    seed: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """(metrics, report curves) of a fitted model on held-out rows, with permutation importance
+    on a seeded subsample (it predicts features x repeats times)."""
+    from sklearn.inspection import permutation_importance
+
+    p = model.predict_proba(x)[:, 1]
+    metrics = evaluate(y, p)
+    report = {"curves": _curves(y, p)}
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(y), size=min(PERMUTATION_ROWS, len(y)), replace=False))
+    if len(set(y[rows].tolist())) == 2:
+        imp = permutation_importance(model, x[rows], y[rows], scoring="roc_auc",
+                                     n_repeats=PERMUTATION_REPEATS, random_state=seed, n_jobs=1)
+        metrics["permutation_importance"] = sorted(
+            ({"feature": name, "mean": float(m), "std": float(s)}
+             for name, m, s in zip(FEATURE_NAMES, imp.importances_mean, imp.importances_std,
+                                   strict=True)),
+            key=lambda d: -d["mean"])  # fmt: skip
+    return metrics, report
+
+
+def segmentation(x: np.ndarray, risk: np.ndarray, seed: int) -> dict[str, Any]:
+    """Offline clustering comparison + the online segmenter's starting point (plain data)."""
+    from models.segmentation import (
+        DEFAULT_HALFLIFE,
+        compare_clusterings,
+        name_by_risk,
+        risk_axis,
+        segment_matrix,
+    )
+
+    comparison = compare_clusterings(segment_matrix(x), risk, seed=seed)
+    kmeans = comparison["kmeans"]
+    weights = risk_axis(comparison["z"], risk)
+    # Online naming ranks centres on the risk axis; record whether it agrees with the offline
+    # naming by members' mean risk (it should: the clusters differ mostly along risk).
+    axis_risk = [float(np.dot(weights, c)) for c in kmeans.cluster_centers_]
+    comparison["init"] = {
+        "features": list(SEGMENT_FEATURES), "means": comparison["scaler"]["means"],
+        "stds": comparison["scaler"]["stds"], "count": comparison["scaler"]["count"],
+        "centres": kmeans.cluster_centers_.tolist(), "names": comparison["kmeans_names"],
+        "risk_weights": weights, "halflife": DEFAULT_HALFLIFE,
+        "names_agree": name_by_risk(axis_risk) == comparison["kmeans_names"],
+    }  # fmt: skip
+    comparison["segments"] = np.array(comparison["kmeans_names"], dtype=object)[kmeans.labels_]
+    return comparison
+
+
 def train_bundle(
     history: History,
     out: str | Path,
@@ -160,94 +227,44 @@ def train_bundle(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train, evaluate, write the bundle to ``out``; return the metrics (as in ``--json``)."""
-    from sklearn.inspection import permutation_importance
-    from sklearn.model_selection import train_test_split
-
-    from models.bundle import write_bundle
+    from models.bundle import single_threaded, write_bundle
     from models.policy import Policy
-    from models.segmentation import compare_clusterings, risk_axis, segment_matrix
 
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     say(f"replaying {len(history.events):,} events through the state machine")
     x, y, _ = feature_matrix(history)
-    if len(set(y.tolist())) < 2:
-        raise TrainingError(f"all {len(y)} loans have outcome {y[0]}: the model needs both "
-                            "defaulted and recovered loans")  # fmt: skip
-    minority = int(min((y == 0).sum(), (y == 1).sum()))
-    if holdout > 0:
-        if minority < 6:
-            raise TrainingError(f"only {minority} loans in the smaller outcome class: too few to "
-                                "hold out and calibrate; add data or use --holdout 0")  # fmt: skip
-        idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=holdout,
-                                               random_state=seed, stratify=y)  # fmt: skip
-    else:
-        idx_train, idx_test = np.arange(len(y)), np.arange(0)
+    train, test = split_by_loan(y, holdout, seed)
     if min_samples_leaf is None:
         # Leaves of ~0.2 % of the training loans (3..40): big enough to average out label noise
         # (UCI holdout AUC rises from 0.776 at 5 to 0.785 at 40), small enough for small books.
-        min_samples_leaf = int(np.clip(len(idx_train) // 500, 3, 40))
+        min_samples_leaf = int(np.clip(len(train) // 500, 3, 40))
     model = build_model(seed, n_estimators, min_samples_leaf, n_jobs)
-    say(f"fitting the calibrated random forest on {len(idx_train):,} loans")
-    model.fit(x[idx_train], y[idx_train])
-    from models.bundle import _single_threaded
-
-    _single_threaded(model)  # what the stream will run: identical results, any batch size
-    fit_seconds = time.perf_counter() - started
-    metrics: dict[str, Any] = {"n_loans": len(y), "n_train": len(idx_train),
-                               "n_holdout": len(idx_test), "holdout": holdout, "seed": seed}
+    say(f"fitting the calibrated random forest on {len(train):,} loans")
+    fit_started = time.perf_counter()
+    model.fit(x[train], y[train])
+    fit_seconds = time.perf_counter() - fit_started
+    single_threaded(model)  # what the stream runs: identical scores whatever the batch
+    metrics: dict[str, Any] = {"n_loans": len(y), "n_train": len(train), "n_holdout": len(test),
+                               "holdout": holdout, "seed": seed}  # fmt: skip
     report: dict[str, Any] = {}
-    if len(idx_test):
-        say(f"evaluating on {len(idx_test):,} held-out loans")
-        p_test = model.predict_proba(x[idx_test])[:, 1]
-        metrics.update(evaluate(y[idx_test], p_test))
-        report["curves"] = _curves(y[idx_test], p_test)
-        report["holdout_scores"] = {"score": np.round(p_test, 5).tolist(),
-                                    "outcome": y[idx_test].tolist()}  # fmt: skip
-        rng = np.random.default_rng(seed)
-        sub = rng.choice(len(idx_test), size=min(PERMUTATION_ROWS, len(idx_test)), replace=False)
-        rows = idx_test[np.sort(sub)]
-        if len(set(y[rows].tolist())) == 2:
-            say("permutation importance")
-            imp = permutation_importance(model, x[rows], y[rows], scoring="roc_auc",
-                                         n_repeats=PERMUTATION_REPEATS, random_state=seed,
-                                         n_jobs=1)  # fmt: skip
-            metrics["permutation_importance"] = sorted(
-                ({"feature": name, "mean": float(m), "std": float(s)}
-                 for name, m, s in zip(FEATURE_NAMES, imp.importances_mean,
-                                       imp.importances_std, strict=True)),
-                key=lambda d: -d["mean"])  # fmt: skip
+    if len(test):
+        say(f"evaluating on {len(test):,} held-out loans (+ permutation importance)")
+        holdout_m, report = holdout_metrics(model, x[test], y[test], seed)
+        metrics.update(holdout_m)
     say("comparing K-Means, DBSCAN and agglomerative clustering")
-    risk_all = model.predict_proba(x)[:, 1]
-    seg_x = segment_matrix(x)
-    comparison = compare_clusterings(seg_x, risk_all, seed=seed)
-    algorithms = comparison["algorithms"]
-    metrics["clustering"] = algorithms
-    metrics["silhouette"] = {name: a["silhouette"] for name, a in algorithms.items()}
-    z = comparison["z"]
-    kmeans = comparison["kmeans"]
-    weights = risk_axis(z, risk_all)
-    segmenter = {
-        "features": list(SEGMENT_FEATURES), "means": comparison["scaler"]["means"],
-        "stds": comparison["scaler"]["stds"], "count": comparison["scaler"]["count"],
-        "centres": kmeans.cluster_centers_.tolist(), "names": comparison["kmeans_names"],
-        "risk_weights": weights, "halflife": 0.01,
-    }  # fmt: skip
-    # Online naming ranks centres on the risk axis; say whether it agrees with the offline
-    # naming by members' mean risk (it should: clusters differ mostly along risk).
-    axis_risk = [float(np.dot(weights, c)) for c in kmeans.cluster_centers_]
-    from models.segmentation import name_by_risk
-
-    segmenter["names_agree"] = name_by_risk(axis_risk) == comparison["kmeans_names"]
-    segments = np.array(comparison["kmeans_names"], dtype=object)[kmeans.labels_]
-    report.update(_report_data(x, y, risk_all, z, segments, comparison, seed))
+    risk = model.predict_proba(x)[:, 1]
+    seg = segmentation(x, risk, seed)
+    metrics["clustering"] = seg["algorithms"]
+    metrics["silhouette"] = {name: a["silhouette"] for name, a in seg["algorithms"].items()}
+    segments = seg["segments"]
+    report.update(_report_data(x, y, risk, seg["z"], segments, seg, seed))
     # Under the shipped default policy, with the offline K-Means segments.
     metrics["strategy_mix"] = report["strategy_mix"]
     metrics["tier_mix"] = report["tier_mix"]
     metrics["segment_mix"] = {s: int((segments == s).sum()) for s in sorted(set(segments))}
-    policy = Policy.load(None)
-    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metrics["fit_seconds"] = round(fit_seconds, 2)
+    metrics["train_seconds"] = round(time.perf_counter() - started, 2)
     metadata = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": history.source,
@@ -261,24 +278,15 @@ def train_bundle(
         "model": {"estimator": "RandomForestClassifier", "n_estimators": n_estimators,
                   "min_samples_leaf": min_samples_leaf, "max_features": "sqrt",
                   "random_state": seed},
-        "metrics": {k: v for k, v in metrics.items() if k not in ("calibration",)},
-        "segmenter": segmenter,
-        "policy_version": policy.version,
+        "metrics": {k: v for k, v in metrics.items() if k != "calibration"},
+        "segmenter": seg["init"],
+        "policy_version": Policy.load(None).version,
     }  # fmt: skip
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_FILE).write_text(json.dumps(report, allow_nan=True), encoding="utf-8")
     say(f"writing the bundle to {out}")
-    metadata["report_data_sha256"] = _hash_file(out / REPORT_FILE)
-    metrics["version"] = write_bundle(out, model, metadata)
+    report_bytes = json.dumps(report, allow_nan=True).encode()
+    metrics["version"] = write_bundle(out, model, metadata, {REPORT_FILE: report_bytes})
     metrics["bundle"] = str(out)
     return metrics
-
-
-def _hash_file(path: Path) -> str:
-    from models.bundle import sha256_file
-
-    return sha256_file(path)
 
 
 def _report_data(

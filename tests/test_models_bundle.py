@@ -83,6 +83,16 @@ def test_tampered_bundles_fail_to_load_with_a_clear_error(trained, tmp_path: Pat
     with pytest.raises(BundleError, match=r"metadata\.json was modified after training"):
         ModelBundle.load(meta_dir)
 
+    report_dir = tmp_path / "report"
+    shutil.copytree(trained["dir"], report_dir)
+    (report_dir / "report_data.json").write_text("{}")
+    with pytest.raises(BundleError, match=r"report_data\.json was modified after training"):
+        ModelBundle.load(report_dir)
+
+    (report_dir / "report_data.json").unlink()
+    with pytest.raises(BundleError, match=r"report_data\.json: missing from the bundle"):
+        ModelBundle.load(report_dir)
+
     with pytest.raises(BundleError, match=r"no metadata\.json"):
         ModelBundle.load(tmp_path)
 
