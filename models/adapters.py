@@ -555,6 +555,52 @@ def write_avro(events: Iterable[dict[str, Any]], path: Path, codec: str = "defla
     return len(events)
 
 
+class EventLogWriter:
+    """Incremental event-log writer: Avro object container for ``*.avro``, else JSON lines.
+
+    >>> import tempfile, pathlib
+    >>> from models.synthetic import generate_book
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "log.avro"
+    >>> with EventLogWriter(path) as log:
+    ...     log.write(generate_book(10, seed=0)[1])
+    >>> read_events(path).events == generate_book(10, seed=0)[1]
+    True
+    """
+
+    def __init__(self, path: Path, codec: str = "deflate") -> None:
+        self.path = Path(path)
+        self.count = 0
+        self._avro = self.path.suffix == ".avro"
+        self._handle: IO[Any] = open(self.path, "wb" if self._avro else "w",  # noqa: SIM115
+                                     encoding=None if self._avro else "utf-8")  # fmt: skip
+        if self._avro:
+            from fastavro.write import Writer
+
+            from schemas.registry import default_registry
+
+            schema = default_registry().latest("LoanEvent").parsed
+            self._writer = Writer(self._handle, schema, codec=codec)
+
+    def write(self, events: Iterable[dict[str, Any]]) -> None:
+        if self._avro:
+            for event in events:
+                self._writer.write(event)
+                self.count += 1
+        else:
+            self.count += write_jsonl(events, self._handle)
+
+    def close(self) -> None:
+        if self._avro:
+            self._writer.flush()
+        self._handle.close()
+
+    def __enter__(self) -> EventLogWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_outcomes(outcomes: dict[str, int], path: Path) -> None:
     """``loan_id,outcome`` CSV (gzip-compressed when the name ends in ``.gz``)."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -565,6 +611,7 @@ def write_outcomes(outcomes: dict[str, int], path: Path) -> None:
 
 
 __all__ = [
-    "AdapterError", "History", "read_events", "read_history", "read_seed", "read_uci",
-    "seed_frame_history", "seed_row_events", "write_avro", "write_jsonl", "write_outcomes",
+    "AdapterError", "EventLogWriter", "History", "read_events", "read_history", "read_seed",
+    "read_uci", "seed_frame_history", "seed_row_events", "write_avro", "write_jsonl",
+    "write_outcomes",
 ]  # fmt: skip

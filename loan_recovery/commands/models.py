@@ -24,6 +24,9 @@ class HistorySource(StrEnum):
     events = "events"
 
 
+GENERATE_CHUNK = 5000
+
+
 class EventFormat(StrEnum):
     jsonl = "jsonl"
     avro = "avro"
@@ -50,25 +53,37 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a synthetic book: seed-schema CSV, its event log and outcomes."""
-    from models.adapters import write_avro, write_jsonl, write_outcomes
-    from models.synthetic import generate_book
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from models.adapters import EventLogWriter, seed_frame_history, write_outcomes
+    from models.synthetic import generate_frame
 
     started = time.perf_counter()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         fail(f"--out {out}: cannot create the directory ({error.strerror})")
-    with _console().status(f"generating {loans:,} loans"):
-        frame, events, outcomes = generate_book(loans, seed)
-        frame.to_csv(out / "loans.csv", index=False)
-        log = out / f"events.{events_format.value}"
-        if events_format is EventFormat.avro:
-            n_events = write_avro(events, log)
-        else:
-            with open(log, "w", encoding="utf-8") as handle:
-                n_events = write_jsonl(events, handle)
-        # .csv.gz, not .csv: the directory holds exactly one seed-schema CSV.
-        write_outcomes(outcomes, out / "outcomes.csv.gz")
+    frame, _ = generate_frame(loans, seed)
+    frame.to_csv(out / "loans.csv", index=False)
+    log = out / f"events.{events_format.value}"
+    outcomes: dict[str, int] = {}
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), "loans",
+               "{task.fields[rate]}", TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=_console(), transient=True) as bar, \
+            EventLogWriter(log) as writer:  # fmt: skip
+        task = bar.add_task("events", total=loans, rate="")
+        # Rows are independent: chunk by chunk gives the same events as generate_book, in
+        # bounded memory.
+        for start in range(0, loans, GENERATE_CHUNK):
+            history = seed_frame_history(frame.iloc[start:start + GENERATE_CHUNK])
+            writer.write(history.events)
+            outcomes.update(history.outcomes)
+            done = min(loans, start + GENERATE_CHUNK)
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=done, rate=f"{rate:,.0f} loans/s")
+    n_events = writer.count
+    # .csv.gz, not .csv: the directory holds exactly one seed-schema CSV.
+    write_outcomes(outcomes, out / "outcomes.csv.gz")
     seconds = time.perf_counter() - started
     summary = {
         "loans": loans, "events": n_events, "default_rate": sum(outcomes.values()) / loans,
