@@ -145,6 +145,16 @@ class ModelBundle:
             raise
         except Exception as error:  # skops raises many types on corrupt archives
             raise BundleError(f"{model_path}: cannot be loaded safely ({error}); retrain") from None
+        from models.features import FEATURE_NAMES
+
+        if list(metadata.get("features", [])) != list(FEATURE_NAMES):
+            # The model reads features by position: a different state machine would feed it
+            # the wrong columns silently.
+            theirs, ours = metadata.get("features", []), list(FEATURE_NAMES)
+            diff = sorted(set(theirs) ^ set(ours)) or ["(same names, different order)"]
+            raise BundleError(f"{directory}: trained on a different feature vector than this "
+                              f"version computes (differs in {', '.join(diff[:5])}); retrain "
+                              "the bundle with this version")  # fmt: skip
         single_threaded(model)
         return cls(model, metadata, directory)
 

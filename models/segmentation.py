@@ -67,7 +67,10 @@ class OnlineSegmenter:
 
         self.init = init
         self.features: list[str] = list(init["features"])
-        self._index = [FEATURE_INDEX.get(name, -1) for name in self.features]
+        if unknown := [n for n in self.features if n not in FEATURE_INDEX]:
+            raise ValueError(f"segmenter features {unknown} are not computed by this version's "
+                             "state machine; retrain the bundle")  # fmt: skip
+        self._index = [FEATURE_INDEX[name] for name in self.features]
         self.risk_weights = [float(w) for w in init["risk_weights"]]
         keys = range(len(self.features))
         s = state or {

@@ -141,3 +141,18 @@ def test_a_consistent_bundle_with_untrusted_types_is_refused(tmp_path: Path) -> 
                  {"features": [], "thresholds": {"high": 0.75, "moderate": 0.5}, "segmenter": {}})
     with pytest.raises(BundleError, match=r"untrusted types \['_operator\.neg'\]"):
         ModelBundle.load(tmp_path)
+
+
+def test_a_bundle_trained_on_another_feature_vector_is_refused(trained, tmp_path: Path) -> None:
+    from models.bundle import content_version
+
+    old = tmp_path / "old"
+    shutil.copytree(trained["dir"], old)
+    meta = json.loads((old / "metadata.json").read_text())
+    meta["features"] = meta["features"][:-1]  # as if trained before a feature was added
+    meta["version"] = content_version(meta)  # ... and consistently versioned
+    (old / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=r"different feature vector.*legal_action"):
+        ModelBundle.load(old)
+    with pytest.raises(ValueError, match="not computed"):
+        OnlineSegmenter({**meta["segmenter"], "features": ["shoe_size"]})

@@ -126,8 +126,10 @@ def train(
 
             metrics = train_bundle(history, out, holdout=holdout, seed=seed, n_estimators=trees,
                                    input_sha256=_sha256(input_path), progress=progress)
-    except (AdapterError, TrainingError) as error:
+    except AdapterError as error:
         fail(str(error))
+    except TrainingError as error:
+        fail(f"--input {input_path}: {error}")
     except OSError as error:
         fail(f"--out {out}: cannot write the bundle ({error.strerror})")
     metrics["seconds"] = round(time.perf_counter() - started, 2)
