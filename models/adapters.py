@@ -75,6 +75,8 @@ RECOVERY_OUTCOMES = {
     "writtenoff": 1, "writeoff": 1, "chargedoff": 1, "defaulted": 1, "default": 1,
     "fullyrecovered": 0, "partiallyrecovered": 0, "recovered": 0, "settled": 0, "repaid": 0,
 }  # fmt: skip
+MAX_COUNT = 360  # missed installments / collection attempts per row: 30 years of monthly events
+MAX_DAYS_PAST_DUE = 36_500
 MAX_PAID_INSTALLMENTS = 24  # bounds the events per row; the rest of a long history is implied
 
 
@@ -237,6 +239,8 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
       least one installment event in all). Outstanding falls
       linearly from ``Loan_Amount`` to ``Outstanding_Loan_Amount``, reached exactly at the
       last installment.
+    - Counts above :data:`MAX_COUNT` and days past due above :data:`MAX_DAYS_PAST_DUE` are
+      corrupt cells and are capped.
     - ``Collection_Attempts`` = a ``CollectionAttempt`` events at the end, method
       ``Collection_Method``, the last one carrying ``Legal_Action_Taken`` (legal action with
       a = 0 is inconsistent: one attempt is added).
@@ -247,10 +251,11 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     amount = _amount_or_nan(row["Loan_Amount"])
     final_out = _amount_or_nan(row["Outstanding_Loan_Amount"])
     emi = _amount_or_nan(row["Monthly_EMI"])
-    missed = max(0, _int_or(row["Num_Missed_Payments"], 0))
-    dpd = max(0, _int_or(row["Days_Past_Due"], 0))
+    # Caps keep one corrupt cell from turning into millions of events.
+    missed = min(MAX_COUNT, max(0, _int_or(row["Num_Missed_Payments"], 0)))
+    dpd = min(MAX_DAYS_PAST_DUE, max(0, _int_or(row["Days_Past_Due"], 0)))
     history = _canonical(row.get("Payment_History") or "")
-    attempts = max(0, _int_or(row["Collection_Attempts"], 0))
+    attempts = min(MAX_COUNT, max(0, _int_or(row["Collection_Attempts"], 0)))
     legal = _canonical(row.get("Legal_Action_Taken") or "") in ("yes", "y", "true", "1")
     if dpd > 0 and missed == 0:
         missed = 1

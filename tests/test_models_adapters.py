@@ -86,3 +86,9 @@ def test_events_are_grouped_per_loan_in_time_order(tmp_path: Path) -> None:
 def test_unknown_source() -> None:
     with pytest.raises(AdapterError, match="unknown source 'xls'"):
         read_history("xls", "x")
+
+
+def test_corrupt_counts_are_capped_not_exploded() -> None:
+    history = seed(HEADER + ",Collection_Attempts\nA,100,50,99999999,9999999,Written Off,1e9\n")
+    assert len(history.events) < 1000
+    assert replay(history.events)["A"].feature_dict()["days_past_due"] == 36_500
