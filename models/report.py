@@ -288,6 +288,22 @@ def _summary_html(bundle: Any) -> str:
     )
 
 
+def _profiles_html(profiles: dict[str, Any]) -> str:
+    """Per segment: size, mean risk, default rate and the raw mean of each feature."""
+    names = [s for s in ("HIGH_RISK", "OTHERS", "LOW_RISK") if s in profiles]
+    if not names:
+        return ""
+    features = list(profiles[names[0]]["features"])
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in names)
+    rows = [("loans", [f"{profiles[s]['count']:,}" for s in names]),
+            ("mean predicted risk", [_f(profiles[s]["mean_risk"]) for s in names]),
+            ("observed default rate", [_f(profiles[s]["default_rate"]) for s in names])]
+    rows += [(f, [_f(profiles[s]["features"][f]) for s in names]) for f in features]
+    body = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{v}</td>" for v in vals)
+                   + "</tr>" for label, vals in rows)  # fmt: skip
+    return f"<table><tr><th>segment</th>{head}</tr>{body}</table>"
+
+
 def render_report(bundle: Any, population: dict[str, Any] | None = None) -> str:
     """The report as one HTML string. ``population`` (from :func:`input_data`) replaces the
     training book in the population sections (segment map, profiles, scores, strategy mix)."""
@@ -300,6 +316,8 @@ def render_report(bundle: Any, population: dict[str, Any] | None = None) -> str:
     parts = []
     for name in SECTIONS:
         inner = _summary_html(bundle) if name == "summary" else ""
+        if name == "segment-profiles":
+            inner += _profiles_html(data["profiles"])
         if name == "clustering-comparison":
             inner += "<p>K-Means (k=3), DBSCAN (eps at the knee of the k-distance curve) and " \
                      "agglomerative (ward, 3 clusters) on the standardized segmentation " \
