@@ -156,3 +156,18 @@ def test_a_bundle_trained_on_another_feature_vector_is_refused(trained, tmp_path
         ModelBundle.load(old)
     with pytest.raises(ValueError, match="not computed"):
         OnlineSegmenter({**meta["segmenter"], "features": ["shoe_size"]})
+
+
+def test_online_names_follow_the_centres_along_the_risk_axis() -> None:
+    # Risk grows with the first feature only; cluster 0 starts as the riskiest.
+    init = {"features": ["days_past_due", "outstanding_ratio"], "means": [0.0, 0.0],
+            "stds": [1.0, 1.0], "count": 10 ** 9,  # frozen scaler: raw = standardized
+            "centres": [[2.0, 5.0], [0.0, 0.0], [-2.0, 0.0]], "risk_weights": [1.0, 0.0],
+            "halflife": 1.0}
+    seg = OnlineSegmenter(init)
+    assert seg.names == ["HIGH_RISK", "OTHERS", "LOW_RISK"]
+    # A point nearest to cluster 0 but low on the risk axis drags it there (halflife 1):
+    # cluster ids keep their centres, the names are re-ranked.
+    assert seg.learn_predict({"days_past_due": -4.0, "outstanding_ratio": 6.0}) == "LOW_RISK"
+    assert seg.names == ["LOW_RISK", "HIGH_RISK", "OTHERS"]
+    assert seg.predict_one({"days_past_due": 0.1, "outstanding_ratio": 0.0}) == "HIGH_RISK"
