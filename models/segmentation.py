@@ -12,13 +12,13 @@ Segment names come from ranking the current centres on the *risk axis* (the line
 predicted risk on the standardized features, also from the bundle), so every partition's
 clusterer names segments the same way. Its state is plain JSON, never pickle.
 
->>> init = {"features": ["dpd", "ratio"], "means": [10.0, 0.5], "stds": [20.0, 0.2],
-...         "count": 1000, "centres": [[2.0, -1.0], [0.0, 0.0], [-0.5, 1.0]],
+>>> init = {"features": ["days_past_due", "outstanding_ratio"], "means": [10.0, 0.5],
+...         "stds": [20.0, 0.2], "count": 1000, "centres": [[2.0, -1.0], [0.0, 0.0], [-0.5, 1.0]],
 ...         "risk_weights": [0.1, -0.05], "halflife": 0.01}
 >>> seg = OnlineSegmenter(init)
->>> seg.predict_one({"dpd": 60.0, "ratio": 0.3})
+>>> seg.predict_one({"days_past_due": 60.0, "outstanding_ratio": 0.3})
 'HIGH_RISK'
->>> seg.learn_one({"dpd": 0.0, "ratio": 0.7}) is None
+>>> seg.learn_one({"days_past_due": 0.0, "outstanding_ratio": 0.7}) is None
 True
 >>> OnlineSegmenter.from_json(seg.to_json()).to_json() == seg.to_json()
 True

@@ -25,3 +25,15 @@ def test_every_feature_has_a_definition_and_a_unit_and_is_computed() -> None:
         loan_amount=1.0, loan_tenure_months=1, interest_rate=1.0, loan_type="Home",
         collateral_value=0.0, monthly_emi=1.0)))
     assert len(state.features()) == len(FEATURE_NAMES)
+
+
+def test_docstring_examples_run() -> None:
+    import doctest
+    import importlib
+
+    for name in ("features", "state", "adapters", "synthetic", "policy", "segmentation",
+                 "bundle", "training", "report"):
+        module = importlib.import_module(f"models.{name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, f"models.{name}: {result.failed} docstring example(s) failed"
+        assert result.attempted > 0, f"models.{name} has no runnable example"
