@@ -99,16 +99,17 @@ FEATURE_DOCS: tuple[tuple[str, str, str], ...] = (
     ("emi_to_income", "monthly_emi / monthly_income (NaN when income is 0 or missing).", "ratio"),
     ("installments", "Installments that fell due so far: PaymentReceived + PaymentMissed events "
      "(a partial payment followed by a miss for the same due date counts once).", "count"),
-    ("paid_on_time", "Installments paid on or before their due date.", "count"),
-    ("paid_late", "Installments paid after their due date.", "count"),
+    ("paid_on_time", "PaymentReceived events on or before their installment's due date "
+     "(full or partial).", "count"),
+    ("paid_late", "PaymentReceived events after their installment's due date.", "count"),
     ("num_missed", "PaymentMissed events so far.", "count"),
     ("consecutive_missed", "PaymentMissed events since the last PaymentReceived.", "count"),
     ("missed_ratio", "num_missed / installments (0 before the first installment).", "ratio"),
     ("days_past_due", "Days past due of the oldest unpaid installment now: the last "
      "PaymentMissed's value, reset to 0 by a PaymentReceived.", "days"),
-    ("days_past_due_prev", "days_past_due as it was after the previous installment event.",
+    ("days_past_due_prev", "days_past_due at the end of the previous installment (due date).",
      "days"),
-    ("days_past_due_prev2", "days_past_due as it was two installment events ago.", "days"),
+    ("days_past_due_prev2", "days_past_due at the end of the installment before that.", "days"),
     ("max_days_past_due", "Largest days_past_due ever seen.", "days"),
     ("payment_history", "Repayment status: On-Time=0 (never late or missed), Delayed=1 (late or "
      "missed before but current now), Missed=2 (currently past due).", "ordinal code"),
