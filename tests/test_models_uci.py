@@ -45,11 +45,12 @@ def test_non_numeric_status_names_row_and_column() -> None:
 
 def test_acceptance_holdout_roc_auc_at_least_078_within_120_s(tmp_path: Path) -> None:
     assert UCI.exists(), f"{UCI}: the shared UCI copy is missing"
+    # The acceptance command exactly (no --out: the bundle goes to out/model under the cwd).
     started = time.perf_counter()
     result = subprocess.run(
         [sys.executable, "-m", "loan_recovery.cli", "train", "--source", "uci", "--input",
-         str(UCI), "--holdout", "0.3", "--seed", "0", "--out", str(tmp_path / "uci"), "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+         str(UCI), "--holdout", "0.3", "--seed", "0", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
@@ -58,6 +59,7 @@ def test_acceptance_holdout_roc_auc_at_least_078_within_120_s(tmp_path: Path) ->
     assert seconds <= 120, f"{seconds:.0f} s"
     assert 0 < metrics["brier"] < 0.16 and metrics["pr_auc"] > metrics["base_rate"]
     assert all(metrics["silhouette"][a] is not None for a in ("kmeans", "agglomerative"))
+    assert (tmp_path / "out" / "model" / "metadata.json").exists()
     # Calibrated: in every well-populated bin the observed rate is near the predicted one.
     for row in metrics["calibration"]:
         if row["count"] >= 300:

@@ -101,7 +101,7 @@ def generate(
 def train(
     source: HistorySource = typer.Option(..., help="Input kind: seed CSV, UCI CSV or event log."),
     input_path: Path = typer.Option(..., "--input", help="The history file."),
-    out: Path = typer.Option(..., help="Bundle directory to write."),
+    out: Path = typer.Option(Path("out/model"), help="Bundle directory to write."),
     holdout: float = typer.Option(0.3, min=0.0, max=0.9, help="Share of loans held out."),
     seed: int = typer.Option(0, help="Seed for the split, the forest and the clusterings."),
     outcomes: Path | None = typer.Option(None, help="events: outcomes CSV (default: next to it)."),
