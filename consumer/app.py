@@ -61,6 +61,11 @@ class ScorerApp:
         self.processors: dict[int, PartitionProcessor] = {}
         self.pending_restore: set[int] = set()
         self.rewind_after_restore: dict[int, int] = {}
+        # Partitions revoked right after a commit: (processor, committed offset). If one comes
+        # back and nobody committed progress on it meanwhile, its state is still exact and the
+        # changelog need not be re-read (eager rebalances revoke everything every time).
+        self.parked: dict[int, tuple[PartitionProcessor, int]] = {}
+        self.reuse_offsets: dict[int, int] = {}
         self.positions: dict[int, int] = {}  # next offset to process, per partition
         self.txn_first: dict[int, int] = {}  # first offset processed in the open transaction
         self.in_txn = False
@@ -416,18 +421,27 @@ class ScorerApp:
                         raise
                     time.sleep(0.05)
 
-    def _finish_transaction(self, why: str) -> None:
+    def _finish_transaction(self, why: str) -> bool:
+        """Commit the open transaction, if any; False if it had to be aborted."""
         if self.in_txn and not self._commit():
             log_event("transaction_not_committed", level="warning", on=why)
+            return False
+        return True
 
     # -- rebalancing -------------------------------------------------------------------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
         consumer.pause(partitions)  # no input until its state is restored
         for tp in partitions:
-            self.processors[tp.partition] = PartitionProcessor(
-                self.bundle, self.policy, tp.partition, self.topics.events)
+            parked = self.parked.pop(tp.partition, None)
+            if parked is not None:
+                parked[0].bundle = self.bundle  # a reload may have happened meanwhile
+                self.processors[tp.partition] = parked[0]
+                self.reuse_offsets[tp.partition] = parked[1]
+            else:
+                self.processors[tp.partition] = self._new_processor(tp.partition)
             self.pending_restore.add(tp.partition)
+        self.parked.clear()  # the rest belongs to other instances now
         self.assignment_seen = True
         self.health.ready = not self.pending_restore
         self.metrics.assigned_partitions.set(len(self.processors))
@@ -437,12 +451,12 @@ class ScorerApp:
         # Commit what was processed while we still own the partitions (bounded by the commit
         # timeout); the next owner restores exactly this from the changelog. After a fatal
         # error nothing can commit: the broker aborts the open transaction.
+        committed = False
         try:
-            if not self.fatal:
-                self._finish_transaction("revoke")
+            committed = not self.fatal and self._finish_transaction("revoke")
         except FatalError as error:
             self.fatal = str(error)
-        self._drop(partitions)
+        self._drop(partitions, park=committed)
         log_event("partitions_revoked", partitions=sorted(tp.partition for tp in partitions))
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -456,10 +470,17 @@ class ScorerApp:
         log_event("partitions_lost", level="warning",
                   partitions=sorted(tp.partition for tp in partitions))  # fmt: skip
 
-    def _drop(self, partitions: list[TopicPartition]) -> None:
+    def _new_processor(self, partition: int) -> PartitionProcessor:
+        return PartitionProcessor(self.bundle, self.policy, partition, self.topics.events)
+
+    def _drop(self, partitions: list[TopicPartition], park: bool = False) -> None:
         for tp in partitions:
-            self.processors.pop(tp.partition, None)
-            self.positions.pop(tp.partition, None)
+            processor = self.processors.pop(tp.partition, None)
+            position = self.positions.pop(tp.partition, None)
+            if park and processor is not None and position is not None \
+                    and tp.partition not in self.pending_restore:  # fmt: skip
+                self.parked[tp.partition] = (processor, position)
+            self.reuse_offsets.pop(tp.partition, None)
             self.txn_first.pop(tp.partition, None)
             self.pending_restore.discard(tp.partition)
             self.rewind_after_restore.pop(tp.partition, None)
@@ -469,8 +490,13 @@ class ScorerApp:
     def _restore_pending(self) -> None:
         started = time.monotonic()
         partitions = sorted(self.pending_restore)
-        targets = {p: self.processors[p] for p in partitions}
         assert self._restorer is not None and self._consumer is not None
+        reused = self._still_current(partitions)
+        for p in partitions:
+            if p in self.reuse_offsets and p not in reused:  # someone else moved it on
+                self.processors[p] = self._new_processor(p)
+        self.reuse_offsets.clear()
+        targets = {p: self.processors[p] for p in partitions if p not in reused}
         try:
             restored = self._restorer.restore(targets, keep_going=lambda: not self.stopping)
         except RestoreError as error:
@@ -484,7 +510,23 @@ class ScorerApp:
         self.health.ready = True
         self.last_activity = time.monotonic()  # idleness counts from being able to work
         log_event("state_restored", partitions=partitions, restored_loans=restored,
+                  kept_in_memory=sorted(reused),
                   seconds=round(time.monotonic() - started, 3))  # fmt: skip
+
+    def _still_current(self, partitions: list[int]) -> set[int]:
+        """Parked partitions whose committed offset is still the one we committed: nobody
+        processed them since, so the state in memory equals the changelog's."""
+        ours = {p: self.reuse_offsets[p] for p in partitions if p in self.reuse_offsets}
+        if not ours:
+            return set()
+        assert self._consumer is not None
+        try:
+            committed = self._consumer.committed(
+                [TopicPartition(self.topics.events, p) for p in ours], timeout=10)
+        except KafkaException:
+            return set()  # unknown: restore, which is always right
+        return {tp.partition for tp in committed
+                if tp.error is None and tp.offset == ours[tp.partition]}  # fmt: skip
 
     # -- errors, reload, housekeeping --------------------------------------------------------------
     def _on_client_error(self, error: KafkaError) -> None:

@@ -48,7 +48,7 @@ class ChangelogRestorer:
                 if time.monotonic() > deadline:
                     raise RestoreError(f"changelog {self.topic} partitions {sorted(remaining)} "
                                        f"not restored within {timeout_s:.0f} s")  # fmt: skip
-                restored += self._apply(self._consumer.consume(1000, timeout=0.5), processors,
+                restored += self._apply(self._consumer.consume(1000, timeout=0.05), processors,
                                         remaining)  # fmt: skip
         finally:
             self._consumer.unassign()
