@@ -31,8 +31,9 @@ def test_docstring_examples_run() -> None:
     import doctest
     import importlib
 
-    for name in ("features", "state", "adapters", "synthetic", "policy", "segmentation",
-                 "bundle", "training", "report"):
+    for name in ("features", "state", "adapters", "adapters.seed", "adapters.uci",
+                 "adapters.events", "synthetic", "policy", "segmentation", "bundle", "training",
+                 "report"):
         module = importlib.import_module(f"models.{name}")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, f"models.{name}: {result.failed} docstring example(s) failed"
