@@ -48,9 +48,17 @@ class TrainingError(ValueError):
     """Training data that cannot produce a model (no outcomes, one class only, ...)."""
 
 
-def feature_matrix(history: History) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Replay ``history`` and return (X, y, loan_ids) for the loans with an outcome."""
-    states = replay(history.events)
+def feature_matrix(
+    history: History, skipped: dict[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Replay ``history`` and return (X, y, loan_ids) for the loans with an outcome. Events the
+    state machine refuses are skipped, as the stream skips them; pass a dict as ``skipped`` to
+    count them by reason."""
+    errors: list = []
+    states = replay(history.events, errors=errors)
+    if skipped is not None:
+        for _, error in errors:
+            skipped[error.reason] = skipped.get(error.reason, 0) + 1
     loan_ids = sorted(loan for loan in states if loan in history.outcomes)
     if not loan_ids:
         raise TrainingError("no loan has both events and an outcome; check the outcomes column "
@@ -233,7 +241,8 @@ def train_bundle(
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
     say(f"replaying {len(history.events):,} events through the state machine")
-    x, y, _ = feature_matrix(history)
+    skipped: dict[str, int] = {}
+    x, y, _ = feature_matrix(history, skipped)
     train, test = split_by_loan(y, holdout, seed)
     if min_samples_leaf is None:
         # Leaves of ~0.2 % of the training loans (3..40): big enough to average out label noise
@@ -246,7 +255,8 @@ def train_bundle(
     fit_seconds = time.perf_counter() - fit_started
     single_threaded(model)  # what the stream runs: identical scores whatever the batch
     metrics: dict[str, Any] = {"n_loans": len(y), "n_train": len(train), "n_holdout": len(test),
-                               "holdout": holdout, "seed": seed}  # fmt: skip
+                               "holdout": holdout, "seed": seed,
+                               "skipped_events": skipped}  # fmt: skip
     report: dict[str, Any] = {}
     if len(test):
         say(f"evaluating on {len(test):,} held-out loans (+ permutation importance)")

@@ -169,3 +169,17 @@ def test_report_command_for_the_training_book_and_another_book(book: Path,
     result = cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "c.html"),
                  "--input", str(other / "loans.csv"), ok=False)
     assert result.returncode != 0 and "--source" in result.stderr
+
+
+def test_invalid_events_in_a_log_are_skipped_and_counted(book: Path, tmp_path: Path) -> None:
+    lines = (book / "events.jsonl").read_text().splitlines()
+    bad = json.loads(lines[1])  # a payment of the first loan
+    bad["event_id"] = "00000000-0000-4000-8000-000000000001"
+    bad["body"][1]["amount_due"] = -5.0
+    dup = json.loads(lines[2])  # a redelivered event
+    log = tmp_path / "events.jsonl"
+    log.write_text("\n".join([*lines, json.dumps(bad), json.dumps(dup)]) + "\n")
+    (tmp_path / "outcomes.csv.gz").write_bytes((book / "outcomes.csv.gz").read_bytes())
+    metrics = json.loads(cli("train", "--source", "events", "--input", str(log), "--out",
+                             str(tmp_path / "model"), "--trees", "5", "--json").stdout)
+    assert metrics["skipped_events"] == {"invalid_amount": 1, "duplicate": 1}
