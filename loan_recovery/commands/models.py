@@ -178,6 +178,10 @@ def _print_metrics(m: dict[str, Any]) -> None:
         for row in imp[:8]:
             top.add_row(row["feature"], f"{row['mean']:.4f} ± {row['std']:.4f}")
         console.print(top)
+    if skipped := m.get("skipped_events"):
+        reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items()))
+        console.print(f"events refused by the state machine (skipped, as the stream would): "
+                      f"{reasons}")  # fmt: skip
     console.print(f"bundle {m['bundle']} version {m['version']} in {m['seconds']:.1f} s")
 
 
