@@ -319,9 +319,14 @@ def render_report(bundle: Any, population: dict[str, Any] | None = None) -> str:
         if name == "segment-profiles":
             inner += _profiles_html(data["profiles"])
         if name == "clustering-comparison":
-            inner += "<p>K-Means (k=3), DBSCAN (eps at the knee of the k-distance curve) and " \
-                     "agglomerative (ward, 3 clusters) on the standardized segmentation " \
-                     "features; clusters named by their members' mean predicted risk.</p>"
+            db = bundle.metadata["metrics"]["clustering"]["dbscan"]
+            inner += (
+                "<p>K-Means (k=3), DBSCAN (eps at the knee of the k-distance curve) and "
+                "agglomerative (ward, 3 clusters) on the standardized segmentation features; "
+                "clusters named by their members' mean predicted risk. DBSCAN here: "
+                f"eps {db['eps']:.3f}, min_samples {db['min_samples']}, {db['n_clusters']} "
+                f"cluster(s), {db['noise']} noise point(s) of the subsample; its scores are "
+                "blank when it finds fewer than two clusters.</p>")  # fmt: skip
         for k, fig in enumerate(figs[name]):
             inner += fig.to_html(full_html=False, include_plotlyjs=False,
                                  div_id=f"{name}-plot-{k}", config={"displaylogo": False})
