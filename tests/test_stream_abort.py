@@ -82,3 +82,28 @@ def test_aborted_transactions_roll_back_and_rewind(
     assert_same_changes(got, reference_keys(reference.changes))
     assert scorer.processed > len(events)  # the aborted stretches were processed twice
 
+
+
+def test_at_least_once_mode_without_failures_gives_the_same_outputs(
+    bootstrap_servers: str, trained_model: Path, unique_name
+) -> None:
+    from consumer.config import Guarantee
+    from models.bundle import ModelBundle
+    from models.policy import Policy
+    from models.synthetic import generate_book
+
+    app = unique_name("alo")
+    topics = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
+                    risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    create_topics(bootstrap_servers, topics, partitions=PARTITIONS)
+    events = generate_book(300, seed=32)[1]
+    produce(bootstrap_servers, topics.events, encoded(events))
+    bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
+    config = ServeConfig(bootstrap_servers, trained_model, topics=topics, instance_id="alo",
+                         guarantee=Guarantee.at_least_once, exit_when_idle_s=2)  # fmt: skip
+    scorer = ScorerApp(config, bundle, policy)
+    scorer.run()
+    assert scorer.processed == len(events)
+    reference = score_events(events, bundle, policy, PARTITIONS)
+    got, _ = change_keys(bootstrap_servers, topics, len(reference.changes))
+    assert_same_changes(got, reference_keys(reference.changes))
