@@ -25,6 +25,7 @@ aborted Kafka transaction.
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -36,9 +37,25 @@ from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
 
 CHECKPOINT_KEY = "__partition__"
+# Beyond float32 (what the trees compare in) a value is corrupt input, not a measurement.
+_FEATURE_LIMIT = 1e38
 _CHANGE_NS = uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01")
 _ALERT_NS = uuid.UUID("2b7e9c14-3f6a-4d0b-8e21-5c9d7a4f3b02")
 UNKNOWN_TYPE = "unknown"  # event_type label of records that could not be decoded
+
+
+def model_row(row: list[float]) -> list[float]:
+    """``features()`` made safe for the model: an infinite or absurdly large value (e.g. a
+    ratio over a near-zero income) becomes missing (NaN, which the pipeline imputes) instead
+    of making ``predict_proba`` -- and with it the whole batch -- fail.
+
+    >>> model_row([1.0, float("inf"), 2e300, float("nan")])[:3]
+    [1.0, nan, nan]
+    """
+    total = sum(row)
+    if -_FEATURE_LIMIT < total < _FEATURE_LIMIT:  # the common case: one cheap check
+        return row
+    return [v if -_FEATURE_LIMIT < v < _FEATURE_LIMIT else math.nan for v in row]
 
 
 @dataclass(slots=True)
@@ -159,11 +176,14 @@ class PartitionProcessor:
         except InvalidEvent as error:
             self._dead(result, offset, key, value, error.reason, error, body_type)
             return None
+        except Exception as error:  # a state-machine bug must not become a crash loop
+            self._dead(result, offset, key, value, "processing_error", error, body_type)
+            return None
         self.events_applied += 1
         result.changed_loans.add(loan_id)
         result.outcomes[(body_type, "scored")] += 1
         result.occurred_at.append(event["occurred_at"])
-        return _Pending(offset, event, state, state.features())
+        return _Pending(offset, event, state, model_row(state.features()))
 
     def _open_or_apply(self, loan_id: str, state: LoanState | None,
                        event: dict[str, Any]) -> LoanState:  # fmt: skip

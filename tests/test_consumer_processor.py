@@ -201,3 +201,16 @@ def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
     assert len({a["event_id"] for a in alerts}) == len(alerts)
     again = run(PartitionProcessor(strict, policy, 1), records(events), 77)[1]
     assert again == alerts  # same alerts, same ids, whatever the batching
+
+
+def test_extreme_but_schema_valid_values_do_not_break_the_batch(bundle, policy, events) -> None:
+    serde = AvroSerde("LoanEvent")
+    opened = events[0]
+    extreme = {**opened, "loan_id": "L-EXTREME", "event_id": str(uuid.uuid4()),
+               "body": (opened["body"][0], {**opened["body"][1], "monthly_income": 1e-300,
+                                            "loan_amount": 1e-300, "monthly_emi": 1e300,
+                                            "collateral_value": 1e300})}  # fmt: skip
+    batch = [(0, b"L-EXTREME", serde.encode(extreme)), *records(events[:20], first_offset=1)]
+    out = PartitionProcessor(bundle, policy, 0).process(batch)
+    assert not out.dead_letters and out.scored == 21  # scored, with the absurd ratios imputed
+    assert {c["loan_id"] for c in out.changes} >= {"L-EXTREME", events[0]["loan_id"]}
