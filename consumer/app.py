@@ -146,6 +146,8 @@ class ScorerApp:
                 self._reload()
             if self.pending_restore:
                 self._restore_pending()
+                if self.stopping:  # a restore cut short by a signal must not be used
+                    break
             messages = consumer.consume(self.config.max_batch, timeout=poll_timeout)
             if messages:
                 self._process(messages)
@@ -501,6 +503,8 @@ class ScorerApp:
             restored = self._restorer.restore(targets, keep_going=lambda: not self.stopping)
         except RestoreError as error:
             raise FatalError(str(error)) from None
+        if self.stopping:
+            return  # interrupted: partial state, never resume these partitions
         self.metrics.restored_loans.inc(restored)
         self.pending_restore.clear()
         self._consumer.resume([TopicPartition(self.topics.events, p) for p in partitions])
