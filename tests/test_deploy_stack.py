@@ -212,3 +212,15 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
                             capture_output=True, text=True, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(exprs)} rules found" in result.stdout
+
+
+def test_prometheus_container_sees_its_config_and_rules() -> None:
+    service = compose()["services"]["prometheus"]
+    mounts = dict(map(_mount, service["volumes"]))
+    config_arg = next(a for a in service["command"] if a.startswith("--config.file="))
+    config_path = config_arg.split("=", 1)[1]
+    assert mounts[str(PROMETHEUS / "prometheus.yml")] == config_path
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    for rule_file in config["rule_files"]:  # relative to the config file's directory
+        in_container = str(Path(config_path).parent / rule_file)
+        assert mounts[str(PROMETHEUS / rule_file)] == in_container, rule_file
