@@ -230,3 +230,24 @@ def test_replaying_a_seed_rows_events_reproduces_the_row(row: dict) -> None:
         "legal_action": 1.0 if row["Legal_Action_Taken"] == "Yes" else 0.0,
     }
     assert {k: x[k] for k in expected} == pytest.approx(expected)
+
+
+def test_restoring_from_the_changelog_mid_history_changes_nothing() -> None:
+    from models.synthetic import iter_live_events
+
+    serde = AvroSerde("LoanState")
+    events = list(iter_live_events(40, seed=6, start_ms=0, max_events=3000))
+    straight = replay(events)
+    restored: dict[str, LoanState] = {}
+    for k, event in enumerate(events):
+        state = restored.get(event["loan_id"])
+        if state is None:
+            restored[event["loan_id"]] = LoanState.open(event)
+            continue
+        if k % 3 == 0:  # a crash: the state comes back from its changelog record
+            state = LoanState.from_record(serde.decode(serde.encode(state.to_record())))
+            restored[event["loan_id"]] = state
+        state.apply(event)
+    assert restored.keys() == straight.keys()
+    for loan, state in straight.items():
+        assert repr(restored[loan].to_record()) == repr(state.to_record())
