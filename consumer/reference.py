@@ -15,7 +15,7 @@ Example (with a trained bundle)::
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,15 @@ class ScoreResult:
 
 def score_events(events: Iterable[dict[str, Any]], bundle: Any, policy: Any,
                  partitions: int = DEFAULT_PARTITIONS, topic: str = Topics().events,
-                 batch: int = BATCH) -> ScoreResult:  # fmt: skip
-    """Decisions of the stream for ``events`` (in the order the producer would send them)."""
+                 batch: int = BATCH,
+                 progress: Callable[[int, int], None] | None = None) -> ScoreResult:  # fmt: skip
+    """Decisions of the stream for ``events`` (in the order the producer would send them).
+    ``progress(done, total)`` is called after every batch."""
     encode = AvroSerde("LoanEvent").encode
     result = ScoreResult()
-    for partition, sequence in split_by_partition(events, partitions).items():
+    by_partition = split_by_partition(events, partitions)
+    total = sum(len(sequence) for sequence in by_partition.values())
+    for partition, sequence in by_partition.items():
         processor = PartitionProcessor(bundle, policy, partition, topic)
         records = [(offset, e["loan_id"].encode(), encode(e)) for offset, e in
                    enumerate(sequence)]  # fmt: skip
@@ -56,6 +60,8 @@ def score_events(events: Iterable[dict[str, Any]], bundle: Any, policy: Any,
             result.changes += out.changes
             result.alerts += out.alerts
             result.dead_letters += out.dead_letters
+            if progress:
+                progress(result.events - len(records) + min(start + batch, len(records)), total)
         result.loans.update(processor.states)
     return result
 

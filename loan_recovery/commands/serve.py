@@ -13,6 +13,8 @@ Examples::
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -194,11 +196,41 @@ def score(
 
     bundle, policy_obj = _load_model_and_policy(model, policy)
     events = _read_events(source, input_path, loans, seed)
-    result = score_events(events, bundle, policy_obj, partitions, topic)
+    with _progress(enabled=not as_json) as on_progress:
+        result = score_events(events, bundle, policy_obj, partitions, topic,
+                              progress=on_progress)  # fmt: skip
     write_loans_csv(result, out)
     if changes:
         write_changes_csv(result, changes)
     _summary(result, out, as_json)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    """A progress bar on stderr (events scored, rate, ETA); None when disabled."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [TextColumn("scoring"), BarColumn(bar_width=20), MofNCompleteColumn(),
+               TextColumn("events"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("score", total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def _read_events(source: Source, input_path: Path | None, loans: int, seed: int) -> Any:
