@@ -294,6 +294,13 @@ def test_parity_with_batch_score_and_promtool_clean_metrics(
     for loan_id, change in last.items():
         assert abs(change["risk_score"] - float(reference_last[loan_id]["risk_score"])) <= 1e-9
         assert change["source_offset"] == int(reference_last[loan_id]["source_offset"])
+    # Where a loan's last change came with its last event, its score is the batch's final one.
+    last_event = {e["loan_id"]: e["event_id"] for e in events}
+    final = [loan for loan, c in last.items() if c["source_event_id"] == last_event[loan]]
+    assert final
+    for loan_id in final:
+        assert abs(last[loan_id]["risk_score"] - float(book["scores"][loan_id]["risk_score"])
+                   ) <= 1e-9  # fmt: skip
 
 
 def test_kill_9_three_times_loses_and_duplicates_nothing(
