@@ -173,6 +173,8 @@ class ScorerApp:
             self._restorer.close()
         if self._producer is not None and not self.fatal:
             self._producer.flush(self.config.commit_timeout_s)
+        # Drop the clients so librdkafka's threads end now, not whenever the app is collected.
+        self._producer = self._consumer = self._restorer = None
         log_event("stopped", processed=self.processed)
 
     # -- the hot path ------------------------------------------------------------------------------
