@@ -233,7 +233,8 @@ def test_unreachable_broker_fails_every_event_with_a_reason() -> None:
     from loan_recovery.broker import free_port
 
     producer = EventProducer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
-                              "message.timeout.ms": "1500"}, "nowhere")  # fmt: skip
+                              "message.timeout.ms": "1500", "log_level": "0"},
+                             "nowhere")  # fmt: skip
     summary = producer.run(book(3))
     assert not summary.ok
     assert summary.failed == summary.sent == 15 and summary.acknowledged == 0
