@@ -79,7 +79,11 @@ def free_port() -> int:
 
 
 def _kafka_uuid() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # The storage tool parses a cluster id starting with "-" as an option, so draw again.
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
