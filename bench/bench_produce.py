@@ -23,43 +23,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.common import benchmark_broker
 from producer.config import producer_config
 from producer.encoding import EventEncoder
 from producer.engine import EventProducer
 from schemas import AvroSerde
 
 PARTITIONS = 6
-
-
-@contextmanager
-def _broker(explicit: str | None) -> Iterator[str]:
-    servers = explicit or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if servers:
-        yield servers
-        return
-    from loan_recovery.broker import LocalBroker
-
-    data_dir = Path(tempfile.mkdtemp(prefix="loanrec-bench-produce-"))
-    broker = LocalBroker(data_dir)
-    try:
-        yield broker.start().bootstrap_servers
-    finally:
-        broker.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def synthetic_events(n_events: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -179,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="Machine-readable output.")
     args = parser.parse_args(argv)
-    with _broker(args.bootstrap_servers) as bootstrap:
+    with benchmark_broker(args.bootstrap_servers) as bootstrap:
         result = bench(bootstrap, args.events, args.rounds)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -21,9 +21,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 
 @contextmanager
-def benchmark_broker() -> Iterator[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a fresh local broker stopped afterwards."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+def benchmark_broker(explicit: str | None = None) -> Iterator[str]:
+    """``explicit``, else ``KAFKA_BOOTSTRAP_SERVERS``, else a fresh local broker stopped after."""
+    external = explicit or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
         return
