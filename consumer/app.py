@@ -36,6 +36,7 @@ from consumer.health import HealthState
 from consumer.logs import log_event
 from consumer.metrics import ScorerMetrics
 from consumer.processor import BatchResult, DeadLetter, PartitionProcessor
+from consumer.runtime import freeze_long_lived, tune_gc_for_streaming
 from consumer.state_store import ChangelogRestorer, RestoreError
 from schemas import AvroSerde
 
@@ -128,6 +129,7 @@ class ScorerApp:
         self._consumer = Consumer({**cfg.consumer_config(), "error_cb": self._on_client_error})
         self._consumer.subscribe([self.topics.events], on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        tune_gc_for_streaming()
         self.health.alive = True
         self.metrics.up.set(1)
         log_event("started", group=cfg.group, instance=cfg.instance_id,
@@ -508,6 +510,7 @@ class ScorerApp:
         if self.stopping:
             return  # interrupted: partial state, never resume these partitions
         self.metrics.restored_loans.inc(restored)
+        freeze_long_lived()
         self.pending_restore.clear()
         self._consumer.resume([TopicPartition(self.topics.events, p) for p in partitions])
         rewind, self.rewind_after_restore = self.rewind_after_restore, {}

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.state import DuplicateEvent, InvalidEvent, LoanState
+from models.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
 
@@ -122,9 +123,9 @@ class PartitionProcessor:
         self.segmenter = segmenter or OnlineSegmenter.from_bundle(bundle)
         self.events_applied = 0
         self._serde = AvroSerde("LoanEvent")
-        self._state_serde = AvroSerde("LoanState")
+        self._state_codec = LoanStateCodec()
         self._checkpoint_serde = AvroSerde("PartitionCheckpoint")
-        self._undo: dict[str, dict[str, Any] | None] = {}
+        self._undo: dict[str, LoanState | None] = {}  # committed image of each touched loan
         self._committed_segmenter = self.segmenter.to_json()
         self._committed_events_applied = 0
         # Loans per current segment / tier, kept up to date per decision (the gauges must not
@@ -198,7 +199,7 @@ class PartitionProcessor:
 
     def _remember_committed(self, loan_id: str, state: LoanState | None) -> None:
         if loan_id not in self._undo:
-            self._undo[loan_id] = None if state is None else state.to_record()
+            self._undo[loan_id] = None if state is None else state.copy()
 
     def _dead(self, result: BatchResult, offset: int, key: bytes | None, value: bytes | None,
               reason: str, error: Exception, event_type: str) -> None:  # fmt: skip
@@ -271,12 +272,11 @@ class PartitionProcessor:
     def changelog_records(self, now_ms: int) -> list[tuple[bytes, bytes | None]]:
         """(key, value) for every loan changed since the last commit, then the partition's
         checkpoint (segmenter parameters as JSON) under ``__partition__``."""
-        encode = self._state_serde.encode
+        encode, states = self._state_codec.encode, self.states
         records: list[tuple[bytes, bytes | None]] = []
         for loan_id in self._undo:
-            state = self.states.get(loan_id)
-            records.append((loan_id.encode(), None if state is None else
-                            encode(state.to_record())))  # fmt: skip
+            state = states.get(loan_id)
+            records.append((loan_id.encode(), None if state is None else encode(state)))
         records.append((CHECKPOINT_KEY.encode(), self.checkpoint_value(now_ms)))
         return records
 
@@ -296,11 +296,11 @@ class PartitionProcessor:
         """The transaction aborted: back to the state of the last commit."""
         from models.segmentation import OnlineSegmenter
 
-        for loan_id, record in self._undo.items():
-            if record is None:
+        for loan_id, committed in self._undo.items():
+            if committed is None:
                 self.states.pop(loan_id, None)
             else:
-                self.states[loan_id] = LoanState.from_record(record)
+                self.states[loan_id] = committed
         self._undo.clear()
         self.segmenter = OnlineSegmenter.from_json(self._committed_segmenter)
         self.events_applied = self._committed_events_applied
@@ -322,7 +322,7 @@ class PartitionProcessor:
         if value is None:
             self.states.pop(loan_id, None)
             return False
-        self.states[loan_id] = LoanState.from_record(self._state_serde.decode(value))
+        self.states[loan_id] = self._state_codec.decode(value)
         return True
 
     def finish_restore(self) -> None:

@@ -337,6 +337,13 @@ class LoanState:
         record["segment"] = self.segment
         return record
 
+    def copy(self) -> LoanState:
+        """An independent copy (the scorer's undo log keeps one per loan per transaction)."""
+        state = LoanState(self.loan_id, self.borrower_id, array("d", self._v))
+        state.strategy, state.risk_tier = self.strategy, self.risk_tier
+        state.risk_score, state.segment = self.risk_score, self.segment
+        return state
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LoanState:
         """Inverse of :meth:`to_record`."""
