@@ -3,21 +3,134 @@
 Throughput of every contender (passthrough, scorer EOS, scorer ALO) is measured the same way:
 by polling the consumer group's committed offsets, from the first commit to the commit that
 reaches the end of the input. Start-up (model load, restore, group join) is excluded alike.
+
+Also here, for every bench module: the CLI runner, the small model they share, the scorer's
+command line, its readiness probe, and a read-to-the-end helper for output topics.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "loan_recovery.cli"]
+PARTITIONS = 6
+
+
+def cli(*args: str) -> None:
+    """Run ``loan-recovery ARGS`` (this interpreter), quietly; raise if it fails."""
+    subprocess.run([*CLI, *args], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def train_small_model(work: Path) -> Path:
+    """A bundle trained on a 3,000-loan synthetic book (seed 3): the benchmarks' model."""
+    cli("generate", "--loans", "3000", "--seed", "3", "--out", str(work / "train-book"))
+    cli("train", "--source", "seed", "--input", str(work / "train-book" / "loans.csv"),
+        "--out", str(work / "model"))  # fmt: skip
+    return work / "model"
+
+
+def scorer_command(bootstrap: str, model: Path, topic: str, group: str, guarantee: str,
+                   metrics_port: int = 0) -> list[str]:  # fmt: skip
+    """``loan-recovery serve`` on ``topic`` with its own output topics and changelog (created
+    here, 6 partitions) named after ``group``; the app id is ``<group>-app``."""
+    from producer.admin import create_topics
+    from schemas.topics import Topics
+
+    app_id = f"{group}-app"
+    topics = Topics(events=topic, strategy_changes=f"{group}.changes",
+                    risk_alerts=f"{group}.alerts", dlq=f"{group}.dlq", app_id=app_id)  # fmt: skip
+    create_topics(bootstrap, topics, PARTITIONS)
+    return [*CLI, "serve", "--model", str(model), "--bootstrap-servers", bootstrap,
+            "--app-id", app_id, "--group-id", group, "--instance-id", group,
+            "--input-topic", topic, "--strategy-topic", topics.strategy_changes,
+            "--alerts-topic", topics.risk_alerts, "--dlq-topic", topics.dlq,
+            "--guarantee", guarantee, "--metrics-port", str(metrics_port)]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(port: int, process: subprocess.Popen, timeout_s: float = 120.0) -> float:
+    """Poll the scorer's ``/readyz`` (group joined, partitions assigned, state restored) until
+    it answers 200; returns the seconds waited. Raises if the process exits or time runs out."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if process.poll() is not None:
+            raise RuntimeError(f"scorer exited with {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
+                if reply.status == 200:
+                    return time.monotonic() - started
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"scorer not ready within {timeout_s:.0f} s")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 30 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def read_topic(bootstrap: str, topic: str, on_message: Callable[[object], None],
+               read_committed: bool = True, timeout_s: float = 300.0) -> int:  # fmt: skip
+    """Call ``on_message`` for every record of ``topic`` from the beginning to its current end
+    (the last stable offset when ``read_committed``); returns the records read."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-reader",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "fetch.wait.max.ms": 10,
+                         "isolation.level": "read_committed" if read_committed
+                         else "read_uncommitted"})  # fmt: skip
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        remaining = set()
+        for p in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                remaining.add(p)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+        count = 0
+        deadline = time.monotonic() + timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(remaining)} not read to the end")
+            for message in consumer.consume(1000, timeout=0.2):
+                error = message.error()
+                if error is None:
+                    on_message(message)
+                    count += 1
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(message.partition())
+                else:
+                    raise RuntimeError(f"{topic}: {error}")
+        return count
+    finally:
+        consumer.close()
 
 
 @contextmanager

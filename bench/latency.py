@@ -1,0 +1,194 @@
+"""End-to-end decision latency of the exactly-once scorer under a steady load.
+
+What a collections team waits for: from the moment an event is produced to the moment the
+``StrategyChanged`` it causes can be read by a ``read_committed`` consumer (downstream systems
+only ever see committed decisions). That includes the producer's batching, the scorer's poll,
+scoring, and the wait for its transaction (commit interval 100 ms) to commit.
+
+How: a fresh synthetic book is produced at a fixed rate (``make bench`` uses half the scorer's
+measured exactly-once maximum, so the scorer is loaded but never saturated) for ~25 s into a fresh
+6-partition topic, while ``loan-recovery serve --guarantee exactly-once`` consumes it. The scorer
+is started first and measured only once its ``/readyz`` answers (group joined, state restored),
+so start-up is excluded. A reader assigned to the strategy topic stamps each record with the
+wall-clock time it became visible; the latency of a change is that time minus the Kafka
+``CreateTime`` of its source record (``source_partition``/``source_offset``), which the producer
+set when it handed the event to librdkafka. Percentiles over all changes, with numpy.
+
+Run alone (starts its own broker and trains its own small model)::
+
+    python -m bench.latency --rate 8000 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from bench.common import (
+    CLI,
+    PARTITIONS,
+    ROOT,
+    benchmark_broker,
+    cli,
+    create_topics,
+    end_offsets,
+    free_port,
+    read_topic,
+    scorer_command,
+    stop_process,
+    train_small_model,
+    wait_ready,
+    watch_group_until_done,
+)
+
+DURATION_S = 25.0
+EVENTS_PER_LOAN = 12  # a synthetic loan has ~15 events: this many loans always suffice
+
+
+@dataclass
+class LatencyResult:
+    rate: float  # requested events/s
+    events: int  # produced
+    produced_eps: float  # the rate the producer achieved (its own summary)
+    changes: int  # StrategyChanged records measured
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    latency_max_ms: float
+    ready_wait_s: float  # scorer start -> /readyz (excluded from the figures)
+
+
+class VisibilityWatcher(threading.Thread):
+    """Reads a topic with ``read_committed`` from the beginning and stamps every record with
+    the wall-clock ms at which ``consume`` returned it."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(name="visibility-watcher", daemon=True)
+        self.seen: list[tuple[bytes, float]] = []
+        self.last_record_at = time.monotonic()
+        self._stop_flag = threading.Event()
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"bench-latency-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False, "isolation.level": "read_committed",
+            "fetch.wait.max.ms": 5,
+        })  # fmt: skip
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
+                               for p in range(PARTITIONS)])  # fmt: skip
+
+    def run(self) -> None:
+        try:
+            while not self._stop_flag.is_set():
+                batch = self._consumer.consume(1000, timeout=0.02)
+                now_ms = time.time() * 1000.0
+                fresh = [(m.value(), now_ms) for m in batch if m.error() is None]
+                if fresh:
+                    self.seen += fresh
+                    self.last_record_at = time.monotonic()
+        finally:
+            self._consumer.close()
+
+    def stop_when_quiet(self, quiet_s: float = 1.5, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() - self.last_record_at < quiet_s and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self._stop_flag.set()
+        self.join(30)
+
+
+def make_book(work: Path, events: int, seed: int = 21) -> Path:
+    loans = max(1000, events // EVENTS_PER_LOAN)
+    cli("generate", "--loans", str(loans), "--seed", str(seed), "--out", str(work / "lat-book"))
+    return work / "lat-book" / "events.jsonl"
+
+
+def produce_at_rate(bootstrap: str, book: Path, topic: str, rate: float, events: int) -> dict:
+    """``loan-recovery produce --rate``: the token-bucket producer; returns its JSON summary."""
+    done = subprocess.run([*CLI, "produce", "--source", "events", "--input", str(book),
+                           "--topic", topic, "--bootstrap-servers", bootstrap, "--rate", str(rate),
+                           "--limit", str(events), "--no-progress", "--json"],
+                          cwd=ROOT, check=True, capture_output=True, text=True)  # fmt: skip
+    summary = json.loads(done.stdout)
+    if not summary["ok"]:
+        raise RuntimeError(f"producer failed: {summary['first_error']}")
+    return summary
+
+
+def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float]]
+                 ) -> np.ndarray:  # fmt: skip
+    """Visibility time minus the source record's CreateTime, per StrategyChanged record."""
+    from schemas import AvroSerde
+
+    created: dict[tuple[int, int], int] = {}
+
+    def remember(message: object) -> None:
+        created[(message.partition(), message.offset())] = message.timestamp()[1]
+
+    read_topic(bootstrap, input_topic, remember)
+    serde = AvroSerde("StrategyChanged")
+    out = []
+    for value, seen_ms in seen:
+        change = serde.decode(value)
+        out.append(seen_ms - created[(change["source_partition"], change["source_offset"])])
+    return np.asarray(out, dtype=np.float64)
+
+
+def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
+                    duration_s: float = DURATION_S) -> LatencyResult:  # fmt: skip
+    """Produce ``rate`` events/s for ``duration_s`` to a ready exactly-once scorer; see above."""
+    events = int(rate * duration_s)
+    book = make_book(work, events)
+    topic = f"bench.latency.{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, [topic], PARTITIONS)
+    group = f"bench-latency-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    command = scorer_command(bootstrap, model, topic, group, "exactly-once", metrics_port=port)
+    scorer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    watcher = VisibilityWatcher(bootstrap, f"{group}.changes")
+    try:
+        ready_wait = wait_ready(port, scorer)
+        watcher.start()
+        summary = produce_at_rate(bootstrap, book, topic, rate, events)
+        watch_group_until_done(bootstrap, group, topic, end_offsets(bootstrap, topic))
+        watcher.stop_when_quiet()
+    finally:
+        stop_process(scorer)
+        if watcher.is_alive():
+            watcher.stop_when_quiet(quiet_s=0)
+    lat = latencies_ms(bootstrap, topic, watcher.seen)
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    return LatencyResult(rate, summary["sent"], summary["events_per_s"], len(lat), float(p50),
+                         float(p95), float(p99), float(lat.max()), ready_wait)  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=8000.0, help="input events/s")
+    parser.add_argument("--duration", type=float, default=DURATION_S, help="seconds of input")
+    parser.add_argument("--bootstrap-servers", default=None, help="default: a fresh local broker")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    with benchmark_broker(args.bootstrap_servers) as bootstrap, \
+            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
+        model = train_small_model(Path(tmp))
+        result = measure_latency(bootstrap, model, args.rate, Path(tmp), args.duration)
+    if args.json:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(f"latency at {result.rate:,.0f} ev/s over {result.changes:,} strategy changes: "
+              f"p50 {result.latency_p50_ms:.0f} ms, p95 {result.latency_p95_ms:.0f} ms, "
+              f"p99 {result.latency_p99_ms:.0f} ms")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
