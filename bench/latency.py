@@ -66,6 +66,14 @@ class LatencyResult:
     latency_p99_ms: float
     latency_max_ms: float
     ready_wait_s: float  # scorer start -> /readyz (excluded from the figures)
+    # p50 of the first, middle and last third of the run: flat if the scorer kept up, rising
+    # if a backlog built (then the rate was above what the scorer sustains here).
+    p50_by_third_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    # Where the time goes (p50): produce -> the scorer's decision (its wall clock when it
+    # processed the batch: producer batching, fetch, poll), and decision -> visible (scoring
+    # the rest of the batch, waiting for the commit interval, the commit, the reader's fetch).
+    p50_to_decision_ms: float = 0.0
+    p50_decision_to_visible_ms: float = 0.0
 
 
 class VisibilityWatcher(threading.Thread):
@@ -124,8 +132,9 @@ def produce_at_rate(bootstrap: str, book: Path, topic: str, rate: float, events:
 
 
 def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float]]
-                 ) -> np.ndarray:  # fmt: skip
-    """Visibility time minus the source record's CreateTime, per StrategyChanged record."""
+                 ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Per StrategyChanged record, in the order their sources were produced: (visibility time
+    minus the source record's CreateTime, the part of it up to the scorer's ``decided_at``)."""
     from schemas import AvroSerde
 
     created: dict[tuple[int, int], int] = {}
@@ -135,11 +144,14 @@ def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float
 
     read_topic(bootstrap, input_topic, remember)
     serde = AvroSerde("StrategyChanged")
-    out = []
+    rows = []
     for value, seen_ms in seen:
         change = serde.decode(value)
-        out.append(seen_ms - created[(change["source_partition"], change["source_offset"])])
-    return np.asarray(out, dtype=np.float64)
+        produced_ms = created[(change["source_partition"], change["source_offset"])]
+        rows.append((produced_ms, seen_ms - produced_ms, change["decided_at"] - produced_ms))
+    rows.sort()
+    table = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+    return table[:, 1], table[:, 2]
 
 
 def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
@@ -165,10 +177,13 @@ def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
         stop_process(scorer)
         if watcher.is_alive():
             watcher.stop_when_quiet(quiet_s=0)
-    lat = latencies_ms(bootstrap, topic, watcher.seen)
+    lat, to_decision = latencies_ms(bootstrap, topic, watcher.seen)
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    thirds = tuple(float(np.percentile(part, 50)) for part in np.array_split(lat, 3))
     return LatencyResult(rate, summary["sent"], summary["events_per_s"], len(lat), float(p50),
-                         float(p95), float(p99), float(lat.max()), ready_wait)  # fmt: skip
+                         float(p95), float(p99), float(lat.max()), ready_wait,
+                         thirds, float(np.percentile(to_decision, 50)),  # type: ignore[arg-type]
+                         float(np.percentile(lat - to_decision, 50)))  # fmt: skip
 
 
 def main() -> None:

@@ -223,7 +223,13 @@ def write_docs(figures: dict, command: str) -> str:
         "| figure | ms |", "|---|---:|",
         *(f"| {k} | {f[k]:,.0f} |" for k in ("latency_p50_ms", "latency_p95_ms",
                                               "latency_p99_ms")),
-        f"| (max) | {lat['latency_max_ms']:,.0f} |",
+        f"| (max) | {lat['latency_max_ms']:,.0f} |", "",
+        "p50 over the first, middle and last third of the run: " +
+        " / ".join(f"{v:,.0f}" for v in lat["p50_by_third_ms"]) +
+        " ms (flat: the scorer kept up with the rate; rising: a backlog built). Split of the "
+        f"p50s at the scorer's `decided_at`: produce → decision {lat['p50_to_decision_ms']:,.0f}"
+        f" ms, decision → visible to `read_committed` {lat['p50_decision_to_visible_ms']:,.0f} "
+        "ms (commit interval, commit, fetch).",
         "", "## State, restore and quality", "",
         f"- state_bytes_per_loan: `tracemalloc` over {state['loans']:,} loans put into one "
         "`PartitionProcessor`'s `states` dict, each opened from a `LoanOpened` event with one "
@@ -233,7 +239,10 @@ def write_docs(figures: dict, command: str) -> str:
         f"`__partition__` checkpoint per partition per transaction; {state['restore_records']:,} "
         "records) written with the scorer's transactional producer settings to a compacted "
         "changelog made by `producer.admin.create_topics`, then `ChangelogRestorer.restore` "
-        f"into six fresh processors timed start to finish ({state['restore_seconds']:.2f} s).",
+        f"into six fresh processors timed start to finish ({state['restore_seconds']:.2f} s). "
+        "Restored loans are held in "
+        f"{state['restored_bytes_per_loan']:,.0f} bytes each (the same loans decoded by "
+        "`PartitionProcessor.restore`, measured like state_bytes_per_loan).",
         "- uci_stream_auc / uci_max_abs_score_diff: a bundle trained on "
         "`UCI_Credit_Card.csv` (`train --source uci`, 30 % holdout, seed 0); the "
         f"{uci['holdout_clients']:,} held-out clients' {uci['events']:,} events produced to a "

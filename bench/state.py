@@ -14,6 +14,9 @@
   compacted changelog topic created by ``producer.admin.create_topics``; then the scorer's real
   restore path, ``ChangelogRestorer.restore`` into six fresh ``PartitionProcessor`` objects, is
   timed from start to finish. Target: at least 100,000 loans/s (a million loans back in 10 s).
+- ``restored_bytes_per_loan`` (a check, no target): the same kind of loans held after a restart,
+  i.e. decoded from their changelog records by ``PartitionProcessor.restore``, measured like
+  ``state_bytes_per_loan`` -- a restarted scorer must fit where the running one did.
 
 Run alone (starts its own broker and trains its own small model)::
 
@@ -54,6 +57,9 @@ class StateResult:
     restore_records: int  # loan records + checkpoints in the changelog
     restore_seconds: float
     restore_loans_per_s: float
+    # Not a target, a check: the same loans held after a restart, i.e. decoded from changelog
+    # records by ``PartitionProcessor.restore`` (no Kafka), measured like state_bytes_per_loan.
+    restored_bytes_per_loan: float = 0.0
 
 
 def event_templates(count: int = 2000, seed: int = 7) -> list[tuple[dict, dict]]:
@@ -116,6 +122,26 @@ def bytes_per_loan(model: Path, loans: int) -> tuple[float, float]:
     tracemalloc.stop()
     assert len(states) == loans
     return used / loans, seconds
+
+
+def restored_bytes_per_loan(model: Path, loans: int) -> float:
+    """Bytes per loan of states that came back through ``PartitionProcessor.restore``."""
+    from schemas import AvroSerde
+
+    encode = AvroSerde("LoanState").encode
+    records = [(state.loan_id.encode(), encode(state.to_record()))
+               for state in iter_states(loans, prefix="Q")]  # fmt: skip
+    processor = processor_for(model)
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for key, value in records:
+        processor.restore(key, value)
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert len(processor.states) == loans
+    return used / loans
 
 
 def write_changelog(bootstrap: str, model: Path, loans: int) -> tuple[Any, int]:
@@ -207,8 +233,9 @@ def measure_state(bootstrap: str, model: Path, loans: int = 1_000_000,
     restored, seconds, top = time_restore(config, model, profile)
     if restored != restore_loans:
         raise RuntimeError(f"restored {restored} of {restore_loans} loans")
+    restored_per_loan = restored_bytes_per_loan(model, restore_loans)
     return StateResult(loans, per_loan, build_seconds, restored, records, seconds,
-                       restored / seconds), top  # fmt: skip
+                       restored / seconds, restored_per_loan), top  # fmt: skip
 
 
 def main() -> None:
