@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.config import Guarantee, ServeConfig
@@ -283,9 +284,9 @@ class ScorerApp:
             m.alerts.labels(tier="HIGH").inc(len(result.alerts))
         for dead in result.dead_letters:
             m.dlq.labels(reason=dead.reason).inc()
-        observe = m.event_latency.observe
-        for occurred_at in result.occurred_at:
-            observe(max(0.0, (now_ms - occurred_at) / 1000))
+        if result.occurred_at:
+            lag_ms = now_ms - np.array(result.occurred_at, dtype=np.float64)
+            m.event_latency.observe_many(np.maximum(lag_ms, 0.0) / 1000)
 
     # -- transactions ------------------------------------------------------------------------------
     def _begin(self) -> None:

@@ -14,6 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Sequence
+
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -22,6 +26,9 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Event time -> decision: a replay of history is months behind, a live stream sub-second.
@@ -30,6 +37,55 @@ LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 
 BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 TIERS = ("HIGH", "MODERATE", "LOW")
+
+
+class BatchHistogram(Collector):
+    """A Prometheus histogram fed a whole batch of observations at once.
+
+    ``prometheus_client.Histogram.observe`` costs a few microseconds -- a lock and a bucket
+    search in Python -- which per scored event was a tenth of the scorer's time. This one
+    bins a batch with numpy and exposes exactly what a ``Histogram`` with the same buckets fed
+    the same values one by one would (same series, ``le`` labels and counts).
+
+    >>> registry = CollectorRegistry()
+    >>> h = BatchHistogram("demo_seconds", "Demo.", (0.1, 1.0), registry)
+    >>> h.observe_many(np.array([0.05, 0.1, 3.0]))
+    >>> b'demo_seconds_bucket{le="0.1"} 2.0' in generate_latest(registry)
+    True
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:  # fmt: skip
+        self.name, self.documentation = name, documentation
+        self._bounds = np.array(sorted(buckets), dtype=np.float64)
+        self._labels = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        self._counts = np.zeros(len(self._bounds) + 1, dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()  # the HTTP thread collects while the loop observes
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Observe every value (``value <= le`` counts in bucket ``le``, as Prometheus says)."""
+        if not len(values):
+            return
+        binned = np.bincount(np.searchsorted(self._bounds, values, side="left"),
+                             minlength=len(self._counts))  # fmt: skip
+        total = float(values.sum())
+        with self._lock:
+            self._counts += binned
+            self._sum += total
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            cumulative = np.cumsum(self._counts).tolist()
+            total = self._sum
+        yield HistogramMetricFamily(
+            self.name, self.documentation, sum_value=total,
+            buckets=[(le, float(n)) for le, n in zip(self._labels, cumulative, strict=True)],
+        )  # fmt: skip
+
+    def describe(self) -> Iterator[Metric]:
+        return self.collect()
 
 
 class ScorerMetrics:
@@ -47,9 +103,9 @@ class ScorerMetrics:
             "Wall time from poll to outputs handed to the producer, per batch.",
             buckets=SECONDS_BUCKETS, registry=r,
         )  # fmt: skip
-        self.event_latency = Histogram(
+        self.event_latency = BatchHistogram(  # one observation per event: batched
             "loanrec_event_latency_seconds", "Event time (occurred_at) to decision time.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, r,
         )  # fmt: skip
         self.strategy_changes = Counter(
             "loanrec_strategy_changes", "StrategyChanged events emitted, by transition.",

@@ -30,12 +30,15 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 from models.state import DuplicateEvent, InvalidEvent, LoanState
 from models.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
+
+_short_type = cache(short_type)  # a handful of body types, named once per event
 
 CHECKPOINT_KEY = "__partition__"
 # Beyond float32 (what the trees compare in) a value is corrupt input, not a measurement.
@@ -79,7 +82,6 @@ class BatchResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
     occurred_at: list[int] = field(default_factory=list)  # of scored events, for latency
-    changed_loans: set[str] = field(default_factory=set)
     next_offset: int | None = None
     pending: list[_Pending] = field(default_factory=list)  # applied, waiting for scores
 
@@ -160,7 +162,7 @@ class PartitionProcessor:
         except SchemaDecodeError as error:
             self._dead(result, offset, key, value, error.reason, error, UNKNOWN_TYPE)
             return None
-        body_type = short_type(event["body"][0])
+        body_type = _short_type(event["body"][0])
         loan_id = event["loan_id"]
         if key != loan_id.encode():
             # A loan's state lives in the partition of its key: a record keyed otherwise is
@@ -181,7 +183,6 @@ class PartitionProcessor:
             self._dead(result, offset, key, value, "processing_error", error, body_type)
             return None
         self.events_applied += 1
-        result.changed_loans.add(loan_id)
         result.outcomes[(body_type, "scored")] += 1
         result.occurred_at.append(event["occurred_at"])
         return _Pending(offset, event, state, model_row(state.features()))

@@ -97,26 +97,21 @@ class OnlineSegmenter:
     # -- input --------------------------------------------------------------------------------
 
     def _raw(self, x: Any) -> list[float]:
-        """Raw features in ``features`` order. Accepts a feature dict (extra keys ignored), a
-        ``LoanState`` or a full ``features()`` list. Missing values become the running mean,
-        so they neither move the scaler nor pull a centre."""
-        if hasattr(x, "features") and callable(x.features):
-            x = x.features()
-        means = self._means
-        if isinstance(x, dict):
-            values = [x.get(name, math.nan) for name in self.features]
-        else:
-            values = [x[i] for i in self._index]
-        return [v if v == v else means[k] for k, v in enumerate(values)]
+        """Raw features in ``features`` order. Accepts a full ``features()`` list (the
+        stream's case, checked first), a ``LoanState`` or a feature dict (extra keys
+        ignored). Missing values become the running mean, so they neither move the scaler
+        nor pull a centre."""
+        if type(x) is not list:
+            if hasattr(x, "features") and callable(x.features):
+                x = x.features()
+            elif isinstance(x, dict):
+                x = [x.get(name, math.nan) for name in self.features]
+                return self._fill(x)
+        return self._fill([x[i] for i in self._index])
 
-    def _learn_scaler(self, raw: list[float]) -> None:
-        # river.preprocessing.StandardScaler.learn_one, term for term.
-        self._count = n = self._count + 1
-        means, vars_ = self._means, self._vars
-        for k, xk in enumerate(raw):
-            old = means[k]
-            means[k] = mean = old + (xk - old) / n
-            vars_[k] += ((xk - old) * (xk - mean) - vars_[k]) / n
+    def _fill(self, values: list[float]) -> list[float]:
+        means = self._means
+        return [v if v == v else means[k] for k, v in enumerate(values)]
 
     def _scale(self, raw: list[float]) -> list[float]:
         # river.preprocessing.StandardScaler.transform_one.
@@ -149,10 +144,19 @@ class OnlineSegmenter:
 
     def learn_predict(self, x: Any) -> str:
         """``learn_one`` then the segment of the centre that moved (river's
-        ``learn_predict_one``): what the stream does after every event."""
+        ``learn_predict_one``): what the stream does after every event.
+
+        The scaler's update and transform are fused per feature (each feature's are
+        independent, so this changes no bit) to keep the per-event path short."""
         raw = self._raw(x)
-        self._learn_scaler(raw)
-        z = self._scale(raw)
+        self._count = n = self._count + 1
+        means, vars_ = self._means, self._vars
+        z = []
+        for k, xk in enumerate(raw):
+            old = means[k]
+            means[k] = mean = old + (xk - old) / n
+            vars_[k] = var = vars_[k] + ((xk - old) * (xk - mean) - vars_[k]) / n
+            z.append((xk - mean) / var**0.5 if var else 0.0)
         c = self._nearest(z)
         centre, rate = self._centres[c], self.halflife
         for k, zk in enumerate(z):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from joblib import parallel_config
 
 from models.adapters import History
 from models.features import (
@@ -88,14 +89,19 @@ def build_model(seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 
             ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
         ]), categorical),
     ])  # fmt: skip
+    # One thread per forest: a forest predicting on several threads adds its trees' votes in
+    # completion order, so the cross-validated predictions the isotonic map is fitted on --
+    # and with them the calibrated model -- could differ in the last bit between two runs on
+    # the same data. The parallelism is across the cross-validation folds instead.
     forest = RandomForestClassifier(
         n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_features="sqrt",
-        n_jobs=n_jobs, random_state=seed,
+        n_jobs=1, random_state=seed,
     )  # fmt: skip
     # ensemble=False: one forest refitted on all training rows, the isotonic map learnt from
     # cross-validated predictions -> one forest to evaluate per scored batch, not three.
     return CalibratedClassifierCV(Pipeline([("prepare", prepare), ("forest", forest)]),
-                                  method="isotonic", cv=3, ensemble=False)  # fmt: skip
+                                  method="isotonic", cv=3, ensemble=False,
+                                  n_jobs=n_jobs)  # fmt: skip
 
 
 def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -251,7 +257,8 @@ def train_bundle(
     model = build_model(seed, n_estimators, min_samples_leaf, n_jobs)
     say(f"fitting the calibrated random forest on {len(train):,} loans")
     fit_started = time.perf_counter()
-    model.fit(x[train], y[train])
+    with parallel_config(backend="threading"):  # tree building releases the GIL
+        model.fit(x[train], y[train])
     fit_seconds = time.perf_counter() - fit_started
     single_threaded(model)  # what the stream runs: identical scores whatever the batch
     metrics: dict[str, Any] = {"n_loans": len(y), "n_train": len(train), "n_holdout": len(test),
