@@ -37,6 +37,7 @@ from schemas import AvroSerde, SchemaDecodeError
 from schemas.serde import HEADER_SIZE, MAGIC
 
 _DOUBLES = 8 * len(SLOTS)
+_ZEROS = array("d", bytes(_DOUBLES))
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1, zig-zag encoded
 _PACK_DOUBLE = struct.Struct("<d")
@@ -117,10 +118,9 @@ class LoanStateCodec:
     def _decode_body(self, data: bytes) -> tuple[LoanState, int]:
         loan_id, pos = self._read_string(data, HEADER_SIZE)
         borrower_id, pos = self._read_string(data, pos)
-        values = array("d")
-        values.frombytes(data[pos : pos + _DOUBLES])
-        if len(values) != len(SLOTS):
-            raise ValueError("truncated state array")
+        # Filled in place: frombytes() would over-allocate the array by 40 bytes per loan.
+        values = array("d", _ZEROS)
+        memoryview(values).cast("B")[:] = memoryview(data)[pos : pos + _DOUBLES]
         pos += _DOUBLES
         state = LoanState(loan_id, borrower_id, values)
         state.strategy, pos = self._read_optional_string(data, pos)
