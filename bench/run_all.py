@@ -113,6 +113,18 @@ def throughput(bootstrap: str, work: Path, loans: int) -> tuple[dict, Path]:
     return figures, model
 
 
+class Timer:
+    """Seconds of each part, and the machine's load average when it ended."""
+
+    def __init__(self, seconds: dict[str, float], load: dict[str, float]) -> None:
+        self.seconds, self.load, self.started = seconds, load, time.monotonic()
+
+    def done(self, part: str) -> None:
+        now = time.monotonic()
+        self.seconds[part], self.started = now - self.started, now
+        self.load[part] = os.getloadavg()[0]
+
+
 def run(loans: int) -> dict:
     """All four parts on one broker; figures at the top level, the rest under ``details``."""
     from bench.latency import measure_latency
@@ -120,18 +132,19 @@ def run(loans: int) -> dict:
     from bench.uci_quality import measure_uci
 
     seconds: dict[str, float] = {}
-    details: dict[str, dict] = {"seconds": seconds}
+    load: dict[str, float] = {}  # 1-minute load average after each part (a shared machine)
+    details: dict[str, dict] = {"seconds": seconds, "load_average": load}
     with benchmark_broker() as bootstrap, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        clock = time.monotonic()
+        parts = Timer(seconds, load)
         figures, model = throughput(bootstrap, work, loans)
-        seconds["throughput"], clock = time.monotonic() - clock, time.monotonic()
+        parts.done("throughput")
         latency = asdict(measure_latency(bootstrap, model, figures["scorer_eos_eps"] / 2, work))
-        seconds["latency"], clock = time.monotonic() - clock, time.monotonic()
+        parts.done("latency")
         state = asdict(measure_state(bootstrap, model)[0])
-        seconds["state"], clock = time.monotonic() - clock, time.monotonic()
+        parts.done("state")
         uci = asdict(measure_uci(bootstrap, work))
-        seconds["uci_quality"] = time.monotonic() - clock
+        parts.done("uci_quality")
     for key in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
         figures[key] = latency.pop(key)
     for key in ("state_bytes_per_loan", "restore_loans_per_s"):
@@ -198,7 +211,10 @@ def write_docs(figures: dict, command: str) -> str:
         f"- Versions: {versions()}.",
         f"- Command: `{command}` (all figures from the same run, on one broker; "
         f"{sum(secs.values()) / 60:.1f} min: " +
-        ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ").", "",
+        ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ").",
+        "- The 2 cores are shared with other work, so figures vary from run to run (latency "
+        "most); 1-minute load average (this run included) after each part: " +
+        ", ".join(f"{k} {v:.1f}" for k, v in d["load_average"].items()) + ".", "",
         "## Throughput", "",
         f"Input: {f['input_events']:,} events of {f['input_loans']:,} loans pre-produced to "
         f"{PARTITIONS} partitions. Passthrough and both scorers are timed from the group's "
