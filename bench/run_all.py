@@ -62,8 +62,10 @@ def measure(command: list[str], bootstrap: str, group: str, topic: str) -> float
     return progress.events_per_s
 
 
-def naive_eps(bootstrap: str, model: Path, topic: str, events: int = 2000) -> float:
-    """The notebook approach: decode, update state, ``predict_proba`` on one row, per event."""
+def naive_eps(bootstrap: str, model_dir: Path, topic: str, events: int = 2000) -> float:
+    """The notebook approach: decode, update state, the fitted scikit-learn model's
+    ``predict_proba`` on one row, per event (the scorer's own serving path is not used: it is
+    part of what the scorer brings)."""
     from confluent_kafka import Consumer
 
     from models.bundle import ModelBundle
@@ -78,7 +80,8 @@ def naive_eps(bootstrap: str, model: Path, topic: str, events: int = 2000) -> fl
     while len(values) < events:
         values += [m.value() for m in consumer.consume(500, timeout=1.0) if not m.error()]
     consumer.close()
-    bundle, serde, states = ModelBundle.load(model), AvroSerde("LoanEvent"), {}
+    serde, states = AvroSerde("LoanEvent"), {}
+    model = ModelBundle.load(model_dir).model
     started = time.perf_counter()
     for value in values[:events]:
         event = serde.decode(value)
@@ -92,7 +95,7 @@ def naive_eps(bootstrap: str, model: Path, topic: str, events: int = 2000) -> fl
                 state.apply(event)
         except InvalidEvent:
             continue
-        bundle.predict_proba([state.features()])
+        model.predict_proba([state.features()])
     return events / (time.perf_counter() - started)
 
 

@@ -323,7 +323,13 @@ class PartitionProcessor:
         if value is None:
             self.states.pop(loan_id, None)
             return False
-        self.states[loan_id] = self._state_codec.decode(value)
+        state = self._state_codec.decode(value)
+        if state.loan_id != loan_id:
+            raise ValueError(f"changelog key {loan_id!r} holds the state of loan {state.loan_id!r}")
+        previous = self.states.get(loan_id)
+        if previous is not None:  # the dict keeps its first key object: share that one
+            state.loan_id = previous.loan_id
+        self.states[state.loan_id] = state  # one id string per loan: key and state share it
         return True
 
     def finish_restore(self) -> None:

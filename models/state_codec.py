@@ -41,6 +41,7 @@ _ZEROS = array("d", bytes(_DOUBLES))
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1, zig-zag encoded
 _PACK_DOUBLE = struct.Struct("<d")
+_MAX_LABELS = 1024  # distinct decision labels shared; a policy has a few dozen at most
 _OPTIONAL = (("strategy", "string"), ("risk_tier", "string"), ("risk_score", "double"),
              ("segment", "string"))  # fmt: skip
 
@@ -88,6 +89,7 @@ class LoanStateCodec:
     def __init__(self) -> None:
         self._serde = AvroSerde("LoanState")
         self._header = MAGIC + self._serde.writer.fingerprint
+        self._labels: dict[bytes, str] = {}
         self.fast = sys.byteorder == "little" and _has_fixed_layout(self._serde.writer.raw)
 
     def encode(self, state: LoanState) -> bytes:
@@ -144,9 +146,22 @@ class LoanStateCodec:
         return data[pos:end].decode(), end
 
     def _read_optional_string(self, data: bytes, pos: int) -> tuple[str | None, int]:
+        """A decision label (strategy, tier, segment): one of a handful of values, so each is
+        decoded once and shared by every loan holding it (a string per loan would be ~150
+        bytes per restored loan more than the stream's own states, which share them)."""
         branch = data[pos]
         if branch == 0:
             return None, pos + 1
         if branch != 2:
             raise ValueError(f"bad union branch {branch}")
-        return self._read_string(data, pos + 1)
+        size, start = _read_long(data, pos + 1)
+        end = start + size
+        if size < 0 or end > len(data):
+            raise ValueError(f"string of {size} bytes overruns the record")
+        raw = data[start:end]
+        label = self._labels.get(raw)
+        if label is None:
+            label = raw.decode()
+            if len(self._labels) < _MAX_LABELS:
+                self._labels[raw] = label
+        return label, end
