@@ -4,9 +4,10 @@ Training replays history through :func:`replay`; the streaming scorer calls the 
 :meth:`LoanState.apply` and :meth:`LoanState.features` per event. There is no second
 implementation of any feature (``docs/FEATURES.md`` documents each one).
 
-Memory: the numeric state lives in one ``array('d')`` (8 bytes per value instead of a 24-byte
-float object per attribute) and duplicate detection keeps 52-bit hashes of the last
-``RECENT_IDS`` event ids in the same array, so a loan costs about 500 bytes.
+Memory: a state *is* one ``array('d')`` (8 bytes per value instead of a 24-byte float object
+per attribute; the ids and decision labels in ``__slots__``), and duplicate detection keeps
+52-bit hashes of the last ``RECENT_IDS`` event ids in the same array, so a loan costs about
+590 bytes with its ids and its entry in the scorer's dict (``bench/state.py``, 1M loans).
 
 >>> from schemas.events import make_event
 >>> opened = make_event("e1", "L1", "B1", 0, "LoanOpened", dict(
@@ -68,7 +69,10 @@ _I = {name: i for i, name in enumerate(SLOTS)}
 RECENT0 = _I["recent_id_0"]
 RECENT_POS = _I["recent_pos"]
 _NAN = math.nan
-_ZEROS = array("d", [0.0]) * len(SLOTS)
+SCORE = len(SLOTS)  # LoanState's last value: the risk score of its latest decision
+_SIZE = SCORE + 1
+_NO_SCORE = array("d", [_NAN])
+_BLANK = array("d", [0.0]) * len(SLOTS) + _NO_SCORE
 
 
 class InvalidEvent(ValueError):
@@ -118,20 +122,47 @@ def _optional_count(value: Any) -> float:
     return float(value)
 
 
-class LoanState:
-    """One loan's running state. Build with :meth:`open`, update with :meth:`apply`."""
+class LoanState(array):
+    """One loan's running state. Build with :meth:`open`, update with :meth:`apply`.
 
-    __slots__ = ("_v", "borrower_id", "loan_id", "risk_score", "risk_tier", "segment", "strategy")
+    Memory is the product's scaling limit (a million loans per scorer), so a state is ONE
+    object: an ``array('d')`` of the ``SLOTS`` values followed by the decision's risk score
+    (NaN: not scored yet), with the ids and decision labels in ``__slots__``. As separate
+    objects (a slots class holding an array and a float) a loan cost ~70 bytes more. The
+    borrower id is kept UTF-8 encoded (it is only read when an output record is written).
+    States compare and hash by identity, like any object, not as arrays.
+    """
 
-    def __init__(self, loan_id: str, borrower_id: str, values: array) -> None:
-        self.loan_id = loan_id
-        self.borrower_id = borrower_id
-        self._v = values
+    __slots__ = ("_borrower", "loan_id", "risk_tier", "segment", "strategy")
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+
+    def __new__(cls, loan_id: str, borrower_id: str, values: array | None = None) -> LoanState:
+        """``values``: the ``SLOTS`` values, optionally followed by the risk score."""
+        state = super().__new__(cls, "d", _BLANK if values is None else values)
+        if len(state) != _SIZE:
+            if len(state) != len(SLOTS):
+                raise ValueError(f"a LoanState has {len(SLOTS)} values, not {len(state)}")
+            state = super().__new__(cls, "d", array("d", state) + _NO_SCORE)  # exact size
+        state.loan_id = loan_id
+        state._borrower = borrower_id.encode()
         # Decisions of the streaming scorer, carried through the changelog with the state.
-        self.strategy: str | None = None
-        self.risk_tier: str | None = None
-        self.risk_score: float | None = None
-        self.segment: str | None = None
+        state.strategy = state.risk_tier = state.segment = None
+        return state
+
+    @property
+    def borrower_id(self) -> str:
+        return self._borrower.decode()
+
+    @property
+    def risk_score(self) -> float | None:
+        score = self[SCORE]
+        return None if score != score else score
+
+    @risk_score.setter
+    def risk_score(self, value: float | None) -> None:
+        self[SCORE] = _NAN if value is None else value
 
     # -- building ------------------------------------------------------------------------------
 
@@ -144,7 +175,7 @@ class LoanState:
                 "unknown_loan", f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
                 "which was never opened (LoanOpened must come first)",
             )  # fmt: skip
-        v = array("d", _ZEROS)
+        v = cls(event["loan_id"], event["borrower_id"])
         age = body["age"]
         v[AGE] = float(age) if age is not None and 0 < age < 150 else _NAN
         v[GENDER] = encode("gender", body["gender"])
@@ -163,14 +194,14 @@ class LoanState:
         v[OUTSTANDING] = v[OUT_BEFORE] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
         v[RECENT0] = event_id_hash(event["event_id"])
         v[RECENT_POS] = 1.0
-        return cls(event["loan_id"], event["borrower_id"], v)
+        return v
 
     # -- updating ------------------------------------------------------------------------------
 
     def is_duplicate(self, event_id: str) -> bool:
         """Was this event id among the last ``RECENT_IDS`` applied to the loan?"""
         h = event_id_hash(event_id)
-        v = self._v
+        v = self
         return any(v[RECENT0 + i] == h for i in range(RECENT_IDS))
 
     def apply(self, event: dict[str, Any]) -> None:
@@ -181,7 +212,7 @@ class LoanState:
         opening or after the closing, a second ``LoanOpened``). A refused event leaves the
         state unchanged.
         """
-        v = self._v
+        v = self
         h = event_id_hash(event["event_id"])
         for i in range(RECENT_IDS):
             if v[RECENT0 + i] == h:
@@ -248,7 +279,7 @@ class LoanState:
 
     def _due_date(self, body: dict[str, Any], at: int) -> int:
         due = body["installment_due_date"]
-        opened_day = self._v[OPENED_AT] // DAY_MS
+        opened_day = self[OPENED_AT] // DAY_MS
         if due is None or not opened_day <= due <= opened_day + _MAX_DAYS:
             raise InvalidEvent(
                 "impossible_date", f"installment_due_date={due!r} is before the loan opened or "
@@ -259,7 +290,7 @@ class LoanState:
     def _installment(self, due: int, amount_due: float, outstanding: float) -> None:
         # Events with the same due date as the previous one belong to the same installment
         # (e.g. a partial payment and then the miss of the rest).
-        v = self._v
+        v = self
         if due != v[LAST_DUE]:
             v[SUM_OUT] += outstanding
             v[INSTALLMENTS] += 1.0
@@ -280,15 +311,15 @@ class LoanState:
 
     @property
     def closed(self) -> bool:
-        return bool(self._v[CLOSED])
+        return bool(self[CLOSED])
 
     @property
     def last_event_at(self) -> int:
-        return int(self._v[LAST_EVENT_AT])
+        return int(self[LAST_EVENT_AT])
 
     def features(self) -> list[float]:
         """The model's feature vector, in the order of ``models.features.FEATURE_NAMES``."""
-        v = self._v
+        v = self
         amount, income, n = v[AMOUNT], v[INCOME], v[INSTALLMENTS]
         dpd, outstanding, total_due = v[DPD], v[OUTSTANDING], v[TOTAL_DUE]
         if dpd > 0:
@@ -328,7 +359,7 @@ class LoanState:
 
     def to_record(self) -> dict[str, Any]:
         """The ``LoanState`` Avro record (``schemas/avro/LoanState/v1.avsc``)."""
-        record: dict[str, Any] = dict(zip(SLOTS, self._v, strict=True))
+        record: dict[str, Any] = dict(zip(SLOTS, self, strict=False))  # (the score is last)
         record["loan_id"] = self.loan_id
         record["borrower_id"] = self.borrower_id
         record["strategy"] = self.strategy
@@ -339,25 +370,25 @@ class LoanState:
 
     def copy(self) -> LoanState:
         """An independent copy (the scorer's undo log keeps one per loan per transaction)."""
-        state = LoanState(self.loan_id, self.borrower_id, array("d", self._v))
-        state.strategy, state.risk_tier = self.strategy, self.risk_tier
-        state.risk_score, state.segment = self.risk_score, self.segment
+        state = array.__new__(LoanState, "d", self)  # values and score; ids shared, not copied
+        state.loan_id, state._borrower = self.loan_id, self._borrower
+        state.strategy, state.risk_tier, state.segment = self.strategy, self.risk_tier, self.segment
         return state
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LoanState:
         """Inverse of :meth:`to_record`."""
-        state = cls(record["loan_id"], record["borrower_id"],
-                    array("d", [float(record[name]) for name in SLOTS]))  # fmt: skip
+        score = record.get("risk_score")
+        values = [float(record[name]) for name in SLOTS] + [_NAN if score is None else score]
+        state = cls(record["loan_id"], record["borrower_id"], array("d", values))
         state.strategy = record.get("strategy")
         state.risk_tier = record.get("risk_tier")
-        state.risk_score = record.get("risk_score")
         state.segment = record.get("segment")
         return state
 
     def labels(self) -> dict[str, str]:
         """Canonical labels of the categorical profile (for reports and logs)."""
-        v = self._v
+        v = self
         return {
             "gender": decode("gender", v[GENDER]),
             "employment_type": decode("employment_type", v[EMPLOYMENT]),
@@ -366,7 +397,7 @@ class LoanState:
         }
 
     def __repr__(self) -> str:
-        return f"LoanState({self.loan_id!r}, installments={self._v[INSTALLMENTS]:.0f})"
+        return f"LoanState({self.loan_id!r}, installments={self[INSTALLMENTS]:.0f})"
 
 
 def replay(

@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import struct
 import sys
-from array import array
 from typing import Any
 
-from models.state import SLOTS, LoanState
+from models.state import SCORE, SLOTS, LoanState
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.serde import HEADER_SIZE, MAGIC
 
 _DOUBLES = 8 * len(SLOTS)
-_ZEROS = array("d", bytes(_DOUBLES))
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1, zig-zag encoded
 _PACK_DOUBLE = struct.Struct("<d")
@@ -95,12 +93,14 @@ class LoanStateCodec:
     def encode(self, state: LoanState) -> bytes:
         if not self.fast:
             return self._serde.encode(state.to_record())
-        parts = [self._header, _string(state.loan_id), _string(state.borrower_id),
-                 state._v.tobytes()]  # fmt: skip
+        borrower = state._borrower  # kept UTF-8 encoded: written as is
+        values = state.tobytes()  # the SLOTS values, then the score
+        parts = [self._header, _string(state.loan_id), _long(len(borrower)), borrower,
+                 values[:_DOUBLES]]  # fmt: skip
         for value in (state.strategy, state.risk_tier):
             parts.append(_NULL if value is None else _SOME + _string(value))
-        score = state.risk_score
-        parts.append(_NULL if score is None else _SOME + _PACK_DOUBLE.pack(score))
+        score = state[SCORE]
+        parts.append(_NULL if score != score else _SOME + values[_DOUBLES:])
         parts.append(_NULL if state.segment is None else _SOME + _string(state.segment))
         return b"".join(parts)
 
@@ -120,15 +120,14 @@ class LoanStateCodec:
     def _decode_body(self, data: bytes) -> tuple[LoanState, int]:
         loan_id, pos = self._read_string(data, HEADER_SIZE)
         borrower_id, pos = self._read_string(data, pos)
-        # Filled in place: frombytes() would over-allocate the array by 40 bytes per loan.
-        values = array("d", _ZEROS)
-        memoryview(values).cast("B")[:] = memoryview(data)[pos : pos + _DOUBLES]
+        # Filled in place (frombytes() would over-allocate the array by 40 bytes per loan).
+        state = LoanState(loan_id, borrower_id)
+        memoryview(state).cast("B")[:_DOUBLES] = memoryview(data)[pos : pos + _DOUBLES]
         pos += _DOUBLES
-        state = LoanState(loan_id, borrower_id, values)
         state.strategy, pos = self._read_optional_string(data, pos)
         state.risk_tier, pos = self._read_optional_string(data, pos)
         if data[pos] == 2:
-            state.risk_score = _PACK_DOUBLE.unpack_from(data, pos + 1)[0]
+            state[SCORE] = _PACK_DOUBLE.unpack_from(data, pos + 1)[0]
             pos += 9
         elif data[pos] == 0:
             pos += 1

@@ -152,9 +152,13 @@ def test_memory_per_loan_is_at_most_600_bytes() -> None:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     states = replay(events)
+    for i, state in enumerate(states.values()):  # decided, as the stream's states are
+        state.strategy, state.risk_tier, state.segment = "CALLS", "MODERATE", "OTHERS"
+        state.risk_score = i / 3001
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
-    # Includes the dict that holds them (the stream keeps one too).
+    # Includes the dict that holds them (the stream keeps one too). bench/state.py measures
+    # the same for 1M loans with 10-character ids: 589 bytes.
     per_loan = used / len(states)
     assert per_loan <= 600, f"{per_loan:.0f} bytes per loan"
 
