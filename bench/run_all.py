@@ -222,8 +222,8 @@ def write_docs(figures: dict, command: str) -> str:
         f"Input: {f['input_events']:,} events of {f['input_loans']:,} loans pre-produced to "
         f"{PARTITIONS} partitions. Passthrough and both scorers are timed from the group's "
         "committed offsets (first commit to the commit reaching the end of the input), so "
-        "start-up is excluded alike; naive = decode + state + one `predict_proba` per event, "
-        "in-process.", "",
+        "start-up is excluded alike; naive = decode + state + the fitted scikit-learn model's "
+        "`predict_proba` on one row per event, in-process, on the first 2,000 events.", "",
         "| figure | events/s |", "|---|---:|",
         *(f"| {k} | {f[k]:,.0f} |" for k in
           ("passthrough_eps", "scorer_eos_eps", "scorer_alo_eps", "naive_eps")),
@@ -238,11 +238,14 @@ def write_docs(figures: dict, command: str) -> str:
         "started and ready (`/readyz`) before the first event. Latency of each of the "
         f"{lat['changes']:,} `StrategyChanged` records = the wall-clock time a `read_committed` "
         "consumer of the strategy topic received it minus the Kafka CreateTime of its source "
-        "event (`source_partition`/`source_offset`). No target is set.", "",
-        "| figure | ms |", "|---|---:|",
-        *(f"| {k} | {f[k]:,.0f} |" for k in ("latency_p50_ms", "latency_p95_ms",
-                                              "latency_p99_ms")),
-        f"| (max) | {lat['latency_max_ms']:,.0f} |", "",
+        "event (`source_partition`/`source_offset`). The load generator, the reader, the "
+        "broker and the scorer share the 2 cores.", "",
+        "| figure | ms | target | |", "|---|---:|---:|---|",
+        f"| latency_p50_ms | {f['latency_p50_ms']:,.0f} | | |",
+        f"| latency_p95_ms | {f['latency_p95_ms']:,.0f} | | |",
+        f"| latency_p99_ms | {f['latency_p99_ms']:,.0f} | ≤ 250 | "
+        f"{_check(f['latency_p99_ms'], 250, False)} |",
+        f"| (max) | {lat['latency_max_ms']:,.0f} | | |", "",
         "p50 over the first, middle and last third of the run: " +
         " / ".join(f"{v:,.0f}" for v in lat["p50_by_third_ms"]) +
         " ms (flat: the scorer kept up with the rate; rising: a backlog built). Split of the "
