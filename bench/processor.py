@@ -17,26 +17,14 @@ import argparse
 import cProfile
 import json
 import pstats
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.common import train_small_model
+
 BATCH = 2000
-
-
-def train_bundle(work: Path) -> Path:
-    """A bundle trained on a 3,000-loan synthetic book (as `make bench` trains it)."""
-    cli = [sys.executable, "-m", "loan_recovery.cli"]
-    subprocess.run([*cli, "generate", "--loans", "3000", "--seed", "3", "--out",
-                    str(work / "train-book")], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([*cli, "train", "--source", "seed", "--input",
-                    str(work / "train-book" / "loans.csv"), "--out", str(work / "model")],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    return work / "model"
 
 
 def encoded_records(loans: int, seed: int = 11) -> list[tuple[int, bytes, bytes]]:
@@ -89,7 +77,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model or train_bundle(Path(tmp))
+        model = args.model or train_small_model(Path(tmp))
         records = encoded_records(args.loans)
         if args.profile:
             profiler = cProfile.Profile()
