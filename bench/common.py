@@ -10,6 +10,7 @@ command line, its readiness probe, and a read-to-the-end helper for output topic
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import socket
@@ -131,6 +132,22 @@ def read_topic(bootstrap: str, topic: str, on_message: Callable[[object], None],
         return count
     finally:
         consumer.close()
+
+
+def standalone_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line every standalone bench module shares: its own options are added to
+    ``--bootstrap-servers`` (default: a fresh local broker) and ``--json``."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--bootstrap-servers", default=None, help="default: a fresh local broker")
+    parser.add_argument("--json", action="store_true")
+    return parser
+
+
+@contextmanager
+def broker_and_workdir(explicit: str | None) -> Iterator[tuple[str, Path]]:
+    """(bootstrap servers, a temporary work directory), both cleaned up after."""
+    with benchmark_broker(explicit) as bootstrap, tempfile.TemporaryDirectory() as tmp:
+        yield bootstrap, Path(tmp)
 
 
 @contextmanager

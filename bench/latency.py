@@ -21,10 +21,8 @@ Run alone (starts its own broker and trains its own small model)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -38,13 +36,14 @@ from bench.common import (
     CLI,
     PARTITIONS,
     ROOT,
-    benchmark_broker,
+    broker_and_workdir,
     cli,
     create_topics,
     end_offsets,
     free_port,
     read_topic,
     scorer_command,
+    standalone_parser,
     stop_process,
     train_small_model,
     wait_ready,
@@ -187,16 +186,13 @@ def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = standalone_parser(__doc__)
     parser.add_argument("--rate", type=float, default=8000.0, help="input events/s")
     parser.add_argument("--duration", type=float, default=DURATION_S, help="seconds of input")
-    parser.add_argument("--bootstrap-servers", default=None, help="default: a fresh local broker")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with benchmark_broker(args.bootstrap_servers) as bootstrap, \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
-        model = train_small_model(Path(tmp))
-        result = measure_latency(bootstrap, model, args.rate, Path(tmp), args.duration)
+    with broker_and_workdir(args.bootstrap_servers) as (bootstrap, work):
+        model = train_small_model(work)
+        result = measure_latency(bootstrap, model, args.rate, work, args.duration)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     else:

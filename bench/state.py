@@ -26,13 +26,11 @@ Run alone (starts its own broker and trains its own small model)::
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import gc
 import io
 import json
 import pstats
-import tempfile
 import time
 import tracemalloc
 import uuid
@@ -41,7 +39,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import PARTITIONS, benchmark_broker, train_small_model
+from bench.common import (
+    PARTITIONS,
+    broker_and_workdir,
+    standalone_parser,
+    train_small_model,
+)
 
 TRANSACTION_RECORDS = 6000  # loan records per changelog transaction (~1,000 per partition)
 DECISIONS = (("CALL", "MODERATE", "OTHERS"), ("SMS_REMINDER", "LOW", "LOW_RISK"),
@@ -239,16 +242,13 @@ def measure_state(bootstrap: str, model: Path, loans: int = 1_000_000,
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = standalone_parser(__doc__)
     parser.add_argument("--loans", type=int, default=1_000_000, help="loans held in memory")
     parser.add_argument("--restore-loans", type=int, default=200_000)
     parser.add_argument("--profile", action="store_true", help="cProfile the restore")
-    parser.add_argument("--bootstrap-servers", default=None, help="default: a fresh local broker")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    with benchmark_broker(args.bootstrap_servers) as bootstrap, \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
-        model = train_small_model(Path(tmp))
+    with broker_and_workdir(args.bootstrap_servers) as (bootstrap, work):
+        model = train_small_model(work)
         result, top = measure_state(bootstrap, model, args.loans, args.restore_loans,
                                     args.profile)  # fmt: skip
     if args.json:

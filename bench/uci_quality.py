@@ -26,11 +26,9 @@ The data file is not in the repository: ``../shared/data/UCI_Credit_Card.csv`` b
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import subprocess
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -42,12 +40,13 @@ import numpy as np
 from bench.common import (
     PARTITIONS,
     ROOT,
-    benchmark_broker,
+    broker_and_workdir,
     cli,
     create_topics,
     end_offsets,
     read_topic,
     scorer_command,
+    standalone_parser,
     stop_process,
     watch_group_until_done,
 )
@@ -165,15 +164,12 @@ def measure_uci(bootstrap: str, work: Path, csv: Path = UCI_CSV) -> UciResult:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = standalone_parser(__doc__)
     parser.add_argument("--input", type=Path, default=UCI_CSV, help="UCI_Credit_Card.csv")
-    parser.add_argument("--bootstrap-servers", default=None, help="default: a fresh local broker")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
-    with benchmark_broker(args.bootstrap_servers) as bootstrap, \
-            tempfile.TemporaryDirectory() as tmp:  # fmt: skip
-        result = measure_uci(bootstrap, Path(tmp), args.input)
+    with broker_and_workdir(args.bootstrap_servers) as (bootstrap, work):
+        result = measure_uci(bootstrap, work, args.input)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     elif result.note:
