@@ -117,15 +117,7 @@ class ScorerApp:
         cfg = self.config
         self.metrics.set_model(self.bundle.version)
         self.metrics.set_policy(self.policy.version)
-        self._producer = Producer({**cfg.producer_config(), "error_cb": self._on_client_error,
-                                   "delivery.report.only.error": True,
-                                   "on_delivery": self._on_delivery_error})  # fmt: skip
-        if self.eos:
-            try:
-                self._producer.init_transactions(cfg.commit_timeout_s * 3)
-            except KafkaException as error:
-                raise FatalError(f"cannot initialise transactions for transactional.id "
-                                 f"{cfg.transactional_id}: {error.args[0].str()}") from None
+        self._producer = self._new_producer()
         self._restorer = ChangelogRestorer(cfg.restore_consumer_config(), self.topics.changelog)
         self._consumer = Consumer({**cfg.consumer_config(), "error_cb": self._on_client_error})
         self._consumer.subscribe([self.topics.events], on_assign=self._on_assign,
@@ -137,6 +129,21 @@ class ScorerApp:
                   guarantee=cfg.guarantee.value, input=self.topics.events,
                   model_version=self.bundle.version, policy_version=self.policy.version,
                   commit_interval_ms=cfg.commit_interval_ms)  # fmt: skip
+
+    def _new_producer(self) -> Any:
+        """The producer; with exactly-once, transactions initialised (which also aborts what a
+        previous producer with our transactional.id left open, and fences it)."""
+        cfg = self.config
+        producer = Producer({**cfg.producer_config(), "error_cb": self._on_client_error,
+                             "delivery.report.only.error": True,
+                             "on_delivery": self._on_delivery_error})  # fmt: skip
+        if self.eos:
+            try:
+                producer.init_transactions(cfg.commit_timeout_s * 3)
+            except KafkaException as error:
+                raise FatalError(f"cannot initialise transactions for transactional.id "
+                                 f"{cfg.transactional_id}: {error.args[0].str()}") from None
+        return producer
 
     def _loop(self) -> None:
         consumer = self._consumer
@@ -400,7 +407,7 @@ class ScorerApp:
             try:
                 self._producer.abort_transaction(self.config.commit_timeout_s)
             except KafkaException as exc:
-                raise FatalError(self._fatal_message("abort_transaction", exc.args[0])) from None
+                self._replace_producer(exc.args[0])
         rewind = []
         for partition, first in self.txn_first.items():
             processor = self.processors.get(partition)
@@ -415,6 +422,21 @@ class ScorerApp:
         self.metrics.transactions.labels(result="abort").inc()
         log_event("transaction_aborted", level="warning", reason=why,
                   rewound={tp.partition: tp.offset for tp in rewind})  # fmt: skip
+
+    def _replace_producer(self, error: KafkaError) -> None:
+        """An abort that failed: librdkafka can fail a legitimate abort with INVALID_TXN_STATE
+        (confluentinc/librdkafka#4849, seen in tests/test_stream_abort.py), after which its
+        producer is unusable. A new producer with the same transactional.id aborts on the
+        broker whatever is still open there, so the scorer rolls back and carries on instead of
+        exiting. Fenced (another instance owns the id): fatal, as before."""
+        message = self._fatal_message("abort_transaction", error)
+        if message.startswith("fenced"):
+            raise FatalError(message)
+        log_event("producer_replaced", level="warning", error=error.str())
+        self._producer = None  # destroyed before its replacement fences it
+        self._producer = self._new_producer()
+        if self.fatal == self._fatal_message("processing", error):
+            self.fatal = None  # the replaced producer's error_cb reported this very error
 
     def _seek(self, positions: list[TopicPartition]) -> None:
         assert self._consumer is not None
