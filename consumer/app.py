@@ -11,7 +11,9 @@ Exactly-once (default), and the classic pitfalls it avoids:
   auto-commit off.
 - On an abortable error the transaction is aborted, the processors roll back to their last
   committed state and the consumer is *seeked back* to the first offset of the aborted
-  transaction (its fetch position is already past those records).
+  transaction (its fetch position is already past those records). If the abort itself fails
+  (librdkafka can fail one with INVALID_TXN_STATE), the producer is replaced: its successor's
+  ``init_transactions`` aborts the transaction on the broker.
 - On assignment the new partitions are paused, their states and segmenters restored from the
   changelog (``read_committed``, to the end), then resumed; until then ``/readyz`` says 503.
   On revocation the open transaction is committed (or aborted) before the partitions go.
