@@ -221,11 +221,12 @@ class ScorerApp:
             count += len(batch)
         # One vectorised scoring call for the whole poll, across partitions (each row's score
         # depends on that row only, so this changes no result, only the per-call overhead).
-        rows = [p.row for _, _, result in applied for p in result.pending]
-        scores = self.bundle.predict_proba(rows) if rows else ()
+        matrices = [result.rows() for _, _, result in applied if result.n]
+        rows = matrices[0] if len(matrices) == 1 else np.concatenate(matrices or [[]])
+        scores = self.bundle.predict_proba(rows) if len(rows) else ()
         start = 0
         for partition, processor, result in applied:
-            n = len(result.pending)
+            n = result.n
             if n:
                 processor.decide(result, scores[start : start + n], now_ms)
                 start += n
@@ -293,8 +294,8 @@ class ScorerApp:
             m.alerts.labels(tier="HIGH").inc(len(result.alerts))
         for dead in result.dead_letters:
             m.dlq.labels(reason=dead.reason).inc()
-        if result.occurred_at:
-            lag_ms = now_ms - np.array(result.occurred_at, dtype=np.float64)
+        if result.n:
+            lag_ms = now_ms - result.occurred_at.astype(np.float64)
             m.event_latency.observe_many(np.maximum(lag_ms, 0.0) / 1000)
 
     # -- transactions ------------------------------------------------------------------------------

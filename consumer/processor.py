@@ -18,6 +18,12 @@ rises to HIGH. Output ids are uuid5 of the source event id, so a replay yields i
 records. Every result is a pure function of the partition's input sequence and the state
 committed before it (DESIGN.md §5, Determinism).
 
+Steps 1-4 run in the compiled ``models._event_kernel`` when it is built: it reads the Avro
+bytes in place and writes each feature row straight into the batch's matrix, and gives every
+record it is not certain about (anything that is not a plain valid event) back to the Python
+reference code above, at its place in the sequence. Both paths give the same states and rows,
+bit for bit (``tests/test_models_event_kernel.py``).
+
 Transactions: loans touched since the last :meth:`commit` keep their committed image in an
 undo log, and the segmenter its committed JSON; :meth:`rollback` restores both after an
 aborted Kafka transaction.
@@ -29,16 +35,26 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from functools import cache
+from dataclasses import dataclass
+from functools import cache, partial
 from typing import Any
 
+import numpy as np
+
+from models.features import FEATURE_NAMES
 from models.state import DuplicateEvent, InvalidEvent, LoanState
 from models.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
+from schemas.serde import HEADER_SIZE, MAGIC
+
+try:
+    from models import _event_kernel
+except ImportError:  # built without a C compiler: the reference code does everything
+    _event_kernel = None  # type: ignore[assignment]
 
 _short_type = cache(short_type)  # a handful of body types, named once per event
+_WIDTH = len(FEATURE_NAMES)
 
 CHECKPOINT_KEY = "__partition__"
 # Beyond float32 (what the trees compare in) a value is corrupt input, not a measurement.
@@ -56,8 +72,9 @@ def model_row(row: list[float]) -> list[float]:
     >>> model_row([1.0, float("inf"), 2e300, float("nan")])[:3]
     [1.0, nan, nan]
     """
-    total = sum(row)
-    if -_FEATURE_LIMIT < total < _FEATURE_LIMIT:  # the common case: one cheap check
+    # A sum of magnitudes below the limit bounds every value (float sums of non-negative
+    # values never round below a term), so the common case is one cheap check.
+    if sum(map(abs, row)) < _FEATURE_LIMIT:
         return row
     return [v if -_FEATURE_LIMIT < v < _FEATURE_LIMIT else math.nan for v in row]
 
@@ -75,32 +92,41 @@ class DeadLetter:
     event_type: str = UNKNOWN_TYPE
 
 
-@dataclass
 class BatchResult:
-    changes: list[dict[str, Any]] = field(default_factory=list)  # StrategyChanged records
-    alerts: list[dict[str, Any]] = field(default_factory=list)  # EarlyWarningAlert records
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    outcomes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (type, outcome)
-    occurred_at: list[int] = field(default_factory=list)  # of scored events, for latency
-    next_offset: int | None = None
-    pending: list[_Pending] = field(default_factory=list)  # applied, waiting for scores
+    """What one partition batch did. The applied events are kept column-wise, in offset order
+    (``states[i]``, ``offsets[i]``, ``values[i]``, ``occurred[i]``, feature row
+    ``features[i]``), so the whole batch is scored from one matrix without a Python object per
+    event; :meth:`PartitionProcessor.decide` then fills ``changes`` and ``alerts``."""
 
-    def rows(self) -> list[list[float]]:
-        return [p.row for p in self.pending]
+    __slots__ = ("alerts", "changes", "counts", "dead_letters", "features", "n", "next_offset",
+                 "occurred", "offsets", "outcomes", "states", "values")
+
+    def __init__(self, capacity: int) -> None:
+        self.changes: list[dict[str, Any]] = []  # StrategyChanged records
+        self.alerts: list[dict[str, Any]] = []  # EarlyWarningAlert records
+        self.dead_letters: list[DeadLetter] = []
+        self.outcomes: Counter[tuple[str, str]] = Counter()  # (event type, outcome)
+        self.next_offset: int | None = None
+        self.n = 0  # applied events so far
+        self.features = np.empty((capacity, _WIDTH))  # row i: loan's features after event i
+        self.occurred = np.empty(capacity, dtype=np.int64)  # occurred_at, for latency
+        self.states: list[LoanState] = []
+        self.offsets: list[int] = []
+        self.values: list[bytes] = []  # the events' Avro bytes (ids for output records)
+        self.counts = np.zeros(len(_event_kernel.BODY_KINDS) if _event_kernel else 0,
+                               dtype=np.int64)  # kernel-applied events per body type
+
+    def rows(self) -> np.ndarray:
+        """The feature rows waiting for scores (n x features)."""
+        return self.features[: self.n]
+
+    @property
+    def occurred_at(self) -> np.ndarray:
+        return self.occurred[: self.n]
 
     @property
     def scored(self) -> int:
-        return len(self.occurred_at)
-
-
-@dataclass(slots=True)
-class _Pending:
-    """One applied event waiting for its score."""
-
-    offset: int
-    event: dict[str, Any]
-    state: LoanState
-    row: list[float]  # the loan's features right after this event (later ones mutate state)
+        return self.n
 
 
 class PartitionProcessor:
@@ -114,7 +140,7 @@ class PartitionProcessor:
     """
 
     def __init__(self, bundle: Any, policy: Any, partition: int, topic: str = "loan.events",
-                 segmenter: Any = None) -> None:  # fmt: skip
+                 segmenter: Any = None, native: bool = True) -> None:  # fmt: skip
         from models.segmentation import OnlineSegmenter
 
         self.bundle = bundle
@@ -125,6 +151,11 @@ class PartitionProcessor:
         self.segmenter = segmenter or OnlineSegmenter.from_bundle(bundle)
         self.events_applied = 0
         self._serde = AvroSerde("LoanEvent")
+        # The kernel reads the one writer layout it was written for; other writers (a future
+        # schema version) go through fastavro's schema resolution in the reference path.
+        self._kernel_header = MAGIC + self._serde.registry.get("LoanEvent", 1).fingerprint
+        self._kernel = _event_kernel.EventKernel(self._kernel_header) if _event_kernel and \
+            native else None  # fmt: skip
         self._state_codec = LoanStateCodec()
         self._checkpoint_serde = AvroSerde("PartitionCheckpoint")
         self._undo: dict[str, LoanState | None] = {}  # committed image of each touched loan
@@ -140,7 +171,7 @@ class PartitionProcessor:
                 decided_at_ms: int = 0) -> BatchResult:  # fmt: skip
         """:meth:`apply`, one ``predict_proba`` call, :meth:`decide`."""
         result = self.apply(batch)
-        if result.pending:
+        if result.n:
             self.decide(result, self.bundle.predict_proba(result.rows()), decided_at_ms)
         return result
 
@@ -148,20 +179,38 @@ class PartitionProcessor:
         """Decode and apply every record; the result's ``rows()`` still need scores. (The
         Kafka loop scores the rows of all its partitions in one call: a row's score depends
         on that row only.)"""
-        result = BatchResult()
-        result.pending = [p for record in batch if (p := self._apply(record, result)) is not None]
+        result = BatchResult(len(batch))
+        if self._kernel is None:
+            for record in batch:
+                self._apply_reference(result, record, result.n)
+        else:
+            applied_before = result.n
+            result.n = self._kernel.apply_batch(
+                batch, self.states, self._undo, result.features, result.occurred,
+                result.states, result.offsets, result.values, result.counts, result.n,
+                partial(self._apply_reference, result))  # fmt: skip
+            self._count_kernel_outcomes(result, result.n - applied_before)
         if batch:
             result.next_offset = batch[-1][0] + 1
         return result
 
-    def _apply(self, record: tuple[int, bytes | None, bytes | None],
-               result: BatchResult) -> _Pending | None:  # fmt: skip
+    def _count_kernel_outcomes(self, result: BatchResult, applied: int) -> None:
+        kernel_applied = 0
+        for kind, count in zip(_event_kernel.BODY_KINDS, result.counts.tolist(), strict=True):
+            if count:
+                result.outcomes[(kind, "scored")] += count
+                kernel_applied += count
+        self.events_applied += kernel_applied  # (the reference counts its own)
+
+    def _apply_reference(self, result: BatchResult,
+                         record: tuple[int, bytes | None, bytes | None], n: int) -> int:
+        """The reference path for one record at row ``n``; returns the next free row."""
         offset, key, value = record
         try:
             event = self._serde.decode(value)  # type: ignore[arg-type]
         except SchemaDecodeError as error:
             self._dead(result, offset, key, value, error.reason, error, UNKNOWN_TYPE)
-            return None
+            return n
         body_type = _short_type(event["body"][0])
         loan_id = event["loan_id"]
         if key != loan_id.encode():
@@ -170,22 +219,27 @@ class PartitionProcessor:
             self._dead(result, offset, key, value, "key_mismatch",
                        ValueError(f"record key {key!r} is not its loan_id {loan_id!r}"),
                        body_type)  # fmt: skip
-            return None
+            return n
         try:
             state = self._open_or_apply(loan_id, self.states.get(loan_id), event)
         except DuplicateEvent:
             result.outcomes[(body_type, "duplicate")] += 1
-            return None
+            return n
         except InvalidEvent as error:
             self._dead(result, offset, key, value, error.reason, error, body_type)
-            return None
+            return n
         except Exception as error:  # a state-machine bug must not become a crash loop
             self._dead(result, offset, key, value, "processing_error", error, body_type)
-            return None
+            return n
         self.events_applied += 1
         result.outcomes[(body_type, "scored")] += 1
-        result.occurred_at.append(event["occurred_at"])
-        return _Pending(offset, event, state, model_row(state.features()))
+        result.features[n] = model_row(state.features())
+        result.occurred[n] = event["occurred_at"]
+        result.states.append(state)
+        result.offsets.append(offset)
+        result.values.append(value)  # type: ignore[arg-type]
+        result.n = n + 1
+        return n + 1
 
     def _open_or_apply(self, loan_id: str, state: LoanState | None,
                        event: dict[str, Any]) -> LoanState:  # fmt: skip
@@ -212,14 +266,12 @@ class PartitionProcessor:
     def decide(self, result: BatchResult, scores: Sequence[float], decided_at_ms: int = 0
                ) -> None:  # fmt: skip
         """Segment, tier, policy and outputs for each applied event, in offset order."""
-        pending = result.pending
         tier_of, decide = self.bundle.tier, self.policy.decide
-        segmenter = self.segmenter
-        model_version, policy_version = self.bundle.version, self.policy.version
-        for p, raw_score in zip(pending, scores, strict=True):
-            score = float(raw_score)
-            state, event = p.state, p.event
-            segment = segmenter.learn_predict(p.row)
+        learn_predict = self.segmenter.learn_predict
+        rows = result.rows()
+        for i, (state, score) in enumerate(zip(result.states, scores.tolist() if isinstance(
+                scores, np.ndarray) else map(float, scores), strict=True)):  # fmt: skip
+            segment = learn_predict(rows[i])
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
             strategy = decide(tier, segment, score, previous_strategy)
@@ -229,19 +281,42 @@ class PartitionProcessor:
                 self._move(self.by_segment, state.segment, segment)
             state.strategy, state.risk_tier = strategy, tier
             state.risk_score, state.segment = score, segment
-            if strategy != previous_strategy:
-                result.changes.append(self._change_record(
-                    p, previous_strategy, strategy, score, tier, segment, previous_tier,
-                    model_version, policy_version, decided_at_ms))  # fmt: skip
-            if tier == "HIGH" and previous_tier != "HIGH":
-                result.alerts.append({
-                    "event_id": str(uuid.uuid5(_ALERT_NS, event["event_id"])),
-                    "loan_id": event["loan_id"], "borrower_id": event["borrower_id"],
-                    "previous_tier": previous_tier, "risk_tier": tier, "risk_score": score,
-                    "segment": segment, "model_version": model_version,
-                    "source_event_id": event["event_id"], "source_offset": p.offset,
-                    "occurred_at": event["occurred_at"], "decided_at": decided_at_ms,
-                })  # fmt: skip
+            changed = strategy != previous_strategy
+            alert = tier == "HIGH" and previous_tier != "HIGH"
+            if changed or alert:
+                self._emit(result, i, score, segment, tier, previous_tier,
+                           previous_strategy if changed else strategy, decided_at_ms,
+                           changed, alert)  # fmt: skip
+
+    def _emit(self, result: BatchResult, i: int, score: float, segment: str, tier: str,
+              previous_tier: str | None, previous_strategy: str | None, decided_at_ms: int,
+              changed: bool, alert: bool) -> None:  # fmt: skip
+        """The StrategyChanged and/or EarlyWarningAlert that applied event ``i`` causes."""
+        state, offset = result.states[i], result.offsets[i]
+        event_id, borrower_id = self._event_ids(result.values[i])
+        occurred_at = int(result.occurred[i])
+        model_version = self.bundle.version
+        if changed:
+            result.changes.append(self._change_record(
+                event_id, state.loan_id, borrower_id, offset, occurred_at, previous_strategy,
+                state.strategy, score, tier, segment, previous_tier, model_version,
+                self.policy.version, decided_at_ms))  # fmt: skip
+        if alert:
+            result.alerts.append({
+                "event_id": str(uuid.uuid5(_ALERT_NS, event_id)),
+                "loan_id": state.loan_id, "borrower_id": borrower_id,
+                "previous_tier": previous_tier, "risk_tier": tier, "risk_score": score,
+                "segment": segment, "model_version": model_version,
+                "source_event_id": event_id, "source_offset": offset,
+                "occurred_at": occurred_at, "decided_at": decided_at_ms,
+            })  # fmt: skip
+
+    def _event_ids(self, value: bytes) -> tuple[str, str]:
+        """(event_id, borrower_id) of an applied event's record."""
+        if self._kernel is not None and value[:HEADER_SIZE] == self._kernel_header:
+            return _event_kernel.event_ids(value)
+        event = self._serde.decode(value)
+        return event["event_id"], event["borrower_id"]
 
     @staticmethod
     def _move(counts: Counter[str], old: str | None, new: str) -> None:
@@ -249,20 +324,20 @@ class PartitionProcessor:
             counts[old] -= 1
         counts[new] += 1
 
-    def _change_record(self, p: _Pending, previous: str | None, strategy: str, score: float,
+    def _change_record(self, event_id: str, loan_id: str, borrower_id: str, offset: int,
+                       occurred_at: int, previous: str | None, strategy: str, score: float,
                        tier: str, segment: str, previous_tier: str | None, model_version: str,
                        policy_version: str, decided_at_ms: int) -> dict[str, Any]:  # fmt: skip
-        event = p.event
         why = f"tier {previous_tier or '-'}->{tier}, segment {segment}, score {score:.3f}"
         return {
-            "event_id": str(uuid.uuid5(_CHANGE_NS, event["event_id"])),
-            "loan_id": event["loan_id"], "borrower_id": event["borrower_id"],
+            "event_id": str(uuid.uuid5(_CHANGE_NS, event_id)),
+            "loan_id": loan_id, "borrower_id": borrower_id,
             "previous_strategy": previous, "new_strategy": strategy, "risk_score": score,
             "risk_tier": tier, "segment": segment, "model_version": model_version,
             "policy_version": policy_version, "reason": why,
-            "source_event_id": event["event_id"], "source_topic": self.topic,
-            "source_partition": self.partition, "source_offset": p.offset,
-            "occurred_at": event["occurred_at"], "decided_at": decided_at_ms,
+            "source_event_id": event_id, "source_topic": self.topic,
+            "source_partition": self.partition, "source_offset": offset,
+            "occurred_at": occurred_at, "decided_at": decided_at_ms,
         }  # fmt: skip
 
     # -- transactions and the changelog ---------------------------------------------------------
