@@ -10,7 +10,9 @@ Online (:class:`OnlineSegmenter`): river ``StandardScaler`` + ``KMeans(n_cluster
 warm-started from the offline K-Means centres and scaler statistics stored in the bundle.
 Segment names come from ranking the current centres on the *risk axis* (the linear fit of
 predicted risk on the standardized features, also from the bundle), so every partition's
-clusterer names segments the same way. Its state is plain JSON, never pickle.
+clusterer names segments the same way. Its state is plain JSON, never pickle. The per-event
+step runs in a compiled kernel (``models/_segmenter_kernel.pyx``) when it was built, else in the
+pure-Python reference kept here; the two agree bit for bit.
 
 >>> init = {"features": ["days_past_due", "outstanding_ratio"], "means": [10.0, 0.5],
 ...         "stds": [20.0, 0.2], "count": 1000, "centres": [[2.0, -1.0], [0.0, 0.0], [-0.5, 1.0]],
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,8 +38,16 @@ import numpy as np
 
 from models.features import FEATURE_INDEX, SEGMENT_FEATURES
 
+try:
+    from models import _segmenter_kernel
+except ImportError:  # built without a C compiler: the reference code runs (slower, same bits)
+    _segmenter_kernel = None
+
 SEGMENT_NAMES = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 DEFAULT_HALFLIFE = 0.01  # river's learning rate: a centre moves 1 % towards each new member
+# Whether segmenters use the compiled kernel by default. It replays Python 3.11's plain float
+# ``sum``; from 3.12 on ``sum`` compensates, so the kernel would no longer match the reference.
+NATIVE = _segmenter_kernel is not None and sys.version_info < (3, 12)
 
 
 def name_by_risk(risks: Sequence[float]) -> list[str]:
@@ -64,9 +75,15 @@ class OnlineSegmenter:
     dicts, sets and closures: the result is bit for bit river's (``tests/test_models_segmenter``
     replays thousands of steps through both) at a fifth of the cost. :meth:`to_river` hands
     out the equivalent river objects.
+
+    With ``native`` (default :data:`NATIVE`) the state lives in the compiled kernel and the
+    step runs there, about ten times faster again; the Python lists (``_means``, ``_vars``,
+    ``_centres``, ``_count``, ``_risks``, ``_names``) are then refreshed from it by
+    :meth:`_sync` before anything here reads them. ``native=False`` keeps the reference code.
     """
 
-    def __init__(self, init: dict[str, Any], state: dict[str, Any] | None = None) -> None:
+    def __init__(self, init: dict[str, Any], state: dict[str, Any] | None = None,
+                 native: bool | None = None) -> None:  # fmt: skip
         self.init = init
         self.features: list[str] = list(init["features"])
         if unknown := [n for n in self.features if n not in FEATURE_INDEX]:
@@ -88,6 +105,36 @@ class OnlineSegmenter:
             raise ValueError(f"segmenter state does not have {width} features per entry")
         self._risks = [self._risk(centre) for centre in self._centres]
         self._names = name_by_risk(self._risks)
+        self._kernel = self._new_kernel() if self._use_kernel(native) else None
+
+    def _use_kernel(self, native: bool | None) -> bool:
+        """``native=None``: the kernel wherever it is built and supports this shape (one risk
+        weight per feature, fewer than 64 centres); ``True`` insists on it."""
+        if native is None:
+            fits = len(self.risk_weights) == len(self.features) and 1 <= len(self._centres) < 64
+            return NATIVE and fits
+        if native and _segmenter_kernel is None:
+            raise ImportError("models._segmenter_kernel is not built (pip install -e .)")
+        return native
+
+    def _new_kernel(self) -> Any:
+        assert _segmenter_kernel is not None
+        return _segmenter_kernel.SegmenterKernel(
+            self._index, self._count, self._means, self._vars, self._centres,
+            self.risk_weights, self.halflife)  # fmt: skip
+
+    @property
+    def native(self) -> bool:
+        """Whether the compiled kernel holds the state and runs the step."""
+        return self._kernel is not None
+
+    def _sync(self) -> None:
+        """Refresh the Python lists from the kernel if it stepped since the last refresh (every
+        step starts by counting, so an unchanged count means unchanged state)."""
+        kernel = self._kernel
+        if kernel is not None and kernel.count != self._count:
+            self._count, self._means, self._vars = kernel.count, kernel.means, kernel.vars
+            self._centres, self._risks, self._names = kernel.centres, kernel.risks, kernel.names
 
     @classmethod
     def from_bundle(cls, bundle: Any) -> OnlineSegmenter:
@@ -97,17 +144,23 @@ class OnlineSegmenter:
     # -- input --------------------------------------------------------------------------------
 
     def _raw(self, x: Any) -> list[float]:
-        """Raw features in ``features`` order. Accepts a full ``features()`` list (the
-        stream's case, checked first), a ``LoanState`` or a feature dict (extra keys
-        ignored). Missing values become the running mean, so they neither move the scaler
-        nor pull a centre."""
+        """Raw features in ``features`` order. Missing values become the running mean, so
+        they neither move the scaler nor pull a centre."""
+        return self._fill(self._select(x))
+
+    def _select(self, x: Any) -> list[float]:
+        """The segment features of ``x`` in ``features`` order, NaN where missing. Accepts a
+        full ``features()`` list (the stream's case, checked first), a float64 row (numpy,
+        ``array('d')``: read as its ``tolist()``, exactly what the kernel reads), a
+        ``LoanState`` or a feature dict (extra keys ignored)."""
         if type(x) is not list:
             if hasattr(x, "features") and callable(x.features):
                 x = x.features()
             elif isinstance(x, dict):
-                x = [x.get(name, math.nan) for name in self.features]
-                return self._fill(x)
-        return self._fill([x[i] for i in self._index])
+                return [x.get(name, math.nan) for name in self.features]
+            elif hasattr(x, "tolist"):
+                x = x.tolist()
+        return [x[i] for i in self._index]
 
     def _fill(self, values: list[float]) -> list[float]:
         means = self._means
@@ -140,11 +193,24 @@ class OnlineSegmenter:
 
     def predict_one(self, x: Any) -> str:
         """HIGH_RISK, OTHERS or LOW_RISK for ``x``."""
+        self._sync()
         return self._names[self._nearest(self._scale(self._raw(x)))]
 
     def learn_predict(self, x: Any) -> str:
         """``learn_one`` then the segment of the centre that moved (river's
-        ``learn_predict_one``): what the stream does after every event.
+        ``learn_predict_one``): what the stream does after every event, so a full
+        ``features()`` list or float64 row goes straight to the kernel."""
+        kernel = self._kernel
+        if kernel is None:
+            return self._learn_predict_python(x)
+        if type(x) is list or type(x) is np.ndarray:
+            return kernel.learn_predict(x)  # the stream's rows (numpy rows must be float64)
+        if isinstance(x, dict) or hasattr(x, "features") or not hasattr(x, "tolist"):
+            return kernel.learn_predict_values(self._select(x))
+        return kernel.learn_predict(x)  # another float64 buffer: array('d'), memoryview
+
+    def _learn_predict_python(self, x: Any) -> str:
+        """The reference step, which the kernel replays operation for operation.
 
         The scaler's update and transform are fused per feature (each feature's are
         independent, so this changes no bit) to keep the per-event path short."""
@@ -170,6 +236,7 @@ class OnlineSegmenter:
         features keyed by their position in ``features``."""
         from river import cluster, preprocessing
 
+        self._sync()
         keys = range(len(self.features))
         scaler = preprocessing.StandardScaler._from_state(
             counts={k: self._count for k in keys},
@@ -184,13 +251,16 @@ class OnlineSegmenter:
 
     @property
     def centres(self) -> list[list[float]]:
+        self._sync()
         return [list(centre) for centre in self._centres]
 
     @property
     def names(self) -> list[str]:
+        self._sync()
         return list(self._names)
 
     def state(self) -> dict[str, Any]:
+        self._sync()
         return {"count": self._count, "means": list(self._means), "vars": list(self._vars),
                 "centres": self.centres}  # fmt: skip
 
@@ -199,9 +269,9 @@ class OnlineSegmenter:
         return json.dumps({"init": self.init, "state": self.state()}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> OnlineSegmenter:
+    def from_json(cls, text: str, native: bool | None = None) -> OnlineSegmenter:
         data = json.loads(text)
-        return cls(data["init"], data["state"])
+        return cls(data["init"], data["state"], native)
 
 
 # -- offline ----------------------------------------------------------------------------------
