@@ -16,6 +16,7 @@ KERNELS = [
     "models._segmenter_kernel",
     "models._forest_kernel",
     "models._event_kernel",
+    "models._codec_kernel",
 ]
 COMPILE_ARGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
 

@@ -35,7 +35,13 @@ from models.state import SCORE, SLOTS, LoanState
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.serde import HEADER_SIZE, MAGIC
 
-_DOUBLES = 8 * len(SLOTS)
+try:
+    from models._codec_kernel import encode_state as _encode_compiled
+except ImportError:  # built without a C compiler
+    _encode_compiled = None
+
+_SLOT_COUNT = len(SLOTS)
+_DOUBLES = 8 * _SLOT_COUNT
 _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1, zig-zag encoded
 _PACK_DOUBLE = struct.Struct("<d")
@@ -84,15 +90,23 @@ def _has_fixed_layout(schema: dict[str, Any]) -> bool:
 class LoanStateCodec:
     """Encode a :class:`LoanState` to, and decode it from, ``LoanState`` single-object Avro."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: bool = True) -> None:
+        """``native=False``: never use the compiled encoder (tests compare the two)."""
         self._serde = AvroSerde("LoanState")
         self._header = MAGIC + self._serde.writer.fingerprint
         self._labels: dict[bytes, str] = {}
         self.fast = sys.byteorder == "little" and _has_fixed_layout(self._serde.writer.raw)
+        self.compiled = self.fast and _encode_compiled is not None and native
 
     def encode(self, state: LoanState) -> bytes:
         if not self.fast:
             return self._serde.encode(state.to_record())
+        if self.compiled:
+            return _encode_compiled(self._header, state, _SLOT_COUNT)
+        return self._encode_python(state)
+
+    def _encode_python(self, state: LoanState) -> bytes:
+        """The reference of the fast path (``models/_codec_kernel.pyx`` is its compiled twin)."""
         borrower = state._borrower  # kept UTF-8 encoded: written as is
         values = state.tobytes()  # the SLOTS values, then the score
         parts = [self._header, _string(state.loan_id), _long(len(borrower)), borrower,
