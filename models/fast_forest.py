@@ -14,6 +14,14 @@ The forest stage has two implementations with the same result: the compiled
 lockstep, no per-tree Python call) when the extension is built, and the numpy loop over
 ``tree_.apply`` here, which stays as the reference the kernel is tested against bit for bit.
 
+The ``prepare`` step (median imputer on the numeric columns, most-frequent imputer + one-hot
+on the categorical ones) costs scikit-learn ~1.5 ms *per call* in validation and dispatch --
+more than all the trees for a batch of a few hundred rows. :class:`DensePrepare` does the same
+copies, fills and equality tests in a few numpy operations (same float64 output, bit for bit)
+when the fitted ``ColumnTransformer`` has exactly that shape, and hands any input it does not
+expect (another dtype or width, an infinity, an empty batch) to scikit-learn, which then
+transforms or raises as before.
+
 Any model that is not the shape ``models.training.build_model`` fits (one calibrated
 classifier around ``Pipeline([prepare, RandomForestClassifier])``, two classes, no ensemble)
 is served by its own ``predict_proba``: see :func:`fast_predictor`.
@@ -36,16 +44,141 @@ def _load_kernel() -> type | None:
     return ForestKernel
 
 
+class DensePrepare:
+    """The fitted ``ColumnTransformer([imputer, Pipeline([imputer, one-hot])])`` of
+    ``models.training.build_model``, re-done in numpy; build it with :meth:`of`."""
+
+    def __init__(self, fallback: Any, n_features: int, width: int,
+                 blocks: list[tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]]) -> None:
+        """``blocks``: per transformer, in output order, (input columns, fill values, one-hot
+        categories per column or None for a pass-through imputer)."""
+        self._fallback = fallback
+        self._n_features = n_features
+        self._width = width
+        self._blocks = blocks
+
+    @classmethod
+    def of(cls, prepare: Any) -> DensePrepare | None:
+        """The numpy twin of ``prepare`` (the pipeline before the forest), or None when it is
+        not exactly the shape reproduced here (then scikit-learn's transform is used)."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.pipeline import Pipeline
+
+        steps = [step for _, step in prepare.steps] if isinstance(prepare, Pipeline) else [prepare]
+        if len(steps) != 1 or type(steps[0]) is not ColumnTransformer:
+            return None
+        columns = steps[0]
+        if columns.sparse_output_ or not isinstance(columns.n_features_in_, int):
+            return None
+        blocks, width = [], 0
+        for _, transformer, selected in columns.transformers_:
+            chosen = _int_columns(selected, columns.n_features_in_)
+            if chosen is None:
+                return None
+            if len(chosen) == 0 or (isinstance(transformer, str) and transformer == "drop"):
+                continue
+            block = _block_of(transformer, chosen)
+            if block is None:
+                return None
+            blocks.append(block)
+            categories = block[2]
+            width += len(chosen) if categories is None else sum(len(c) for c in categories)
+        return cls(prepare, columns.n_features_in_, width, blocks)
+
+    def transform(self, x: Any) -> Any:
+        """``prepare.transform(x)``: float64 rows, NaNs imputed, categories one-hot."""
+        if not self._expected(x):
+            return self._fallback.transform(x)
+        out = np.empty((len(x), self._width))
+        at = 0
+        for chosen, fill, categories in self._blocks:
+            values = x[:, chosen]  # a copy
+            np.copyto(values, fill, where=np.isnan(values))  # the imputer's fill
+            if categories is None:
+                out[:, at : at + len(chosen)] = values
+                at += len(chosen)
+                continue
+            for column, known in enumerate(categories):  # one-hot, unknown -> all zeros
+                out[:, at : at + len(known)] = values[:, column, None] == known
+                at += len(known)
+        return out
+
+    def _expected(self, x: Any) -> bool:
+        """Input the numpy twin reproduces: a non-empty float64 matrix of the fitted width
+        without infinities (scikit-learn's imputer refuses those)."""
+        return (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 2
+                and x.shape[0] > 0 and x.shape[1] == self._n_features
+                and not np.isinf(x).any())  # fmt: skip
+
+
+def _int_columns(selected: Any, n_features: int) -> np.ndarray | None:
+    """A transformer's input columns as int indices, or None if given some other way."""
+    if isinstance(selected, str):  # a column name: not reproduced
+        return None
+    chosen = np.asarray(selected)
+    if chosen.dtype.kind not in "iu" or chosen.ndim != 1:
+        return None if chosen.size else np.zeros(0, dtype=np.intp)
+    if chosen.size and (chosen.min() < 0 or chosen.max() >= n_features):
+        return None
+    return chosen.astype(np.intp)
+
+
+def _block_of(transformer: Any, chosen: np.ndarray) -> tuple | None:
+    """(columns, fill values, categories or None) for a plain NaN imputer or an imputer
+    followed by a dense, drop-free, infrequent-free ``OneHotEncoder(handle_unknown="ignore")``;
+    None for anything else."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    steps = [s for _, s in transformer.steps] if type(transformer) is Pipeline else [transformer]
+    if not 1 <= len(steps) <= 2 or type(steps[0]) is not SimpleImputer:
+        return None
+    fill = _imputer_fill(steps[0], len(chosen))
+    if fill is None:
+        return None
+    if len(steps) == 1:
+        return chosen, fill, None
+    encoder = steps[1]
+    if (type(encoder) is not OneHotEncoder or encoder.drop_idx_ is not None
+            or encoder.handle_unknown != "ignore" or encoder.sparse_output
+            or np.dtype(encoder.dtype) != np.float64 or encoder._infrequent_enabled):  # fmt: skip
+        return None
+    categories = [np.asarray(c) for c in encoder.categories_]
+    if len(categories) != len(chosen) or any(
+        c.dtype != np.float64 or np.isnan(c).any() for c in categories
+    ):
+        return None
+    return chosen, fill, categories
+
+
+def _imputer_fill(imputer: Any, n_columns: int) -> np.ndarray | None:
+    """The values a fitted NaN imputer writes, or None if it does more than fill NaNs in
+    float64 columns (indicator, dropped empty columns, another missing marker)."""
+    missing = imputer.missing_values
+    statistics = np.asarray(imputer.statistics_)
+    if (not isinstance(missing, float) or not np.isnan(missing) or imputer.add_indicator
+            or statistics.dtype != np.float64 or statistics.shape != (n_columns,)
+            or np.isnan(statistics).any()
+            or np.dtype(getattr(imputer, "_fill_dtype", np.float64)) != np.float64):  # fmt: skip
+        return None
+    return statistics
+
+
 class FastCalibratedForest:
     """P(class 1) of a fitted ``CalibratedClassifierCV(Pipeline([prepare, forest]))``.
 
     ``native``: None uses the compiled kernel when it is built; True requires it (ImportError
-    otherwise); False forces the numpy reference. Both give the same bits."""
+    otherwise); False forces the reference (scikit-learn's ``prepare``, ``tree_.apply`` per
+    tree). All give the same bits."""
 
     def __init__(self, model: Any, native: bool | None = None) -> None:
         calibrated = model.calibrated_classifiers_[0]
         pipeline = calibrated.estimator
-        self._prepare = pipeline[:-1]
+        self._sklearn_prepare = pipeline[:-1]
+        # The reference (native=False) is scikit-learn's transform; otherwise its numpy twin.
+        self._prepare = ((native is not False and DensePrepare.of(self._sklearn_prepare))
+                         or self._sklearn_prepare)  # fmt: skip
         forest = pipeline[-1]
         self._trees = [estimator.tree_ for estimator in forest.estimators_]
         # value[node, output 0, class 1]: the class-1 fraction of each node (leaves used).

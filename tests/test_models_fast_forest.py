@@ -1,6 +1,7 @@
-"""models.fast_forest + models._forest_kernel: the compiled forest stage gives exactly the bits
-of the numpy reference and of scikit-learn's ``predict_proba`` -- NaNs, huge values, single
-rows, empty batches -- and the compiled kernel is actually built (no silent fallback)."""
+"""models.fast_forest + models._forest_kernel: the compiled forest stage and the numpy
+``prepare`` give exactly the bits of the reference and of scikit-learn's ``predict_proba`` --
+NaNs, huge values, unknown categories, single rows, empty batches -- and the compiled kernel is
+actually built (no silent fallback)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from models.fast_forest import FastCalibratedForest
+from models.fast_forest import DensePrepare, FastCalibratedForest
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,57 @@ def test_nan_reaching_the_trees_goes_by_missing_go_to_left() -> None:
     assert np.array_equal(kernel.sum_votes(x32), expected)
     with pytest.raises(ValueError, match="features"):
         kernel.sum_votes(np.zeros((2, 4), dtype=np.float32))
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """The raw 64-bit patterns (tells -0.0 from 0.0 and NaN payloads apart)."""
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64)
+
+
+def test_numpy_prepare_is_scikit_learns_transform_bit_for_bit(model, rows) -> None:
+    native, reference = both_paths(model)
+    assert isinstance(native._prepare, DensePrepare)
+    assert not isinstance(reference._prepare, DensePrepare)
+    sklearn_prepare = model.calibrated_classifiers_[0].estimator[:-1]
+    x = rows[:200].copy()
+    x[np.random.default_rng(1).random(x.shape) < 0.15] = np.nan  # every column, categories too
+    x[:5, :] = np.nan
+    x[5:10, :] = -0.0
+    x[10:15, :] = 7.5  # categories never seen in training: one-hot all zeros
+    x[15:20, :] = -1e300  # finite in float64: imputed and encoded (the forest would refuse it)
+    expected = sklearn_prepare.transform(x)
+    assert np.array_equal(bits(native._prepare.transform(x)), bits(expected))
+    assert_same_bits(model, np.delete(x, np.s_[15:20], axis=0))
+
+
+def test_numpy_prepare_hands_unusual_input_to_scikit_learn(model, rows) -> None:
+    """Infinities, another width, another dtype: scikit-learn decides (here: raises or casts),
+    exactly as without the numpy twin."""
+    native, _ = both_paths(model)
+    sklearn_prepare = model.calibrated_classifiers_[0].estimator[:-1]
+    x = rows[:10].copy()
+    x[3, 0] = np.inf
+    for path in (native._prepare, sklearn_prepare):
+        with pytest.raises(ValueError, match="infinity"):
+            path.transform(x)
+        with pytest.raises(ValueError, match="features"):
+            path.transform(rows[:10, :-1])
+    as_float32 = rows[:10].astype(np.float32)
+    assert np.array_equal(bits(native._prepare.transform(as_float32)),
+                          bits(sklearn_prepare.transform(as_float32)))  # fmt: skip
+
+
+def test_other_prepare_shapes_are_left_to_scikit_learn() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.arange(12.0).reshape(4, 3)
+    scaled = Pipeline([("prepare", ColumnTransformer([("s", StandardScaler(), [0, 1])]))])
+    indicator = ColumnTransformer([("i", SimpleImputer(add_indicator=True), [0, 1, 2])])
+    passthrough = ColumnTransformer([("i", SimpleImputer(), [0])], remainder="passthrough")
+    for prepare in (scaled, indicator, passthrough):
+        assert DensePrepare.of(prepare.fit(x)) is None
+    plain = ColumnTransformer([("i", SimpleImputer(), [2, 0])]).fit(x)
+    assert DensePrepare.of(plain) is not None
