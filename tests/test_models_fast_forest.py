@@ -187,3 +187,13 @@ def test_other_prepare_shapes_are_left_to_scikit_learn() -> None:
         assert DensePrepare.of(prepare.fit(x)) is None
     plain = ColumnTransformer([("i", SimpleImputer(), [2, 0])]).fit(x)
     assert DensePrepare.of(plain) is not None
+
+
+def test_isotonic_shortcut_is_the_calibrators_predict(model) -> None:
+    """The calibrator is called without its input validation: same clip, same interpolator."""
+    native, _ = both_paths(model)
+    calibrator = model.calibrated_classifiers_[0].calibrators[0]
+    assert native._calibrate != calibrator.predict
+    votes = np.concatenate([np.linspace(-0.5, 1.5, 4001), [0.0, 1.0, -0.0]])
+    votes = np.concatenate([votes, calibrator.X_thresholds_])  # the knots themselves
+    assert np.array_equal(bits(native._calibrate(votes)), bits(calibrator.predict(votes)))
