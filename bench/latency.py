@@ -5,9 +5,12 @@ What a collections team waits for: from the moment an event is produced to the m
 only ever see committed decisions). That includes the producer's batching, the scorer's poll,
 scoring, and the wait for its transaction (commit interval 100 ms) to commit.
 
-How: a fresh synthetic book is produced at a fixed rate (``make bench`` uses half the scorer's
-measured exactly-once maximum, so the scorer is loaded but never saturated) for ~25 s into a fresh
-6-partition topic, while ``loan-recovery serve --guarantee exactly-once`` consumes it. The scorer
+How: a fresh synthetic book, Avro-encoded beforehand by the producer's encoder, is produced at
+a fixed rate in 1 ms slices (``make bench`` uses half the scorer's measured exactly-once
+maximum, so the scorer is loaded but never saturated) for ~25 s into a fresh 6-partition
+topic, while ``loan-recovery serve --guarantee exactly-once`` consumes it. (The load
+generator encodes nothing on the clock: encoding JSON to Avro per event at tens of thousands
+of events/s would take a core of the two the scorer and the broker need.) The scorer
 is started first and measured only once its ``/readyz`` answers (group joined, state restored),
 so start-up is excluded. A reader assigned to the strategy topic stamps each record with the
 wall-clock time it became visible; the latency of a change is that time minus the Kafka
@@ -33,7 +36,6 @@ import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bench.common import (
-    CLI,
     PARTITIONS,
     ROOT,
     broker_and_workdir,
@@ -118,16 +120,39 @@ def make_book(work: Path, events: int, seed: int = 21) -> Path:
     return work / "lat-book" / "events.jsonl"
 
 
-def produce_at_rate(bootstrap: str, book: Path, topic: str, rate: float, events: int) -> dict:
-    """``loan-recovery produce --rate``: the token-bucket producer; returns its JSON summary."""
-    done = subprocess.run([*CLI, "produce", "--source", "events", "--input", str(book),
-                           "--topic", topic, "--bootstrap-servers", bootstrap, "--rate", str(rate),
-                           "--limit", str(events), "--no-progress", "--json"],
-                          cwd=ROOT, check=True, capture_output=True, text=True)  # fmt: skip
-    summary = json.loads(done.stdout)
-    if not summary["ok"]:
-        raise RuntimeError(f"producer failed: {summary['first_error']}")
-    return summary
+def encoded_events(book: Path, events: int) -> list[tuple[bytes, bytes]]:
+    """The book's first ``events`` events as (key, Avro value), encoded before the clock starts
+    (through the producer's own encoder), so that generating load costs the machine little:
+    the scorer, the broker and the load share two cores."""
+    from producer.encoding import EventEncoder
+    from producer.sources import open_history
+
+    encode = EventEncoder().encode
+    source = open_history("events", book)
+    return [encode(event) for event, _ in zip(source.events, range(events), strict=False)]
+
+
+def produce_paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
+                  rate: float) -> dict:  # fmt: skip
+    """Send ``records`` at ``rate`` events/s, in 1 ms slices (the producer's CreateTime of each
+    record is when it was handed over, which is where latency is measured from)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
+                         "enable.idempotence": True})  # fmt: skip
+    chunk = max(1, round(rate / 1000))
+    started = time.perf_counter()
+    for first in range(0, len(records), chunk):
+        delay = started + first / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        for key, value in records[first : first + chunk]:
+            producer.produce(topic, value, key)
+        producer.poll(0)
+    if producer.flush(60):
+        raise RuntimeError("the load generator could not deliver every event within 60 s")
+    elapsed = time.perf_counter() - started
+    return {"sent": len(records), "events_per_s": len(records) / elapsed}
 
 
 def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float]]
@@ -157,7 +182,7 @@ def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
                     duration_s: float = DURATION_S) -> LatencyResult:  # fmt: skip
     """Produce ``rate`` events/s for ``duration_s`` to a ready exactly-once scorer; see above."""
     events = int(rate * duration_s)
-    book = make_book(work, events)
+    records = encoded_events(make_book(work, events), events)
     topic = f"bench.latency.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [topic], PARTITIONS)
     group = f"bench-latency-{uuid.uuid4().hex[:6]}"
@@ -169,7 +194,7 @@ def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
     try:
         ready_wait = wait_ready(port, scorer)
         watcher.start()
-        summary = produce_at_rate(bootstrap, book, topic, rate, events)
+        summary = produce_paced(bootstrap, topic, records, rate)
         watch_group_until_done(bootstrap, group, topic, end_offsets(bootstrap, topic))
         watcher.stop_when_quiet()
     finally:
