@@ -44,6 +44,8 @@ from consumer.state_store import ChangelogRestorer, RestoreError
 from schemas import AvroSerde
 
 HOUSEKEEPING_INTERVAL_S = 1.0
+# The longest a poll waits for input that has not arrived: bounds the latency it adds.
+IDLE_WAIT_S = 0.01
 
 
 class FatalError(RuntimeError):
@@ -150,7 +152,8 @@ class ScorerApp:
     def _loop(self) -> None:
         consumer = self._consumer
         assert consumer is not None
-        poll_timeout = min(0.1, self.config.commit_interval_ms / 2000)
+        max_batch = self.config.max_batch
+        wait_s = min(IDLE_WAIT_S, self.config.commit_interval_ms / 2000)
         next_housekeeping = 0.0
         while not self.stopping:
             self._raise_if_fatal()
@@ -160,7 +163,11 @@ class ScorerApp:
                 self._restore_pending()
                 if self.stopping:  # a restore cut short by a signal must not be used
                     break
-            messages = consumer.consume(self.config.max_batch, timeout=poll_timeout)
+            # Take what is already fetched without waiting; only an empty queue blocks (and
+            # then briefly). consume(n, timeout) waits for n messages or the timeout, so one
+            # blocking call under a steady load held every event up to the whole timeout.
+            messages = consumer.consume(max_batch, timeout=0) or \
+                consumer.consume(max_batch, timeout=wait_s)  # fmt: skip
             if messages:
                 self._process(messages)
             if self.in_txn and (time.monotonic() - self.txn_started) * 1000 >= \
