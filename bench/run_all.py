@@ -248,12 +248,17 @@ def write_docs(figures: dict, command: str) -> str:
         *(f"| {name} | {value:.2f} | ≥ {target:g} | {_check(value, target, True)} |"
           for name, value, target in ratios),
         "", "## Latency", "",
-        f"{lat['events']:,} events of a fresh synthetic book produced at a steady "
-        f"{lat['rate']:,.0f} events/s (half of scorer_eos_eps; achieved "
-        f"{lat['produced_eps']:,.0f}) by `loan-recovery produce --rate`, to a fresh topic "
-        "consumed by `loan-recovery serve --guarantee exactly-once` (commit interval 100 ms), "
-        "started and ready (`/readyz`) before the first event. Latency of each of the "
-        f"{lat['changes']:,} `StrategyChanged` records = the wall-clock time a `read_committed` "
+        f"{lat['events']:,} events of a fresh synthetic book, Avro-encoded beforehand, "
+        f"produced at a steady {lat['rate']:,.0f} events/s (half of scorer_eos_eps; achieved "
+        f"{lat['produced_eps']:,.0f}) in 1 ms slices, to a fresh topic consumed by "
+        "`loan-recovery serve --guarantee exactly-once` (commit interval 100 ms), started and "
+        "ready (`/readyz`) before the first event. The first "
+        f"{lat['warmup_s']:.0f} s of input are warm-up, left out of the percentiles (a fresh "
+        "process's first seconds: one-off costs, then catching up); their own p50 / p99 / max "
+        f"were {lat['warmup_p50_ms']:,.0f} / {lat['warmup_p99_ms']:,.0f} / "
+        f"{lat['warmup_max_ms']:,.0f} ms. Latency of each of the "
+        f"{lat['changes']:,} measured `StrategyChanged` records = the wall-clock time a "
+        "`read_committed` "
         "consumer of the strategy topic received it minus the Kafka CreateTime of its source "
         "event (`source_partition`/`source_offset`). The load generator, the reader, the "
         "broker and the scorer share the 2 cores.", "",
