@@ -1,6 +1,24 @@
 # The loan-recovery image: one image for every role in docker-compose.yml (topic init, trainer,
 # scorer, producer); the command picks the role. Default command: the scorer.
-FROM python:3.12.11-slim-bookworm
+#
+# Python 3.11, as CI: the compiled segmenter kernel copies 3.11's float sum() exactly (3.12
+# sums floats differently, and there the scorer would fall back to the Python reference).
+
+# Build stage: the wheel with its compiled kernels (Cython + gcc stay out of the final image).
+FROM python:3.11.7-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY schemas ./schemas
+COPY models ./models
+COPY producer ./producer
+COPY consumer ./consumer
+COPY loan_recovery ./loan_recovery
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM python:3.11.7-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -8,15 +26,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Dependencies first (their layer survives code edits), then the code. confluent-kafka,
-# scikit-learn and river ship manylinux wheels, so no compiler is needed.
-COPY pyproject.toml README.md ./
-COPY schemas ./schemas
-COPY models ./models
-COPY producer ./producer
-COPY consumer ./consumer
-COPY loan_recovery ./loan_recovery
-RUN pip install . \
+# confluent-kafka, scikit-learn and river ship manylinux wheels; ours comes from the build
+# stage with its kernels compiled.
+COPY --from=build /wheels /wheels
+RUN pip install /wheels/*.whl \
+    && rm -rf /wheels \
     && useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin loanrec \
     && mkdir -p /data \
     && chown loanrec:loanrec /data

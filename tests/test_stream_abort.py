@@ -88,8 +88,10 @@ def test_aborted_transactions_roll_back_and_rewind(
     produce(bootstrap_servers, topics.events, encoded(events))
     bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
 
+    # Small polls and a commit after each: the ~7,500 events take well over the 12
+    # transactions the 4 injected failures need, however fast the scorer is.
     config = ServeConfig(bootstrap_servers, trained_model, topics=topics, instance_id="flaky",
-                         commit_interval_ms=20, exit_when_idle_s=3, max_batch=300)  # fmt: skip
+                         commit_interval_ms=1, exit_when_idle_s=3, max_batch=50)  # fmt: skip
     scorer = FlakyScorer(config, bundle, policy)
     scorer.run()
 
