@@ -6,6 +6,7 @@ checked first::
 
     python -m bench.processor --loans 5000 --json
     python -m bench.processor --loans 5000 --profile   # cProfile's top entries
+    LOAN_RECOVERY_PURE_PYTHON=1 python -m bench.processor --json   # the reference code only
 
 Throughput is events/s on one core for one partition's sequence, in batches of 2,000 (the
 stream's largest batches).
@@ -66,7 +67,7 @@ def run_processor(model: Path, records: list[tuple[int, bytes, bytes]]) -> dict[
     elapsed = time.perf_counter() - started
     per_event_us = {k: round(v / len(records) * 1e6, 2) for k, v in stages.items()}
     return {"events": len(records), "processor_eps": len(records) / elapsed,
-            "per_event_us": per_event_us}  # fmt: skip
+            "per_event_us": per_event_us, "compiled_kernels": processor._kernel is not None}
 
 
 def main() -> None:

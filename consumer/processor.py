@@ -42,16 +42,15 @@ from typing import Any
 import numpy as np
 
 from models.features import FEATURE_NAMES
+from models.native import load_kernel
 from models.state import DuplicateEvent, InvalidEvent, LoanState
 from models.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
 from schemas.serde import HEADER_SIZE, MAGIC
 
-try:
-    from models import _event_kernel
-except ImportError:  # built without a C compiler: the reference code does everything
-    _event_kernel = None  # type: ignore[assignment]
+# None without a C compiler (or with LOAN_RECOVERY_PURE_PYTHON=1): the reference does it all.
+_event_kernel = load_kernel("_event_kernel")
 
 _short_type = cache(short_type)  # a handful of body types, named once per event
 _WIDTH = len(FEATURE_NAMES)

@@ -37,11 +37,10 @@ import numpy as np
 
 def _load_kernel() -> type | None:
     """``ForestKernel`` if the compiled extension is built, else None (numpy reference)."""
-    try:
-        from models._forest_kernel import ForestKernel
-    except ImportError:
-        return None
-    return ForestKernel
+    from models.native import load_kernel
+
+    kernel = load_kernel("_forest_kernel")
+    return None if kernel is None else kernel.ForestKernel
 
 
 class DensePrepare:

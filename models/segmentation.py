@@ -37,11 +37,10 @@ from typing import Any
 import numpy as np
 
 from models.features import FEATURE_INDEX, SEGMENT_FEATURES
+from models.native import load_kernel
 
-try:
-    from models import _segmenter_kernel
-except ImportError:  # built without a C compiler: the reference code runs (slower, same bits)
-    _segmenter_kernel = None
+# None without a C compiler (or with LOAN_RECOVERY_PURE_PYTHON=1): the reference code runs.
+_segmenter_kernel = load_kernel("_segmenter_kernel")
 
 SEGMENT_NAMES = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 DEFAULT_HALFLIFE = 0.01  # river's learning rate: a centre moves 1 % towards each new member

@@ -31,14 +31,13 @@ import struct
 import sys
 from typing import Any
 
+from models.native import load_kernel
 from models.state import SCORE, SLOTS, LoanState
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.serde import HEADER_SIZE, MAGIC
 
-try:
-    from models._codec_kernel import encode_state as _encode_compiled
-except ImportError:  # built without a C compiler
-    _encode_compiled = None
+_codec_kernel = load_kernel("_codec_kernel")  # None: the Python fast path below
+_encode_compiled = _codec_kernel.encode_state if _codec_kernel else None
 
 _SLOT_COUNT = len(SLOTS)
 _DOUBLES = 8 * _SLOT_COUNT

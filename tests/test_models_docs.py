@@ -33,7 +33,7 @@ def test_docstring_examples_run() -> None:
 
     for name in ("features", "state", "adapters", "adapters.seed", "adapters.uci",
                  "adapters.events", "synthetic", "policy", "segmentation", "bundle", "training",
-                 "report"):
+                 "report", "native", "state_codec"):
         module = importlib.import_module(f"models.{name}")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, f"models.{name}: {result.failed} docstring example(s) failed"
