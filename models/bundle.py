@@ -167,6 +167,8 @@ class ModelBundle:
         :class:`models.fast_forest.FastCalibratedForest`: scikit-learn's result, bit for bit."""
         x = np.asarray(rows, dtype=np.float64)
         if x.ndim == 1:
+            if x.size == 0:  # [] is no rows, not one row of no features
+                return np.zeros(0)
             x = x.reshape(1, -1)
         if x.shape[0] == 0:
             return np.zeros(0)
