@@ -91,3 +91,19 @@ def trained_model(tmp_path_factory) -> Path:
     (seed_csv,) = (out / "book").glob("*.csv")
     _run_cli("train", "--source", "seed", "--input", str(seed_csv), "--out", str(out / "model"))
     return out / "model"
+
+
+@pytest.fixture(scope="session")
+def bundle(trained_model: Path):
+    """The trained bundle, loaded (``models.bundle.ModelBundle``)."""
+    from models.bundle import ModelBundle
+
+    return ModelBundle.load(trained_model)
+
+
+@pytest.fixture(scope="session")
+def policy():
+    """The shipped default policy."""
+    from models.policy import Policy
+
+    return Policy.load(None)

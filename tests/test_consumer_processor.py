@@ -20,20 +20,6 @@ DAY = 86_400_000
 
 
 @pytest.fixture(scope="module")
-def bundle(trained_model: Path):
-    from models.bundle import ModelBundle
-
-    return ModelBundle.load(trained_model)
-
-
-@pytest.fixture(scope="module")
-def policy():
-    from models.policy import Policy
-
-    return Policy.load(None)
-
-
-@pytest.fixture(scope="module")
 def events() -> list[dict]:
     from models.synthetic import generate_book
 

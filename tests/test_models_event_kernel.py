@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,20 +26,6 @@ def test_the_kernel_is_built() -> None:
     from models import _event_kernel
 
     assert _event_kernel.EventKernel is not None
-
-
-@pytest.fixture(scope="module")
-def bundle(trained_model: Path):
-    from models.bundle import ModelBundle
-
-    return ModelBundle.load(trained_model)
-
-
-@pytest.fixture(scope="module")
-def policy():
-    from models.policy import Policy
-
-    return Policy.load(None)
 
 
 def pair(bundle, policy) -> tuple[PartitionProcessor, PartitionProcessor]:
