@@ -183,17 +183,16 @@ class PartitionProcessor:
             for record in batch:
                 self._apply_reference(result, record, result.n)
         else:
-            applied_before = result.n
             result.n = self._kernel.apply_batch(
                 batch, self.states, self._undo, result.features, result.occurred,
                 result.states, result.offsets, result.values, result.counts, result.n,
                 partial(self._apply_reference, result))  # fmt: skip
-            self._count_kernel_outcomes(result, result.n - applied_before)
+            self._count_kernel_outcomes(result)
         if batch:
             result.next_offset = batch[-1][0] + 1
         return result
 
-    def _count_kernel_outcomes(self, result: BatchResult, applied: int) -> None:
+    def _count_kernel_outcomes(self, result: BatchResult) -> None:
         kernel_applied = 0
         for kind, count in zip(_event_kernel.BODY_KINDS, result.counts.tolist(), strict=True):
             if count:
@@ -268,8 +267,8 @@ class PartitionProcessor:
         tier_of, decide = self.bundle.tier, self.policy.decide
         learn_predict = self.segmenter.learn_predict
         rows = result.rows()
-        for i, (state, score) in enumerate(zip(result.states, scores.tolist() if isinstance(
-                scores, np.ndarray) else map(float, scores), strict=True)):  # fmt: skip
+        floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
+        for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
@@ -283,11 +282,10 @@ class PartitionProcessor:
             changed = strategy != previous_strategy
             alert = tier == "HIGH" and previous_tier != "HIGH"
             if changed or alert:
-                self._emit(result, i, score, segment, tier, previous_tier,
-                           previous_strategy if changed else strategy, decided_at_ms,
-                           changed, alert)  # fmt: skip
+                self._outputs(result, i, score, segment, tier, previous_tier, previous_strategy,
+                              decided_at_ms, changed, alert)  # fmt: skip
 
-    def _emit(self, result: BatchResult, i: int, score: float, segment: str, tier: str,
+    def _outputs(self, result: BatchResult, i: int, score: float, segment: str, tier: str,
               previous_tier: str | None, previous_strategy: str | None, decided_at_ms: int,
               changed: bool, alert: bool) -> None:  # fmt: skip
         """The StrategyChanged and/or EarlyWarningAlert that applied event ``i`` causes."""
