@@ -16,21 +16,19 @@ class TopicResult:
     partitions: int
     cleanup_policy: str
     created: bool  # False: it existed already
+    replication_factor: int = -1  # as requested; -1: the cluster's default.replication.factor
 
 
-def topic_specs(topics: Topics, partitions: int) -> list[NewTopic]:
+def topic_specs(topics: Topics, partitions: int, replication_factor: int = -1
+                ) -> list[NewTopic]:  # fmt: skip
     # The changelog is partitioned like the input so that a loan's state lives in the
     # changelog partition with the same number as its input partition.
     delete = {"cleanup.policy": "delete"}
     compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
                "segment.ms": "600000"}  # fmt: skip
-    return [
-        NewTopic(topics.events, partitions, 1, config=delete),
-        NewTopic(topics.strategy_changes, partitions, 1, config=delete),
-        NewTopic(topics.risk_alerts, partitions, 1, config=delete),
-        NewTopic(topics.dlq, partitions, 1, config=delete),
-        NewTopic(topics.changelog, partitions, 1, config=compact),
-    ]
+    names = (topics.events, topics.strategy_changes, topics.risk_alerts, topics.dlq)
+    return [*(NewTopic(name, partitions, replication_factor, config=delete) for name in names),
+            NewTopic(topics.changelog, partitions, replication_factor, config=compact)]
 
 
 def create_topics(
@@ -39,11 +37,13 @@ def create_topics(
     partitions: int = DEFAULT_PARTITIONS,
     extra_config: dict[str, str] | None = None,
     timeout_s: float = 30.0,
+    replication_factor: int = -1,
 ) -> list[TopicResult]:
-    """Create every topic that does not exist yet; existing topics are left as they are."""
+    """Create every topic that does not exist yet; existing topics are left as they are.
+    ``replication_factor`` -1 leaves it to the cluster's ``default.replication.factor``."""
     topics = topics or Topics()
     admin = AdminClient({"bootstrap.servers": bootstrap_servers, **(extra_config or {})})
-    specs = topic_specs(topics, partitions)
+    specs = topic_specs(topics, partitions, replication_factor)
     futures = admin.create_topics(specs, operation_timeout=timeout_s, request_timeout=timeout_s)
     results = []
     for spec in specs:
@@ -55,6 +55,7 @@ def create_topics(
                 raise
             created = False
         results.append(
-            TopicResult(spec.topic, spec.num_partitions, spec.config["cleanup.policy"], created)
+            TopicResult(spec.topic, spec.num_partitions, spec.config["cleanup.policy"], created,
+                        replication_factor)
         )
     return results

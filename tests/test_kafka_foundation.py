@@ -117,3 +117,46 @@ def test_topics_create_is_idempotent_and_compacts_the_changelog(
     resource = ConfigResource(ConfigResource.Type.TOPIC, topics.changelog)
     config = admin.describe_configs([resource])[resource].result(timeout=10)
     assert config["cleanup.policy"].value == "compact"
+
+
+def test_topics_create_cli_takes_a_properties_file_and_a_replication_factor(
+    bootstrap_servers: str, unique_name, tmp_path
+) -> None:
+    """What a bank's platform team runs against its own cluster: client settings from a
+    properties file, replicas chosen or left to the cluster, and one clear line when either
+    is wrong."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "LOANREC_BOOTSTRAP_SERVERS"}
+    props = tmp_path / "client.properties"
+    props.write_text(f"# the admin client's settings\nbootstrap.servers={bootstrap_servers}\n"
+                     "client.id=topics-cli-test\n")  # fmt: skip
+
+    def topics_create(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "loan_recovery.cli", "topics", "create",
+                               "--kafka-config", str(props), "--partitions", "2", *args],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+
+    app = unique_name("cli-topics")
+    done = topics_create("--app-id", app, "--replication-factor", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    (changelog,) = [r for r in json.loads(done.stdout) if r["name"] == Topics(app_id=app).changelog]
+    assert changelog["created"] and changelog["replication_factor"] == 1
+    partitions = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(
+        timeout=10).topics[changelog["name"]].partitions  # fmt: skip
+    assert len(partitions) == 2 and all(len(p.replicas) == 1 for p in partitions.values())
+
+    by_default = topics_create("--app-id", unique_name("cli-topics"), "--json")
+    assert by_default.returncode == 0, by_default.stderr  # the cluster's default (1 here)
+
+    too_many = topics_create("--app-id", unique_name("cli-topics"), "--replication-factor", "3")
+    assert too_many.returncode == 2
+    assert "--replication-factor cannot exceed the number of brokers" in too_many.stderr
+    assert len(too_many.stderr.strip().splitlines()) == 1
+
+    props.write_text("bootstrap.servers\n")
+    broken = topics_create("--app-id", app)
+    assert broken.returncode == 2 and f"{props}, line 1" in broken.stderr

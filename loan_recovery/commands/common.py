@@ -25,6 +25,16 @@ def print_json(payload: Any) -> None:
     sys.stdout.write("\n")
 
 
+def bootstrap_with_properties(explicit: str | None, user: dict[str, str]) -> str:
+    """--bootstrap-servers, then $LOANREC_BOOTSTRAP_SERVERS, then the properties file's
+    bootstrap.servers, then the local broker (or one clear line saying how to start one)."""
+    import os
+
+    chosen = explicit or os.environ.get("LOANREC_BOOTSTRAP_SERVERS") or user.get(
+        "bootstrap.servers")  # fmt: skip
+    return chosen or bootstrap_or_fail(None)
+
+
 def bootstrap_or_fail(explicit: str | None) -> str:
     from loan_recovery.broker import BrokerError, resolve_bootstrap_servers
 

@@ -30,7 +30,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from loan_recovery.commands.common import BOOTSTRAP_HELP, bootstrap_or_fail, fail, print_json
+from loan_recovery.commands.common import (
+    BOOTSTRAP_HELP,
+    bootstrap_with_properties,
+    fail,
+    print_json,
+)
 from schemas.topics import Topics
 
 EXIT_FAILED = 1  # some event was not acknowledged (delivery error, rejected, fatal)
@@ -162,7 +167,7 @@ def _kafka_producer(bootstrap: str | None, kafka_config: Path | None, topic: str
     try:
         user = load_properties(kafka_config) if kafka_config else {}
         check_user_config(user, where)
-        servers = _bootstrap(bootstrap, user)
+        servers = bootstrap_with_properties(bootstrap, user)
         _check_topic({**user, "bootstrap.servers": servers}, topic, where)
         return EventProducer(producer_config(servers, user, where), topic, rate=rate,
                              flush_timeout_s=flush_timeout)  # fmt: skip
@@ -170,16 +175,6 @@ def _kafka_producer(bootstrap: str | None, kafka_config: Path | None, topic: str
         fail(str(error))
     except KafkaException as error:  # librdkafka refused a property (name or value)
         fail(f"{where}: {error.args[0].str()}; fix or remove that property")
-
-
-def _bootstrap(explicit: str | None, user: dict[str, str]) -> str:
-    """--bootstrap-servers, then $LOANREC_BOOTSTRAP_SERVERS, then the properties file's
-    bootstrap.servers, then the local broker (or one clear line saying how to start one)."""
-    import os
-
-    chosen = explicit or os.environ.get("LOANREC_BOOTSTRAP_SERVERS") or user.get(
-        "bootstrap.servers")  # fmt: skip
-    return chosen or bootstrap_or_fail(None)
 
 
 def _check_topic(config: dict[str, str], topic: str, where: str,
