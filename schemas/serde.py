@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from io import BytesIO
 from typing import Any
 
@@ -27,6 +28,16 @@ from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = 10
+
+
+def _without_addresses(message: str) -> str:
+    """fastavro names the buffer it read from by its memory address (``<_io.BytesIO object at
+    0x7f...>``); without it the same bad record gets the same message (a DLQ header) on every
+    replay."""
+    return _OBJECT_ADDRESS.sub("the record", message)
+
+
+_OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class SchemaDecodeError(ValueError):
@@ -79,7 +90,7 @@ class AvroSerde:
         except Exception as error:  # fastavro raises many types for corrupt input
             raise SchemaDecodeError(
                 "undecodable", f"{self.name} body does not match {writer.name} v{writer.version}: "
-                f"{type(error).__name__}: {error}"
+                f"{type(error).__name__}: {_without_addresses(str(error))}"
             ) from error
         if buffer.tell() != len(data):
             raise SchemaDecodeError(

@@ -99,6 +99,13 @@ def test_truncated_and_padded_bodies_are_undecodable() -> None:
         with pytest.raises(SchemaDecodeError) as caught:
             serde.decode(broken)
         assert caught.value.reason == "undecodable"
+    # The same bad record, the same message (a DLQ header): no memory address in it.
+    messages = set()
+    for _ in range(2):
+        with pytest.raises(SchemaDecodeError) as caught:
+            serde.decode(data[:-5])
+        messages.add(str(caught.value))
+    assert len(messages) == 1 and " at 0x" not in messages.pop()
 
 
 def test_other_schema_is_rejected() -> None:
