@@ -12,7 +12,7 @@ setup: $(STAMP) system-deps
 	@scripts/fetch-kafka.sh
 
 # The compiled kernels (setup.py) rebuild when their sources change.
-$(STAMP): pyproject.toml setup.py $(wildcard models/*.pyx)
+$(STAMP): pyproject.toml setup.py $(wildcard models/*/*.pyx)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip install -q -e '.[test]'

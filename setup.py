@@ -13,10 +13,10 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 KERNELS = [
-    "models._segmenter_kernel",
-    "models._forest_kernel",
-    "models._event_kernel",
-    "models._codec_kernel",
+    "models.serving._segmenter_kernel",
+    "models.serving._forest_kernel",
+    "models.features._event_kernel",
+    "models.features._codec_kernel",
 ]
 COMPILE_ARGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
 

@@ -44,7 +44,7 @@ PARTITIONS = 6
 def synthetic_events(n_events: int, seed: int = 0) -> list[dict[str, Any]]:
     """At least ``n_events`` events from the project's synthetic generator, truncated to
     ``n_events`` after whole loans so each loan's history stays intact and in order."""
-    from models.synthetic import generate_book
+    from models.data.synthetic import generate_book
 
     loans = max(10, n_events // 10)
     while True:

@@ -30,7 +30,7 @@ BATCH = 2000
 
 def encoded_records(loans: int, seed: int = 11) -> list[tuple[int, bytes, bytes]]:
     """One synthetic book's events as one partition's (offset, key, Avro value) records."""
-    from models.synthetic import generate_book
+    from models.data.synthetic import generate_book
     from schemas import AvroSerde
 
     encode = AvroSerde("LoanEvent").encode
@@ -43,8 +43,8 @@ def run_processor(model: Path, records: list[tuple[int, bytes, bytes]]) -> dict[
     """Events/s of ``process`` and the seconds spent in each of its stages."""
     from consumer.processor import PartitionProcessor
     from consumer.runtime import tune_gc_for_streaming
-    from models.bundle import ModelBundle
-    from models.policy import Policy
+    from models.serving.bundle import ModelBundle
+    from models.serving.policy import Policy
 
     bundle, policy = ModelBundle.load(model), Policy.load()
     processor = PartitionProcessor(bundle, policy, partition=0)

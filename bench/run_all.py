@@ -78,8 +78,8 @@ def naive_eps(bootstrap: str, model_dir: Path, topic: str, events: int = 2000) -
     part of what the scorer brings)."""
     from confluent_kafka import Consumer
 
-    from models.bundle import ModelBundle
-    from models.state import InvalidEvent, LoanState
+    from models.features.state import InvalidEvent, LoanState
+    from models.serving.bundle import ModelBundle
     from schemas import AvroSerde
     from schemas.events import LOAN_OPENED
 
@@ -293,7 +293,7 @@ def write_docs(figures: dict, command: str) -> str:
         "fresh topic and consumed by `serve --guarantee exactly-once`; each client's last "
         "committed `risk_score` read from the changelog. AUC against the outcome; the "
         "difference against the bundle's `predict_proba` on the client's final feature row "
-        "(`models.training.feature_matrix`); offline holdout AUC "
+        "(`models.training.early_warning.feature_matrix`); offline holdout AUC "
         f"{_fmt(uci['uci_offline_auc'], '.4f')}." +
         (f" {uci['note']}." if uci.get("note") else ""), "",
         "| figure | measured | target | |", "|---|---:|---:|---|",

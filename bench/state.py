@@ -67,7 +67,7 @@ class StateResult:
 
 def event_templates(count: int = 2000, seed: int = 7) -> list[tuple[dict, dict]]:
     """(LoanOpened, first later event) pairs of real synthetic loans."""
-    from models.synthetic import generate_book
+    from models.data.synthetic import generate_book
     from schemas.events import LOAN_OPENED
 
     _, events, _ = generate_book(count, seed=seed)
@@ -85,7 +85,7 @@ def event_templates(count: int = 2000, seed: int = 7) -> list[tuple[dict, dict]]
 def iter_states(n: int, prefix: str = "M") -> Iterator[Any]:
     """``n`` loans opened + one event applied + a decision, with fresh ids per loan (event ids
     UUID-shaped but counted, not random: uuid4 would double the build time)."""
-    from models.state import LoanState
+    from models.features.state import LoanState
 
     templates = event_templates()
     for i in range(n):
@@ -103,8 +103,8 @@ def iter_states(n: int, prefix: str = "M") -> Iterator[Any]:
 
 def processor_for(model: Path, partition: int = 0, topic: str = "loan.events") -> Any:
     from consumer.processor import PartitionProcessor
-    from models.bundle import ModelBundle
-    from models.policy import Policy
+    from models.serving.bundle import ModelBundle
+    from models.serving.policy import Policy
 
     return PartitionProcessor(ModelBundle.load(model), Policy.load(None), partition, topic)
 

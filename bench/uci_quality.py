@@ -12,7 +12,8 @@ from its changelog (``LoanState`` records, last write wins). Figures:
   offline holdout AUC is ~0.785);
 - ``uci_max_abs_score_diff``: max |streamed - offline| over the held-out clients, where offline is
   the bundle's ``predict_proba`` on each client's final feature row from
-  ``models.training.feature_matrix`` (target <= 1e-9: the stream is the batch model, exactly).
+  ``models.training.early_warning.feature_matrix``
+  (target <= 1e-9: the stream is the batch model, exactly).
 
 The held-out ids are recovered by replaying the file with ``feature_matrix`` and re-running
 ``split_by_loan`` with the bundle's recorded holdout share and seed; the replay is checked
@@ -78,9 +79,9 @@ class Holdout:
 def holdout_of(csv: Path, model: Path) -> Holdout:
     """The bundle's held-out clients, their outcomes, offline scores and events."""
     from consumer.processor import model_row
-    from models.adapters.uci import read_uci
-    from models.bundle import ModelBundle
-    from models.training import feature_matrix, split_by_loan
+    from models.data.adapters.uci import read_uci
+    from models.serving.bundle import ModelBundle
+    from models.training.early_warning import feature_matrix, split_by_loan
 
     bundle = ModelBundle.load(model)
     history = read_uci(csv)

@@ -8,7 +8,7 @@ partition in offset order and, for each record:
 1. decodes it (``SchemaDecodeError`` -> dead letter with the serde's reason);
 2. skips a duplicate ``event_id`` (counted, not dead-lettered);
 3. opens the loan (``LoanOpened``) or applies the event to its state with the one feature
-   state machine, ``models.state``; unknown loans and ``InvalidEvent`` -> dead letter;
+   state machine, ``models.features.state``; unknown loans and ``InvalidEvent`` -> dead letter;
 4. remembers the loan's feature row right after this event.
 
 Then it scores every row of the batch in ONE vectorised ``predict_proba`` call and, in offset
@@ -18,7 +18,7 @@ rises to HIGH. Output ids are uuid5 of the source event id, so a replay yields i
 records. Every result is a pure function of the partition's input sequence and the state
 committed before it (DESIGN.md §5, Determinism).
 
-Steps 1-4 run in the compiled ``models._event_kernel`` when it is built: it reads the Avro
+Steps 1-4 run in the compiled ``models.features._event_kernel`` when it is built: it reads the Avro
 bytes in place and writes each feature row straight into the batch's matrix, and gives every
 record it is not certain about (anything that is not a plain valid event) back to the Python
 reference code above, at its place in the sequence. Both paths give the same states and rows,
@@ -41,16 +41,16 @@ from typing import Any
 
 import numpy as np
 
-from models.features import FEATURE_NAMES
+from models.features.columns import FEATURE_NAMES
+from models.features.state import DuplicateEvent, InvalidEvent, LoanState
+from models.features.state_codec import LoanStateCodec
 from models.native import load_kernel
-from models.state import DuplicateEvent, InvalidEvent, LoanState
-from models.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
 from schemas.serde import HEADER_SIZE, MAGIC
 
 # None without a C compiler (or with LOAN_RECOVERY_PURE_PYTHON=1): the reference does it all.
-_event_kernel = load_kernel("_event_kernel")
+_event_kernel = load_kernel("features._event_kernel")
 
 _short_type = cache(short_type)  # a handful of body types, named once per event
 _WIDTH = len(FEATURE_NAMES)
@@ -140,7 +140,7 @@ class PartitionProcessor:
 
     def __init__(self, bundle: Any, policy: Any, partition: int, topic: str = "loan.events",
                  segmenter: Any = None, native: bool = True) -> None:  # fmt: skip
-        from models.segmentation import OnlineSegmenter
+        from models.serving.segmenter import OnlineSegmenter
 
         self.bundle = bundle
         self.policy = policy
@@ -247,7 +247,7 @@ class PartitionProcessor:
             self.states[loan_id] = new_state
             return new_state
         self._remember_committed(loan_id, state)
-        state.apply(event)  # raises InvalidEvent before mutating (models.state contract)
+        state.apply(event)  # raises InvalidEvent before mutating (models.features.state contract)
         return state
 
     def _remember_committed(self, loan_id: str, state: LoanState | None) -> None:
@@ -367,7 +367,7 @@ class PartitionProcessor:
 
     def rollback(self) -> None:
         """The transaction aborted: back to the state of the last commit."""
-        from models.segmentation import OnlineSegmenter
+        from models.serving.segmenter import OnlineSegmenter
 
         for loan_id, committed in self._undo.items():
             if committed is None:
@@ -382,7 +382,7 @@ class PartitionProcessor:
     # -- restore --------------------------------------------------------------------------------
     def restore(self, key: bytes | None, value: bytes | None) -> bool:
         """Apply one changelog record (last write wins). True if it was a loan state."""
-        from models.segmentation import OnlineSegmenter
+        from models.serving.segmenter import OnlineSegmenter
 
         if key == CHECKPOINT_KEY.encode():
             if value is not None:

@@ -33,7 +33,8 @@ CHANGE_COLUMNS = ("loan_id", "source_event_id", "source_partition", "source_offs
 
 @dataclass
 class ScoreResult:
-    loans: dict[str, Any] = field(default_factory=dict)  # loan_id -> models.state.LoanState
+    # loan_id -> models.features.state.LoanState
+    loans: dict[str, Any] = field(default_factory=dict)
     changes: list[dict[str, Any]] = field(default_factory=list)  # StrategyChanged records
     alerts: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)

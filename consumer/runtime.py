@@ -6,7 +6,7 @@ allocates per event forms a reference cycle (everything is freed by reference co
 Measured on ``bench.processor``, the default settings cost about 7 µs per event, a quarter of
 the pure processing time then. Freezing what exists after start-up or a restore (the model,
 the restored states) and collecting rarely keeps the collector as a safety net without the
-cost. Loan states also take themselves out of its view (``models.state._gc_untracker``): a
+cost. Loan states also take themselves out of its view (``models.features.state._gc_untracker``): a
 full pass over a million of them was a 220 ms stall of the stream.
 """
 

@@ -1,13 +1,15 @@
 """Which compiled kernels the scorer runs.
 
-Each ``models._*_kernel`` extension (built by ``setup.py``) is the compiled twin of Python
-reference code that stays in the package, and the tests hold each pair together bit for bit.
+Each ``models.<sub-package>._*_kernel`` extension (built by ``setup.py``) is the compiled twin
+of Python reference code that stays in the package, and the tests hold each pair together bit
+for bit.
 :func:`load_kernel` imports one, or returns None -- and the reference runs -- when it was not
 built (no C compiler at install time) or when ``LOAN_RECOVERY_PURE_PYTHON=1`` asks for the
 reference everywhere: to rule the kernels out while investigating an incident, or to see what
 they buy (``LOAN_RECOVERY_PURE_PYTHON=1 python -m bench.processor``).
 
->>> (load_kernel("_codec_kernel") is None) == pure_python_requested()  # built where tests run
+>>> # built where tests run
+>>> (load_kernel("features._codec_kernel") is None) == pure_python_requested()
 True
 """
 
@@ -26,7 +28,8 @@ def pure_python_requested() -> bool:
 
 
 def load_kernel(name: str) -> ModuleType | None:
-    """The compiled module ``models.<name>``, or None when it is not built or not wanted."""
+    """The compiled module ``models.<name>`` (e.g. ``name="serving._forest_kernel"``), or None
+    when it is not built or not wanted."""
     if pure_python_requested():
         return None
     try:

@@ -1,5 +1,5 @@
-"""Where events come from: history files through ``models.adapters``, or the live synthetic
-stream of ``models.synthetic``. The producer never parses files itself, so a seed CSV, a UCI
+"""Where events come from: history files through ``models.data.adapters``, or the live synthetic
+stream of ``models.data.synthetic``. The producer never parses files itself, so a seed CSV, a UCI
 export and an event log become exactly the events that training sees.
 """
 
@@ -35,7 +35,7 @@ def open_history(source: str, path: Path | None) -> EventSource:
         raise SourceError(f"--source {source} needs --input PATH (the file to replay)")
     if not Path(path).exists():
         raise SourceError(f"--input {path}: no such file")
-    from models.adapters import AdapterError, read_history
+    from models.data.adapters import AdapterError, read_history
 
     try:
         history = read_history(source, path)
@@ -70,12 +70,12 @@ def paced_by_event_time(
 def open_synthetic(
     loans: int, seed: int | None, months_per_second: float, stop: Callable[[], bool]
 ) -> EventSource:
-    """The live stream: ``models.synthetic.iter_live_events`` paced to wall-clock time.
+    """The live stream: ``models.data.synthetic.iter_live_events`` paced to wall-clock time.
 
     Loan and event ids derive from the seed, so two runs with one seed reuse ids (the scorer
     would take the second run's events for duplicates or re-openings); without a seed, each
     run draws a fresh one."""
-    from models.synthetic import iter_live_events
+    from models.data.synthetic import iter_live_events
 
     if seed is None:
         seed = secrets.randbelow(10**9)

@@ -4,6 +4,10 @@
 2. testcontainers' Kafka if a Docker engine answers, else
 3. the project's local KRaft broker (``loan_recovery.broker``), started in a temp data dir
    and stopped when the session ends.
+
+``tests/unit/`` never touches a broker and ``tests/integration/`` does; a test that asks for
+the broker is marked ``integration`` here, and one under ``tests/unit/`` that does is a
+collection error, so ``pytest tests/unit`` (CI's second interpreter) stays broker-free.
 """
 
 from __future__ import annotations
@@ -17,6 +21,23 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
+
+BROKER_FIXTURE = "bootstrap_servers"
+UNIT_DIR = Path(__file__).resolve().parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        if BROKER_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+            if UNIT_DIR in Path(item.path).resolve().parents:
+                misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError(
+            f"{len(misplaced)} test(s) under tests/unit/ use the broker; move them to "
+            f"tests/integration/: {', '.join(misplaced[:5])}"
+        )
 
 
 def _docker_engine_answers() -> bool:
@@ -95,8 +116,8 @@ def trained_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bundle(trained_model: Path):
-    """The trained bundle, loaded (``models.bundle.ModelBundle``)."""
-    from models.bundle import ModelBundle
+    """The trained bundle, loaded (``models.serving.bundle.ModelBundle``)."""
+    from models.serving.bundle import ModelBundle
 
     return ModelBundle.load(trained_model)
 
@@ -104,6 +125,6 @@ def bundle(trained_model: Path):
 @pytest.fixture(scope="session")
 def policy():
     """The shipped default policy."""
-    from models.policy import Policy
+    from models.serving.policy import Policy
 
     return Policy.load(None)

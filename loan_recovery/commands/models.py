@@ -55,8 +55,8 @@ def generate(
     """Write a synthetic book: seed-schema CSV, its event log and outcomes."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from models.adapters import EventLogWriter, seed_frame_history, write_outcomes
-    from models.synthetic import generate_frame
+    from models.data.adapters import EventLogWriter, seed_frame_history, write_outcomes
+    from models.data.synthetic import generate_frame
 
     started = time.perf_counter()
     try:
@@ -110,8 +110,8 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Train the calibrated early-warning model and the segmentation; write a bundle."""
-    from models.adapters import AdapterError, read_history
-    from models.training import TrainingError, train_bundle
+    from models.data.adapters import AdapterError, read_history
+    from models.training.early_warning import TrainingError, train_bundle
 
     if not input_path.exists():
         fail(f"--input {input_path}: no such file")
@@ -194,9 +194,10 @@ def report(
         "book in the segment map, profiles, score distribution and strategy mix."),
 ) -> None:
     """Write the interactive, self-contained HTML report of the model and the segmentation."""
-    from models.adapters import AdapterError, read_history
-    from models.bundle import BundleError, ModelBundle
-    from models.report import input_data, write_report
+    from models.data.adapters import AdapterError, read_history
+    from models.report.render import write_report
+    from models.serving.bundle import BundleError, ModelBundle
+    from models.training.population import input_data
 
     try:
         bundle = ModelBundle.load(model)

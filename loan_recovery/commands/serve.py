@@ -133,14 +133,14 @@ def serve(
 
 
 def _load_bundle(model: Path) -> Any:
-    from models.bundle import ModelBundle
+    from models.serving.bundle import ModelBundle
 
     return ModelBundle.load(model)
 
 
 def _load_model_and_policy(model: Path, policy: Path | None) -> tuple[Any, Any]:
-    from models.bundle import BundleError
-    from models.policy import Policy, PolicyError
+    from models.serving.bundle import BundleError
+    from models.serving.policy import Policy, PolicyError
 
     try:
         bundle = _load_bundle(model)
@@ -237,12 +237,12 @@ def _read_events(source: Source, input_path: Path | None, loans: int, seed: int)
     if source is Source.synthetic:
         # The finite book `generate --loans N --seed S` writes (the live stream of `produce
         # --source synthetic` never ends and starts at the wall-clock time).
-        from models.synthetic import generate_book
+        from models.data.synthetic import generate_book
 
         return generate_book(loans, seed)[1]
     if input_path is None:
         fail(f"--source {source.value} needs --input PATH")
-    from models.adapters import AdapterError, read_history
+    from models.data.adapters import AdapterError, read_history
 
     try:
         return read_history(source.value, input_path).events

@@ -1,0 +1,578 @@
+# cython: language_level=3
+"""Compiled twin of the scorer's per-event path: LoanEvent v1 bytes -> state -> feature row.
+
+The reference implementation -- and the definition of every rule -- is Python:
+``schemas.AvroSerde.decode`` (fastavro), ``models.features.state.LoanState.open`` / ``.apply`` /
+``.features`` and ``consumer.processor.model_row``. :class:`EventKernel` does the same for
+the *happy path only*: it reads the Avro body in place (no dict per event), checks every
+condition under which the reference would refuse the event, and hands anything unusual back
+to the caller, which runs the reference code on it. So the kernel never decides a dead letter,
+a duplicate or an error message; it only decides "applied exactly as the reference would",
+and ``tests/test_models_event_kernel.py`` requires the resulting states and rows to be equal
+bit for bit, over valid, duplicate, corrupt and adversarial input.
+
+What must never change without changing the reference in the same way: the order of the
+floating-point operations in ``_apply_body``, ``_open`` and ``_features`` (each mirrors one
+Python expression), and "refuse when in doubt": any check that is not certain falls back.
+"""
+
+cimport cython
+from cpython.array cimport array
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.ref cimport PyObject
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.math cimport NAN, INFINITY, fmod, floor, copysign
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+import hashlib
+
+from models import state as _state
+from models.features.columns import encode as _encode_category
+
+BODY_KINDS = ("LoanOpened", "PaymentReceived", "PaymentMissed", "CollectionAttempt",
+              "LoanClosed")  # short names, by Avro union branch
+
+# -- the state layout (models.features.state.SLOTS), checked against the Python module at import -----
+cdef enum:
+    AGE = 0
+    GENDER = 1
+    EMPLOYMENT = 2
+    INCOME = 3
+    DEPENDENTS = 4
+    AMOUNT = 5
+    TENURE = 6
+    RATE = 7
+    LOAN_TYPE = 8
+    COLLATERAL = 9
+    EMI = 10
+    OPENED_AT = 11
+    LAST_EVENT_AT = 12
+    LAST_DUE = 13
+    INSTALLMENTS = 14
+    ON_TIME = 15
+    LATE = 16
+    MISSED = 17
+    CONSECUTIVE = 18
+    DPD = 19
+    DPD_PREV = 20
+    DPD_PREV2 = 21
+    MAX_DPD = 22
+    OUTSTANDING = 23
+    OUT_BEFORE = 24
+    LAST_DUE_AMT = 25
+    LAST_PAID = 26
+    TOTAL_DUE = 27
+    TOTAL_PAID = 28
+    PAID_FULL = 29
+    ZERO_PAY = 30
+    SUM_OUT = 31
+    ATTEMPTS = 32
+    METHOD = 33
+    LEGAL = 34
+    CLOSED = 35
+    RECENT0 = 36
+    RECENT_IDS = 4
+    RECENT_POS = 40
+    N_FEATURES = 40
+
+cdef enum:
+    DAY_MS = 86400000
+    MAX_DAYS = 36600  # 100 * 366: models.features.state._MAX_DAYS
+cdef double FEATURE_LIMIT = 1e38  # consumer.processor._FEATURE_LIMIT
+cdef int64_t EXACT_LIMIT = 9007199254740992  # 2**53: beyond it an int -> double comparison may round
+cdef uint64_t HASH_MASK = 4503599627370495  # (1 << 52) - 1: models.features.state._HASH_MASK
+
+# Body types in the union's order (the Avro branch index), as models.features.state names them.
+cdef enum:
+    OPENED = 0
+    RECEIVED = 1
+    MISSED_EVENT = 2
+    COLLECTION = 3
+    CLOSED_EVENT = 4
+
+_LAYOUT = (AGE, GENDER, EMPLOYMENT, INCOME, DEPENDENTS, AMOUNT, TENURE, RATE, LOAN_TYPE,
+           COLLATERAL, EMI, OPENED_AT, LAST_EVENT_AT, LAST_DUE, INSTALLMENTS, ON_TIME, LATE,
+           MISSED, CONSECUTIVE, DPD, DPD_PREV, DPD_PREV2, MAX_DPD, OUTSTANDING, OUT_BEFORE,
+           LAST_DUE_AMT, LAST_PAID, TOTAL_DUE, TOTAL_PAID, PAID_FULL, ZERO_PAY, SUM_OUT,
+           ATTEMPTS, METHOD, LEGAL, CLOSED)
+assert _LAYOUT == tuple(range(len(_LAYOUT))) == (
+    _state.AGE, _state.GENDER, _state.EMPLOYMENT, _state.INCOME, _state.DEPENDENTS,
+    _state.AMOUNT, _state.TENURE, _state.RATE, _state.LOAN_TYPE, _state.COLLATERAL, _state.EMI,
+    _state.OPENED_AT, _state.LAST_EVENT_AT, _state.LAST_DUE, _state.INSTALLMENTS,
+    _state.ON_TIME, _state.LATE, _state.MISSED, _state.CONSECUTIVE, _state.DPD,
+    _state.DPD_PREV, _state.DPD_PREV2, _state.MAX_DPD, _state.OUTSTANDING, _state.OUT_BEFORE,
+    _state.LAST_DUE_AMT, _state.LAST_PAID, _state.TOTAL_DUE, _state.TOTAL_PAID,
+    _state.PAID_FULL, _state.ZERO_PAY, _state.SUM_OUT, _state.ATTEMPTS, _state.METHOD,
+    _state.LEGAL, _state.CLOSED), "models.features.state.SLOTS changed: update the kernel's layout"
+assert _state.RECENT0 == RECENT0 and _state.RECENT_POS == RECENT_POS
+assert _state.RECENT_IDS == RECENT_IDS and len(_state.FEATURE_NAMES) == N_FEATURES
+assert _state.SCORE == RECENT_POS + 1 and _state.DAY_MS == DAY_MS
+assert _state._MAX_DAYS == MAX_DAYS and _state._HASH_MASK == HASH_MASK
+
+
+cdef struct Reader:
+    const unsigned char* p
+    const unsigned char* end
+    bint bad
+
+
+cdef inline int64_t read_long(Reader* r) noexcept:
+    """Avro zig-zag varint (at most 10 bytes); sets ``bad`` on truncation or overlength."""
+    cdef uint64_t acc = 0, b
+    cdef int shift = 0
+    while True:
+        if r.p >= r.end or shift > 63:
+            r.bad = True
+            return 0
+        b = r.p[0]
+        r.p += 1
+        acc |= (b & 0x7F) << shift
+        if not (b & 0x80):
+            break
+        shift += 7
+    return <int64_t>(acc >> 1) ^ -(<int64_t>(acc & 1))
+
+
+cdef inline int64_t read_int(Reader* r) noexcept:
+    cdef int64_t v = read_long(r)
+    if v < -2147483648 or v > 2147483647:
+        r.bad = True  # fastavro's view of an overlong int is not ours to guess: fall back
+    return v
+
+
+cdef inline double read_double(Reader* r) noexcept:
+    cdef double v = 0.0
+    if r.end - r.p < 8:
+        r.bad = True
+        return 0.0
+    memcpy(&v, r.p, 8)  # little-endian on every platform CPython wheels target here
+    r.p += 8
+    return v
+
+
+cdef inline Py_ssize_t read_string(Reader* r, const unsigned char** start) noexcept:
+    start[0] = r.p
+    cdef int64_t n = read_long(r)
+    if r.bad or n < 0 or n > r.end - r.p:
+        r.bad = True
+        return 0
+    start[0] = r.p
+    r.p += n
+    return <Py_ssize_t>n
+
+
+@cython.cdivision(True)
+cdef inline double float_floordiv(double vx, double wx) noexcept:
+    """CPython's ``float.__floordiv__`` (Objects/floatobject.c, _float_div_mod)."""
+    cdef double mod = fmod(vx, wx)
+    cdef double div = (vx - mod) / wx
+    cdef double floordiv
+    if mod:
+        if (wx < 0) != (mod < 0):
+            div -= 1.0
+    if div:
+        floordiv = floor(div)
+        if div - floordiv > 0.5:
+            floordiv += 1.0
+    else:
+        floordiv = copysign(0.0, vx / wx)
+    return floordiv
+
+
+cdef inline int64_t int_floordiv(int64_t a, int64_t b) noexcept:
+    cdef int64_t q = a // b  # Cython keeps Python's floor semantics here (cdivision off)
+    return q
+
+
+cdef inline bint bad_amount(double value) noexcept:
+    # models.features.state._amount: `not value >= 0.0 or value == inf` (catches NaN).
+    return not value >= 0.0 or value == INFINITY
+
+
+cdef inline bint bad_optional_amount(double value) noexcept:
+    # models.features.state._optional_amount: NaN is allowed (missing), negatives and inf are not.
+    return value == value and (value < 0 or value == INFINITY)
+
+
+cdef inline double optional_amount(double value) noexcept:
+    return NAN if value != value else value
+
+
+cdef struct Body:
+    int kind
+    # LoanOpened
+    int64_t age, dependents, tenure
+    double income, amount, rate, collateral, emi
+    const unsigned char* gender
+    Py_ssize_t gender_len
+    const unsigned char* employment
+    Py_ssize_t employment_len
+    const unsigned char* loan_type
+    Py_ssize_t loan_type_len
+    # payments
+    int64_t due, dpd
+    double amount_due, paid, outstanding
+    # CollectionAttempt
+    int64_t method
+    bint legal
+
+
+cdef class EventKernel:
+    """Applies LoanEvent v1 records to ``LoanState`` arrays and writes their feature rows.
+
+    ``apply_batch`` walks a partition batch in offset order; a record it cannot apply with
+    certainty goes to the caller's ``fallback`` at its place in the sequence, so the result
+    is the reference's, record for record.
+    """
+
+    cdef bytes _header
+    cdef object _blake2b
+    cdef object _new_state
+    cdef double _method_codes[5]
+
+    def __init__(self, header: bytes) -> None:
+        """``header``: the single-object header (C3 01 + fingerprint) of LoanEvent v1, the
+        writer schema whose layout this kernel reads; other writers fall back."""
+        if len(header) != 10:
+            raise ValueError("a single-object Avro header is 10 bytes")
+        self._header = header
+        self._blake2b = hashlib.blake2b
+        self._new_state = _state.LoanState
+        symbols = ("CALLS", "SETTLEMENT_OFFER", "DEBT_COLLECTORS", "LEGAL_NOTICE", "OTHER")
+        for i, symbol in enumerate(symbols):
+            self._method_codes[i] = _encode_category("last_collection_method", symbol)
+
+    cdef double _event_hash(self, const unsigned char* data, Py_ssize_t n) except? -1.0:
+        # models.features.state.event_id_hash: blake2b-64 of the UTF-8 id, little endian, 52 bits.
+        cdef bytes digest = self._blake2b(data[:n], digest_size=8).digest()
+        cdef uint64_t h = 0
+        memcpy(&h, PyBytes_AS_STRING(digest), 8)
+        return <double>(h & HASH_MASK)
+
+    def apply_batch(self, list batch, dict states, dict undo, double[:, ::1] rows,
+                    int64_t[::1] occurred, list out_states, list out_offsets, list out_values,
+                    int64_t[::1] counts, Py_ssize_t n, fallback):
+        """Apply ``batch``'s ``(offset, key, value)`` records from row ``n`` on.
+
+        An applied record adds its state, offset and value to the ``out_`` lists, its
+        occurred_at to ``occurred[n]``, its features to ``rows[n]`` and 1 to
+        ``counts[body type]``. Any other record is passed to ``fallback(record, n)``, which
+        returns the next free row. Returns the next free row.
+        """
+        cdef Py_ssize_t i, kind
+        cdef int64_t at = 0
+        cdef object record, state
+        for record in batch:
+            state = self._apply_one(record, states, undo, &at, &kind)
+            if state is None:
+                n = fallback(record, n)
+                continue
+            self._features(<array>state, &rows[n, 0])
+            occurred[n] = at
+            counts[kind] += 1
+            out_states.append(state)
+            out_offsets.append((<tuple>record)[0])
+            out_values.append((<tuple>record)[2])
+            n += 1
+        return n
+
+    cdef object _apply_one(self, tuple record, dict states, dict undo, int64_t* at_out,
+                           Py_ssize_t* kind_out):
+        """The record's state after applying it, or None when the reference must handle it."""
+        cdef object key = record[1], value = record[2]
+        if type(value) is not bytes or type(key) is not bytes:
+            return None
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
+        cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(value)
+        if size < 10 or memcmp(data, PyBytes_AS_STRING(self._header), 10) != 0:
+            return None
+        cdef Reader r
+        r.p, r.end, r.bad = data + 10, data + size, False
+        cdef const unsigned char* event_id
+        cdef const unsigned char* loan_id
+        cdef const unsigned char* borrower_id
+        cdef Py_ssize_t event_id_len = read_string(&r, &event_id)
+        cdef Py_ssize_t loan_id_len = read_string(&r, &loan_id)
+        cdef Py_ssize_t borrower_id_len = read_string(&r, &borrower_id)
+        cdef int64_t at = read_long(&r)
+        cdef Body body
+        if not self._read_body(&r, &body) or r.bad or r.p != r.end:
+            return None  # undecodable, trailing bytes, or values only the reference may judge
+        if at <= -EXACT_LIMIT or at >= EXACT_LIMIT:
+            return None
+        # The record key must be the loan id (else: key_mismatch, the reference's call).
+        if PyBytes_GET_SIZE(key) != loan_id_len or memcmp(PyBytes_AS_STRING(key), loan_id,
+                                                         loan_id_len) != 0:
+            return None
+        try:  # strings must be valid UTF-8, as fastavro requires
+            loan = PyUnicode_DecodeUTF8(<const char*>loan_id, loan_id_len, NULL)
+            PyUnicode_DecodeUTF8(<const char*>event_id, event_id_len, NULL)
+            borrower = PyUnicode_DecodeUTF8(<const char*>borrower_id, borrower_id_len, NULL)
+        except UnicodeDecodeError:
+            return None
+        cdef double h = self._event_hash(event_id, event_id_len)
+        cdef PyObject* found = PyDict_GetItem(states, loan)
+        cdef object state
+        if found == NULL:
+            if body.kind != OPENED:
+                return None  # unknown_loan
+            state = self._open(loan, borrower, &body, at, h)
+            if state is None:
+                return None
+            if loan not in undo:
+                undo[loan] = None
+            PyDict_SetItem(states, loan, state)
+        else:
+            state = <object>found
+            if not self._can_apply(<array>state, &body, at, h):
+                return None
+            if loan not in undo:
+                undo[loan] = state.copy()
+            self._apply_body(<array>state, &body, at, h)
+        at_out[0] = at
+        kind_out[0] = body.kind
+        return state
+
+    cdef bint _read_body(self, Reader* r, Body* b) noexcept:
+        b.kind = <int>read_long(r)
+        if r.bad:
+            return False
+        if b.kind == OPENED:
+            b.age = read_int(r)
+            b.gender_len = read_string(r, &b.gender)
+            b.employment_len = read_string(r, &b.employment)
+            b.income = read_double(r)
+            b.dependents = read_int(r)
+            b.amount = read_double(r)
+            b.tenure = read_int(r)
+            b.rate = read_double(r)
+            b.loan_type_len = read_string(r, &b.loan_type)
+            b.collateral = read_double(r)
+            b.emi = read_double(r)
+        elif b.kind == RECEIVED:
+            b.due = read_int(r)
+            b.amount_due = read_double(r)
+            b.paid = read_double(r)
+            b.outstanding = read_double(r)
+        elif b.kind == MISSED_EVENT:
+            b.due = read_int(r)
+            b.amount_due = read_double(r)
+            b.dpd = read_int(r)
+            b.outstanding = read_double(r)
+        elif b.kind == COLLECTION:
+            b.method = read_int(r)
+            if not 0 <= read_int(r) <= 4:  # outcome: CollectionOutcome's 5 symbols, unused
+                return False
+            if r.p >= r.end or r.p[0] > 1:
+                return False
+            b.legal = r.p[0] == 1
+            r.p += 1
+            if b.method < 0 or b.method > 4:
+                return False
+        elif b.kind == CLOSED_EVENT:
+            if not 0 <= read_int(r) <= 3 or r.bad:  # reason: CloseReason's 4 symbols
+                return False
+        else:
+            return False
+        return not r.bad
+
+    # -- LoanState.open ----------------------------------------------------------------------
+
+    cdef object _open(self, str loan, str borrower, Body* b, int64_t at, double h):
+        if bad_optional_amount(b.income) or bad_optional_amount(b.amount) or \
+                bad_optional_amount(b.rate) or bad_optional_amount(b.collateral) or \
+                bad_optional_amount(b.emi):
+            return None
+        try:
+            gender = PyUnicode_DecodeUTF8(<const char*>b.gender, b.gender_len, NULL)
+            employment = PyUnicode_DecodeUTF8(<const char*>b.employment, b.employment_len, NULL)
+            loan_type = PyUnicode_DecodeUTF8(<const char*>b.loan_type, b.loan_type_len, NULL)
+        except UnicodeDecodeError:
+            return None
+        cdef double gender_code = _encode_category("gender", gender)
+        cdef double employment_code = _encode_category("employment_type", employment)
+        cdef double loan_type_code = _encode_category("loan_type", loan_type)
+        state = self._new_state(loan, borrower)
+        cdef double* v = (<array>state).data.as_doubles
+        v[AGE] = <double>b.age if 0 < b.age < 150 else NAN
+        v[GENDER] = gender_code
+        v[EMPLOYMENT] = employment_code
+        v[INCOME] = optional_amount(b.income)
+        v[DEPENDENTS] = NAN if b.dependents < 0 else <double>b.dependents
+        v[AMOUNT] = optional_amount(b.amount)
+        v[TENURE] = <double>b.tenure if b.tenure > 0 else NAN
+        v[RATE] = optional_amount(b.rate)
+        v[LOAN_TYPE] = loan_type_code
+        v[COLLATERAL] = optional_amount(b.collateral)
+        v[EMI] = optional_amount(b.emi)
+        v[OPENED_AT] = <double>at
+        v[LAST_EVENT_AT] = <double>at
+        v[LAST_DUE] = NAN
+        v[OUTSTANDING] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
+        v[OUT_BEFORE] = v[OUTSTANDING]
+        v[RECENT0] = h
+        v[RECENT_POS] = 1.0
+        return state
+
+    # -- LoanState.apply ---------------------------------------------------------------------
+
+    cdef bint _can_apply(self, array state, Body* b, int64_t at, double h) noexcept:
+        """Would ``LoanState.apply`` accept this event without raising?"""
+        cdef double* v = state.data.as_doubles
+        cdef int i
+        cdef double opened_day
+        for i in range(RECENT_IDS):
+            if v[RECENT0 + i] == h:
+                return False  # duplicate
+        if v[CLOSED] or <double>at < v[OPENED_AT]:
+            return False
+        if b.kind == RECEIVED or b.kind == MISSED_EVENT:
+            opened_day = float_floordiv(v[OPENED_AT], <double>DAY_MS)
+            if not (opened_day <= <double>b.due <= opened_day + MAX_DAYS):
+                return False
+            if bad_amount(b.amount_due) or bad_amount(b.outstanding):
+                return False
+            if b.kind == RECEIVED and bad_amount(b.paid):
+                return False
+            if b.kind == MISSED_EVENT and not (0 <= b.dpd <= MAX_DAYS):
+                return False
+            return True
+        return b.kind == COLLECTION or b.kind == CLOSED_EVENT  # LoanOpened: already_opened
+
+    cdef void _installment(self, double* v, double due, double amount_due,
+                           double outstanding) noexcept:
+        if due != v[LAST_DUE]:
+            v[SUM_OUT] += outstanding
+            v[INSTALLMENTS] += 1.0
+            v[DPD_PREV2] = v[DPD_PREV]
+            v[DPD_PREV] = v[DPD]
+            v[OUT_BEFORE] = v[OUTSTANDING] if v[INSTALLMENTS] > 1 else NAN
+            v[LAST_DUE] = due
+            v[LAST_PAID] = 0.0
+            v[TOTAL_DUE] += amount_due
+            v[LAST_DUE_AMT] = amount_due
+        else:
+            v[SUM_OUT] += outstanding - v[OUTSTANDING]
+            if amount_due != v[LAST_DUE_AMT]:
+                v[TOTAL_DUE] += amount_due - v[LAST_DUE_AMT]
+                v[LAST_DUE_AMT] = amount_due
+
+    cdef void _apply_body(self, array state, Body* b, int64_t at, double h) noexcept:
+        cdef double* v = state.data.as_doubles
+        cdef int pos
+        if b.kind == RECEIVED:
+            self._installment(v, <double>b.due, b.amount_due, b.outstanding)
+            v[LAST_PAID] += b.paid
+            v[TOTAL_PAID] += b.paid
+            if b.paid >= b.amount_due:
+                v[PAID_FULL] += 1.0
+            elif b.paid == 0.0:
+                v[ZERO_PAY] += 1.0
+            if int_floordiv(at, DAY_MS) > b.due:
+                v[LATE] += 1.0
+            else:
+                v[ON_TIME] += 1.0
+            v[CONSECUTIVE] = 0.0
+            v[DPD] = 0.0
+            v[OUTSTANDING] = b.outstanding
+        elif b.kind == MISSED_EVENT:
+            self._installment(v, <double>b.due, b.amount_due, b.outstanding)
+            if v[LAST_PAID] == 0.0:
+                v[ZERO_PAY] += 1.0
+            v[MISSED] += 1.0
+            v[CONSECUTIVE] += 1.0
+            v[DPD] = <double>b.dpd
+            if <double>b.dpd > v[MAX_DPD]:
+                v[MAX_DPD] = <double>b.dpd
+            v[OUTSTANDING] = b.outstanding
+        elif b.kind == COLLECTION:
+            v[ATTEMPTS] += 1.0
+            v[METHOD] = self._method_codes[b.method]
+            if b.legal:
+                v[LEGAL] = 1.0
+        else:  # LoanClosed
+            v[CLOSED] = 1.0
+        if <double>at > v[LAST_EVENT_AT]:
+            v[LAST_EVENT_AT] = <double>at
+        pos = <int>v[RECENT_POS]
+        v[RECENT0 + pos] = h
+        v[RECENT_POS] = <double>((pos + 1) % RECENT_IDS)
+
+    # -- LoanState.features + processor.model_row ----------------------------------------------
+
+    @cython.cdivision(True)  # every denominator is checked > 0 first, as in the reference
+    cdef void _features(self, array state, double* f) noexcept:
+        cdef double* v = state.data.as_doubles
+        cdef double amount = v[AMOUNT], income = v[INCOME], n = v[INSTALLMENTS]
+        cdef double dpd = v[DPD], outstanding = v[OUTSTANDING], total_due = v[TOTAL_DUE]
+        cdef double before = v[OUT_BEFORE], history
+        cdef int k
+        if dpd > 0:
+            history = 2.0
+        elif v[MISSED] > 0 or v[LATE] > 0:
+            history = 1.0
+        else:
+            history = 0.0
+        f[0] = v[AGE]
+        f[1] = v[GENDER]
+        f[2] = v[EMPLOYMENT]
+        f[3] = income
+        f[4] = v[DEPENDENTS]
+        f[5] = amount
+        f[6] = v[TENURE]
+        f[7] = v[RATE]
+        f[8] = v[LOAN_TYPE]
+        f[9] = v[COLLATERAL]
+        f[10] = v[EMI]
+        f[11] = v[COLLATERAL] / amount if amount > 0 else 0.0
+        f[12] = v[EMI] / income if income > 0 else NAN
+        f[13] = n
+        f[14] = v[ON_TIME]
+        f[15] = v[LATE]
+        f[16] = v[MISSED]
+        f[17] = v[CONSECUTIVE]
+        f[18] = v[MISSED] / n if n > 0 else 0.0
+        f[19] = dpd
+        f[20] = v[DPD_PREV]
+        f[21] = v[DPD_PREV2]
+        f[22] = v[MAX_DPD]
+        f[23] = history
+        f[24] = outstanding
+        f[25] = outstanding / amount if amount > 0 else 0.0
+        f[26] = outstanding - before if before == before else 0.0
+        f[27] = v[LAST_DUE_AMT]
+        f[28] = v[LAST_PAID]
+        f[29] = v[LAST_PAID] / v[LAST_DUE_AMT] if v[LAST_DUE_AMT] > 0 else 1.0
+        f[30] = v[TOTAL_PAID]
+        f[31] = total_due / n if n > 0 else 0.0
+        f[32] = v[TOTAL_PAID] / n if n > 0 else 0.0
+        f[33] = v[TOTAL_PAID] / total_due if total_due > 0 else 1.0
+        f[34] = v[PAID_FULL]
+        f[35] = v[ZERO_PAY]
+        f[36] = v[SUM_OUT] / n / amount if n > 0 and amount > 0 else 0.0
+        f[37] = v[ATTEMPTS]
+        f[38] = v[METHOD]
+        f[39] = v[LEGAL]
+        # consumer.processor.model_row: values beyond float32 (and inf, NaN) become missing.
+        for k in range(N_FEATURES):
+            if not (-FEATURE_LIMIT < f[k] < FEATURE_LIMIT):
+                f[k] = NAN
+
+
+def event_ids(bytes value) -> tuple:
+    """``(event_id, borrower_id)`` of a record the kernel applied (for its output records)."""
+    cdef Reader r
+    cdef const unsigned char* event_id
+    cdef const unsigned char* loan_id
+    cdef const unsigned char* borrower_id
+    cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(value)
+    r.p, r.end, r.bad = data + 10, data + PyBytes_GET_SIZE(value), PyBytes_GET_SIZE(value) < 10
+    cdef Py_ssize_t event_id_len = read_string(&r, &event_id)
+    read_string(&r, &loan_id)
+    cdef Py_ssize_t borrower_id_len = read_string(&r, &borrower_id)
+    if r.bad:
+        raise ValueError("not a LoanEvent the kernel applied")
+    return (PyUnicode_DecodeUTF8(<const char*>event_id, event_id_len, NULL),
+            PyUnicode_DecodeUTF8(<const char*>borrower_id, borrower_id_len, NULL))

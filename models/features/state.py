@@ -1,0 +1,446 @@
+"""The one feature state machine: a loan's running state, updated event by event.
+
+Training replays history through :func:`replay`; the streaming scorer calls the very same
+:meth:`LoanState.apply` and :meth:`LoanState.features` per event. There is no second
+implementation of any feature (``docs/FEATURES.md`` documents each one).
+
+Memory: a state *is* one ``array('d')`` (8 bytes per value instead of a 24-byte float object
+per attribute; the ids and decision labels in ``__slots__``), and duplicate detection keeps
+52-bit hashes of the last ``RECENT_IDS`` event ids in the same array, so a loan costs about
+590 bytes with its ids and its entry in the scorer's dict (``bench/state.py``, 1M loans).
+
+>>> from schemas.events import make_event
+>>> opened = make_event("e1", "L1", "B1", 0, "LoanOpened", dict(
+...     age=40, gender="Female", employment_type="Salaried", monthly_income=5000.0,
+...     num_dependents=1, loan_amount=12000.0, loan_tenure_months=12, interest_rate=9.5,
+...     loan_type="Personal", collateral_value=0.0, monthly_emi=1050.0))
+>>> state = LoanState.open(opened)
+>>> state.apply(make_event("e2", "L1", "B1", 40 * 86_400_000, "PaymentMissed", dict(
+...     installment_due_date=30, amount_due=1050.0, days_past_due=10, outstanding=12000.0)))
+>>> f = dict(zip(FEATURE_NAMES, state.features()))
+>>> f["num_missed"], f["days_past_due"], f["payment_history"]
+(1.0, 10.0, 2.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from array import array
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from models.features.columns import FEATURE_NAMES, decode, encode
+from schemas.events import (
+    COLLECTION_ATTEMPT,
+    LOAN_CLOSED,
+    LOAN_OPENED,
+    PAYMENT_MISSED,
+    PAYMENT_RECEIVED,
+)
+
+DAY_MS = 86_400_000
+RECENT_IDS = 4  # duplicates are producer retries: they arrive close to the original
+_HASH_MASK = (1 << 52) - 1  # exact in a double
+_MAX_DAYS = 100 * 366  # dates and days-past-due beyond a century are corrupt input
+
+# Layout of the numeric state array. Names double as LoanState Avro field names.
+SLOTS: tuple[str, ...] = (
+    # profile (categoricals as codes of models.features.columns.VOCABULARIES)
+    "age", "gender", "employment_type", "monthly_income", "num_dependents", "loan_amount",
+    "loan_tenure_months", "interest_rate", "loan_type", "collateral_value", "monthly_emi",
+    # time
+    "opened_at", "last_event_at", "last_due_date",
+    # repayment behaviour
+    "installments", "paid_on_time", "paid_late", "num_missed", "consecutive_missed",
+    "days_past_due", "days_past_due_prev", "days_past_due_prev2", "max_days_past_due",
+    "outstanding", "outstanding_before", "last_amount_due", "last_amount_paid", "total_due",
+    "total_paid", "paid_in_full", "zero_payment", "sum_outstanding",
+    # collections
+    "collection_attempts", "last_collection_method", "legal_action", "closed",
+    # duplicate detection: ring of event-id hashes and the next write position
+    *(f"recent_id_{i}" for i in range(RECENT_IDS)), "recent_pos",
+)  # fmt: skip
+_I = {name: i for i, name in enumerate(SLOTS)}
+(AGE, GENDER, EMPLOYMENT, INCOME, DEPENDENTS, AMOUNT, TENURE, RATE, LOAN_TYPE, COLLATERAL, EMI,
+ OPENED_AT, LAST_EVENT_AT, LAST_DUE, INSTALLMENTS, ON_TIME, LATE, MISSED, CONSECUTIVE, DPD,
+ DPD_PREV, DPD_PREV2, MAX_DPD, OUTSTANDING, OUT_BEFORE, LAST_DUE_AMT, LAST_PAID, TOTAL_DUE,
+ TOTAL_PAID, PAID_FULL, ZERO_PAY, SUM_OUT, ATTEMPTS, METHOD, LEGAL, CLOSED) = range(36)  # fmt: skip
+RECENT0 = _I["recent_id_0"]
+RECENT_POS = _I["recent_pos"]
+_NAN = math.nan
+SCORE = len(SLOTS)  # LoanState's last value: the risk score of its latest decision
+_SIZE = SCORE + 1
+_NO_SCORE = array("d", [_NAN])
+_BLANK = array("d", [0.0]) * len(SLOTS) + _NO_SCORE
+
+
+def _gc_untracker() -> Callable[[object], None]:
+    """CPython's ``PyObject_GC_UnTrack``: takes an object out of the cyclic collector's view.
+
+    A ``LoanState`` holds only floats, its id strings and label strings, so it can never be
+    part of a reference cycle and reference counting frees it; but as a class with
+    ``__slots__`` the collector tracks it, and a full collection walks every tracked object:
+    220 ms with a million loans in memory, a stall of the whole stream each time.
+    """
+    try:
+        import ctypes
+
+        untrack = ctypes.pythonapi.PyObject_GC_UnTrack
+    except (ImportError, AttributeError):  # not CPython: the collector keeps walking them
+        return lambda _state: None
+    untrack.argtypes, untrack.restype = [ctypes.py_object], None
+    return untrack
+
+
+_untrack = _gc_untracker()
+
+
+class InvalidEvent(ValueError):
+    """An event the state machine refuses. ``reason`` is a short snake_case label (DLQ header,
+    metric label); the message says what was wrong."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DuplicateEvent(InvalidEvent):
+    """The event id was already applied to this loan (producer retry): ignore, don't DLQ."""
+
+    def __init__(self, event_id: str) -> None:
+        super().__init__("duplicate", f"event {event_id} was already applied")
+
+
+def event_id_hash(event_id: str) -> float:
+    """Stable 52-bit hash of an event id as a float (Python's ``hash`` is salted per process,
+    and the hashes travel through the changelog)."""
+    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return float(int.from_bytes(digest, "little") & _HASH_MASK)
+
+
+def _amount(body: dict[str, Any], key: str) -> float:
+    value = body[key]
+    if value is None or not value >= 0.0 or value == math.inf:  # catches nan too
+        raise InvalidEvent("invalid_amount", f"{key}={value!r}: amounts must be finite and >= 0")
+    return float(value)
+
+
+def _optional_amount(body: dict[str, Any], key: str) -> float:
+    # NaN = the source did not have the value: the model pipeline imputes it.
+    value = body[key]
+    if value is None or value != value:
+        return _NAN
+    if value < 0 or value == math.inf:
+        raise InvalidEvent("invalid_amount", f"{key}={value!r}: amounts must be finite and >= 0")
+    return float(value)
+
+
+def _optional_count(value: Any) -> float:
+    # Avro ints cannot be NaN: adapters send -1 for a value the source did not have.
+    if value is None or value < 0:
+        return _NAN
+    return float(value)
+
+
+class LoanState(array):
+    """One loan's running state. Build with :meth:`open`, update with :meth:`apply`.
+
+    Memory is the product's scaling limit (a million loans per scorer), so a state is ONE
+    object: an ``array('d')`` of the ``SLOTS`` values followed by the decision's risk score
+    (NaN: not scored yet), with the ids and decision labels in ``__slots__``. As separate
+    objects (a slots class holding an array and a float) a loan cost ~70 bytes more. The
+    borrower id is kept UTF-8 encoded (it is only read when an output record is written).
+    States compare and hash by identity, like any object, not as arrays.
+    """
+
+    __slots__ = ("_borrower", "loan_id", "risk_tier", "segment", "strategy")
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+
+    def __new__(cls, loan_id: str, borrower_id: str, values: array | None = None) -> LoanState:
+        """``values``: the ``SLOTS`` values, optionally followed by the risk score."""
+        state = super().__new__(cls, "d", _BLANK if values is None else values)
+        if len(state) != _SIZE:
+            if len(state) != len(SLOTS):
+                raise ValueError(f"a LoanState has {len(SLOTS)} values, not {len(state)}")
+            state = super().__new__(cls, "d", array("d", state) + _NO_SCORE)  # exact size
+        state.loan_id = loan_id
+        state._borrower = borrower_id.encode()
+        # Decisions of the streaming scorer, carried through the changelog with the state.
+        state.strategy = state.risk_tier = state.segment = None
+        _untrack(state)  # long-lived and acyclic (see _gc_untracker)
+        return state
+
+    @property
+    def borrower_id(self) -> str:
+        return self._borrower.decode()
+
+    @property
+    def risk_score(self) -> float | None:
+        score = self[SCORE]
+        return None if score != score else score
+
+    @risk_score.setter
+    def risk_score(self, value: float | None) -> None:
+        self[SCORE] = _NAN if value is None else value
+
+    # -- building ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, event: dict[str, Any]) -> LoanState:
+        """A new state from a ``LoanOpened`` event; any other event type is ``unknown_loan``."""
+        body_type, body = event["body"]
+        if body_type != LOAN_OPENED:
+            raise InvalidEvent(
+                "unknown_loan", f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
+                "which was never opened (LoanOpened must come first)",
+            )  # fmt: skip
+        v = cls(event["loan_id"], event["borrower_id"])
+        age = body["age"]
+        v[AGE] = float(age) if age is not None and 0 < age < 150 else _NAN
+        v[GENDER] = encode("gender", body["gender"])
+        v[EMPLOYMENT] = encode("employment_type", body["employment_type"])
+        v[INCOME] = _optional_amount(body, "monthly_income")
+        v[DEPENDENTS] = _optional_count(body["num_dependents"])
+        v[AMOUNT] = _optional_amount(body, "loan_amount")
+        tenure = body["loan_tenure_months"]
+        v[TENURE] = float(tenure) if tenure is not None and tenure > 0 else _NAN
+        v[RATE] = _optional_amount(body, "interest_rate")
+        v[LOAN_TYPE] = encode("loan_type", body["loan_type"])
+        v[COLLATERAL] = _optional_amount(body, "collateral_value")
+        v[EMI] = _optional_amount(body, "monthly_emi")
+        v[OPENED_AT] = v[LAST_EVENT_AT] = float(event["occurred_at"])
+        v[LAST_DUE] = _NAN
+        v[OUTSTANDING] = v[OUT_BEFORE] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
+        v[RECENT0] = event_id_hash(event["event_id"])
+        v[RECENT_POS] = 1.0
+        return v
+
+    # -- updating ------------------------------------------------------------------------------
+
+    def is_duplicate(self, event_id: str) -> bool:
+        """Was this event id among the last ``RECENT_IDS`` applied to the loan?"""
+        h = event_id_hash(event_id)
+        v = self
+        return any(v[RECENT0 + i] == h for i in range(RECENT_IDS))
+
+    def apply(self, event: dict[str, Any]) -> None:
+        """Update the state with one event of this loan.
+
+        Raises :class:`DuplicateEvent` for a repeated event id and :class:`InvalidEvent` for
+        values the loan cannot have (negative amounts, impossible dates, events before the
+        opening or after the closing, a second ``LoanOpened``). A refused event leaves the
+        state unchanged.
+        """
+        v = self
+        h = event_id_hash(event["event_id"])
+        for i in range(RECENT_IDS):
+            if v[RECENT0 + i] == h:
+                raise DuplicateEvent(event["event_id"])
+        body_type, body = event["body"]
+        at = event["occurred_at"]
+        if v[CLOSED]:
+            raise InvalidEvent("loan_closed", f"event on loan {self.loan_id} after LoanClosed")
+        if at < v[OPENED_AT]:
+            raise InvalidEvent(
+                "before_opening", f"occurred_at {at} is before the loan opened ({v[OPENED_AT]:.0f})"
+            )
+        if body_type == PAYMENT_RECEIVED:
+            due = self._due_date(body, at)
+            amount_due = _amount(body, "amount_due")
+            paid = _amount(body, "amount_paid")
+            outstanding = _amount(body, "outstanding_after")
+            self._installment(due, amount_due, outstanding)
+            v[LAST_PAID] += paid
+            v[TOTAL_PAID] += paid
+            if paid >= amount_due:
+                v[PAID_FULL] += 1.0
+            elif paid == 0.0:
+                v[ZERO_PAY] += 1.0
+            if at // DAY_MS > due:
+                v[LATE] += 1.0
+            else:
+                v[ON_TIME] += 1.0
+            v[CONSECUTIVE] = 0.0
+            v[DPD] = 0.0
+            v[OUTSTANDING] = outstanding
+        elif body_type == PAYMENT_MISSED:
+            due = self._due_date(body, at)
+            amount_due = _amount(body, "amount_due")
+            dpd = body["days_past_due"]
+            if dpd is None or not 0 <= dpd <= _MAX_DAYS:
+                raise InvalidEvent("invalid_days_past_due", f"days_past_due={dpd!r}")
+            outstanding = _amount(body, "outstanding")
+            self._installment(due, amount_due, outstanding)
+            if v[LAST_PAID] == 0.0:  # nothing paid towards this installment
+                v[ZERO_PAY] += 1.0
+            v[MISSED] += 1.0
+            v[CONSECUTIVE] += 1.0
+            v[DPD] = float(dpd)
+            if dpd > v[MAX_DPD]:
+                v[MAX_DPD] = float(dpd)
+            v[OUTSTANDING] = outstanding
+        elif body_type == COLLECTION_ATTEMPT:
+            v[ATTEMPTS] += 1.0
+            v[METHOD] = encode("last_collection_method", body["method"])
+            if body.get("legal_action"):
+                v[LEGAL] = 1.0
+        elif body_type == LOAN_CLOSED:
+            v[CLOSED] = 1.0
+        elif body_type == LOAN_OPENED:
+            raise InvalidEvent("already_opened", f"loan {self.loan_id} was already opened")
+        else:
+            raise InvalidEvent("unknown_event_type", f"unknown event body {body_type!r}")
+        if at > v[LAST_EVENT_AT]:
+            v[LAST_EVENT_AT] = float(at)
+        pos = int(v[RECENT_POS])
+        v[RECENT0 + pos] = h
+        v[RECENT_POS] = float((pos + 1) % RECENT_IDS)
+
+    def _due_date(self, body: dict[str, Any], at: int) -> int:
+        due = body["installment_due_date"]
+        opened_day = self[OPENED_AT] // DAY_MS
+        if due is None or not opened_day <= due <= opened_day + _MAX_DAYS:
+            raise InvalidEvent(
+                "impossible_date", f"installment_due_date={due!r} is before the loan opened or "
+                "more than a century after it",
+            )  # fmt: skip
+        return due
+
+    def _installment(self, due: int, amount_due: float, outstanding: float) -> None:
+        # Events with the same due date as the previous one belong to the same installment
+        # (e.g. a partial payment and then the miss of the rest).
+        v = self
+        if due != v[LAST_DUE]:
+            v[SUM_OUT] += outstanding
+            v[INSTALLMENTS] += 1.0
+            v[DPD_PREV2] = v[DPD_PREV]
+            v[DPD_PREV] = v[DPD]
+            v[OUT_BEFORE] = v[OUTSTANDING] if v[INSTALLMENTS] > 1 else _NAN
+            v[LAST_DUE] = float(due)
+            v[LAST_PAID] = 0.0
+            v[TOTAL_DUE] += amount_due
+            v[LAST_DUE_AMT] = amount_due
+        else:
+            v[SUM_OUT] += outstanding - v[OUTSTANDING]
+            if amount_due != v[LAST_DUE_AMT]:
+                v[TOTAL_DUE] += amount_due - v[LAST_DUE_AMT]
+                v[LAST_DUE_AMT] = amount_due
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return bool(self[CLOSED])
+
+    @property
+    def last_event_at(self) -> int:
+        return int(self[LAST_EVENT_AT])
+
+    def features(self) -> list[float]:
+        """The model's feature vector, in the order of ``models.features.columns.FEATURE_NAMES``."""
+        v = self
+        amount, income, n = v[AMOUNT], v[INCOME], v[INSTALLMENTS]
+        dpd, outstanding, total_due = v[DPD], v[OUTSTANDING], v[TOTAL_DUE]
+        if dpd > 0:
+            history = 2.0
+        elif v[MISSED] > 0 or v[LATE] > 0:
+            history = 1.0
+        else:
+            history = 0.0
+        before = v[OUT_BEFORE]
+        return [
+            v[AGE], v[GENDER], v[EMPLOYMENT], income, v[DEPENDENTS], amount, v[TENURE], v[RATE],
+            v[LOAN_TYPE], v[COLLATERAL], v[EMI],
+            v[COLLATERAL] / amount if amount > 0 else 0.0,
+            v[EMI] / income if income > 0 else _NAN,
+            n, v[ON_TIME], v[LATE], v[MISSED], v[CONSECUTIVE],
+            v[MISSED] / n if n > 0 else 0.0,
+            dpd, v[DPD_PREV], v[DPD_PREV2], v[MAX_DPD], history,
+            outstanding,
+            outstanding / amount if amount > 0 else 0.0,
+            outstanding - before if before == before else 0.0,  # nan check: first installment
+            v[LAST_DUE_AMT], v[LAST_PAID],
+            v[LAST_PAID] / v[LAST_DUE_AMT] if v[LAST_DUE_AMT] > 0 else 1.0,
+            v[TOTAL_PAID],
+            total_due / n if n > 0 else 0.0,
+            v[TOTAL_PAID] / n if n > 0 else 0.0,
+            v[TOTAL_PAID] / total_due if total_due > 0 else 1.0,
+            v[PAID_FULL], v[ZERO_PAY],
+            v[SUM_OUT] / n / amount if n > 0 and amount > 0 else 0.0,
+            v[ATTEMPTS], v[METHOD], v[LEGAL],
+        ]  # fmt: skip
+
+    def feature_dict(self) -> dict[str, float]:
+        """``features()`` keyed by name (for the online segmenter, reports and tests)."""
+        return dict(zip(FEATURE_NAMES, self.features(), strict=True))
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def to_record(self) -> dict[str, Any]:
+        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v1.avsc``)."""
+        record: dict[str, Any] = dict(zip(SLOTS, self, strict=False))  # (the score is last)
+        record["loan_id"] = self.loan_id
+        record["borrower_id"] = self.borrower_id
+        record["strategy"] = self.strategy
+        record["risk_tier"] = self.risk_tier
+        record["risk_score"] = self.risk_score
+        record["segment"] = self.segment
+        return record
+
+    def copy(self) -> LoanState:
+        """An independent copy (the scorer's undo log keeps one per loan per transaction)."""
+        state = array.__new__(LoanState, "d", self)  # values and score; ids shared, not copied
+        state.loan_id, state._borrower = self.loan_id, self._borrower
+        state.strategy, state.risk_tier, state.segment = self.strategy, self.risk_tier, self.segment
+        return state
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> LoanState:
+        """Inverse of :meth:`to_record`."""
+        score = record.get("risk_score")
+        values = [float(record[name]) for name in SLOTS] + [_NAN if score is None else score]
+        state = cls(record["loan_id"], record["borrower_id"], array("d", values))
+        state.strategy = record.get("strategy")
+        state.risk_tier = record.get("risk_tier")
+        state.segment = record.get("segment")
+        return state
+
+    def labels(self) -> dict[str, str]:
+        """Canonical labels of the categorical profile (for reports and logs)."""
+        v = self
+        return {
+            "gender": decode("gender", v[GENDER]),
+            "employment_type": decode("employment_type", v[EMPLOYMENT]),
+            "loan_type": decode("loan_type", v[LOAN_TYPE]),
+            "last_collection_method": decode("last_collection_method", v[METHOD]),
+        }
+
+    def __repr__(self) -> str:
+        return f"LoanState({self.loan_id!r}, installments={self[INSTALLMENTS]:.0f})"
+
+
+def replay(
+    events: Iterable[dict[str, Any]],
+    *,
+    errors: list[tuple[dict[str, Any], InvalidEvent]] | None = None,
+) -> dict[str, LoanState]:
+    """Apply ``events`` (in per-loan event-time order) and return the final state per loan.
+
+    Invalid or duplicate events are skipped, exactly as the stream skips them; pass a list as
+    ``errors`` to collect ``(event, error)`` pairs.
+    """
+    states: dict[str, LoanState] = {}
+    for event in events:
+        state = states.get(event["loan_id"])
+        try:
+            if state is None:
+                states[event["loan_id"]] = LoanState.open(event)
+            else:
+                state.apply(event)
+        except InvalidEvent as error:
+            if errors is not None:
+                errors.append((event, error))
+    return states

@@ -1,0 +1,1 @@
+"""The analysts' interactive HTML report (:mod:`~models.report.render`)."""

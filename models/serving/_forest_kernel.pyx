@@ -1,0 +1,182 @@
+"""Compiled twin of ``FastCalibratedForest``'s numpy forest stage (``models/serving/forest.py``).
+
+The numpy reference computes, per row, ``total = 0.0; total += value_t[leaf_t(x)]`` for every
+tree ``t`` *in estimator order*, then ``total /= n_trees``. :class:`ForestKernel` performs
+exactly those float64 operations in exactly that order, so its result is bit for bit the
+reference's (and scikit-learn's). What must never change here:
+
+* the summation order: tree 0, tree 1, ... added one at a time into a float64 that starts at
+  0.0, then one division by the number of trees (no pairwise/blocked sums, no multiplying by a
+  reciprocal, no reassociation -- setup.py also compiles without fast-math or FMA contraction);
+* the split test: scikit-learn's ``_apply_dense`` -- a NaN goes by ``missing_go_to_left``,
+  otherwise left iff ``<double>x32 <= threshold`` with the float64 threshold (kept in float64
+  here, so no rounding argument is needed).
+
+Layout: all trees in one contiguous array of 16-byte nodes, renumbered depth first so that
+the two children of a split sit next to each other (right = left + 1): a step is one node load,
+one feature load and an add of the comparison result. A leaf loops onto itself (threshold +inf,
+NaN goes "left" = itself), so a block of paths is walked in lockstep for the tree's depth with
+no data-dependent branch; the class-1 fractions sit in a separate array indexed by node.
+"""
+
+import numpy as np
+
+cimport cython
+from libc.stdint cimport int32_t
+from libc.math cimport isnan
+
+
+cdef packed struct Node:
+    # 2 * feature + missing_go_to_left. A leaf: 1 (feature 0, NaN goes "left").
+    int32_t code
+    # Index of the left child in the node array (the right child is left + 1). A leaf: itself.
+    int32_t left
+    # The float64 split threshold. A leaf: +inf, so every value (and NaN) stays on it.
+    double threshold
+
+
+# Paths walked together: the block's feature rows (LANES x ~50 float32) and each tree's nodes
+# (a few KB) stay in L1 while LANES independent paths overlap in the out-of-order core.
+cdef enum:
+    LANES = 64
+
+
+cdef class ForestKernel:
+    """The fitted trees of one forest, flattened for :meth:`sum_votes`."""
+
+    cdef Node[::1] _nodes
+    cdef double[::1] _leaf_values
+    cdef int32_t[::1] _roots
+    cdef int32_t[::1] _depths
+    cdef readonly int n_trees
+    cdef readonly int n_features
+
+    def __init__(self, trees: list, n_features: int) -> None:
+        """``trees``: scikit-learn ``Tree`` objects in estimator order; ``n_features``: the
+        width of the rows the forest was fitted on (checked on every call)."""
+        if not trees:
+            raise ValueError("a forest needs at least one tree")
+        total = sum(int(tree.node_count) for tree in trees)
+        if total >= 2 ** 31 - 2:
+            raise ValueError("too many nodes for int32 indices")
+        nodes = np.zeros(total, dtype=_node_dtype())
+        leaf_values = np.zeros(total, dtype=np.float64)
+        roots = np.zeros(len(trees), dtype=np.int32)
+        depths = np.zeros(len(trees), dtype=np.int32)
+        cdef int next_free = 0
+        for t, tree in enumerate(trees):
+            roots[t] = next_free
+            next_free, depths[t] = _flatten(tree, nodes, leaf_values, next_free, n_features)
+        self._nodes = nodes
+        self._leaf_values = leaf_values
+        self._roots = roots
+        self._depths = depths
+        self.n_trees = len(trees)
+        self.n_features = n_features
+
+    def sum_votes(self, const float[:, ::1] x32) -> np.ndarray:
+        """Mean over trees of the class-1 fraction of each row's leaf (float64 per row)."""
+        if x32.shape[1] != self.n_features:
+            raise ValueError(f"rows have {x32.shape[1]} features, the forest {self.n_features}")
+        cdef Py_ssize_t n_rows = x32.shape[0]
+        out = np.zeros(n_rows, dtype=np.float64)
+        if n_rows == 0:
+            return out
+        cdef double[::1] total = out
+        with nogil:
+            self._sum_votes(&x32[0, 0], n_rows, &total[0])
+        return out
+
+    @cython.cdivision(True)
+    cdef void _sum_votes(self, const float* x, Py_ssize_t n_rows, double* total) noexcept nogil:
+        """``total[i] = (((0.0 + v_0) + v_1) + ...) / n_trees`` -- tree by tree, in order.
+
+        Lanes are (tree, row) pairs walked in lockstep: a block of up to LANES rows, and when
+        the block is small (a batch of a few rows) several trees at once, so there are always
+        enough independent paths in flight. The votes are added after the walk, tree by tree."""
+        cdef const Node* nodes = &self._nodes[0]
+        cdef const double* leaf_values = &self._leaf_values[0]
+        cdef const int32_t* roots = &self._roots[0]
+        cdef const int32_t* depths = &self._depths[0]
+        cdef Py_ssize_t stride = self.n_features
+        cdef int n_trees = self.n_trees
+        cdef double divisor = <double>n_trees
+        cdef int32_t at[LANES]
+        cdef const float* row_of[LANES]
+        cdef Py_ssize_t start, i, lane, rows, lanes
+        cdef int first, trees, per_chunk, j, level, depth
+        cdef const Node* node
+        cdef float value
+        cdef int go_right
+        start = 0
+        while start < n_rows:
+            rows = min(<Py_ssize_t>LANES, n_rows - start)
+            per_chunk = max(1, LANES // rows)
+            first = 0
+            while first < n_trees:
+                trees = min(per_chunk, n_trees - first)
+                lanes = trees * rows
+                depth = 0
+                for j in range(trees):
+                    depth = max(depth, depths[first + j])
+                    for i in range(rows):
+                        at[j * rows + i] = roots[first + j]
+                        row_of[j * rows + i] = x + (start + i) * stride
+                # Every lane walks ``depth`` levels; a leaf loops onto itself (no branches).
+                for level in range(depth):
+                    for lane in range(lanes):
+                        node = nodes + at[lane]
+                        value = row_of[lane][node.code >> 1]
+                        go_right = not (<double>value <= node.threshold)
+                        if isnan(value):
+                            go_right = (node.code & 1) ^ 1
+                        at[lane] = node.left + go_right
+                for j in range(trees):  # estimator order: the reference's sum
+                    for i in range(rows):
+                        total[start + i] += leaf_values[at[j * rows + i]]
+                first += trees
+            for i in range(rows):
+                total[start + i] /= divisor
+            start += rows
+
+
+def _node_dtype() -> np.dtype:
+    """The numpy twin of ``Node`` (16 bytes, no padding)."""
+    return np.dtype([("code", np.int32), ("left", np.int32), ("threshold", np.float64)])
+
+
+def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, int start,
+             int n_features) -> tuple:
+    """Copy ``tree`` into ``nodes[start:]`` with siblings adjacent; returns the next free slot
+    and the tree's depth (edges on its longest path).
+
+    Depth-first, left subtree first, so a path stays within a few cache lines near the root."""
+    left = np.asarray(tree.children_left)
+    right = np.asarray(tree.children_right)
+    feature = np.asarray(tree.feature)
+    threshold = np.asarray(tree.threshold, dtype=np.float64)
+    fraction = np.asarray(tree.value[:, 0, 1], dtype=np.float64)
+    missing_left = getattr(tree, "missing_go_to_left", None)
+    if missing_left is None:  # scikit-learn < 1.3: no NaN support, the flag never matters
+        missing_left = np.zeros(len(left), dtype=np.uint8)
+    split_features = feature[left != -1]
+    if split_features.size and not (0 <= split_features.min() <= split_features.max()
+                                    < n_features):
+        raise ValueError("a split reads a feature outside the rows")
+    code, child, number = nodes["code"], nodes["left"], nodes["threshold"]
+    cdef int free = start + 1
+    cdef int depth = 0
+    stack = [(0, start, 0)]  # (scikit-learn node id, slot in ``nodes``, depth)
+    while stack:
+        node_id, at, level = stack.pop()
+        depth = max(depth, level)
+        if left[node_id] == -1:
+            code[at], child[at], number[at] = 1, at, np.inf
+            leaf_values[at] = fraction[node_id]
+            continue
+        code[at] = 2 * int(feature[node_id]) + (1 if missing_left[node_id] else 0)
+        child[at], number[at] = free, threshold[node_id]
+        stack.append((right[node_id], free + 1, level + 1))
+        stack.append((left[node_id], free, level + 1))
+        free += 2
+    return free, depth

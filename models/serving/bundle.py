@@ -1,0 +1,177 @@
+"""The model bundle: one directory the stream loads safely.
+
+``model.skops`` (the calibrated pipeline, saved with skops: no pickle, and loading accepts
+only the types in :data:`TRUSTED_TYPES`) + ``report_data.json`` (what the report draws) +
+``metadata.json`` (version, trained-at,
+training-data hash, feature list, metrics, calibration, thresholds, segmenter init, the
+SHA-256 of every file). ``version`` is a hash of the model file and the metadata, so any
+edit to either after training makes :meth:`ModelBundle.load` fail with :class:`BundleError`.
+
+>>> import tempfile
+>>> from models.training.early_warning import train_bundle
+>>> from models.data.synthetic import generate_book
+>>> from models.data.adapters import seed_frame_history
+>>> frame, _, _ = generate_book(300, seed=3)
+>>> out = tempfile.mkdtemp()
+>>> _ = train_bundle(seed_frame_history(frame), out, holdout=0.3, seed=0, n_estimators=20)
+>>> bundle = ModelBundle.load(out)
+>>> bundle.tier(0.8), len(bundle.feature_names) == len(bundle.metadata["features"])
+('HIGH', True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.features.columns import FEATURE_NAMES
+from models.serving.forest import fast_predictor
+
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+FORMAT = 1
+# Everything the saved pipeline is made of; skops refuses to load any other type.
+TRUSTED_TYPES = (
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.float64",
+    "numpy.int64",
+    "builtins.slice",
+    "sklearn.calibration.CalibratedClassifierCV",
+    "sklearn.calibration._CalibratedClassifier",
+    "sklearn.calibration._SigmoidCalibration",
+    "sklearn.isotonic.IsotonicRegression",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.ensemble._forest.RandomForestClassifier",
+    "sklearn.impute._base.SimpleImputer",
+    "sklearn.impute._base.MissingIndicator",
+    "sklearn.pipeline.Pipeline",
+    "sklearn.preprocessing._encoders.OneHotEncoder",
+    "sklearn.tree._classes.DecisionTreeClassifier",
+    "sklearn.tree._tree.Tree",
+    "sklearn.utils._bunch.Bunch",
+)
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, incomplete, tampered with or of an unknown format."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_version(metadata: dict[str, Any]) -> str:
+    """Hash of the metadata (which holds every file's hash), without the version itself."""
+    body = {k: v for k, v in metadata.items() if k != "version"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class ModelBundle:
+    """A loaded bundle: calibrated P(default), tiers and the segmenter's starting point."""
+
+    def __init__(self, model: Any, metadata: dict[str, Any], path: Path | None = None) -> None:
+        self.model = model
+        self.metadata = metadata
+        self.path = path
+        self.version: str = metadata["version"]
+        self.feature_names: list[str] = list(metadata["features"])
+        self.thresholds: dict[str, float] = dict(metadata["thresholds"])
+        self._high = float(self.thresholds["high"])
+        self._moderate = float(self.thresholds["moderate"])
+        self.segmenter_init: dict[str, Any] = metadata["segmenter"]
+        self._predict = fast_predictor(model)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelBundle:
+        """Load and verify a bundle; :class:`BundleError` says what is wrong."""
+        import skops.io as sio
+
+        directory = Path(directory)
+        meta_path = directory / METADATA_FILE
+        if not meta_path.exists():
+            raise BundleError(f"{directory}: no {METADATA_FILE}; is this a bundle written by "
+                              "`loan-recovery train`?")  # fmt: skip
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise BundleError(f"{meta_path}: not valid JSON ({error}); retrain") from None
+        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+            raise BundleError(f"{meta_path}: unknown bundle format; retrain with this version")
+        if metadata.get("version") != content_version(metadata):
+            raise BundleError(f"{meta_path} was modified after training (its content does not "
+                              "match version); retrain or restore the bundle")  # fmt: skip
+        for name, expected in metadata.get("files", {}).items():
+            path = directory / name
+            if not path.exists():
+                raise BundleError(f"{path}: missing from the bundle; restore it or retrain")
+            if sha256_file(path) != expected:
+                raise BundleError(f"{path} was modified after training (SHA-256 mismatch); "
+                                  "retrain or restore the bundle")  # fmt: skip
+        model_path = directory / MODEL_FILE
+        try:
+            untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)
+            if untrusted:
+                raise BundleError(f"{model_path}: contains untrusted types "
+                                  f"{sorted(untrusted)}; refusing to load it")  # fmt: skip
+            model = sio.load(model_path, trusted=list(TRUSTED_TYPES))
+        except BundleError:
+            raise
+        except Exception as error:  # skops raises many types on corrupt archives
+            raise BundleError(f"{model_path}: cannot be loaded safely ({error}); retrain") from None
+        if list(metadata.get("features", [])) != list(FEATURE_NAMES):
+            # The model reads features by position: a different state machine would feed it
+            # the wrong columns silently.
+            theirs, ours = metadata.get("features", []), list(FEATURE_NAMES)
+            diff = sorted(set(theirs) ^ set(ours)) or ["(same names, different order)"]
+            raise BundleError(f"{directory}: trained on a different feature vector than this "
+                              f"version computes (differs in {', '.join(diff[:5])}); retrain "
+                              "the bundle with this version")  # fmt: skip
+        single_threaded(model)
+        return cls(model, metadata, directory)
+
+    def predict_proba(self, rows: Any) -> np.ndarray:
+        """Calibrated P(default) per row of ``features()`` vectors. Each row's score depends
+        on that row only (never on the rest of the batch). Served by
+        :class:`models.serving.forest.FastCalibratedForest`: scikit-learn's result, bit for bit."""
+        x = np.asarray(rows, dtype=np.float64)
+        if x.ndim == 1:
+            if x.size == 0:  # [] is no rows, not one row of no features
+                return np.zeros(0)
+            x = x.reshape(1, -1)
+        if x.shape[0] == 0:
+            return np.zeros(0)
+        return self._predict(x)
+
+    def tier(self, score: float) -> str:
+        """HIGH (> high), MODERATE (> moderate) or LOW."""
+        if score > self._high:
+            return "HIGH"
+        if score > self._moderate:
+            return "MODERATE"
+        return "LOW"
+
+    def __repr__(self) -> str:
+        return f"ModelBundle(version={self.version!r}, features={len(self.feature_names)})"
+
+
+def single_threaded(model: Any) -> None:
+    """Predict with one thread: joblib threads add the trees' votes in completion order, and
+    floating-point sums in a different order can differ in the last bit."""
+    for name, value in model.get_params(deep=True).items():
+        if name.endswith("n_jobs") and value not in (None, 1):
+            model.set_params(**{name: 1})
+    for calibrated in getattr(model, "calibrated_classifiers_", []):
+        estimator = calibrated.estimator
+        for step in getattr(estimator, "steps", [(None, estimator)]):
+            if hasattr(step[1], "n_jobs"):
+                step[1].n_jobs = 1

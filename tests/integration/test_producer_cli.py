@@ -1,0 +1,228 @@
+"""`loan-recovery produce` end to end: real files from the project's generator, the real broker,
+the real CLI process (signals, exit codes, JSON summary)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fastavro
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(
+    *args: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "loan_recovery.cli", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+
+
+def topic_count(bootstrap: str, topic: str) -> int:
+    """Messages on a topic: the sum over partitions of high - low watermark."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(hi - lo for lo, hi in (
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            for p in partitions))  # fmt: skip
+    finally:
+        consumer.close()
+
+
+# -- errors: one line naming the setting and the fix, non-zero exit ---------------------------
+
+
+def test_missing_topic_fails_with_one_clear_line(bootstrap_servers: str, tmp_path: Path) -> None:
+    result = run_cli("produce", "--source", "events", "--input", str(tmp_path / "x.jsonl"),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", "no-such-topic")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: topic no-such-topic does not exist on {bootstrap_servers}: run "
+        "`loan-recovery topics create` (or pass --topic)"
+    ]
+
+
+def test_bad_properties_file_is_named_with_the_fix(tmp_path: Path) -> None:
+    props = tmp_path / "client.properties"
+    props.write_text("bootstrap.servers=localhost:1\nacks=1\n")
+    result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: --kafka-config {props}: acks must stay 'all' "
+                                     "(no silently lost events)")  # fmt: skip
+
+
+def test_property_librdkafka_refuses_is_named(bootstrap_servers: str, tmp_path: Path) -> None:
+    props = tmp_path / "client.properties"
+    props.write_text(f"bootstrap.servers={bootstrap_servers}\nsasl.mechanism.typo=PLAIN\n")
+    result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f'error: --kafka-config {props}: No such configuration '
+                                     'property: "sasl.mechanism.typo"; fix or remove that '
+                                     "property")  # fmt: skip
+
+
+def test_broken_export_fails_with_the_adapters_line(bootstrap_servers: str, make_topic,
+                                                    tmp_path: Path) -> None:  # fmt: skip
+    export = tmp_path / "export.csv"
+    export.write_text("Loan_ID,Loan_Amount\nL1,1000\n")
+    result = run_cli("produce", "--source", "seed", "--input", str(export),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", make_topic("broken"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {export}: required column") and "add it to the export" in line
+
+
+def test_dry_run_needs_out_and_history_needs_input(tmp_path: Path) -> None:
+    result = run_cli("produce", "--source", "seed", "--dry-run")
+    assert result.returncode == 2 and "--dry-run needs --out" in result.stderr
+    result = run_cli("produce", "--source", "seed", "--dry-run", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "--source seed needs --input" in result.stderr
+
+
+# -- replays of real files ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_files(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic book from the project's generator, as a seed CSV and as an event log."""
+    from models.data.adapters import write_jsonl
+    from models.data.synthetic import generate_book
+
+    out = tmp_path_factory.mktemp("book")
+    frame, events, _ = generate_book(300, seed=4)
+    frame.to_csv(out / "book.csv", index=False)
+    with open(out / "events.jsonl", "w") as handle:
+        write_jsonl(events, handle)
+    return {"csv": out / "book.csv", "jsonl": out / "events.jsonl", "events": len(events)}
+
+
+def test_seed_csv_replay_acknowledges_every_event(
+    bootstrap_servers: str, make_topic, synthetic_files
+) -> None:
+    topic = make_topic("seed", partitions=6)
+    result = run_cli("produce", "--source", "seed", "--input", str(synthetic_files["csv"]),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", topic, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["source"] == "seed"
+    assert summary["read"] == summary["sent"] == summary["acknowledged"]
+    assert summary["acknowledged"] == synthetic_files["events"]
+    assert summary["by_type"]["LoanOpened"] == 300
+    assert topic_count(bootstrap_servers, topic) == summary["acknowledged"]
+
+
+def test_dry_run_file_replays_to_the_same_events(tmp_path: Path, synthetic_files) -> None:
+    from models.data.adapters import read_history
+
+    out = tmp_path / "book.avro"
+    result = run_cli("produce", "--source", "seed", "--input", str(synthetic_files["csv"]),
+                     "--dry-run", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["acknowledged"] == synthetic_files["events"]
+    with open(out, "rb") as handle:
+        assert len(list(fastavro.reader(handle))) == synthetic_files["events"]
+
+    def ordered(events: list) -> list:
+        return sorted(events, key=lambda e: (e["loan_id"], e["occurred_at"], e["event_id"]))
+
+    from_file = read_history("events", out).events
+    assert ordered(from_file) == ordered(read_history("seed", synthetic_files["csv"]).events)
+
+
+def test_human_summary_and_rate_limit(bootstrap_servers: str, make_topic, synthetic_files):
+    topic = make_topic("rated")
+    started = time.monotonic()
+    result = run_cli("produce", "--source", "events", "--input", str(synthetic_files["jsonl"]),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", topic,
+                     "--rate", "1000", "--limit", "1500")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started > 1.3  # 1500 events at 1000/s, the first 100 free
+    assert "produce summary" in result.stdout and "acknowledged" in result.stdout
+    assert re.search(r"acknowledged\s+│\s+1,500", result.stdout), result.stdout
+    assert topic_count(bootstrap_servers, topic) == 1500
+
+
+def _start(*args: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "loan_recovery.cli", "produce", *args]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+
+
+def _stop(process: subprocess.Popen, signum: int, after_s: float) -> tuple[int, str, str]:
+    time.sleep(after_s)
+    process.send_signal(signum)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, out, err
+
+
+def test_live_synthetic_stream_stops_on_sigterm_and_flushes(
+    bootstrap_servers: str, make_topic
+) -> None:
+    topic = make_topic("live", partitions=3)
+    process = _start("--source", "synthetic", "--loans", "40", "--seed", "3",
+                     "--months-per-second", "6", "--bootstrap-servers", bootstrap_servers,
+                     "--topic", topic, "--json")  # fmt: skip
+    code, out, err = _stop(process, signal.SIGTERM, after_s=4.0)
+    assert code == 0, err  # stopping a live stream is its normal end
+    summary = json.loads(out)
+    assert summary["interrupted"] and summary["ok"] and summary["seed"] == 3
+    assert summary["sent"] == summary["acknowledged"] > 40  # openings plus some months
+    assert topic_count(bootstrap_servers, topic) == summary["sent"]
+
+
+def test_interrupted_replay_reports_and_exits_130(
+    bootstrap_servers: str, make_topic, synthetic_files
+) -> None:
+    topic = make_topic("sigint")
+    process = _start("--source", "events", "--input", str(synthetic_files["jsonl"]),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", topic,
+                     "--rate", "300", "--json")  # fmt: skip
+    code, out, err = _stop(process, signal.SIGINT, after_s=3.0)
+    assert code == 130, err
+    summary = json.loads(out)
+    assert summary["interrupted"] and summary["failed"] == summary["rejected"] == 0
+    assert 0 < summary["sent"] < synthetic_files["events"]
+    assert topic_count(bootstrap_servers, topic) == summary["acknowledged"] == summary["sent"]
+
+
+# -- acceptance: a 100k-event synthetic book ---------------------------------------------------
+
+
+def test_replaying_a_100k_event_book_lands_every_event(
+    bootstrap_servers: str, make_topic, tmp_path: Path
+) -> None:
+    from models.data.adapters import write_jsonl
+    from models.data.synthetic import generate_book
+
+    _, events, _ = generate_book(6_600, seed=100)  # ~15 events per loan
+    assert len(events) >= 100_000
+    log = tmp_path / "book.jsonl"
+    with open(log, "w") as handle:
+        write_jsonl(events, handle)
+    topic = make_topic("acceptance", partitions=6)
+    started = time.monotonic()
+    result = run_cli("produce", "--source", "events", "--input", str(log),
+                     "--bootstrap-servers", bootstrap_servers, "--topic", topic, "--json")
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["ok"]
+    assert summary["read"] == summary["sent"] == summary["acknowledged"] == len(events)
+    assert topic_count(bootstrap_servers, topic) == len(events)
+    print(f"100k replay: {len(events)} events, produce {summary['seconds']:.2f} s "
+          f"({summary['events_per_s']:,.0f}/s), whole command {elapsed:.2f} s")

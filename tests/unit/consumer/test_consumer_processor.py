@@ -1,0 +1,202 @@
+"""The pure partition processor (no broker): determinism over batch sizes, dead letters with
+reasons, duplicates, rollback after an abort, restore from its own changelog records, and the
+batch reference `score` built on it."""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from pathlib import Path
+
+import pytest
+
+from consumer.config import ConfigError, ServeConfig, load_properties
+from consumer.processor import CHECKPOINT_KEY, PartitionProcessor
+from consumer.reference import LOAN_COLUMNS, score_events, write_loans_csv
+from schemas import AvroSerde
+from schemas.serde import MAGIC
+
+DAY = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def events() -> list[dict]:
+    from models.data.synthetic import generate_book
+
+    return generate_book(60, seed=5)[1]
+
+
+def records(events: list[dict], first_offset: int = 0) -> list[tuple[int, bytes, bytes]]:
+    encode = AvroSerde("LoanEvent").encode
+    return [(first_offset + i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(events)]
+
+
+def run(processor: PartitionProcessor, recs: list, batch: int) -> tuple[list, list, list]:
+    changes, alerts, dead = [], [], []
+    for start in range(0, len(recs), batch):
+        out = processor.process(recs[start : start + batch], decided_at_ms=0)
+        changes += out.changes
+        alerts += out.alerts
+        dead += out.dead_letters
+    return changes, alerts, dead
+
+
+def snapshot(processor: PartitionProcessor) -> dict:
+    return {k: s.to_record() for k, s in processor.states.items()}
+
+
+def test_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
+    recs = records(events)
+    small, large = PartitionProcessor(bundle, policy, 0), PartitionProcessor(bundle, policy, 0)
+    by_seven = run(small, recs, 7)
+    at_once = run(large, recs, len(recs))
+    assert by_seven == at_once
+    assert snapshot(small) == snapshot(large)
+    assert small.segmenter.to_json() == large.segmenter.to_json()
+    changes = at_once[0]
+    assert {c["loan_id"] for c in changes} == {e["loan_id"] for e in events}  # first decision
+    assert all(c["previous_strategy"] != c["new_strategy"] for c in changes)
+    first = changes[0]
+    assert first["event_id"] == str(uuid.uuid5(uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01"),
+                                               first["source_event_id"]))
+    assert first["model_version"] == bundle.version and first["policy_version"] == policy.version
+    AvroSerde("StrategyChanged").encode(first)  # outputs are valid records
+    for alert in at_once[1]:
+        AvroSerde("EarlyWarningAlert").encode(alert)
+        assert alert["risk_tier"] == "HIGH" and alert["previous_tier"] != "HIGH"
+
+
+def test_every_kind_of_bad_input_is_a_dead_letter_with_its_reason(bundle, policy, events) -> None:
+    serde = AvroSerde("LoanEvent")
+    opened = events[0]
+    loan = opened["loan_id"]
+    day0 = opened["occurred_at"] // DAY
+    good = serde.encode(opened)
+
+    def event(body_type: str, body: dict, loan_id: str = loan) -> bytes:
+        return serde.encode({**opened, "loan_id": loan_id, "event_id": str(uuid.uuid4()),
+                             "occurred_at": opened["occurred_at"] + DAY,
+                             "body": (f"loanrec.events.{body_type}", body)})  # fmt: skip
+
+    payment = {"installment_due_date": day0 + 30, "amount_due": 10.0, "amount_paid": 10.0,
+               "outstanding_after": 5.0}  # fmt: skip
+    batch = [
+        (0, loan.encode(), good),
+        (1, loan.encode(), b"not avro at all"),
+        (2, loan.encode(), MAGIC + b"\x01" * 8 + good[10:]),
+        (3, loan.encode(), good[:14]),
+        (4, loan.encode(), event("PaymentReceived", {**payment, "amount_paid": -1.0})),
+        (5, loan.encode(), event("PaymentReceived", {**payment, "installment_due_date": 1})),
+        (6, b"GHOST", event("PaymentReceived", payment, loan_id="GHOST")),
+        (7, loan.encode(), good),  # duplicate of offset 0
+        (8, None, None),
+        (9, loan.encode(), event("PaymentReceived", payment)),
+        (10, b"another-loan", event("PaymentReceived", payment)),
+        (11, None, event("PaymentReceived", payment)),
+    ]
+    out = PartitionProcessor(bundle, policy, 3).process(batch)
+    reasons = {d.offset: d.reason for d in out.dead_letters}
+    assert reasons == {1: "bad_header", 2: "unknown_fingerprint", 3: "undecodable",
+                       4: "invalid_amount", 5: "impossible_date", 6: "unknown_loan",
+                       8: "bad_header", 10: "key_mismatch", 11: "key_mismatch"}  # fmt: skip
+    assert all(d.message and d.error_class for d in out.dead_letters)
+    assert [(d.key, d.value) for d in out.dead_letters] == [(k, v) for o, k, v in batch
+                                                            if o in reasons]  # fmt: skip
+    assert out.outcomes[("LoanOpened", "duplicate")] == 1
+    assert out.scored == 2 and out.next_offset == 12
+    assert out.outcomes[("PaymentReceived", "dlq")] == 5
+    assert out.outcomes[("unknown", "dlq")] == 4
+
+
+def test_rollback_returns_to_the_last_commit(bundle, policy, events) -> None:
+    recs = records(events)
+    half = len(recs) // 2
+    processor = PartitionProcessor(bundle, policy, 0)
+    run(processor, recs[:half], 100)
+    processor.commit()
+    committed, committed_segmenter = snapshot(processor), processor.segmenter.to_json()
+    first_try = run(processor, recs[half:], 100)
+    processor.rollback()
+    assert snapshot(processor) == committed
+    assert processor.segmenter.to_json() == committed_segmenter
+    assert run(processor, recs[half:], 33) == first_try
+
+
+def test_restore_from_changelog_records_continues_identically(bundle, policy, events) -> None:
+    recs = records(events)
+    half = len(recs) // 2
+    original = PartitionProcessor(bundle, policy, 2)
+    run(original, recs[:half], 250)
+    changelog = original.changelog_records(now_ms=1)
+    original.commit()
+    assert changelog[-1][0] == CHECKPOINT_KEY.encode()
+    assert len(changelog) == len(original.states) + 1
+
+    restored = PartitionProcessor(bundle, policy, 2)
+    loans = sum(restored.restore(key, value) for key, value in changelog)
+    restored.finish_restore()
+    assert loans == len(original.states)
+    assert snapshot(restored) == snapshot(original)
+    assert run(restored, recs[half:], 250) == run(original, recs[half:], 250)
+
+
+def test_score_reference_writes_one_row_per_loan(bundle, policy, events, tmp_path) -> None:
+    result = score_events(events, bundle, policy, partitions=6)
+    write_loans_csv(result, tmp_path / "scores.csv")
+    with open(tmp_path / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert tuple(rows[0]) == LOAN_COLUMNS
+    assert len(rows) == len({e["loan_id"] for e in events})
+    for row in rows:
+        state = result.loans[row["loan_id"]]
+        assert float(row["risk_score"]) == state.risk_score  # repr precision round-trips
+        assert row["strategy"] == state.strategy and row["risk_tier"] == state.risk_tier
+    # Every loan's last change is its final strategy.
+    last = {c["loan_id"]: c["new_strategy"] for c in result.changes}
+    assert last == {r["loan_id"]: r["strategy"] for r in rows}
+
+
+def test_properties_file_passes_through_but_cannot_break_the_guarantees(tmp_path) -> None:
+    path = tmp_path / "client.properties"
+    path.write_text("# SASL\nsecurity.protocol=SASL_SSL\nsasl.mechanisms: PLAIN\n\n")
+    props = load_properties(path)
+    assert props == {"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN"}
+    cfg = ServeConfig("b:9092", Path("m"), kafka_properties=props, instance_id="x")
+    assert cfg.producer_config()["security.protocol"] == "SASL_SSL"
+    assert cfg.producer_config()["transactional.id"] == "loan-recovery-x"
+    with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
+        ServeConfig("b:9092", Path("m"), kafka_properties={"enable.auto.commit": "true"})
+    path.write_text("just words\n")
+    with pytest.raises(ConfigError, match="line 1"):
+        load_properties(path)
+
+
+def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
+    from models.serving.bundle import ModelBundle
+
+    # The same model with a lower HIGH threshold, so that this small book reaches it.
+    strict = ModelBundle(bundle.model, {**bundle.metadata,
+                                        "thresholds": {"high": 0.2, "moderate": 0.1}})
+    processor = PartitionProcessor(strict, policy, 1)
+    _, alerts, _ = run(processor, records(events), 500)
+    assert alerts, "no loan reached the HIGH tier"
+    for alert in alerts:
+        assert alert["risk_tier"] == "HIGH" and alert["risk_score"] > 0.2
+        assert alert["previous_tier"] != "HIGH"
+        AvroSerde("EarlyWarningAlert").encode(alert)
+    assert len({a["event_id"] for a in alerts}) == len(alerts)
+    again = run(PartitionProcessor(strict, policy, 1), records(events), 77)[1]
+    assert again == alerts  # same alerts, same ids, whatever the batching
+
+
+def test_extreme_but_schema_valid_values_do_not_break_the_batch(bundle, policy, events) -> None:
+    serde = AvroSerde("LoanEvent")
+    opened = events[0]
+    extreme = {**opened, "loan_id": "L-EXTREME", "event_id": str(uuid.uuid4()),
+               "body": (opened["body"][0], {**opened["body"][1], "monthly_income": 1e-300,
+                                            "loan_amount": 1e-300, "monthly_emi": 1e300,
+                                            "collateral_value": 1e300})}  # fmt: skip
+    batch = [(0, b"L-EXTREME", serde.encode(extreme)), *records(events[:20], first_offset=1)]
+    out = PartitionProcessor(bundle, policy, 0).process(batch)
+    assert not out.dead_letters and out.scored == 21  # scored, with the absurd ratios imputed
+    assert {c["loan_id"] for c in out.changes} >= {"L-EXTREME", events[0]["loan_id"]}

@@ -1,0 +1,213 @@
+"""The compiled event kernel (``models.features._event_kernel``) against the Python reference
+``PartitionProcessor``: the same input -- valid, duplicate, corrupt and adversarial records,
+in the same batches -- must give the same states, feature rows, dead letters, outcomes,
+outputs and changelog, bit for bit."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from consumer.processor import PartitionProcessor, model_row
+from schemas import AvroSerde
+from schemas.events import make_event
+
+DAY = 86_400_000
+ENCODE = AvroSerde("LoanEvent").encode
+
+
+def test_the_kernel_is_built() -> None:
+    """CI has a C compiler: a scorer silently on the (4x slower) reference path is a bug."""
+    from models.features import _event_kernel
+
+    assert _event_kernel.EventKernel is not None
+
+
+def pair(bundle, policy) -> tuple[PartitionProcessor, PartitionProcessor]:
+    native = PartitionProcessor(bundle, policy, partition=0, native=True)
+    reference = PartitionProcessor(bundle, policy, partition=0, native=False)
+    assert native._kernel is not None and reference._kernel is None
+    return native, reference
+
+
+def run_both(bundle, policy, records: list[tuple[int, bytes | None, bytes | None]],
+             batch: int) -> int:  # fmt: skip
+    """Process ``records`` through both paths, comparing everything after every batch;
+    returns how many records the kernel applied itself."""
+    native, reference = pair(bundle, policy)
+    kernel_applied = 0
+    for start in range(0, len(records), batch):
+        chunk = records[start : start + batch]
+        a, b = native.process(chunk), reference.process(chunk)
+        kernel_applied += int(a.counts.sum())
+        assert a.n == b.n
+        assert a.rows().tobytes() == b.rows().tobytes()
+        assert a.occurred_at.tolist() == b.occurred_at.tolist()
+        assert a.offsets == b.offsets and a.values == b.values
+        assert [s.loan_id for s in a.states] == [s.loan_id for s in b.states]
+        assert a.outcomes == b.outcomes
+        assert dead(a) == dead(b)
+        assert a.changes == b.changes and a.alerts == b.alerts
+        assert native.changelog_records(1) == reference.changelog_records(1)
+        assert native.events_applied == reference.events_applied
+        native.commit()
+        reference.commit()
+    assert native.states.keys() == reference.states.keys()
+    for loan_id, state in native.states.items():
+        other = reference.states[loan_id]
+        assert state.tobytes() == other.tobytes(), loan_id
+        assert (state.loan_id, state.borrower_id, state.strategy, state.risk_tier,
+                state.segment) == (other.loan_id, other.borrower_id, other.strategy,
+                                   other.risk_tier, other.segment)  # fmt: skip
+    assert native.segmenter.to_json() == reference.segmenter.to_json()
+    return kernel_applied
+
+
+def dead(result) -> list[tuple]:
+    return [(d.offset, d.reason, d.message, d.event_type) for d in result.dead_letters]
+
+
+def book_records(loans: int, seed: int) -> list[tuple[int, bytes, bytes]]:
+    from models.data.synthetic import generate_book
+
+    events = generate_book(loans, seed=seed)[1]
+    events.sort(key=lambda e: e["occurred_at"])
+    return [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
+
+
+@pytest.mark.parametrize("batch", [1, 7, 500])
+def test_valid_stream_is_identical(bundle, policy, batch: int) -> None:
+    records = book_records(40, seed=21)
+    assert len(records) > 500
+    kernel_applied = run_both(bundle, policy, records, batch)
+    assert kernel_applied == len(records)  # a plain valid stream never needs the reference
+
+
+def opened(loan: str, at: int, **changes) -> dict:
+    body = dict(age=40, gender="Female", employment_type="Salaried", monthly_income=5000.0,
+                num_dependents=1, loan_amount=12000.0, loan_tenure_months=12,
+                interest_rate=9.5, loan_type="Personal", collateral_value=0.0,
+                monthly_emi=1050.0)  # fmt: skip
+    body.update(changes)
+    return make_event(f"open-{loan}", loan, f"B-{loan}", at, "LoanOpened", body)
+
+
+def missed(loan: str, n: int, at: int, **changes) -> dict:
+    body = dict(installment_due_date=at // DAY - 1, amount_due=1050.0, days_past_due=10,
+                outstanding=12000.0)  # fmt: skip
+    body.update(changes)
+    return make_event(f"miss-{loan}-{n}", loan, f"B-{loan}", at, "PaymentMissed", body)
+
+
+def paid(loan: str, n: int, at: int, **changes) -> dict:
+    body = dict(installment_due_date=at // DAY, amount_due=1050.0, amount_paid=1050.0,
+                outstanding_after=11000.0)  # fmt: skip
+    body.update(changes)
+    return make_event(f"pay-{loan}-{n}", loan, f"B-{loan}", at, "PaymentReceived", body)
+
+
+def collection(loan: str, n: int, at: int, method: str = "CALLS", legal: bool = False) -> dict:
+    body = dict(method=method, outcome="NO_CONTACT", legal_action=legal)
+    return make_event(f"coll-{loan}-{n}", loan, f"B-{loan}", at, "CollectionAttempt", body)
+
+
+def closed(loan: str, at: int) -> dict:
+    return make_event(f"close-{loan}", loan, f"B-{loan}", at, "LoanClosed", {"reason": "REPAID"})
+
+
+def adversarial_events() -> list[dict]:
+    """Every refusal rule of models.features.state, each next to events that are fine."""
+    t0 = 1_700_000_000_000
+    inf, nan = float("inf"), float("nan")
+    return [
+        opened("A", t0), paid("A", 1, t0 + 30 * DAY), paid("A", 1, t0 + 30 * DAY),  # dup
+        missed("A", 2, t0 + 60 * DAY, days_past_due=-1),  # invalid_days_past_due
+        missed("A", 3, t0 + 60 * DAY, amount_due=-5.0),  # invalid_amount
+        missed("A", 4, t0 + 60 * DAY, outstanding=nan),
+        paid("A", 5, t0 + 61 * DAY, amount_paid=inf),
+        paid("A", 6, t0 + 61 * DAY, installment_due_date=0),  # impossible_date
+        missed("A", 7, t0 + 62 * DAY, days_past_due=40_000),
+        missed("A", 8, t0 + 63 * DAY, outstanding=1e300),  # beyond float32 -> NaN feature
+        paid("A", 9, t0 + 64 * DAY, amount_paid=0.0, installment_due_date=(t0 // DAY) + 63),
+        paid("A", 10, t0 - DAY),  # before_opening
+        opened("A", t0 + 65 * DAY),  # already_opened
+        collection("A", 11, t0 + 66 * DAY, "LEGAL_NOTICE", legal=True),
+        collection("A", 12, t0 + 67 * DAY, "OTHER"),
+        paid("A", 13, t0 + 68 * DAY, amount_paid=-0.0, outstanding_after=-0.0),
+        closed("A", t0 + 69 * DAY), paid("A", 14, t0 + 70 * DAY),  # loan_closed
+        paid("ghost", 1, t0),  # unknown_loan
+        opened("B", t0, age=0, num_dependents=-1, loan_tenure_months=0, monthly_income=nan,
+               loan_amount=0.0, gender="f", employment_type="astronaut", loan_type=""),
+        missed("B", 1, t0 + 31 * DAY, amount_due=0.0), paid("B", 2, t0 + 32 * DAY),
+        opened("C", t0, monthly_income=-1.0),  # invalid_amount at opening
+        opened("D", t0, collateral_value=inf),
+        opened("E", t0, monthly_income=1e-300, monthly_emi=1e300),  # inf ratio -> NaN
+        missed("E", 1, t0 + 31 * DAY),
+        opened("F", -5 * DAY, gender="Männlich"), missed("F", 1, 40 * DAY),
+        opened("G", t0, loan_amount=3e38, collateral_value=3e38),
+        missed("G", 1, t0 + 31 * DAY, outstanding=3e38),
+    ]  # fmt: skip
+
+
+def corruptions(value: bytes, rng: random.Random) -> list[bytes]:
+    """Broken variants of one encoded record."""
+    flipped = bytearray(value)
+    flipped[rng.randrange(10, len(value))] ^= 1 << rng.randrange(8)
+    return [
+        value[:-1], value + b"\x00", value[:9], b"", value[:2] + b"\x00" * 8 + value[10:],
+        bytes(flipped), value[:10] + b"\xff" * 12, value[:10] + b"\x02\xff\xfe" + value[13:],
+    ]
+
+
+def test_adversarial_stream_is_identical(bundle, policy) -> None:
+    events = adversarial_events()
+    records: list[tuple[int, bytes | None, bytes | None]] = [
+        (i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
+    rng = random.Random(3)
+    offset = len(records)
+    for _, key, value in list(records)[:12]:
+        for broken in corruptions(value, rng):  # type: ignore[arg-type]
+            records.append((offset, key, broken))
+            offset += 1
+    records += [(offset, b"wrong-key", records[0][2]), (offset + 1, None, records[1][2]),
+                (offset + 2, b"A", None)]  # fmt: skip
+    assert run_both(bundle, policy, records, batch=5) > 10
+    run_both(bundle, policy, records, batch=len(records))
+
+
+def test_enum_and_boolean_bytes_out_of_range_fall_back(bundle, policy) -> None:
+    t0 = 1_700_000_000_000
+    base = [opened("H", t0), collection("H", 1, t0 + DAY, "OTHER")]
+    good = ENCODE(base[1])
+    # The body ends with: method index, outcome index, legal_action byte.
+    variants = [good[:-3] + bytes([b1, b2, b3]) for b1, b2, b3 in
+                [(8, 0, 0), (2, 10, 0), (2, 0, 2), (2, 0, 1), (1, 8, 0)]]  # fmt: skip
+    records = [(0, b"H", ENCODE(base[0]))] + [(i + 1, b"H", v) for i, v in enumerate(variants)]
+    run_both(bundle, policy, records, batch=3)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), min_size=1, max_size=4),
+       st.integers(0, 2**31))  # fmt: skip
+def test_random_byte_edits_are_identical(bundle, policy, edits, seed) -> None:
+    rng = random.Random(seed)
+    events = [*adversarial_events()[:3], missed("A", 20, 1_700_000_000_000 + 40 * DAY)]
+    records = [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
+    target = rng.randrange(len(records))
+    value = bytearray(records[target][2])
+    for position, byte in edits:
+        value[10 + position % (len(value) - 10)] = byte
+    records.append((len(records), records[target][1], bytes(value)))
+    run_both(bundle, policy, records, batch=2)
+
+
+def test_model_row_is_elementwise() -> None:
+    """Values cancelling in a sum must not hide one beyond the limit."""
+    row = [3e38, -3e38, 1.0, float("inf"), float("nan")]
+    cleaned = model_row(row)
+    assert np.isnan(cleaned[0]) and np.isnan(cleaned[1]) and cleaned[2] == 1.0
+    assert np.isnan(cleaned[3]) and np.isnan(cleaned[4])

@@ -1,0 +1,199 @@
+"""models.serving.forest + models.serving._forest_kernel: the compiled forest stage and the numpy
+``prepare`` give exactly the bits of the reference and of scikit-learn's ``predict_proba`` --
+NaNs, huge values, unknown categories, single rows, empty batches -- and the compiled kernel is
+actually built (no silent fallback)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from models.serving.forest import DensePrepare, FastCalibratedForest
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    """A calibrated forest of the trained shape, with deep trees (small leaves) so paths of
+    very different lengths are walked side by side."""
+    from models.data.adapters import seed_frame_history
+    from models.data.synthetic import generate_book
+    from models.serving.bundle import single_threaded
+    from models.training.early_warning import build_model, feature_matrix
+
+    frame, _, _ = generate_book(2000, seed=7)
+    x, y, _ = feature_matrix(seed_frame_history(frame))
+    fitted = build_model(seed=1, n_estimators=40, min_samples_leaf=3, n_jobs=1).fit(x, y)
+    single_threaded(fitted)
+    return fitted
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    """Feature rows of another book, some incomes missing (imputed by the pipeline)."""
+    from models.data.synthetic import generate_book
+    from models.features.state import replay
+
+    _, events, _ = generate_book(800, seed=13)
+    x = np.array([s.features() for s in replay(events).values()], dtype=np.float64)
+    x[::7, 3] = np.nan
+    return x
+
+
+def both_paths(model: Any) -> tuple[FastCalibratedForest, FastCalibratedForest]:
+    return FastCalibratedForest(model, native=True), FastCalibratedForest(model, native=False)
+
+
+def assert_same_bits(model: Any, x: np.ndarray) -> None:
+    native, reference = both_paths(model)
+    expected = model.predict_proba(x)[:, 1]
+    assert np.array_equal(reference.predict_proba(x), expected)
+    assert np.array_equal(native.predict_proba(x), expected)
+
+
+def test_the_compiled_kernel_is_built_and_used_by_default(model) -> None:
+    """Fails (never skips) when the extension is missing: the scorer would silently run ~3x
+    slower on the reference path."""
+    from models.serving._forest_kernel import ForestKernel  # noqa: F401 -- must import
+
+    assert FastCalibratedForest(model).native
+    assert not FastCalibratedForest(model, native=False).native
+
+
+def test_kernel_equals_reference_and_scikit_learn_bit_for_bit(model, rows) -> None:
+    assert_same_bits(model, rows)
+    assert len(set(np.round(model.predict_proba(rows)[:, 1], 3))) > 20, "many leaves"
+
+
+def test_single_rows_and_odd_batch_sizes(model, rows) -> None:
+    """Small batches walk several trees per row at once; block edges must not matter."""
+    native, _ = both_paths(model)
+    whole = native.predict_proba(rows)
+    for size in (1, 2, 3, 63, 64, 65, 129):
+        assert np.array_equal(native.predict_proba(rows[:size]), whole[:size])
+        assert_same_bits(model, rows[size : 2 * size])
+    one_by_one = np.array([native.predict_proba(rows[i : i + 1])[0] for i in range(40)])
+    assert np.array_equal(one_by_one, whole[:40])
+
+
+def test_empty_batches(model, rows) -> None:
+    """The kernel scores an empty batch; the pipeline's imputer refuses one on both paths, as
+    scikit-learn does (``ModelBundle.predict_proba`` answers empty batches before it)."""
+    native, reference = both_paths(model)
+    width = native._kernel.n_features
+    assert native._kernel.sum_votes(np.zeros((0, width), dtype=np.float32)).shape == (0,)
+    empty = np.zeros((0, rows.shape[1]))
+    for path in (native, reference, lambda x: model.predict_proba(x)):
+        with pytest.raises(ValueError, match="0 sample"):
+            getattr(path, "predict_proba", path)(empty)
+
+
+def test_huge_and_missing_values(model, rows) -> None:
+    x = rows[:60].copy()
+    x[0:10, :] = np.nan  # every column missing: all imputed
+    x[10:20, 3] = 1e30
+    x[20:30, 0] = -3.0e38  # near the float32 limit, still finite as float32
+    x[30:40, 1] = 3.4e38
+    x[40:50, 2] = -1e-45  # float32 subnormal
+    assert_same_bits(model, x)
+
+
+def test_values_beyond_float32_follow_the_reference(model, rows) -> None:
+    """scikit-learn refuses rows that overflow float32; the fast paths walk them as +-inf
+    (as ``tree_.apply`` does). The kernel must agree with the reference there too."""
+    native, reference = both_paths(model)
+    x = rows[:20].copy()
+    x[:10, 3], x[10:, 0] = 1e300, -1e300
+    with np.errstate(over="ignore"):
+        assert np.array_equal(native.predict_proba(x), reference.predict_proba(x))
+
+
+def test_nan_reaching_the_trees_goes_by_missing_go_to_left() -> None:
+    """Without an imputer, NaNs reach the splits: both directions of ``missing_go_to_left``
+    must be taken as scikit-learn's ``apply`` takes them."""
+    from models.serving._forest_kernel import ForestKernel
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 5))
+    y = (x[:, 0] + np.where(np.isnan(x[:, 1]), 2.0, x[:, 1]) > 0.5).astype(int)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    y[np.isnan(x[:, 0])] = 1  # missingness carries signal, so NaNs go both ways
+    forest = RandomForestClassifier(n_estimators=25, min_samples_leaf=2, random_state=0,
+                                    n_jobs=1).fit(x, y)  # fmt: skip
+    trees = [e.tree_ for e in forest.estimators_]
+    flags = np.concatenate([t.missing_go_to_left[t.children_left != -1] for t in trees])
+    assert flags.min() == 0 and flags.max() == 1
+    probe = rng.normal(size=(300, 5))
+    probe[rng.random(probe.shape) < 0.3] = np.nan
+    x32 = probe.astype(np.float32)
+    kernel = ForestKernel(trees, 5)
+    expected = forest.predict_proba(x32)[:, 1]
+    assert np.array_equal(kernel.sum_votes(x32), expected)
+    with pytest.raises(ValueError, match="features"):
+        kernel.sum_votes(np.zeros((2, 4), dtype=np.float32))
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    """The raw 64-bit patterns (tells -0.0 from 0.0 and NaN payloads apart)."""
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.uint64)
+
+
+def test_numpy_prepare_is_scikit_learns_transform_bit_for_bit(model, rows) -> None:
+    native, reference = both_paths(model)
+    assert isinstance(native._prepare, DensePrepare)
+    assert not isinstance(reference._prepare, DensePrepare)
+    sklearn_prepare = model.calibrated_classifiers_[0].estimator[:-1]
+    x = rows[:200].copy()
+    x[np.random.default_rng(1).random(x.shape) < 0.15] = np.nan  # every column, categories too
+    x[:5, :] = np.nan
+    x[5:10, :] = -0.0
+    x[10:15, :] = 7.5  # categories never seen in training: one-hot all zeros
+    x[15:20, :] = -1e300  # finite in float64: imputed and encoded (the forest would refuse it)
+    expected = sklearn_prepare.transform(x)
+    assert np.array_equal(bits(native._prepare.transform(x)), bits(expected))
+    assert_same_bits(model, np.delete(x, np.s_[15:20], axis=0))
+
+
+def test_numpy_prepare_hands_unusual_input_to_scikit_learn(model, rows) -> None:
+    """Infinities, another width, another dtype: scikit-learn decides (here: raises or casts),
+    exactly as without the numpy twin."""
+    native, _ = both_paths(model)
+    sklearn_prepare = model.calibrated_classifiers_[0].estimator[:-1]
+    x = rows[:10].copy()
+    x[3, 0] = np.inf
+    for path in (native._prepare, sklearn_prepare):
+        with pytest.raises(ValueError, match="infinity"):
+            path.transform(x)
+        with pytest.raises(ValueError, match="features"):
+            path.transform(rows[:10, :-1])
+    as_float32 = rows[:10].astype(np.float32)
+    assert np.array_equal(bits(native._prepare.transform(as_float32)),
+                          bits(sklearn_prepare.transform(as_float32)))  # fmt: skip
+
+
+def test_other_prepare_shapes_are_left_to_scikit_learn() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.arange(12.0).reshape(4, 3)
+    scaled = Pipeline([("prepare", ColumnTransformer([("s", StandardScaler(), [0, 1])]))])
+    indicator = ColumnTransformer([("i", SimpleImputer(add_indicator=True), [0, 1, 2])])
+    passthrough = ColumnTransformer([("i", SimpleImputer(), [0])], remainder="passthrough")
+    for prepare in (scaled, indicator, passthrough):
+        assert DensePrepare.of(prepare.fit(x)) is None
+    plain = ColumnTransformer([("i", SimpleImputer(), [2, 0])]).fit(x)
+    assert DensePrepare.of(plain) is not None
+
+
+def test_isotonic_shortcut_is_the_calibrators_predict(model) -> None:
+    """The calibrator is called without its input validation: same clip, same interpolator."""
+    native, _ = both_paths(model)
+    calibrator = model.calibrated_classifiers_[0].calibrators[0]
+    assert native._calibrate != calibrator.predict
+    votes = np.concatenate([np.linspace(-0.5, 1.5, 4001), [0.0, 1.0, -0.0]])
+    votes = np.concatenate([votes, calibrator.X_thresholds_])  # the knots themselves
+    assert np.array_equal(bits(native._calibrate(votes)), bits(calibrator.predict(votes)))
