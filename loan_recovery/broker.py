@@ -25,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas.errors import LoanRecoveryError
+
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 HEAP_OPTS = "-Xms256m -Xmx512m"
 
@@ -37,7 +39,7 @@ def default_data_dir() -> Path:
     return cache_dir() / "broker"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(LoanRecoveryError, RuntimeError):
     """The local broker could not be fetched, started or reached."""
 
 

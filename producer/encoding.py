@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from producer.errors import ProducerError
 from schemas import AvroSerde
 
 
-class RejectedEvent(ValueError):
+class RejectedEvent(ProducerError, ValueError):
     """An event that is not sent; ``reason`` is a short snake_case name for the summary."""
 
     def __init__(self, reason: str, message: str) -> None:

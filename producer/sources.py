@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from producer.errors import ProducerError
+
 SOURCES = ("seed", "uci", "events", "synthetic")
 MONTH_MS = 30.4375 * 24 * 3600 * 1000  # mean Gregorian month
 
 
-class SourceError(ValueError):
+class SourceError(ProducerError, ValueError):
     """The source cannot be opened; the message names the file or option and the fix."""
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from schemas.errors import LoanRecoveryError
 from schemas.registry import SchemaRegistry, SchemaVersion, default_registry
 
 MAGIC = b"\xc3\x01"
@@ -40,7 +41,7 @@ def _without_addresses(message: str) -> str:
 _OBJECT_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
-class SchemaDecodeError(ValueError):
+class SchemaDecodeError(LoanRecoveryError, ValueError):
     """Bytes that are not a decodable single-object Avro record of the expected schema.
 
     ``reason`` is one of ``bad_header`` (too short or wrong magic), ``unknown_fingerprint``

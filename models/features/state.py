@@ -30,6 +30,7 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES, decode, encode
 from schemas.events import (
     COLLECTION_ATTEMPT,
@@ -96,7 +97,7 @@ def _gc_untracker() -> Callable[[object], None]:
 _untrack = _gc_untracker()
 
 
-class InvalidEvent(ValueError):
+class InvalidEvent(ModelsError, ValueError):
     """An event the state machine refuses. ``reason`` is a short snake_case label (DLQ header,
     metric label); the message says what was wrong."""
 

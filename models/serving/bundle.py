@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES
 from models.serving.forest import fast_predictor
 
@@ -57,7 +58,7 @@ TRUSTED_TYPES = (
 )
 
 
-class BundleError(ValueError):
+class BundleError(ModelsError, ValueError):
     """A bundle that is missing, incomplete, tampered with or of an unknown format."""
 
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from models.errors import ModelsError
+
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 TIERS = ("HIGH", "MODERATE", "LOW")
 SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
@@ -30,7 +32,7 @@ REQUIRED_STRATEGIES = (
 )  # fmt: skip
 
 
-class PolicyError(ValueError):
+class PolicyError(ModelsError, ValueError):
     """An invalid policy file; the message names the file, the key and the fix."""
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from joblib import parallel_config
 
 from models.data.adapters import History
+from models.errors import ModelsError
 from models.features.columns import (
     CATEGORICAL_FEATURES,
     FEATURE_INDEX,
@@ -51,7 +52,7 @@ PERMUTATION_ROWS = 2000  # permutation importance on a seeded holdout subsample:
 PERMUTATION_REPEATS = 3  # features x repeats times
 
 
-class TrainingError(ValueError):
+class TrainingError(ModelsError, ValueError):
     """Training data that cannot produce a model (no outcomes, one class only, ...)."""
 
 

@@ -14,10 +14,12 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from models.errors import ModelsError
+
 DAY_MS = 86_400_000
 
 
-class AdapterError(ValueError):
+class AdapterError(ModelsError, ValueError):
     """A history file that cannot be read; the message names file, row, column and the fix."""
 
 
