@@ -16,7 +16,7 @@ order, updates the partition's online segmenter, applies the policy, and emits a
 ``StrategyChanged`` when the loan's strategy changes and an ``EarlyWarningAlert`` when its tier
 rises to HIGH. Output ids are uuid5 of the source event id, so a replay yields identical
 records. Every result is a pure function of the partition's input sequence and the state
-committed before it (DESIGN.md §5, Determinism).
+committed before it (ARCHITECTURE.md §5, Determinism).
 
 Steps 1-4 run in the compiled ``models.features._event_kernel`` when it is built: it reads the Avro
 bytes in place and writes each feature row straight into the batch's matrix, and gives every

@@ -1,4 +1,4 @@
-"""The ``loan-recovery`` command line (DESIGN.md §7). Each command group lives in its own
+"""The ``loan-recovery`` command line (ARCHITECTURE.md §9). Each command group lives in its own
 module under ``loan_recovery.commands``; this file only wires them together."""
 
 from __future__ import annotations

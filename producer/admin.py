@@ -1,4 +1,4 @@
-"""Create the project's topics (DESIGN.md §3), idempotently."""
+"""Create the project's topics (ARCHITECTURE.md §3), idempotently."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Default topic names (DESIGN.md §3). Every command takes overrides."""
+"""Default topic names (ARCHITECTURE.md §3). Every command takes overrides."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``loan-recovery topics create``: the topics of DESIGN.md §3, idempotently."""
+"""``loan-recovery topics create``: the topics of ARCHITECTURE.md §3, idempotently."""
 
 from __future__ import annotations
 

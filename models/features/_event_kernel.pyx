@@ -28,13 +28,13 @@ from libc.string cimport memcmp, memcpy
 
 import hashlib
 
-from models import state as _state
+from models.features import state as _state
 from models.features.columns import encode as _encode_category
 
 BODY_KINDS = ("LoanOpened", "PaymentReceived", "PaymentMissed", "CollectionAttempt",
               "LoanClosed")  # short names, by Avro union branch
 
-# -- the state layout (models.features.state.SLOTS), checked against the Python module at import -----
+# -- the state layout (models.features.state.SLOTS), checked against the Python module at import
 cdef enum:
     AGE = 0
     GENDER = 1

@@ -1,4 +1,4 @@
-r"""History files -> one stream of ``LoanEvent`` dicts + outcomes (DESIGN.md §4).
+r"""History files -> one stream of ``LoanEvent`` dicts + outcomes (ARCHITECTURE.md §4).
 
 Three sources, one output: a :class:`History` whose ``events`` are in per-loan event-time
 order (replay them through :func:`models.features.state.replay`) and whose ``outcomes`` map
