@@ -199,3 +199,11 @@ def test_extreme_but_schema_valid_values_do_not_break_the_batch(bundle, policy, 
     out = PartitionProcessor(bundle, policy, 0).process(batch)
     assert not out.dead_letters and out.scored == 21  # scored, with the absurd ratios imputed
     assert {c.loan_id for c in out.changes} >= {"L-EXTREME", events[0]["loan_id"]}
+
+
+@pytest.mark.parametrize("name", ["", "e1", "ünïcødé-id", str(uuid.uuid4()), "x" * 300])
+def test_output_ids_are_exactly_uuid5(name: str) -> None:
+    from consumer.processor import uuid5_str
+
+    for namespace in (uuid.NAMESPACE_DNS, uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01")):
+        assert uuid5_str(namespace, name) == str(uuid.uuid5(namespace, name))
