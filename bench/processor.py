@@ -59,8 +59,8 @@ def run_processor(model: Path, records: list[tuple[int, bytes, bytes]]) -> dict[
         t2 = time.perf_counter()
         processor.decide(result, scores)
         t3 = time.perf_counter()
-        processor.changelog_records(0)
-        processor.commit()
+        processor.store.changelog_records(0)
+        processor.store.commit()
         t4 = time.perf_counter()
         for stage, seconds in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             stages[stage] += seconds

@@ -15,7 +15,7 @@
   restore path, ``ChangelogRestorer.restore`` into six fresh ``PartitionProcessor`` objects, is
   timed from start to finish. Target: at least 100,000 loans/s (a million loans back in 10 s).
 - ``restored_bytes_per_loan`` (a check, no target): the same kind of loans held after a restart,
-  i.e. decoded from their changelog records by ``PartitionProcessor.restore``, measured like
+  i.e. decoded from their changelog records by ``PartitionStore.restore``, measured like
   ``state_bytes_per_loan`` -- a restarted scorer must fit where the running one did.
 
 Run alone (starts its own broker and trains its own small model)::
@@ -61,7 +61,7 @@ class StateResult:
     restore_seconds: float
     restore_loans_per_s: float
     # Not a target, a check: the same loans held after a restart, i.e. decoded from changelog
-    # records by ``PartitionProcessor.restore`` (no Kafka), measured like state_bytes_per_loan.
+    # records by ``PartitionStore.restore`` (no Kafka), measured like state_bytes_per_loan.
     restored_bytes_per_loan: float = 0.0
 
 
@@ -112,7 +112,7 @@ def processor_for(model: Path, partition: int = 0, topic: str = "loan.events") -
 def bytes_per_loan(model: Path, loans: int) -> tuple[float, float]:
     """(bytes per loan, seconds to build) for ``loans`` states in a processor's dict."""
     processor = processor_for(model)
-    states = processor.states
+    states = processor.store.states
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -128,7 +128,7 @@ def bytes_per_loan(model: Path, loans: int) -> tuple[float, float]:
 
 
 def restored_bytes_per_loan(model: Path, loans: int) -> float:
-    """Bytes per loan of states that came back through ``PartitionProcessor.restore``."""
+    """Bytes per loan of states that came back through ``PartitionStore.restore``."""
     from schemas import AvroSerde
 
     encode = AvroSerde("LoanState").encode
@@ -139,11 +139,11 @@ def restored_bytes_per_loan(model: Path, loans: int) -> float:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
     for key, value in records:
-        processor.restore(key, value)
+        processor.store.restore(key, value)
     gc.collect()
     used = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
-    assert len(processor.states) == loans
+    assert len(processor.store.states) == loans
     return used / loans
 
 
@@ -179,7 +179,7 @@ def write_changelog(bootstrap: str, model: Path, loans: int) -> tuple[Any, int]:
             now_ms = int(time.time() * 1000)
             for p, processor in processors.items():
                 _produce(producer, topics.changelog, b"__partition__",
-                         processor.checkpoint_value(now_ms), p)  # fmt: skip
+                         processor.store.checkpoint_value(now_ms), p)  # fmt: skip
                 written += 1
             producer.commit_transaction(60)
             if i < loans:
@@ -200,23 +200,25 @@ def _produce(producer: Any, topic: str, key: bytes, value: bytes, partition: int
 def time_restore(config: Any, model: Path, profile: bool = False) -> tuple[int, float, str]:
     """(loans restored, seconds, cProfile top entries or "") of ChangelogRestorer.restore into
     fresh processors."""
-    from consumer.state_store import ChangelogRestorer
+    from confluent_kafka import Consumer
+
+    from consumer.recovery import ChangelogRestorer
 
     topics = config.topics
     processors = {p: processor_for(model, p, topics.events) for p in range(PARTITIONS)}
-    restorer = ChangelogRestorer(config.restore_consumer_config(), topics.changelog)
+    restorer = ChangelogRestorer(Consumer(config.restore_consumer_config()), topics.changelog)
     profiler = cProfile.Profile() if profile else None
     try:
         started = time.perf_counter()
         if profiler:
             profiler.enable()
-        restored = restorer.restore(processors)
+        restored = restorer.restore({p: processor.store for p, processor in processors.items()})
         if profiler:
             profiler.disable()
         seconds = time.perf_counter() - started
     finally:
         restorer.close()
-    held = sum(len(p.states) for p in processors.values())
+    held = sum(len(p.store.states) for p in processors.values())
     if held != restored:
         raise RuntimeError(f"restore reported {restored} loans but the processors hold {held}")
     top = ""

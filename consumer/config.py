@@ -1,5 +1,6 @@
 """Scorer settings: CLI flags, ``LOANREC_*`` environment variables (handled by the CLI), and a
-librdkafka properties file passed through unchanged, so SASL/SSL work as users know them.
+librdkafka properties file passed through unchanged, so SASL/SSL work as users know them (read
+by ``schemas.client_config.load_properties``, the one loader ``producer`` uses too).
 
 Precedence: a flag, then its ``LOANREC_*`` variable, then the properties file (for
 ``bootstrap.servers``), then defaults. The settings the guarantees rest on (manual offset
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from consumer.errors import ConfigError as ConfigError
 from schemas.topics import Topics
 
 
@@ -31,36 +33,11 @@ class Guarantee(StrEnum):
     at_least_once = "at-least-once"
 
 
-class ConfigError(ValueError):
-    """Settings that cannot work; the message names the setting and the fix."""
-
-
 def default_instance_id() -> str:
     """The host name: stable across restarts of one replica (container, pod), distinct between
     replicas. A restarted instance reuses its transactional id, which aborts a transaction it
     left open when it crashed instead of waiting for the broker's transaction timeout."""
     return socket.gethostname() or "scorer-0"
-
-
-def load_properties(path: Path) -> dict[str, str]:
-    """Parse a librdkafka/Java ``.properties`` file (``key=value`` or ``key: value`` lines,
-    ``#``/``!`` comments). Kept here rather than shared with ``producer`` because the two
-    packages must not import each other (docs/INTERNALS.md)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError(f"--kafka-config {path}: cannot read it ({error.strerror})") from None
-    settings: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line[0] in "#!":
-            continue
-        cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
-        if cut <= 0:
-            raise ConfigError(f"--kafka-config {path}, line {number}: expected key=value, "
-                              f"got {line!r}")  # fmt: skip
-        settings[line[:cut].strip()] = line[cut + 1 :].strip()
-    return settings
 
 
 # Settings the exactly-once design depends on; a properties file may not change them.

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import (
@@ -28,6 +29,9 @@ from prometheus_client import (
 )
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from consumer.processor import BatchResult
 from prometheus_client.utils import floatToGoString
 
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -168,6 +172,22 @@ class ScorerMetrics:
             self.loans_by_segment.labels(segment=segment).set(by_segment.get(segment, 0))
         for tier in {*TIERS, *by_tier}:
             self.loans_by_tier.labels(tier=tier).set(by_tier.get(tier, 0))
+
+    def record_batch(self, result: BatchResult, now_ms: int) -> None:
+        """What one partition's batch did: outcomes, outputs, and event-time latency (one
+        vectorised observation per batch: no per-message work)."""
+        for (event_type, outcome), n in result.outcomes.items():
+            self.events.labels(event_type=event_type, outcome=outcome).inc(n)
+        for change in result.changes:
+            self.strategy_changes.labels(from_strategy=change.previous_strategy or "NONE",
+                                         to_strategy=change.new_strategy).inc()  # fmt: skip
+        if result.alerts:
+            self.alerts.labels(tier="HIGH").inc(len(result.alerts))
+        for dead in result.dead_letters:
+            self.dlq.labels(reason=dead.reason).inc()
+        if result.n:
+            lag_ms = now_ms - result.occurred_at.astype(np.float64)
+            self.event_latency.observe_many(np.maximum(lag_ms, 0.0) / 1000)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -9,7 +9,7 @@ same input, whatever its batch sizes, crashes or rebalances.
 Example (with a trained bundle)::
 
     result = score_events(events, bundle, policy, partitions=6)
-    result.loans["L00001"].strategy, result.changes[0]["new_strategy"]
+    result.loans["L00001"].strategy, result.changes[0].new_strategy
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from consumer.outputs import DeadLetter, EarlyWarningAlert, StrategyChanged
 from consumer.partitioning import split_by_partition
-from consumer.processor import DeadLetter, PartitionProcessor
+from consumer.processor import PartitionProcessor
+from models.features.state import LoanState
+from models.serving.contracts import EarlyWarningModel, StrategyPolicy
 from schemas import AvroSerde
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
@@ -33,15 +36,15 @@ CHANGE_COLUMNS = ("loan_id", "source_event_id", "source_partition", "source_offs
 
 @dataclass
 class ScoreResult:
-    # loan_id -> models.features.state.LoanState
-    loans: dict[str, Any] = field(default_factory=dict)
-    changes: list[dict[str, Any]] = field(default_factory=list)  # StrategyChanged records
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    loans: dict[str, LoanState] = field(default_factory=dict)
+    changes: list[StrategyChanged] = field(default_factory=list)
+    alerts: list[EarlyWarningAlert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events: int = 0
 
 
-def score_events(events: Iterable[dict[str, Any]], bundle: Any, policy: Any,
+def score_events(events: Iterable[dict[str, Any]], bundle: EarlyWarningModel,
+                 policy: StrategyPolicy,
                  partitions: int = DEFAULT_PARTITIONS, topic: str = Topics().events,
                  batch: int = BATCH,
                  progress: Callable[[int, int], None] | None = None) -> ScoreResult:  # fmt: skip
@@ -63,7 +66,7 @@ def score_events(events: Iterable[dict[str, Any]], bundle: Any, policy: Any,
             result.dead_letters += out.dead_letters
             if progress:
                 progress(result.events - len(records) + min(start + batch, len(records)), total)
-        result.loans.update(processor.states)
+        result.loans.update(processor.store.states)
     return result
 
 
@@ -83,6 +86,6 @@ def write_changes_csv(result: ScoreResult, path: Path) -> None:
         writer = csv.writer(out)
         writer.writerow(CHANGE_COLUMNS)
         for c in result.changes:
-            writer.writerow([c["loan_id"], c["source_event_id"], c["source_partition"],
-                             c["source_offset"], c["previous_strategy"] or "", c["new_strategy"],
-                             repr(c["risk_score"]), c["risk_tier"], c["segment"]])  # fmt: skip
+            writer.writerow([c.loan_id, c.source_event_id, c.source_partition, c.source_offset,
+                             c.previous_strategy or "", c.new_strategy, repr(c.risk_score),
+                             c.risk_tier, c.segment])  # fmt: skip

@@ -23,7 +23,9 @@ Example::
 
 from __future__ import annotations
 
-from pathlib import Path
+# One loader for both packages (they may not import each other); re-exported for the CLI.
+from schemas.client_config import KafkaConfigError as KafkaConfigError
+from schemas.client_config import load_properties as load_properties
 
 # Defaults chosen for replay throughput; a properties file may override any of them.
 THROUGHPUT_DEFAULTS: dict[str, str] = {
@@ -42,42 +44,6 @@ REQUIRED: dict[str, str] = {
 _ACKS_ALL = {"all", "-1"}
 # The scorer's batch reference (`loan-recovery score`) reproduces the *default* partitioner.
 _FORBIDDEN = ("partitioner", "partitioner_cb", "transactional.id")
-
-
-class KafkaConfigError(ValueError):
-    """A properties file that cannot be read or contradicts the producer's guarantees."""
-
-
-def load_properties(path: Path) -> dict[str, str]:
-    """Parse a Java/librdkafka ``.properties`` file: ``key=value`` (or ``key: value``) lines,
-    ``#``/``!`` comments, blank lines ignored. Values are kept verbatim (no escapes)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise KafkaConfigError(
-            f"--kafka-config {path}: cannot read it ({error.strerror})"
-        ) from None
-    settings: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line[0] in "#!":
-            continue
-        key, sep, value = _split_property(line)
-        if not sep or not key:
-            raise KafkaConfigError(
-                f"--kafka-config {path}, line {number}: expected key=value, got {line!r}"
-            )
-        settings[key] = value
-    return settings
-
-
-def _split_property(line: str) -> tuple[str, str, str]:
-    # Java properties accept '=' or ':' as separator; take whichever comes first.
-    positions = [i for i in (line.find("="), line.find(":")) if i >= 0]
-    if not positions:
-        return line, "", ""
-    i = min(positions)
-    return line[:i].strip(), line[i], line[i + 1 :].strip()
 
 
 def check_user_config(user: dict[str, str], source: str = "--kafka-config") -> None:

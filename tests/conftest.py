@@ -8,6 +8,9 @@
 ``tests/unit/`` never touches a broker and ``tests/integration/`` does; a test that asks for
 the broker is marked ``integration`` here, and one under ``tests/unit/`` that does is a
 collection error, so ``pytest tests/unit`` (CI's second interpreter) stays broker-free.
+Test files live one level below ``unit/`` (``unit/models/``, ``unit/consumer/``, ...): pytest
+puts a test file's folder on ``sys.path``, and ``unit/`` itself holds folders named like the
+packages, which would shadow them.
 """
 
 from __future__ import annotations

@@ -87,12 +87,14 @@ def serve(
     the model bundle (kept if the new one does not validate). Exit 1 on fencing or a fatal
     Kafka error, 2 on bad configuration.
     """
-    from consumer.app import FatalError, ScorerApp
-    from consumer.config import ConfigError, Guarantee, ServeConfig, default_instance_id
-    from consumer.config import load_properties as load_kafka_properties
+    from consumer.app import ScorerApp
+    from consumer.config import Guarantee, ServeConfig, default_instance_id
+    from consumer.errors import ConfigError, FatalError
     from consumer.health import HealthServer
     from consumer.logs import log_event
     from consumer.metrics import ScorerMetrics
+    from schemas.client_config import KafkaConfigError
+    from schemas.client_config import load_properties as load_kafka_properties
 
     bundle, policy_obj = _load_model_and_policy(model, policy)
     try:
@@ -109,7 +111,7 @@ def serve(
             guarantee=Guarantee(guarantee.value), kafka_properties=properties,
             exit_when_idle_s=exit_when_idle, max_batch=max_batch,
         )  # fmt: skip
-    except ConfigError as error:
+    except (ConfigError, KafkaConfigError) as error:
         fail(str(error))
     _check_topics(config)
     metrics = ScorerMetrics()

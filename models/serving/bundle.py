@@ -15,8 +15,8 @@ edit to either after training makes :meth:`ModelBundle.load` fail with :class:`B
 >>> out = tempfile.mkdtemp()
 >>> _ = train_bundle(seed_frame_history(frame), out, holdout=0.3, seed=0, n_estimators=20)
 >>> bundle = ModelBundle.load(out)
->>> bundle.tier(0.8), len(bundle.feature_names) == len(bundle.metadata["features"])
-('HIGH', True)
+>>> bundle.thresholds, len(bundle.feature_names) == len(bundle.metadata["features"])
+({'high': 0.75, 'moderate': 0.5}, True)
 """
 
 from __future__ import annotations
@@ -86,9 +86,9 @@ class ModelBundle:
         self.path = path
         self.version: str = metadata["version"]
         self.feature_names: list[str] = list(metadata["features"])
+        # What training evaluated the model at (confusion counts, report). The served tier is
+        # the policy's (models.serving.contracts): one owner for the thresholds.
         self.thresholds: dict[str, float] = dict(metadata["thresholds"])
-        self._high = float(self.thresholds["high"])
-        self._moderate = float(self.thresholds["moderate"])
         self.segmenter_init: dict[str, Any] = metadata["segmenter"]
         self._predict = fast_predictor(model)
 
@@ -152,14 +152,6 @@ class ModelBundle:
         if x.shape[0] == 0:
             return np.zeros(0)
         return self._predict(x)
-
-    def tier(self, score: float) -> str:
-        """HIGH (> high), MODERATE (> moderate) or LOW."""
-        if score > self._high:
-            return "HIGH"
-        if score > self._moderate:
-            return "MODERATE"
-        return "LOW"
 
     def __repr__(self) -> str:
         return f"ModelBundle(version={self.version!r}, features={len(self.feature_names)})"

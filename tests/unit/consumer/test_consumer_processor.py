@@ -8,13 +8,17 @@ import csv
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from consumer.config import ConfigError, ServeConfig, load_properties
-from consumer.processor import CHECKPOINT_KEY, PartitionProcessor
+from consumer.config import ConfigError, ServeConfig
+from consumer.partition_store import CHECKPOINT_KEY
+from consumer.processor import PartitionProcessor
 from consumer.reference import LOAN_COLUMNS, score_events, write_loans_csv
+from consumer.serializers import OutputSerializer
 from schemas import AvroSerde
 from schemas.serde import MAGIC
+from schemas.topics import Topics
 
 DAY = 86_400_000
 
@@ -42,7 +46,7 @@ def run(processor: PartitionProcessor, recs: list, batch: int) -> tuple[list, li
 
 
 def snapshot(processor: PartitionProcessor) -> dict:
-    return {k: s.to_record() for k, s in processor.states.items()}
+    return {k: s.to_record() for k, s in processor.store.states.items()}
 
 
 def test_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
@@ -52,18 +56,19 @@ def test_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
     at_once = run(large, recs, len(recs))
     assert by_seven == at_once
     assert snapshot(small) == snapshot(large)
-    assert small.segmenter.to_json() == large.segmenter.to_json()
+    assert small.store.segmenter.to_json() == large.store.segmenter.to_json()
     changes = at_once[0]
-    assert {c["loan_id"] for c in changes} == {e["loan_id"] for e in events}  # first decision
-    assert all(c["previous_strategy"] != c["new_strategy"] for c in changes)
+    assert {c.loan_id for c in changes} == {e["loan_id"] for e in events}  # first decision
+    assert all(c.previous_strategy != c.new_strategy for c in changes)
     first = changes[0]
-    assert first["event_id"] == str(uuid.uuid5(uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01"),
-                                               first["source_event_id"]))
-    assert first["model_version"] == bundle.version and first["policy_version"] == policy.version
-    AvroSerde("StrategyChanged").encode(first)  # outputs are valid records
+    assert first.event_id == str(uuid.uuid5(uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01"),
+                                            first.source_event_id))
+    assert first.model_version == bundle.version and first.policy_version == policy.version
+    serializer = OutputSerializer(Topics())
+    serializer.encode_change(first)  # outputs are valid records
     for alert in at_once[1]:
-        AvroSerde("EarlyWarningAlert").encode(alert)
-        assert alert["risk_tier"] == "HIGH" and alert["previous_tier"] != "HIGH"
+        serializer.encode_alert(alert)
+        assert alert.risk_tier == "HIGH" and alert.previous_tier != "HIGH"
 
 
 def test_every_kind_of_bad_input_is_a_dead_letter_with_its_reason(bundle, policy, events) -> None:
@@ -113,12 +118,12 @@ def test_rollback_returns_to_the_last_commit(bundle, policy, events) -> None:
     half = len(recs) // 2
     processor = PartitionProcessor(bundle, policy, 0)
     run(processor, recs[:half], 100)
-    processor.commit()
-    committed, committed_segmenter = snapshot(processor), processor.segmenter.to_json()
+    processor.store.commit()
+    committed, committed_segmenter = snapshot(processor), processor.store.segmenter.to_json()
     first_try = run(processor, recs[half:], 100)
-    processor.rollback()
+    processor.store.rollback()
     assert snapshot(processor) == committed
-    assert processor.segmenter.to_json() == committed_segmenter
+    assert processor.store.segmenter.to_json() == committed_segmenter
     assert run(processor, recs[half:], 33) == first_try
 
 
@@ -127,15 +132,15 @@ def test_restore_from_changelog_records_continues_identically(bundle, policy, ev
     half = len(recs) // 2
     original = PartitionProcessor(bundle, policy, 2)
     run(original, recs[:half], 250)
-    changelog = original.changelog_records(now_ms=1)
-    original.commit()
+    changelog = original.store.changelog_records(now_ms=1)
+    original.store.commit()
     assert changelog[-1][0] == CHECKPOINT_KEY.encode()
-    assert len(changelog) == len(original.states) + 1
+    assert len(changelog) == len(original.store.states) + 1
 
     restored = PartitionProcessor(bundle, policy, 2)
-    loans = sum(restored.restore(key, value) for key, value in changelog)
-    restored.finish_restore()
-    assert loans == len(original.states)
+    loans = sum(restored.store.restore(key, value) for key, value in changelog)
+    restored.store.finish_restore()
+    assert loans == len(original.store.states)
     assert snapshot(restored) == snapshot(original)
     assert run(restored, recs[half:], 250) == run(original, recs[half:], 250)
 
@@ -152,23 +157,18 @@ def test_score_reference_writes_one_row_per_loan(bundle, policy, events, tmp_pat
         assert float(row["risk_score"]) == state.risk_score  # repr precision round-trips
         assert row["strategy"] == state.strategy and row["risk_tier"] == state.risk_tier
     # Every loan's last change is its final strategy.
-    last = {c["loan_id"]: c["new_strategy"] for c in result.changes}
+    last = {c.loan_id: c.new_strategy for c in result.changes}
     assert last == {r["loan_id"]: r["strategy"] for r in rows}
 
 
-def test_properties_file_passes_through_but_cannot_break_the_guarantees(tmp_path) -> None:
-    path = tmp_path / "client.properties"
-    path.write_text("# SASL\nsecurity.protocol=SASL_SSL\nsasl.mechanisms: PLAIN\n\n")
-    props = load_properties(path)
-    assert props == {"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN"}
+def test_properties_pass_through_but_cannot_break_the_guarantees() -> None:
+    # (Reading the properties file: tests/test_client_config.py.)
+    props = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN"}
     cfg = ServeConfig("b:9092", Path("m"), kafka_properties=props, instance_id="x")
     assert cfg.producer_config()["security.protocol"] == "SASL_SSL"
     assert cfg.producer_config()["transactional.id"] == "loan-recovery-x"
     with pytest.raises(ConfigError, match=r"enable\.auto\.commit"):
         ServeConfig("b:9092", Path("m"), kafka_properties={"enable.auto.commit": "true"})
-    path.write_text("just words\n")
-    with pytest.raises(ConfigError, match="line 1"):
-        load_properties(path)
 
 
 def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
@@ -181,10 +181,10 @@ def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
     _, alerts, _ = run(processor, records(events), 500)
     assert alerts, "no loan reached the HIGH tier"
     for alert in alerts:
-        assert alert["risk_tier"] == "HIGH" and alert["risk_score"] > 0.2
-        assert alert["previous_tier"] != "HIGH"
-        AvroSerde("EarlyWarningAlert").encode(alert)
-    assert len({a["event_id"] for a in alerts}) == len(alerts)
+        assert alert.risk_tier == "HIGH" and alert.risk_score > 0.2
+        assert alert.previous_tier != "HIGH"
+        OutputSerializer(Topics()).encode_alert(alert)
+    assert len({a.event_id for a in alerts}) == len(alerts)
     again = run(PartitionProcessor(strict, policy, 1), records(events), 77)[1]
     assert again == alerts  # same alerts, same ids, whatever the batching
 
@@ -199,4 +199,48 @@ def test_extreme_but_schema_valid_values_do_not_break_the_batch(bundle, policy, 
     batch = [(0, b"L-EXTREME", serde.encode(extreme)), *records(events[:20], first_offset=1)]
     out = PartitionProcessor(bundle, policy, 0).process(batch)
     assert not out.dead_letters and out.scored == 21  # scored, with the absurd ratios imputed
-    assert {c["loan_id"] for c in out.changes} >= {"L-EXTREME", events[0]["loan_id"]}
+    assert {c.loan_id for c in out.changes} >= {"L-EXTREME", events[0]["loan_id"]}
+
+
+@pytest.mark.parametrize("name", ["", "e1", "ünïcødé-id", str(uuid.uuid4()), "x" * 300])
+def test_output_ids_are_exactly_uuid5(name: str) -> None:
+    from consumer.processor import uuid5_str
+
+    for namespace in (uuid.NAMESPACE_DNS, uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01")):
+        assert uuid5_str(namespace, name) == str(uuid.uuid5(namespace, name))
+
+
+class _ScriptedModel:
+    """The trained bundle's segmenter start, but scores read from a script: the processor's
+    tier and hysteresis are then functions of known numbers only."""
+
+    def __init__(self, bundle, scores: list[float]) -> None:
+        self.version = bundle.version
+        self.segmenter_init = bundle.segmenter_init
+        self._scores = iter(scores)
+
+    def predict_proba(self, rows) -> np.ndarray:
+        return np.array([next(self._scores) for _ in range(len(rows))])
+
+
+def test_the_policy_owns_the_tier_thresholds(bundle, policy, events) -> None:
+    """A policy with ``high: 0.80`` (the bundle says 0.75): the served tier and the hysteresis
+    band both follow the policy, so scores alternating 0.76 / 0.74 stay MODERATE and the
+    strategy changes once (the first decision), not on every event."""
+    import yaml
+
+    from models.serving.policy import DEFAULT_POLICY, Policy
+
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    document["thresholds"]["high"] = 0.80
+    strict = Policy.from_dict(document)
+    assert bundle.thresholds["high"] == 0.75 != strict.high
+    loan = events[0]["loan_id"]
+    one_loan = [e for e in events if e["loan_id"] == loan][:8]
+    scripted = _ScriptedModel(bundle, [0.76, 0.74] * len(one_loan))
+    processor = PartitionProcessor(scripted, strict, 0)
+    changes, alerts, _ = run(processor, records(one_loan), 1)
+    state = processor.store.states[loan]
+    assert state.risk_tier == "MODERATE"
+    assert len(changes) == 1 and changes[0].risk_tier == "MODERATE"
+    assert alerts == []  # no EarlyWarningAlert: 0.76 is not HIGH under this policy

@@ -65,8 +65,8 @@ def test_bundle_loads_with_metadata_and_scores_per_row(trained) -> None:
     assert np.array_equal(again, whole)
     assert bundle.predict_proba([]).shape == bundle.predict_proba(rows[:0]).shape == (0,)
     assert np.array_equal(bundle.predict_proba(rows[0]), whole[:1])  # one row as a vector
-    assert [bundle.tier(s) for s in (0.76, 0.75, 0.51, 0.5)] == ["HIGH", "MODERATE",
-                                                                  "MODERATE", "LOW"]
+    assert bundle.thresholds == {"high": 0.75, "moderate": 0.5}  # recorded, not served
+    assert not hasattr(bundle, "tier"), "the policy owns the served tier"
 
 
 def test_serving_path_equals_scikit_learn_bit_for_bit(trained) -> None:

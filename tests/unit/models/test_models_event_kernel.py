@@ -52,18 +52,18 @@ def run_both(bundle, policy, records: list[tuple[int, bytes | None, bytes | None
         assert a.outcomes == b.outcomes
         assert dead(a) == dead(b)
         assert a.changes == b.changes and a.alerts == b.alerts
-        assert native.changelog_records(1) == reference.changelog_records(1)
-        assert native.events_applied == reference.events_applied
-        native.commit()
-        reference.commit()
-    assert native.states.keys() == reference.states.keys()
-    for loan_id, state in native.states.items():
-        other = reference.states[loan_id]
+        assert native.store.changelog_records(1) == reference.store.changelog_records(1)
+        assert native.store.events_applied == reference.store.events_applied
+        native.store.commit()
+        reference.store.commit()
+    assert native.store.states.keys() == reference.store.states.keys()
+    for loan_id, state in native.store.states.items():
+        other = reference.store.states[loan_id]
         assert state.tobytes() == other.tobytes(), loan_id
         assert (state.loan_id, state.borrower_id, state.strategy, state.risk_tier,
                 state.segment) == (other.loan_id, other.borrower_id, other.strategy,
                                    other.risk_tier, other.segment)  # fmt: skip
-    assert native.segmenter.to_json() == reference.segmenter.to_json()
+    assert native.store.segmenter.to_json() == reference.store.segmenter.to_json()
     return kernel_applied
 
 

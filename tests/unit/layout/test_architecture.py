@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PACKAGES = ("consumer", "producer", "models", "schemas", "loan_recovery", "bench")
 # What `serve` imports to score events: it must start without the offline stack.
 SERVING = (
@@ -144,3 +144,25 @@ def test_serving_imports_neither_pandas_plotly_nor_offline_code() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(result.stdout) == []
+
+
+def test_every_project_exception_derives_from_the_one_root() -> None:
+    import importlib
+    import inspect
+
+    from schemas.errors import LoanRecoveryError
+
+    strays = []
+    for name in project_modules():
+        if name.split(".")[0] == "bench" or name.endswith("_kernel"):
+            continue
+        module = importlib.import_module(name)
+        for attr, value in vars(module).items():
+            if (
+                inspect.isclass(value)
+                and issubclass(value, BaseException)
+                and value.__module__ == name
+                and not issubclass(value, LoanRecoveryError)
+            ):
+                strays.append(f"{name}.{attr}")
+    assert strays == [], f"derive these from schemas.errors.LoanRecoveryError: {strays}"

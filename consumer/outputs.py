@@ -1,0 +1,67 @@
+"""The scorer's output records, typed: what a decision or an unusable input produces.
+
+Only a changed strategy, a tier rising to HIGH or a bad record makes one (DESIGN.md §5: emit
+outputs only on change), so a small frozen object per output costs nothing measurable; the
+per-event hot path stays column-wise in ``BatchResult``. Encoding to Avro and the DLQ headers
+live in one place, ``consumer.serializers``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+UNKNOWN_TYPE = "unknown"  # event_type label of records that could not be decoded
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyChanged:
+    """A loan's strategy changed (schema ``StrategyChanged``; fields in schema order)."""
+
+    event_id: str  # uuid5 of the source event id: a replay yields the identical record
+    loan_id: str
+    borrower_id: str
+    previous_strategy: str | None
+    new_strategy: str
+    risk_score: float
+    risk_tier: str
+    segment: str
+    model_version: str
+    policy_version: str
+    reason: str
+    source_event_id: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    occurred_at: int
+    decided_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyWarningAlert:
+    """A loan's risk tier rose to HIGH (schema ``EarlyWarningAlert``)."""
+
+    event_id: str
+    loan_id: str
+    borrower_id: str
+    previous_tier: str | None
+    risk_tier: str
+    risk_score: float
+    segment: str
+    model_version: str
+    source_event_id: str
+    source_offset: int
+    occurred_at: int
+    decided_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An input record the scorer could not use, with why; sent as-is to the DLQ."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    reason: str  # snake_case: bad_header, unknown_fingerprint, unknown_loan, negative_amount...
+    error_class: str
+    message: str
+    event_type: str = UNKNOWN_TYPE

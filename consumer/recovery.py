@@ -1,0 +1,295 @@
+"""Assignment and recovery: which partitions this instance owns, and their state before any of
+their input is processed (DESIGN.md §5: "on partition assignment, the partition's state is
+restored from the changelog before its input is processed; on revocation, commit or abort
+within a bounded time").
+
+- Assign: the new partitions are paused, their stores restored from the changelog
+  (:class:`ChangelogRestorer`, ``read_committed``, to the end), then resumed; until then
+  ``/readyz`` says 503.
+- Revoke: the open checkpoint is committed (or aborted) while the partitions are still ours;
+  after a commit a partition is *parked* (see :class:`Recovery`).
+- Lost: someone else may own the partitions already, so the open checkpoint is aborted and
+  nothing is committed for them.
+
+Only eager (whole) reassignments are supported (``ServeConfig`` refuses cooperative ones).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from consumer.checkpoint import Checkpoint, ClientErrors, seek
+from consumer.errors import FatalError, RestoreError
+from consumer.health import HealthState
+from consumer.logs import log_event
+from consumer.metrics import ScorerMetrics
+from consumer.partition_store import PartitionStore
+from consumer.processor import PartitionProcessor
+from consumer.runtime import freeze_long_lived
+from models.serving.contracts import EarlyWarningModel, StrategyPolicy
+
+log = logging.getLogger("loanrec.restore")
+RESTORE_TIMEOUT_S = 600.0
+
+
+class ChangelogRestorer:
+    """Reads changelog partitions into :class:`PartitionStore` objects.
+
+    The changelog is partitioned like the input, so input partition ``p``'s state is changelog
+    partition ``p``. It is read from the beginning with ``read_committed`` up to its end
+    (librdkafka reports the end at the last stable offset, so records of aborted transactions
+    are never seen and pending ones are waited for), every record applied, last write wins."""
+
+    def __init__(self, consumer: Consumer, topic: str) -> None:
+        self.topic = topic
+        self._consumer = consumer
+
+    def restore(self, stores: Mapping[int, PartitionStore],
+                keep_going: Callable[[], bool] = lambda: True,
+                timeout_s: float = RESTORE_TIMEOUT_S) -> int:  # fmt: skip
+        """Fill each store from its changelog partition; returns loan states restored."""
+        if not stores:
+            return 0
+        remaining = set(self._non_empty(stores))
+        if not remaining:
+            return 0
+        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in remaining])
+        restored = 0
+        deadline = time.monotonic() + timeout_s
+        try:
+            while remaining and keep_going():
+                if time.monotonic() > deadline:
+                    raise RestoreError(f"changelog {self.topic} partitions {sorted(remaining)} "
+                                       f"not restored within {timeout_s:.0f} s")  # fmt: skip
+                restored += self._apply(self._consumer.consume(1000, timeout=0.05), stores,
+                                        remaining)  # fmt: skip
+        finally:
+            self._consumer.unassign()
+        for store in stores.values():
+            store.finish_restore()
+        return restored
+
+    def _non_empty(self, partitions: Iterable[int]) -> list[int]:
+        out = []
+        for p in partitions:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
+                                                             timeout=10)  # fmt: skip
+            if high > low:
+                out.append(p)
+        return out
+
+    def _apply(self, messages: list[Message], stores: Mapping[int, PartitionStore],
+               remaining: set[int]) -> int:  # fmt: skip
+        restored = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(message.partition())
+                    continue
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("changelog read error: %s", error)
+                continue
+            try:
+                if stores[message.partition()].restore(message.key(), message.value()):
+                    restored += 1
+            except Exception as error:  # an incompatible record: never guess a loan's state
+                raise RestoreError(
+                    f"changelog {self.topic} partition {message.partition()} offset "
+                    f"{message.offset()}: cannot restore record {message.key()!r} "
+                    f"({type(error).__name__}: {error}); was it written by an incompatible "
+                    "version? Use a new --app-id to start from an empty changelog") from None
+        return restored
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class StoreView(Mapping[int, PartitionStore]):
+    """The stores of a ``{partition: processor}`` dict, live (what a checkpoint reads)."""
+
+    def __init__(self, processors: Mapping[int, PartitionProcessor]) -> None:
+        self._processors = processors
+
+    def __getitem__(self, partition: int) -> PartitionStore:
+        return self._processors[partition].store
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._processors)
+
+    def __len__(self) -> int:
+        return len(self._processors)
+
+
+class Recovery:
+    """The partitions this instance owns, their processors, and the rebalance callbacks.
+
+    Parking: eager rebalances revoke everything every time, so a partition revoked right
+    after a commit keeps its processor with the committed offset. If it comes back and nobody
+    committed progress on it meanwhile, its state is still exact and the changelog need not be
+    re-read."""
+
+    def __init__(self, consumer: Consumer, restorer: ChangelogRestorer, topic: str,
+                 bundle: EarlyWarningModel, policy: StrategyPolicy, errors: ClientErrors,
+                 health: HealthState, metrics: ScorerMetrics) -> None:  # fmt: skip
+        self.consumer = consumer
+        self.restorer = restorer
+        self.topic = topic  # the input topic
+        self.bundle = bundle
+        self.policy = policy
+        self.errors = errors
+        self.health = health
+        self.metrics = metrics
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.stores = StoreView(self.processors)
+        self.checkpoint: Checkpoint | None = None  # set by subscribe(): it reads our stores
+        self.pending: set[int] = set()  # assigned, not restored yet
+        self.rewind_after_restore: dict[int, int] = {}
+        self.parked: dict[int, tuple[PartitionProcessor, int]] = {}  # (processor, committed)
+        self.reuse_offsets: dict[int, int] = {}
+        self.assignment_seen = False
+
+    def subscribe(self, checkpoint: Checkpoint) -> None:
+        """Join the group; rebalances commit or abort through ``checkpoint``."""
+        self.checkpoint = checkpoint
+        self.consumer.subscribe([self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke,
+                                on_lost=self.on_lost)  # fmt: skip
+
+    def use_bundle(self, bundle: EarlyWarningModel) -> None:
+        """A reloaded bundle: every processor decides with it from now on (parked ones get it
+        when they come back)."""
+        self.bundle = bundle
+        for processor in self.processors.values():
+            processor.bundle = bundle
+
+    def new_processor(self, partition: int) -> PartitionProcessor:
+        return PartitionProcessor(self.bundle, self.policy, partition, self.topic)
+
+    def processor_for(self, partition: int, first_offset: int) -> PartitionProcessor | None:
+        """The processor that may process a fetched batch of ``partition``, or None: revoked
+        meanwhile (its next owner starts from the committed offset), or not restored yet
+        (paused at assignment, so only defensively: re-read from ``first_offset`` later)."""
+        processor = self.processors.get(partition)
+        if processor is not None and partition in self.pending:
+            self.rewind_after_restore.setdefault(partition, first_offset)
+            return None
+        return processor
+
+    # -- rebalance callbacks (run inside consumer.consume / close) ------------------------------
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.assign(partitions)
+        consumer.pause(partitions)  # no input until its state is restored
+        for tp in partitions:
+            parked = self.parked.pop(tp.partition, None)
+            if parked is not None:
+                processor, committed = parked
+                processor.bundle = self.bundle  # a reload may have happened meanwhile
+                self.processors[tp.partition] = processor
+                self.reuse_offsets[tp.partition] = committed
+            else:
+                self.processors[tp.partition] = self.new_processor(tp.partition)
+            self.pending.add(tp.partition)
+        self.parked.clear()  # the rest belongs to other instances now
+        self.assignment_seen = True
+        self.health.ready = not self.pending
+        self.metrics.assigned_partitions.set(len(self.processors))
+        log_event("partitions_assigned", partitions=sorted(tp.partition for tp in partitions))
+
+    def on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Commit what was processed while we still own the partitions (bounded by the commit
+        # timeout); the next owner restores exactly this from the changelog. After a fatal
+        # error nothing can commit: the broker aborts the open transaction.
+        assert self.checkpoint is not None
+        committed = False
+        try:
+            committed = not self.errors.fatal and self.checkpoint.finish("revoke")
+        except FatalError as error:
+            self.errors.fatal = str(error)
+        self._drop(partitions, park=committed)
+        log_event("partitions_revoked", partitions=sorted(tp.partition for tp in partitions))
+
+    def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Someone else may own them already: abort, never commit for them.
+        assert self.checkpoint is not None
+        if self.checkpoint.open:
+            try:
+                self.checkpoint.abort("partitions lost")
+            except FatalError as error:
+                self.errors.fatal = str(error)
+        self._drop(partitions)
+        log_event("partitions_lost", level="warning",
+                  partitions=sorted(tp.partition for tp in partitions))  # fmt: skip
+
+    def _drop(self, partitions: list[TopicPartition], park: bool = False) -> None:
+        assert self.checkpoint is not None
+        for tp in partitions:
+            processor = self.processors.pop(tp.partition, None)
+            position = self.checkpoint.forget(tp.partition)
+            if park and processor is not None and position is not None \
+                    and tp.partition not in self.pending:  # fmt: skip
+                self.parked[tp.partition] = (processor, position)
+            self.reuse_offsets.pop(tp.partition, None)
+            self.pending.discard(tp.partition)
+            self.rewind_after_restore.pop(tp.partition, None)
+        self.metrics.assigned_partitions.set(len(self.processors))
+        self.metrics.set_lag({})
+
+    # -- restore --------------------------------------------------------------------------------
+    def restore_pending(self, keep_going: Callable[[], bool]) -> bool:
+        """Restore every pending partition, then resume its input; False if ``keep_going``
+        stopped it (partial state: those partitions must never resume)."""
+        started = time.monotonic()
+        partitions = sorted(self.pending)
+        reused = self._still_current(partitions)
+        for p in partitions:
+            if p in self.reuse_offsets and p not in reused:  # someone else moved it on
+                self.processors[p] = self.new_processor(p)
+        self.reuse_offsets.clear()
+        targets = {p: self.processors[p].store for p in partitions if p not in reused}
+        try:
+            restored = self.restorer.restore(targets, keep_going=keep_going)
+        except RestoreError as error:
+            raise FatalError(str(error)) from None
+        if not keep_going():
+            return False
+        self.metrics.restored_loans.inc(restored)
+        freeze_long_lived()
+        self.pending.clear()
+        self.consumer.resume([TopicPartition(self.topic, p) for p in partitions])
+        rewind, self.rewind_after_restore = self.rewind_after_restore, {}
+        seek(self.consumer, [TopicPartition(self.topic, p, o) for p, o in rewind.items()
+                             if p in self.processors])  # fmt: skip
+        self.health.ready = True
+        log_event("state_restored", partitions=partitions, restored_loans=restored,
+                  kept_in_memory=sorted(reused),
+                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        return True
+
+    def _still_current(self, partitions: list[int]) -> set[int]:
+        """Parked partitions whose committed offset is still the one we committed: nobody
+        processed them since, so the state in memory equals the changelog's."""
+        ours = {p: self.reuse_offsets[p] for p in partitions if p in self.reuse_offsets}
+        if not ours:
+            return set()
+        try:
+            committed = self.consumer.committed(
+                [TopicPartition(self.topic, p) for p in ours], timeout=10)
+        except KafkaException:
+            return set()  # unknown: restore, which is always right
+        return {tp.partition for tp in committed
+                if tp.error is None and tp.offset == ours[tp.partition]}  # fmt: skip
+
+    def close(self) -> None:
+        self.restorer.close()

@@ -1,0 +1,54 @@
+"""What the scorer's processor needs of the early-warning model, the online segmenter and the
+policy: exactly the attributes and methods it calls. ``consumer`` is typed against these, so
+another model, segmenter or policy (a learned one, a challenger arm) plugs in by meeting them;
+:class:`~models.serving.bundle.ModelBundle`, :class:`~models.serving.segmenter.OnlineSegmenter`
+and :class:`~models.serving.policy.Policy` are today's implementations.
+
+The policy owns the tier thresholds (docs/ARCHITECTURE.md §5): it maps a score to a tier *and*
+applies hysteresis around the same numbers, so the two can never disagree. The bundle's
+``thresholds`` only record what training evaluated the model at.
+
+>>> from models.serving.policy import Policy
+>>> isinstance(Policy.load(None), StrategyPolicy)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+
+@runtime_checkable
+class EarlyWarningModel(Protocol):
+    """Calibrated P(default) per row of ``LoanState.features()``; each row's score depends on
+    that row only."""
+
+    version: str
+
+    def predict_proba(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """One partition's online clusterer (docs/ARCHITECTURE.md §5: one per input partition),
+    checkpointed as plain JSON."""
+
+    def learn_predict(self, x: np.ndarray) -> str: ...
+
+    def to_json(self) -> str: ...
+
+
+@runtime_checkable
+class StrategyPolicy(Protocol):
+    """Score -> tier, and tier x segment -> strategy with hysteresis around the same
+    thresholds."""
+
+    version: str
+
+    def tier(self, score: float) -> str: ...
+
+    def decide(
+        self, tier: str, segment: str, score: float, current_strategy: str | None
+    ) -> str: ...

@@ -1,0 +1,114 @@
+"""One partition's state (``consumer.partition_store``) on its own, no broker, no processor:
+the undo log keeps each loan's committed image, rollback returns to the last commit, and the
+changelog records it writes restore an identical partition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from consumer.partition_store import CHECKPOINT_KEY, PartitionStore, total_population
+from models.features.state import LoanState
+
+
+@pytest.fixture(scope="module")
+def histories() -> dict[str, list[dict]]:
+    """Each loan's events, in order, of a three-loan book."""
+    from models.data.synthetic import generate_book
+
+    by_loan: dict[str, list[dict]] = {}
+    for event in generate_book(3, seed=1)[1]:
+        by_loan.setdefault(event["loan_id"], []).append(event)
+    return by_loan
+
+
+def new_store(bundle, partition: int = 0) -> PartitionStore:
+    from models.serving.segmenter import OnlineSegmenter
+
+    return PartitionStore(partition, OnlineSegmenter.from_bundle(bundle))
+
+
+def apply(store: PartitionStore, event: dict) -> LoanState:
+    """What the processor does with one event: remember, then open or apply."""
+    loan_id = event["loan_id"]
+    state = store.states.get(loan_id)
+    store.remember(loan_id, state)
+    if state is None:
+        state = store.states[loan_id] = LoanState.open(event)
+    else:
+        state.apply(event)
+    store.events_applied += 1
+    state.segment = store.segmenter.learn_predict(np.asarray(state.features()))
+    state.risk_tier = "LOW"
+    return state
+
+
+def records(store: PartitionStore) -> dict[str, str]:
+    # repr: a loan's record holds NaN (no due date yet), and NaN != NaN
+    return {loan_id: repr(state.to_record()) for loan_id, state in store.states.items()}
+
+
+def test_rollback_returns_to_the_last_commit(bundle, histories) -> None:
+    (a, b, c) = sorted(histories)
+    store = new_store(bundle)
+    for event in histories[a][:3] + histories[b][:1]:
+        apply(store, event)
+    store.commit()
+    assert not store.has_uncommitted and store.undo == {}
+    committed, segmenter, applied = records(store), store.segmenter.to_json(), store.events_applied
+
+    for event in histories[a][3:6] + histories[b][1:2] + histories[c][:2]:
+        apply(store, event)
+    assert store.has_uncommitted
+    assert set(store.undo) == {a, b, c} and store.undo[c] is None  # c was opened meanwhile
+    assert repr(store.undo[a].to_record()) == committed[a]  # the first image, not a later one
+    assert records(store) != committed
+
+    store.rollback()
+    assert records(store) == committed  # c is gone, a and b are back
+    assert store.segmenter.to_json() == segmenter and store.events_applied == applied
+    assert not store.has_uncommitted
+    assert sum(store.population()[1].values()) == len(store.states)  # gauges recounted
+
+
+def test_changelog_records_restore_an_identical_partition(bundle, histories) -> None:
+    (a, b, c) = sorted(histories)
+    original = new_store(bundle, partition=4)
+    for event in histories[a][:4] + histories[b][:2]:
+        apply(original, event)
+    first = original.changelog_records(now_ms=1)
+    original.commit()
+    for event in histories[a][4:5] + histories[c][:1]:
+        apply(original, event)
+    second = original.changelog_records(now_ms=2)  # only what changed since the commit
+    original.commit()
+    assert [key for key, _ in first] == [a.encode(), b.encode(), CHECKPOINT_KEY.encode()]
+    assert [key for key, _ in second] == [a.encode(), c.encode(), CHECKPOINT_KEY.encode()]
+
+    restored = new_store(bundle, partition=4)
+    loans = sum(restored.restore(key, value) for key, value in first + second)
+    restored.finish_restore()
+    assert loans == 4  # loan states, not checkpoints
+    assert records(restored) == records(original)
+    assert restored.segmenter.to_json() == original.segmenter.to_json()
+    assert restored.events_applied == original.events_applied
+    assert restored.population()[1] == {"LOW": 3}  # counted from the restored loans
+    assert not restored.has_uncommitted  # restored state is committed state
+
+    restored.restore(b.encode(), None)  # a tombstone deletes the loan
+    restored.restore(CHECKPOINT_KEY.encode(), None)  # a checkpoint tombstone changes nothing
+    assert set(restored.states) == {a, c}
+    with pytest.raises(ValueError, match="holds the state of loan"):
+        restored.restore(b"someone-else", first[0][1])
+
+
+def test_total_population_adds_up_the_partitions(bundle, histories) -> None:
+    (a, b, c) = sorted(histories)
+    left, right = new_store(bundle, 0), new_store(bundle, 1)
+    for event in histories[a][:2] + histories[b][:1]:
+        apply(left, event)
+    apply(right, histories[c][0])
+    left.finish_restore()
+    right.finish_restore()
+    loans, segments, tiers = total_population([left, right])
+    assert loans == 3 and tiers == {"LOW": 3} and sum(segments.values()) == 3
