@@ -12,7 +12,8 @@ Segment names come from ranking the current centres on the *risk axis* (the line
 predicted risk on the standardized features, also from the bundle), so every partition's
 clusterer names segments the same way. Its state is plain JSON, never pickle. The per-event
 step runs in a compiled kernel (``models/_segmenter_kernel.pyx``) when it was built, else in the
-pure-Python reference kept here; the two agree bit for bit.
+pure-Python reference kept here; the two agree bit for bit on every supported interpreter (the
+kernel sums as the running interpreter's ``sum`` does: plain on 3.11, compensated from 3.12).
 
 >>> init = {"features": ["days_past_due", "outstanding_ratio"], "means": [10.0, 0.5],
 ...         "stds": [20.0, 0.2], "count": 1000, "centres": [[2.0, -1.0], [0.0, 0.0], [-0.5, 1.0]],
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,9 +44,20 @@ _segmenter_kernel = load_kernel("_segmenter_kernel")
 
 SEGMENT_NAMES = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 DEFAULT_HALFLIFE = 0.01  # river's learning rate: a centre moves 1 % towards each new member
-# Whether segmenters use the compiled kernel by default. It replays Python 3.11's plain float
-# ``sum``; from 3.12 on ``sum`` compensates, so the kernel would no longer match the reference.
-NATIVE = _segmenter_kernel is not None and sys.version_info < (3, 12)
+
+
+def builtin_summation() -> str:
+    """How this interpreter's ``sum`` adds floats, told by what it does: ``"compensated"``
+    (CPython >= 3.12, Neumaier) when ``sum([1e100, 1.0, -1e100])`` keeps the 1.0 that plain
+    left-to-right addition loses, else ``"plain"``."""
+    return "compensated" if sum([1e100, 1.0, -1e100]) == 1.0 else "plain"
+
+
+# Whether segmenters use the compiled kernel by default: wherever it is built and sums the way
+# this interpreter's ``sum`` does (the kernel picks by version; this checks by behaviour, so an
+# interpreter whose ``sum`` it does not know runs the reference instead of diverging from it).
+NATIVE = (_segmenter_kernel is not None
+          and getattr(_segmenter_kernel, "SUMMATION", None) == builtin_summation())
 
 
 def name_by_risk(risks: Sequence[float]) -> list[str]:
