@@ -17,7 +17,8 @@ What must never change -- each line mirrors one Python float operation, in the s
 - names: the ranking ``name_by_risk`` gets from ``sorted`` (timsort's run count + binary
   insertion for fewer than 64 clusters), so even NaN risks name the clusters the same way.
 
-``x ** y`` is CPython's ``float_pow``: its special cases, then libm ``pow`` with its errno
+``x ** y`` is CPython's ``float_pow`` (``Objects/floatobject.c``, the same special cases and
+errno handling in 3.11, 3.12 and 3.13): its special cases, then libm ``pow`` with its errno
 check (an overflowing square raises OverflowError, as in Python). The exponents are read from
 the instance, never written as literals, so the C compiler cannot turn ``pow(x, 2.0)`` into
 ``x * x``: about one square in a thousand differs in the last bit, and as many ``pow(v, 0.5)``
@@ -75,7 +76,7 @@ cdef int _raise_errno(int code) except -1:
 
 
 cdef inline double _py_pow(double base, double exponent) except? -1.0:
-    """``base ** exponent`` as CPython 3.11's ``float_pow`` computes it, for ``base`` >= 0 or
+    """``base ** exponent`` as CPython's ``float_pow`` computes it, for ``base`` >= 0 or
     NaN and ``exponent`` positive, finite and not an odd integer (0.5 and 2.0 here)."""
     cdef double result
     cdef int code
