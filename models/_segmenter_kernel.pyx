@@ -16,6 +16,8 @@ What must never change -- each line mirrors one Python float operation, in the s
 - ``c += rate * (z - c)``;
 - names: the ranking ``name_by_risk`` gets from ``sorted`` (timsort's run count + binary
   insertion for fewer than 64 clusters), so even NaN risks name the clusters the same way.
+  ``Objects/listobject.c``'s ``count_run`` changed in CPython 3.13 (gh-116554: descending runs
+  may contain equal elements); the kernel counts runs the way the running interpreter does.
 
 ``x ** y`` is CPython's ``float_pow`` (``Objects/floatobject.c``, the same special cases and
 errno handling in 3.11, 3.12 and 3.13): its special cases, then libm ``pow`` with its errno
@@ -59,6 +61,9 @@ import sys
 # Which builtin ``sum`` the reference runs on this interpreter (see the module docstring).
 cdef bint COMPENSATED = sys.version_info >= (3, 12)
 SUMMATION = "compensated" if COMPENSATED else "plain"
+# Which listsort run count ``sorted`` uses on this interpreter (see ``_rank``).
+cdef bint RUNS_313 = sys.version_info >= (3, 13)
+SORT_RUNS = "3.13" if RUNS_313 else "3.11"
 
 # Same strings, same order as models.segmentation.SEGMENT_NAMES (interned literals).
 cdef tuple NAMES = ("HIGH_RISK", "OTHERS", "LOW_RISK")
@@ -151,29 +156,78 @@ cdef inline bint _ranks_before(const double *risks, int a, int b) noexcept:
     return risks[a] > risks[b]  # -ra < -rb
 
 
+cdef inline void _reverse(int *order, int lo, int hi) noexcept:
+    """``order[lo:hi]`` reversed in place (listsort's ``reverse_slice``)."""
+    cdef int tmp
+    hi -= 1
+    while lo < hi:
+        tmp = order[lo]
+        order[lo] = order[hi]
+        order[hi] = tmp
+        lo += 1
+        hi -= 1
+
+
+cdef int _count_run_311(const double *risks, int k, int *order) noexcept:
+    """listsort's ``count_run`` up to CPython 3.12: a non-descending run, or a *strictly*
+    descending one, reversed. k >= 2."""
+    cdef int n = 2
+    if _ranks_before(risks, order[1], order[0]):
+        while n < k and _ranks_before(risks, order[n], order[n - 1]):
+            n += 1
+        _reverse(order, 0, n)
+    else:
+        while n < k and not _ranks_before(risks, order[n], order[n - 1]):
+            n += 1
+    return n
+
+
+cdef int _count_run_313(const double *risks, int k, int *order) noexcept:
+    """listsort's ``count_run`` from CPython 3.13 (gh-116554): a descending run may hold runs
+    of equal elements (neither before the other, as NaN risks are), each reversed on the fly
+    so the final reversal keeps them stable; the reversed run may then extend with an
+    ascending suffix. k >= 2."""
+    cdef int n = 1, neq = 0
+    while n < k and not _ranks_before(risks, order[n], order[n - 1]):
+        n += 1
+    if n == k:
+        return n
+    if n > 1:
+        if _ranks_before(risks, order[0], order[n - 1]):
+            return n
+        _reverse(order, 0, n)  # the ascending run was all equal: part of a descending one
+    n += 1
+    while n < k:
+        if _ranks_before(risks, order[n], order[n - 1]):
+            if neq:
+                neq += 1
+                _reverse(order, n - neq, n)
+                neq = 0
+        elif _ranks_before(risks, order[n - 1], order[n]):
+            break
+        else:
+            neq += 1
+        n += 1
+    if neq:
+        neq += 1
+        _reverse(order, n - neq, n)
+    _reverse(order, 0, n)
+    while n < k and not _ranks_before(risks, order[n], order[n - 1]):
+        n += 1
+    return n
+
+
 cdef void _rank(const double *risks, int k, int *order) noexcept:
     """``sorted(range(k), key=lambda i: (-risks[i], i))`` step for step as CPython's listsort
-    does it for k < 64: count the leading run (reversing a strictly descending one), then
-    binary insertion of the rest."""
-    cdef int i, n, l, r, p, pivot, tmp
+    does it for k < 64 (one run, no merge): count the leading run the way this interpreter
+    does (``RUNS_313``), then binary insertion of the rest. With NaN risks the comparisons
+    are not a total order, so the two ways of counting a run can rank differently."""
+    cdef int i, n, l, r, p, pivot
     for i in range(k):
         order[i] = i
     if k < 2:
         return
-    n = 2
-    if _ranks_before(risks, order[1], order[0]):
-        while n < k and _ranks_before(risks, order[n], order[n - 1]):
-            n += 1
-        l, r = 0, n - 1
-        while l < r:
-            tmp = order[l]
-            order[l] = order[r]
-            order[r] = tmp
-            l += 1
-            r -= 1
-    else:
-        while n < k and not _ranks_before(risks, order[n], order[n - 1]):
-            n += 1
+    n = _count_run_313(risks, k, order) if RUNS_313 else _count_run_311(risks, k, order)
     for i in range(n, k):
         pivot = order[i]
         l, r = 0, i

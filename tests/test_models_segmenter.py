@@ -248,6 +248,23 @@ def test_kernel_names_clusters_like_name_by_risk() -> None:
         assert kernel_name_by_risk(risks) == name_by_risk(risks), risks
 
 
+def test_kernel_ranks_nan_risks_like_this_interpreters_sort() -> None:
+    """With a NaN risk the keys are not totally ordered, and CPython 3.13's run count
+    (gh-116554) ranks ``[0.0, 1.0, nan]`` differently from 3.11's and 3.12's: the kernel must
+    follow the interpreter it runs on."""
+    from models._segmenter_kernel import SORT_RUNS
+    from models._segmenter_kernel import name_by_risk as kernel_name_by_risk
+
+    risks = [0.0, 1.0, math.nan]
+    if sys.version_info >= (3, 13):
+        expected, runs = ["LOW_RISK", "HIGH_RISK", "OTHERS"], "3.13"
+    else:
+        expected, runs = ["OTHERS", "HIGH_RISK", "LOW_RISK"], "3.11"
+    assert runs == SORT_RUNS
+    assert name_by_risk(risks) == expected
+    assert kernel_name_by_risk(risks) == expected
+
+
 def test_json_moves_between_kernel_and_reference() -> None:
     rng = random.Random(4)
     native = OnlineSegmenter(_init(rng), native=True)
@@ -290,7 +307,11 @@ def _neumaier_sum(values: list[float]) -> float:
 
 
 def _bits(value: float) -> bytes:
-    return struct.pack("<d", value)
+    """The value's IEEE bits, every NaN as one: which of two NaN operands an addition passes on
+    (so a NaN's sign and payload) is the C compiler's choice of operand order, which IEEE 754
+    leaves open, in CPython as in the kernel; no output can tell NaNs apart (comparisons are
+    false, JSON writes ``NaN``)."""
+    return struct.pack("<d", math.nan if value != value else value)
 
 
 # Magnitudes 2**-60 .. 2**60 of both signs, so terms cancel and fall below each other's last
