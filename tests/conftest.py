@@ -29,6 +29,18 @@ def _docker_engine_answers() -> bool:
         return False
 
 
+# Fixtures that start or reach a Kafka broker. A test that uses one, directly or through another
+# fixture, is an integration test whatever its module says, so `pytest -m "not integration"`
+# (`make test-unit`) never needs a broker.
+BROKER_FIXTURES = frozenset({"bootstrap_servers", "sasl_broker"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def bootstrap_servers() -> Iterator[str]:
     external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
