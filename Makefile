@@ -5,8 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 CACHE ?= $(HOME)/.cache/loan-recovery
 STAMP := $(VENV)/.installed
+# `make test-unit`: the tests that need no Kafka broker (tests/conftest.py refuses a broker test
+# under tests/unit/).
+UNIT_TESTS ?= tests/unit
+UNIT_SELECT ?=
 
-.PHONY: setup test demo bench lint clean broker-stop system-deps
+.PHONY: setup test test-unit demo bench lint clean broker-stop system-deps
 
 setup: $(STAMP) system-deps
 	@scripts/fetch-kafka.sh
@@ -25,6 +29,11 @@ system-deps:
 test: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/pytest -q -ra tests
+
+# No broker and no Kafka jars: what CI runs on its second interpreter.
+test-unit: $(STAMP) system-deps
+	@$(BIN)/python -c 'import sys; print("unit tests on Python", sys.version.split()[0])'
+	@$(BIN)/pytest -q -ra $(UNIT_SELECT) $(UNIT_TESTS)
 
 demo: setup
 	@$(BIN)/python scripts/demo.py

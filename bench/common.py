@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -24,13 +25,45 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+if TYPE_CHECKING:
+    from consumer.processor import PartitionProcessor
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "loan_recovery.cli"]
 PARTITIONS = 6
+
+
+def active_kernels(processor: PartitionProcessor) -> dict[str, str]:
+    """Per compiled kernel, what ``processor`` runs: ``"compiled"`` or ``"reference"`` (the
+    Python twin). Read off the objects themselves, since each falls back on its own: not
+    built, ``LOAN_RECOVERY_PURE_PYTHON=1``, or -- the segmenter -- an interpreter whose ``sum``
+    the kernel does not replay."""
+    forest = getattr(processor.bundle._predict, "__self__", None)  # FastCalibratedForest
+    running = {
+        "event": processor._kernel is not None,
+        "forest": bool(getattr(forest, "native", False)),
+        "segmenter": processor.segmenter.native,
+        "codec": processor._state_codec.compiled,
+    }
+    return {name: "compiled" if on else "reference" for name, on in running.items()}
+
+
+def runtime(model: Path) -> dict[str, Any]:
+    """The interpreter and the kernels a scorer on ``model`` runs with here (the benchmarks'
+    scorers are this interpreter's subprocesses, with the same environment)."""
+    from consumer.processor import PartitionProcessor
+    from models.serving.bundle import ModelBundle
+    from models.serving.policy import Policy
+
+    processor = PartitionProcessor(ModelBundle.load(model), Policy.load(), partition=0)
+    return {"python": platform.python_version(),
+            "python_implementation": platform.python_implementation(),
+            "kernels": active_kernels(processor)}  # fmt: skip
 
 
 def cli(*args: str) -> None:

@@ -9,7 +9,9 @@
 4. Quality (``bench.uci_quality``): the stream's AUC on UCI held-out clients and its largest
    difference from the same bundle scoring offline.
 
-Writes ``docs/benchmarks.json`` and ``docs/BENCHMARKS.md``; ``--json`` prints the figures.
+Writes ``docs/benchmarks.json`` and ``docs/BENCHMARKS.md``; ``--json`` prints the figures. Both
+name the Python version and, per compiled kernel, whether the scorer ran it or its Python
+reference (``details.runtime``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from bench.common import (
     cli,
     create_topics,
     end_offsets,
+    runtime,
     scorer_command,
     stop_process,
     train_small_model,
@@ -157,6 +160,7 @@ def run(loans: int) -> dict:
         parts = Timer(seconds, load)
         figures, model = throughput(bootstrap, work, loans)
         parts.done("throughput")
+        details["runtime"] = runtime(model)
         latency = asdict(measure_latency(bootstrap, model, figures["scorer_eos_eps"] / 2, work))
         parts.done("latency")
         state = asdict(measure_state(bootstrap, model)[0])
@@ -227,6 +231,9 @@ def write_docs(figures: dict, command: str) -> str:
         "# Benchmarks", "",
         f"- Machine: {machine()}.",
         f"- Versions: {versions()}.",
+        f"- Python {d['runtime']['python']}; kernels: " +
+        ", ".join(f"{k} {v}" for k, v in d["runtime"]["kernels"].items()) +
+        " (`compiled`: the Cython kernel ran; `reference`: its Python twin did).",
         f"- Command: `{command}` (all figures from the same run, on one broker; "
         f"{sum(secs.values()) / 60:.1f} min: " +
         ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ").",

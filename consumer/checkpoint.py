@@ -353,9 +353,9 @@ class ExactlyOnce(Checkpoint):
 
     def _replace_producer(self, error: KafkaError) -> None:
         """An abort that failed: librdkafka can fail a legitimate abort with INVALID_TXN_STATE
-        (confluentinc/librdkafka#4849, seen in tests/test_stream_abort.py), after which its
-        producer is unusable. A new producer with the same transactional.id aborts on the
-        broker whatever is still open there, so the scorer rolls back and carries on instead of
+        (confluentinc/librdkafka#4849, seen in tests/integration/test_stream_abort.py), after which
+        its producer is unusable. A new producer with the same transactional.id aborts on the broker
+        whatever is still open there, so the scorer rolls back and carries on instead of
         exiting. Fenced (another instance owns the id): fatal, as before."""
         message = self.errors.describe("abort_transaction", error)
         if message.startswith("fenced"):

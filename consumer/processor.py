@@ -22,7 +22,7 @@ Steps 1-4 run in the compiled ``models.features._event_kernel`` when it is built
 bytes in place and writes each feature row straight into the batch's matrix, and gives every
 record it is not certain about (anything that is not a plain valid event) back to the Python
 reference code above, at its place in the sequence. Both paths give the same states and rows,
-bit for bit (``tests/test_models_event_kernel.py``).
+bit for bit (``tests/unit/models/test_models_event_kernel.py``).
 
 The partition's state -- loans, segmenter, the undo log of the open transaction, changelog
 records and restore -- is its :class:`~consumer.partition_store.PartitionStore`

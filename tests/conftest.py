@@ -25,14 +25,16 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-BROKER_FIXTURE = "bootstrap_servers"
+# Fixtures that start or reach a Kafka broker: a test using one, directly or through another
+# fixture, is an integration test.
+BROKER_FIXTURES = frozenset({"bootstrap_servers", "sasl_broker"})
 UNIT_DIR = Path(__file__).resolve().parent / "unit"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     misplaced = []
     for item in items:
-        if BROKER_FIXTURE in getattr(item, "fixturenames", ()):
+        if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
             if UNIT_DIR in Path(item.path).resolve().parents:
                 misplaced.append(item.nodeid)

@@ -3,7 +3,7 @@
 
 The scorer writes one changelog record per loan touched in every transaction -- nearly one
 per input event at full speed -- so this encoder is on the hot path. It writes exactly the
-bytes the Python fast path writes (and fastavro writes: ``tests/test_models_state_codec.py``
+bytes the Python fast path writes (and fastavro writes: ``tests/unit/models/test_models_state_codec.py``
 compares all three): the header, ``loan_id`` and ``borrower_id`` as Avro strings, the state's
 ``SLOTS`` doubles as they lie in memory (little-endian IEEE, as Avro encodes a double), then
 the nullable ``strategy``, ``risk_tier``, ``risk_score`` and ``segment``.

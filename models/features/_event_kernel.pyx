@@ -8,7 +8,7 @@ the *happy path only*: it reads the Avro body in place (no dict per event), chec
 condition under which the reference would refuse the event, and hands anything unusual back
 to the caller, which runs the reference code on it. So the kernel never decides a dead letter,
 a duplicate or an error message; it only decides "applied exactly as the reference would",
-and ``tests/test_models_event_kernel.py`` requires the resulting states and rows to be equal
+and ``tests/unit/models/test_models_event_kernel.py`` requires the resulting states and rows to be equal
 bit for bit, over valid, duplicate, corrupt and adversarial input.
 
 What must never change without changing the reference in the same way: the order of the

@@ -1,13 +1,13 @@
 """The serving path of the calibrated forest: scikit-learn's own arithmetic, minus its overhead.
 
-``CalibratedClassifierCV.predict_proba`` on a batch spends almost half its time outside the
-trees: joblib dispatch and a lock per tree, input validation per tree, a two-class array
-allocated and added per tree. :class:`FastCalibratedForest` does what scikit-learn does with
-the same fitted objects -- the pipeline's ``prepare`` transform, float32 inputs, each tree's
-leaf (``tree_.apply``, scikit-learn's compiled traversal), the leaves' class-1 fractions
-summed tree by tree *in estimator order* and divided by the number of trees, then the
-calibrator -- so the probabilities are bit for bit scikit-learn's (``tests/test_models_bundle``
-checks it on every trained bundle), not merely close.
+``CalibratedClassifierCV.predict_proba`` on a batch spends almost half its time outside the trees:
+joblib dispatch and a lock per tree, input validation per tree, a two-class array allocated and
+added per tree. :class:`FastCalibratedForest` does what scikit-learn does with the same fitted
+objects -- the pipeline's ``prepare`` transform, float32 inputs, each tree's leaf (``tree_.apply``,
+scikit-learn's compiled traversal), the leaves' class-1 fractions summed tree by tree *in estimator
+order* and divided by the number of trees, then the calibrator -- so the probabilities are bit for
+bit scikit-learn's (``tests/unit/models/test_models_bundle`` checks it on every trained bundle), not
+merely close.
 
 The forest stage has two implementations with the same result: the compiled
 ``models.serving._forest_kernel.ForestKernel`` (all trees in one flat node array, many paths

@@ -1,13 +1,14 @@
 """The online borrower segmenter the scorer runs (the offline comparison that initialises it is
 :mod:`models.training.clustering`).
 
-:class:`OnlineSegmenter`: river ``StandardScaler`` + ``KMeans(n_clusters=3)``
-warm-started from the offline K-Means centres and scaler statistics stored in the bundle.
-Segment names come from ranking the current centres on the *risk axis* (the linear fit of
-predicted risk on the standardized features, also from the bundle), so every partition's
-clusterer names segments the same way. Its state is plain JSON, never pickle. The per-event
-step runs in a compiled kernel (``models/serving/_segmenter_kernel.pyx``) when it was built,
-else in the pure-Python reference kept here; the two agree bit for bit.
+:class:`OnlineSegmenter`: river ``StandardScaler`` + ``KMeans(n_clusters=3)`` warm-started from the
+offline K-Means centres and scaler statistics stored in the bundle. Segment names come from ranking
+the current centres on the *risk axis* (the linear fit of predicted risk on the standardized
+features, also from the bundle), so every partition's clusterer names segments the same way. Its
+state is plain JSON, never pickle. The per-event step runs in a compiled kernel
+(``models/serving/_segmenter_kernel.pyx``) when it was built, else in the pure-Python reference kept
+here; the two agree bit for bit on every supported interpreter (the kernel sums as the running
+interpreter's ``sum`` does: plain on 3.11, compensated from 3.12).
 
 >>> init = {"features": ["days_past_due", "outstanding_ratio"], "means": [10.0, 0.5],
 ...         "stds": [20.0, 0.2], "count": 1000, "centres": [[2.0, -1.0], [0.0, 0.0], [-0.5, 1.0]],
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,9 +39,20 @@ _segmenter_kernel = load_kernel("serving._segmenter_kernel")
 
 SEGMENT_NAMES = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 DEFAULT_HALFLIFE = 0.01  # river's learning rate: a centre moves 1 % towards each new member
-# Whether segmenters use the compiled kernel by default. It replays Python 3.11's plain float
-# ``sum``; from 3.12 on ``sum`` compensates, so the kernel would no longer match the reference.
-NATIVE = _segmenter_kernel is not None and sys.version_info < (3, 12)
+
+
+def builtin_summation() -> str:
+    """How this interpreter's ``sum`` adds floats, told by what it does: ``"compensated"``
+    (CPython >= 3.12, Neumaier) when ``sum([1e100, 1.0, -1e100])`` keeps the 1.0 that plain
+    left-to-right addition loses, else ``"plain"``."""
+    return "compensated" if sum([1e100, 1.0, -1e100]) == 1.0 else "plain"
+
+
+# Whether segmenters use the compiled kernel by default: wherever it is built and sums the way
+# this interpreter's ``sum`` does (the kernel picks by version; this checks by behaviour, so an
+# interpreter whose ``sum`` it does not know runs the reference instead of diverging from it).
+NATIVE = (_segmenter_kernel is not None
+          and getattr(_segmenter_kernel, "SUMMATION", None) == builtin_summation())
 
 
 def name_by_risk(risks: Sequence[float]) -> list[str]:
@@ -62,13 +73,13 @@ def name_by_risk(risks: Sequence[float]) -> list[str]:
 class OnlineSegmenter:
     """river ``StandardScaler`` + ``KMeans(3)``, warm-started; deterministic for an input sequence.
 
-    The stream updates the segmenter after every event, so its step is on the hot path. It
-    runs river's own update equations -- running mean and variance per feature, scaling,
-    squared-distance nearest centre, ``centre += halflife * (x - centre)`` -- on plain lists,
-    with the same floating-point operations in the same order, instead of river's per-call
-    dicts, sets and closures: the result is bit for bit river's (``tests/test_models_segmenter``
-    replays thousands of steps through both) at a fifth of the cost. :meth:`to_river` hands
-    out the equivalent river objects.
+    The stream updates the segmenter after every event, so its step is on the hot path. It runs
+    river's own update equations -- running mean and variance per feature, scaling, squared-distance
+    nearest centre, ``centre += halflife * (x - centre)`` -- on plain lists, with the same
+    floating-point operations in the same order, instead of river's per-call dicts, sets and
+    closures: the result is bit for bit river's (``tests/unit/models/test_models_segmenter`` replays
+    thousands of steps through both) at a fifth of the cost. :meth:`to_river` hands out the
+    equivalent river objects.
 
     With ``native`` (default :data:`NATIVE`) the state lives in the compiled kernel and the
     step runs there, about ten times faster again; the Python lists (``_means``, ``_vars``,

@@ -1,8 +1,8 @@
 """Checkpointing without a broker: small fakes stand in for librdkafka's producer and consumer,
 so every path of ``consumer.checkpoint`` -- lazy begin, one transaction per commit, abort +
 rollback + rewind, producer replacement after a failed abort, fencing, retries, and the
-at-least-once variant -- is checked exactly and fast. (tests/test_stream_abort.py and
-tests/test_stream_eos.py check the same guarantees end to end on a real broker.)"""
+at-least-once variant -- is checked exactly and fast. (tests/integration/test_stream_abort.py and
+tests/integration/test_stream_eos.py check the same guarantees end to end on a real broker.)"""
 
 from __future__ import annotations
 

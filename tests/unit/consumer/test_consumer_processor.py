@@ -162,7 +162,7 @@ def test_score_reference_writes_one_row_per_loan(bundle, policy, events, tmp_pat
 
 
 def test_properties_pass_through_but_cannot_break_the_guarantees() -> None:
-    # (Reading the properties file: tests/test_client_config.py.)
+    # (Reading the properties file: tests/unit/schemas/test_client_config.py.)
     props = {"security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN"}
     cfg = ServeConfig("b:9092", Path("m"), kafka_properties=props, instance_id="x")
     assert cfg.producer_config()["security.protocol"] == "SASL_SSL"

@@ -1,7 +1,7 @@
 """Assignment and recovery (``consumer.recovery``) with fake clients: partitions are paused
 until restored, a revoke commits before the partitions go (and parks them), a loss aborts and
 commits nothing, and a parked partition nobody moved on comes back without a restore.
-(tests/test_stream_eos.py checks rebalances end to end on a real broker.)"""
+(tests/integration/test_stream_eos.py checks rebalances end to end on a real broker.)"""
 
 from __future__ import annotations
 

@@ -8,11 +8,15 @@ import importlib
 import json
 import math
 import random
+import struct
+import sys
 from array import array
 from collections.abc import Callable
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from models.features.columns import FEATURE_NAMES, SEGMENT_FEATURES
 from models.serving.segmenter import OnlineSegmenter, name_by_risk
@@ -244,6 +248,23 @@ def test_kernel_names_clusters_like_name_by_risk() -> None:
         assert kernel_name_by_risk(risks) == name_by_risk(risks), risks
 
 
+def test_kernel_ranks_nan_risks_like_this_interpreters_sort() -> None:
+    """With a NaN risk the keys are not totally ordered, and CPython 3.13's run count
+    (gh-116554) ranks ``[0.0, 1.0, nan]`` differently from 3.11's and 3.12's: the kernel must
+    follow the interpreter it runs on."""
+    from models.serving._segmenter_kernel import SORT_RUNS
+    from models.serving._segmenter_kernel import name_by_risk as kernel_name_by_risk
+
+    risks = [0.0, 1.0, math.nan]
+    if sys.version_info >= (3, 13):
+        expected, runs = ["LOW_RISK", "HIGH_RISK", "OTHERS"], "3.13"
+    else:
+        expected, runs = ["OTHERS", "HIGH_RISK", "LOW_RISK"], "3.11"
+    assert runs == SORT_RUNS
+    assert name_by_risk(risks) == expected
+    assert kernel_name_by_risk(risks) == expected
+
+
 def test_json_moves_between_kernel_and_reference() -> None:
     rng = random.Random(4)
     native = OnlineSegmenter(_init(rng), native=True)
@@ -256,3 +277,157 @@ def test_json_moves_between_kernel_and_reference() -> None:
     for row in _rows(rng, 300):
         assert native.learn_predict(row) == resumed.learn_predict(row)
     assert native.to_json() == resumed.to_json()
+
+
+# -- summation: the kernel adds floats the way this interpreter's ``sum`` does ------------------
+
+
+def _plain_sum(values: list[float]) -> float:
+    """CPython 3.11's ``sum`` of floats: ``0 + x0`` (int + float), then plain additions."""
+    total = 0.0 + values[0]
+    for x in values[1:]:
+        total += x
+    return total
+
+
+def _neumaier_sum(values: list[float]) -> float:
+    """CPython 3.12+'s ``sum`` of floats (``builtin_sum_impl``): ``0 + x0``, then Neumaier's
+    compensated additions, the compensation added at the end only if nonzero and finite."""
+    total, compensation = 0.0 + values[0], 0.0
+    for x in values[1:]:
+        t = total + x
+        if abs(total) >= abs(x):
+            compensation += (total - t) + x
+        else:
+            compensation += (x - t) + total
+        total = t
+    if compensation and math.isfinite(compensation):
+        return total + compensation
+    return total
+
+
+def _bits(value: float) -> bytes:
+    """The value's IEEE bits, every NaN as one: which of two NaN operands an addition passes on
+    (so a NaN's sign and payload) is the C compiler's choice of operand order, which IEEE 754
+    leaves open, in CPython as in the kernel; no output can tell NaNs apart (comparisons are
+    false, JSON writes ``NaN``)."""
+    return struct.pack("<d", math.nan if value != value else value)
+
+
+# Magnitudes 2**-60 .. 2**60 of both signs, so terms cancel and fall below each other's last
+# bit: where plain and compensated sums disagree. The specials cover the final step's guard.
+_TERMS = st.one_of(
+    st.builds(math.ldexp, st.floats(-1.0, 1.0), st.integers(-60, 60)),
+    st.sampled_from([0.0, -0.0, 1e308, -1e308, math.inf, -math.inf, math.nan, 5e-324]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+def test_the_kernel_knows_this_interpreters_sum() -> None:
+    """The kernel's choice (by version) is what ``sum`` does here (by behaviour), and the
+    default segmenter uses the kernel: a mismatch is a failure, never a silent fallback."""
+    from models import _segmenter_kernel
+    from models.serving.segmenter import NATIVE, builtin_summation
+
+    expected = "compensated" if sys.version_info >= (3, 12) else "plain"
+    assert _segmenter_kernel.SUMMATION == builtin_summation() == expected
+    assert NATIVE
+    assert sum([1e100, 1.0, -1e100]) == (1.0 if expected == "compensated" else 0.0)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_TERMS, min_size=1, max_size=12))
+@example([1e16, 1.0, -1e16])  # compensated keeps the 1.0
+@example([1e308, 1e308, -1e308])  # inf, not NaN: the final step skips a non-finite c
+@example([1.0, 2.0**-54, 2.0**-54, 2.0**-54])  # the lost halves add up to one last bit
+@example([-0.0])  # 0 + -0.0 is 0.0
+@example([2.0**-54, 1.0, -(2.0**-54)])  # the else branch: |f| < |x|
+def test_kernel_float_sum_is_builtin_sum_bit_for_bit(values: list[float]) -> None:
+    """Also pins the model of CPython's ``sum`` the kernel implements (``_plain_sum`` on 3.11,
+    ``_neumaier_sum`` from 3.12), so a change of ``sum`` in a new Python shows up here."""
+    from models.serving._segmenter_kernel import float_sum
+
+    model = _neumaier_sum if sys.version_info >= (3, 12) else _plain_sum
+    assert _bits(float_sum(values)) == _bits(sum(values)) == _bits(model(values)), values
+
+
+def test_the_summation_inputs_tell_plain_from_compensated() -> None:
+    """The inputs of the summation tests are ones where the two summations disagree (else
+    those tests would pass with the wrong one)."""
+    assert _plain_sum([1e16, 1.0, -1e16]) == 0.0 and _neumaier_sum([1e16, 1.0, -1e16]) == 1.0
+    assert _plain_sum([1.0] + [2.0**-54] * 3) == 1.0
+    assert _neumaier_sum([1.0] + [2.0**-54] * 3) == 1.0 + 2.0**-52
+    assert _plain_sum([1e308, 1e308, -1e308]) == math.inf == _neumaier_sum([1e308, 1e308, -1e308])
+    rng = random.Random(0)
+    rows = [_cancelling_row(rng) for _ in range(200)]
+    assert sum(_plain_sum(r) != _neumaier_sum(r) for r in rows) > 50  # 74 of 200
+
+
+def _cancelling_row(rng: random.Random, d: int = len(SEGMENT_FEATURES)) -> list[float]:
+    return [rng.choice((1.0, -1.0)) * math.ldexp(rng.random(), rng.randrange(-40, 40))
+            for _ in range(d)]  # fmt: skip
+
+
+def test_kernel_risks_follow_this_interpreters_sum() -> None:
+    """Risk weights that cancel: ``sum(w * c)`` rounds differently plainly and compensated in
+    most steps; the kernel's risks (hence its names) must be the reference's, bit for bit."""
+    d = len(SEGMENT_FEATURES)
+    rng = random.Random(21)
+    init = _init(rng) | {"halflife": 1.0, "risk_weights": _cancelling_row(rng, d)}
+    native, python = _pair(init)
+    plain_differs = 0
+    for i, row in enumerate(_rows(rng, 2000)):
+        assert native.learn_predict(row) == python.learn_predict(row), i
+        assert native.names == python.names, i  # also refreshes native._risks from the kernel
+        assert list(map(_bits, native._risks)) == list(map(_bits, python._risks)), i
+        plain = [_plain_sum([w * c for w, c in zip(init["risk_weights"], centre, strict=True)])
+                 for centre in python.centres]  # fmt: skip
+        plain_differs += plain != python._risks
+    assert native.to_json() == python.to_json()
+    if sys.version_info >= (3, 12):  # the test must be able to tell the two summations apart
+        assert plain_differs > 100, plain_differs
+
+
+def test_kernel_nearest_centre_follows_this_interpreters_sum() -> None:
+    """A row at the running means scales to z = 0, so each distance is the sum of a centre's
+    squares. Centre 1's squares (1, 2**-54, 2**-54, 2**-54) add up to 1.0 plainly and to
+    1 + 2**-52 compensated; centre 0's (1, 2**-52) to 1 + 2**-52 either way. So centre 1 is
+    strictly nearer (OTHERS) with 3.11's ``sum`` and not (LOW_RISK, centre 0) with 3.12's."""
+    d = len(SEGMENT_FEATURES)
+    init = _init(random.Random(6)) | {"risk_weights": [1.0] + [0.0] * (d - 1)}
+    init["centres"] = [[-1.0, 2.0**-26] + [0.0] * (d - 2),  # risk -1: LOW_RISK
+                       [1.0] + [2.0**-27] * 3 + [0.0] * (d - 4),  # risk 1: OTHERS
+                       [50.0] * d]  # fmt: skip  # risk 50, far away: HIGH_RISK
+    native, python = _pair(init)
+    row = [0.0] * len(FEATURE_NAMES)
+    for name, mean in zip(SEGMENT_FEATURES, init["means"], strict=True):
+        row[FEATURE_NAMES.index(name)] = mean
+    expected = "LOW_RISK" if sys.version_info >= (3, 12) else "OTHERS"
+    assert python.learn_predict(row) == expected
+    assert native.learn_predict(row) == expected
+    assert native.to_json() == python.to_json()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([0.01, 0.5, 1.0]))
+def test_kernel_equals_reference_and_river_where_sums_cancel(seed: int, halflife: float) -> None:
+    """Hypothesis picks the stream; cancelling risk weights and centres make the sums
+    interpreter-dependent. Kernel, reference and river agree on every segment and state, and
+    kernel and reference on every risk, bit for bit."""
+    rng = random.Random(seed)
+    init = _init(rng) | {"halflife": halflife, "risk_weights": _cancelling_row(rng)}
+    init["centres"] = [_cancelling_row(rng) for _ in range(3)]
+    native, python = _pair(init)
+    scaler, kmeans = python.to_river()
+    for i in range(150):
+        row = [rng.choice((0.0, rng.uniform(-1e6, 1e6), math.ldexp(rng.random(), 30)))
+               for _ in SEGMENT_FEATURES]  # fmt: skip
+        features = dict(zip(SEGMENT_FEATURES, row, strict=True))
+        ours = native.learn_predict(features)
+        assert ours == python.learn_predict(features), i
+        assert ours == _river_step(scaler, kmeans, init["risk_weights"], dict(enumerate(row))), i
+        assert native.names == python.names, i  # refreshes native._risks from the kernel
+        assert list(map(_bits, native._risks)) == list(map(_bits, python._risks)), i
+    assert native.to_json() == python.to_json()
+    keys = range(len(SEGMENT_FEATURES))
+    assert python.state()["centres"] == [[kmeans.centers[c][k] for k in keys] for c in range(3)]
