@@ -326,7 +326,7 @@ _TERMS = st.one_of(
 def test_the_kernel_knows_this_interpreters_sum() -> None:
     """The kernel's choice (by version) is what ``sum`` does here (by behaviour), and the
     default segmenter uses the kernel: a mismatch is a failure, never a silent fallback."""
-    from models import _segmenter_kernel
+    from models.serving import _segmenter_kernel
     from models.serving.segmenter import NATIVE, builtin_summation
 
     expected = "compensated" if sys.version_info >= (3, 12) else "plain"
