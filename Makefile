@@ -28,6 +28,7 @@ system-deps:
 
 test: setup
 	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
 	@$(BIN)/pytest -q -ra tests
 
 # No broker and no Kafka jars: what CI runs on its second interpreter.
@@ -43,6 +44,8 @@ bench: setup
 
 lint: setup
 	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/ruff format --check .
 
 broker-stop:
 	@$(BIN)/loan-recovery broker stop || true

@@ -44,9 +44,15 @@ IDLE_WAIT_S = 0.01
 
 
 class ScorerApp:
-    def __init__(self, config: ServeConfig, bundle: EarlyWarningModel, policy: StrategyPolicy,
-                 metrics: ScorerMetrics | None = None, health: HealthState | None = None,
-                 bundle_loader: Callable[[], EarlyWarningModel] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ServeConfig,
+        bundle: EarlyWarningModel,
+        policy: StrategyPolicy,
+        metrics: ScorerMetrics | None = None,
+        health: HealthState | None = None,
+        bundle_loader: Callable[[], EarlyWarningModel] | None = None,
+    ) -> None:
         self.config = config
         self.bundle = bundle
         self.policy = policy
@@ -99,11 +105,20 @@ class ScorerApp:
         self.metrics.set_policy(self.policy.version)
         consumer = Consumer({**cfg.consumer_config(), "error_cb": self.errors.on_client_error})
         restorer = ChangelogRestorer(Consumer(cfg.restore_consumer_config()), self.topics.changelog)
-        recovery = Recovery(consumer, restorer, self.topics.events, self.bundle, self.policy,
-                            self.errors, self.health, self.metrics)  # fmt: skip
+        recovery = Recovery(
+            consumer,
+            restorer,
+            self.topics.events,
+            self.bundle,
+            self.policy,
+            self.errors,
+            self.health,
+            self.metrics,
+        )
         try:  # opens the producer: a fenced or unusable transactional id stops us here
-            checkpoint = CHECKPOINTS[cfg.guarantee](cfg, consumer, self._new_producer,
-                                                    recovery.stores, self.errors, self.metrics)
+            checkpoint = CHECKPOINTS[cfg.guarantee](
+                cfg, consumer, self._new_producer, recovery.stores, self.errors, self.metrics
+            )
         except FatalError:
             recovery.close()
             consumer.close()  # not subscribed yet: nobody rebalances
@@ -113,19 +128,29 @@ class ScorerApp:
         tune_gc_for_streaming()
         self.health.alive = True
         self.metrics.up.set(1)
-        log_event("started", group=cfg.group, instance=cfg.instance_id,
-                  guarantee=cfg.guarantee.value, input=self.topics.events,
-                  model_version=self.bundle.version, policy_version=self.policy.version,
-                  commit_interval_ms=cfg.commit_interval_ms)  # fmt: skip
+        log_event(
+            "started",
+            group=cfg.group,
+            instance=cfg.instance_id,
+            guarantee=cfg.guarantee.value,
+            input=self.topics.events,
+            model_version=self.bundle.version,
+            policy_version=self.policy.version,
+            commit_interval_ms=cfg.commit_interval_ms,
+        )
         return recovery, checkpoint
 
     def _new_producer(self) -> Producer:
         """A producer reporting to :attr:`errors`; the checkpoint prepares it for its guarantee
         (and calls this again to replace one a failed abort left unusable)."""
-        return Producer({**self.config.producer_config(),
-                         "error_cb": self.errors.on_client_error,
-                         "delivery.report.only.error": True,
-                         "on_delivery": self.errors.on_delivery_error})  # fmt: skip
+        return Producer(
+            {
+                **self.config.producer_config(),
+                "error_cb": self.errors.on_client_error,
+                "delivery.report.only.error": True,
+                "on_delivery": self.errors.on_delivery_error,
+            }
+        )
 
     def _loop(self, recovery: Recovery, checkpoint: Checkpoint) -> None:
         assert self._consumer is not None
@@ -173,8 +198,7 @@ class ScorerApp:
         log_event("stopped", processed=self.processed)
 
     # -- the hot path ------------------------------------------------------------------------------
-    def _process(self, messages: list[Message], recovery: Recovery,
-                 checkpoint: Checkpoint) -> None:  # fmt: skip
+    def _process(self, messages: list[Message], recovery: Recovery, checkpoint: Checkpoint) -> None:
         """One poll: apply per partition, score all partitions' rows in one call, emit."""
         started = time.perf_counter()
         by_partition = self._by_partition(messages)
@@ -195,8 +219,9 @@ class ScorerApp:
         decide_together(self.bundle, [(p, r) for _, p, r in applied], now_ms)
         produce, records = checkpoint.produce, self.serializer.records
         for partition, _, result in applied:
-            for topic, key, value, headers in records(partition, result.changes, result.alerts,
-                                                      result.dead_letters):  # fmt: skip
+            for topic, key, value, headers in records(
+                partition, result.changes, result.alerts, result.dead_letters
+            ):
                 produce(topic, key, value, headers=headers)
             self.metrics.record_batch(result, now_ms)
         checkpoint.poll()
@@ -213,7 +238,8 @@ class ScorerApp:
                 self.errors.on_message_error(error)
                 continue
             by_partition.setdefault(message.partition(), []).append(
-                (message.offset(), message.key(), message.value()))
+                (message.offset(), message.key(), message.value())
+            )
         return by_partition
 
     # -- reload, housekeeping ----------------------------------------------------------------------
@@ -225,8 +251,12 @@ class ScorerApp:
         try:
             bundle = self.bundle_loader()
         except Exception as error:  # any failure keeps the running model
-            log_event("model_reload_failed", level="error", error=f"{type(error).__name__}: "
-                      f"{error}", keeping=self.bundle.version)  # fmt: skip
+            log_event(
+                "model_reload_failed",
+                level="error",
+                error=f"{type(error).__name__}: {error}",
+                keeping=self.bundle.version,
+            )
             return
         checkpoint.finish("reload")  # decisions of the old model commit with it
         self.bundle = bundle

@@ -65,9 +65,11 @@ class ClientErrors:
     def describe(self, what: str, error: KafkaError) -> str:
         """One clear line; fencing names its usual cause (two instances, one instance id)."""
         if error.code() in _FENCED or "fenced" in error.str().lower():
-            return (f"fenced during {what}: another scorer uses transactional.id "
-                    f"{self.transactional_id}; give each instance its own --instance-id "
-                    f"({error.str()})")  # fmt: skip
+            return (
+                f"fenced during {what}: another scorer uses transactional.id "
+                f"{self.transactional_id}; give each instance its own --instance-id "
+                f"({error.str()})"
+            )
         return f"fatal Kafka error during {what}: {error.name()}: {error.str()}"
 
     def on_client_error(self, error: KafkaError) -> None:
@@ -118,9 +120,15 @@ class Checkpoint(ABC):
     read here). Offsets: ``positions[p]`` is the next offset to process of partition ``p``,
     ``first[p]`` the first offset processed in the open unit (where an abort rewinds to)."""
 
-    def __init__(self, config: ServeConfig, consumer: Consumer, new_producer: ProducerFactory,
-                 stores: Mapping[int, PartitionStore], errors: ClientErrors,
-                 metrics: ScorerMetrics) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ServeConfig,
+        consumer: Consumer,
+        new_producer: ProducerFactory,
+        stores: Mapping[int, PartitionStore],
+        errors: ClientErrors,
+        metrics: ScorerMetrics,
+    ) -> None:
         self.config = config
         self.topics = config.topics
         self.consumer = consumer
@@ -177,8 +185,9 @@ class Checkpoint(ABC):
 
     def due(self) -> bool:
         """The open unit is ``commit_interval_ms`` old."""
-        return self.open and (time.monotonic() - self.started) * 1000 >= \
-            self.config.commit_interval_ms  # fmt: skip
+        return (
+            self.open and (time.monotonic() - self.started) * 1000 >= self.config.commit_interval_ms
+        )
 
     def forget(self, partition: int) -> int | None:
         """The partition is gone (revoked or lost); its next offset, if any was processed."""
@@ -191,8 +200,11 @@ class Checkpoint(ABC):
         if not self.open:
             return True
         self._write_changelog()
-        offsets = [TopicPartition(self.topics.events, p, self.positions[p])
-                   for p in self.first if p in self.positions]  # fmt: skip
+        offsets = [
+            TopicPartition(self.topics.events, p, self.positions[p])
+            for p in self.first
+            if p in self.positions
+        ]
         try:
             self._commit(offsets)
         except _Abort as why:
@@ -230,8 +242,12 @@ class Checkpoint(ABC):
         self.first.clear()
         self.open = False
         self.metrics.transactions.labels(result="abort").inc()
-        log_event("transaction_aborted", level="warning", reason=why,
-                  rewound={tp.partition: tp.offset for tp in rewind})  # fmt: skip
+        log_event(
+            "transaction_aborted",
+            level="warning",
+            reason=why,
+            rewound={tp.partition: tp.offset for tp in rewind},
+        )
 
     def _write_changelog(self) -> None:
         now_ms = int(time.time() * 1000)
@@ -243,8 +259,14 @@ class Checkpoint(ABC):
                 self.produce(self.topics.changelog, key, value, partition=partition)
 
     # -- the producer ---------------------------------------------------------------------------
-    def produce(self, topic: str, key: bytes | None, value: bytes | None,
-                partition: int = -1, headers: Headers | None = None) -> None:  # fmt: skip
+    def produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int = -1,
+        headers: Headers | None = None,
+    ) -> None:
         """Produce into the open unit: waits out a full local queue; a dead letter too big
         for the broker goes without its bytes; anything else fatal raises."""
         producer = self.producer
@@ -260,8 +282,11 @@ class Checkpoint(ABC):
                 producer.poll(0.05)
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE and topic == self.topics.dlq \
-                        and value:  # fmt: skip
+                if (
+                    error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                    and topic == self.topics.dlq
+                    and value
+                ):
                     # A poison record too big to copy must not stop the stream: dead-letter
                     # it without its bytes (the headers say where the original is).
                     headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
@@ -310,8 +335,9 @@ class Checkpoint(ABC):
                     raise _Abort(f"{what}: {error.name()}: {error.str()}") from None
                 if not error.retriable() or time.monotonic() > deadline:
                     raise self._gave_up(what, error) from None
-                log_event("commit_retry", level="warning", step=what, error=error.str(),
-                          backoff_s=backoff)  # fmt: skip
+                log_event(
+                    "commit_retry", level="warning", step=what, error=error.str(), backoff_s=backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -326,8 +352,10 @@ class ExactlyOnce(Checkpoint):
         try:
             producer.init_transactions(self.config.commit_timeout_s * 3)
         except KafkaException as error:
-            raise FatalError(f"cannot initialise transactions for transactional.id "
-                             f"{self.config.transactional_id}: {error.args[0].str()}") from None
+            raise FatalError(
+                f"cannot initialise transactions for transactional.id "
+                f"{self.config.transactional_id}: {error.args[0].str()}"
+            ) from None
         return producer
 
     def _begin(self) -> None:
@@ -340,8 +368,10 @@ class ExactlyOnce(Checkpoint):
         timeout = self.config.commit_timeout_s
         if offsets:
             group = self.consumer.consumer_group_metadata()
-            self._retrying("send_offsets_to_transaction",
-                           lambda: producer.send_offsets_to_transaction(offsets, group, timeout))
+            self._retrying(
+                "send_offsets_to_transaction",
+                lambda: producer.send_offsets_to_transaction(offsets, group, timeout),
+            )
         self._retrying("commit_transaction", lambda: producer.commit_transaction(timeout))
 
     def _abort(self) -> None:
@@ -392,8 +422,9 @@ class AtLeastOnce(Checkpoint):
             why, self.errors.delivery_failed = self.errors.delivery_failed, None
             raise _Abort(why)
         if offsets:
-            self._retrying("commit offsets", lambda: self.consumer.commit(
-                offsets=offsets, asynchronous=False))  # fmt: skip
+            self._retrying(
+                "commit offsets", lambda: self.consumer.commit(offsets=offsets, asynchronous=False)
+            )
 
     def _abort(self) -> None:
         pass  # nothing to undo on the broker; rollback + rewind reprocess the unit

@@ -41,9 +41,19 @@ class PartitionStore:
     ``states`` and ``undo`` are plain dicts because the compiled event kernel fills them in
     place (``models.features._event_kernel``); everything else goes through methods."""
 
-    __slots__ = ("_checkpoint_serde", "_committed_events_applied", "_committed_segmenter",
-                 "_state_codec", "by_segment", "by_tier", "events_applied", "partition",
-                 "segmenter", "states", "undo")  # fmt: skip
+    __slots__ = (
+        "_checkpoint_serde",
+        "_committed_events_applied",
+        "_committed_segmenter",
+        "_state_codec",
+        "by_segment",
+        "by_tier",
+        "events_applied",
+        "partition",
+        "segmenter",
+        "states",
+        "undo",
+    )
 
     def __init__(self, partition: int, segmenter: Segmenter) -> None:
         self.partition = partition
@@ -102,10 +112,14 @@ class PartitionStore:
 
     def checkpoint_value(self, now_ms: int) -> bytes:
         """The segmenter's parameters as plain JSON (never pickle from a topic, DESIGN.md §5)."""
-        return self._checkpoint_serde.encode({
-            "partition": self.partition, "clusterer_json": self.segmenter.to_json(),
-            "events_applied": self.events_applied, "updated_at": now_ms,
-        })  # fmt: skip
+        return self._checkpoint_serde.encode(
+            {
+                "partition": self.partition,
+                "clusterer_json": self.segmenter.to_json(),
+                "events_applied": self.events_applied,
+                "updated_at": now_ms,
+            }
+        )
 
     def restore(self, key: bytes | None, value: bytes | None) -> bool:
         """Apply one changelog record (last write wins). True if it was a loan state."""
@@ -144,8 +158,9 @@ class PartitionStore:
         self.by_tier = Counter(s.risk_tier for s in self.states.values() if s.risk_tier)
 
 
-def total_population(stores: Iterable[PartitionStore]) -> tuple[int, dict[str, int],
-                                                                dict[str, int]]:  # fmt: skip
+def total_population(
+    stores: Iterable[PartitionStore],
+) -> tuple[int, dict[str, int], dict[str, int]]:
     """(loans, loans per segment, loans per tier) over ``stores``, for the gauges."""
     loans, segments, tiers = 0, Counter[str](), Counter[str]()
     for store in stores:

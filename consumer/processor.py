@@ -103,8 +103,20 @@ class BatchResult:
     ``features[i]``), so the whole batch is scored from one matrix without a Python object per
     event; :meth:`PartitionProcessor.decide` then fills ``changes`` and ``alerts``."""
 
-    __slots__ = ("alerts", "changes", "counts", "dead_letters", "features", "n", "next_offset",
-                 "occurred", "offsets", "outcomes", "states", "values")
+    __slots__ = (
+        "alerts",
+        "changes",
+        "counts",
+        "dead_letters",
+        "features",
+        "n",
+        "next_offset",
+        "occurred",
+        "offsets",
+        "outcomes",
+        "states",
+        "values",
+    )
 
     def __init__(self, capacity: int) -> None:
         self.changes: list[StrategyChanged] = []
@@ -118,8 +130,9 @@ class BatchResult:
         self.states: list[LoanState] = []
         self.offsets: list[int] = []
         self.values: list[bytes] = []  # the events' Avro bytes (ids for output records)
-        self.counts = np.zeros(len(_event_kernel.BODY_KINDS) if _event_kernel else 0,
-                               dtype=np.int64)  # kernel-applied events per body type
+        self.counts = np.zeros(
+            len(_event_kernel.BODY_KINDS) if _event_kernel else 0, dtype=np.int64
+        )  # kernel-applied events per body type
 
     def rows(self) -> np.ndarray:
         """The feature rows waiting for scores (n x features)."""
@@ -154,9 +167,15 @@ class PartitionProcessor:
         result.changes[-1].new_strategy
     """
 
-    def __init__(self, bundle: EarlyWarningModel, policy: StrategyPolicy, partition: int,
-                 topic: str = "loan.events", segmenter: Segmenter | None = None,
-                 native: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bundle: EarlyWarningModel,
+        policy: StrategyPolicy,
+        partition: int,
+        topic: str = "loan.events",
+        segmenter: Segmenter | None = None,
+        native: bool = True,
+    ) -> None:
         self.bundle = bundle
         self.policy = policy
         self.partition = partition
@@ -166,8 +185,9 @@ class PartitionProcessor:
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
         self._kernel_header = MAGIC + self._serde.registry.get("LoanEvent", 1).fingerprint
-        self._kernel = _event_kernel.EventKernel(self._kernel_header) if _event_kernel and \
-            native else None  # fmt: skip
+        self._kernel = (
+            _event_kernel.EventKernel(self._kernel_header) if _event_kernel and native else None
+        )
 
     # -- the batch ------------------------------------------------------------------------------
     def process(self, batch: list[Record], decided_at_ms: int = 0) -> BatchResult:
@@ -188,9 +208,18 @@ class PartitionProcessor:
                 self._apply_reference(result, record, result.n)
         else:
             result.n = self._kernel.apply_batch(
-                batch, store.states, store.undo, result.features, result.occurred,
-                result.states, result.offsets, result.values, result.counts, result.n,
-                partial(self._apply_reference, result))  # fmt: skip
+                batch,
+                store.states,
+                store.undo,
+                result.features,
+                result.occurred,
+                result.states,
+                result.offsets,
+                result.values,
+                result.counts,
+                result.n,
+                partial(self._apply_reference, result),
+            )
             self._count_kernel_outcomes(result)
         if batch:
             result.next_offset = batch[-1][0] + 1
@@ -217,9 +246,13 @@ class PartitionProcessor:
         if key != loan_id.encode():
             # A loan's state lives in the partition of its key: a record keyed otherwise is
             # on the wrong partition, and applying it would split the loan's history.
-            self._dead(result, record, "key_mismatch",
-                       ValueError(f"record key {key!r} is not its loan_id {loan_id!r}"),
-                       body_type)  # fmt: skip
+            self._dead(
+                result,
+                record,
+                "key_mismatch",
+                ValueError(f"record key {key!r} is not its loan_id {loan_id!r}"),
+                body_type,
+            )
             return n
         try:
             state = self._open_or_apply(loan_id, event)
@@ -255,16 +288,17 @@ class PartitionProcessor:
         return state
 
     @staticmethod
-    def _dead(result: BatchResult, record: Record, reason: str, error: Exception,
-              event_type: str) -> None:  # fmt: skip
+    def _dead(
+        result: BatchResult, record: Record, reason: str, error: Exception, event_type: str
+    ) -> None:
         offset, key, value = record
-        result.dead_letters.append(DeadLetter(offset, key, value, reason,
-                                              type(error).__name__, str(error), event_type))
+        result.dead_letters.append(
+            DeadLetter(offset, key, value, reason, type(error).__name__, str(error), event_type)
+        )
         result.outcomes[(event_type, "dlq")] += 1
 
     # -- scoring and decisions ------------------------------------------------------------------
-    def decide(self, result: BatchResult, scores: Sequence[float], decided_at_ms: int = 0
-               ) -> None:  # fmt: skip
+    def decide(self, result: BatchResult, scores: Sequence[float], decided_at_ms: int = 0) -> None:
         """Segment, tier, policy and outputs for each applied event, in offset order."""
         store = self.store
         tier_of, decide = self.policy.tier, self.policy.decide
@@ -288,11 +322,13 @@ class PartitionProcessor:
             if changed or alert:
                 source = self._source(result, i)
                 if changed:
-                    result.changes.append(self._strategy_changed(
-                        state, source, previous_strategy, previous_tier, decided_at_ms))
+                    result.changes.append(
+                        self._strategy_changed(
+                            state, source, previous_strategy, previous_tier, decided_at_ms
+                        )
+                    )
                 if alert:
-                    result.alerts.append(self._alert(state, source, previous_tier,
-                                                     decided_at_ms))  # fmt: skip
+                    result.alerts.append(self._alert(state, source, previous_tier, decided_at_ms))
 
     def _source(self, result: BatchResult, i: int) -> _Source:
         """The ids of applied event ``i``, read back from its bytes (only for events with an
@@ -305,33 +341,54 @@ class PartitionProcessor:
             event_id, borrower_id = event["event_id"], event["borrower_id"]
         return _Source(event_id, borrower_id, result.offsets[i], int(result.occurred[i]))
 
-    def _strategy_changed(self, state: LoanState, source: _Source,
-                          previous_strategy: str | None, previous_tier: str | None,
-                          decided_at_ms: int) -> StrategyChanged:  # fmt: skip
+    def _strategy_changed(
+        self,
+        state: LoanState,
+        source: _Source,
+        previous_strategy: str | None,
+        previous_tier: str | None,
+        decided_at_ms: int,
+    ) -> StrategyChanged:
         """The loan's strategy changed: ``state`` holds the decision just made."""
         tier, segment, score = state.risk_tier, state.segment, state.risk_score
         return StrategyChanged(
-            event_id=uuid5_str(_CHANGE_NS, source.event_id), loan_id=state.loan_id,
-            borrower_id=source.borrower_id, previous_strategy=previous_strategy,
-            new_strategy=state.strategy, risk_score=score, risk_tier=tier, segment=segment,
-            model_version=self.bundle.version, policy_version=self.policy.version,
+            event_id=uuid5_str(_CHANGE_NS, source.event_id),
+            loan_id=state.loan_id,
+            borrower_id=source.borrower_id,
+            previous_strategy=previous_strategy,
+            new_strategy=state.strategy,
+            risk_score=score,
+            risk_tier=tier,
+            segment=segment,
+            model_version=self.bundle.version,
+            policy_version=self.policy.version,
             reason=f"tier {previous_tier or '-'}->{tier}, segment {segment}, score {score:.3f}",
-            source_event_id=source.event_id, source_topic=self.topic,
-            source_partition=self.partition, source_offset=source.offset,
-            occurred_at=source.occurred_at, decided_at=decided_at_ms,
-        )  # fmt: skip
+            source_event_id=source.event_id,
+            source_topic=self.topic,
+            source_partition=self.partition,
+            source_offset=source.offset,
+            occurred_at=source.occurred_at,
+            decided_at=decided_at_ms,
+        )
 
-    def _alert(self, state: LoanState, source: _Source, previous_tier: str | None,
-               decided_at_ms: int) -> EarlyWarningAlert:  # fmt: skip
+    def _alert(
+        self, state: LoanState, source: _Source, previous_tier: str | None, decided_at_ms: int
+    ) -> EarlyWarningAlert:
         """The loan's tier rose to HIGH: ``state`` holds the decision just made."""
         return EarlyWarningAlert(
-            event_id=uuid5_str(_ALERT_NS, source.event_id), loan_id=state.loan_id,
-            borrower_id=source.borrower_id, previous_tier=previous_tier,
-            risk_tier=state.risk_tier, risk_score=state.risk_score, segment=state.segment,
-            model_version=self.bundle.version, source_event_id=source.event_id,
-            source_offset=source.offset, occurred_at=source.occurred_at,
+            event_id=uuid5_str(_ALERT_NS, source.event_id),
+            loan_id=state.loan_id,
+            borrower_id=source.borrower_id,
+            previous_tier=previous_tier,
+            risk_tier=state.risk_tier,
+            risk_score=state.risk_score,
+            segment=state.segment,
+            model_version=self.bundle.version,
+            source_event_id=source.event_id,
+            source_offset=source.offset,
+            occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
-        )  # fmt: skip
+        )
 
     @staticmethod
     def _move(counts: Counter[str], old: str | None, new: str) -> None:
@@ -340,9 +397,11 @@ class PartitionProcessor:
         counts[new] += 1
 
 
-def decide_together(bundle: EarlyWarningModel,
-                    applied: Sequence[tuple[PartitionProcessor, BatchResult]],
-                    decided_at_ms: int) -> None:  # fmt: skip
+def decide_together(
+    bundle: EarlyWarningModel,
+    applied: Sequence[tuple[PartitionProcessor, BatchResult]],
+    decided_at_ms: int,
+) -> None:
     """Score the rows of several partitions' applied batches in ONE ``predict_proba`` call,
     then let each processor decide its own, in order. Each row's score depends on that row
     only, so this changes no result, only the per-call overhead (DESIGN.md §5)."""

@@ -55,9 +55,12 @@ class ChangelogRestorer:
         self.topic = topic
         self._consumer = consumer
 
-    def restore(self, stores: Mapping[int, PartitionStore],
-                keep_going: Callable[[], bool] = lambda: True,
-                timeout_s: float = RESTORE_TIMEOUT_S) -> int:  # fmt: skip
+    def restore(
+        self,
+        stores: Mapping[int, PartitionStore],
+        keep_going: Callable[[], bool] = lambda: True,
+        timeout_s: float = RESTORE_TIMEOUT_S,
+    ) -> int:
         """Fill each store from its changelog partition; returns loan states restored."""
         if not stores:
             return 0
@@ -70,10 +73,13 @@ class ChangelogRestorer:
         try:
             while remaining and keep_going():
                 if time.monotonic() > deadline:
-                    raise RestoreError(f"changelog {self.topic} partitions {sorted(remaining)} "
-                                       f"not restored within {timeout_s:.0f} s")  # fmt: skip
-                restored += self._apply(self._consumer.consume(1000, timeout=0.05), stores,
-                                        remaining)  # fmt: skip
+                    raise RestoreError(
+                        f"changelog {self.topic} partitions {sorted(remaining)} "
+                        f"not restored within {timeout_s:.0f} s"
+                    )
+                restored += self._apply(
+                    self._consumer.consume(1000, timeout=0.05), stores, remaining
+                )
         finally:
             self._consumer.unassign()
         for store in stores.values():
@@ -83,14 +89,16 @@ class ChangelogRestorer:
     def _non_empty(self, partitions: Iterable[int]) -> list[int]:
         out = []
         for p in partitions:
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                             timeout=10)  # fmt: skip
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=10
+            )
             if high > low:
                 out.append(p)
         return out
 
-    def _apply(self, messages: list[Message], stores: Mapping[int, PartitionStore],
-               remaining: set[int]) -> int:  # fmt: skip
+    def _apply(
+        self, messages: list[Message], stores: Mapping[int, PartitionStore], remaining: set[int]
+    ) -> int:
         restored = 0
         for message in messages:
             error = message.error()
@@ -110,7 +118,8 @@ class ChangelogRestorer:
                     f"changelog {self.topic} partition {message.partition()} offset "
                     f"{message.offset()}: cannot restore record {message.key()!r} "
                     f"({type(error).__name__}: {error}); was it written by an incompatible "
-                    "version? Use a new --app-id to start from an empty changelog") from None
+                    "version? Use a new --app-id to start from an empty changelog"
+                ) from None
         return restored
 
     def close(self) -> None:
@@ -141,9 +150,17 @@ class Recovery:
     committed progress on it meanwhile, its state is still exact and the changelog need not be
     re-read."""
 
-    def __init__(self, consumer: Consumer, restorer: ChangelogRestorer, topic: str,
-                 bundle: EarlyWarningModel, policy: StrategyPolicy, errors: ClientErrors,
-                 health: HealthState, metrics: ScorerMetrics) -> None:  # fmt: skip
+    def __init__(
+        self,
+        consumer: Consumer,
+        restorer: ChangelogRestorer,
+        topic: str,
+        bundle: EarlyWarningModel,
+        policy: StrategyPolicy,
+        errors: ClientErrors,
+        health: HealthState,
+        metrics: ScorerMetrics,
+    ) -> None:
         self.consumer = consumer
         self.restorer = restorer
         self.topic = topic  # the input topic
@@ -164,8 +181,9 @@ class Recovery:
     def subscribe(self, checkpoint: Checkpoint) -> None:
         """Join the group; rebalances commit or abort through ``checkpoint``."""
         self.checkpoint = checkpoint
-        self.consumer.subscribe([self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke,
-                                on_lost=self.on_lost)  # fmt: skip
+        self.consumer.subscribe(
+            [self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
+        )
 
     def use_bundle(self, bundle: EarlyWarningModel) -> None:
         """A reloaded bundle: every processor decides with it from now on (parked ones get it
@@ -229,16 +247,21 @@ class Recovery:
             except FatalError as error:
                 self.errors.fatal = str(error)
         self._drop(partitions)
-        log_event("partitions_lost", level="warning",
-                  partitions=sorted(tp.partition for tp in partitions))  # fmt: skip
+        log_event(
+            "partitions_lost", level="warning", partitions=sorted(tp.partition for tp in partitions)
+        )
 
     def _drop(self, partitions: list[TopicPartition], park: bool = False) -> None:
         assert self.checkpoint is not None
         for tp in partitions:
             processor = self.processors.pop(tp.partition, None)
             position = self.checkpoint.forget(tp.partition)
-            if park and processor is not None and position is not None \
-                    and tp.partition not in self.pending:  # fmt: skip
+            if (
+                park
+                and processor is not None
+                and position is not None
+                and tp.partition not in self.pending
+            ):
                 self.parked[tp.partition] = (processor, position)
             self.reuse_offsets.pop(tp.partition, None)
             self.pending.discard(tp.partition)
@@ -269,12 +292,18 @@ class Recovery:
         self.pending.clear()
         self.consumer.resume([TopicPartition(self.topic, p) for p in partitions])
         rewind, self.rewind_after_restore = self.rewind_after_restore, {}
-        seek(self.consumer, [TopicPartition(self.topic, p, o) for p, o in rewind.items()
-                             if p in self.processors])  # fmt: skip
+        seek(
+            self.consumer,
+            [TopicPartition(self.topic, p, o) for p, o in rewind.items() if p in self.processors],
+        )
         self.health.ready = True
-        log_event("state_restored", partitions=partitions, restored_loans=restored,
-                  kept_in_memory=sorted(reused),
-                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        log_event(
+            "state_restored",
+            partitions=partitions,
+            restored_loans=restored,
+            kept_in_memory=sorted(reused),
+            seconds=round(time.monotonic() - started, 3),
+        )
         return True
 
     def _still_current(self, partitions: list[int]) -> set[int]:
@@ -285,11 +314,13 @@ class Recovery:
             return set()
         try:
             committed = self.consumer.committed(
-                [TopicPartition(self.topic, p) for p in ours], timeout=10)
+                [TopicPartition(self.topic, p) for p in ours], timeout=10
+            )
         except KafkaException:
             return set()  # unknown: restore, which is always right
-        return {tp.partition for tp in committed
-                if tp.error is None and tp.offset == ours[tp.partition]}  # fmt: skip
+        return {
+            tp.partition for tp in committed if tp.error is None and tp.offset == ours[tp.partition]
+        }
 
     def close(self) -> None:
         self.restorer.close()

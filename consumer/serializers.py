@@ -44,9 +44,13 @@ class OutputSerializer:
         self._change = AvroSerde("StrategyChanged")
         self._alert = AvroSerde("EarlyWarningAlert")
 
-    def records(self, partition: int, changes: list[StrategyChanged],
-                alerts: list[EarlyWarningAlert],
-                dead_letters: list[DeadLetter]) -> Iterator[KafkaRecord]:  # fmt: skip
+    def records(
+        self,
+        partition: int,
+        changes: list[StrategyChanged],
+        alerts: list[EarlyWarningAlert],
+        dead_letters: list[DeadLetter],
+    ) -> Iterator[KafkaRecord]:
         """Changes, then alerts, then dead letters, each keyed like its input (the loan id) so
         a loan's outputs keep their order downstream."""
         topics = self.topics
@@ -67,9 +71,10 @@ class OutputSerializer:
         """Why the record is here and where its original is (the DLQ record carries the
         original key and bytes unchanged, so it can be re-driven after a fix, DESIGN.md §8)."""
         return [
-            ("error.reason", dead.reason.encode()), ("error.class", dead.error_class.encode()),
+            ("error.reason", dead.reason.encode()),
+            ("error.class", dead.error_class.encode()),
             ("error.message", dead.message[:MAX_ERROR_MESSAGE].encode()),
             ("source.topic", self.topics.events.encode()),
             ("source.partition", str(partition).encode()),
             ("source.offset", str(dead.offset).encode()),
-        ]  # fmt: skip
+        ]

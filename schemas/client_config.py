@@ -33,8 +33,9 @@ def load_properties(path: Path) -> dict[str, str]:
     try:
         text = Path(path).read_text()
     except OSError as error:
-        raise KafkaConfigError(f"--kafka-config {path}: cannot read it "
-                               f"({error.strerror})") from None  # fmt: skip
+        raise KafkaConfigError(
+            f"--kafka-config {path}: cannot read it ({error.strerror})"
+        ) from None
     settings: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
@@ -42,8 +43,9 @@ def load_properties(path: Path) -> dict[str, str]:
             continue
         key, sep, value = _split_property(line)
         if not sep or not key:
-            raise KafkaConfigError(f"--kafka-config {path}, line {number}: expected key=value, "
-                                   f"got {line!r}")  # fmt: skip
+            raise KafkaConfigError(
+                f"--kafka-config {path}, line {number}: expected key=value, got {line!r}"
+            )
         settings[key] = value
     return settings
 

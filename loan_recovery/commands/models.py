@@ -1,8 +1,8 @@
 """``generate``, ``train`` and ``report``: the offline half (issue 3).
 
-    loan-recovery generate --loans 10000 --seed 0 --out book/
-    loan-recovery train --source seed --input book/loans.csv --out model/ [--holdout 0.3] [--json]
-    loan-recovery report --model model/ --out report.html
+loan-recovery generate --loans 10000 --seed 0 --out book/
+loan-recovery train --source seed --input book/loans.csv --out model/ [--holdout 0.3] [--json]
+loan-recovery report --model model/ --out report.html
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def generate(
     loans: int = typer.Option(..., min=1, help="Number of loans in the book."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same book."),
     out: Path = typer.Option(..., help="Directory for loans.csv, events.jsonl, outcomes.csv.gz."),
-    events_format: EventFormat = typer.Option(EventFormat.jsonl, "--format",
-                                              help="Event log: JSON lines or Avro container."),
+    events_format: EventFormat = typer.Option(
+        EventFormat.jsonl, "--format", help="Event log: JSON lines or Avro container."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a synthetic book: seed-schema CSV, its event log and outcomes."""
@@ -67,15 +68,23 @@ def generate(
     frame.to_csv(out / "loans.csv", index=False)
     log = out / f"events.{events_format.value}"
     outcomes: dict[str, int] = {}
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), "loans",
-               "{task.fields[rate]}", TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=_console(), transient=True) as bar, \
-            EventLogWriter(log) as writer:  # fmt: skip
+    columns = (
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "loans",
+        "{task.fields[rate]}",
+        TimeRemainingColumn(),
+    )
+    with (
+        Progress(*columns, console=_console(), transient=True) as bar,
+        EventLogWriter(log) as writer,
+    ):
         task = bar.add_task("events", total=loans, rate="")
         # Rows are independent: chunk by chunk gives the same events as generate_book, in
         # bounded memory.
         for start in range(0, loans, GENERATE_CHUNK):
-            history = seed_frame_history(frame.iloc[start:start + GENERATE_CHUNK])
+            history = seed_frame_history(frame.iloc[start : start + GENERATE_CHUNK])
             writer.write(history.events)
             outcomes.update(history.outcomes)
             done = min(loans, start + GENERATE_CHUNK)
@@ -86,16 +95,24 @@ def generate(
     write_outcomes(outcomes, out / "outcomes.csv.gz")
     seconds = time.perf_counter() - started
     summary = {
-        "loans": loans, "events": n_events, "default_rate": sum(outcomes.values()) / loans,
-        "seconds": round(seconds, 2), "seed": seed,
-        "files": {"seed_csv": str(out / "loans.csv"), "events": str(log),
-                  "outcomes": str(out / "outcomes.csv.gz")},
-    }  # fmt: skip
+        "loans": loans,
+        "events": n_events,
+        "default_rate": sum(outcomes.values()) / loans,
+        "seconds": round(seconds, 2),
+        "seed": seed,
+        "files": {
+            "seed_csv": str(out / "loans.csv"),
+            "events": str(log),
+            "outcomes": str(out / "outcomes.csv.gz"),
+        },
+    }
     if as_json:
         print_json(summary)
         return
-    typer.echo(f"{loans:,} loans, {n_events:,} events, default rate "
-               f"{summary['default_rate']:.1%} in {seconds:.1f} s -> {out}/")  # fmt: skip
+    typer.echo(
+        f"{loans:,} loans, {n_events:,} events, default rate "
+        f"{summary['default_rate']:.1%} in {seconds:.1f} s -> {out}/"
+    )
 
 
 def train(
@@ -124,8 +141,15 @@ def train(
             def progress(message: str) -> None:
                 status.update(f"{message} ({time.perf_counter() - started:.0f} s)")
 
-            metrics = train_bundle(history, out, holdout=holdout, seed=seed, n_estimators=trees,
-                                   input_sha256=_sha256(input_path), progress=progress)
+            metrics = train_bundle(
+                history,
+                out,
+                holdout=holdout,
+                seed=seed,
+                n_estimators=trees,
+                input_sha256=_sha256(input_path),
+                progress=progress,
+            )
     except AdapterError as error:
         fail(str(error))
     except TrainingError as error:
@@ -164,14 +188,26 @@ def _print_metrics(m: dict[str, Any]) -> None:
     for key in ("roc_auc", "pr_auc", "brier", "base_rate"):
         table.add_row(key, _fmt(m.get(key)))
     for name, c in m.get("confusion", {}).items():
-        table.add_row(f"at {name} ({c['threshold']})",
-                      f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}")  # fmt: skip
+        table.add_row(
+            f"at {name} ({c['threshold']})", f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}"
+        )
     console.print(table)
-    clusters = Table("algorithm", "clusters", "silhouette", "davies-bouldin",
-                     "calinski-harabasz", title="segmentation (standardized features)")
+    clusters = Table(
+        "algorithm",
+        "clusters",
+        "silhouette",
+        "davies-bouldin",
+        "calinski-harabasz",
+        title="segmentation (standardized features)",
+    )
     for name, a in m["clustering"].items():
-        clusters.add_row(name, str(a["n_clusters"]), _fmt(a["silhouette"]),
-                         _fmt(a["davies_bouldin"]), _fmt(a["calinski_harabasz"]))
+        clusters.add_row(
+            name,
+            str(a["n_clusters"]),
+            _fmt(a["silhouette"]),
+            _fmt(a["davies_bouldin"]),
+            _fmt(a["calinski_harabasz"]),
+        )
     console.print(clusters)
     if imp := m.get("permutation_importance"):
         top = Table("feature", "importance (ROC AUC drop)", title="top features")
@@ -180,8 +216,9 @@ def _print_metrics(m: dict[str, Any]) -> None:
         console.print(top)
     if skipped := m.get("skipped_events"):
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items()))
-        console.print(f"events refused by the state machine (skipped, as the stream would): "
-                      f"{reasons}")  # fmt: skip
+        console.print(
+            f"events refused by the state machine (skipped, as the stream would): {reasons}"
+        )
     console.print(f"bundle {m['bundle']} version {m['version']} in {m['seconds']:.1f} s")
 
 
@@ -190,8 +227,11 @@ def report(
     out: Path = typer.Option(..., help="HTML file to write."),
     source: HistorySource | None = typer.Option(None, help="With --input: its kind."),
     input_path: Path | None = typer.Option(
-        None, "--input", help="Show this book (scored by the bundle) instead of the training "
-        "book in the segment map, profiles, score distribution and strategy mix."),
+        None,
+        "--input",
+        help="Show this book (scored by the bundle) instead of the training "
+        "book in the segment map, profiles, score distribution and strategy mix.",
+    ),
 ) -> None:
     """Write the interactive, self-contained HTML report of the model and the segmentation."""
     from models.data.adapters import AdapterError, read_history

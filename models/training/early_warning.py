@@ -69,15 +69,17 @@ def feature_matrix(
             skipped[error.reason] = skipped.get(error.reason, 0) + 1
     loan_ids = sorted(loan for loan in states if loan in history.outcomes)
     if not loan_ids:
-        raise TrainingError("no loan has both events and an outcome; check the outcomes column "
-                            "or file")  # fmt: skip
+        raise TrainingError(
+            "no loan has both events and an outcome; check the outcomes column or file"
+        )
     x = np.array([states[loan].features() for loan in loan_ids], dtype=np.float64)
     y = np.array([history.outcomes[loan] for loan in loan_ids], dtype=np.int64)
     return x, y, loan_ids
 
 
-def build_model(seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 40,
-                n_jobs: int = 2) -> Any:  # fmt: skip
+def build_model(
+    seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 40, n_jobs: int = 2
+) -> Any:
     """The calibrated pipeline (unfitted). Inputs are ``features()`` rows (floats, NaN =
     missing), so serving needs no pandas."""
     from sklearn.calibration import CalibratedClassifierCV
@@ -89,26 +91,44 @@ def build_model(seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 
 
     numeric = [FEATURE_INDEX[n] for n in NUMERIC_FEATURES]
     categorical = [FEATURE_INDEX[n] for n in CATEGORICAL_FEATURES]
-    prepare = ColumnTransformer([
-        ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
-        ("categorical", Pipeline([
-            ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]), categorical),
-    ])  # fmt: skip
+    prepare = ColumnTransformer(
+        [
+            ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        (
+                            "impute",
+                            SimpleImputer(strategy="most_frequent", keep_empty_features=True),
+                        ),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            ),
+        ]
+    )
     # One thread per forest: a forest predicting on several threads adds its trees' votes in
     # completion order, so the cross-validated predictions the isotonic map is fitted on --
     # and with them the calibrated model -- could differ in the last bit between two runs on
     # the same data. The parallelism is across the cross-validation folds instead.
     forest = RandomForestClassifier(
-        n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_features="sqrt",
-        n_jobs=1, random_state=seed,
-    )  # fmt: skip
+        n_estimators=n_estimators,
+        min_samples_leaf=min_samples_leaf,
+        max_features="sqrt",
+        n_jobs=1,
+        random_state=seed,
+    )
     # ensemble=False: one forest refitted on all training rows, the isotonic map learnt from
     # cross-validated predictions -> one forest to evaluate per scored batch, not three.
-    return CalibratedClassifierCV(Pipeline([("prepare", prepare), ("forest", forest)]),
-                                  method="isotonic", cv=3, ensemble=False,
-                                  n_jobs=n_jobs)  # fmt: skip
+    return CalibratedClassifierCV(
+        Pipeline([("prepare", prepare), ("forest", forest)]),
+        method="isotonic",
+        cv=3,
+        ensemble=False,
+        n_jobs=n_jobs,
+    )
 
 
 def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -125,11 +145,14 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     edges = np.linspace(0.0, 1.0, 11)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
     out["calibration"] = [
-        {"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "count": int((which == b).sum()),
-         "mean_predicted": float(p[which == b].mean()) if (which == b).any() else None,
-         "observed_rate": float(y[which == b].mean()) if (which == b).any() else None}
+        {
+            "bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}",
+            "count": int((which == b).sum()),
+            "mean_predicted": float(p[which == b].mean()) if (which == b).any() else None,
+            "observed_rate": float(y[which == b].mean()) if (which == b).any() else None,
+        }
         for b in range(10)
-    ]  # fmt: skip
+    ]
     out["confusion"] = {}
     for name, t in (("moderate", THRESHOLDS["moderate"]), ("high", THRESHOLDS["high"])):
         pred = p > t
@@ -138,10 +161,14 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
         fn = int((~pred & (y == 1)).sum())
         tn = int((~pred & (y == 0)).sum())
         out["confusion"][name] = {
-            "threshold": t, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "threshold": t,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": tn,
             "precision": tp / (tp + fp) if tp + fp else None,
             "recall": tp / (tp + fn) if tp + fn else None,
-        }  # fmt: skip
+        }
     return out
 
 
@@ -173,21 +200,27 @@ def split_by_loan(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray,
     from sklearn.model_selection import train_test_split
 
     if len(set(y.tolist())) < 2:
-        raise TrainingError(f"all {len(y)} loans have outcome {y[0]}: the model needs both "
-                            "defaulted and recovered loans")  # fmt: skip
+        raise TrainingError(
+            f"all {len(y)} loans have outcome {y[0]}: the model needs both "
+            "defaulted and recovered loans"
+        )
     if holdout <= 0:
         return np.arange(len(y)), np.arange(0)
     minority = int(min((y == 0).sum(), (y == 1).sum()))
     if minority < 6:
-        raise TrainingError(f"only {minority} loans in the smaller outcome class: too few to "
-                            "hold out and calibrate; add data or use --holdout 0")  # fmt: skip
-    train, test = train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed,
-                                   stratify=y)  # fmt: skip
+        raise TrainingError(
+            f"only {minority} loans in the smaller outcome class: too few to "
+            "hold out and calibrate; add data or use --holdout 0"
+        )
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=holdout, random_state=seed, stratify=y
+    )
     return np.sort(train), np.sort(test)
 
 
-def holdout_metrics(model: Any, x: np.ndarray, y: np.ndarray,
-                    seed: int) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+def holdout_metrics(
+    model: Any, x: np.ndarray, y: np.ndarray, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics, report curves) of a fitted model on held-out rows, with permutation importance
     on a seeded subsample (it predicts features x repeats times)."""
     from sklearn.inspection import permutation_importance
@@ -198,13 +231,24 @@ def holdout_metrics(model: Any, x: np.ndarray, y: np.ndarray,
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(y), size=min(PERMUTATION_ROWS, len(y)), replace=False))
     if len(set(y[rows].tolist())) == 2:
-        imp = permutation_importance(model, x[rows], y[rows], scoring="roc_auc",
-                                     n_repeats=PERMUTATION_REPEATS, random_state=seed, n_jobs=1)
+        imp = permutation_importance(
+            model,
+            x[rows],
+            y[rows],
+            scoring="roc_auc",
+            n_repeats=PERMUTATION_REPEATS,
+            random_state=seed,
+            n_jobs=1,
+        )
         metrics["permutation_importance"] = sorted(
-            ({"feature": name, "mean": float(m), "std": float(s)}
-             for name, m, s in zip(FEATURE_NAMES, imp.importances_mean, imp.importances_std,
-                                   strict=True)),
-            key=lambda d: -d["mean"])  # fmt: skip
+            (
+                {"feature": name, "mean": float(m), "std": float(s)}
+                for name, m, s in zip(
+                    FEATURE_NAMES, imp.importances_mean, imp.importances_std, strict=True
+                )
+            ),
+            key=lambda d: -d["mean"],
+        )
     return metrics, report
 
 
@@ -217,12 +261,16 @@ def segmentation(x: np.ndarray, risk: np.ndarray, seed: int) -> dict[str, Any]:
     # naming by members' mean risk (it should: the clusters differ mostly along risk).
     axis_risk = [float(np.dot(weights, c)) for c in kmeans.cluster_centers_]
     comparison["init"] = {
-        "features": list(SEGMENT_FEATURES), "means": comparison["scaler"]["means"],
-        "stds": comparison["scaler"]["stds"], "count": comparison["scaler"]["count"],
-        "centres": kmeans.cluster_centers_.tolist(), "names": comparison["kmeans_names"],
-        "risk_weights": weights, "halflife": DEFAULT_HALFLIFE,
+        "features": list(SEGMENT_FEATURES),
+        "means": comparison["scaler"]["means"],
+        "stds": comparison["scaler"]["stds"],
+        "count": comparison["scaler"]["count"],
+        "centres": kmeans.cluster_centers_.tolist(),
+        "names": comparison["kmeans_names"],
+        "risk_weights": weights,
+        "halflife": DEFAULT_HALFLIFE,
         "names_agree": name_by_risk(axis_risk) == comparison["kmeans_names"],
-    }  # fmt: skip
+    }
     comparison["segments"] = np.array(comparison["kmeans_names"], dtype=object)[kmeans.labels_]
     return comparison
 
@@ -257,9 +305,14 @@ def train_bundle(
         model.fit(x[train], y[train])
     fit_seconds = time.perf_counter() - fit_started
     single_threaded(model)  # what the stream runs: identical scores whatever the batch
-    metrics: dict[str, Any] = {"n_loans": len(y), "n_train": len(train), "n_holdout": len(test),
-                               "holdout": holdout, "seed": seed,
-                               "skipped_events": skipped}  # fmt: skip
+    metrics: dict[str, Any] = {
+        "n_loans": len(y),
+        "n_train": len(train),
+        "n_holdout": len(test),
+        "holdout": holdout,
+        "seed": seed,
+        "skipped_events": skipped,
+    }
     report: dict[str, Any] = {}
     if len(test):
         say(f"evaluating on {len(test):,} held-out loans (+ permutation importance)")
@@ -286,15 +339,23 @@ def train_bundle(
         "features": list(FEATURE_NAMES),
         "categorical_features": list(CATEGORICAL_FEATURES),
         "thresholds": dict(THRESHOLDS),
-        "calibration": {"method": "isotonic", "cv": 3, "ensemble": False,
-                        "table": metrics.get("calibration")},
-        "model": {"estimator": "RandomForestClassifier", "n_estimators": n_estimators,
-                  "min_samples_leaf": min_samples_leaf, "max_features": "sqrt",
-                  "random_state": seed},
+        "calibration": {
+            "method": "isotonic",
+            "cv": 3,
+            "ensemble": False,
+            "table": metrics.get("calibration"),
+        },
+        "model": {
+            "estimator": "RandomForestClassifier",
+            "n_estimators": n_estimators,
+            "min_samples_leaf": min_samples_leaf,
+            "max_features": "sqrt",
+            "random_state": seed,
+        },
         "metrics": {k: v for k, v in metrics.items() if k != "calibration"},
         "segmenter": seg["init"],
         "policy_version": Policy.load(None).version,
-    }  # fmt: skip
+    }
     say(f"writing the bundle to {out}")
     report_bytes = json.dumps(report, allow_nan=True).encode()
     metrics["version"] = write_bundle(out, model, metadata, {REPORT_FILE: report_bytes})

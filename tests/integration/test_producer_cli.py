@@ -22,8 +22,15 @@ def run_cli(
     *args: str, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "loan_recovery.cli", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def topic_count(bootstrap: str, topic: str) -> int:
@@ -31,9 +38,13 @@ def topic_count(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(hi - lo for lo, hi in (
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            for p in partitions))  # fmt: skip
+        return sum(
+            hi - lo
+            for lo, hi in (
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in partitions
+            )
+        )
     finally:
         consumer.close()
 
@@ -65,13 +76,16 @@ def test_property_librdkafka_refuses_is_named(bootstrap_servers: str, tmp_path: 
     props.write_text(f"bootstrap.servers={bootstrap_servers}\nsasl.mechanism.typo=PLAIN\n")
     result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f'error: --kafka-config {props}: No such configuration '
-                                     'property: "sasl.mechanism.typo"; fix or remove that '
-                                     "property")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: --kafka-config {props}: No such configuration "
+        'property: "sasl.mechanism.typo"; fix or remove that '
+        "property"
+    )
 
 
-def test_broken_export_fails_with_the_adapters_line(bootstrap_servers: str, make_topic,
-                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_broken_export_fails_with_the_adapters_line(
+    bootstrap_servers: str, make_topic, tmp_path: Path
+) -> None:
     export = tmp_path / "export.csv"
     export.write_text("Loan_ID,Loan_Amount\nL1,1000\n")
     result = run_cli(
@@ -135,9 +149,21 @@ def test_seed_csv_replay_acknowledges_every_event(
 def test_human_summary_and_rate_limit(bootstrap_servers: str, make_topic, synthetic_files):
     topic = make_topic("rated")
     started = time.monotonic()
-    result = run_cli("produce", "--source", "events", "--input", str(synthetic_files["jsonl"]),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", topic,
-                     "--rate", "1000", "--limit", "1500")  # fmt: skip
+    result = run_cli(
+        "produce",
+        "--source",
+        "events",
+        "--input",
+        str(synthetic_files["jsonl"]),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--rate",
+        "1000",
+        "--limit",
+        "1500",
+    )
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started > 1.3  # 1500 events at 1000/s, the first 100 free
     assert "produce summary" in result.stdout and "acknowledged" in result.stdout
@@ -147,8 +173,9 @@ def test_human_summary_and_rate_limit(bootstrap_servers: str, make_topic, synthe
 
 def _start(*args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "loan_recovery.cli", "produce", *args]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _stop(process: subprocess.Popen, signum: int, after_s: float) -> tuple[int, str, str]:
@@ -167,9 +194,21 @@ def test_live_synthetic_stream_stops_on_sigterm_and_flushes(
     bootstrap_servers: str, make_topic
 ) -> None:
     topic = make_topic("live", partitions=3)
-    process = _start("--source", "synthetic", "--loans", "40", "--seed", "3",
-                     "--months-per-second", "6", "--bootstrap-servers", bootstrap_servers,
-                     "--topic", topic, "--json")  # fmt: skip
+    process = _start(
+        "--source",
+        "synthetic",
+        "--loans",
+        "40",
+        "--seed",
+        "3",
+        "--months-per-second",
+        "6",
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--json",
+    )
     code, out, err = _stop(process, signal.SIGTERM, after_s=4.0)
     assert code == 0, err  # stopping a live stream is its normal end
     summary = json.loads(out)
@@ -182,9 +221,19 @@ def test_interrupted_replay_reports_and_exits_130(
     bootstrap_servers: str, make_topic, synthetic_files
 ) -> None:
     topic = make_topic("sigint")
-    process = _start("--source", "events", "--input", str(synthetic_files["jsonl"]),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", topic,
-                     "--rate", "300", "--json")  # fmt: skip
+    process = _start(
+        "--source",
+        "events",
+        "--input",
+        str(synthetic_files["jsonl"]),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--rate",
+        "300",
+        "--json",
+    )
     code, out, err = _stop(process, signal.SIGINT, after_s=3.0)
     assert code == 130, err
     summary = json.loads(out)

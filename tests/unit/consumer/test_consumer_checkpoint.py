@@ -23,10 +23,14 @@ TOPICS = Topics(events="ev", strategy_changes="ch", risk_alerts="al", dlq="dlq",
 GROUP = object()  # what consumer_group_metadata() returns; must reach the producer as is
 
 
-def failure(code: int, *, fatal: bool = False, retriable: bool = False,
-            abort: bool = False) -> KafkaException:  # fmt: skip
-    return KafkaException(KafkaError(code, f"injected {code}", fatal=fatal, retriable=retriable,
-                                     txn_requires_abort=abort))  # fmt: skip
+def failure(
+    code: int, *, fatal: bool = False, retriable: bool = False, abort: bool = False
+) -> KafkaException:
+    return KafkaException(
+        KafkaError(
+            code, f"injected {code}", fatal=fatal, retriable=retriable, txn_requires_abort=abort
+        )
+    )
 
 
 class FakeProducer:
@@ -56,8 +60,14 @@ class FakeProducer:
     def begin_transaction(self) -> None:
         self._call("begin_transaction")
 
-    def produce(self, topic: str, value: bytes | None, key: bytes | None, partition: int = -1,
-                headers: list | None = None) -> None:  # fmt: skip
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None,
+        partition: int = -1,
+        headers: list | None = None,
+    ) -> None:
         self._call("produce", topic, key, value, partition, headers)
 
     def poll(self, timeout: float) -> int:
@@ -116,19 +126,29 @@ class FakeStore:
 class Rig:
     """A checkpoint with its fakes; ``producers`` are all the producers its factory made."""
 
-    def __init__(self, kind: type[Checkpoint], prepare: Callable[[FakeProducer], None] = lambda p:
-                 None) -> None:  # fmt: skip
-        self.config = ServeConfig("b:9092", Path("m"), topics=TOPICS, instance_id="t",
-                                  commit_timeout_s=0.05)  # fmt: skip
+    def __init__(
+        self, kind: type[Checkpoint], prepare: Callable[[FakeProducer], None] = lambda p: None
+    ) -> None:
+        self.config = ServeConfig(
+            "b:9092", Path("m"), topics=TOPICS, instance_id="t", commit_timeout_s=0.05
+        )
         self.consumer = FakeConsumer()
-        self.stores = {0: FakeStore([(b"L1", b"state-1"), (b"__partition__", b"checkpoint")]),
-                       1: FakeStore([(b"__partition__", b"checkpoint")])}  # fmt: skip
+        self.stores = {
+            0: FakeStore([(b"L1", b"state-1"), (b"__partition__", b"checkpoint")]),
+            1: FakeStore([(b"__partition__", b"checkpoint")]),
+        }
         self.errors = ClientErrors(self.config.transactional_id)
         self.metrics = ScorerMetrics()
         self.producers: list[FakeProducer] = []
         self.prepare = prepare
-        self.checkpoint = kind(self.config, self.consumer, self._new_producer,  # type: ignore[arg-type]
-                               self.stores, self.errors, self.metrics)  # type: ignore[arg-type]
+        self.checkpoint = kind(
+            self.config,
+            self.consumer,
+            self._new_producer,  # type: ignore[arg-type]
+            self.stores,
+            self.errors,
+            self.metrics,
+        )  # type: ignore[arg-type]
 
     def _new_producer(self) -> FakeProducer:
         producer = FakeProducer(f"producer-{len(self.producers)}")
@@ -158,10 +178,13 @@ def test_a_transaction_begins_lazily_once_and_commits_outputs_state_and_offsets(
     assert rig.checkpoint.commit()
     calls, log = producer.calls[2:], TOPICS.changelog
     assert [c[1][:4] for c in calls if c[0] == "produce"] == [
-        (log, b"L1", b"state-1", 0), (log, b"__partition__", b"checkpoint", 0),
-        (log, b"__partition__", b"checkpoint", 1)]  # fmt: skip
-    (offsets, group, _), = [args for method, args in calls
-                            if method == "send_offsets_to_transaction"]  # fmt: skip
+        (log, b"L1", b"state-1", 0),
+        (log, b"__partition__", b"checkpoint", 0),
+        (log, b"__partition__", b"checkpoint", 1),
+    ]
+    ((offsets, group, _),) = [
+        args for method, args in calls if method == "send_offsets_to_transaction"
+    ]
     assert [(tp.topic, tp.partition, tp.offset) for tp in offsets] == [("ev", 0, 20), ("ev", 1, 4)]
     assert group is GROUP  # fences a zombie of an older group generation
     assert [c[0] for c in calls][-2:] == ["send_offsets_to_transaction", "commit_transaction"]
@@ -216,8 +239,7 @@ def test_a_failed_abort_replaces_the_producer_and_the_scorer_carries_on() -> Non
 def test_an_unrelated_fatal_error_survives_the_producer_replacement() -> None:
     rig = Rig(ExactlyOnce)
     rig.producers[0].fail["commit_transaction"] = [failure(KafkaError._STATE, abort=True)]
-    rig.producers[0].fail["abort_transaction"] = [failure(KafkaError.INVALID_TXN_STATE,
-                                                          fatal=True)]  # fmt: skip
+    rig.producers[0].fail["abort_transaction"] = [failure(KafkaError.INVALID_TXN_STATE, fatal=True)]
     rig.errors.fatal = "fatal consumer error: something else"
     rig.process(0, 10, 15)
     assert rig.checkpoint.commit() is False
@@ -228,11 +250,13 @@ def test_an_unrelated_fatal_error_survives_the_producer_replacement() -> None:
 def test_a_fenced_abort_is_fatal_and_does_not_replace_the_producer() -> None:
     rig = Rig(ExactlyOnce)
     rig.producers[0].fail["commit_transaction"] = [failure(KafkaError._STATE, abort=True)]
-    rig.producers[0].fail["abort_transaction"] = [failure(KafkaError.PRODUCER_FENCED,
-                                                          fatal=True)]  # fmt: skip
+    rig.producers[0].fail["abort_transaction"] = [failure(KafkaError.PRODUCER_FENCED, fatal=True)]
     rig.process(0, 10, 15)
-    with pytest.raises(FatalError, match=r"fenced during abort_transaction: another scorer "
-                                         r"uses transactional.id app-t"):  # fmt: skip
+    with pytest.raises(
+        FatalError,
+        match=r"fenced during abort_transaction: another scorer "
+        r"uses transactional.id app-t",
+    ):
         rig.checkpoint.commit()
     assert len(rig.producers) == 1
 
@@ -277,8 +301,11 @@ def test_cannot_initialise_transactions_is_fatal_and_names_the_transactional_id(
     def refuse(producer: FakeProducer) -> None:
         producer.fail["init_transactions"] = [failure(KafkaError._TIMED_OUT)]
 
-    with pytest.raises(FatalError, match=r"cannot initialise transactions for transactional\.id "
-                                         r"app-t"):  # fmt: skip
+    with pytest.raises(
+        FatalError,
+        match=r"cannot initialise transactions for transactional\.id "
+        r"app-t",
+    ):
         Rig(ExactlyOnce, prepare=refuse)
 
 
@@ -318,8 +345,13 @@ def test_produce_waits_out_a_full_queue_and_drops_an_oversized_dead_letters_byte
     produced = [args for method, args in producer.calls if method == "produce"]
     assert produced[1] == ("ch", b"L1", b"change", -1, None)  # retried after a poll
     assert producer.calls[2][0] == "poll"
-    assert produced[-1] == ("dlq", b"L2", None, -1, [("error.reason", b"bad"),
-                                                    ("error.value_dropped", b"10")])  # fmt: skip
+    assert produced[-1] == (
+        "dlq",
+        b"L2",
+        None,
+        -1,
+        [("error.reason", b"bad"), ("error.value_dropped", b"10")],
+    )
 
 
 def test_a_produce_failure_reports_the_producers_root_cause() -> None:
@@ -337,7 +369,9 @@ def test_forgetting_a_partition_drops_it_from_the_next_commit() -> None:
     rig.process(1, 3, 4)
     assert rig.checkpoint.forget(1) == 4 and rig.checkpoint.forget(1) is None
     assert rig.checkpoint.commit()
-    (offsets, _, _), = [a for m, a in rig.producers[0].calls if m == "send_offsets_to_transaction"]
+    ((offsets, _, _),) = [
+        a for m, a in rig.producers[0].calls if m == "send_offsets_to_transaction"
+    ]
     assert [tp.partition for tp in offsets] == [0] and rig.stores[1].commits == 0
 
 

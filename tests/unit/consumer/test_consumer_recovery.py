@@ -44,13 +44,20 @@ class FakeGroupConsumer(FakeConsumer):
         self.paused -= {tp.partition for tp in partitions}
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list:
-        return [TopicPartition(tp.topic, tp.partition, self.group_offsets.get(tp.partition, -1))
-                for tp in partitions]  # fmt: skip
+        return [
+            TopicPartition(tp.topic, tp.partition, self.group_offsets.get(tp.partition, -1))
+            for tp in partitions
+        ]
 
 
 class FakeMessage:
-    def __init__(self, partition: int, key: bytes | None, value: bytes | None,
-                 error: KafkaError | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        error: KafkaError | None = None,
+    ) -> None:
         self._partition, self._key, self._value, self._error = partition, key, value, error
 
     def error(self) -> KafkaError | None:
@@ -86,8 +93,9 @@ class FakeChangelog:
             self.reads.append(tp.partition)
             records = self.partitions[tp.partition]
             self._queue += [FakeMessage(tp.partition, k, v) for k, v in records]
-            self._queue.append(FakeMessage(tp.partition, None, None,
-                                           KafkaError(KafkaError._PARTITION_EOF)))  # fmt: skip
+            self._queue.append(
+                FakeMessage(tp.partition, None, None, KafkaError(KafkaError._PARTITION_EOF))
+            )
 
     def consume(self, n: int, timeout: float) -> list[Message]:
         out, self._queue = self._queue[:n], self._queue[n:]
@@ -107,14 +115,31 @@ class Scorer:
         config = ServeConfig("b:9092", Path("m"), topics=TOPICS, instance_id="t")
         self.consumer = FakeGroupConsumer()
         self.changelog = FakeChangelog(changelog or {})
-        self.errors, self.metrics, self.health = ClientErrors("app-t"), ScorerMetrics(), \
-            HealthState()  # fmt: skip
+        self.errors, self.metrics, self.health = (
+            ClientErrors("app-t"),
+            ScorerMetrics(),
+            HealthState(),
+        )
         restorer = ChangelogRestorer(self.changelog, TOPICS.changelog)  # type: ignore[arg-type]
-        self.recovery = Recovery(self.consumer, restorer, EV, bundle, policy,  # type: ignore[arg-type]
-                                 self.errors, self.health, self.metrics)  # fmt: skip
+        self.recovery = Recovery(
+            self.consumer,
+            restorer,
+            EV,
+            bundle,
+            policy,  # type: ignore[arg-type]
+            self.errors,
+            self.health,
+            self.metrics,
+        )
         self.producer = FakeProducer("only")
-        self.checkpoint = ExactlyOnce(config, self.consumer, lambda: self.producer,  # type: ignore[arg-type]
-                                      self.recovery.stores, self.errors, self.metrics)  # fmt: skip
+        self.checkpoint = ExactlyOnce(
+            config,
+            self.consumer,
+            lambda: self.producer,  # type: ignore[arg-type]
+            self.recovery.stores,
+            self.errors,
+            self.metrics,
+        )
         self.recovery.subscribe(self.checkpoint)
 
     def assign(self, *partitions: int) -> None:
@@ -180,7 +205,7 @@ def test_revoke_commits_first_then_parks_and_an_unmoved_partition_skips_the_rest
     kept = scorer.recovery.processors[0]
     scorer.revoke(0, 1)
     assert scorer.producer.methods()[-1] == "commit_transaction"  # while still the owner
-    (offsets, _, _), = [a for m, a in scorer.producer.calls if m == "send_offsets_to_transaction"]
+    ((offsets, _, _),) = [a for m, a in scorer.producer.calls if m == "send_offsets_to_transaction"]
     assert [(tp.partition, tp.offset) for tp in offsets] == [(0, 9)]
     assert scorer.recovery.processors == {} and set(scorer.recovery.parked) == {0}
 

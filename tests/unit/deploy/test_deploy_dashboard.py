@@ -12,8 +12,21 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "loan-recovery.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 # Series Prometheus itself creates (scrape health, alert state): not the scorer's to export.
 PROMETHEUS_BUILTINS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-_KEYWORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
-             "group_right", "offset", "inf", "nan"}  # fmt: skip
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:

@@ -25,12 +25,14 @@ from models.serving.segmenter import OnlineSegmenter, name_by_risk
 def _init(rng: random.Random) -> dict:
     d = len(SEGMENT_FEATURES)
     return {
-        "features": list(SEGMENT_FEATURES), "count": 500,
+        "features": list(SEGMENT_FEATURES),
+        "count": 500,
         "means": [rng.uniform(-5, 50) for _ in range(d)],
         "stds": [rng.uniform(0.1, 30) for _ in range(d)],
         "centres": [[rng.gauss(0, 1) for _ in range(d)] for _ in range(3)],
-        "risk_weights": [rng.gauss(0, 0.1) for _ in range(d)], "halflife": 0.01,
-    }  # fmt: skip
+        "risk_weights": [rng.gauss(0, 0.1) for _ in range(d)],
+        "halflife": 0.01,
+    }
 
 
 def _river_step(scaler, kmeans, weights: list[float], x: dict[int, float]) -> str:
@@ -39,8 +41,10 @@ def _river_step(scaler, kmeans, weights: list[float], x: dict[int, float]) -> st
     raw = {k: v if v == v else means[k] for k, v in x.items()}
     scaler.learn_one(raw)
     cluster = kmeans.learn_predict_one(scaler.transform_one(raw))
-    risks = [sum(wk * centre[k] for k, wk in enumerate(weights))
-             for _, centre in sorted(kmeans.centers.items())]  # fmt: skip
+    risks = [
+        sum(wk * centre[k] for k, wk in enumerate(weights))
+        for _, centre in sorted(kmeans.centers.items())
+    ]
     return name_by_risk(risks)[cluster]
 
 
@@ -152,8 +156,13 @@ def test_kernel_equals_python_reference_bit_for_bit(halflife: float) -> None:
     seen = set()
     for i, row in enumerate(rows):
         kind = i % 5
-        x = (row, matrix[i], array("d", row), dict(zip(FEATURE_NAMES, row, strict=True)),
-             _StateLike(row))[kind]  # fmt: skip
+        x = (
+            row,
+            matrix[i],
+            array("d", row),
+            dict(zip(FEATURE_NAMES, row, strict=True)),
+            _StateLike(row),
+        )[kind]
         ours, theirs = native.learn_predict(x), python.learn_predict(row)
         assert ours == theirs, (i, kind)
         seen.add(ours)
@@ -364,8 +373,9 @@ def test_the_summation_inputs_tell_plain_from_compensated() -> None:
 
 
 def _cancelling_row(rng: random.Random, d: int = len(SEGMENT_FEATURES)) -> list[float]:
-    return [rng.choice((1.0, -1.0)) * math.ldexp(rng.random(), rng.randrange(-40, 40))
-            for _ in range(d)]  # fmt: skip
+    return [
+        rng.choice((1.0, -1.0)) * math.ldexp(rng.random(), rng.randrange(-40, 40)) for _ in range(d)
+    ]
 
 
 def test_kernel_risks_follow_this_interpreters_sum() -> None:
@@ -380,8 +390,10 @@ def test_kernel_risks_follow_this_interpreters_sum() -> None:
         assert native.learn_predict(row) == python.learn_predict(row), i
         assert native.names == python.names, i  # also refreshes native._risks from the kernel
         assert list(map(_bits, native._risks)) == list(map(_bits, python._risks)), i
-        plain = [_plain_sum([w * c for w, c in zip(init["risk_weights"], centre, strict=True)])
-                 for centre in python.centres]  # fmt: skip
+        plain = [
+            _plain_sum([w * c for w, c in zip(init["risk_weights"], centre, strict=True)])
+            for centre in python.centres
+        ]
         plain_differs += plain != python._risks
     assert native.to_json() == python.to_json()
     if sys.version_info >= (3, 12):  # the test must be able to tell the two summations apart
@@ -420,8 +432,10 @@ def test_kernel_equals_reference_and_river_where_sums_cancel(seed: int, halflife
     native, python = _pair(init)
     scaler, kmeans = python.to_river()
     for i in range(150):
-        row = [rng.choice((0.0, rng.uniform(-1e6, 1e6), math.ldexp(rng.random(), 30)))
-               for _ in SEGMENT_FEATURES]  # fmt: skip
+        row = [
+            rng.choice((0.0, rng.uniform(-1e6, 1e6), math.ldexp(rng.random(), 30)))
+            for _ in SEGMENT_FEATURES
+        ]
         features = dict(zip(SEGMENT_FEATURES, row, strict=True))
         ours = native.learn_predict(features)
         assert ours == python.learn_predict(features), i

@@ -49,8 +49,9 @@ def test_bad_properties_file_is_named_with_the_fix(tmp_path: Path) -> None:
     props.write_text("bootstrap.servers=localhost:1\nacks=1\n")
     result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: --kafka-config {props}: acks must stay 'all' "
-                                     "(no silently lost events)")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: --kafka-config {props}: acks must stay 'all' (no silently lost events)"
+    )
 
 
 def test_dry_run_needs_out_and_history_needs_input(tmp_path: Path) -> None:

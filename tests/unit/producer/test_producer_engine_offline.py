@@ -105,8 +105,9 @@ def test_out_of_order_and_invalid_events_are_rejected_with_a_reason() -> None:
 
 def test_token_bucket_holds_the_long_run_rate() -> None:
     now = [0.0]
-    bucket = TokenBucket(rate=1000.0, burst=100, clock=lambda: now[0],
-                         sleep=lambda s: now.__setitem__(0, now[0] + s))  # fmt: skip
+    bucket = TokenBucket(
+        rate=1000.0, burst=100, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s)
+    )
     for _ in range(50):
         assert bucket.acquire(100)
     # 5000 events at 1000/s: the first burst is free, the rest is paid by waiting.
@@ -123,9 +124,13 @@ def test_pacing_maps_event_months_to_wall_seconds() -> None:
     now = [100.0]
     events = [{"occurred_at": T0 + int(i * MONTH_MS)} for i in range(5)]
     yielded_at = []
-    for _ in paced_by_event_time(events, months_per_second=2.0, stop=lambda: False,
-                                 clock=lambda: now[0],
-                                 sleep=lambda s: now.__setitem__(0, now[0] + s)):  # fmt: skip
+    for _ in paced_by_event_time(
+        events,
+        months_per_second=2.0,
+        stop=lambda: False,
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    ):
         yielded_at.append(now[0] - 100.0)
     assert yielded_at == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0], abs=1e-6)
 

@@ -19,15 +19,19 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_key_value_lines_comments_and_both_separators(tmp_path: Path) -> None:
-    path = write(tmp_path, "# SASL over TLS\n! also a comment\n\nsecurity.protocol=SASL_SSL\n"
-                           "sasl.mechanisms: PLAIN\n  sasl.username = loanrec  \n"
-                           "sasl.password=a=b:c\nssl.endpoint: https://x:1\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "# SASL over TLS\n! also a comment\n\nsecurity.protocol=SASL_SSL\n"
+        "sasl.mechanisms: PLAIN\n  sasl.username = loanrec  \n"
+        "sasl.password=a=b:c\nssl.endpoint: https://x:1\n",
+    )
     assert load_properties(path) == {
-        "security.protocol": "SASL_SSL", "sasl.mechanisms": "PLAIN",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanisms": "PLAIN",
         "sasl.username": "loanrec",
         "sasl.password": "a=b:c",  # the first separator splits; the value is verbatim
         "ssl.endpoint": "https://x:1",
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("line", ["just words", "=value", ": value"])
