@@ -45,7 +45,6 @@ bench: setup
 lint: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
-	@$(BIN)/ruff format --check .
 
 broker-stop:
 	@$(BIN)/loan-recovery broker stop || true
