@@ -35,6 +35,7 @@ def test_docstring_examples_run() -> None:
                  "data.adapters", "data.adapters.seed", "data.adapters.uci",
                  "data.adapters.events", "data.synthetic", "serving.policy",
                  "serving.segmenter", "serving.bundle", "training.early_warning",
+                 "training.snapshots", "training.quality",
                  "report.render", "native"):
         module = importlib.import_module(f"models.{name}")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
