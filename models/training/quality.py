@@ -30,7 +30,7 @@ from models.training.snapshots import DAY_MS, Snapshots
 BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4-6", 4, 6), ("7-11", 7, 11), ("12+", 12, np.inf),
 )  # fmt: skip
-BOOTSTRAP_REPS = 200
+BOOTSTRAP_REPS = 100
 RULE_DPD = 30  # the industry rule the model is compared with: flag at 30+ days past due
 SENIOR_AGE = 62  # Reg B 12 CFR 1002.6(b)(2)
 
