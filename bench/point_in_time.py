@@ -158,6 +158,7 @@ def measure(csv: Path = UCI_CSV, train_loans: int = 20_000, test_loans: int = 5_
     """Both parts (UCI: null with a note when the file is missing)."""
     with tempfile.TemporaryDirectory() as tmp:
         where = work or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
         result: dict[str, Any] = {"uci": None}
         if csv.exists():
             result["uci"] = uci_by_month(csv, where)
