@@ -308,7 +308,7 @@ def write_docs(figures: dict, command: str) -> str:
         "fresh topic and consumed by `serve --guarantee exactly-once`; each client's last "
         "committed `risk_score` read from the changelog. AUC against the outcome; the "
         "difference against the bundle's `predict_proba` on the client's final feature row "
-        "(`models.training.early_warning.feature_matrix`); offline holdout AUC "
+        "(`models.training.snapshots.snapshot_set`, `final_x`); offline holdout AUC "
         f"{_fmt(uci['uci_offline_auc'], '.4f')}." +
         (f" {uci['note']}." if uci.get("note") else ""), "",
         "| figure | measured | target | |", "|---|---:|---:|---|",
