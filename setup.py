@@ -22,13 +22,20 @@ COMPILE_ARGS = ["-O2", "-ffp-contract=off", "-fno-fast-math"]
 
 
 def extension(name: str) -> Extension:
-    return Extension(name, [name.replace(".", "/") + ".pyx"], optional=True,
-                     extra_compile_args=COMPILE_ARGS)
+    return Extension(
+        name, [name.replace(".", "/") + ".pyx"], optional=True, extra_compile_args=COMPILE_ARGS
+    )
 
 
-setup(ext_modules=cythonize(
-    [extension(name) for name in KERNELS],
-    compiler_directives={"language_level": 3, "boundscheck": False, "wraparound": False,
-                         "initializedcheck": False},
-    quiet=True,
-))
+setup(
+    ext_modules=cythonize(
+        [extension(name) for name in KERNELS],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "initializedcheck": False,
+        },
+        quiet=True,
+    )
+)

@@ -64,9 +64,13 @@ def _new_topic(admin: AdminClient, prefix: str) -> str:
 def _count(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-produce-count"})
     try:
-        return sum(hi - lo for lo, hi in (
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            for p in range(PARTITIONS)))  # fmt: skip
+        return sum(
+            hi - lo
+            for lo, hi in (
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in range(PARTITIONS)
+            )
+        )
     finally:
         consumer.close()
 
@@ -100,8 +104,12 @@ class _PreEncoded(EventEncoder):
         return self._encoded[id(event)]
 
 
-def run_engine(config: dict[str, str], topic: str, events: list[dict[str, Any]],
-               encoder: EventEncoder | None = None) -> float:  # fmt: skip
+def run_engine(
+    config: dict[str, str],
+    topic: str,
+    events: list[dict[str, Any]],
+    encoder: EventEncoder | None = None,
+) -> float:
     summary = EventProducer(config, topic).run(events, encoder=encoder)
     if not summary.ok:
         raise RuntimeError(f"engine: {summary.first_error}")
@@ -113,8 +121,9 @@ def bench(bootstrap: str, n_events: int, rounds: int) -> dict[str, Any]:
     serde = AvroSerde("LoanEvent")
     keys = [e["loan_id"].encode() for e in events]
     values = [serde.encode(e) for e in events]
-    pre = _PreEncoded({id(e): kv for e, kv in zip(events, zip(keys, values, strict=True),
-                                                    strict=True)})  # fmt: skip
+    pre = _PreEncoded(
+        {id(e): kv for e, kv in zip(events, zip(keys, values, strict=True), strict=True)}
+    )
     config = producer_config(bootstrap, {})
     admin = AdminClient({"bootstrap.servers": bootstrap})
     contenders: dict[str, Callable[[str], float]] = {
@@ -125,7 +134,7 @@ def bench(bootstrap: str, n_events: int, rounds: int) -> dict[str, Any]:
     names = list(contenders)
     seconds: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for name in names[r % 3:] + names[: r % 3]:  # rotate who goes first
+        for name in names[r % 3 :] + names[: r % 3]:  # rotate who goes first
             topic = _new_topic(admin, name.replace("_", "-"))
             seconds[name].append(contenders[name](topic))
             if _count(bootstrap, topic) != len(events):
@@ -133,18 +142,22 @@ def bench(bootstrap: str, n_events: int, rounds: int) -> dict[str, Any]:
     median = {n: statistics.median(s) for n, s in seconds.items()}
     rate = {n: len(events) / median[n] for n in names}
     return {
-        "events": len(events), "rounds": rounds, "partitions": PARTITIONS,
+        "events": len(events),
+        "rounds": rounds,
+        "partitions": PARTITIONS,
         "avg_value_bytes": round(sum(map(len, values)) / len(values), 1),
         "seconds_median": {n: round(v, 3) for n, v in median.items()},
         "events_per_s": {n: round(v) for n, v in rate.items()},
         "ratio_produce_vs_plain": round(rate["produce"] / rate["plain"], 3),
         "ratio_engine_pre_encoded_vs_plain": round(rate["engine_pre_encoded"] / rate["plain"], 3),
-    }  # fmt: skip
+    }
 
 
 def _print_table(result: dict[str, Any]) -> None:
-    print(f"{result['events']:,} events ({result['avg_value_bytes']} B avg), "
-          f"{result['partitions']} partitions, median of {result['rounds']} rounds")  # fmt: skip
+    print(
+        f"{result['events']:,} events ({result['avg_value_bytes']} B avg), "
+        f"{result['partitions']} partitions, median of {result['rounds']} rounds"
+    )
     for name, rate in result["events_per_s"].items():
         print(f"  {name:<20} {rate:>10,} events/s  ({result['seconds_median'][name]:.2f} s)")
     print(f"  produce / plain            = {result['ratio_produce_vs_plain']:.2f}")

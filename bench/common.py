@@ -41,27 +41,61 @@ def cli(*args: str) -> None:
 def train_small_model(work: Path) -> Path:
     """A bundle trained on a 3,000-loan synthetic book (seed 3): the benchmarks' model."""
     cli("generate", "--loans", "3000", "--seed", "3", "--out", str(work / "train-book"))
-    cli("train", "--source", "seed", "--input", str(work / "train-book" / "loans.csv"),
-        "--out", str(work / "model"))  # fmt: skip
+    cli(
+        "train",
+        "--source",
+        "seed",
+        "--input",
+        str(work / "train-book" / "loans.csv"),
+        "--out",
+        str(work / "model"),
+    )
     return work / "model"
 
 
-def scorer_command(bootstrap: str, model: Path, topic: str, group: str, guarantee: str,
-                   metrics_port: int = 0) -> list[str]:  # fmt: skip
+def scorer_command(
+    bootstrap: str, model: Path, topic: str, group: str, guarantee: str, metrics_port: int = 0
+) -> list[str]:
     """``loan-recovery serve`` on ``topic`` with its own output topics and changelog (created
     here, 6 partitions) named after ``group``; the app id is ``<group>-app``."""
     from producer.admin import create_topics
     from schemas.topics import Topics
 
     app_id = f"{group}-app"
-    topics = Topics(events=topic, strategy_changes=f"{group}.changes",
-                    risk_alerts=f"{group}.alerts", dlq=f"{group}.dlq", app_id=app_id)  # fmt: skip
+    topics = Topics(
+        events=topic,
+        strategy_changes=f"{group}.changes",
+        risk_alerts=f"{group}.alerts",
+        dlq=f"{group}.dlq",
+        app_id=app_id,
+    )
     create_topics(bootstrap, topics, PARTITIONS)
-    return [*CLI, "serve", "--model", str(model), "--bootstrap-servers", bootstrap,
-            "--app-id", app_id, "--group-id", group, "--instance-id", group,
-            "--input-topic", topic, "--strategy-topic", topics.strategy_changes,
-            "--alerts-topic", topics.risk_alerts, "--dlq-topic", topics.dlq,
-            "--guarantee", guarantee, "--metrics-port", str(metrics_port)]  # fmt: skip
+    return [
+        *CLI,
+        "serve",
+        "--model",
+        str(model),
+        "--bootstrap-servers",
+        bootstrap,
+        "--app-id",
+        app_id,
+        "--group-id",
+        group,
+        "--instance-id",
+        group,
+        "--input-topic",
+        topic,
+        "--strategy-topic",
+        topics.strategy_changes,
+        "--alerts-topic",
+        topics.risk_alerts,
+        "--dlq-topic",
+        topics.dlq,
+        "--guarantee",
+        guarantee,
+        "--metrics-port",
+        str(metrics_port),
+    ]
 
 
 def free_port() -> int:
@@ -98,15 +132,25 @@ def stop_process(process: subprocess.Popen) -> None:
             process.wait(10)
 
 
-def read_topic(bootstrap: str, topic: str, on_message: Callable[[object], None],
-               read_committed: bool = True, timeout_s: float = 300.0) -> int:  # fmt: skip
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    on_message: Callable[[object], None],
+    read_committed: bool = True,
+    timeout_s: float = 300.0,
+) -> int:
     """Call ``on_message`` for every record of ``topic`` from the beginning to its current end
     (the last stable offset when ``read_committed``); returns the records read."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-reader",
-                         "enable.auto.commit": False, "enable.partition.eof": True,
-                         "fetch.wait.max.ms": 10,
-                         "isolation.level": "read_committed" if read_committed
-                         else "read_uncommitted"})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "bench-reader",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.wait.max.ms": 10,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         remaining = set()
@@ -168,11 +212,11 @@ def benchmark_broker(explicit: str | None = None) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int,
-                  config: dict[str, str] | None = None) -> None:  # fmt: skip
+def create_topics(
+    bootstrap: str, names: list[str], partitions: int, config: dict[str, str] | None = None
+) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([NewTopic(n, partitions, 1, config=config or {})
-                                   for n in names])  # fmt: skip
+    futures = admin.create_topics([NewTopic(n, partitions, 1, config=config or {}) for n in names])
     for future in futures.values():
         future.result(timeout=30)
 
@@ -181,8 +225,10 @@ def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watermarks"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in partitions}  # fmt: skip
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
     finally:
         consumer.close()
 
@@ -207,9 +253,13 @@ class CommitProgress:
 
 
 def watch_group_until_done(
-    bootstrap: str, group: str, topic: str, ends: dict[int, int],
-    timeout_s: float = 600.0, poll_s: float = 0.05,
-) -> CommitProgress:  # fmt: skip
+    bootstrap: str,
+    group: str,
+    topic: str,
+    ends: dict[int, int],
+    timeout_s: float = 600.0,
+    poll_s: float = 0.05,
+) -> CommitProgress:
     """Poll ``group``'s committed offsets on ``topic`` until they reach ``ends``.
 
     The events between the first observed commit and the end are what the rate counts, so the

@@ -100,13 +100,18 @@ class VisibilityWatcher(threading.Thread):
         self.seen: list[tuple[bytes, float]] = []
         self.last_record_at = time.monotonic()
         self._stop_flag = threading.Event()
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"bench-latency-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False, "isolation.level": "read_committed",
-            "fetch.wait.max.ms": 5,
-        })  # fmt: skip
-        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING)
-                               for p in range(PARTITIONS)])  # fmt: skip
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-latency-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+                "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 5,
+            }
+        )
+        self._consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)]
+        )
 
     def run(self) -> None:
         try:
@@ -146,8 +151,9 @@ def encoded_events(book: Path, events: int) -> list[tuple[bytes, bytes]]:
     return [encode(event) for event, _ in zip(source.events, range(events), strict=False)]
 
 
-def produce_paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
-                  rate: float) -> dict:  # fmt: skip
+def produce_paced(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float
+) -> dict:
     """Send ``records`` at ``rate`` events/s, in 1 ms slices (the producer's CreateTime of each
     record is when it was handed over, which is where latency is measured from)."""
     from confluent_kafka import Producer
@@ -172,8 +178,7 @@ def produce_paced(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]
     return {"sent": len(records), "events_per_s": len(records) / elapsed}
 
 
-def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float]]
-                 ) -> np.ndarray:  # fmt: skip
+def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float]]) -> np.ndarray:
     """One row per StrategyChanged record, in the order their sources were produced: (the
     source's CreateTime, visibility time minus it, the part of that up to the scorer's
     ``decided_at``)."""
@@ -195,9 +200,14 @@ def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
-def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
-                    duration_s: float = DURATION_S, warmup_s: float = WARMUP_S
-                    ) -> LatencyResult:  # fmt: skip
+def measure_latency(
+    bootstrap: str,
+    model: Path,
+    rate: float,
+    work: Path,
+    duration_s: float = DURATION_S,
+    warmup_s: float = WARMUP_S,
+) -> LatencyResult:
     """Produce ``rate`` events/s for ``warmup_s + duration_s`` to a ready exactly-once scorer
     and measure the changes of the last ``duration_s``; see above."""
     events = int(rate * (warmup_s + duration_s))
@@ -207,8 +217,9 @@ def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
     group = f"bench-latency-{uuid.uuid4().hex[:6]}"
     port = free_port()
     command = scorer_command(bootstrap, model, topic, group, "exactly-once", metrics_port=port)
-    scorer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    scorer = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     watcher = VisibilityWatcher(bootstrap, f"{group}.changes")
     try:
         ready_wait = wait_ready(port, scorer)
@@ -227,20 +238,34 @@ def measure_latency(bootstrap: str, model: Path, rate: float, work: Path,
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     thirds = tuple(float(np.percentile(part, 50)) for part in np.array_split(lat, 3))
     return LatencyResult(
-        rate, summary["sent"], summary["events_per_s"], len(lat), float(p50), float(p95),
-        float(p99), float(lat.max()), ready_wait, warmup_s,
-        float(np.percentile(warmup, 50)), float(np.percentile(warmup, 99)), float(warmup.max()),
+        rate,
+        summary["sent"],
+        summary["events_per_s"],
+        len(lat),
+        float(p50),
+        float(p95),
+        float(p99),
+        float(lat.max()),
+        ready_wait,
+        warmup_s,
+        float(np.percentile(warmup, 50)),
+        float(np.percentile(warmup, 99)),
+        float(warmup.max()),
         thirds,  # type: ignore[arg-type]
-        float(np.percentile(to_decision, 50)), float(np.percentile(lat - to_decision, 50)))
+        float(np.percentile(to_decision, 50)),
+        float(np.percentile(lat - to_decision, 50)),
+    )
 
 
 def main() -> None:
     parser = standalone_parser(__doc__)
     parser.add_argument("--rate", type=float, default=8000.0, help="input events/s")
-    parser.add_argument("--duration", type=float, default=DURATION_S,
-                        help="seconds of measured input")
-    parser.add_argument("--warmup", type=float, default=WARMUP_S,
-                        help="seconds of input before it (not measured)")
+    parser.add_argument(
+        "--duration", type=float, default=DURATION_S, help="seconds of measured input"
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=WARMUP_S, help="seconds of input before it (not measured)"
+    )
     args = parser.parse_args()
     with broker_and_workdir(args.bootstrap_servers) as (bootstrap, work):
         model = train_small_model(work)
@@ -248,9 +273,11 @@ def main() -> None:
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     else:
-        print(f"latency at {result.rate:,.0f} ev/s over {result.changes:,} strategy changes: "
-              f"p50 {result.latency_p50_ms:.0f} ms, p95 {result.latency_p95_ms:.0f} ms, "
-              f"p99 {result.latency_p99_ms:.0f} ms")  # fmt: skip
+        print(
+            f"latency at {result.rate:,.0f} ev/s over {result.changes:,} strategy changes: "
+            f"p50 {result.latency_p50_ms:.0f} ms, p95 {result.latency_p95_ms:.0f} ms, "
+            f"p99 {result.latency_p99_ms:.0f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -41,15 +41,22 @@ def run_passthrough(
 ) -> PassthroughResult:
     """Copy ``expected_events`` records from input to output exactly once; time it."""
     group = group or f"bench-passthrough-{uuid.uuid4().hex[:8]}"
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers, "group.id": group,
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "isolation.level": "read_committed",
-    })  # fmt: skip
-    producer = Producer({
-        "bootstrap.servers": bootstrap_servers, "transactional.id": f"{group}-tx",
-        "linger.ms": 5,
-    })  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "transactional.id": f"{group}-tx",
+            "linger.ms": 5,
+        }
+    )
     producer.init_transactions(30)
     consumer.subscribe([input_topic])
     seen = transactions = 0
@@ -104,8 +111,14 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     out = f"{args.topic}.passthrough-{uuid.uuid4().hex[:6]}"
-    result = run_passthrough(args.bootstrap_servers, args.topic, out, args.events,
-                             args.commit_interval_ms, group=args.group_id)  # fmt: skip
+    result = run_passthrough(
+        args.bootstrap_servers,
+        args.topic,
+        out,
+        args.events,
+        args.commit_interval_ms,
+        group=args.group_id,
+    )
     payload = {**asdict(result), "events_per_s": result.events_per_s}
     print(json.dumps(payload) if args.json else f"passthrough: {result.events_per_s:,.0f} ev/s")
 

@@ -40,8 +40,12 @@ HIGH_RATE_TARGET, HIGH_MIN_LOANS, GAP_TARGET, BUCKET_MIN = 0.70, 50, 0.03, 500
 
 def _train(args: list[str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "loan_recovery.cli", "train", *args], cwd=ROOT,
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "loan_recovery.cli", "train", *args],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     return time.perf_counter() - started
 
 
@@ -56,8 +60,9 @@ def uci_by_month(csv: Path, work: Path, seed: int = 0) -> dict[str, Any]:
     from models.training.snapshots import cut_after_installments
 
     model = work / "uci-model"
-    seconds = _train(["--source", "uci", "--input", str(csv), "--out", str(model),
-                      "--seed", str(seed)])  # fmt: skip
+    seconds = _train(
+        ["--source", "uci", "--input", str(csv), "--out", str(model), "--seed", str(seed)]
+    )
     bundle = ModelBundle.load(model)
     history = read_uci(csv)
     snaps, test = holdout_loans(history, bundle.metadata)
@@ -75,22 +80,34 @@ def uci_by_month(csv: Path, work: Path, seed: int = 0) -> dict[str, Any]:
         p = bundle.predict_proba([model_row(states[loan].features()) for loan in ids])
         auc, low, high = _auc_ci(y, p, np.arange(len(y)), rng)
         tiers = {name: p > t for name, t in bundle.thresholds.items()}
-        rows.append({
-            "k": k, "clients": len(ids), "roc_auc": auc, "roc_auc_ci95": [low, high],
-            "mean_score": float(p.mean()), "observed_rate": float(y.mean()),
-            "gap": float(p.mean() - y.mean()),
-            **{f"{name}_loans": int(flag.sum()) for name, flag in tiers.items()},
-            **{f"{name}_observed_rate": float(y[flag].mean()) if flag.any() else None
-               for name, flag in tiers.items()},
-        })  # fmt: skip
+        rows.append(
+            {
+                "k": k,
+                "clients": len(ids),
+                "roc_auc": auc,
+                "roc_auc_ci95": [low, high],
+                "mean_score": float(p.mean()),
+                "observed_rate": float(y.mean()),
+                "gap": float(p.mean() - y.mean()),
+                **{f"{name}_loans": int(flag.sum()) for name, flag in tiers.items()},
+                **{
+                    f"{name}_observed_rate": float(y[flag].mean()) if flag.any() else None
+                    for name, flag in tiers.items()
+                },
+            }
+        )
     passed = all(
         (r["k"] not in AUC_TARGETS or r["roc_auc"] >= AUC_TARGETS[r["k"]])
         and abs(r["gap"]) <= GAP_TARGET
         and (r["high_loans"] < HIGH_MIN_LOANS or r["high_observed_rate"] >= HIGH_RATE_TARGET)
         for r in rows
     )
-    return {"train_seconds": round(seconds, 1), "by_k": rows, "targets_met": passed,
-            "model_features": bundle.metadata["model_features"]}  # fmt: skip
+    return {
+        "train_seconds": round(seconds, 1),
+        "by_k": rows,
+        "targets_met": passed,
+        "model_features": bundle.metadata["model_features"],
+    }
 
 
 def synthetic_holdout(work: Path, train_loans: int, test_loans: int) -> dict[str, Any]:
@@ -104,11 +121,23 @@ def synthetic_holdout(work: Path, train_loans: int, test_loans: int) -> dict[str
     book = work / "train-book.csv"
     generate_frame(train_loans, seed=0)[0].to_csv(book, index=False)
     model = work / "synthetic-model"
-    seconds = _train(["--source", "seed", "--input", str(book), "--out", str(model),
-                      "--holdout", "0", "--no-out-of-time"])  # fmt: skip
+    seconds = _train(
+        [
+            "--source",
+            "seed",
+            "--input",
+            str(book),
+            "--out",
+            str(model),
+            "--holdout",
+            "0",
+            "--no-out-of-time",
+        ]
+    )
     bundle = ModelBundle.load(model)
-    snaps = snapshot_set(seed_frame_history(generate_frame(test_loans, seed=1)[0]),
-                         bundle.metadata["horizon_months"])  # fmt: skip
+    snaps = snapshot_set(
+        seed_frame_history(generate_frame(test_loans, seed=1)[0]), bundle.metadata["horizon_months"]
+    )
     rows = np.arange(len(snaps.y))
     p = bundle.predict_proba(snaps.x)
     buckets = by_bucket(snaps, rows, p, bundle.thresholds)
@@ -116,13 +145,18 @@ def synthetic_holdout(work: Path, train_loans: int, test_loans: int) -> dict[str
     by_rule = {r["rule"]: r for r in rules}
     dpd, model_rule = by_rule["30+ days past due"], by_rule["model at equal volume"]
     return {
-        "train_seconds": round(seconds, 1), "test_snapshots": len(rows),
-        "by_months_on_book": buckets, "lead_time": rules,
-        "calibration_met": all(abs(b["calibration_gap"]) <= GAP_TARGET for b in buckets
-                               if b["snapshots"] >= BUCKET_MIN),
-        "beats_30dpd": (model_rule["precision"] > dpd["precision"]
-                        and model_rule["lead_days_median"] > dpd["lead_days_median"]),
-    }  # fmt: skip
+        "train_seconds": round(seconds, 1),
+        "test_snapshots": len(rows),
+        "by_months_on_book": buckets,
+        "lead_time": rules,
+        "calibration_met": all(
+            abs(b["calibration_gap"]) <= GAP_TARGET for b in buckets if b["snapshots"] >= BUCKET_MIN
+        ),
+        "beats_30dpd": (
+            model_rule["precision"] > dpd["precision"]
+            and model_rule["lead_days_median"] > dpd["lead_days_median"]
+        ),
+    }
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -133,28 +167,41 @@ def _print(result: dict[str, Any]) -> None:
         for r in uci["by_k"]:
             low, high = r["roc_auc_ci95"]
             obs = r["high_observed_rate"]
-            print(f" {r['k']}  {r['roc_auc']:.4f} ({low:.3f}-{high:.3f})  {r['high_loans']:6d}  "
-                  f"{'-' if obs is None else f'{obs:.3f}':>8}  {r['gap']:+.4f}")  # fmt: skip
+            print(
+                f" {r['k']}  {r['roc_auc']:.4f} ({low:.3f}-{high:.3f})  {r['high_loans']:6d}  "
+                f"{'-' if obs is None else f'{obs:.3f}':>8}  {r['gap']:+.4f}"
+            )
     syn = result["synthetic"]
-    print(f"synthetic (train {syn['train_seconds']} s; calibration met: "
-          f"{syn['calibration_met']}; beats 30+ DPD: {syn['beats_30dpd']})")  # fmt: skip
+    print(
+        f"synthetic (train {syn['train_seconds']} s; calibration met: "
+        f"{syn['calibration_met']}; beats 30+ DPD: {syn['beats_30dpd']})"
+    )
     print(" bucket  snapshots  AUC     mean score  observed  gap")
     for b in syn["by_months_on_book"]:
-        print(f" {b['bucket']:6}  {b['snapshots']:9d}  {b['roc_auc']:.4f}  "
-              f"{b['mean_predicted']:.4f}      {b['observed_rate']:.4f}    "
-              f"{b['calibration_gap']:+.4f}")  # fmt: skip
+        print(
+            f" {b['bucket']:6}  {b['snapshots']:9d}  {b['roc_auc']:.4f}  "
+            f"{b['mean_predicted']:.4f}      {b['observed_rate']:.4f}    "
+            f"{b['calibration_gap']:+.4f}"
+        )
     print(" rule                      flagged  precision  recall  lead median  lead p25")
     for r in syn["lead_time"]:
+
         def f(v: float | None, spec: str) -> str:
             return "-" if v is None else format(v, spec)
 
-        print(f" {r['rule']:25} {r['flagged_loans']:7d}  {f(r['precision'], '.3f'):>9}  "
-              f"{f(r['recall'], '.3f'):>6}  {f(r['lead_days_median'], '.0f'):>11}  "
-              f"{f(r['lead_days_p25'], '.0f'):>8}")  # fmt: skip
+        print(
+            f" {r['rule']:25} {r['flagged_loans']:7d}  {f(r['precision'], '.3f'):>9}  "
+            f"{f(r['recall'], '.3f'):>6}  {f(r['lead_days_median'], '.0f'):>11}  "
+            f"{f(r['lead_days_p25'], '.0f'):>8}"
+        )
 
 
-def measure(csv: Path = UCI_CSV, train_loans: int = 20_000, test_loans: int = 5_000,
-            work: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def measure(
+    csv: Path = UCI_CSV,
+    train_loans: int = 20_000,
+    test_loans: int = 5_000,
+    work: Path | None = None,
+) -> dict[str, Any]:
     """Both parts (UCI: null with a note when the file is missing)."""
     with tempfile.TemporaryDirectory() as tmp:
         where = work or Path(tmp)
@@ -169,8 +216,9 @@ def measure(csv: Path = UCI_CSV, train_loans: int = 20_000, test_loans: int = 5_
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--input", type=Path, default=UCI_CSV, help="UCI_Credit_Card.csv")
     parser.add_argument("--train-loans", type=int, default=20_000)
     parser.add_argument("--test-loans", type=int, default=5_000)

@@ -66,8 +66,12 @@ def run_processor(model: Path, records: list[tuple[int, bytes, bytes]]) -> dict[
             stages[stage] += seconds
     elapsed = time.perf_counter() - started
     per_event_us = {k: round(v / len(records) * 1e6, 2) for k, v in stages.items()}
-    return {"events": len(records), "processor_eps": len(records) / elapsed,
-            "per_event_us": per_event_us, "compiled_kernels": processor._kernel is not None}
+    return {
+        "events": len(records),
+        "processor_eps": len(records) / elapsed,
+        "per_event_us": per_event_us,
+        "compiled_kernels": processor._kernel is not None,
+    }
 
 
 def main() -> None:

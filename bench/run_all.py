@@ -50,17 +50,34 @@ def prepare(work: Path, bootstrap: str, loans: int) -> tuple[Path, str, int]:
     cli("generate", "--loans", str(loans), "--seed", "11", "--out", str(work / "book"))
     topic = f"bench.events.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [topic], PARTITIONS)
-    cli("produce", "--source", "events", "--input", str(work / "book" / "events.jsonl"),
-        "--topic", topic, "--bootstrap-servers", bootstrap, "--no-progress")  # fmt: skip
+    cli(
+        "produce",
+        "--source",
+        "events",
+        "--input",
+        str(work / "book" / "events.jsonl"),
+        "--topic",
+        topic,
+        "--bootstrap-servers",
+        bootstrap,
+        "--no-progress",
+    )
     return model, topic, sum(end_offsets(bootstrap, topic).values())
 
 
-def measure(command: list[str], bootstrap: str, group: str, topic: str,
-            instances: int = 1) -> float:  # fmt: skip
+def measure(
+    command: list[str], bootstrap: str, group: str, topic: str, instances: int = 1
+) -> float:
     """Events/s of ``command`` (``instances`` copies in one group) over the whole input."""
-    processes = [subprocess.Popen(_instance(command, i) if instances > 1 else command, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i in range(instances)]  # fmt: skip
+    processes = [
+        subprocess.Popen(
+            _instance(command, i) if instances > 1 else command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(instances)
+    ]
     try:
         progress = watch_group_until_done(bootstrap, group, topic, end_offsets(bootstrap, topic))
     finally:
@@ -86,8 +103,13 @@ def naive_eps(bootstrap: str, model_dir: Path, topic: str, events: int = 2000) -
     from schemas import AvroSerde
     from schemas.events import LOAN_OPENED
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([topic])
     values: list[bytes] = []
     while len(values) < events:
@@ -116,20 +138,38 @@ def throughput(bootstrap: str, work: Path, loans: int) -> tuple[dict, Path]:
     """Part 1; returns (figures, the model the other parts reuse)."""
     model, topic, total = prepare(work, bootstrap, loans)
     group = f"bench-pt-{uuid.uuid4().hex[:6]}"
-    passthrough = measure([sys.executable, "-m", "bench.passthrough", "--bootstrap-servers",
-                           bootstrap, "--topic", topic, "--events", str(total),
-                           "--group-id", group], bootstrap, group, topic)  # fmt: skip
+    passthrough = measure(
+        [
+            sys.executable,
+            "-m",
+            "bench.passthrough",
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            topic,
+            "--events",
+            str(total),
+            "--group-id",
+            group,
+        ],
+        bootstrap,
+        group,
+        topic,
+    )
     figures = {"input_events": total, "input_loans": loans, "passthrough_eps": passthrough}
-    for key, guarantee in (("scorer_eos_eps", "exactly-once"),
-                           ("scorer_alo_eps", "at-least-once")):  # fmt: skip
+    for key, guarantee in (("scorer_eos_eps", "exactly-once"), ("scorer_alo_eps", "at-least-once")):
         group = f"bench-{guarantee}-{uuid.uuid4().hex[:6]}"
         command = scorer_command(bootstrap, model, topic, group, guarantee)
         figures[key] = measure(command, bootstrap, group, topic)
     # Not a target: what scaling out by partitions buys on this machine (the broker shares it).
     group = f"bench-eos2-{uuid.uuid4().hex[:6]}"
     figures["scorer_eos_2_instances_eps"] = measure(
-        scorer_command(bootstrap, model, topic, group, "exactly-once"), bootstrap, group, topic,
-        instances=2)  # fmt: skip
+        scorer_command(bootstrap, model, topic, group, "exactly-once"),
+        bootstrap,
+        group,
+        topic,
+        instances=2,
+    )
     figures["naive_eps"] = naive_eps(bootstrap, model, topic)
     return figures, model
 
@@ -178,21 +218,36 @@ def run(loans: int) -> dict:
     uci_by_k = (point_in_time["uci"] or {}).get("by_k", [])
     figures["uci_auc_by_month"] = [r["roc_auc"] for r in uci_by_k] or None
     figures["synthetic_max_calibration_gap"] = max(
-        (abs(b["calibration_gap"]) for b in point_in_time["synthetic"]["by_months_on_book"]
-         if b["snapshots"] >= 500), default=None)
+        (
+            abs(b["calibration_gap"])
+            for b in point_in_time["synthetic"]["by_months_on_book"]
+            if b["snapshots"] >= 500
+        ),
+        default=None,
+    )
     details.update(latency=latency, state=state, uci_quality=uci, point_in_time=point_in_time)
     figures["details"] = details
     return figures
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "cpu")  # fmt: skip
-    kb = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
-              if line.startswith("MemTotal:"))  # fmt: skip
-    return (f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {kb / 2**20:.0f} GiB RAM, "
-            f"{platform.system()} {platform.release()}")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "cpu",
+    )
+    kb = next(
+        int(line.split()[1])
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal:")
+    )
+    return (
+        f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, {kb / 2**20:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def versions() -> str:
@@ -203,10 +258,12 @@ def versions() -> str:
 
     pom = (ROOT / "scripts" / "pom.xml").read_text()
     kafka = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
-    return (f"Python {platform.python_version()}, confluent-kafka {confluent_kafka.__version__} "
-            f"(librdkafka {confluent_kafka.libversion()[0]}), Apache Kafka broker "
-            f"{kafka.group(1) if kafka else '?'} (KRaft, one local broker), scikit-learn "
-            f"{sklearn.__version__}, river {river.__version__}, numpy {numpy.__version__}")
+    return (
+        f"Python {platform.python_version()}, confluent-kafka {confluent_kafka.__version__} "
+        f"(librdkafka {confluent_kafka.libversion()[0]}), Apache Kafka broker "
+        f"{kafka.group(1) if kafka else '?'} (KRaft, one local broker), scikit-learn "
+        f"{sklearn.__version__}, river {river.__version__}, numpy {numpy.__version__}"
+    )
 
 
 def _check(value: float | None, target: float, at_least: bool) -> str:
@@ -232,37 +289,68 @@ def write_docs(figures: dict, command: str) -> str:
         ("restore_loans_per_s", f["restore_loans_per_s"], ",.0f", "≥ 100,000", 100_000, True),
         ("uci_stream_auc", f["uci_stream_auc"], ".4f", "≥ 0.78", 0.78, True),
         ("uci_max_abs_score_diff", f["uci_max_abs_score_diff"], ".1e", "≤ 1e-9", 1e-9, False),
-        *((f"uci_auc_after_{k}_statements", f["uci_auc_by_month"][k - 1], ".4f", f"≥ {t}", t,
-           True) for k, t in ((1, 0.67), (3, 0.70), (6, 0.78)) if f["uci_auc_by_month"]),
-        ("synthetic_max_calibration_gap", f["synthetic_max_calibration_gap"], ".4f", "≤ 0.03",
-         0.03, False),
+        *(
+            (
+                f"uci_auc_after_{k}_statements",
+                f["uci_auc_by_month"][k - 1],
+                ".4f",
+                f"≥ {t}",
+                t,
+                True,
+            )
+            for k, t in ((1, 0.67), (3, 0.70), (6, 0.78))
+            if f["uci_auc_by_month"]
+        ),
+        (
+            "synthetic_max_calibration_gap",
+            f["synthetic_max_calibration_gap"],
+            ".4f",
+            "≤ 0.03",
+            0.03,
+            False,
+        ),
     ]
     secs = d["seconds"]
     lines = [
-        "# Benchmarks", "",
+        "# Benchmarks",
+        "",
         f"- Machine: {machine()}.",
         f"- Versions: {versions()}.",
         f"- Command: `{command}` (all figures from the same run, on one broker; "
-        f"{sum(secs.values()) / 60:.1f} min: " +
-        ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()) + ").",
+        f"{sum(secs.values()) / 60:.1f} min: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items())
+        + ").",
         "- The 2 cores are shared with other work, so figures vary from run to run (latency "
-        "most); 1-minute load average (this run included) after each part: " +
-        ", ".join(f"{k} {v:.1f}" for k, v in d["load_average"].items()) + ".", "",
-        "## Throughput", "",
+        "most); 1-minute load average (this run included) after each part: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in d["load_average"].items())
+        + ".",
+        "",
+        "## Throughput",
+        "",
         f"Input: {f['input_events']:,} events of {f['input_loans']:,} loans pre-produced to "
         f"{PARTITIONS} partitions. Passthrough and both scorers are timed from the group's "
         "committed offsets (first commit to the commit reaching the end of the input), so "
         "start-up is excluded alike; naive = decode + state + the fitted scikit-learn model's "
-        "`predict_proba` on one row per event, in-process, on the first 2,000 events.", "",
-        "| figure | events/s |", "|---|---:|",
-        *(f"| {k} | {f[k]:,.0f} |" for k in
-          ("passthrough_eps", "scorer_eos_eps", "scorer_alo_eps", "naive_eps")),
+        "`predict_proba` on one row per event, in-process, on the first 2,000 events.",
+        "",
+        "| figure | events/s |",
+        "|---|---:|",
+        *(
+            f"| {k} | {f[k]:,.0f} |"
+            for k in ("passthrough_eps", "scorer_eos_eps", "scorer_alo_eps", "naive_eps")
+        ),
         f"| scorer EOS, 2 instances (scale-out, no target) | "
         f"{f['scorer_eos_2_instances_eps']:,.0f} |",
-        "", "| ratio | measured | target | |", "|---|---:|---:|---|",
-        *(f"| {name} | {value:.2f} | ≥ {target:g} | {_check(value, target, True)} |"
-          for name, value, target in ratios),
-        "", "## Latency", "",
+        "",
+        "| ratio | measured | target | |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {name} | {value:.2f} | ≥ {target:g} | {_check(value, target, True)} |"
+            for name, value, target in ratios
+        ),
+        "",
+        "## Latency",
+        "",
         f"{lat['events']:,} events of a fresh synthetic book, Avro-encoded beforehand, "
         f"produced at a steady {lat['rate']:,.0f} events/s (half of scorer_eos_eps; achieved "
         f"{lat['produced_eps']:,.0f}) in 1 ms slices, to a fresh topic consumed by "
@@ -276,20 +364,25 @@ def write_docs(figures: dict, command: str) -> str:
         "`read_committed` "
         "consumer of the strategy topic received it minus the Kafka CreateTime of its source "
         "event (`source_partition`/`source_offset`). The load generator, the reader, the "
-        "broker and the scorer share the 2 cores.", "",
-        "| figure | ms | target | |", "|---|---:|---:|---|",
+        "broker and the scorer share the 2 cores.",
+        "",
+        "| figure | ms | target | |",
+        "|---|---:|---:|---|",
         f"| latency_p50_ms | {f['latency_p50_ms']:,.0f} | | |",
         f"| latency_p95_ms | {f['latency_p95_ms']:,.0f} | | |",
         f"| latency_p99_ms | {f['latency_p99_ms']:,.0f} | ≤ 250 | "
         f"{_check(f['latency_p99_ms'], 250, False)} |",
-        f"| (max) | {lat['latency_max_ms']:,.0f} | | |", "",
-        "p50 over the first, middle and last third of the run: " +
-        " / ".join(f"{v:,.0f}" for v in lat["p50_by_third_ms"]) +
-        " ms (flat: the scorer kept up with the rate; rising: a backlog built). Split of the "
+        f"| (max) | {lat['latency_max_ms']:,.0f} | | |",
+        "",
+        "p50 over the first, middle and last third of the run: "
+        + " / ".join(f"{v:,.0f}" for v in lat["p50_by_third_ms"])
+        + " ms (flat: the scorer kept up with the rate; rising: a backlog built). Split of the "
         f"p50s at the scorer's `decided_at`: produce → decision {lat['p50_to_decision_ms']:,.0f}"
         f" ms, decision → visible to `read_committed` {lat['p50_decision_to_visible_ms']:,.0f} "
         "ms (commit interval, commit, fetch).",
-        "", "## State, restore and quality", "",
+        "",
+        "## State, restore and quality",
+        "",
         f"- state_bytes_per_loan: `tracemalloc` over {state['loans']:,} loans put into one "
         "`PartitionProcessor`'s `states` dict, each opened from a `LoanOpened` event with one "
         "payment event applied (`LoanState.open`/`apply`) and a decision set (strategy, tier, "
@@ -309,12 +402,15 @@ def write_docs(figures: dict, command: str) -> str:
         "committed `risk_score` read from the changelog. AUC against the outcome; the "
         "difference against the bundle's `predict_proba` on the client's final feature row "
         "(`models.training.snapshots.snapshot_set`, `final_x`); offline holdout AUC "
-        f"{_fmt(uci['uci_offline_auc'], '.4f')}." +
-        (f" {uci['note']}." if uci.get("note") else ""), "",
-        "| figure | measured | target | |", "|---|---:|---:|---|",
-        *(f"| {name} | {_fmt(value, spec)} | {text} | {_check(value, target, at_least)} |"
-          for name, value, spec, text, target, at_least in targets),
-    ]  # fmt: skip
+        f"{_fmt(uci['uci_offline_auc'], '.4f')}." + (f" {uci['note']}." if uci.get("note") else ""),
+        "",
+        "| figure | measured | target | |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {name} | {_fmt(value, spec)} | {text} | {_check(value, target, at_least)} |"
+            for name, value, spec, text, target, at_least in targets
+        ),
+    ]
     text = "\n".join(lines) + "\n"
     (ROOT / "docs" / "BENCHMARKS.md").write_text(text)
     (ROOT / "docs" / "benchmarks.json").write_text(json.dumps(figures, indent=2) + "\n")

@@ -47,8 +47,11 @@ from bench.common import (
 )
 
 TRANSACTION_RECORDS = 6000  # loan records per changelog transaction (~1,000 per partition)
-DECISIONS = (("CALL", "MODERATE", "OTHERS"), ("SMS_REMINDER", "LOW", "LOW_RISK"),
-             ("LEGAL_NOTICE", "HIGH", "HIGH_RISK"))  # fmt: skip
+DECISIONS = (
+    ("CALL", "MODERATE", "OTHERS"),
+    ("SMS_REMINDER", "LOW", "LOW_RISK"),
+    ("LEGAL_NOTICE", "HIGH", "HIGH_RISK"),
+)
 
 
 @dataclass
@@ -91,10 +94,22 @@ def iter_states(n: int, prefix: str = "M") -> Iterator[Any]:
     for i in range(n):
         opened, later = templates[i % len(templates)]
         loan_id, borrower_id = f"L{prefix}-{i:07d}", f"B{prefix}-{i:07d}"
-        state = LoanState.open({**opened, "event_id": f"{i:08x}-0000-4000-8000-{prefix}00000000000",
-                                "loan_id": loan_id, "borrower_id": borrower_id})  # fmt: skip
-        state.apply({**later, "event_id": f"{i:08x}-0001-4000-8000-{prefix}00000000000",
-                     "loan_id": loan_id, "borrower_id": borrower_id})  # fmt: skip
+        state = LoanState.open(
+            {
+                **opened,
+                "event_id": f"{i:08x}-0000-4000-8000-{prefix}00000000000",
+                "loan_id": loan_id,
+                "borrower_id": borrower_id,
+            }
+        )
+        state.apply(
+            {
+                **later,
+                "event_id": f"{i:08x}-0001-4000-8000-{prefix}00000000000",
+                "loan_id": loan_id,
+                "borrower_id": borrower_id,
+            }
+        )
         strategy, tier, segment = DECISIONS[i % len(DECISIONS)]
         state.strategy, state.risk_tier, state.segment = strategy, tier, segment
         state.risk_score = (i % 9973) / 9973.0  # a float object per loan, like decide()'s
@@ -132,8 +147,10 @@ def restored_bytes_per_loan(model: Path, loans: int) -> float:
     from schemas import AvroSerde
 
     encode = AvroSerde("LoanState").encode
-    records = [(state.loan_id.encode(), encode(state.to_record()))
-               for state in iter_states(loans, prefix="Q")]  # fmt: skip
+    records = [
+        (state.loan_id.encode(), encode(state.to_record()))
+        for state in iter_states(loans, prefix="Q")
+    ]
     processor = processor_for(model)
     gc.collect()
     tracemalloc.start()
@@ -159,11 +176,21 @@ def write_changelog(bootstrap: str, model: Path, loans: int) -> tuple[Any, int]:
     from schemas.topics import Topics
 
     app = f"bench-restore-{uuid.uuid4().hex[:6]}"
-    topics = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
-                    risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    topics = Topics(
+        events=f"{app}.events",
+        strategy_changes=f"{app}.changes",
+        risk_alerts=f"{app}.alerts",
+        dlq=f"{app}.dlq",
+        app_id=app,
+    )
     create_topics(bootstrap, topics, PARTITIONS)
-    config = ServeConfig(bootstrap_servers=bootstrap, model_dir=model, topics=topics,
-                         instance_id="writer", metrics_port=None)  # fmt: skip
+    config = ServeConfig(
+        bootstrap_servers=bootstrap,
+        model_dir=model,
+        topics=topics,
+        instance_id="writer",
+        metrics_port=None,
+    )
     processors = {p: processor_for(model, p, topics.events) for p in range(PARTITIONS)}
     producer = Producer(config.producer_config())
     producer.init_transactions(30)
@@ -172,14 +199,24 @@ def write_changelog(bootstrap: str, model: Path, loans: int) -> tuple[Any, int]:
     producer.begin_transaction()
     for i, state in enumerate(iter_states(loans, prefix="R"), start=1):
         key = state.loan_id.encode()
-        _produce(producer, topics.changelog, key, encode(state.to_record()),
-                 partition_for(key, PARTITIONS))  # fmt: skip
+        _produce(
+            producer,
+            topics.changelog,
+            key,
+            encode(state.to_record()),
+            partition_for(key, PARTITIONS),
+        )
         written += 1
         if i % TRANSACTION_RECORDS == 0 or i == loans:
             now_ms = int(time.time() * 1000)
             for p, processor in processors.items():
-                _produce(producer, topics.changelog, b"__partition__",
-                         processor.checkpoint_value(now_ms), p)  # fmt: skip
+                _produce(
+                    producer,
+                    topics.changelog,
+                    b"__partition__",
+                    processor.checkpoint_value(now_ms),
+                    p,
+                )
                 written += 1
             producer.commit_transaction(60)
             if i < loans:
@@ -227,8 +264,13 @@ def time_restore(config: Any, model: Path, profile: bool = False) -> tuple[int, 
     return restored, seconds, top
 
 
-def measure_state(bootstrap: str, model: Path, loans: int = 1_000_000,
-                  restore_loans: int = 200_000, profile: bool = False) -> tuple[StateResult, str]:
+def measure_state(
+    bootstrap: str,
+    model: Path,
+    loans: int = 1_000_000,
+    restore_loans: int = 200_000,
+    profile: bool = False,
+) -> tuple[StateResult, str]:
     """Both figures; see the module docstring. Returns (result, profile text or "")."""
     per_loan, build_seconds = bytes_per_loan(model, loans)
     gc.collect()
@@ -237,8 +279,16 @@ def measure_state(bootstrap: str, model: Path, loans: int = 1_000_000,
     if restored != restore_loans:
         raise RuntimeError(f"restored {restored} of {restore_loans} loans")
     restored_per_loan = restored_bytes_per_loan(model, restore_loans)
-    return StateResult(loans, per_loan, build_seconds, restored, records, seconds,
-                       restored / seconds, restored_per_loan), top  # fmt: skip
+    return StateResult(
+        loans,
+        per_loan,
+        build_seconds,
+        restored,
+        records,
+        seconds,
+        restored / seconds,
+        restored_per_loan,
+    ), top
 
 
 def main() -> None:
@@ -249,14 +299,15 @@ def main() -> None:
     args = parser.parse_args()
     with broker_and_workdir(args.bootstrap_servers) as (bootstrap, work):
         model = train_small_model(work)
-        result, top = measure_state(bootstrap, model, args.loans, args.restore_loans,
-                                    args.profile)  # fmt: skip
+        result, top = measure_state(bootstrap, model, args.loans, args.restore_loans, args.profile)
     if args.json:
         print(json.dumps(asdict(result), indent=2))
     else:
-        print(f"{result.state_bytes_per_loan:.0f} bytes/loan ({result.loans:,} loans); restore "
-              f"{result.restore_loans_per_s:,.0f} loans/s ({result.restore_loans:,} loans in "
-              f"{result.restore_seconds:.2f} s)")  # fmt: skip
+        print(
+            f"{result.state_bytes_per_loan:.0f} bytes/loan ({result.loans:,} loans); restore "
+            f"{result.restore_loans_per_s:,.0f} loans/s ({result.restore_loans:,} loans in "
+            f"{result.restore_seconds:.2f} s)"
+        )
     if top:
         print(top)
 

@@ -109,8 +109,9 @@ def stream_scores(bootstrap: str, model: Path, topic: str) -> tuple[dict[str, fl
 
     group = f"bench-uci-{uuid.uuid4().hex[:6]}"
     command = scorer_command(bootstrap, model, topic, group, "exactly-once")
-    scorer = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
+    scorer = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         progress = watch_group_until_done(bootstrap, group, topic, end_offsets(bootstrap, topic))
     finally:
@@ -145,15 +146,18 @@ def measure_uci(bootstrap: str, work: Path, csv: Path = UCI_CSV) -> UciResult:
     streamed, seconds = stream_scores(bootstrap, model, topic)
     missing = [loan for loan in holdout.loan_ids if streamed.get(loan) is None]
     if missing:
-        raise RuntimeError(f"{len(missing)} holdout clients have no streamed score, e.g. "
-                           f"{missing[:3]}")  # fmt: skip
+        raise RuntimeError(
+            f"{len(missing)} holdout clients have no streamed score, e.g. {missing[:3]}"
+        )
     stream = np.array([streamed[loan] for loan in holdout.loan_ids], dtype=np.float64)
     return UciResult(
         uci_stream_auc=float(roc_auc_score(holdout.outcomes, stream)),
         uci_max_abs_score_diff=float(np.max(np.abs(stream - holdout.batch_scores))),
         uci_offline_auc=float(roc_auc_score(holdout.outcomes, holdout.batch_scores)),
-        holdout_clients=len(holdout.loan_ids), events=events, stream_seconds=seconds,
-    )  # fmt: skip
+        holdout_clients=len(holdout.loan_ids),
+        events=events,
+        stream_seconds=seconds,
+    )
 
 
 def main() -> None:
@@ -168,10 +172,12 @@ def main() -> None:
     elif result.note:
         print(result.note)
     else:
-        print(f"UCI holdout ({result.holdout_clients:,} clients): stream AUC "
-              f"{result.uci_stream_auc:.4f} (offline {result.uci_offline_auc:.4f}), max "
-              f"|stream - batch| {result.uci_max_abs_score_diff:.2e}; "
-              f"{time.monotonic() - started:.0f} s")  # fmt: skip
+        print(
+            f"UCI holdout ({result.holdout_clients:,} clients): stream AUC "
+            f"{result.uci_stream_auc:.4f} (offline {result.uci_offline_auc:.4f}), max "
+            f"|stream - batch| {result.uci_max_abs_score_diff:.2e}; "
+            f"{time.monotonic() - started:.0f} s"
+        )
 
 
 if __name__ == "__main__":

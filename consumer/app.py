@@ -53,9 +53,15 @@ class FatalError(RuntimeError):
 
 
 class ScorerApp:
-    def __init__(self, config: ServeConfig, bundle: Any, policy: Any,
-                 metrics: ScorerMetrics | None = None, health: HealthState | None = None,
-                 bundle_loader: Callable[[], Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        config: ServeConfig,
+        bundle: Any,
+        policy: Any,
+        metrics: ScorerMetrics | None = None,
+        health: HealthState | None = None,
+        bundle_loader: Callable[[], Any] | None = None,
+    ) -> None:
         self.config = config
         self.bundle = bundle
         self.policy = policy
@@ -124,29 +130,46 @@ class ScorerApp:
         self._producer = self._new_producer()
         self._restorer = ChangelogRestorer(cfg.restore_consumer_config(), self.topics.changelog)
         self._consumer = Consumer({**cfg.consumer_config(), "error_cb": self._on_client_error})
-        self._consumer.subscribe([self.topics.events], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_lost)  # fmt: skip
+        self._consumer.subscribe(
+            [self.topics.events],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
         tune_gc_for_streaming()
         self.health.alive = True
         self.metrics.up.set(1)
-        log_event("started", group=cfg.group, instance=cfg.instance_id,
-                  guarantee=cfg.guarantee.value, input=self.topics.events,
-                  model_version=self.bundle.version, policy_version=self.policy.version,
-                  commit_interval_ms=cfg.commit_interval_ms)  # fmt: skip
+        log_event(
+            "started",
+            group=cfg.group,
+            instance=cfg.instance_id,
+            guarantee=cfg.guarantee.value,
+            input=self.topics.events,
+            model_version=self.bundle.version,
+            policy_version=self.policy.version,
+            commit_interval_ms=cfg.commit_interval_ms,
+        )
 
     def _new_producer(self) -> Any:
         """The producer; with exactly-once, transactions initialised (which also aborts what a
         previous producer with our transactional.id left open, and fences it)."""
         cfg = self.config
-        producer = Producer({**cfg.producer_config(), "error_cb": self._on_client_error,
-                             "delivery.report.only.error": True,
-                             "on_delivery": self._on_delivery_error})  # fmt: skip
+        producer = Producer(
+            {
+                **cfg.producer_config(),
+                "error_cb": self._on_client_error,
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery_error,
+            }
+        )
         if self.eos:
             try:
                 producer.init_transactions(cfg.commit_timeout_s * 3)
             except KafkaException as error:
-                raise FatalError(f"cannot initialise transactions for transactional.id "
-                                 f"{cfg.transactional_id}: {error.args[0].str()}") from None
+                raise FatalError(
+                    f"cannot initialise transactions for transactional.id "
+                    f"{cfg.transactional_id}: {error.args[0].str()}"
+                ) from None
         return producer
 
     def _loop(self) -> None:
@@ -166,12 +189,15 @@ class ScorerApp:
             # Take what is already fetched without waiting; only an empty queue blocks (and
             # then briefly). consume(n, timeout) waits for n messages or the timeout, so one
             # blocking call under a steady load held every event up to the whole timeout.
-            messages = consumer.consume(max_batch, timeout=0) or \
-                consumer.consume(max_batch, timeout=wait_s)  # fmt: skip
+            messages = consumer.consume(max_batch, timeout=0) or consumer.consume(
+                max_batch, timeout=wait_s
+            )
             if messages:
                 self._process(messages)
-            if self.in_txn and (time.monotonic() - self.txn_started) * 1000 >= \
-                    self.config.commit_interval_ms:  # fmt: skip
+            if (
+                self.in_txn
+                and (time.monotonic() - self.txn_started) * 1000 >= self.config.commit_interval_ms
+            ):
                 self._commit()
             now = time.monotonic()
             if now >= next_housekeeping:
@@ -205,7 +231,8 @@ class ScorerApp:
                 self._on_message_error(message.error())
                 continue
             by_partition.setdefault(message.partition(), []).append(
-                (message.offset(), message.key(), message.value()))
+                (message.offset(), message.key(), message.value())
+            )
         if not by_partition:
             return
         if self.eos and not self.in_txn:
@@ -258,15 +285,22 @@ class ScorerApp:
 
     def _dlq_headers(self, partition: int, dead: DeadLetter) -> list[tuple[str, bytes]]:
         return [
-            ("error.reason", dead.reason.encode()), ("error.class", dead.error_class.encode()),
+            ("error.reason", dead.reason.encode()),
+            ("error.class", dead.error_class.encode()),
             ("error.message", dead.message[:1000].encode()),
             ("source.topic", self.topics.events.encode()),
             ("source.partition", str(partition).encode()),
             ("source.offset", str(dead.offset).encode()),
-        ]  # fmt: skip
+        ]
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 partition: int = -1, headers: list | None = None) -> None:  # fmt: skip
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int = -1,
+        headers: list | None = None,
+    ) -> None:
         producer = self._producer
         assert producer is not None
         while True:
@@ -280,8 +314,11 @@ class ScorerApp:
                 producer.poll(0.05)
             except KafkaException as exc:
                 error = exc.args[0]
-                if error.code() == KafkaError.MSG_SIZE_TOO_LARGE and topic == self.topics.dlq \
-                        and value:  # fmt: skip
+                if (
+                    error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                    and topic == self.topics.dlq
+                    and value
+                ):
                     # A poison record too big to copy must not stop the stream: dead-letter
                     # it without its bytes (the headers say where the original is).
                     headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
@@ -295,8 +332,10 @@ class ScorerApp:
         for (event_type, outcome), n in result.outcomes.items():
             m.events.labels(event_type=event_type, outcome=outcome).inc(n)
         for change in result.changes:
-            m.strategy_changes.labels(from_strategy=change["previous_strategy"] or "NONE",
-                                      to_strategy=change["new_strategy"]).inc()  # fmt: skip
+            m.strategy_changes.labels(
+                from_strategy=change["previous_strategy"] or "NONE",
+                to_strategy=change["new_strategy"],
+            ).inc()
         if result.alerts:
             m.alerts.labels(tier="HIGH").inc(len(result.alerts))
         for dead in result.dead_letters:
@@ -326,8 +365,11 @@ class ScorerApp:
         if not self.in_txn:
             return True
         self._changelog_records()
-        offsets = [TopicPartition(self.topics.events, p, self.positions[p])
-                   for p in self.txn_first if p in self.positions]  # fmt: skip
+        offsets = [
+            TopicPartition(self.topics.events, p, self.positions[p])
+            for p in self.txn_first
+            if p in self.positions
+        ]
         try:
             if self.eos:
                 self._commit_transaction(offsets)
@@ -350,8 +392,10 @@ class ScorerApp:
         timeout = self.config.commit_timeout_s
         if offsets:
             group = consumer.consumer_group_metadata()
-            self._retrying("send_offsets_to_transaction",
-                           lambda: producer.send_offsets_to_transaction(offsets, group, timeout))
+            self._retrying(
+                "send_offsets_to_transaction",
+                lambda: producer.send_offsets_to_transaction(offsets, group, timeout),
+            )
         self._retrying("commit_transaction", lambda: producer.commit_transaction(timeout))
 
     def _commit_at_least_once(self, offsets: list[TopicPartition]) -> None:
@@ -363,8 +407,9 @@ class ScorerApp:
             why, self.delivery_failed = self.delivery_failed, None
             raise _Abort(why)
         if offsets:
-            self._retrying("commit offsets", lambda: consumer.commit(
-                offsets=offsets, asynchronous=False))  # fmt: skip
+            self._retrying(
+                "commit offsets", lambda: consumer.commit(offsets=offsets, asynchronous=False)
+            )
 
     def _retrying(self, what: str, call: Callable[[], Any]) -> None:
         """Run ``call``; retry retriable errors with backoff until the commit timeout; turn
@@ -385,8 +430,9 @@ class ScorerApp:
                     if not self.eos:
                         raise _Abort(f"{what}: {error.name()}: {error.str()}") from None
                     raise FatalError(self._fatal_message(what, error)) from None
-                log_event("commit_retry", level="warning", step=what, error=error.str(),
-                          backoff_s=backoff)  # fmt: skip
+                log_event(
+                    "commit_retry", level="warning", step=what, error=error.str(), backoff_s=backoff
+                )
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -402,12 +448,17 @@ class ScorerApp:
         return error
 
     def _fatal_message(self, what: str, error: KafkaError) -> str:
-        fenced = error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED,
-                                  KafkaError.INVALID_PRODUCER_EPOCH)  # fmt: skip
+        fenced = error.code() in (
+            KafkaError._FENCED,
+            KafkaError.PRODUCER_FENCED,
+            KafkaError.INVALID_PRODUCER_EPOCH,
+        )
         if fenced or "fenced" in error.str().lower():
-            return (f"fenced during {what}: another scorer uses transactional.id "
-                    f"{self.config.transactional_id}; give each instance its own --instance-id "
-                    f"({error.str()})")
+            return (
+                f"fenced during {what}: another scorer uses transactional.id "
+                f"{self.config.transactional_id}; give each instance its own --instance-id "
+                f"({error.str()})"
+            )
         return f"fatal Kafka error during {what}: {error.name()}: {error.str()}"
 
     def _abort(self, why: str) -> None:
@@ -430,8 +481,12 @@ class ScorerApp:
         self.txn_first.clear()
         self.in_txn = False
         self.metrics.transactions.labels(result="abort").inc()
-        log_event("transaction_aborted", level="warning", reason=why,
-                  rewound={tp.partition: tp.offset for tp in rewind})  # fmt: skip
+        log_event(
+            "transaction_aborted",
+            level="warning",
+            reason=why,
+            rewound={tp.partition: tp.offset for tp in rewind},
+        )
 
     def _replace_producer(self, error: KafkaError) -> None:
         """An abort that failed: librdkafka can fail a legitimate abort with INVALID_TXN_STATE
@@ -506,8 +561,9 @@ class ScorerApp:
             except FatalError as error:
                 self.fatal = str(error)
         self._drop(partitions)
-        log_event("partitions_lost", level="warning",
-                  partitions=sorted(tp.partition for tp in partitions))  # fmt: skip
+        log_event(
+            "partitions_lost", level="warning", partitions=sorted(tp.partition for tp in partitions)
+        )
 
     def _new_processor(self, partition: int) -> PartitionProcessor:
         return PartitionProcessor(self.bundle, self.policy, partition, self.topics.events)
@@ -516,8 +572,12 @@ class ScorerApp:
         for tp in partitions:
             processor = self.processors.pop(tp.partition, None)
             position = self.positions.pop(tp.partition, None)
-            if park and processor is not None and position is not None \
-                    and tp.partition not in self.pending_restore:  # fmt: skip
+            if (
+                park
+                and processor is not None
+                and position is not None
+                and tp.partition not in self.pending_restore
+            ):
                 self.parked[tp.partition] = (processor, position)
             self.reuse_offsets.pop(tp.partition, None)
             self.txn_first.pop(tp.partition, None)
@@ -547,13 +607,22 @@ class ScorerApp:
         self.pending_restore.clear()
         self._consumer.resume([TopicPartition(self.topics.events, p) for p in partitions])
         rewind, self.rewind_after_restore = self.rewind_after_restore, {}
-        self._seek([TopicPartition(self.topics.events, p, o) for p, o in rewind.items()
-                    if p in self.processors])  # fmt: skip
+        self._seek(
+            [
+                TopicPartition(self.topics.events, p, o)
+                for p, o in rewind.items()
+                if p in self.processors
+            ]
+        )
         self.health.ready = True
         self.last_activity = time.monotonic()  # idleness counts from being able to work
-        log_event("state_restored", partitions=partitions, restored_loans=restored,
-                  kept_in_memory=sorted(reused),
-                  seconds=round(time.monotonic() - started, 3))  # fmt: skip
+        log_event(
+            "state_restored",
+            partitions=partitions,
+            restored_loans=restored,
+            kept_in_memory=sorted(reused),
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def _still_current(self, partitions: list[int]) -> set[int]:
         """Parked partitions whose committed offset is still the one we committed: nobody
@@ -564,11 +633,13 @@ class ScorerApp:
         assert self._consumer is not None
         try:
             committed = self._consumer.committed(
-                [TopicPartition(self.topics.events, p) for p in ours], timeout=10)
+                [TopicPartition(self.topics.events, p) for p in ours], timeout=10
+            )
         except KafkaException:
             return set()  # unknown: restore, which is always right
-        return {tp.partition for tp in committed
-                if tp.error is None and tp.offset == ours[tp.partition]}  # fmt: skip
+        return {
+            tp.partition for tp in committed if tp.error is None and tp.offset == ours[tp.partition]
+        }
 
     # -- errors, reload, housekeeping --------------------------------------------------------------
     def _on_client_error(self, error: KafkaError) -> None:
@@ -601,8 +672,12 @@ class ScorerApp:
         try:
             bundle = self.bundle_loader()
         except Exception as error:  # any failure keeps the running model
-            log_event("model_reload_failed", level="error", error=f"{type(error).__name__}: "
-                      f"{error}", keeping=self.bundle.version)  # fmt: skip
+            log_event(
+                "model_reload_failed",
+                level="error",
+                error=f"{type(error).__name__}: {error}",
+                keeping=self.bundle.version,
+            )
             return
         self._finish_transaction("reload")  # decisions of the old model commit with it
         self.bundle = bundle

@@ -57,8 +57,9 @@ def load_properties(path: Path) -> dict[str, str]:
             continue
         cut = min((i for i in (line.find("="), line.find(":")) if i >= 0), default=-1)
         if cut <= 0:
-            raise ConfigError(f"--kafka-config {path}, line {number}: expected key=value, "
-                              f"got {line!r}")  # fmt: skip
+            raise ConfigError(
+                f"--kafka-config {path}, line {number}: expected key=value, got {line!r}"
+            )
         settings[line[:cut].strip()] = line[cut + 1 :].strip()
     return settings
 
@@ -89,13 +90,17 @@ class ServeConfig:
     def __post_init__(self) -> None:
         for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):
             if key in self.kafka_properties:
-                raise ConfigError(f"--kafka-config: remove '{key}': the scorer sets it (use "
-                                  "--group-id / --instance-id / --guarantee)")  # fmt: skip
+                raise ConfigError(
+                    f"--kafka-config: remove '{key}': the scorer sets it (use "
+                    "--group-id / --instance-id / --guarantee)"
+                )
         strategy = self.kafka_properties.get("partition.assignment.strategy", "")
         if "cooperative" in strategy or self.kafka_properties.get("group.protocol") == "consumer":
             # Restore-on-assign and commit-on-revoke assume eager (whole) reassignments.
-            raise ConfigError("--kafka-config: incremental rebalancing (cooperative-sticky or "
-                              "group.protocol=consumer) is not supported; remove it")
+            raise ConfigError(
+                "--kafka-config: incremental rebalancing (cooperative-sticky or "
+                "group.protocol=consumer) is not supported; remove it"
+            )
         if self.commit_interval_ms < 1:
             raise ConfigError("--commit-interval-ms must be >= 1")
 

@@ -34,14 +34,20 @@ class HealthState:
 
 
 class HealthServer:
-    def __init__(self, metrics: ScorerMetrics, host: str = "0.0.0.0", port: int = 0,
-                 state: HealthState | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        metrics: ScorerMetrics,
+        host: str = "0.0.0.0",
+        port: int = 0,
+        state: HealthState | None = None,
+    ) -> None:
         self.state = state or HealthState()
         self._server = ThreadingHTTPServer((host, port), _handler(metrics, self.state))
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="health", daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -73,5 +79,8 @@ def _handler(metrics: ScorerMetrics, state: HealthState) -> type[BaseHTTPRequest
 
 
 def _probe(ok: bool, what: str) -> tuple[int, str, bytes]:
-    return (200, "text/plain", f"{what}\n".encode()) if ok else (
-        503, "text/plain", f"not {what}\n".encode())  # fmt: skip
+    return (
+        (200, "text/plain", f"{what}\n".encode())
+        if ok
+        else (503, "text/plain", f"not {what}\n".encode())
+    )

@@ -17,10 +17,14 @@ import time
 from typing import Any, TextIO
 
 
-def log_event(event: str, level: str = "info", stream: TextIO | None = None,
-              **fields: Any) -> None:  # fmt: skip
-    record = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z", "level": level,
-              "logger": "loanrec.serve", "event": event, **fields}  # fmt: skip
+def log_event(event: str, level: str = "info", stream: TextIO | None = None, **fields: Any) -> None:
+    record = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        "level": level,
+        "logger": "loanrec.serve",
+        "event": event,
+        **fields,
+    }
     out = stream or sys.stderr
     out.write(json.dumps(record, default=str) + "\n")
     out.flush()

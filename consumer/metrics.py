@@ -32,8 +32,24 @@ from prometheus_client.utils import floatToGoString
 
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Event time -> decision: a replay of history is months behind, a live stream sub-second.
-LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
-                   86400.0, 2_592_000.0, 31_536_000.0)  # fmt: skip
+LATENCY_BUCKETS = (
+    0.01,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    3600.0,
+    86400.0,
+    2_592_000.0,
+    31_536_000.0,
+)
 BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 TIERS = ("HIGH", "MODERATE", "LOW")
@@ -54,8 +70,9 @@ class BatchHistogram(Collector):
     True
     """
 
-    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
-                 registry: CollectorRegistry) -> None:  # fmt: skip
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
         self.name, self.documentation = name, documentation
         self._bounds = np.array(sorted(buckets), dtype=np.float64)
         self._labels = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
@@ -68,8 +85,9 @@ class BatchHistogram(Collector):
         """Observe every value (``value <= le`` counts in bucket ``le``, as Prometheus says)."""
         if not len(values):
             return
-        binned = np.bincount(np.searchsorted(self._bounds, values, side="left"),
-                             minlength=len(self._counts))  # fmt: skip
+        binned = np.bincount(
+            np.searchsorted(self._bounds, values, side="left"), minlength=len(self._counts)
+        )
         total = float(values.sum())
         with self._lock:
             self._counts += binned
@@ -80,9 +98,11 @@ class BatchHistogram(Collector):
             cumulative = np.cumsum(self._counts).tolist()
             total = self._sum
         yield HistogramMetricFamily(
-            self.name, self.documentation, sum_value=total,
+            self.name,
+            self.documentation,
+            sum_value=total,
             buckets=[(le, float(n)) for le, n in zip(self._labels, cumulative, strict=True)],
-        )  # fmt: skip
+        )
 
     def describe(self) -> Iterator[Metric]:
         return self.collect()
@@ -94,47 +114,72 @@ class ScorerMetrics:
         # exposition (process-wide switch; the scorer is the only exporter in its process).
         disable_created_metrics()
         r = self.registry = registry or CollectorRegistry()
-        self.events = Counter("loanrec_events", "Input events by body type and outcome.",
-                              ["event_type", "outcome"], registry=r)  # fmt: skip
-        self.batch_size = Histogram("loanrec_batch_size", "Events per processed batch.",
-                                    buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.events = Counter(
+            "loanrec_events",
+            "Input events by body type and outcome.",
+            ["event_type", "outcome"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "loanrec_batch_size", "Events per processed batch.", buckets=BATCH_BUCKETS, registry=r
+        )
         self.processing = Histogram(
             "loanrec_processing_seconds",
             "Wall time from poll to outputs handed to the producer, per batch.",
-            buckets=SECONDS_BUCKETS, registry=r,
-        )  # fmt: skip
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.event_latency = BatchHistogram(  # one observation per event: batched
-            "loanrec_event_latency_seconds", "Event time (occurred_at) to decision time.",
-            LATENCY_BUCKETS, r,
-        )  # fmt: skip
+            "loanrec_event_latency_seconds",
+            "Event time (occurred_at) to decision time.",
+            LATENCY_BUCKETS,
+            r,
+        )
         self.strategy_changes = Counter(
-            "loanrec_strategy_changes", "StrategyChanged events emitted, by transition.",
-            ["from_strategy", "to_strategy"], registry=r,
-        )  # fmt: skip
-        self.alerts = Counter("loanrec_alerts", "EarlyWarningAlert events emitted.", ["tier"],
-                              registry=r)  # fmt: skip
-        self.dlq = Counter("loanrec_dlq", "Records sent to the dead-letter topic, by reason.",
-                           ["reason"], registry=r)  # fmt: skip
-        self.loans_in_state = Gauge("loanrec_loans_in_state",
-                                    "Loans held in memory (assigned partitions).", registry=r)
-        self.loans_by_segment = Gauge("loanrec_loans_by_segment", "Loans per current segment.",
-                                      ["segment"], registry=r)  # fmt: skip
-        self.loans_by_tier = Gauge("loanrec_loans_by_tier", "Loans per current risk tier.",
-                                   ["tier"], registry=r)  # fmt: skip
-        self.consumer_lag = Gauge("loanrec_consumer_lag",
-                                  "Messages behind the high watermark, per input partition.",
-                                  ["partition"], registry=r)  # fmt: skip
-        self.transactions = Counter("loanrec_transactions", "Transactions by result.",
-                                    ["result"], registry=r)  # fmt: skip
-        self.restored_loans = Counter("loanrec_restored_loans",
-                                      "Loan states restored from the changelog.", registry=r)
-        self.assigned_partitions = Gauge("loanrec_assigned_partitions",
-                                         "Input partitions assigned to this instance.",
-                                         registry=r)  # fmt: skip
-        self.model_info = Gauge("loanrec_model_info", "The loaded model bundle (value 1).",
-                                ["version"], registry=r)  # fmt: skip
-        self.policy_info = Gauge("loanrec_policy_info", "The loaded strategy policy (value 1).",
-                                 ["version"], registry=r)  # fmt: skip
+            "loanrec_strategy_changes",
+            "StrategyChanged events emitted, by transition.",
+            ["from_strategy", "to_strategy"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "loanrec_alerts", "EarlyWarningAlert events emitted.", ["tier"], registry=r
+        )
+        self.dlq = Counter(
+            "loanrec_dlq",
+            "Records sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.loans_in_state = Gauge(
+            "loanrec_loans_in_state", "Loans held in memory (assigned partitions).", registry=r
+        )
+        self.loans_by_segment = Gauge(
+            "loanrec_loans_by_segment", "Loans per current segment.", ["segment"], registry=r
+        )
+        self.loans_by_tier = Gauge(
+            "loanrec_loans_by_tier", "Loans per current risk tier.", ["tier"], registry=r
+        )
+        self.consumer_lag = Gauge(
+            "loanrec_consumer_lag",
+            "Messages behind the high watermark, per input partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.transactions = Counter(
+            "loanrec_transactions", "Transactions by result.", ["result"], registry=r
+        )
+        self.restored_loans = Counter(
+            "loanrec_restored_loans", "Loan states restored from the changelog.", registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "loanrec_assigned_partitions", "Input partitions assigned to this instance.", registry=r
+        )
+        self.model_info = Gauge(
+            "loanrec_model_info", "The loaded model bundle (value 1).", ["version"], registry=r
+        )
+        self.policy_info = Gauge(
+            "loanrec_policy_info", "The loaded strategy policy (value 1).", ["version"], registry=r
+        )
         self.up = Gauge("loanrec_up", "1 while the processing loop runs.", registry=r)
         self._prime()
 
@@ -161,8 +206,9 @@ class ScorerMetrics:
         for partition, lag in lag_by_partition.items():
             self.consumer_lag.labels(partition=str(partition)).set(lag)
 
-    def set_population(self, loans: int, by_segment: dict[str, int],
-                       by_tier: dict[str, int]) -> None:  # fmt: skip
+    def set_population(
+        self, loans: int, by_segment: dict[str, int], by_tier: dict[str, int]
+    ) -> None:
         self.loans_in_state.set(loans)
         for segment in {*SEGMENTS, *by_segment}:
             self.loans_by_segment.labels(segment=segment).set(by_segment.get(segment, 0))

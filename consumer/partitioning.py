@@ -27,8 +27,9 @@ def partition_for(key: str | bytes, partitions: int) -> int:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     data = key.encode() if isinstance(key, str) else key
     if not data:
-        raise ValueError("an empty key is partitioned randomly by librdkafka; loan events "
-                         "are keyed by loan_id")  # fmt: skip
+        raise ValueError(
+            "an empty key is partitioned randomly by librdkafka; loan events are keyed by loan_id"
+        )
     return zlib.crc32(data) % partitions
 
 

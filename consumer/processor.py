@@ -97,8 +97,20 @@ class BatchResult:
     ``features[i]``), so the whole batch is scored from one matrix without a Python object per
     event; :meth:`PartitionProcessor.decide` then fills ``changes`` and ``alerts``."""
 
-    __slots__ = ("alerts", "changes", "counts", "dead_letters", "features", "n", "next_offset",
-                 "occurred", "offsets", "outcomes", "states", "values")
+    __slots__ = (
+        "alerts",
+        "changes",
+        "counts",
+        "dead_letters",
+        "features",
+        "n",
+        "next_offset",
+        "occurred",
+        "offsets",
+        "outcomes",
+        "states",
+        "values",
+    )
 
     def __init__(self, capacity: int) -> None:
         self.changes: list[dict[str, Any]] = []  # StrategyChanged records
@@ -112,8 +124,9 @@ class BatchResult:
         self.states: list[LoanState] = []
         self.offsets: list[int] = []
         self.values: list[bytes] = []  # the events' Avro bytes (ids for output records)
-        self.counts = np.zeros(len(_event_kernel.BODY_KINDS) if _event_kernel else 0,
-                               dtype=np.int64)  # kernel-applied events per body type
+        self.counts = np.zeros(
+            len(_event_kernel.BODY_KINDS) if _event_kernel else 0, dtype=np.int64
+        )  # kernel-applied events per body type
 
     def rows(self) -> np.ndarray:
         """The feature rows waiting for scores (n x features)."""
@@ -138,8 +151,15 @@ class PartitionProcessor:
         result.changes[-1]["new_strategy"]
     """
 
-    def __init__(self, bundle: Any, policy: Any, partition: int, topic: str = "loan.events",
-                 segmenter: Any = None, native: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bundle: Any,
+        policy: Any,
+        partition: int,
+        topic: str = "loan.events",
+        segmenter: Any = None,
+        native: bool = True,
+    ) -> None:
         from models.serving.segmenter import OnlineSegmenter
 
         self.bundle = bundle
@@ -153,8 +173,9 @@ class PartitionProcessor:
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
         self._kernel_header = MAGIC + self._serde.registry.get("LoanEvent", 1).fingerprint
-        self._kernel = _event_kernel.EventKernel(self._kernel_header) if _event_kernel and \
-            native else None  # fmt: skip
+        self._kernel = (
+            _event_kernel.EventKernel(self._kernel_header) if _event_kernel and native else None
+        )
         self._state_codec = LoanStateCodec()
         self._checkpoint_serde = AvroSerde("PartitionCheckpoint")
         self._undo: dict[str, LoanState | None] = {}  # committed image of each touched loan
@@ -166,8 +187,9 @@ class PartitionProcessor:
         self.by_tier: Counter[str] = Counter()
 
     # -- the batch ------------------------------------------------------------------------------
-    def process(self, batch: list[tuple[int, bytes | None, bytes | None]],
-                decided_at_ms: int = 0) -> BatchResult:  # fmt: skip
+    def process(
+        self, batch: list[tuple[int, bytes | None, bytes | None]], decided_at_ms: int = 0
+    ) -> BatchResult:
         """:meth:`apply`, one ``predict_proba`` call, :meth:`decide`."""
         result = self.apply(batch)
         if result.n:
@@ -184,9 +206,18 @@ class PartitionProcessor:
                 self._apply_reference(result, record, result.n)
         else:
             result.n = self._kernel.apply_batch(
-                batch, self.states, self._undo, result.features, result.occurred,
-                result.states, result.offsets, result.values, result.counts, result.n,
-                partial(self._apply_reference, result))  # fmt: skip
+                batch,
+                self.states,
+                self._undo,
+                result.features,
+                result.occurred,
+                result.states,
+                result.offsets,
+                result.values,
+                result.counts,
+                result.n,
+                partial(self._apply_reference, result),
+            )
             self._count_kernel_outcomes(result)
         if batch:
             result.next_offset = batch[-1][0] + 1
@@ -200,8 +231,9 @@ class PartitionProcessor:
                 kernel_applied += count
         self.events_applied += kernel_applied  # (the reference counts its own)
 
-    def _apply_reference(self, result: BatchResult,
-                         record: tuple[int, bytes | None, bytes | None], n: int) -> int:
+    def _apply_reference(
+        self, result: BatchResult, record: tuple[int, bytes | None, bytes | None], n: int
+    ) -> int:
         """The reference path for one record at row ``n``; returns the next free row."""
         offset, key, value = record
         try:
@@ -214,9 +246,15 @@ class PartitionProcessor:
         if key != loan_id.encode():
             # A loan's state lives in the partition of its key: a record keyed otherwise is
             # on the wrong partition, and applying it would split the loan's history.
-            self._dead(result, offset, key, value, "key_mismatch",
-                       ValueError(f"record key {key!r} is not its loan_id {loan_id!r}"),
-                       body_type)  # fmt: skip
+            self._dead(
+                result,
+                offset,
+                key,
+                value,
+                "key_mismatch",
+                ValueError(f"record key {key!r} is not its loan_id {loan_id!r}"),
+                body_type,
+            )
             return n
         try:
             state = self._open_or_apply(loan_id, self.states.get(loan_id), event)
@@ -239,8 +277,9 @@ class PartitionProcessor:
         result.n = n + 1
         return n + 1
 
-    def _open_or_apply(self, loan_id: str, state: LoanState | None,
-                       event: dict[str, Any]) -> LoanState:  # fmt: skip
+    def _open_or_apply(
+        self, loan_id: str, state: LoanState | None, event: dict[str, Any]
+    ) -> LoanState:
         if state is None:
             new_state = LoanState.open(event)  # raises unknown_loan for any other body type
             self._remember_committed(loan_id, None)
@@ -254,15 +293,23 @@ class PartitionProcessor:
         if loan_id not in self._undo:
             self._undo[loan_id] = None if state is None else state.copy()
 
-    def _dead(self, result: BatchResult, offset: int, key: bytes | None, value: bytes | None,
-              reason: str, error: Exception, event_type: str) -> None:  # fmt: skip
-        result.dead_letters.append(DeadLetter(offset, key, value, reason,
-                                              type(error).__name__, str(error), event_type))
+    def _dead(
+        self,
+        result: BatchResult,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        reason: str,
+        error: Exception,
+        event_type: str,
+    ) -> None:
+        result.dead_letters.append(
+            DeadLetter(offset, key, value, reason, type(error).__name__, str(error), event_type)
+        )
         result.outcomes[(event_type, "dlq")] += 1
 
     # -- scoring and decisions ------------------------------------------------------------------
-    def decide(self, result: BatchResult, scores: Sequence[float], decided_at_ms: int = 0
-               ) -> None:  # fmt: skip
+    def decide(self, result: BatchResult, scores: Sequence[float], decided_at_ms: int = 0) -> None:
         """Segment, tier, policy and outputs for each applied event, in offset order."""
         tier_of, decide = self.bundle.tier, self.policy.decide
         learn_predict = self.segmenter.learn_predict
@@ -282,31 +329,73 @@ class PartitionProcessor:
             changed = strategy != previous_strategy
             alert = tier == "HIGH" and previous_tier != "HIGH"
             if changed or alert:
-                self._outputs(result, i, score, segment, tier, previous_tier, previous_strategy,
-                              decided_at_ms, changed, alert)  # fmt: skip
+                self._outputs(
+                    result,
+                    i,
+                    score,
+                    segment,
+                    tier,
+                    previous_tier,
+                    previous_strategy,
+                    decided_at_ms,
+                    changed,
+                    alert,
+                )
 
-    def _outputs(self, result: BatchResult, i: int, score: float, segment: str, tier: str,
-              previous_tier: str | None, previous_strategy: str | None, decided_at_ms: int,
-              changed: bool, alert: bool) -> None:  # fmt: skip
+    def _outputs(
+        self,
+        result: BatchResult,
+        i: int,
+        score: float,
+        segment: str,
+        tier: str,
+        previous_tier: str | None,
+        previous_strategy: str | None,
+        decided_at_ms: int,
+        changed: bool,
+        alert: bool,
+    ) -> None:
         """The StrategyChanged and/or EarlyWarningAlert that applied event ``i`` causes."""
         state, offset = result.states[i], result.offsets[i]
         event_id, borrower_id = self._event_ids(result.values[i])
         occurred_at = int(result.occurred[i])
         model_version = self.bundle.version
         if changed:
-            result.changes.append(self._change_record(
-                event_id, state.loan_id, borrower_id, offset, occurred_at, previous_strategy,
-                state.strategy, score, tier, segment, previous_tier, model_version,
-                self.policy.version, decided_at_ms))  # fmt: skip
+            result.changes.append(
+                self._change_record(
+                    event_id,
+                    state.loan_id,
+                    borrower_id,
+                    offset,
+                    occurred_at,
+                    previous_strategy,
+                    state.strategy,
+                    score,
+                    tier,
+                    segment,
+                    previous_tier,
+                    model_version,
+                    self.policy.version,
+                    decided_at_ms,
+                )
+            )
         if alert:
-            result.alerts.append({
-                "event_id": str(uuid.uuid5(_ALERT_NS, event_id)),
-                "loan_id": state.loan_id, "borrower_id": borrower_id,
-                "previous_tier": previous_tier, "risk_tier": tier, "risk_score": score,
-                "segment": segment, "model_version": model_version,
-                "source_event_id": event_id, "source_offset": offset,
-                "occurred_at": occurred_at, "decided_at": decided_at_ms,
-            })  # fmt: skip
+            result.alerts.append(
+                {
+                    "event_id": str(uuid.uuid5(_ALERT_NS, event_id)),
+                    "loan_id": state.loan_id,
+                    "borrower_id": borrower_id,
+                    "previous_tier": previous_tier,
+                    "risk_tier": tier,
+                    "risk_score": score,
+                    "segment": segment,
+                    "model_version": model_version,
+                    "source_event_id": event_id,
+                    "source_offset": offset,
+                    "occurred_at": occurred_at,
+                    "decided_at": decided_at_ms,
+                }
+            )
 
     def _event_ids(self, value: bytes) -> tuple[str, str]:
         """(event_id, borrower_id) of an applied event's record."""
@@ -321,21 +410,43 @@ class PartitionProcessor:
             counts[old] -= 1
         counts[new] += 1
 
-    def _change_record(self, event_id: str, loan_id: str, borrower_id: str, offset: int,
-                       occurred_at: int, previous: str | None, strategy: str, score: float,
-                       tier: str, segment: str, previous_tier: str | None, model_version: str,
-                       policy_version: str, decided_at_ms: int) -> dict[str, Any]:  # fmt: skip
+    def _change_record(
+        self,
+        event_id: str,
+        loan_id: str,
+        borrower_id: str,
+        offset: int,
+        occurred_at: int,
+        previous: str | None,
+        strategy: str,
+        score: float,
+        tier: str,
+        segment: str,
+        previous_tier: str | None,
+        model_version: str,
+        policy_version: str,
+        decided_at_ms: int,
+    ) -> dict[str, Any]:
         why = f"tier {previous_tier or '-'}->{tier}, segment {segment}, score {score:.3f}"
         return {
             "event_id": str(uuid.uuid5(_CHANGE_NS, event_id)),
-            "loan_id": loan_id, "borrower_id": borrower_id,
-            "previous_strategy": previous, "new_strategy": strategy, "risk_score": score,
-            "risk_tier": tier, "segment": segment, "model_version": model_version,
-            "policy_version": policy_version, "reason": why,
-            "source_event_id": event_id, "source_topic": self.topic,
-            "source_partition": self.partition, "source_offset": offset,
-            "occurred_at": occurred_at, "decided_at": decided_at_ms,
-        }  # fmt: skip
+            "loan_id": loan_id,
+            "borrower_id": borrower_id,
+            "previous_strategy": previous,
+            "new_strategy": strategy,
+            "risk_score": score,
+            "risk_tier": tier,
+            "segment": segment,
+            "model_version": model_version,
+            "policy_version": policy_version,
+            "reason": why,
+            "source_event_id": event_id,
+            "source_topic": self.topic,
+            "source_partition": self.partition,
+            "source_offset": offset,
+            "occurred_at": occurred_at,
+            "decided_at": decided_at_ms,
+        }
 
     # -- transactions and the changelog ---------------------------------------------------------
     @property
@@ -354,10 +465,14 @@ class PartitionProcessor:
         return records
 
     def checkpoint_value(self, now_ms: int) -> bytes:
-        return self._checkpoint_serde.encode({
-            "partition": self.partition, "clusterer_json": self.segmenter.to_json(),
-            "events_applied": self.events_applied, "updated_at": now_ms,
-        })  # fmt: skip
+        return self._checkpoint_serde.encode(
+            {
+                "partition": self.partition,
+                "clusterer_json": self.segmenter.to_json(),
+                "events_applied": self.events_applied,
+                "updated_at": now_ms,
+            }
+        )
 
     def commit(self) -> None:
         """The transaction that carried this partition's outputs committed."""

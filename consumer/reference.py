@@ -27,8 +27,17 @@ from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 BATCH = 2000  # like the stream's largest batches; any size gives the same decisions
 LOAN_COLUMNS = ("loan_id", "risk_score", "risk_tier", "segment", "strategy")
-CHANGE_COLUMNS = ("loan_id", "source_event_id", "source_partition", "source_offset",
-                  "previous_strategy", "new_strategy", "risk_score", "risk_tier", "segment")
+CHANGE_COLUMNS = (
+    "loan_id",
+    "source_event_id",
+    "source_partition",
+    "source_offset",
+    "previous_strategy",
+    "new_strategy",
+    "risk_score",
+    "risk_tier",
+    "segment",
+)
 
 
 @dataclass
@@ -41,10 +50,15 @@ class ScoreResult:
     events: int = 0
 
 
-def score_events(events: Iterable[dict[str, Any]], bundle: Any, policy: Any,
-                 partitions: int = DEFAULT_PARTITIONS, topic: str = Topics().events,
-                 batch: int = BATCH,
-                 progress: Callable[[int, int], None] | None = None) -> ScoreResult:  # fmt: skip
+def score_events(
+    events: Iterable[dict[str, Any]],
+    bundle: Any,
+    policy: Any,
+    partitions: int = DEFAULT_PARTITIONS,
+    topic: str = Topics().events,
+    batch: int = BATCH,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScoreResult:
     """Decisions of the stream for ``events`` (in the order the producer would send them).
     ``progress(done, total)`` is called after every batch."""
     encode = AvroSerde("LoanEvent").encode
@@ -53,8 +67,7 @@ def score_events(events: Iterable[dict[str, Any]], bundle: Any, policy: Any,
     total = sum(len(sequence) for sequence in by_partition.values())
     for partition, sequence in by_partition.items():
         processor = PartitionProcessor(bundle, policy, partition, topic)
-        records = [(offset, e["loan_id"].encode(), encode(e)) for offset, e in
-                   enumerate(sequence)]  # fmt: skip
+        records = [(offset, e["loan_id"].encode(), encode(e)) for offset, e in enumerate(sequence)]
         result.events += len(records)
         for start in range(0, len(records), batch):
             out = processor.process(records[start : start + batch])
@@ -83,6 +96,16 @@ def write_changes_csv(result: ScoreResult, path: Path) -> None:
         writer = csv.writer(out)
         writer.writerow(CHANGE_COLUMNS)
         for c in result.changes:
-            writer.writerow([c["loan_id"], c["source_event_id"], c["source_partition"],
-                             c["source_offset"], c["previous_strategy"] or "", c["new_strategy"],
-                             repr(c["risk_score"]), c["risk_tier"], c["segment"]])  # fmt: skip
+            writer.writerow(
+                [
+                    c["loan_id"],
+                    c["source_event_id"],
+                    c["source_partition"],
+                    c["source_offset"],
+                    c["previous_strategy"] or "",
+                    c["new_strategy"],
+                    repr(c["risk_score"]),
+                    c["risk_tier"],
+                    c["segment"],
+                ]
+            )

@@ -31,9 +31,12 @@ class ChangelogRestorer:
         self.topic = topic
         self._consumer = Consumer(config)
 
-    def restore(self, processors: dict[int, PartitionProcessor],
-                keep_going: Callable[[], bool] = lambda: True,
-                timeout_s: float = 600.0) -> int:  # fmt: skip
+    def restore(
+        self,
+        processors: dict[int, PartitionProcessor],
+        keep_going: Callable[[], bool] = lambda: True,
+        timeout_s: float = 600.0,
+    ) -> int:
         """Fill each processor from its changelog partition; returns loan states restored."""
         if not processors:
             return 0
@@ -46,10 +49,13 @@ class ChangelogRestorer:
         try:
             while remaining and keep_going():
                 if time.monotonic() > deadline:
-                    raise RestoreError(f"changelog {self.topic} partitions {sorted(remaining)} "
-                                       f"not restored within {timeout_s:.0f} s")  # fmt: skip
-                restored += self._apply(self._consumer.consume(1000, timeout=0.05), processors,
-                                        remaining)  # fmt: skip
+                    raise RestoreError(
+                        f"changelog {self.topic} partitions {sorted(remaining)} "
+                        f"not restored within {timeout_s:.0f} s"
+                    )
+                restored += self._apply(
+                    self._consumer.consume(1000, timeout=0.05), processors, remaining
+                )
         finally:
             self._consumer.unassign()
         for p in processors:
@@ -59,14 +65,16 @@ class ChangelogRestorer:
     def _non_empty(self, processors: Iterable[int]) -> list[int]:
         out = []
         for p in processors:
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p),
-                                                             timeout=10)  # fmt: skip
+            low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, p), timeout=10
+            )
             if high > low:
                 out.append(p)
         return out
 
-    def _apply(self, messages: list, processors: dict[int, PartitionProcessor],
-               remaining: set[int]) -> int:  # fmt: skip
+    def _apply(
+        self, messages: list, processors: dict[int, PartitionProcessor], remaining: set[int]
+    ) -> int:
         restored = 0
         for message in messages:
             error = message.error()
@@ -86,7 +94,8 @@ class ChangelogRestorer:
                     f"changelog {self.topic} partition {message.partition()} offset "
                     f"{message.offset()}: cannot restore record {message.key()!r} "
                     f"({type(error).__name__}: {error}); was it written by an incompatible "
-                    "version? Use a new --app-id to start from an empty changelog") from None
+                    "version? Use a new --app-id to start from an empty changelog"
+                ) from None
         return restored
 
     def close(self) -> None:

@@ -180,18 +180,25 @@ class LocalBroker:
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=self.data_dir / "server.log"))
         java = [
-            "java", *HEAP_OPTS.split(), "-XX:+UseG1GC", "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={log4j}", f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp", classpath,
-        ]  # fmt: skip
+            "java",
+            *HEAP_OPTS.split(),
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            classpath,
+        ]
         if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
             self._format(java)
         with open(self.data_dir / "broker.out", "ab") as out:
             process = subprocess.Popen(
                 [*java, "kafka.Kafka", str(self._properties)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         self._pid_file.write_text(str(process.pid))
         self._port_file.write_text(str(port))
         bootstrap = f"127.0.0.1:{port}"
@@ -204,10 +211,19 @@ class LocalBroker:
 
     def _format(self, java: list[str]) -> None:
         result = subprocess.run(
-            [*java, "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(),
-             "-c", str(self._properties)],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
+            [
+                *java,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                _kafka_uuid(),
+                "-c",
+                str(self._properties),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             detail = result.stderr or result.stdout
             raise BrokerError(f"formatting {self.data_dir} failed: {detail}")

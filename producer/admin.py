@@ -19,16 +19,16 @@ class TopicResult:
     replication_factor: int = -1  # as requested; -1: the cluster's default.replication.factor
 
 
-def topic_specs(topics: Topics, partitions: int, replication_factor: int = -1
-                ) -> list[NewTopic]:  # fmt: skip
+def topic_specs(topics: Topics, partitions: int, replication_factor: int = -1) -> list[NewTopic]:
     # The changelog is partitioned like the input so that a loan's state lives in the
     # changelog partition with the same number as its input partition.
     delete = {"cleanup.policy": "delete"}
-    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0",
-               "segment.ms": "600000"}  # fmt: skip
+    compact = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment.ms": "600000"}
     names = (topics.events, topics.strategy_changes, topics.risk_alerts, topics.dlq)
-    return [*(NewTopic(name, partitions, replication_factor, config=delete) for name in names),
-            NewTopic(topics.changelog, partitions, replication_factor, config=compact)]
+    return [
+        *(NewTopic(name, partitions, replication_factor, config=delete) for name in names),
+        NewTopic(topics.changelog, partitions, replication_factor, config=compact),
+    ]
 
 
 def create_topics(
@@ -55,7 +55,12 @@ def create_topics(
                 raise
             created = False
         results.append(
-            TopicResult(spec.topic, spec.num_partitions, spec.config["cleanup.policy"], created,
-                        replication_factor)
+            TopicResult(
+                spec.topic,
+                spec.num_partitions,
+                spec.config["cleanup.policy"],
+                created,
+                replication_factor,
+            )
         )
     return results

@@ -61,8 +61,8 @@ class EventEncoder:
             value = self._encode_value(event)
         except Exception as error:  # fastavro raises ValueError/TypeError/KeyError/...
             raise RejectedEvent(
-                "invalid_record", f"event {event.get('event_id')} of loan {loan_id}: "
-                f"{type(error).__name__}: {error}"
-            ) from None  # fmt: skip
+                "invalid_record",
+                f"event {event.get('event_id')} of loan {loan_id}: {type(error).__name__}: {error}",
+            ) from None
         self._last_time[loan_id] = occurred_at
         return loan_id.encode(), value

@@ -70,8 +70,12 @@ class ProduceSummary:
 
     @property
     def ok(self) -> bool:
-        return (self.failed == 0 and self.rejected == 0 and self.fatal_error is None
-                and self.acknowledged == self.sent)  # fmt: skip
+        return (
+            self.failed == 0
+            and self.rejected == 0
+            and self.fatal_error is None
+            and self.acknowledged == self.sent
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "events_per_s": round(self.events_per_s, 1), "ok": self.ok}
@@ -111,12 +115,14 @@ class EventProducer:
         self.summary = ProduceSummary(topic=topic)
         self.fatal: str | None = None
         full = producer_config(config.get("bootstrap.servers"), config)
-        self._producer = Producer({
-            **full,
-            "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery_error,
-            "error_cb": self._on_client_error,
-        })  # fmt: skip
+        self._producer = Producer(
+            {
+                **full,
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery_error,
+                "error_cb": self._on_client_error,
+            }
+        )
 
     # -- callbacks: served from poll()/flush() on this thread -------------------------------
     def _on_delivery_error(self, error: KafkaError | None, _message: Any) -> None:
@@ -159,9 +165,12 @@ class EventProducer:
         return s
 
     def _send_all(
-        self, events: Iterator[dict[str, Any]], encoder: EventEncoder, stop: StopFlag,
+        self,
+        events: Iterator[dict[str, Any]],
+        encoder: EventEncoder,
+        stop: StopFlag,
         progress: ProgressCallback | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         s, by_type = self.summary, Counter[str]()
         exhausted = False
         while not stop.is_set() and self.fatal is None:
@@ -181,8 +190,9 @@ class EventProducer:
         s.fatal_error = self.fatal
         s.by_type = {short_type(k): v for k, v in sorted(by_type.items())}
 
-    def _send_chunk(self, chunk: list[dict[str, Any]], encoder: EventEncoder,
-                    by_type: Counter[str]) -> None:  # fmt: skip
+    def _send_chunk(
+        self, chunk: list[dict[str, Any]], encoder: EventEncoder, by_type: Counter[str]
+    ) -> None:
         produce, topic, encode = self._producer.produce, self.topic, encoder.encode
         sent = 0
         for event in chunk:
@@ -198,8 +208,9 @@ class EventProducer:
             sent += 1
         self.summary.sent += sent
 
-    def _produce_one(self, produce: Callable[..., None], topic: str, key: bytes,
-                     value: bytes) -> bool:  # fmt: skip
+    def _produce_one(
+        self, produce: Callable[..., None], topic: str, key: bytes, value: bytes
+    ) -> bool:
         """Queue one message; False if librdkafka refused it synchronously (counted)."""
         while True:
             try:

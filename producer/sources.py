@@ -49,9 +49,12 @@ def open_history(source: str, path: Path | None) -> EventSource:
 
 
 def paced_by_event_time(
-    events: Iterable[dict[str, Any]], months_per_second: float, stop: Callable[[], bool],
-    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[dict[str, Any]]:  # fmt: skip
+    events: Iterable[dict[str, Any]],
+    months_per_second: float,
+    stop: Callable[[], bool],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[dict[str, Any]]:
     """Yield each event when its event time, compressed to ``months_per_second`` months of
     loan history per wall-clock second, comes due. Ends early when ``stop()`` is true."""
     start_wall: float | None = None
@@ -82,6 +85,10 @@ def open_synthetic(
     if seed is None:
         seed = secrets.randbelow(10**9)
     events = iter_live_events(loans, seed)
-    return EventSource("synthetic", paced_by_event_time(events, months_per_second, stop),
-                       total=None, live=True, info={"seed": seed, "loans": loans,
-                       "months_per_second": months_per_second})  # fmt: skip
+    return EventSource(
+        "synthetic",
+        paced_by_event_time(events, months_per_second, stop),
+        total=None,
+        live=True,
+        info={"seed": seed, "loans": loans, "months_per_second": months_per_second},
+    )

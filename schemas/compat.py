@@ -48,8 +48,12 @@ def _short(name: str) -> str:
 
 
 def _named_like(a: Any, b: Any) -> bool:
-    return isinstance(a, dict) and isinstance(b, dict) and "name" in a and "name" in b and (
-        _short(a["name"]) == _short(b["name"])
+    return (
+        isinstance(a, dict)
+        and isinstance(b, dict)
+        and "name" in a
+        and "name" in b
+        and (_short(a["name"]) == _short(b["name"]))
     )
 
 

@@ -19,7 +19,11 @@ def short_type(full_name: str) -> str:
 
 
 def make_event(
-    event_id: str, loan_id: str, borrower_id: str, occurred_at_ms: int, body_type: str,
+    event_id: str,
+    loan_id: str,
+    borrower_id: str,
+    occurred_at_ms: int,
+    body_type: str,
     body: dict[str, Any],
 ) -> dict[str, Any]:
     """A ``LoanEvent`` record ready for :meth:`AvroSerde.encode`."""

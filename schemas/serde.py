@@ -90,8 +90,9 @@ class AvroSerde:
             record = schemaless_reader(buffer, writer.parsed, reader, return_record_name=True)
         except Exception as error:  # fastavro raises many types for corrupt input
             raise SchemaDecodeError(
-                "undecodable", f"{self.name} body does not match {writer.name} v{writer.version}: "
-                f"{type(error).__name__}: {_without_addresses(str(error))}"
+                "undecodable",
+                f"{self.name} body does not match {writer.name} v{writer.version}: "
+                f"{type(error).__name__}: {_without_addresses(str(error))}",
             ) from error
         if buffer.tell() != len(data):
             raise SchemaDecodeError(

@@ -57,13 +57,37 @@ def ensure_model() -> Path:
 
 
 def start_scorer(model: Path, bootstrap: str, app: str, log: Path) -> tuple[subprocess.Popen, int]:
-    args = ["serve", "--model", str(model), "--bootstrap-servers", bootstrap,
-            "--metrics-port", "0", "--app-id", app, "--input-topic", f"{app}.events",
-            "--strategy-topic", f"{app}.strategy-changes", "--alerts-topic", f"{app}.risk-alerts",
-            "--dlq-topic", f"{app}.events.dlq", "--instance-id", "demo", "--exit-when-idle", "8"]
+    args = [
+        "serve",
+        "--model",
+        str(model),
+        "--bootstrap-servers",
+        bootstrap,
+        "--metrics-port",
+        "0",
+        "--app-id",
+        app,
+        "--input-topic",
+        f"{app}.events",
+        "--strategy-topic",
+        f"{app}.strategy-changes",
+        "--alerts-topic",
+        f"{app}.risk-alerts",
+        "--dlq-topic",
+        f"{app}.events.dlq",
+        "--instance-id",
+        "demo",
+        "--exit-when-idle",
+        "8",
+    ]
     print("$ loan-recovery " + " ".join(args) + f"  > {log}", flush=True)
-    process = subprocess.Popen([*CLI, *args], cwd=ROOT, stdout=open(log, "wb"),  # noqa: SIM115
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [*CLI, *args],
+        cwd=ROOT,
+        stdout=open(log, "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         for line in log.read_text(errors="replace").splitlines():
@@ -121,8 +145,9 @@ def summary(metrics: dict, seconds: float) -> None:
     events = Counter()
     for labels, value in metrics.get("loanrec_events_total", {}).items():
         events[dict(labels)["outcome"]] += int(value)
-    mix = {dict(ls)["segment"]: int(v) for ls, v in
-           metrics.get("loanrec_loans_by_segment", {}).items()}  # fmt: skip
+    mix = {
+        dict(ls)["segment"]: int(v) for ls, v in metrics.get("loanrec_loans_by_segment", {}).items()
+    }
     tiers = {dict(ls)["tier"]: int(v) for ls, v in metrics.get("loanrec_loans_by_tier", {}).items()}
     changes = Counter()
     for labels, value in metrics.get("loanrec_strategy_changes_total", {}).items():
@@ -131,14 +156,19 @@ def summary(metrics: dict, seconds: float) -> None:
     alerts = int(sum(metrics.get("loanrec_alerts_total", {}).values()))
     total = sum(events.values())
     table = Table("", "", title="demo summary", show_header=False)
-    table.add_row("events processed", f"{total:,} ({events['scored']:,} scored, "
-                  f"{events['dlq']:,} DLQ, {events['duplicate']:,} duplicates)")
+    table.add_row(
+        "events processed",
+        f"{total:,} ({events['scored']:,} scored, "
+        f"{events['dlq']:,} DLQ, {events['duplicate']:,} duplicates)",
+    )
     table.add_row("throughput", f"{total / seconds:,.0f} events/s" if seconds else "-")
     table.add_row("early-warning alerts", f"{alerts:,}")
     table.add_row("loans by tier", ", ".join(f"{k} {v:,}" for k, v in sorted(tiers.items())))
     table.add_row("loans by segment", ", ".join(f"{k} {v:,}" for k, v in sorted(mix.items())))
-    table.add_row("strategy changes, by new strategy", ", ".join(
-        f"{k} {v:,}" for k, v in changes.most_common()))
+    table.add_row(
+        "strategy changes, by new strategy",
+        ", ".join(f"{k} {v:,}" for k, v in changes.most_common()),
+    )
     table.add_row("DLQ by reason", ", ".join(f"{k} {v:,}" for k, v in dlq.items()) or "none")
     Console().print(table)
 
@@ -152,18 +182,34 @@ def main() -> None:
     from producer.admin import create_topics
     from schemas.topics import Topics
 
-    create_topics(bootstrap, Topics(events=f"{app}.events",
-                                    strategy_changes=f"{app}.strategy-changes",
-                                    risk_alerts=f"{app}.risk-alerts", dlq=f"{app}.events.dlq",
-                                    app_id=app))  # fmt: skip
+    create_topics(
+        bootstrap,
+        Topics(
+            events=f"{app}.events",
+            strategy_changes=f"{app}.strategy-changes",
+            risk_alerts=f"{app}.risk-alerts",
+            dlq=f"{app}.events.dlq",
+            app_id=app,
+        ),
+    )
     step("model")
     model = ensure_model()
     step("scorer")
     process, port = start_scorer(model, bootstrap, app, OUT / "scorer.log")
     try:
         step("replay the book")
-        cli("produce", "--source", "events", "--input", str(OUT / "book" / "events.jsonl"),
-            "--bootstrap-servers", bootstrap, "--topic", f"{app}.events", "--no-progress")
+        cli(
+            "produce",
+            "--source",
+            "events",
+            "--input",
+            str(OUT / "book" / "events.jsonl"),
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            f"{app}.events",
+            "--no-progress",
+        )
         step("scoring until the stream is drained")
         metrics, seconds = wait_drained(process, port)
     finally:

@@ -98,8 +98,14 @@ def _run_cli(*args: str, timeout: float = 600) -> None:
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    result = subprocess.run([sys.executable, "-m", "loan_recovery.cli", *args], cwd=root,
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "loan_recovery.cli", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, f"loan-recovery {' '.join(args)}:\n{result.stderr[-3000:]}"
 
 

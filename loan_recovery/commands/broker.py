@@ -9,18 +9,23 @@ import typer
 from loan_recovery.broker import BrokerError, LocalBroker, default_data_dir
 from loan_recovery.commands.common import fail
 
-app = typer.Typer(help="Run a local Apache Kafka broker (KRaft, 127.0.0.1) for dev and demos.",
-                  no_args_is_help=True)  # fmt: skip
+app = typer.Typer(
+    help="Run a local Apache Kafka broker (KRaft, 127.0.0.1) for dev and demos.",
+    no_args_is_help=True,
+)
 
 DATA_DIR = typer.Option(
-    None, "--data-dir", help=f"Broker data dir; each dir is an independent broker. "
-    f"Default: {default_data_dir()}",
+    None,
+    "--data-dir",
+    help=f"Broker data dir; each dir is an independent broker. Default: {default_data_dir()}",
 )
 
 
 @app.command()
-def start(data_dir: Path | None = DATA_DIR,
-          timeout: float = typer.Option(120.0, help="Seconds to wait until it answers.")) -> None:
+def start(
+    data_dir: Path | None = DATA_DIR,
+    timeout: float = typer.Option(120.0, help="Seconds to wait until it answers."),
+) -> None:
     """Start the broker (fetching the jars if needed); prints bootstrap.servers=HOST:PORT."""
     broker = LocalBroker(data_dir)
     already = broker.status()

@@ -30,8 +30,9 @@ def bootstrap_with_properties(explicit: str | None, user: dict[str, str]) -> str
     bootstrap.servers, then the local broker (or one clear line saying how to start one)."""
     import os
 
-    chosen = explicit or os.environ.get("LOANREC_BOOTSTRAP_SERVERS") or user.get(
-        "bootstrap.servers")  # fmt: skip
+    chosen = (
+        explicit or os.environ.get("LOANREC_BOOTSTRAP_SERVERS") or user.get("bootstrap.servers")
+    )
     return chosen or bootstrap_or_fail(None)
 
 

@@ -1,8 +1,8 @@
 """``generate``, ``train`` and ``report``: the offline half (issue 3).
 
-    loan-recovery generate --loans 10000 --seed 0 --out book/
-    loan-recovery train --source seed --input book/loans.csv --out model/ [--holdout 0.3] [--json]
-    loan-recovery report --model model/ --out report.html
+loan-recovery generate --loans 10000 --seed 0 --out book/
+loan-recovery train --source seed --input book/loans.csv --out model/ [--holdout 0.3] [--json]
+loan-recovery report --model model/ --out report.html
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def generate(
     loans: int = typer.Option(..., min=1, help="Number of loans in the book."),
     seed: int = typer.Option(0, help="Random seed: the same seed gives the same book."),
     out: Path = typer.Option(..., help="Directory for loans.csv, events.jsonl, outcomes.csv.gz."),
-    events_format: EventFormat = typer.Option(EventFormat.jsonl, "--format",
-                                              help="Event log: JSON lines or Avro container."),
+    events_format: EventFormat = typer.Option(
+        EventFormat.jsonl, "--format", help="Event log: JSON lines or Avro container."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Write a synthetic book: seed-schema CSV, its event log and outcomes."""
@@ -67,15 +68,23 @@ def generate(
     frame.to_csv(out / "loans.csv", index=False)
     log = out / f"events.{events_format.value}"
     outcomes: dict[str, int] = {}
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), "loans",
-               "{task.fields[rate]}", TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=_console(), transient=True) as bar, \
-            EventLogWriter(log) as writer:  # fmt: skip
+    columns = (
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "loans",
+        "{task.fields[rate]}",
+        TimeRemainingColumn(),
+    )
+    with (
+        Progress(*columns, console=_console(), transient=True) as bar,
+        EventLogWriter(log) as writer,
+    ):
         task = bar.add_task("events", total=loans, rate="")
         # Rows are independent: chunk by chunk gives the same events as generate_book, in
         # bounded memory.
         for start in range(0, loans, GENERATE_CHUNK):
-            history = seed_frame_history(frame.iloc[start:start + GENERATE_CHUNK])
+            history = seed_frame_history(frame.iloc[start : start + GENERATE_CHUNK])
             writer.write(history.events)
             outcomes.update(history.outcomes)
             done = min(loans, start + GENERATE_CHUNK)
@@ -86,16 +95,24 @@ def generate(
     write_outcomes(outcomes, out / "outcomes.csv.gz")
     seconds = time.perf_counter() - started
     summary = {
-        "loans": loans, "events": n_events, "default_rate": sum(outcomes.values()) / loans,
-        "seconds": round(seconds, 2), "seed": seed,
-        "files": {"seed_csv": str(out / "loans.csv"), "events": str(log),
-                  "outcomes": str(out / "outcomes.csv.gz")},
-    }  # fmt: skip
+        "loans": loans,
+        "events": n_events,
+        "default_rate": sum(outcomes.values()) / loans,
+        "seconds": round(seconds, 2),
+        "seed": seed,
+        "files": {
+            "seed_csv": str(out / "loans.csv"),
+            "events": str(log),
+            "outcomes": str(out / "outcomes.csv.gz"),
+        },
+    }
     if as_json:
         print_json(summary)
         return
-    typer.echo(f"{loans:,} loans, {n_events:,} events, default rate "
-               f"{summary['default_rate']:.1%} in {seconds:.1f} s -> {out}/")  # fmt: skip
+    typer.echo(
+        f"{loans:,} loans, {n_events:,} events, default rate "
+        f"{summary['default_rate']:.1%} in {seconds:.1f} s -> {out}/"
+    )
 
 
 def train(
@@ -108,16 +125,24 @@ def train(
     # UCI holdout AUC saturates near 100 trees; every tree costs scoring latency per batch.
     trees: int = typer.Option(150, min=1, help="Trees in the random forest."),
     horizon_months: int = typer.Option(
-        12, min=1, help="Label of each snapshot: written off within this many months of it."),
+        12, min=1, help="Label of each snapshot: written off within this many months of it."
+    ),
     use_age: bool = typer.Option(
-        False, "--use-age", help="Let the model read the borrower's age (Reg B 1002.6(b)(2) "
-        "allows it only if applicants aged 62+ are not scored worse; see the fairness table)."),
+        False,
+        "--use-age",
+        help="Let the model read the borrower's age (Reg B 1002.6(b)(2) "
+        "allows it only if applicants aged 62+ are not scored worse; see the fairness table).",
+    ),
     use_treatments: bool = typer.Option(
-        False, "--use-treatments", help="Let the model read the collections system's own "
+        False,
+        "--use-treatments",
+        help="Let the model read the collections system's own "
         "actions (collection attempts, last method, legal action): they follow the risk, so "
-        "they leak the label and feed the model its own decisions back."),
+        "they leak the label and feed the model its own decisions back.",
+    ),
     out_of_time: bool = typer.Option(
-        True, help="Also fit on earlier snapshots and test on later ones (a second fit)."),
+        True, help="Also fit on earlier snapshots and test on later ones (a second fit)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
     """Train the calibrated early-warning model on point-in-time snapshots and the
@@ -129,14 +154,18 @@ def train(
         fail(f"--input {input_path}: no such file")
     console = _console()
     if use_age:
-        console.print("[bold yellow]warning:[/] --use-age: age is a model input. Under Reg B "
-                      "(12 CFR 1002.6(b)(2)) age may only be used by a system that does not "
-                      "score applicants aged 62 or more worse; check the fairness table's "
-                      "62+ adverse-impact ratio before deploying this bundle.")  # fmt: skip
+        console.print(
+            "[bold yellow]warning:[/] --use-age: age is a model input. Under Reg B "
+            "(12 CFR 1002.6(b)(2)) age may only be used by a system that does not "
+            "score applicants aged 62 or more worse; check the fairness table's "
+            "62+ adverse-impact ratio before deploying this bundle."
+        )
     if use_treatments:
-        console.print("[bold yellow]warning:[/] --use-treatments: collection attempts, method "
-                      "and legal action are model inputs; they follow the risk assessment "
-                      "(label leak) and, in the stream, feed the model its own decisions.")
+        console.print(
+            "[bold yellow]warning:[/] --use-treatments: collection attempts, method "
+            "and legal action are model inputs; they follow the risk assessment "
+            "(label leak) and, in the stream, feed the model its own decisions."
+        )
     try:
         with console.status("reading the history") as status:
             started = time.perf_counter()
@@ -145,10 +174,19 @@ def train(
             def progress(message: str) -> None:
                 status.update(f"{message} ({time.perf_counter() - started:.0f} s)")
 
-            metrics = train_bundle(history, out, holdout=holdout, seed=seed, n_estimators=trees,
-                                   horizon_months=horizon_months, use_age=use_age,
-                                   use_treatments=use_treatments, out_of_time=out_of_time,
-                                   input_sha256=_sha256(input_path), progress=progress)
+            metrics = train_bundle(
+                history,
+                out,
+                holdout=holdout,
+                seed=seed,
+                n_estimators=trees,
+                horizon_months=horizon_months,
+                use_age=use_age,
+                use_treatments=use_treatments,
+                out_of_time=out_of_time,
+                input_sha256=_sha256(input_path),
+                progress=progress,
+            )
     except AdapterError as error:
         fail(str(error))
     except TrainingError as error:
@@ -183,9 +221,13 @@ def _print_metrics(m: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table("metric", "value", title=f"holdout metrics ({m['n_holdout']:,} loans, "
-                  f"{m['n_holdout_snapshots']:,} snapshots, label: written off within "
-                  f"{m['horizon_months']} months)")  # fmt: skip
+    table = Table(
+        "metric",
+        "value",
+        title=f"holdout metrics ({m['n_holdout']:,} loans, "
+        f"{m['n_holdout_snapshots']:,} snapshots, label: written off within "
+        f"{m['horizon_months']} months)",
+    )
     for key in ("roc_auc", "pr_auc", "brier", "base_rate"):
         table.add_row(key, _fmt(m.get(key)))
     if final := m.get("final_state"):
@@ -193,15 +235,27 @@ def _print_metrics(m: dict[str, Any]) -> None:
     if oot := m.get("out_of_time"):
         table.add_row(f"roc_auc out of time (after {oot['cutoff']})", _fmt(oot.get("roc_auc")))
     for name, c in m.get("confusion", {}).items():
-        table.add_row(f"at {name} ({c['threshold']})",
-                      f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}")  # fmt: skip
+        table.add_row(
+            f"at {name} ({c['threshold']})", f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}"
+        )
     console.print(table)
     _print_quality(console, m)
-    clusters = Table("algorithm", "clusters", "silhouette", "davies-bouldin",
-                     "calinski-harabasz", title="segmentation (standardized features)")
+    clusters = Table(
+        "algorithm",
+        "clusters",
+        "silhouette",
+        "davies-bouldin",
+        "calinski-harabasz",
+        title="segmentation (standardized features)",
+    )
     for name, a in m["clustering"].items():
-        clusters.add_row(name, str(a["n_clusters"]), _fmt(a["silhouette"]),
-                         _fmt(a["davies_bouldin"]), _fmt(a["calinski_harabasz"]))
+        clusters.add_row(
+            name,
+            str(a["n_clusters"]),
+            _fmt(a["silhouette"]),
+            _fmt(a["davies_bouldin"]),
+            _fmt(a["calinski_harabasz"]),
+        )
     console.print(clusters)
     if imp := m.get("permutation_importance"):
         top = Table("feature", "importance (ROC AUC drop)", title="top features")
@@ -210,8 +264,9 @@ def _print_metrics(m: dict[str, Any]) -> None:
         console.print(top)
     if skipped := m.get("skipped_events"):
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(skipped.items()))
-        console.print(f"events refused by the state machine (skipped, as the stream would): "
-                      f"{reasons}")  # fmt: skip
+        console.print(
+            f"events refused by the state machine (skipped, as the stream would): {reasons}"
+        )
     console.print(f"bundle {m['bundle']} version {m['version']} in {m['seconds']:.1f} s")
 
 
@@ -220,35 +275,72 @@ def _print_quality(console: Any, m: dict[str, Any]) -> None:
     from rich.table import Table
 
     if buckets := m.get("by_months_on_book"):
-        table = Table("months on book", "snapshots", "ROC AUC (95 % CI)", "mean score",
-                      "observed", "HIGH prec / rec", "MODERATE prec / rec",
-                      title="held-out snapshots by months on book")  # fmt: skip
+        table = Table(
+            "months on book",
+            "snapshots",
+            "ROC AUC (95 % CI)",
+            "mean score",
+            "observed",
+            "HIGH prec / rec",
+            "MODERATE prec / rec",
+            title="held-out snapshots by months on book",
+        )
         for b in buckets:
             low, high = b["roc_auc_ci95"]
             ci = f" ({_fmt(low)}-{_fmt(high)})" if low is not None else ""
-            table.add_row(b["bucket"], f"{b['snapshots']:,}", _fmt(b["roc_auc"]) + ci,
-                          _fmt(b["mean_predicted"]), _fmt(b["observed_rate"]),
-                          *(f"{_fmt(b[t]['precision'])} / {_fmt(b[t]['recall'])}"
-                            for t in ("high", "moderate")))  # fmt: skip
+            table.add_row(
+                b["bucket"],
+                f"{b['snapshots']:,}",
+                _fmt(b["roc_auc"]) + ci,
+                _fmt(b["mean_predicted"]),
+                _fmt(b["observed_rate"]),
+                *(
+                    f"{_fmt(b[t]['precision'])} / {_fmt(b[t]['recall'])}"
+                    for t in ("high", "moderate")
+                ),
+            )
         console.print(table)
     if rules := m.get("lead_time"):
-        table = Table("flag rule", "loans flagged", "precision", "recall",
-                      "lead days median", "lead days p25",
-                      title="held-out loans: flagging before the write-off")  # fmt: skip
+        table = Table(
+            "flag rule",
+            "loans flagged",
+            "precision",
+            "recall",
+            "lead days median",
+            "lead days p25",
+            title="held-out loans: flagging before the write-off",
+        )
         for r in rules:
-            table.add_row(r["rule"], f"{r['flagged_loans']:,}", _fmt(r["precision"]),
-                          _fmt(r["recall"]), _fmt(r["lead_days_median"]),
-                          _fmt(r["lead_days_p25"]))  # fmt: skip
+            table.add_row(
+                r["rule"],
+                f"{r['flagged_loans']:,}",
+                _fmt(r["precision"]),
+                _fmt(r["recall"]),
+                _fmt(r["lead_days_median"]),
+                _fmt(r["lead_days_p25"]),
+            )
         console.print(table)
     for name, rows in (m.get("fairness") or {}).items():
-        table = Table(name, "loans", "default rate", "HIGH flag rate", "HIGH AIR",
-                      "MODERATE+ flag rate", "MODERATE+ AIR",
-                      title=f"fairness by {name} (not model inputs)")  # fmt: skip
+        table = Table(
+            name,
+            "loans",
+            "default rate",
+            "HIGH flag rate",
+            "HIGH AIR",
+            "MODERATE+ flag rate",
+            "MODERATE+ AIR",
+            title=f"fairness by {name} (not model inputs)",
+        )
         for r in rows:
-            table.add_row(r["group"], f"{r['loans']:,}", _fmt(r["default_rate"]),
-                          _fmt(r["high_flag_rate"]), _fmt(r["high_adverse_impact_ratio"]),
-                          _fmt(r["moderate_flag_rate"]),
-                          _fmt(r["moderate_adverse_impact_ratio"]))  # fmt: skip
+            table.add_row(
+                r["group"],
+                f"{r['loans']:,}",
+                _fmt(r["default_rate"]),
+                _fmt(r["high_flag_rate"]),
+                _fmt(r["high_adverse_impact_ratio"]),
+                _fmt(r["moderate_flag_rate"]),
+                _fmt(r["moderate_adverse_impact_ratio"]),
+            )
         console.print(table)
 
 
@@ -257,8 +349,11 @@ def report(
     out: Path = typer.Option(..., help="HTML file to write."),
     source: HistorySource | None = typer.Option(None, help="With --input: its kind."),
     input_path: Path | None = typer.Option(
-        None, "--input", help="Show this book (scored by the bundle) instead of the training "
-        "book in the segment map, profiles, score distribution and strategy mix."),
+        None,
+        "--input",
+        help="Show this book (scored by the bundle) instead of the training "
+        "book in the segment map, profiles, score distribution and strategy mix.",
+    ),
 ) -> None:
     """Write the interactive, self-contained HTML report of the model and the segmentation."""
     from models.data.adapters import AdapterError, read_history

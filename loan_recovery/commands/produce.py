@@ -59,7 +59,8 @@ def produce(
         None, "--input", help="File to replay (seed/uci CSV; events: .jsonl or .avro)."
     ),
     topic: str = typer.Option(
-        Topics().events, envvar="LOANREC_INPUT_TOPIC",
+        Topics().events,
+        envvar="LOANREC_INPUT_TOPIC",
         help="Topic to produce to (the scorer's input topic).",
     ),
     rate: float | None = typer.Option(
@@ -67,12 +68,16 @@ def produce(
     ),
     bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
     kafka_config: Path | None = typer.Option(
-        None, "--kafka-config", envvar="LOANREC_KAFKA_CONFIG",
+        None,
+        "--kafka-config",
+        envvar="LOANREC_KAFKA_CONFIG",
         help="librdkafka properties file (key=value lines) passed through, e.g. for SASL/SSL.",
     ),
     loans: int = typer.Option(1000, min=1, help="synthetic: number of loans in the live book."),
     seed: int | None = typer.Option(
-        None, min=0, help="synthetic: random seed. Default: a new one per run (shown in the "
+        None,
+        min=0,
+        help="synthetic: random seed. Default: a new one per run (shown in the "
         "summary), so a restarted stream never reuses the loan ids of the previous run.",
     ),
     months_per_second: float = typer.Option(
@@ -102,12 +107,17 @@ def produce(
     if out is not None and not dry_run:
         fail("--out is only for --dry-run; to produce to Kafka drop --out")
     if source is Source.synthetic and input_path is not None:
-        fail("--input is not used with --source synthetic (it generates events); to replay a "
-             "generated book use --source events --input BOOK/events.jsonl")
+        fail(
+            "--input is not used with --source synthetic (it generates events); to replay a "
+            "generated book use --source events --input BOOK/events.jsonl"
+        )
     # Kafka settings and the topic are checked before the source is read: a typo in a
     # properties file should not cost a full parse of a large export first.
-    producer = None if dry_run else _kafka_producer(bootstrap_servers, kafka_config, topic,
-                                                    rate, flush_timeout)  # fmt: skip
+    producer = (
+        None
+        if dry_run
+        else _kafka_producer(bootstrap_servers, kafka_config, topic, rate, flush_timeout)
+    )
     stop = StopFlag()
     event_source = _open_source(source.value, input_path, loans, seed, months_per_second, stop)
     events = _limited(event_source.events, limit)
@@ -131,8 +141,14 @@ def produce(
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _open_source(source: str, input_path: Path | None, loans: int, seed: int | None,
-                 months_per_second: float, stop: Any) -> Any:  # fmt: skip
+def _open_source(
+    source: str,
+    input_path: Path | None,
+    loans: int,
+    seed: int | None,
+    months_per_second: float,
+    stop: Any,
+) -> Any:
     from producer.sources import SourceError, open_history, open_synthetic
 
     try:
@@ -149,8 +165,13 @@ def _limited(events: Any, limit: int | None) -> Any:
     return events if limit is None else islice(events, limit)
 
 
-def _kafka_producer(bootstrap: str | None, kafka_config: Path | None, topic: str,
-                    rate: float | None, flush_timeout: float) -> Any:  # fmt: skip
+def _kafka_producer(
+    bootstrap: str | None,
+    kafka_config: Path | None,
+    topic: str,
+    rate: float | None,
+    flush_timeout: float,
+) -> Any:
     """The producer, built before the source is read, so that a typo in a properties file or
     a missing topic does not cost a full parse of a large export first."""
     from confluent_kafka import KafkaException
@@ -169,16 +190,16 @@ def _kafka_producer(bootstrap: str | None, kafka_config: Path | None, topic: str
         check_user_config(user, where)
         servers = bootstrap_with_properties(bootstrap, user)
         _check_topic({**user, "bootstrap.servers": servers}, topic, where)
-        return EventProducer(producer_config(servers, user, where), topic, rate=rate,
-                             flush_timeout_s=flush_timeout)  # fmt: skip
+        return EventProducer(
+            producer_config(servers, user, where), topic, rate=rate, flush_timeout_s=flush_timeout
+        )
     except KafkaConfigError as error:
         fail(str(error))
     except KafkaException as error:  # librdkafka refused a property (name or value)
         fail(f"{where}: {error.args[0].str()}; fix or remove that property")
 
 
-def _check_topic(config: dict[str, str], topic: str, where: str,
-                 timeout_s: float = 10.0) -> None:  # fmt: skip
+def _check_topic(config: dict[str, str], topic: str, where: str, timeout_s: float = 10.0) -> None:
     """Fail early on a missing topic: auto-creating it would give it the broker's default
     partition count, and the batch reference (`score`) assumes the partitions we created.
     An authentication failure ends the wait at once, with librdkafka's reason."""
@@ -186,13 +207,23 @@ def _check_topic(config: dict[str, str], topic: str, where: str,
     from confluent_kafka.admin import AdminClient
 
     refused: list[KafkaError] = []
-    auth = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED,
-            KafkaError._SSL, KafkaError.TOPIC_AUTHORIZATION_FAILED}  # fmt: skip
-    admin = AdminClient({**config, "log_level": 0,  # our one-line error says it all
-                         "error_cb": lambda e: refused.append(e) if e.code() in auth else None})
+    auth = {
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError._SSL,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    }
+    admin = AdminClient(
+        {
+            **config,
+            "log_level": 0,  # our one-line error says it all
+            "error_cb": lambda e: refused.append(e) if e.code() in auth else None,
+        }
+    )
     servers = config["bootstrap.servers"]
     settings = "--bootstrap-servers / $LOANREC_BOOTSTRAP_SERVERS" + (
-        f" / {where}" if where.startswith("--") else "")  # fmt: skip
+        f" / {where}" if where.startswith("--") else ""
+    )
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -203,11 +234,12 @@ def _check_topic(config: dict[str, str], topic: str, where: str,
             if refused:
                 fail(f"Kafka at {servers} refused us: {refused[0].str()}; check {where}")
             if time.monotonic() > deadline:
-                fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); "
-                     f"check {settings}")  # fmt: skip
+                fail(f"cannot reach Kafka at {servers} ({error.args[0].str()}); check {settings}")
     if topic not in metadata.topics:
-        fail(f"topic {topic} does not exist on {servers}: run `loan-recovery topics create` "
-             "(or pass --topic)")  # fmt: skip
+        fail(
+            f"topic {topic} does not exist on {servers}: run `loan-recovery topics create` "
+            "(or pass --topic)"
+        )
 
 
 @contextmanager
@@ -234,10 +266,13 @@ def _progress_bar(enabled: bool, total: int | None, dry_run: bool = False) -> It
         yield None
         return
     columns = [
-        BarColumn(bar_width=10), MofNCompleteColumn(separator="/"),
-        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TextColumn("ETA"),
+        BarColumn(bar_width=10),
+        MofNCompleteColumn(separator="/"),
+        TextColumn("{task.fields[detail]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
         TimeRemainingColumn(),
-    ]  # fmt: skip
+    ]
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         task = bar.add_task("produce", total=total, detail="")
 
@@ -245,8 +280,11 @@ def _progress_bar(enabled: bool, total: int | None, dry_run: bool = False) -> It
             speed = bar.tasks[0].speed
             errors = summary.failed + summary.rejected
             acked = max(0, summary.sent - summary.failed - in_flight)
-            detail = (f"written, {errors} rejected," if dry_run else
-                      f"sent, {acked:,} acked, {errors} errors,")  # fmt: skip
+            detail = (
+                f"written, {errors} rejected,"
+                if dry_run
+                else f"sent, {acked:,} acked, {errors} errors,"
+            )
             rate = f" {speed:,.0f}/s" if speed else ""
             bar.update(task, completed=summary.sent, detail=detail + rate)
 
@@ -260,15 +298,24 @@ def _report(summary: Any, source: str, as_json: bool, info: dict[str, Any]) -> N
         return
     table = Table("", "", title="produce summary", show_header=False)
     target = f"file {summary.out}" if summary.dry_run else f"topic {summary.topic}"
-    delivered = ([("written", f"{summary.sent:,}")] if summary.dry_run else
-                 [("sent", f"{summary.sent:,}"), ("acknowledged", f"{summary.acknowledged:,}"),
-                  ("failed", f"{summary.failed:,}")])  # fmt: skip
+    delivered = (
+        [("written", f"{summary.sent:,}")]
+        if summary.dry_run
+        else [
+            ("sent", f"{summary.sent:,}"),
+            ("acknowledged", f"{summary.acknowledged:,}"),
+            ("failed", f"{summary.failed:,}"),
+        ]
+    )
     rows = [
         ("source → target", f"{source} → {target}"),
-        *((key, str(value)) for key, value in info.items()), ("read", f"{summary.read:,}"),
-        *delivered, ("rejected", f"{summary.rejected:,}"),
-        ("seconds", f"{summary.seconds:.2f}"), ("events/s", f"{summary.events_per_s:,.0f}"),
-    ]  # fmt: skip
+        *((key, str(value)) for key, value in info.items()),
+        ("read", f"{summary.read:,}"),
+        *delivered,
+        ("rejected", f"{summary.rejected:,}"),
+        ("seconds", f"{summary.seconds:.2f}"),
+        ("events/s", f"{summary.events_per_s:,.0f}"),
+    ]
     rows += [(f"  {name}", f"{count:,}") for name, count in summary.by_type.items()]
     if summary.interrupted:
         rows.append(("interrupted", "yes (stopped by signal; sent events were flushed)"))

@@ -51,35 +51,56 @@ def _env(name: str) -> str:
 
 def serve(
     model: Path = typer.Option(..., envvar=_env("MODEL"), help="Model bundle directory."),
-    policy: Path | None = typer.Option(None, envvar=_env("POLICY"),
-                                       help="Strategy policy file. Default: the shipped one."),
+    policy: Path | None = typer.Option(
+        None, envvar=_env("POLICY"), help="Strategy policy file. Default: the shipped one."
+    ),
     bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
-    metrics_port: int = typer.Option(9108, envvar=_env("METRICS_PORT"), min=0,
-                                     help="Port of /metrics, /healthz, /readyz; 0 = any free."),
-    app_id: str = typer.Option(_T.app_id, envvar=_env("APP_ID"),
-                               help="Application id: names the changelog topic."),
-    group_id: str | None = typer.Option(None, envvar=_env("GROUP_ID"),
-                                        help="Consumer group. Default: the app id."),
+    metrics_port: int = typer.Option(
+        9108,
+        envvar=_env("METRICS_PORT"),
+        min=0,
+        help="Port of /metrics, /healthz, /readyz; 0 = any free.",
+    ),
+    app_id: str = typer.Option(
+        _T.app_id, envvar=_env("APP_ID"), help="Application id: names the changelog topic."
+    ),
+    group_id: str | None = typer.Option(
+        None, envvar=_env("GROUP_ID"), help="Consumer group. Default: the app id."
+    ),
     instance_id: str | None = typer.Option(
-        None, envvar=_env("INSTANCE_ID"),
+        None,
+        envvar=_env("INSTANCE_ID"),
         help="Unique per running instance, stable across its restarts (names its "
-        "transactional id). Default: the host name."),
+        "transactional id). Default: the host name.",
+    ),
     input_topic: str = typer.Option(_T.events, envvar=_env("INPUT_TOPIC")),
     strategy_topic: str = typer.Option(_T.strategy_changes, envvar=_env("STRATEGY_TOPIC")),
     alerts_topic: str = typer.Option(_T.risk_alerts, envvar=_env("ALERTS_TOPIC")),
     dlq_topic: str = typer.Option(_T.dlq, envvar=_env("DLQ_TOPIC")),
-    commit_interval_ms: int = typer.Option(100, envvar=_env("COMMIT_INTERVAL_MS"), min=1,
-                                           help="One transaction per interval."),
-    guarantee: GuaranteeOption = typer.Option(GuaranteeOption.exactly_once,
-                                              envvar=_env("GUARANTEE")),
+    commit_interval_ms: int = typer.Option(
+        100, envvar=_env("COMMIT_INTERVAL_MS"), min=1, help="One transaction per interval."
+    ),
+    guarantee: GuaranteeOption = typer.Option(
+        GuaranteeOption.exactly_once, envvar=_env("GUARANTEE")
+    ),
     kafka_config: Path | None = typer.Option(
-        None, "--kafka-config", envvar=_env("KAFKA_CONFIG"),
-        help="librdkafka properties file (key=value) passed through, e.g. for SASL/SSL."),
+        None,
+        "--kafka-config",
+        envvar=_env("KAFKA_CONFIG"),
+        help="librdkafka properties file (key=value) passed through, e.g. for SASL/SSL.",
+    ),
     exit_when_idle: float | None = typer.Option(
-        None, envvar=_env("EXIT_WHEN_IDLE"), min=0.1,
-        help="Commit and exit after this many seconds without input (demo, tests)."),
-    max_batch: int = typer.Option(2000, envvar=_env("MAX_BATCH"), min=1,
-                                  help="Most events per poll (one vectorised scoring call)."),
+        None,
+        envvar=_env("EXIT_WHEN_IDLE"),
+        min=0.1,
+        help="Commit and exit after this many seconds without input (demo, tests).",
+    ),
+    max_batch: int = typer.Option(
+        2000,
+        envvar=_env("MAX_BATCH"),
+        min=1,
+        help="Most events per poll (one vectorised scoring call).",
+    ),
 ) -> None:
     """Score loan events as they arrive; emit strategy changes and early-warning alerts.
 
@@ -97,18 +118,34 @@ def serve(
     bundle, policy_obj = _load_model_and_policy(model, policy)
     try:
         properties = load_kafka_properties(kafka_config) if kafka_config else {}
-        servers = (bootstrap_servers or os.environ.get("LOANREC_BOOTSTRAP_SERVERS")
-                   or properties.pop("bootstrap.servers", None) or bootstrap_or_fail(None))
+        servers = (
+            bootstrap_servers
+            or os.environ.get("LOANREC_BOOTSTRAP_SERVERS")
+            or properties.pop("bootstrap.servers", None)
+            or bootstrap_or_fail(None)
+        )
         properties.pop("bootstrap.servers", None)
-        topics = Topics(events=input_topic, strategy_changes=strategy_topic,
-                        risk_alerts=alerts_topic, dlq=dlq_topic, app_id=app_id)
+        topics = Topics(
+            events=input_topic,
+            strategy_changes=strategy_topic,
+            risk_alerts=alerts_topic,
+            dlq=dlq_topic,
+            app_id=app_id,
+        )
         config = ServeConfig(
-            bootstrap_servers=servers, model_dir=model, policy_path=policy, topics=topics,
-            group_id=group_id, instance_id=instance_id or default_instance_id(),
-            metrics_port=metrics_port, commit_interval_ms=commit_interval_ms,
-            guarantee=Guarantee(guarantee.value), kafka_properties=properties,
-            exit_when_idle_s=exit_when_idle, max_batch=max_batch,
-        )  # fmt: skip
+            bootstrap_servers=servers,
+            model_dir=model,
+            policy_path=policy,
+            topics=topics,
+            group_id=group_id,
+            instance_id=instance_id or default_instance_id(),
+            metrics_port=metrics_port,
+            commit_interval_ms=commit_interval_ms,
+            guarantee=Guarantee(guarantee.value),
+            kafka_properties=properties,
+            exit_when_idle_s=exit_when_idle,
+            max_batch=max_batch,
+        )
     except ConfigError as error:
         fail(str(error))
     _check_topics(config)
@@ -117,10 +154,10 @@ def serve(
         server = HealthServer(metrics, config.metrics_host, metrics_port)
     except OSError as error:
         fail(f"--metrics-port {metrics_port}: {error.strerror}")
-    log_event("metrics_listening", port=server.port, endpoints=["/metrics", "/healthz",
-                                                                  "/readyz"])
-    scorer = ScorerApp(config, bundle, policy_obj, metrics, server.state,
-                       bundle_loader=lambda: _load_bundle(model))
+    log_event("metrics_listening", port=server.port, endpoints=["/metrics", "/healthz", "/readyz"])
+    scorer = ScorerApp(
+        config, bundle, policy_obj, metrics, server.state, bundle_loader=lambda: _load_bundle(model)
+    )
     scorer.install_signal_handlers()
     try:
         scorer.run()
@@ -159,18 +196,24 @@ def _check_topics(config: Any) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({**config.kafka_properties, "bootstrap.servers":
-                         config.bootstrap_servers, "log_level": 0})  # fmt: skip
+    admin = AdminClient(
+        {**config.kafka_properties, "bootstrap.servers": config.bootstrap_servers, "log_level": 0}
+    )
     try:
         metadata = admin.list_topics(timeout=15)
     except KafkaException as error:
         fail(f"cannot reach Kafka at {config.bootstrap_servers} ({error.args[0].str()})")
     t = config.topics
-    missing = [n for n in (t.events, t.strategy_changes, t.risk_alerts, t.dlq, t.changelog)
-               if n not in metadata.topics]  # fmt: skip
+    missing = [
+        n
+        for n in (t.events, t.strategy_changes, t.risk_alerts, t.dlq, t.changelog)
+        if n not in metadata.topics
+    ]
     if missing:
-        fail(f"missing topics {', '.join(missing)}: run `loan-recovery topics create "
-             f"--app-id {t.app_id}`")  # fmt: skip
+        fail(
+            f"missing topics {', '.join(missing)}: run `loan-recovery topics create "
+            f"--app-id {t.app_id}`"
+        )
     n_in = len(metadata.topics[t.events].partitions)
     n_log = len(metadata.topics[t.changelog].partitions)
     if n_in != n_log:
@@ -183,8 +226,9 @@ def score(
     input_path: Path | None = typer.Option(None, "--input", help="File (seed/uci/events)."),
     out: Path = typer.Option(..., help="CSV: loan_id, risk_score, risk_tier, segment, strategy."),
     policy: Path | None = typer.Option(None, help="Strategy policy file. Default: shipped."),
-    partitions: int = typer.Option(DEFAULT_PARTITIONS, min=1,
-                                   help="Partition count of the input topic to reproduce."),
+    partitions: int = typer.Option(
+        DEFAULT_PARTITIONS, min=1, help="Partition count of the input topic to reproduce."
+    ),
     changes: Path | None = typer.Option(None, help="Also write every StrategyChanged (CSV)."),
     topic: str = typer.Option(_T.events, help="Input topic name recorded in the outputs."),
     loans: int = typer.Option(1000, min=1, help="synthetic: loans of the book (as `generate`)."),
@@ -197,8 +241,7 @@ def score(
     bundle, policy_obj = _load_model_and_policy(model, policy)
     events = _read_events(source, input_path, loans, seed)
     with _progress(enabled=not as_json) as on_progress:
-        result = score_events(events, bundle, policy_obj, partitions, topic,
-                              progress=on_progress)  # fmt: skip
+        result = score_events(events, bundle, policy_obj, partitions, topic, progress=on_progress)
     write_loans_csv(result, out)
     if changes:
         write_changes_csv(result, changes)
@@ -221,9 +264,15 @@ def _progress(enabled: bool) -> Iterator[Any]:
         TimeRemainingColumn,
     )
 
-    columns = [TextColumn("scoring"), BarColumn(bar_width=20), MofNCompleteColumn(),
-               TextColumn("events"), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn()]  # fmt: skip
+    columns = [
+        TextColumn("scoring"),
+        BarColumn(bar_width=20),
+        MofNCompleteColumn(),
+        TextColumn("events"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task("score", total=None)
 
@@ -258,9 +307,15 @@ def _summary(result: Any, out: Path, as_json: bool) -> None:
 
     mix = Counter(s.strategy for s in result.loans.values())
     dlq = Counter(d.reason for d in result.dead_letters)
-    payload = {"events": result.events, "loans": len(result.loans),
-               "strategy_changes": len(result.changes), "alerts": len(result.alerts),
-               "dlq": dict(dlq), "strategy_mix": dict(mix), "out": str(out)}  # fmt: skip
+    payload = {
+        "events": result.events,
+        "loans": len(result.loans),
+        "strategy_changes": len(result.changes),
+        "alerts": len(result.alerts),
+        "dlq": dict(dlq),
+        "strategy_mix": dict(mix),
+        "out": str(out),
+    }
     if as_json:
         print_json(payload)
         return

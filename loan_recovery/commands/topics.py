@@ -23,12 +23,16 @@ app = typer.Typer(help="Manage the project's Kafka topics.", no_args_is_help=Tru
 def create(
     partitions: int = typer.Option(DEFAULT_PARTITIONS, min=1, help="Partitions per topic."),
     replication_factor: int = typer.Option(
-        -1, min=-1, help="Replicas per partition. Default -1: the cluster's "
+        -1,
+        min=-1,
+        help="Replicas per partition. Default -1: the cluster's "
         "default.replication.factor (3 on a typical production cluster, 1 on the local broker).",
     ),
     bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
     kafka_config: Path | None = typer.Option(
-        None, "--kafka-config", envvar="LOANREC_KAFKA_CONFIG",
+        None,
+        "--kafka-config",
+        envvar="LOANREC_KAFKA_CONFIG",
         help="librdkafka properties file (key=value lines) for the admin client, e.g. SASL/SSL.",
     ),
     app_id: str = typer.Option("loan-recovery", help="Application id; names the changelog."),
@@ -44,22 +48,35 @@ def create(
     try:
         user = load_properties(kafka_config) if kafka_config else {}
         servers = bootstrap_with_properties(bootstrap_servers, user)
-        results = create_topics(servers, Topics(app_id=app_id), partitions,
-                                extra_config=user, replication_factor=replication_factor)
+        results = create_topics(
+            servers,
+            Topics(app_id=app_id),
+            partitions,
+            extra_config=user,
+            replication_factor=replication_factor,
+        )
     except KafkaConfigError as error:
         fail(str(error))
     except KafkaException as error:  # a refused property, or the cluster refused the topics
         error = error.args[0]
-        hint = ("; --replication-factor cannot exceed the number of brokers"
-                if error.code() == error.INVALID_REPLICATION_FACTOR else "")
+        hint = (
+            "; --replication-factor cannot exceed the number of brokers"
+            if error.code() == error.INVALID_REPLICATION_FACTOR
+            else ""
+        )
         fail(f"{where}: {error.str()}{hint}")
     if as_json:
         print_json([r.__dict__ for r in results])
         return
     table = Table("topic", "partitions", "replicas", "cleanup.policy", "status")
     for r in results:
-        table.add_row(r.name, str(r.partitions), _replicas(r.replication_factor), r.cleanup_policy,
-                      "created" if r.created else "exists")  # fmt: skip
+        table.add_row(
+            r.name,
+            str(r.partitions),
+            _replicas(r.replication_factor),
+            r.cleanup_policy,
+            "created" if r.created else "exists",
+        )
     Console().print(table)
 
 

@@ -81,17 +81,35 @@ def _profiles(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     amount = np.round(share * income * (1.0 - (1.0 + i0) ** (-tenure)) / i0, -2)
     amount = np.maximum(amount, 500.0)
     collateral = np.where(
-        type_i <= 1, amount * rng.uniform(0.8, 1.5, n),
-        np.where((type_i == 3) & (rng.random(n) < 0.5), amount * 0.5, 0.0))
+        type_i <= 1,
+        amount * rng.uniform(0.8, 1.5, n),
+        np.where((type_i == 3) & (rng.random(n) < 0.5), amount * 0.5, 0.0),
+    )
     collateral = np.round(collateral, 2)
-    risk = (z + 0.9 * (share - 0.3) * 3 + 0.8 * (emp_i == 3) + 0.1 * dependents
-            - 0.5 * np.minimum(collateral / amount, 1.5))  # fmt: skip
+    risk = (
+        z
+        + 0.9 * (share - 0.3) * 3
+        + 0.8 * (emp_i == 3)
+        + 0.1 * dependents
+        - 0.5 * np.minimum(collateral / amount, 1.5)
+    )
     rate = np.round(base_rate + 4 * _sigmoid(risk), 2)
     i = rate / 1200.0
     emi = np.round(amount * i / (1.0 - (1.0 + i) ** (-tenure)), 2)
-    return {"age": age, "gender": gender, "emp_i": emp_i, "income": income,
-            "dependents": dependents, "type_i": type_i, "amount": amount, "tenure": tenure,
-            "collateral": collateral, "rate": rate, "emi": emi, "risk": risk}  # fmt: skip
+    return {
+        "age": age,
+        "gender": gender,
+        "emp_i": emp_i,
+        "income": income,
+        "dependents": dependents,
+        "type_i": type_i,
+        "amount": amount,
+        "tenure": tenure,
+        "collateral": collateral,
+        "rate": rate,
+        "emi": emi,
+        "risk": risk,
+    }
 
 
 def generate_frame(n_loans: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
@@ -113,29 +131,46 @@ def generate_frame(n_loans: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarra
     growth = (1.0 + i) ** paid
     outstanding = np.round(np.maximum(p["amount"] * growth - p["emi"] * (growth - 1) / i, 0), 2)
     attempts = np.where(missed > 0, rng.poisson(0.8 * missed) + in_arrears, 0)
-    method = np.select([dpd > 90, dpd > 60, dpd > 30], ["Legal Notice", "Debt Collectors",
-                       "Settlement Offer"], "Calls")  # fmt: skip
+    method = np.select(
+        [dpd > 90, dpd > 60, dpd > 30],
+        ["Legal Notice", "Debt Collectors", "Settlement Offer"],
+        "Calls",
+    )
     method = np.where(attempts > 0, method, "")
     legal = np.where((method == "Legal Notice") & (rng.random(n) < 0.7), "Yes", "No")
     default = rng.random(n) < _sigmoid(-2.2 + 1.4 * risk + 0.6 * in_arrears)
     partial = (missed > 0) & (rng.random(n) < 0.5)
-    status = np.where(default, "Written Off",
-                      np.where(partial, "Partially Recovered", "Fully Recovered"))
+    status = np.where(
+        default, "Written Off", np.where(partial, "Partially Recovered", "Fully Recovered")
+    )
     width = len(str(max(n - 1, 1)))
     ids = np.arange(n)
-    frame = pd.DataFrame({
-        "Borrower_ID": [f"B{seed}-{k:0{width}d}" for k in ids],
-        "Age": p["age"], "Gender": p["gender"],
-        "Employment_Type": np.array(EMPLOYMENT)[p["emp_i"]],
-        "Monthly_Income": p["income"], "Num_Dependents": p["dependents"],
-        "Loan_ID": [f"L{seed}-{k:0{width}d}" for k in ids],
-        "Loan_Amount": p["amount"], "Loan_Tenure": p["tenure"], "Interest_Rate": p["rate"],
-        "Loan_Type": np.array(LOAN_TYPES)[p["type_i"]], "Collateral_Value": p["collateral"],
-        "Outstanding_Loan_Amount": outstanding, "Monthly_EMI": p["emi"],
-        "Payment_History": history, "Num_Missed_Payments": missed, "Days_Past_Due": dpd,
-        "Recovery_Status": status, "Collection_Attempts": attempts,
-        "Collection_Method": method, "Legal_Action_Taken": legal,
-    }, columns=list(SEED_COLUMNS))  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "Borrower_ID": [f"B{seed}-{k:0{width}d}" for k in ids],
+            "Age": p["age"],
+            "Gender": p["gender"],
+            "Employment_Type": np.array(EMPLOYMENT)[p["emp_i"]],
+            "Monthly_Income": p["income"],
+            "Num_Dependents": p["dependents"],
+            "Loan_ID": [f"L{seed}-{k:0{width}d}" for k in ids],
+            "Loan_Amount": p["amount"],
+            "Loan_Tenure": p["tenure"],
+            "Interest_Rate": p["rate"],
+            "Loan_Type": np.array(LOAN_TYPES)[p["type_i"]],
+            "Collateral_Value": p["collateral"],
+            "Outstanding_Loan_Amount": outstanding,
+            "Monthly_EMI": p["emi"],
+            "Payment_History": history,
+            "Num_Missed_Payments": missed,
+            "Days_Past_Due": dpd,
+            "Recovery_Status": status,
+            "Collection_Attempts": attempts,
+            "Collection_Method": method,
+            "Legal_Action_Taken": legal,
+        },
+        columns=list(SEED_COLUMNS),
+    )
     return frame, risk
 
 
@@ -184,12 +219,21 @@ def iter_live_events(
         loan_id = f"LIVE{seed}-{next(loan_no):08d}"
         amount = float(profiles["amount"][k])
         loan = {
-            "loan_id": loan_id, "borrower_id": "B" + loan_id, "seq": 0, "k": k, "at": at,
-            "open_day": at // DAY_MS, "month": 0, "risk": float(profiles["risk"][k]),
-            "emi": float(profiles["emi"][k]), "rate": float(profiles["rate"][k]) / 1200.0,
-            "outstanding": amount, "consecutive": 0, "attempts": 0,
+            "loan_id": loan_id,
+            "borrower_id": "B" + loan_id,
+            "seq": 0,
+            "k": k,
+            "at": at,
+            "open_day": at // DAY_MS,
+            "month": 0,
+            "risk": float(profiles["risk"][k]),
+            "emi": float(profiles["emi"][k]),
+            "rate": float(profiles["rate"][k]) / 1200.0,
+            "outstanding": amount,
+            "consecutive": 0,
+            "attempts": 0,
             "life": int(min(profiles["tenure"][k], rng.integers(6, 37))),
-        }  # fmt: skip
+        }
         heapq.heappush(heap, (at, next(counter), loan))
 
     for j in range(n_loans):  # stagger the openings over the first month
@@ -211,29 +255,41 @@ def iter_live_events(
             heapq.heappush(heap, (item["at"], next(counter), item))
 
 
-def _advance(loan: dict[str, Any], at: int, rng: np.random.Generator,
-             profiles: dict[str, np.ndarray]) -> list[dict[str, Any]]:  # fmt: skip
+def _advance(
+    loan: dict[str, Any], at: int, rng: np.random.Generator, profiles: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
     """Events of one loan at its next step; schedules the step after (``loan["at"]``)."""
+
     def event(at_ms: int, body_type: str, body: dict[str, Any]) -> dict[str, Any]:
         loan["seq"] += 1
-        return {"event_id": event_id(loan["loan_id"], loan["seq"]), "loan_id": loan["loan_id"],
-                "borrower_id": loan["borrower_id"], "occurred_at": int(at_ms),
-                "body": ("loanrec.events." + body_type, body)}  # fmt: skip
+        return {
+            "event_id": event_id(loan["loan_id"], loan["seq"]),
+            "loan_id": loan["loan_id"],
+            "borrower_id": loan["borrower_id"],
+            "occurred_at": int(at_ms),
+            "body": ("loanrec.events." + body_type, body),
+        }
 
     if loan["month"] == 0 and loan["seq"] == 0:
         k = loan["k"]
         loan["seq"] = -1  # the opening event gets sequence number 0
-        opened = event(at, "LoanOpened", {
-            "age": int(profiles["age"][k]), "gender": str(profiles["gender"][k]),
-            "employment_type": EMPLOYMENT[int(profiles["emp_i"][k])],
-            "monthly_income": float(profiles["income"][k]),
-            "num_dependents": int(profiles["dependents"][k]),
-            "loan_amount": float(profiles["amount"][k]),
-            "loan_tenure_months": int(profiles["tenure"][k]),
-            "interest_rate": float(profiles["rate"][k]),
-            "loan_type": LOAN_TYPES[int(profiles["type_i"][k])],
-            "collateral_value": float(profiles["collateral"][k]), "monthly_emi": loan["emi"],
-        })  # fmt: skip
+        opened = event(
+            at,
+            "LoanOpened",
+            {
+                "age": int(profiles["age"][k]),
+                "gender": str(profiles["gender"][k]),
+                "employment_type": EMPLOYMENT[int(profiles["emp_i"][k])],
+                "monthly_income": float(profiles["income"][k]),
+                "num_dependents": int(profiles["dependents"][k]),
+                "loan_amount": float(profiles["amount"][k]),
+                "loan_tenure_months": int(profiles["tenure"][k]),
+                "interest_rate": float(profiles["rate"][k]),
+                "loan_type": LOAN_TYPES[int(profiles["type_i"][k])],
+                "collateral_value": float(profiles["collateral"][k]),
+                "monthly_emi": loan["emi"],
+            },
+        )
         loan["month"] = 1
         loan["at"] = (loan["open_day"] + 30) * DAY_MS + 43_200_000
         return [opened]
@@ -244,17 +300,35 @@ def _advance(loan: dict[str, Any], at: int, rng: np.random.Generator,
         loan["consecutive"] += 1
         c = loan["consecutive"]
         dpd = 30 * (c - 1) + int(rng.integers(1, 6))
-        out.append(event((due + dpd - 30 * (c - 1)) * DAY_MS, "PaymentMissed", {
-            "installment_due_date": due, "amount_due": loan["emi"], "days_past_due": dpd,
-            "outstanding": round(loan["outstanding"], 2)}))  # fmt: skip
+        out.append(
+            event(
+                (due + dpd - 30 * (c - 1)) * DAY_MS,
+                "PaymentMissed",
+                {
+                    "installment_due_date": due,
+                    "amount_due": loan["emi"],
+                    "days_past_due": dpd,
+                    "outstanding": round(loan["outstanding"], 2),
+                },
+            )
+        )
         if rng.random() < min(0.9, 0.4 * c):
             method = _METHODS[min(c - 1, 3)]
-            out.append(event(out[-1]["occurred_at"] + DAY_MS, "CollectionAttempt", {
-                "method": method, "outcome": "NO_CONTACT" if rng.random() < 0.5 else "REFUSED",
-                "legal_action": method == "LEGAL_NOTICE" and bool(rng.random() < 0.7)}))
+            out.append(
+                event(
+                    out[-1]["occurred_at"] + DAY_MS,
+                    "CollectionAttempt",
+                    {
+                        "method": method,
+                        "outcome": "NO_CONTACT" if rng.random() < 0.5 else "REFUSED",
+                        "legal_action": method == "LEGAL_NOTICE" and bool(rng.random() < 0.7),
+                    },
+                )
+            )
         if c >= 6 or (c >= 3 and rng.random() < _sigmoid(-3 + risk)):
-            out.append(event(out[-1]["occurred_at"] + DAY_MS, "LoanClosed",
-                             {"reason": "WRITTEN_OFF"}))  # fmt: skip
+            out.append(
+                event(out[-1]["occurred_at"] + DAY_MS, "LoanClosed", {"reason": "WRITTEN_OFF"})
+            )
             loan["closed"], loan["closed_at"] = True, out[-1]["occurred_at"]
     else:
         late = rng.random() < 0.05
@@ -265,9 +339,18 @@ def _advance(loan: dict[str, Any], at: int, rng: np.random.Generator,
             balance = max(0.0, balance * (1 + loan["rate"]) - loan["emi"])
         loan["outstanding"] = balance
         loan["consecutive"] = 0
-        out.append(event((due + (5 if late else 0)) * DAY_MS + 43_200_000, "PaymentReceived", {
-            "installment_due_date": due, "amount_due": loan["emi"] * installments,
-            "amount_paid": loan["emi"] * installments, "outstanding_after": round(balance, 2)}))
+        out.append(
+            event(
+                (due + (5 if late else 0)) * DAY_MS + 43_200_000,
+                "PaymentReceived",
+                {
+                    "installment_due_date": due,
+                    "amount_due": loan["emi"] * installments,
+                    "amount_paid": loan["emi"] * installments,
+                    "outstanding_after": round(balance, 2),
+                },
+            )
+        )
         if loan["month"] >= loan["life"] or balance <= 0:
             out.append(event(out[-1]["occurred_at"] + DAY_MS, "LoanClosed", {"reason": "REPAID"}))
             loan["closed"], loan["closed_at"] = True, out[-1]["occurred_at"]

@@ -48,25 +48,88 @@ _MAX_DAYS = 100 * 366  # dates and days-past-due beyond a century are corrupt in
 # Layout of the numeric state array. Names double as LoanState Avro field names.
 SLOTS: tuple[str, ...] = (
     # profile (categoricals as codes of models.features.columns.VOCABULARIES)
-    "age", "gender", "employment_type", "monthly_income", "num_dependents", "loan_amount",
-    "loan_tenure_months", "interest_rate", "loan_type", "collateral_value", "monthly_emi",
+    "age",
+    "gender",
+    "employment_type",
+    "monthly_income",
+    "num_dependents",
+    "loan_amount",
+    "loan_tenure_months",
+    "interest_rate",
+    "loan_type",
+    "collateral_value",
+    "monthly_emi",
     # time
-    "opened_at", "last_event_at", "last_due_date",
+    "opened_at",
+    "last_event_at",
+    "last_due_date",
     # repayment behaviour
-    "installments", "paid_on_time", "paid_late", "num_missed", "consecutive_missed",
-    "days_past_due", "days_past_due_prev", "days_past_due_prev2", "max_days_past_due",
-    "outstanding", "outstanding_before", "last_amount_due", "last_amount_paid", "total_due",
-    "total_paid", "paid_in_full", "zero_payment", "sum_outstanding",
+    "installments",
+    "paid_on_time",
+    "paid_late",
+    "num_missed",
+    "consecutive_missed",
+    "days_past_due",
+    "days_past_due_prev",
+    "days_past_due_prev2",
+    "max_days_past_due",
+    "outstanding",
+    "outstanding_before",
+    "last_amount_due",
+    "last_amount_paid",
+    "total_due",
+    "total_paid",
+    "paid_in_full",
+    "zero_payment",
+    "sum_outstanding",
     # collections
-    "collection_attempts", "last_collection_method", "legal_action", "closed",
+    "collection_attempts",
+    "last_collection_method",
+    "legal_action",
+    "closed",
     # duplicate detection: ring of event-id hashes and the next write position
-    *(f"recent_id_{i}" for i in range(RECENT_IDS)), "recent_pos",
-)  # fmt: skip
+    *(f"recent_id_{i}" for i in range(RECENT_IDS)),
+    "recent_pos",
+)
 _I = {name: i for i, name in enumerate(SLOTS)}
-(AGE, GENDER, EMPLOYMENT, INCOME, DEPENDENTS, AMOUNT, TENURE, RATE, LOAN_TYPE, COLLATERAL, EMI,
- OPENED_AT, LAST_EVENT_AT, LAST_DUE, INSTALLMENTS, ON_TIME, LATE, MISSED, CONSECUTIVE, DPD,
- DPD_PREV, DPD_PREV2, MAX_DPD, OUTSTANDING, OUT_BEFORE, LAST_DUE_AMT, LAST_PAID, TOTAL_DUE,
- TOTAL_PAID, PAID_FULL, ZERO_PAY, SUM_OUT, ATTEMPTS, METHOD, LEGAL, CLOSED) = range(36)  # fmt: skip
+(
+    AGE,
+    GENDER,
+    EMPLOYMENT,
+    INCOME,
+    DEPENDENTS,
+    AMOUNT,
+    TENURE,
+    RATE,
+    LOAN_TYPE,
+    COLLATERAL,
+    EMI,
+    OPENED_AT,
+    LAST_EVENT_AT,
+    LAST_DUE,
+    INSTALLMENTS,
+    ON_TIME,
+    LATE,
+    MISSED,
+    CONSECUTIVE,
+    DPD,
+    DPD_PREV,
+    DPD_PREV2,
+    MAX_DPD,
+    OUTSTANDING,
+    OUT_BEFORE,
+    LAST_DUE_AMT,
+    LAST_PAID,
+    TOTAL_DUE,
+    TOTAL_PAID,
+    PAID_FULL,
+    ZERO_PAY,
+    SUM_OUT,
+    ATTEMPTS,
+    METHOD,
+    LEGAL,
+    CLOSED,
+) = range(36)
 RECENT0 = _I["recent_id_0"]
 RECENT_POS = _I["recent_pos"]
 _NAN = math.nan
@@ -195,9 +258,10 @@ class LoanState(array):
         body_type, body = event["body"]
         if body_type != LOAN_OPENED:
             raise InvalidEvent(
-                "unknown_loan", f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
+                "unknown_loan",
+                f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
                 "which was never opened (LoanOpened must come first)",
-            )  # fmt: skip
+            )
         v = cls(event["loan_id"], event["borrower_id"])
         age = body["age"]
         v[AGE] = float(age) if age is not None and 0 < age < 150 else _NAN
@@ -305,9 +369,10 @@ class LoanState(array):
         opened_day = self[OPENED_AT] // DAY_MS
         if due is None or not opened_day <= due <= opened_day + _MAX_DAYS:
             raise InvalidEvent(
-                "impossible_date", f"installment_due_date={due!r} is before the loan opened or "
+                "impossible_date",
+                f"installment_due_date={due!r} is before the loan opened or "
                 "more than a century after it",
-            )  # fmt: skip
+            )
         return due
 
     def _installment(self, due: int, amount_due: float, outstanding: float) -> None:
@@ -353,26 +418,47 @@ class LoanState(array):
             history = 0.0
         before = v[OUT_BEFORE]
         return [
-            v[AGE], v[GENDER], v[EMPLOYMENT], income, v[DEPENDENTS], amount, v[TENURE], v[RATE],
-            v[LOAN_TYPE], v[COLLATERAL], v[EMI],
+            v[AGE],
+            v[GENDER],
+            v[EMPLOYMENT],
+            income,
+            v[DEPENDENTS],
+            amount,
+            v[TENURE],
+            v[RATE],
+            v[LOAN_TYPE],
+            v[COLLATERAL],
+            v[EMI],
             v[COLLATERAL] / amount if amount > 0 else 0.0,
             v[EMI] / income if income > 0 else _NAN,
-            n, v[ON_TIME], v[LATE], v[MISSED], v[CONSECUTIVE],
+            n,
+            v[ON_TIME],
+            v[LATE],
+            v[MISSED],
+            v[CONSECUTIVE],
             v[MISSED] / n if n > 0 else 0.0,
-            dpd, v[DPD_PREV], v[DPD_PREV2], v[MAX_DPD], history,
+            dpd,
+            v[DPD_PREV],
+            v[DPD_PREV2],
+            v[MAX_DPD],
+            history,
             outstanding,
             outstanding / amount if amount > 0 else 0.0,
             outstanding - before if before == before else 0.0,  # nan check: first installment
-            v[LAST_DUE_AMT], v[LAST_PAID],
+            v[LAST_DUE_AMT],
+            v[LAST_PAID],
             v[LAST_PAID] / v[LAST_DUE_AMT] if v[LAST_DUE_AMT] > 0 else 1.0,
             v[TOTAL_PAID],
             total_due / n if n > 0 else 0.0,
             v[TOTAL_PAID] / n if n > 0 else 0.0,
             v[TOTAL_PAID] / total_due if total_due > 0 else 1.0,
-            v[PAID_FULL], v[ZERO_PAY],
+            v[PAID_FULL],
+            v[ZERO_PAY],
             v[SUM_OUT] / n / amount if n > 0 and amount > 0 else 0.0,
-            v[ATTEMPTS], v[METHOD], v[LEGAL],
-        ]  # fmt: skip
+            v[ATTEMPTS],
+            v[METHOD],
+            v[LEGAL],
+        ]
 
     def feature_dict(self) -> dict[str, float]:
         """``features()`` keyed by name (for the online segmenter, reports and tests)."""

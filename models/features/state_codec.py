@@ -45,8 +45,12 @@ _NULL = b"\x00"
 _SOME = b"\x02"  # union branch 1, zig-zag encoded
 _PACK_DOUBLE = struct.Struct("<d")
 _MAX_LABELS = 1024  # distinct decision labels shared; a policy has a few dozen at most
-_OPTIONAL = (("strategy", "string"), ("risk_tier", "string"), ("risk_score", "double"),
-             ("segment", "string"))  # fmt: skip
+_OPTIONAL = (
+    ("strategy", "string"),
+    ("risk_tier", "string"),
+    ("risk_score", "double"),
+    ("segment", "string"),
+)
 
 
 def _long(n: int) -> bytes:
@@ -79,9 +83,12 @@ def _string(text: str) -> bytes:
 
 def _has_fixed_layout(schema: dict[str, Any]) -> bool:
     """Is ``schema`` exactly: loan_id, borrower_id (strings), SLOTS (doubles), _OPTIONAL?"""
-    expected = [("loan_id", "string"), ("borrower_id", "string"),
-                *((name, "double") for name in SLOTS),
-                *((name, ["null", kind]) for name, kind in _OPTIONAL)]  # fmt: skip
+    expected = [
+        ("loan_id", "string"),
+        ("borrower_id", "string"),
+        *((name, "double") for name in SLOTS),
+        *((name, ["null", kind]) for name, kind in _OPTIONAL),
+    ]
     actual = [(f["name"], f["type"]) for f in schema.get("fields", [])]
     return actual == expected
 
@@ -109,8 +116,13 @@ class LoanStateCodec:
         twin)."""
         borrower = state._borrower  # kept UTF-8 encoded: written as is
         values = state.tobytes()  # the SLOTS values, then the score
-        parts = [self._header, _string(state.loan_id), _long(len(borrower)), borrower,
-                 values[:_DOUBLES]]  # fmt: skip
+        parts = [
+            self._header,
+            _string(state.loan_id),
+            _long(len(borrower)),
+            borrower,
+            values[:_DOUBLES],
+        ]
         for value in (state.strategy, state.risk_tier):
             parts.append(_NULL if value is None else _SOME + _string(value))
         score = state[SCORE]
@@ -127,8 +139,9 @@ class LoanStateCodec:
         except (IndexError, UnicodeDecodeError, struct.error, ValueError) as error:
             raise SchemaDecodeError("undecodable", f"LoanState body is corrupt: {error}") from None
         if end != len(data):
-            raise SchemaDecodeError("undecodable", f"{len(data) - end} trailing bytes after the "
-                                    "record")  # fmt: skip
+            raise SchemaDecodeError(
+                "undecodable", f"{len(data) - end} trailing bytes after the record"
+            )
         return state
 
     def _decode_body(self, data: bytes) -> tuple[LoanState, int]:

@@ -21,18 +21,28 @@ from models.serving.bundle import ModelBundle
 from models.training.population import load_report_data
 
 SECTIONS = (
-    "summary", "segment-map", "segment-profiles", "clustering-comparison", "roc-pr",
-    "calibration", "feature-importance", "score-distribution", "strategy-mix",
-)  # fmt: skip
+    "summary",
+    "segment-map",
+    "segment-profiles",
+    "clustering-comparison",
+    "roc-pr",
+    "calibration",
+    "feature-importance",
+    "score-distribution",
+    "strategy-mix",
+)
 COLORS = {"HIGH_RISK": "#d62728", "OTHERS": "#ff7f0e", "LOW_RISK": "#2ca02c"}
 TITLES = {
-    "summary": "Summary", "segment-map": "Segment map",
-    "segment-profiles": "Segment profiles", "clustering-comparison": "Clustering comparison",
-    "roc-pr": "ROC and precision-recall curves", "calibration": "Calibration",
+    "summary": "Summary",
+    "segment-map": "Segment map",
+    "segment-profiles": "Segment profiles",
+    "clustering-comparison": "Clustering comparison",
+    "roc-pr": "ROC and precision-recall curves",
+    "calibration": "Calibration",
     "feature-importance": "Permutation feature importance",
     "score-distribution": "Score distribution and tier thresholds",
     "strategy-mix": "Strategy mix",
-}  # fmt: skip
+}
 
 
 def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
@@ -48,17 +58,27 @@ def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
     fig = go.Figure()
     for segment in ("HIGH_RISK", "OTHERS", "LOW_RISK"):
         idx = [i for i, s in enumerate(proj["segment"]) if s == segment]
-        fig.add_trace(go.Scatter(
-            x=[proj["x"][i] for i in idx], y=[proj["y"][i] for i in idx], mode="markers",
-            name=segment, marker={"color": COLORS[segment], "size": 5, "opacity": 0.6},
-            text=[f"risk {proj['risk'][i]:.3f}" for i in idx], hoverinfo="text+name"))
+        fig.add_trace(
+            go.Scatter(
+                x=[proj["x"][i] for i in idx],
+                y=[proj["y"][i] for i in idx],
+                mode="markers",
+                name=segment,
+                marker={"color": COLORS[segment], "size": 5, "opacity": 0.6},
+                text=[f"risk {proj['risk'][i]:.3f}" for i in idx],
+                hoverinfo="text+name",
+            )
+        )
     ev = proj["explained_variance"]
-    fig.update_layout(title="Loans on the first two principal components (K-Means segments); "
-                      "zoom out for the outliers",
-                      xaxis_title=f"PC1 ({ev[0]:.0%} of variance)",
-                      yaxis_title=f"PC2 ({ev[1]:.0%} of variance)",
-                      xaxis_range=_core_range(proj["x"]), yaxis_range=_core_range(proj["y"]),
-                      **layout)  # fmt: skip
+    fig.update_layout(
+        title="Loans on the first two principal components (K-Means segments); "
+        "zoom out for the outliers",
+        xaxis_title=f"PC1 ({ev[0]:.0%} of variance)",
+        yaxis_title=f"PC2 ({ev[1]:.0%} of variance)",
+        xaxis_range=_core_range(proj["x"]),
+        yaxis_range=_core_range(proj["y"]),
+        **layout,
+    )
     figs["segment-map"].append(fig)
 
     profiles = data["profiles"]
@@ -68,19 +88,28 @@ def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
     fig = go.Figure()
     for s in names:
         # Standardized means, so features of different units share one axis.
-        z = [((profiles[s]["features"][f] or 0.0) - seg["means"][k]) / seg["stds"][k]
-             for k, f in enumerate(features)]
+        z = [
+            ((profiles[s]["features"][f] or 0.0) - seg["means"][k]) / seg["stds"][k]
+            for k, f in enumerate(features)
+        ]
         rate = profiles[s]["default_rate"]
         label = f"{s} ({profiles[s]['count']:,} loans, mean risk {profiles[s]['mean_risk']:.2f}"
         label += f", default rate {rate:.1%})" if rate is not None else ")"
         fig.add_trace(go.Bar(x=features, y=z, name=label, marker_color=COLORS[s]))
-    fig.update_layout(title="Mean of each segmentation feature per segment (standardized)",
-                      barmode="group", yaxis_title="standard deviations from the mean", **layout)
+    fig.update_layout(
+        title="Mean of each segmentation feature per segment (standardized)",
+        barmode="group",
+        yaxis_title="standard deviations from the mean",
+        **layout,
+    )
     figs["segment-profiles"].append(fig)
 
     algos = metrics["clustering"]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[
-        f"{n} (silhouette {_f(a['silhouette'])})" for n, a in algos.items()])
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=[f"{n} (silhouette {_f(a['silhouette'])})" for n, a in algos.items()],
+    )
     comp = data["comparison_sample"]
     for col, (name, a) in enumerate(algos.items(), start=1):
         labels = comp["labels"][name]
@@ -91,69 +120,126 @@ def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
             if not idx:
                 continue
             label = names_of.get(c, "noise") if c != -1 else "noise"
-            fig.add_trace(go.Scatter(
-                x=[comp["x"][i] for i in idx], y=[comp["y"][i] for i in idx], mode="markers",
-                name=f"{name}: {label}", showlegend=False,
-                marker={"size": 4, "opacity": 0.6, "color": COLORS.get(label, "#7f7f7f")}),
-                row=1, col=col)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[comp["x"][i] for i in idx],
+                    y=[comp["y"][i] for i in idx],
+                    mode="markers",
+                    name=f"{name}: {label}",
+                    showlegend=False,
+                    marker={"size": 4, "opacity": 0.6, "color": COLORS.get(label, "#7f7f7f")},
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(range=_core_range(comp["x"]))
     fig.update_yaxes(range=_core_range(comp["y"]))
-    fig.update_layout(title="Clusterings of the same subsample (PCA projection; zoom out for "
-                      "the outliers)", **layout)
+    fig.update_layout(
+        title="Clusterings of the same subsample (PCA projection; zoom out for the outliers)",
+        **layout,
+    )
     figs["clustering-comparison"].append(fig)
 
     if curves := data.get("curves"):
-        fig = make_subplots(rows=1, cols=2, subplot_titles=[
-            f"ROC (AUC {_f(metrics.get('roc_auc'))})",
-            f"Precision-recall (AP {_f(metrics.get('pr_auc'))})"])
-        fig.add_trace(go.Scatter(x=curves["roc"]["fpr"], y=curves["roc"]["tpr"], name="ROC"),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], name="chance",
-                                 line={"dash": "dot", "color": "grey"}), row=1, col=1)
-        fig.add_trace(go.Scatter(x=curves["pr"]["recall"], y=curves["pr"]["precision"],
-                                 name="precision-recall"), row=1, col=2)  # fmt: skip
+        fig = make_subplots(
+            rows=1,
+            cols=2,
+            subplot_titles=[
+                f"ROC (AUC {_f(metrics.get('roc_auc'))})",
+                f"Precision-recall (AP {_f(metrics.get('pr_auc'))})",
+            ],
+        )
+        fig.add_trace(
+            go.Scatter(x=curves["roc"]["fpr"], y=curves["roc"]["tpr"], name="ROC"), row=1, col=1
+        )
+        fig.add_trace(
+            go.Scatter(x=[0, 1], y=[0, 1], name="chance", line={"dash": "dot", "color": "grey"}),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=curves["pr"]["recall"], y=curves["pr"]["precision"], name="precision-recall"
+            ),
+            row=1,
+            col=2,
+        )
         fig.update_xaxes(title_text="false positive rate", row=1, col=1)
         fig.update_yaxes(title_text="true positive rate", row=1, col=1)
         fig.update_xaxes(title_text="recall", row=1, col=2)
         fig.update_yaxes(title_text="precision", row=1, col=2)
         fig.update_layout(title="Holdout curves", **layout)
         figs["roc-pr"].append(fig)
-        table = [b for b in metrics.get("calibration") or meta["calibration"]["table"] or []
-                 if b["count"]]  # fmt: skip
+        table = [
+            b
+            for b in metrics.get("calibration") or meta["calibration"]["table"] or []
+            if b["count"]
+        ]
         fig = go.Figure()
-        fig.add_trace(go.Scatter(x=[b["mean_predicted"] for b in table],
-                                 y=[b["observed_rate"] for b in table], mode="lines+markers",
-                                 name="model", text=[f"{b['count']} loans" for b in table]))
-        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], name="perfectly calibrated",
-                                 line={"dash": "dot", "color": "grey"}))
-        fig.update_layout(title=f"Reliability (Brier {_f(metrics.get('brier'))})",
-                          xaxis_title="mean predicted P(default)",
-                          yaxis_title="observed default rate", **layout)  # fmt: skip
+        fig.add_trace(
+            go.Scatter(
+                x=[b["mean_predicted"] for b in table],
+                y=[b["observed_rate"] for b in table],
+                mode="lines+markers",
+                name="model",
+                text=[f"{b['count']} loans" for b in table],
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[0, 1],
+                y=[0, 1],
+                name="perfectly calibrated",
+                line={"dash": "dot", "color": "grey"},
+            )
+        )
+        fig.update_layout(
+            title=f"Reliability (Brier {_f(metrics.get('brier'))})",
+            xaxis_title="mean predicted P(default)",
+            yaxis_title="observed default rate",
+            **layout,
+        )
         figs["calibration"].append(fig)
 
     if imp := metrics.get("permutation_importance"):
         top = imp[:20][::-1]
-        fig = go.Figure(go.Bar(x=[r["mean"] for r in top], y=[r["feature"] for r in top],
-                               orientation="h",
-                               error_x={"type": "data", "array": [r["std"] for r in top]}))
-        fig.update_layout(title="Drop in holdout ROC AUC when the feature is shuffled",
-                          xaxis_title="ROC AUC drop", **{**layout, "height": 600})
+        fig = go.Figure(
+            go.Bar(
+                x=[r["mean"] for r in top],
+                y=[r["feature"] for r in top],
+                orientation="h",
+                error_x={"type": "data", "array": [r["std"] for r in top]},
+            )
+        )
+        fig.update_layout(
+            title="Drop in holdout ROC AUC when the feature is shuffled",
+            xaxis_title="ROC AUC drop",
+            **{**layout, "height": 600},
+        )
         figs["feature-importance"].append(fig)
 
     scores = data.get("all_scores") or []
     th = meta["thresholds"]
     fig = go.Figure(go.Histogram(x=scores, nbinsx=50, name="loans"))
     for name, value in (("MODERATE", th["moderate"]), ("HIGH", th["high"])):
-        fig.add_vline(x=value, line_dash="dash", line_color="black",
-                      annotation_text=f"{name} > {value}")
-    fig.update_layout(title="Calibrated P(default) of every training loan", xaxis_title="score",
-                      yaxis_title="loans", **layout)  # fmt: skip
+        fig.add_vline(
+            x=value, line_dash="dash", line_color="black", annotation_text=f"{name} > {value}"
+        )
+    fig.update_layout(
+        title="Calibrated P(default) of every training loan",
+        xaxis_title="score",
+        yaxis_title="loans",
+        **layout,
+    )
     figs["score-distribution"].append(fig)
 
     mix = data.get("strategy_mix") or metrics.get("strategy_mix", {})
     fig = go.Figure(go.Bar(x=list(mix), y=list(mix.values())))
-    fig.update_layout(title="Strategy per loan under the default policy (tier x segment)",
-                      yaxis_title="loans", **layout)
+    fig.update_layout(
+        title="Strategy per loan under the default policy (tier x segment)",
+        yaxis_title="loans",
+        **layout,
+    )
     figs["strategy-mix"].append(fig)
     return figs
 
@@ -175,25 +261,33 @@ def _summary_html(bundle: ModelBundle) -> str:
     meta = bundle.metadata
     m = meta["metrics"]
     rows = [
-        ("model version", bundle.version), ("trained at", meta["trained_at"]),
-        ("source", meta["source"]), ("loans (train / holdout)",
-                                     f"{m['n_train']:,} / {m['n_holdout']:,}"),
-        ("ROC AUC", _f(m.get("roc_auc"))), ("PR AUC", _f(m.get("pr_auc"))),
-        ("Brier score", _f(m.get("brier"))), ("default rate (holdout)", _f(m.get("base_rate"))),
-        ("tier thresholds", f"HIGH > {meta['thresholds']['high']}, "
-                            f"MODERATE > {meta['thresholds']['moderate']}"),
-    ]  # fmt: skip
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in rows)  # fmt: skip
+        ("model version", bundle.version),
+        ("trained at", meta["trained_at"]),
+        ("source", meta["source"]),
+        ("loans (train / holdout)", f"{m['n_train']:,} / {m['n_holdout']:,}"),
+        ("ROC AUC", _f(m.get("roc_auc"))),
+        ("PR AUC", _f(m.get("pr_auc"))),
+        ("Brier score", _f(m.get("brier"))),
+        ("default rate (holdout)", _f(m.get("base_rate"))),
+        (
+            "tier thresholds",
+            f"HIGH > {meta['thresholds']['high']}, MODERATE > {meta['thresholds']['moderate']}",
+        ),
+    ]
+    body = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows
+    )
     algos = m["clustering"]
     comp = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{a['n_clusters']}</td><td>{_f(a['silhouette'])}</td>"
         f"<td>{_f(a['davies_bouldin'])}</td><td>{_f(a['calinski_harabasz'])}</td></tr>"
-        for n, a in algos.items())  # fmt: skip
+        for n, a in algos.items()
+    )
     confusion = "".join(
         f"<tr><td>{html.escape(n)} (&gt; {c['threshold']})</td><td>{c['tp']}</td>"
         f"<td>{c['fp']}</td><td>{c['fn']}</td><td>{c['tn']}</td></tr>"
-        for n, c in m.get("confusion", {}).items())  # fmt: skip
+        for n, c in m.get("confusion", {}).items()
+    )
     return (
         f"<table>{body}</table>"
         "<h3>Confusion matrix at each tier threshold (holdout)</h3>"
@@ -207,10 +301,16 @@ def _summary_html(bundle: ModelBundle) -> str:
 
 
 def _table(head: list[str], rows: list[list[str]]) -> str:
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                    for row in rows)  # fmt: skip
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"
-            + cells + "</table>")  # fmt: skip
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>"
+        + cells
+        + "</table>"
+    )
 
 
 def _point_in_time_html(meta: dict[str, Any]) -> str:
@@ -220,36 +320,90 @@ def _point_in_time_html(meta: dict[str, Any]) -> str:
     out = ""
     if "model_features" in meta:
         excluded = m.get("excluded_features", {})
-        out += (f"<h3>Model inputs ({len(meta['model_features'])})</h3><p>"
-                + html.escape(", ".join(meta["model_features"])) + "</p>"
-                + _table(["not an input", "why"], [[n, r] for n, r in excluded.items()]))
+        out += (
+            f"<h3>Model inputs ({len(meta['model_features'])})</h3><p>"
+            + html.escape(", ".join(meta["model_features"]))
+            + "</p>"
+            + _table(["not an input", "why"], [[n, r] for n, r in excluded.items()])
+        )
     if buckets := m.get("by_months_on_book"):
-        out += (f"<h3>Held-out snapshots by months on book (label: written off within "
-                f"{m['horizon_months']} months)</h3>")
+        out += (
+            f"<h3>Held-out snapshots by months on book (label: written off within "
+            f"{m['horizon_months']} months)</h3>"
+        )
         out += _table(
-            ["months on book", "snapshots", "ROC AUC", "95 % CI", "mean score", "observed",
-             "HIGH precision", "HIGH recall", "MODERATE precision", "MODERATE recall"],
-            [[b["bucket"], f"{b['snapshots']:,}", _f(b["roc_auc"]),
-              f"{_f(b['roc_auc_ci95'][0])} - {_f(b['roc_auc_ci95'][1])}",
-              _f(b["mean_predicted"]), _f(b["observed_rate"]), _f(b["high"]["precision"]),
-              _f(b["high"]["recall"]), _f(b["moderate"]["precision"]),
-              _f(b["moderate"]["recall"])] for b in buckets])  # fmt: skip
+            [
+                "months on book",
+                "snapshots",
+                "ROC AUC",
+                "95 % CI",
+                "mean score",
+                "observed",
+                "HIGH precision",
+                "HIGH recall",
+                "MODERATE precision",
+                "MODERATE recall",
+            ],
+            [
+                [
+                    b["bucket"],
+                    f"{b['snapshots']:,}",
+                    _f(b["roc_auc"]),
+                    f"{_f(b['roc_auc_ci95'][0])} - {_f(b['roc_auc_ci95'][1])}",
+                    _f(b["mean_predicted"]),
+                    _f(b["observed_rate"]),
+                    _f(b["high"]["precision"]),
+                    _f(b["high"]["recall"]),
+                    _f(b["moderate"]["precision"]),
+                    _f(b["moderate"]["recall"]),
+                ]
+                for b in buckets
+            ],
+        )
     if rules := m.get("lead_time"):
         out += "<h3>Flagging before the write-off (held-out loans)</h3>"
-        out += _table(["rule", "loans flagged", "precision", "recall", "lead days median",
-                       "lead days p25"],
-                      [[r["rule"], f"{r['flagged_loans']:,}", _f(r["precision"]),
-                        _f(r["recall"]), _f(r["lead_days_median"]), _f(r["lead_days_p25"])]
-                       for r in rules])  # fmt: skip
+        out += _table(
+            ["rule", "loans flagged", "precision", "recall", "lead days median", "lead days p25"],
+            [
+                [
+                    r["rule"],
+                    f"{r['flagged_loans']:,}",
+                    _f(r["precision"]),
+                    _f(r["recall"]),
+                    _f(r["lead_days_median"]),
+                    _f(r["lead_days_p25"]),
+                ]
+                for r in rules
+            ],
+        )
     for name, rows in (m.get("fairness") or {}).items():
-        out += (f"<h3>Fairness by {html.escape(name)} (not a model input; adverse-impact "
-                "ratio = share not flagged over the reference group's)</h3>")
-        out += _table(["group", "loans", "default rate", "HIGH flag rate", "HIGH AIR",
-                       "MODERATE+ flag rate", "MODERATE+ AIR"],
-                      [[r["group"], f"{r['loans']:,}", _f(r["default_rate"]),
-                        _f(r["high_flag_rate"]), _f(r["high_adverse_impact_ratio"]),
-                        _f(r["moderate_flag_rate"]), _f(r["moderate_adverse_impact_ratio"])]
-                       for r in rows])  # fmt: skip
+        out += (
+            f"<h3>Fairness by {html.escape(name)} (not a model input; adverse-impact "
+            "ratio = share not flagged over the reference group's)</h3>"
+        )
+        out += _table(
+            [
+                "group",
+                "loans",
+                "default rate",
+                "HIGH flag rate",
+                "HIGH AIR",
+                "MODERATE+ flag rate",
+                "MODERATE+ AIR",
+            ],
+            [
+                [
+                    r["group"],
+                    f"{r['loans']:,}",
+                    _f(r["default_rate"]),
+                    _f(r["high_flag_rate"]),
+                    _f(r["high_adverse_impact_ratio"]),
+                    _f(r["moderate_flag_rate"]),
+                    _f(r["moderate_adverse_impact_ratio"]),
+                ]
+                for r in rows
+            ],
+        )
     return out
 
 
@@ -260,12 +414,16 @@ def _profiles_html(profiles: dict[str, Any]) -> str:
         return ""
     features = list(profiles[names[0]]["features"])
     head = "".join(f"<th>{html.escape(s)}</th>" for s in names)
-    rows = [("loans", [f"{profiles[s]['count']:,}" for s in names]),
-            ("mean predicted risk", [_f(profiles[s]["mean_risk"]) for s in names]),
-            ("observed default rate", [_f(profiles[s]["default_rate"]) for s in names])]
+    rows = [
+        ("loans", [f"{profiles[s]['count']:,}" for s in names]),
+        ("mean predicted risk", [_f(profiles[s]["mean_risk"]) for s in names]),
+        ("observed default rate", [_f(profiles[s]["default_rate"]) for s in names]),
+    ]
     rows += [(f, [_f(profiles[s]["features"][f]) for s in names]) for f in features]
-    body = "".join(f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{v}</td>" for v in vals)
-                   + "</tr>" for label, vals in rows)  # fmt: skip
+    body = "".join(
+        f"<tr><th>{html.escape(label)}</th>" + "".join(f"<td>{v}</td>" for v in vals) + "</tr>"
+        for label, vals in rows
+    )
     return f"<table><tr><th>segment</th>{head}</tr>{body}</table>"
 
 
@@ -292,10 +450,15 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
                 "clusters named by their members' mean predicted risk. DBSCAN here: "
                 f"eps {db['eps']:.3f}, min_samples {db['min_samples']}, {db['n_clusters']} "
                 f"cluster(s), {db['noise']} noise point(s) of the subsample; its scores are "
-                "blank when it finds fewer than two clusters.</p>")  # fmt: skip
+                "blank when it finds fewer than two clusters.</p>"
+            )
         for k, fig in enumerate(figs[name]):
-            inner += fig.to_html(full_html=False, include_plotlyjs=False,
-                                 div_id=f"{name}-plot-{k}", config={"displaylogo": False})
+            inner += fig.to_html(
+                full_html=False,
+                include_plotlyjs=False,
+                div_id=f"{name}-plot-{k}",
+                config={"displaylogo": False},
+            )
         if name != "summary" and not figs[name]:
             inner += "<p class='empty'>Not available: the bundle was trained without a holdout.</p>"
         parts.append(f"<section id='{name}'><h2>{TITLES[name]}</h2>{inner}</section>")

@@ -100,8 +100,10 @@ class ModelBundle:
         directory = Path(directory)
         meta_path = directory / METADATA_FILE
         if not meta_path.exists():
-            raise BundleError(f"{directory}: no {METADATA_FILE}; is this a bundle written by "
-                              "`loan-recovery train`?")  # fmt: skip
+            raise BundleError(
+                f"{directory}: no {METADATA_FILE}; is this a bundle written by "
+                "`loan-recovery train`?"
+            )
         try:
             metadata = json.loads(meta_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -109,21 +111,27 @@ class ModelBundle:
         if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
             raise BundleError(f"{meta_path}: unknown bundle format; retrain with this version")
         if metadata.get("version") != content_version(metadata):
-            raise BundleError(f"{meta_path} was modified after training (its content does not "
-                              "match version); retrain or restore the bundle")  # fmt: skip
+            raise BundleError(
+                f"{meta_path} was modified after training (its content does not "
+                "match version); retrain or restore the bundle"
+            )
         for name, expected in metadata.get("files", {}).items():
             path = directory / name
             if not path.exists():
                 raise BundleError(f"{path}: missing from the bundle; restore it or retrain")
             if sha256_file(path) != expected:
-                raise BundleError(f"{path} was modified after training (SHA-256 mismatch); "
-                                  "retrain or restore the bundle")  # fmt: skip
+                raise BundleError(
+                    f"{path} was modified after training (SHA-256 mismatch); "
+                    "retrain or restore the bundle"
+                )
         model_path = directory / MODEL_FILE
         try:
             untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)
             if untrusted:
-                raise BundleError(f"{model_path}: contains untrusted types "
-                                  f"{sorted(untrusted)}; refusing to load it")  # fmt: skip
+                raise BundleError(
+                    f"{model_path}: contains untrusted types "
+                    f"{sorted(untrusted)}; refusing to load it"
+                )
             model = sio.load(model_path, trusted=list(TRUSTED_TYPES))
         except BundleError:
             raise
@@ -134,9 +142,11 @@ class ModelBundle:
             # the wrong columns silently.
             theirs, ours = metadata.get("features", []), list(FEATURE_NAMES)
             diff = sorted(set(theirs) ^ set(ours)) or ["(same names, different order)"]
-            raise BundleError(f"{directory}: trained on a different feature vector than this "
-                              f"version computes (differs in {', '.join(diff[:5])}); retrain "
-                              "the bundle with this version")  # fmt: skip
+            raise BundleError(
+                f"{directory}: trained on a different feature vector than this "
+                f"version computes (differs in {', '.join(diff[:5])}); retrain "
+                "the bundle with this version"
+            )
         single_threaded(model)
         return cls(model, metadata, directory)
 

@@ -47,8 +47,13 @@ class DensePrepare:
     """The fitted ``ColumnTransformer([imputer, Pipeline([imputer, one-hot])])`` of
     ``models.training.early_warning.build_model``, re-done in numpy; build it with :meth:`of`."""
 
-    def __init__(self, fallback: Any, n_features: int, width: int,
-                 blocks: list[tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]]) -> None:
+    def __init__(
+        self,
+        fallback: Any,
+        n_features: int,
+        width: int,
+        blocks: list[tuple[np.ndarray, np.ndarray, list[np.ndarray] | None]],
+    ) -> None:
         """``blocks``: per transformer, in output order, (input columns, fill values, one-hot
         categories per column or None for a pass-through imputer)."""
         self._fallback = fallback
@@ -105,9 +110,14 @@ class DensePrepare:
     def _expected(self, x: Any) -> bool:
         """Input the numpy twin reproduces: a non-empty float64 matrix of the fitted width
         without infinities (scikit-learn's imputer refuses those)."""
-        return (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.ndim == 2
-                and x.shape[0] > 0 and x.shape[1] == self._n_features
-                and not np.isinf(x).any())  # fmt: skip
+        return (
+            isinstance(x, np.ndarray)
+            and x.dtype == np.float64
+            and x.ndim == 2
+            and x.shape[0] > 0
+            and x.shape[1] == self._n_features
+            and not np.isinf(x).any()
+        )
 
 
 def _int_columns(selected: Any, n_features: int) -> np.ndarray | None:
@@ -139,9 +149,14 @@ def _block_of(transformer: Any, chosen: np.ndarray) -> tuple | None:
     if len(steps) == 1:
         return chosen, fill, None
     encoder = steps[1]
-    if (type(encoder) is not OneHotEncoder or encoder.drop_idx_ is not None
-            or encoder.handle_unknown != "ignore" or encoder.sparse_output
-            or np.dtype(encoder.dtype) != np.float64 or encoder._infrequent_enabled):  # fmt: skip
+    if (
+        type(encoder) is not OneHotEncoder
+        or encoder.drop_idx_ is not None
+        or encoder.handle_unknown != "ignore"
+        or encoder.sparse_output
+        or np.dtype(encoder.dtype) != np.float64
+        or encoder._infrequent_enabled
+    ):
         return None
     categories = [np.asarray(c) for c in encoder.categories_]
     if len(categories) != len(chosen) or any(
@@ -156,10 +171,15 @@ def _imputer_fill(imputer: Any, n_columns: int) -> np.ndarray | None:
     float64 columns (indicator, dropped empty columns, another missing marker)."""
     missing = imputer.missing_values
     statistics = np.asarray(imputer.statistics_)
-    if (not isinstance(missing, float) or not np.isnan(missing) or imputer.add_indicator
-            or statistics.dtype != np.float64 or statistics.shape != (n_columns,)
-            or np.isnan(statistics).any()
-            or np.dtype(getattr(imputer, "_fill_dtype", np.float64)) != np.float64):  # fmt: skip
+    if (
+        not isinstance(missing, float)
+        or not np.isnan(missing)
+        or imputer.add_indicator
+        or statistics.dtype != np.float64
+        or statistics.shape != (n_columns,)
+        or np.isnan(statistics).any()
+        or np.dtype(getattr(imputer, "_fill_dtype", np.float64)) != np.float64
+    ):
         return None
     return statistics
 
@@ -171,9 +191,12 @@ def _isotonic_map(calibrator: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     None for any other calibrator (then its own ``predict`` is used)."""
     from sklearn.isotonic import IsotonicRegression
 
-    if (type(calibrator) is not IsotonicRegression or calibrator.out_of_bounds != "clip"
-            or getattr(calibrator, "X_thresholds_", np.zeros(0, np.float32)).dtype != np.float64
-            or not callable(getattr(calibrator, "f_", None))):  # fmt: skip
+    if (
+        type(calibrator) is not IsotonicRegression
+        or calibrator.out_of_bounds != "clip"
+        or getattr(calibrator, "X_thresholds_", np.zeros(0, np.float32)).dtype != np.float64
+        or not callable(getattr(calibrator, "f_", None))
+    ):
         return None
     interpolate, low, high = calibrator.f_, calibrator.X_min_, calibrator.X_max_
     return lambda votes: interpolate(np.clip(votes, low, high))
@@ -191,15 +214,15 @@ class FastCalibratedForest:
         pipeline = calibrated.estimator
         self._sklearn_prepare = pipeline[:-1]
         # The reference (native=False) is scikit-learn's transform; otherwise its numpy twin.
-        self._prepare = ((native is not False and DensePrepare.of(self._sklearn_prepare))
-                         or self._sklearn_prepare)  # fmt: skip
+        self._prepare = (
+            native is not False and DensePrepare.of(self._sklearn_prepare)
+        ) or self._sklearn_prepare
         forest = pipeline[-1]
         self._trees = [estimator.tree_ for estimator in forest.estimators_]
         # value[node, output 0, class 1]: the class-1 fraction of each node (leaves used).
         self._leaf_values = [np.ascontiguousarray(tree.value[:, 0, 1]) for tree in self._trees]
         calibrator = calibrated.calibrators[0]
-        self._calibrate = ((native is not False and _isotonic_map(calibrator))
-                           or calibrator.predict)  # fmt: skip
+        self._calibrate = (native is not False and _isotonic_map(calibrator)) or calibrator.predict
         self._kernel = self._build_kernel(native, forest.n_features_in_)
 
     def _build_kernel(self, native: bool | None, n_features: int) -> Any:
@@ -222,8 +245,9 @@ class FastCalibratedForest:
         """Calibrated P(default) per row of ``x`` (n x features, float64, NaN = missing)."""
         # float32 rows, as the forest casts them; C order, as the kernel reads them.
         x32 = np.ascontiguousarray(self._prepare.transform(x), dtype=np.float32)
-        votes = (self._kernel.sum_votes(x32) if self._kernel is not None
-                 else self._sum_votes_numpy(x32))
+        votes = (
+            self._kernel.sum_votes(x32) if self._kernel is not None else self._sum_votes_numpy(x32)
+        )
         return np.asarray(self._calibrate(votes), dtype=np.float64)
 
     def _sum_votes_numpy(self, x32: np.ndarray) -> np.ndarray:
@@ -249,10 +273,14 @@ def is_fast_servable(model: Any) -> bool:
         return False
     calibrated = model.calibrated_classifiers_[0]
     pipeline = calibrated.estimator
-    return (calibrated.method in ("isotonic", "sigmoid") and isinstance(pipeline, Pipeline)
-            and isinstance(pipeline[-1], RandomForestClassifier)
-            and pipeline[-1].n_outputs_ == 1 and len(pipeline[-1].classes_) == 2
-            and not hasattr(pipeline[:-1], "decision_function"))  # fmt: skip
+    return (
+        calibrated.method in ("isotonic", "sigmoid")
+        and isinstance(pipeline, Pipeline)
+        and isinstance(pipeline[-1], RandomForestClassifier)
+        and pipeline[-1].n_outputs_ == 1
+        and len(pipeline[-1].classes_) == 2
+        and not hasattr(pipeline[:-1], "decision_function")
+    )
 
 
 def fast_predictor(model: Any) -> Callable[[np.ndarray], np.ndarray]:

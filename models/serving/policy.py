@@ -28,8 +28,12 @@ DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 TIERS = ("HIGH", "MODERATE", "LOW")
 SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 REQUIRED_STRATEGIES = (
-    "LEGAL_NOTICE", "DEBT_COLLECTOR", "SETTLEMENT_OFFER", "CALL", "AUTOMATED_REMINDER",
-)  # fmt: skip
+    "LEGAL_NOTICE",
+    "DEBT_COLLECTOR",
+    "SETTLEMENT_OFFER",
+    "CALL",
+    "AUTOMATED_REMINDER",
+)
 
 
 class PolicyError(ModelsError, ValueError):
@@ -73,8 +77,10 @@ class Policy:
             return PolicyError(f"{source}: {key}: {problem}")
 
         if not isinstance(data, dict):
-            raise fail("(top level)", "must be a mapping with version, thresholds, hysteresis, "
-                       "strategies and matrix")  # fmt: skip
+            raise fail(
+                "(top level)",
+                "must be a mapping with version, thresholds, hysteresis, strategies and matrix",
+            )
         for key in ("version", "thresholds", "hysteresis", "strategies", "matrix"):
             if key not in data:
                 raise fail(key, "missing; see models/serving/default_policy.yaml")
@@ -91,11 +97,15 @@ class Policy:
         if not moderate < high:
             raise fail("thresholds", f"moderate ({moderate}) must be below high ({high})")
         margin = data["hysteresis"]
-        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not (
-            0 <= margin < (high - moderate) / 2 and margin < moderate and margin < 1 - high
+        if (
+            not isinstance(margin, (int, float))
+            or isinstance(margin, bool)
+            or not (0 <= margin < (high - moderate) / 2 and margin < moderate and margin < 1 - high)
         ):
-            raise fail("hysteresis", f"{margin!r} must be >= 0 and less than half the gap "
-                       "between the thresholds")  # fmt: skip
+            raise fail(
+                "hysteresis",
+                f"{margin!r} must be >= 0 and less than half the gap between the thresholds",
+            )
         strategies = data["strategies"]
         if not isinstance(strategies, dict) or not strategies:
             raise fail("strategies", "must map each strategy name to {priority: N}")
@@ -121,17 +131,22 @@ class Policy:
                 if strategy is None:
                     raise fail(f"matrix.{tier}.{segment}", "missing strategy")
                 if strategy not in priorities:
-                    raise fail(f"matrix.{tier}.{segment}", f"unknown strategy {strategy!r}; "
-                               f"declare it under strategies")  # fmt: skip
+                    raise fail(
+                        f"matrix.{tier}.{segment}",
+                        f"unknown strategy {strategy!r}; declare it under strategies",
+                    )
                 clean[tier][segment] = strategy
             if extra := set(row) - set(SEGMENTS):
-                raise fail(f"matrix.{tier}", f"unknown segment(s) {sorted(extra)}; use "
-                           f"{', '.join(SEGMENTS)}")  # fmt: skip
+                raise fail(
+                    f"matrix.{tier}",
+                    f"unknown segment(s) {sorted(extra)}; use {', '.join(SEGMENTS)}",
+                )
         if extra := set(matrix) - set(TIERS):
             raise fail("matrix", f"unknown tier(s) {sorted(extra)}; use {', '.join(TIERS)}")
         full_version = f"{version}+{digest}" if digest else version
-        return cls(full_version, float(high), float(moderate), float(margin), priorities, clean,
-                   source)  # fmt: skip
+        return cls(
+            full_version, float(high), float(moderate), float(margin), priorities, clean, source
+        )
 
     def tier(self, score: float) -> str:
         """HIGH (> high), MODERATE (> moderate) or LOW."""
@@ -152,11 +167,13 @@ class Policy:
             return wanted
         row = self.matrix
         if abs(score - self.high) <= self.hysteresis and current_strategy in (
-            row["HIGH"][segment], row["MODERATE"][segment]
+            row["HIGH"][segment],
+            row["MODERATE"][segment],
         ):
             return current_strategy
         if abs(score - self.moderate) <= self.hysteresis and current_strategy in (
-            row["MODERATE"][segment], row["LOW"][segment]
+            row["MODERATE"][segment],
+            row["LOW"][segment],
         ):
             return current_strategy
         return wanted
@@ -167,6 +184,10 @@ class Policy:
 
     def to_dict(self) -> dict[str, Any]:
         thresholds = {"high": self.high, "moderate": self.moderate}
-        return {"version": self.version, "thresholds": thresholds,
-                "hysteresis": self.hysteresis, "priorities": self.priorities,
-                "matrix": self.matrix}  # fmt: skip
+        return {
+            "version": self.version,
+            "thresholds": thresholds,
+            "hysteresis": self.hysteresis,
+            "priorities": self.priorities,
+            "matrix": self.matrix,
+        }

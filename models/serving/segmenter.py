@@ -76,20 +76,25 @@ class OnlineSegmenter:
     :meth:`_sync` before anything here reads them. ``native=False`` keeps the reference code.
     """
 
-    def __init__(self, init: dict[str, Any], state: dict[str, Any] | None = None,
-                 native: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, init: dict[str, Any], state: dict[str, Any] | None = None, native: bool | None = None
+    ) -> None:
         self.init = init
         self.features: list[str] = list(init["features"])
         if unknown := [n for n in self.features if n not in FEATURE_INDEX]:
-            raise ValueError(f"segmenter features {unknown} are not computed by this version's "
-                             "state machine; retrain the bundle")  # fmt: skip
+            raise ValueError(
+                f"segmenter features {unknown} are not computed by this version's "
+                "state machine; retrain the bundle"
+            )
         self._index = [FEATURE_INDEX[name] for name in self.features]
         self.risk_weights = [float(w) for w in init["risk_weights"]]
         self.halflife = float(init.get("halflife", DEFAULT_HALFLIFE))
         s = state or {
-            "count": init["count"], "means": init["means"],
-            "vars": [sd * sd for sd in init["stds"]], "centres": init["centres"],
-        }  # fmt: skip
+            "count": init["count"],
+            "means": init["means"],
+            "vars": [sd * sd for sd in init["stds"]],
+            "centres": init["centres"],
+        }
         width = len(self.features)
         self._count = int(s["count"])
         self._means = [float(m) for m in s["means"]]
@@ -114,8 +119,14 @@ class OnlineSegmenter:
     def _new_kernel(self) -> Any:
         assert _segmenter_kernel is not None
         return _segmenter_kernel.SegmenterKernel(
-            self._index, self._count, self._means, self._vars, self._centres,
-            self.risk_weights, self.halflife)  # fmt: skip
+            self._index,
+            self._count,
+            self._means,
+            self._vars,
+            self._centres,
+            self.risk_weights,
+            self.halflife,
+        )
 
     @property
     def native(self) -> bool:
@@ -163,8 +174,7 @@ class OnlineSegmenter:
     def _scale(self, raw: list[float]) -> list[float]:
         # river.preprocessing.StandardScaler.transform_one.
         means, vars_ = self._means, self._vars
-        return [(xk - means[k]) / vars_[k] ** 0.5 if vars_[k] else 0.0
-                for k, xk in enumerate(raw)]  # fmt: skip
+        return [(xk - means[k]) / vars_[k] ** 0.5 if vars_[k] else 0.0 for k, xk in enumerate(raw)]
 
     def _nearest(self, z: list[float]) -> int:
         # river.cluster.KMeans.predict_one: squared distances summed in feature order; the
@@ -234,8 +244,9 @@ class OnlineSegmenter:
         keys = range(len(self.features))
         scaler = preprocessing.StandardScaler._from_state(
             counts={k: self._count for k in keys},
-            means={k: self._means[k] for k in keys}, vars={k: self._vars[k] for k in keys},
-        )  # fmt: skip
+            means={k: self._means[k] for k in keys},
+            vars={k: self._vars[k] for k in keys},
+        )
         kmeans = cluster.KMeans(n_clusters=len(self._centres), halflife=self.halflife, seed=0)
         for c, centre in enumerate(self._centres):
             kmeans.centers[c].update(dict(zip(keys, centre, strict=True)))
@@ -255,8 +266,12 @@ class OnlineSegmenter:
 
     def state(self) -> dict[str, Any]:
         self._sync()
-        return {"count": self._count, "means": list(self._means), "vars": list(self._vars),
-                "centres": self.centres}  # fmt: skip
+        return {
+            "count": self._count,
+            "means": list(self._means),
+            "vars": list(self._vars),
+            "centres": self.centres,
+        }
 
     def to_json(self) -> str:
         """Everything needed to resume, as plain JSON (floats round-trip exactly)."""

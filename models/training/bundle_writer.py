@@ -11,8 +11,12 @@ import skops.io as sio
 from models.serving.bundle import FORMAT, METADATA_FILE, MODEL_FILE, content_version, sha256_file
 
 
-def write_bundle(directory: str | Path, model: Any, metadata: dict[str, Any],
-                 extra_files: dict[str, bytes] | None = None) -> str:  # fmt: skip
+def write_bundle(
+    directory: str | Path,
+    model: Any,
+    metadata: dict[str, Any],
+    extra_files: dict[str, bytes] | None = None,
+) -> str:
     """Save ``model``, ``extra_files`` and ``metadata`` (which records every file's hash) into
     ``directory``; returns the bundle version."""
     directory = Path(directory)
@@ -22,8 +26,9 @@ def write_bundle(directory: str | Path, model: Any, metadata: dict[str, Any],
         (directory / name).write_bytes(content)
     metadata = dict(metadata)
     metadata["format"] = FORMAT
-    metadata["files"] = {name: sha256_file(directory / name)
-                         for name in (MODEL_FILE, *(extra_files or {}))}  # fmt: skip
+    metadata["files"] = {
+        name: sha256_file(directory / name) for name in (MODEL_FILE, *(extra_files or {}))
+    }
     metadata["version"] = content_version(metadata)
     text = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=True)
     (directory / METADATA_FILE).write_text(text + "\n", encoding="utf-8")

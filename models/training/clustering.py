@@ -37,9 +37,11 @@ def _scores(z: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
     if len(set(labels[mask].tolist())) < 2 or mask.sum() < 3:
         return {"silhouette": None, "davies_bouldin": None, "calinski_harabasz": None}
     zz, ll = z[mask], labels[mask]
-    return {"silhouette": float(silhouette_score(zz, ll)),
-            "davies_bouldin": float(davies_bouldin_score(zz, ll)),
-            "calinski_harabasz": float(calinski_harabasz_score(zz, ll))}  # fmt: skip
+    return {
+        "silhouette": float(silhouette_score(zz, ll)),
+        "davies_bouldin": float(davies_bouldin_score(zz, ll)),
+        "calinski_harabasz": float(calinski_harabasz_score(zz, ll)),
+    }
 
 
 def compare_clusterings(
@@ -82,11 +84,13 @@ def compare_clusterings(
         risks = [float(rs[lab == c].mean()) for c in clusters]
         names = name_by_risk(risks)
         algorithms[name] = {
-            **_scores(zs, lab), "n_clusters": len(clusters),
+            **_scores(zs, lab),
+            "n_clusters": len(clusters),
             "sizes": [int((lab == c).sum()) for c in clusters],
-            "mean_risk": risks, "names": names,
+            "mean_risk": risks,
+            "names": names,
             "noise": int((lab == -1).sum()),
-        }  # fmt: skip
+        }
     algorithms["dbscan"]["eps"] = eps
     algorithms["dbscan"]["min_samples"] = min_samples
     # The stored K-Means is named by its members' mean risk over the whole data.
@@ -95,9 +99,13 @@ def compare_clusterings(
     algorithms["kmeans"]["mean_risk_full"] = km_risk
     return {
         "scaler": {"means": scaler.mean_.tolist(), "stds": stds.tolist(), "count": len(z)},
-        "algorithms": algorithms, "kmeans": kmeans, "kmeans_names": name_by_risk(km_risk),
-        "sample_index": idx, "labels": labels, "z": z,
-    }  # fmt: skip
+        "algorithms": algorithms,
+        "kmeans": kmeans,
+        "kmeans_names": name_by_risk(km_risk),
+        "sample_index": idx,
+        "labels": labels,
+        "z": z,
+    }
 
 
 def risk_axis(z: np.ndarray, risk: np.ndarray) -> list[float]:

@@ -57,9 +57,12 @@ TREATMENTS = ("collection_attempts", "last_collection_method", "legal_action")
 EXCLUSION_REASONS = {
     "gender": "protected attribute (Reg B 12 CFR 1002.6(b)(1)): never an input",
     "age": "protected attribute (Reg B 12 CFR 1002.6(b)(2)): off unless --use-age",
-    **{name: "the collections system's own treatment (follows the risk; label leak and "
-       "feedback loop): off unless --use-treatments" for name in TREATMENTS},
-}  # fmt: skip
+    **{
+        name: "the collections system's own treatment (follows the risk; label leak and "
+        "feedback loop): off unless --use-treatments"
+        for name in TREATMENTS
+    },
+}
 GROUP_FOLDS = 3  # calibration folds, split by loan
 OOT_TREES = 50
 OOT_QUANTILE = 60  # out-of-time check: snapshots up to this percentile of dates train
@@ -84,8 +87,9 @@ def feature_matrix(
             skipped[error.reason] = skipped.get(error.reason, 0) + 1
     loan_ids = sorted(loan for loan in states if loan in history.outcomes)
     if not loan_ids:
-        raise TrainingError("no loan has both events and an outcome; check the outcomes column "
-                            "or file")  # fmt: skip
+        raise TrainingError(
+            "no loan has both events and an outcome; check the outcomes column or file"
+        )
     x = np.array([states[loan].features() for loan in loan_ids], dtype=np.float64)
     y = np.array([history.outcomes[loan] for loan in loan_ids], dtype=np.int64)
     return x, y, loan_ids
@@ -115,9 +119,15 @@ def model_inputs(use_age: bool = False, use_treatments: bool = False) -> tuple[s
     return tuple(name for name in FEATURE_NAMES if name not in excluded)
 
 
-def build_model(seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 40,
-                n_jobs: int = 2, inputs: tuple[str, ...] | None = None,
-                max_samples: float | None = None, cv: Any = 3) -> Any:  # fmt: skip
+def build_model(
+    seed: int = 0,
+    n_estimators: int = 150,
+    min_samples_leaf: int = 40,
+    n_jobs: int = 2,
+    inputs: tuple[str, ...] | None = None,
+    max_samples: float | None = None,
+    cv: Any = 3,
+) -> Any:
     """The calibrated pipeline (unfitted). Inputs are ``features()`` rows (floats, NaN =
     missing), so serving needs no pandas; the pipeline reads only the ``inputs`` columns
     (default :func:`model_inputs`) and drops the rest, so the row the stream scores stays
@@ -134,26 +144,46 @@ def build_model(seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 
     chosen = set(model_inputs() if inputs is None else inputs)
     numeric = [FEATURE_INDEX[n] for n in NUMERIC_FEATURES if n in chosen]
     categorical = [FEATURE_INDEX[n] for n in CATEGORICAL_FEATURES if n in chosen]
-    prepare = ColumnTransformer([
-        ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
-        ("categorical", Pipeline([
-            ("impute", SimpleImputer(strategy="most_frequent", keep_empty_features=True)),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ]), categorical),
-    ], remainder="drop")  # fmt: skip
+    prepare = ColumnTransformer(
+        [
+            ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        (
+                            "impute",
+                            SimpleImputer(strategy="most_frequent", keep_empty_features=True),
+                        ),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            ),
+        ],
+        remainder="drop",
+    )
     # One thread per forest: a forest predicting on several threads adds its trees' votes in
     # completion order, so the cross-validated predictions the isotonic map is fitted on --
     # and with them the calibrated model -- could differ in the last bit between two runs on
     # the same data. The parallelism is across the cross-validation folds instead.
     forest = RandomForestClassifier(
-        n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_features="sqrt",
-        max_samples=max_samples, n_jobs=1, random_state=seed,
-    )  # fmt: skip
+        n_estimators=n_estimators,
+        min_samples_leaf=min_samples_leaf,
+        max_features="sqrt",
+        max_samples=max_samples,
+        n_jobs=1,
+        random_state=seed,
+    )
     # ensemble=False: one forest refitted on all training rows, the isotonic map learnt from
     # cross-validated predictions -> one forest to evaluate per scored batch, not three.
-    return CalibratedClassifierCV(Pipeline([("prepare", prepare), ("forest", forest)]),
-                                  method="isotonic", cv=cv, ensemble=False,
-                                  n_jobs=n_jobs)  # fmt: skip
+    return CalibratedClassifierCV(
+        Pipeline([("prepare", prepare), ("forest", forest)]),
+        method="isotonic",
+        cv=cv,
+        ensemble=False,
+        n_jobs=n_jobs,
+    )
 
 
 def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
@@ -170,11 +200,14 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
     edges = np.linspace(0.0, 1.0, 11)
     which = np.clip(np.digitize(p, edges[1:-1]), 0, 9)
     out["calibration"] = [
-        {"bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}", "count": int((which == b).sum()),
-         "mean_predicted": float(p[which == b].mean()) if (which == b).any() else None,
-         "observed_rate": float(y[which == b].mean()) if (which == b).any() else None}
+        {
+            "bin": f"{edges[b]:.1f}-{edges[b + 1]:.1f}",
+            "count": int((which == b).sum()),
+            "mean_predicted": float(p[which == b].mean()) if (which == b).any() else None,
+            "observed_rate": float(y[which == b].mean()) if (which == b).any() else None,
+        }
         for b in range(10)
-    ]  # fmt: skip
+    ]
     out["confusion"] = {}
     for name, t in (("moderate", THRESHOLDS["moderate"]), ("high", THRESHOLDS["high"])):
         pred = p > t
@@ -183,10 +216,14 @@ def evaluate(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
         fn = int((~pred & (y == 1)).sum())
         tn = int((~pred & (y == 0)).sum())
         out["confusion"][name] = {
-            "threshold": t, "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+            "threshold": t,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": tn,
             "precision": tp / (tp + fp) if tp + fp else None,
             "recall": tp / (tp + fn) if tp + fn else None,
-        }  # fmt: skip
+        }
     return out
 
 
@@ -218,16 +255,21 @@ def split_by_loan(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray,
     from sklearn.model_selection import train_test_split
 
     if len(set(y.tolist())) < 2:
-        raise TrainingError(f"all {len(y)} loans have outcome {y[0]}: the model needs both "
-                            "defaulted and recovered loans")  # fmt: skip
+        raise TrainingError(
+            f"all {len(y)} loans have outcome {y[0]}: the model needs both "
+            "defaulted and recovered loans"
+        )
     if holdout <= 0:
         return np.arange(len(y)), np.arange(0)
     minority = int(min((y == 0).sum(), (y == 1).sum()))
     if minority < 6:
-        raise TrainingError(f"only {minority} loans in the smaller outcome class: too few to "
-                            "hold out and calibrate; add data or use --holdout 0")  # fmt: skip
-    train, test = train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed,
-                                   stratify=y)  # fmt: skip
+        raise TrainingError(
+            f"only {minority} loans in the smaller outcome class: too few to "
+            "hold out and calibrate; add data or use --holdout 0"
+        )
+    train, test = train_test_split(
+        np.arange(len(y)), test_size=holdout, random_state=seed, stratify=y
+    )
     return np.sort(train), np.sort(test)
 
 
@@ -245,14 +287,26 @@ def holdout_metrics(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(y), size=min(PERMUTATION_ROWS, len(y)), replace=False))
     if len(set(y[rows].tolist())) == 2:
-        imp = permutation_importance(model, x[rows], y[rows], scoring="roc_auc",
-                                     n_repeats=PERMUTATION_REPEATS, random_state=seed, n_jobs=1)
+        imp = permutation_importance(
+            model,
+            x[rows],
+            y[rows],
+            scoring="roc_auc",
+            n_repeats=PERMUTATION_REPEATS,
+            random_state=seed,
+            n_jobs=1,
+        )
         read = set(FEATURE_NAMES if inputs is None else inputs)
         metrics["permutation_importance"] = sorted(
-            ({"feature": name, "mean": float(m), "std": float(s)}
-             for name, m, s in zip(FEATURE_NAMES, imp.importances_mean, imp.importances_std,
-                                   strict=True) if name in read),
-            key=lambda d: -d["mean"])  # fmt: skip
+            (
+                {"feature": name, "mean": float(m), "std": float(s)}
+                for name, m, s in zip(
+                    FEATURE_NAMES, imp.importances_mean, imp.importances_std, strict=True
+                )
+                if name in read
+            ),
+            key=lambda d: -d["mean"],
+        )
     return metrics, report
 
 
@@ -265,12 +319,16 @@ def segmentation(x: np.ndarray, risk: np.ndarray, seed: int) -> dict[str, Any]:
     # naming by members' mean risk (it should: the clusters differ mostly along risk).
     axis_risk = [float(np.dot(weights, c)) for c in kmeans.cluster_centers_]
     comparison["init"] = {
-        "features": list(SEGMENT_FEATURES), "means": comparison["scaler"]["means"],
-        "stds": comparison["scaler"]["stds"], "count": comparison["scaler"]["count"],
-        "centres": kmeans.cluster_centers_.tolist(), "names": comparison["kmeans_names"],
-        "risk_weights": weights, "halflife": DEFAULT_HALFLIFE,
+        "features": list(SEGMENT_FEATURES),
+        "means": comparison["scaler"]["means"],
+        "stds": comparison["scaler"]["stds"],
+        "count": comparison["scaler"]["count"],
+        "centres": kmeans.cluster_centers_.tolist(),
+        "names": comparison["kmeans_names"],
+        "risk_weights": weights,
+        "halflife": DEFAULT_HALFLIFE,
         "names_agree": name_by_risk(axis_risk) == comparison["kmeans_names"],
-    }  # fmt: skip
+    }
     comparison["segments"] = np.array(comparison["kmeans_names"], dtype=object)[kmeans.labels_]
     return comparison
 
@@ -284,9 +342,16 @@ def _strip_routing(model: Any) -> None:
             vars(step).pop("_metadata_request", None)
 
 
-def fit_snapshots(snaps: Snapshots, rows: np.ndarray, *, seed: int = 0, n_estimators: int = 150,
-                  min_samples_leaf: int | None = None, n_jobs: int = 2,
-                  inputs: tuple[str, ...] | None = None) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+def fit_snapshots(
+    snaps: Snapshots,
+    rows: np.ndarray,
+    *,
+    seed: int = 0,
+    n_estimators: int = 150,
+    min_samples_leaf: int | None = None,
+    n_jobs: int = 2,
+    inputs: tuple[str, ...] | None = None,
+) -> tuple[Any, dict[str, Any]]:
     """Fit the calibrated forest on the snapshot ``rows``, weighted per loan, with the
     calibration's cross-validation folds split by loan (a loan's snapshots on both sides of
     a fold would make the out-of-fold votes, and so the isotonic map, optimistic).
@@ -303,11 +368,15 @@ def fit_snapshots(snaps: Snapshots, rows: np.ndarray, *, seed: int = 0, n_estima
     # loan-level fit (UCI: 19 s instead of 145 s on all 126k snapshots, AUC unchanged).
     max_samples = float(min(1.0, 2.0 * n_loans / len(rows)))
     max_samples = None if max_samples >= 1.0 else max_samples
-    folds = list(GroupKFold(GROUP_FOLDS, shuffle=True, random_state=seed)
-                 .split(rows, groups=snaps.loan[rows]))  # fmt: skip
+    folds = list(
+        GroupKFold(GROUP_FOLDS, shuffle=True, random_state=seed).split(
+            rows, groups=snaps.loan[rows]
+        )
+    )
     with sklearn.config_context(enable_metadata_routing=True):
-        model = build_model(seed, n_estimators, min_samples_leaf, n_jobs, inputs, max_samples,
-                            cv=folds)  # fmt: skip
+        model = build_model(
+            seed, n_estimators, min_samples_leaf, n_jobs, inputs, max_samples, cv=folds
+        )
         # The loan weights go to the forest only (as ``loan_weight``): the isotonic map is
         # fitted on every snapshot alike, because that is the population the stream scores
         # and the tiers act on. Weighted, it over-predicted every months-on-book bucket of a
@@ -323,8 +392,9 @@ def fit_snapshots(snaps: Snapshots, rows: np.ndarray, *, seed: int = 0, n_estima
     return model, {"min_samples_leaf": min_samples_leaf, "max_samples": max_samples}
 
 
-def _out_of_time(snaps: Snapshots, train_loans: np.ndarray, test_loans: np.ndarray,
-                 settings: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+def _out_of_time(
+    snaps: Snapshots, train_loans: np.ndarray, test_loans: np.ndarray, settings: dict[str, Any]
+) -> dict[str, Any]:
     """Fit (:data:`OOT_TREES` trees) on the training loans' snapshots dated up to a cutoff
     (the 60th percentile of their dates), test on the held-out loans' snapshots dated after
     it."""
@@ -334,18 +404,28 @@ def _out_of_time(snaps: Snapshots, train_loans: np.ndarray, test_loans: np.ndarr
     test_rows = snaps.rows(test_loans)
     late = test_rows[snaps.at[test_rows] > cutoff]
     cutoff_day = datetime.fromtimestamp(cutoff / 1000, UTC).date().isoformat()
-    if (len(set(snaps.y[early].tolist())) < 2 or len(set(snaps.y[late].tolist())) < 2
-            or len(np.unique(snaps.loan[early])) < 30):  # fmt: skip
-        return {"cutoff": cutoff_day, "note": "event dates do not allow an out-of-time split "
-                "with both outcomes on each side"}  # fmt: skip
+    if (
+        len(set(snaps.y[early].tolist())) < 2
+        or len(set(snaps.y[late].tolist())) < 2
+        or len(np.unique(snaps.loan[early])) < 30
+    ):
+        return {
+            "cutoff": cutoff_day,
+            "note": "event dates do not allow an out-of-time split with both outcomes on each side",
+        }
     # Fewer trees: a check of the split, not the shipped model (keeps UCI training < 2 min).
-    model, _ = fit_snapshots(snaps, early, **{**settings, "n_estimators": min(
-        settings["n_estimators"], OOT_TREES)})
+    model, _ = fit_snapshots(
+        snaps, early, **{**settings, "n_estimators": min(settings["n_estimators"], OOT_TREES)}
+    )
     p = model.predict_proba(snaps.x[late])[:, 1]
-    out = {"cutoff": cutoff_day, "n_train_snapshots": len(early),
-           "n_test_snapshots": len(late)}  # fmt: skip
-    out.update({k: v for k, v in evaluate(snaps.y[late], p).items()
-                if k in ("roc_auc", "pr_auc", "brier", "base_rate")})  # fmt: skip
+    out = {"cutoff": cutoff_day, "n_train_snapshots": len(early), "n_test_snapshots": len(late)}
+    out.update(
+        {
+            k: v
+            for k, v in evaluate(snaps.y[late], p).items()
+            if k in ("roc_auc", "pr_auc", "brier", "base_rate")
+        }
+    )
     out["mean_predicted"] = float(p.mean())
     return out
 
@@ -355,10 +435,13 @@ def holdout_loans(history: History, metadata: dict[str, Any]) -> tuple[Snapshots
     ``metadata`` (horizon, holdout share, seed) and checked against its training-data hash."""
     snaps = snapshot_set(history, metadata["horizon_months"])
     if _hash_arrays(snaps.x, snaps.y, snaps.weight, snaps.loan) != metadata["training_data_sha256"]:
-        raise TrainingError("the replayed history differs from the bundle's training data: "
-                            "cannot recover its holdout split")  # fmt: skip
-    _, test = split_by_loan(snaps.outcome, metadata["metrics"]["holdout"],
-                            metadata["metrics"]["seed"])  # fmt: skip
+        raise TrainingError(
+            "the replayed history differs from the bundle's training data: "
+            "cannot recover its holdout split"
+        )
+    _, test = split_by_loan(
+        snaps.outcome, metadata["metrics"]["holdout"], metadata["metrics"]["seed"]
+    )
     return snaps, test
 
 
@@ -385,31 +468,49 @@ def train_bundle(
     say(f"replaying {len(history.events):,} events into point-in-time snapshots")
     snaps = snapshot_set(history, horizon_months)
     if len(set(snaps.y.tolist())) < 2:
-        raise TrainingError(f"all {len(snaps.y)} snapshots have label {snaps.y[0]} (written off "
-                            f"within {horizon_months} months): the model needs both")  # fmt: skip
+        raise TrainingError(
+            f"all {len(snaps.y)} snapshots have label {snaps.y[0]} (written off "
+            f"within {horizon_months} months): the model needs both"
+        )
     train, test = split_by_loan(snaps.outcome, holdout, seed)
     train_rows, test_rows = snaps.rows(train), snaps.rows(test)
     inputs = model_inputs(use_age, use_treatments)
-    say(f"fitting the calibrated random forest on {len(train_rows):,} snapshots of "
-        f"{len(train):,} loans")  # fmt: skip
+    say(
+        f"fitting the calibrated random forest on {len(train_rows):,} snapshots of "
+        f"{len(train):,} loans"
+    )
     fit_started = time.perf_counter()
-    settings = {"seed": seed, "n_estimators": n_estimators, "min_samples_leaf": min_samples_leaf,
-                "n_jobs": n_jobs, "inputs": inputs}  # fmt: skip
+    settings = {
+        "seed": seed,
+        "n_estimators": n_estimators,
+        "min_samples_leaf": min_samples_leaf,
+        "n_jobs": n_jobs,
+        "inputs": inputs,
+    }
     model, fitted = fit_snapshots(snaps, train_rows, **settings)
     fit_seconds = time.perf_counter() - fit_started
     metrics: dict[str, Any] = {
-        "unit": "snapshot", "horizon_months": horizon_months, "n_loans": len(snaps.loan_ids),
-        "n_train": len(train), "n_holdout": len(test), "n_snapshots": len(snaps.y),
-        "n_train_snapshots": len(train_rows), "n_holdout_snapshots": len(test_rows),
-        "censored_snapshots": snaps.censored, "holdout": holdout, "seed": seed,
-        "skipped_events": snaps.skipped, "model_features": list(inputs),
+        "unit": "snapshot",
+        "horizon_months": horizon_months,
+        "n_loans": len(snaps.loan_ids),
+        "n_train": len(train),
+        "n_holdout": len(test),
+        "n_snapshots": len(snaps.y),
+        "n_train_snapshots": len(train_rows),
+        "n_holdout_snapshots": len(test_rows),
+        "censored_snapshots": snaps.censored,
+        "holdout": holdout,
+        "seed": seed,
+        "skipped_events": snaps.skipped,
+        "model_features": list(inputs),
         "excluded_features": {n: EXCLUSION_REASONS[n] for n in FEATURE_NAMES if n not in inputs},
-    }  # fmt: skip
+    }
     report: dict[str, Any] = {}
     if len(test):
         say(f"evaluating on {len(test_rows):,} snapshots of {len(test):,} held-out loans")
-        holdout_m, report = holdout_metrics(model, snaps.x[test_rows], snaps.y[test_rows], seed,
-                                            inputs)  # fmt: skip
+        holdout_m, report = holdout_metrics(
+            model, snaps.x[test_rows], snaps.y[test_rows], seed, inputs
+        )
         metrics.update(holdout_m)
         p = model.predict_proba(snaps.x[test_rows])[:, 1]
         metrics["by_months_on_book"] = by_bucket(snaps, test_rows, p, THRESHOLDS, seed)
@@ -452,19 +553,28 @@ def train_bundle(
         "training_unit": {
             "rows": "one snapshot per loan per installment",
             "label": f"written off within {horizon_months} months of the snapshot",
-            "weights": "1 / labelled snapshots of the loan", "split": "by loan",
+            "weights": "1 / labelled snapshots of the loan",
+            "split": "by loan",
         },
         "thresholds": dict(THRESHOLDS),
-        "calibration": {"method": "isotonic", "cv": f"GroupKFold({GROUP_FOLDS}) by loan",
-                        "ensemble": False, "table": metrics.get("calibration")},
-        "model": {"estimator": "RandomForestClassifier", "n_estimators": n_estimators,
-                  "min_samples_leaf": fitted["min_samples_leaf"],
-                  "max_samples": fitted["max_samples"], "max_features": "sqrt",
-                  "random_state": seed},
+        "calibration": {
+            "method": "isotonic",
+            "cv": f"GroupKFold({GROUP_FOLDS}) by loan",
+            "ensemble": False,
+            "table": metrics.get("calibration"),
+        },
+        "model": {
+            "estimator": "RandomForestClassifier",
+            "n_estimators": n_estimators,
+            "min_samples_leaf": fitted["min_samples_leaf"],
+            "max_samples": fitted["max_samples"],
+            "max_features": "sqrt",
+            "random_state": seed,
+        },
         "metrics": {k: v for k, v in metrics.items() if k != "calibration"},
         "segmenter": seg["init"],
         "policy_version": Policy.load(None).version,
-    }  # fmt: skip
+    }
     say(f"writing the bundle to {out}")
     report_bytes = json.dumps(report, allow_nan=True).encode()
     metrics["version"] = write_bundle(out, model, metadata, {REPORT_FILE: report_bytes})

@@ -22,8 +22,14 @@ PROJECTION_POINTS = 2000  # loans drawn in the segment map
 MAX_SCORES = 50_000  # loans in the score histogram
 
 
-def population_data(x: np.ndarray, y: np.ndarray | None, risk: np.ndarray, z: np.ndarray,
-                    segments: np.ndarray, seed: int = 0) -> dict[str, Any]:  # fmt: skip
+def population_data(
+    x: np.ndarray,
+    y: np.ndarray | None,
+    risk: np.ndarray,
+    z: np.ndarray,
+    segments: np.ndarray,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The population view of a book: a 2-D PCA projection of a seeded sample of loans (with
     their segment and risk), per-segment profiles, the scores and the strategy mix under the
     default policy. ``x`` = ``features()`` rows, ``z`` = standardized segmentation features.
@@ -42,24 +48,30 @@ def population_data(x: np.ndarray, y: np.ndarray | None, risk: np.ndarray, z: np
             "count": int(mask.sum()),
             "default_rate": float(y[mask].mean()) if y is not None else None,
             "mean_risk": float(risk[mask].mean()),
-            "features": {n: float(np.nanmean(c)) if np.isfinite(c).any() else None
-                         for n, c in columns.items()},
-        }  # fmt: skip
+            "features": {
+                n: float(np.nanmean(c)) if np.isfinite(c).any() else None
+                for n, c in columns.items()
+            },
+        }
     policy = Policy.load(None)
     tiers = [policy.tier(r) for r in risk.tolist()]
     strategies = [policy.matrix[t][s] for t, s in zip(tiers, segments.tolist(), strict=True)]
     scores = risk if len(risk) <= MAX_SCORES else risk[idx]
     return {
-        "projection": {"x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
-                       "segment": segments[idx].tolist(), "risk": np.round(risk[idx], 4).tolist(),
-                       "explained_variance": pca.explained_variance_ratio_.tolist()},
+        "projection": {
+            "x": np.round(xy[:, 0], 4).tolist(),
+            "y": np.round(xy[:, 1], 4).tolist(),
+            "segment": segments[idx].tolist(),
+            "risk": np.round(risk[idx], 4).tolist(),
+            "explained_variance": pca.explained_variance_ratio_.tolist(),
+        },
         "profiles": profiles,
         "all_scores": np.round(scores, 5).tolist(),
         "strategy_mix": {s: strategies.count(s) for s in sorted(set(strategies))},
         "tier_mix": {t: tiers.count(t) for t in ("HIGH", "MODERATE", "LOW")},
         "n_loans": len(risk),
         "_pca": pca,
-    }  # fmt: skip
+    }
 
 
 def input_data(bundle: Any, history: Any) -> dict[str, Any]:
@@ -80,8 +92,11 @@ def input_data(bundle: Any, history: Any) -> dict[str, Any]:
     nearest = ((z[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
     segments = np.array(init["names"], dtype=object)[nearest]
     outcomes = history.outcomes
-    y = (np.array([outcomes[i] for i in loan_ids]) if loan_ids and
-         all(i in outcomes for i in loan_ids) else None)  # fmt: skip
+    y = (
+        np.array([outcomes[i] for i in loan_ids])
+        if loan_ids and all(i in outcomes for i in loan_ids)
+        else None
+    )
     data = population_data(x, y, risk, z, segments)
     data.pop("_pca")
     return data
@@ -95,8 +110,13 @@ def load_report_data(bundle: Any) -> dict[str, Any]:
 
 
 def report_data(
-    x: np.ndarray, y: np.ndarray, risk: np.ndarray, z: np.ndarray, segments: np.ndarray,
-    comparison: dict[str, Any], seed: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    risk: np.ndarray,
+    z: np.ndarray,
+    segments: np.ndarray,
+    comparison: dict[str, Any],
+    seed: int,
 ) -> dict[str, Any]:
     """What the HTML report draws beyond the metrics: the population view (projection,
     profiles, scores) and the clustering comparison's subsample in the same projection."""
@@ -105,8 +125,10 @@ def report_data(
     sample = comparison["sample_index"][:PROJECTION_POINTS]
     xy = pca.transform(comparison["z"][sample])
     data["comparison_sample"] = {
-        "x": np.round(xy[:, 0], 4).tolist(), "y": np.round(xy[:, 1], 4).tolist(),
-        "labels": {name: lab[:PROJECTION_POINTS].tolist()
-                   for name, lab in comparison["labels"].items()},
-    }  # fmt: skip
+        "x": np.round(xy[:, 0], 4).tolist(),
+        "y": np.round(xy[:, 1], 4).tolist(),
+        "labels": {
+            name: lab[:PROJECTION_POINTS].tolist() for name, lab in comparison["labels"].items()
+        },
+    }
     return data

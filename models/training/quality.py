@@ -28,8 +28,13 @@ from models.features.columns import FEATURE_INDEX, decode
 from models.training.snapshots import DAY_MS, Snapshots
 
 BUCKETS: tuple[tuple[str, int, float], ...] = (
-    ("1", 1, 1), ("2", 2, 2), ("3", 3, 3), ("4-6", 4, 6), ("7-11", 7, 11), ("12+", 12, np.inf),
-)  # fmt: skip
+    ("1", 1, 1),
+    ("2", 2, 2),
+    ("3", 3, 3),
+    ("4-6", 4, 6),
+    ("7-11", 7, 11),
+    ("12+", 12, np.inf),
+)
 BOOTSTRAP_REPS = 100
 RULE_DPD = 30  # the industry rule the model is compared with: flag at 30+ days past due
 SENIOR_AGE = 62  # Reg B 12 CFR 1002.6(b)(2)
@@ -40,7 +45,10 @@ def _rate(hits: np.ndarray) -> float | None:
 
 
 def _auc_ci(
-    y: np.ndarray, p: np.ndarray, loan: np.ndarray, rng: np.random.Generator,
+    y: np.ndarray,
+    p: np.ndarray,
+    loan: np.ndarray,
+    rng: np.random.Generator,
     reps: int = BOOTSTRAP_REPS,
 ) -> tuple[float | None, float | None, float | None]:
     """ROC AUC and its 95 % bootstrap interval, resampling loans (a loan's snapshots move
@@ -69,32 +77,52 @@ def _tier_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any
     flagged = p > threshold
     tp = int((flagged & (y == 1)).sum())
     n, positives = int(flagged.sum()), int((y == 1).sum())
-    return {"flagged": n, "precision": tp / n if n else None,
-            "recall": tp / positives if positives else None}  # fmt: skip
+    return {
+        "flagged": n,
+        "precision": tp / n if n else None,
+        "recall": tp / positives if positives else None,
+    }
 
 
-def _summary(label: str, y: np.ndarray, p: np.ndarray, loan: np.ndarray,
-             thresholds: dict[str, float], rng: np.random.Generator) -> dict[str, Any]:  # fmt: skip
+def _summary(
+    label: str,
+    y: np.ndarray,
+    p: np.ndarray,
+    loan: np.ndarray,
+    thresholds: dict[str, float],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     auc, low, high = _auc_ci(y, p, loan, rng)
     mean_p, observed = float(p.mean()), float(y.mean())
     return {
-        "bucket": label, "snapshots": len(y), "loans": len(np.unique(loan)),
-        "positives": int(y.sum()), "roc_auc": auc, "roc_auc_ci95": [low, high],
-        "mean_predicted": mean_p, "observed_rate": observed, "calibration_gap": mean_p - observed,
+        "bucket": label,
+        "snapshots": len(y),
+        "loans": len(np.unique(loan)),
+        "positives": int(y.sum()),
+        "roc_auc": auc,
+        "roc_auc_ci95": [low, high],
+        "mean_predicted": mean_p,
+        "observed_rate": observed,
+        "calibration_gap": mean_p - observed,
         "high": _tier_stats(y, p, thresholds["high"]),
         "moderate": _tier_stats(y, p, thresholds["moderate"]),
-    }  # fmt: skip
+    }
 
 
-def by_bucket(snaps: Snapshots, rows: np.ndarray, p: np.ndarray, thresholds: dict[str, float],
-              seed: int = 0, per_month: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+def by_bucket(
+    snaps: Snapshots,
+    rows: np.ndarray,
+    p: np.ndarray,
+    thresholds: dict[str, float],
+    seed: int = 0,
+    per_month: int = 0,
+) -> list[dict[str, Any]]:
     """One summary per months-on-book bucket (:data:`BUCKETS`), or per month 1..``per_month``
     when given. ``p[i]`` is the score of row ``rows[i]``."""
     rng = np.random.default_rng(seed)
     months = snaps.months_on_book[rows]
     y, loan = snaps.y[rows], snaps.loan[rows]
-    spans = ([(str(m), m, m) for m in range(1, per_month + 1)] if per_month
-             else list(BUCKETS))  # fmt: skip
+    spans = [(str(m), m, m) for m in range(1, per_month + 1)] if per_month else list(BUCKETS)
     out = []
     for label, low, high in spans:
         sel = (months >= low) & (months <= high)
@@ -114,22 +142,26 @@ def _first_at(rows: np.ndarray, snaps: Snapshots, flagged: np.ndarray) -> dict[i
     return first
 
 
-def _flag_summary(name: str, first: dict[int, int], snaps: Snapshots,
-                  written_off: set[int]) -> dict[str, Any]:  # fmt: skip
+def _flag_summary(
+    name: str, first: dict[int, int], snaps: Snapshots, written_off: set[int]
+) -> dict[str, Any]:
     flagged = set(first)
     hits = flagged & written_off
     days = np.array([(snaps.outcome_at[k] - first[k]) / DAY_MS for k in sorted(hits)])
     return {
-        "rule": name, "flagged_loans": len(flagged), "written_off_flagged": len(hits),
+        "rule": name,
+        "flagged_loans": len(flagged),
+        "written_off_flagged": len(hits),
         "precision": len(hits) / len(flagged) if flagged else None,
         "recall": len(hits) / len(written_off) if written_off else None,
         "lead_days_median": float(np.median(days)) if len(days) else None,
         "lead_days_p25": float(np.percentile(days, 25)) if len(days) else None,
-    }  # fmt: skip
+    }
 
 
-def lead_time(snaps: Snapshots, rows: np.ndarray, p: np.ndarray,
-              thresholds: dict[str, float]) -> list[dict[str, Any]]:  # fmt: skip
+def lead_time(
+    snaps: Snapshots, rows: np.ndarray, p: np.ndarray, thresholds: dict[str, float]
+) -> list[dict[str, Any]]:
     """Loan-level flagging of the held-out loans, by rule: a loan is flagged at its first
     snapshot over the rule; lead time = days from then to the write-off (written-off loans
     flagged before it). Rules: the HIGH and MODERATE tiers, 30+ days past due, and the
@@ -142,8 +174,9 @@ def lead_time(snaps: Snapshots, rows: np.ndarray, p: np.ndarray,
     out = [_flag_summary(f"{RULE_DPD}+ days past due", rule_first, snaps, written_off)]
     for name in ("high", "moderate"):
         first = _first_at(rows, snaps, p > thresholds[name])
-        out.append(_flag_summary(f"{name.upper()} tier (> {thresholds[name]})", first, snaps,
-                                 written_off))  # fmt: skip
+        out.append(
+            _flag_summary(f"{name.upper()} tier (> {thresholds[name]})", first, snaps, written_off)
+        )
     n = len(rule_first)
     if n:
         best = np.full(len(snaps.loan_ids), -np.inf)
@@ -158,8 +191,9 @@ def lead_time(snaps: Snapshots, rows: np.ndarray, p: np.ndarray,
     return out
 
 
-def fairness(snaps: Snapshots, rows: np.ndarray, p: np.ndarray,
-             thresholds: dict[str, float]) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def fairness(
+    snaps: Snapshots, rows: np.ndarray, p: np.ndarray, thresholds: dict[str, float]
+) -> dict[str, list[dict[str, Any]]]:
     """Per group of held-out loans: loans, observed default rate (written off, ever) and the
     share flagged HIGH / MODERATE-or-above at any snapshot, with the adverse-impact ratio
     (the group's share *not* flagged over the reference group's, the four-fifths
@@ -170,28 +204,39 @@ def fairness(snaps: Snapshots, rows: np.ndarray, p: np.ndarray,
     np.maximum.at(best, snaps.loan[rows], p)
     best = best[loans]
     outcome = snaps.outcome[loans]
-    gender = np.array([decode("gender", g) or "missing"
-                       for g in snaps.final_x[loans, FEATURE_INDEX["gender"]]])  # fmt: skip
+    gender = np.array(
+        [decode("gender", g) or "missing" for g in snaps.final_x[loans, FEATURE_INDEX["gender"]]]
+    )
     age = snaps.final_x[loans, FEATURE_INDEX["age"]]
-    band = np.where(np.isnan(age), "missing",
-                    np.where(age >= SENIOR_AGE, f"{SENIOR_AGE}+", f"under {SENIOR_AGE}"))
+    band = np.where(
+        np.isnan(age),
+        "missing",
+        np.where(age >= SENIOR_AGE, f"{SENIOR_AGE}+", f"under {SENIOR_AGE}"),
+    )
     out: dict[str, list[dict[str, Any]]] = {}
-    for name, groups, reference in (("gender", gender, "Male"),
-                                    ("age_band", band, f"under {SENIOR_AGE}")):  # fmt: skip
+    for name, groups, reference in (
+        ("gender", gender, "Male"),
+        ("age_band", band, f"under {SENIOR_AGE}"),
+    ):
         ref = groups == reference
         rows_out = []
         for group in sorted(set(groups.tolist())):
             sel = groups == group
-            row: dict[str, Any] = {"group": group, "loans": int(sel.sum()),
-                                   "default_rate": _rate(outcome[sel] == 1)}  # fmt: skip
+            row: dict[str, Any] = {
+                "group": group,
+                "loans": int(sel.sum()),
+                "default_rate": _rate(outcome[sel] == 1),
+            }
             for tier in ("high", "moderate"):
                 flag = best > thresholds[tier]
                 rate, ref_rate = _rate(flag[sel]), _rate(flag[ref])
                 row[f"{tier}_flag_rate"] = rate
                 row[f"{tier}_adverse_impact_ratio"] = (
-                    (1 - rate) / (1 - ref_rate) if ref.any() and ref_rate < 1 else None)
-                row[f"{tier}_flag_rate_ratio"] = (rate / ref_rate if ref.any() and ref_rate > 0
-                                                  else None)  # fmt: skip
+                    (1 - rate) / (1 - ref_rate) if ref.any() and ref_rate < 1 else None
+                )
+                row[f"{tier}_flag_rate_ratio"] = (
+                    rate / ref_rate if ref.any() and ref_rate > 0 else None
+                )
             rows_out.append(row)
         out[name] = rows_out
     return out

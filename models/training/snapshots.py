@@ -111,8 +111,11 @@ def snapshot_set(history: History, horizon_months: int = DEFAULT_HORIZON_MONTHS)
                 continue
             # A new installment starts: the previous one is complete (once this event is
             # accepted; a refused event changes nothing, as in the stream).
-            starts = (body_type in _INSTALLMENT and loan in pending
-                      and event["body"][1].get("installment_due_date") != state[LAST_DUE])
+            starts = (
+                body_type in _INSTALLMENT
+                and loan in pending
+                and event["body"][1].get("installment_due_date") != state[LAST_DUE]
+            )
             state.apply(event)
         except InvalidEvent as error:
             skipped[error.reason] = skipped.get(error.reason, 0) + 1
@@ -127,13 +130,19 @@ def snapshot_set(history: History, horizon_months: int = DEFAULT_HORIZON_MONTHS)
     return _label(history, states, taken, horizon_months, data_end, skipped)
 
 
-def _label(history: History, states: dict[str, LoanState],
-           taken: dict[str, list[tuple[list[float], int]]], horizon_months: int, data_end: int,
-           skipped: dict[str, int]) -> Snapshots:  # fmt: skip
+def _label(
+    history: History,
+    states: dict[str, LoanState],
+    taken: dict[str, list[tuple[list[float], int]]],
+    horizon_months: int,
+    data_end: int,
+    skipped: dict[str, int],
+) -> Snapshots:
     horizon_ms = horizon_months * MONTH_MS
     outcome_at_of = history.outcome_at
-    loan_ids = sorted(loan for loan in states
-                      if loan in history.outcomes or loan in history.open_loans)
+    loan_ids = sorted(
+        loan for loan in states if loan in history.outcomes or loan in history.open_loans
+    )
     rows: list[list[float]] = []
     y: list[int] = []
     loan_index: list[int] = []
@@ -167,17 +176,26 @@ def _label(history: History, states: dict[str, LoanState],
             at.append(t)
             weight.append(1.0 / len(labelled))
     if not kept:
-        raise SnapshotError("no loan has an installment and an outcome (or enough observed "
-                            "time); check the outcomes column or file")  # fmt: skip
+        raise SnapshotError(
+            "no loan has an installment and an outcome (or enough observed "
+            "time); check the outcomes column or file"
+        )
     x = np.array(rows, dtype=np.float64)
     return Snapshots(
-        x=x, y=np.array(y, dtype=np.int64), loan=np.array(loan_index, dtype=np.int64),
-        at=np.array(at, dtype=np.int64), months_on_book=x[:, _INSTALLMENTS].astype(np.int64),
-        weight=np.array(weight), loan_ids=kept, outcome=outcome[: len(kept)],
+        x=x,
+        y=np.array(y, dtype=np.int64),
+        loan=np.array(loan_index, dtype=np.int64),
+        at=np.array(at, dtype=np.int64),
+        months_on_book=x[:, _INSTALLMENTS].astype(np.int64),
+        weight=np.array(weight),
+        loan_ids=kept,
+        outcome=outcome[: len(kept)],
         outcome_at=outcome_at[: len(kept)],
         final_x=np.array([states[loan].features() for loan in kept], dtype=np.float64),
-        horizon_months=horizon_months, censored=censored, skipped=skipped,
-    )  # fmt: skip
+        horizon_months=horizon_months,
+        censored=censored,
+        skipped=skipped,
+    )
 
 
 def cut_after_installments(events: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:

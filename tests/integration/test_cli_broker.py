@@ -38,17 +38,22 @@ def test_help_describes_every_command() -> None:
 
 
 def _java_pids_for(data_dir: Path) -> list[str]:
-    found = subprocess.run(["pgrep", "-f", f"{data_dir}/server.properties"],
-                           capture_output=True, text=True)  # fmt: skip
+    found = subprocess.run(
+        ["pgrep", "-f", f"{data_dir}/server.properties"], capture_output=True, text=True
+    )
     return found.stdout.split()
 
 
 @pytest.mark.integration
 def test_broker_start_status_stop(tmp_path: Path) -> None:
     data_dir = tmp_path / "broker"
-    run = lambda *args: subprocess.run([*CLI, "broker", *args, "--data-dir", str(data_dir)],  # noqa: E731
-                                       capture_output=True, text=True, timeout=180,
-                                       env={**os.environ})  # fmt: skip
+    run = lambda *args: subprocess.run(
+        [*CLI, "broker", *args, "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ},
+    )
     try:
         started = run("start")
         assert started.returncode == 0, started.stderr
@@ -69,8 +74,9 @@ def test_broker_start_status_stop(tmp_path: Path) -> None:
 def test_commands_without_a_broker_say_how_to_start_one(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "LOANREC_BOOTSTRAP_SERVERS"}
     env["LOANREC_CACHE_DIR"] = str(tmp_path)  # no local broker there
-    result = subprocess.run([*CLI, "topics", "create"], capture_output=True, text=True,
-                            env=env, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [*CLI, "topics", "create"], capture_output=True, text=True, env=env, timeout=60
+    )
     assert result.returncode != 0
     assert "loan-recovery broker start" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

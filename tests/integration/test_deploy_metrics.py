@@ -34,8 +34,21 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "loan-recovery.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 # Series Prometheus itself creates (scrape health, alert state): not the scorer's to export.
 PROMETHEUS_BUILTINS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-_KEYWORDS = {"and", "or", "unless", "bool", "by", "without", "on", "ignoring", "group_left",
-             "group_right", "offset", "inf", "nan"}  # fmt: skip
+_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "offset",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -51,7 +64,7 @@ def promql_metric_names(expr: str) -> set[str]:
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
     for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", text):
-        name, rest = match.group(), text[match.end():]
+        name, rest = match.group(), text[match.end() :]
         if re.match(r"\s*\(", rest) or name.lower() in _KEYWORDS:
             continue  # a function or aggregation, or a keyword
         names.add(name)
@@ -74,8 +87,13 @@ def exposed_names(exposition: str) -> set[str]:
     """Every series name a scrape offers: samples, plus the names a declared family without
     samples yet (a labelled counter before its first increment) will have."""
     names = set()
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                "summary": ["_sum", "_count", ""], "gauge": [""], "info": ["_info"]}  # fmt: skip
+    suffixes = {
+        "counter": ["_total"],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "summary": ["_sum", "_count", ""],
+        "gauge": [""],
+        "info": ["_info"],
+    }
     for family in text_string_to_metric_families(exposition):
         names |= {s.name for s in family.samples}
         names |= {family.name + suffix for suffix in suffixes.get(family.type, [""])}
@@ -104,24 +122,45 @@ def test_dashboard_covers_every_metric_of_the_contract() -> None:
 
 
 @pytest.fixture
-def live_scorer(bootstrap_servers: str, trained_model: Path, unique_name,
-                tmp_path: Path) -> Iterator[dict]:  # fmt: skip
+def live_scorer(
+    bootstrap_servers: str, trained_model: Path, unique_name, tmp_path: Path
+) -> Iterator[dict]:
     """`loan-recovery serve` on its own topics and metrics port; stopped afterwards."""
-    topics = Topics(events=unique_name("events"), strategy_changes=unique_name("changes"),
-                    risk_alerts=unique_name("alerts"), dlq=unique_name("dlq"),
-                    app_id=unique_name("app"))  # fmt: skip
+    topics = Topics(
+        events=unique_name("events"),
+        strategy_changes=unique_name("changes"),
+        risk_alerts=unique_name("alerts"),
+        dlq=unique_name("dlq"),
+        app_id=unique_name("app"),
+    )
     create_topics(bootstrap_servers, topics, partitions=3)
     port = free_port()
     command = [
-        sys.executable, "-m", "loan_recovery.cli", "serve", "--model", str(trained_model),
-        "--bootstrap-servers", bootstrap_servers, "--metrics-port", str(port),
-        "--input-topic", topics.events, "--strategy-topic", topics.strategy_changes,
-        "--alerts-topic", topics.risk_alerts, "--dlq-topic", topics.dlq,
-        "--app-id", topics.app_id,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "loan_recovery.cli",
+        "serve",
+        "--model",
+        str(trained_model),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--metrics-port",
+        str(port),
+        "--input-topic",
+        topics.events,
+        "--strategy-topic",
+        topics.strategy_changes,
+        "--alerts-topic",
+        topics.risk_alerts,
+        "--dlq-topic",
+        topics.dlq,
+        "--app-id",
+        topics.app_id,
+    ]
     log = open(tmp_path / "scorer.log", "wb")  # noqa: SIM115 -- closed below, after the process
-    process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(lambda: _get(base + "/healthz"), process, tmp_path / "scorer.log", 90)
@@ -161,8 +200,12 @@ def _stop(process: subprocess.Popen) -> None:
 
 def _events_processed(base: str) -> float:
     text = requests.get(base + "/metrics", timeout=5).text
-    return sum(s.value for f in text_string_to_metric_families(text)
-               for s in f.samples if s.name == "loanrec_events_total")  # fmt: skip
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "loanrec_events_total"
+    )
 
 
 def test_every_dashboard_and_alert_metric_is_exported_by_the_live_scorer(
@@ -180,8 +223,12 @@ def test_every_dashboard_and_alert_metric_is_exported_by_the_live_scorer(
     garbage.flush(10)
 
     base = live_scorer["base"]
-    _wait_for(lambda: _events_processed(base) >= len(events) + 1, live_scorer["process"],
-              Path(os.devnull), 120)  # fmt: skip
+    _wait_for(
+        lambda: _events_processed(base) >= len(events) + 1,
+        live_scorer["process"],
+        Path(os.devnull),
+        120,
+    )
     exposition = requests.get(base + "/metrics", timeout=5).text
     exported = exposed_names(exposition) | PROMETHEUS_BUILTINS
 

@@ -15,17 +15,33 @@ from schemas.topics import Topics
 
 def _events(n: int) -> list[dict]:
     return [
-        make_event(str(uuid.uuid4()), f"L{i % 7}", f"B{i % 5}", 1_700_000_000_000 + i,
-                   "PaymentReceived", {"installment_due_date": 19000 + i, "amount_due": 100.0 + i,
-                                       "amount_paid": 99.5, "outstanding_after": 1000.0 - i})
+        make_event(
+            str(uuid.uuid4()),
+            f"L{i % 7}",
+            f"B{i % 5}",
+            1_700_000_000_000 + i,
+            "PaymentReceived",
+            {
+                "installment_due_date": 19000 + i,
+                "amount_due": 100.0 + i,
+                "amount_paid": 99.5,
+                "outstanding_after": 1000.0 - i,
+            },
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def _consume_all(bootstrap: str, topic: str, expected: int, **config) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         **config})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **config,
+        }
+    )
     consumer.subscribe([topic])
     messages = []
     try:
@@ -66,12 +82,19 @@ def test_transaction_commits_outputs_and_offsets_atomically(
         seed.produce(source, value=f"in-{i}".encode())
     seed.flush(30)
 
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group,
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": "read_committed"})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.subscribe([source])
-    producer = Producer({"bootstrap.servers": bootstrap_servers,
-                         "transactional.id": unique_name("tx")})  # fmt: skip
+    producer = Producer(
+        {"bootstrap.servers": bootstrap_servers, "transactional.id": unique_name("tx")}
+    )
     producer.init_transactions(30)
     batch = []
     for _ in range(30):
@@ -106,8 +129,13 @@ def test_topics_create_is_idempotent_and_compacts_the_changelog(
     bootstrap_servers: str, unique_name
 ) -> None:
     prefix = unique_name("app")
-    topics = Topics(events=f"{prefix}.events", strategy_changes=f"{prefix}.changes",
-                    risk_alerts=f"{prefix}.alerts", dlq=f"{prefix}.dlq", app_id=prefix)  # fmt: skip
+    topics = Topics(
+        events=f"{prefix}.events",
+        strategy_changes=f"{prefix}.changes",
+        risk_alerts=f"{prefix}.alerts",
+        dlq=f"{prefix}.dlq",
+        app_id=prefix,
+    )
     first = create_topics(bootstrap_servers, topics, partitions=4)
     second = create_topics(bootstrap_servers, topics, partitions=4)
     assert all(r.created for r in first) and not any(r.created for r in second)
@@ -132,21 +160,42 @@ def test_topics_create_cli_takes_a_properties_file_and_a_replication_factor(
 
     env = {k: v for k, v in os.environ.items() if k != "LOANREC_BOOTSTRAP_SERVERS"}
     props = tmp_path / "client.properties"
-    props.write_text(f"# the admin client's settings\nbootstrap.servers={bootstrap_servers}\n"
-                     "client.id=topics-cli-test\n")  # fmt: skip
+    props.write_text(
+        f"# the admin client's settings\nbootstrap.servers={bootstrap_servers}\n"
+        "client.id=topics-cli-test\n"
+    )
 
     def topics_create(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "loan_recovery.cli", "topics", "create",
-                               "--kafka-config", str(props), "--partitions", "2", *args],
-                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "loan_recovery.cli",
+                "topics",
+                "create",
+                "--kafka-config",
+                str(props),
+                "--partitions",
+                "2",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
 
     app = unique_name("cli-topics")
     done = topics_create("--app-id", app, "--replication-factor", "1", "--json")
     assert done.returncode == 0, done.stderr
     (changelog,) = [r for r in json.loads(done.stdout) if r["name"] == Topics(app_id=app).changelog]
     assert changelog["created"] and changelog["replication_factor"] == 1
-    partitions = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(
-        timeout=10).topics[changelog["name"]].partitions  # fmt: skip
+    partitions = (
+        AdminClient({"bootstrap.servers": bootstrap_servers})
+        .list_topics(timeout=10)
+        .topics[changelog["name"]]
+        .partitions
+    )
     assert len(partitions) == 2 and all(len(p.replicas) == 1 for p in partitions.values())
 
     by_default = topics_create("--app-id", unique_name("cli-topics"), "--json")

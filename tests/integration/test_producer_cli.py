@@ -23,8 +23,15 @@ def run_cli(
     *args: str, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "loan_recovery.cli", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, check=False)  # fmt: skip
+    return subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
 
 
 def topic_count(bootstrap: str, topic: str) -> int:
@@ -32,9 +39,13 @@ def topic_count(bootstrap: str, topic: str) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(hi - lo for lo, hi in (
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-            for p in partitions))  # fmt: skip
+        return sum(
+            hi - lo
+            for lo, hi in (
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in partitions
+            )
+        )
     finally:
         consumer.close()
 
@@ -43,8 +54,17 @@ def topic_count(bootstrap: str, topic: str) -> int:
 
 
 def test_missing_topic_fails_with_one_clear_line(bootstrap_servers: str, tmp_path: Path) -> None:
-    result = run_cli("produce", "--source", "events", "--input", str(tmp_path / "x.jsonl"),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", "no-such-topic")
+    result = run_cli(
+        "produce",
+        "--source",
+        "events",
+        "--input",
+        str(tmp_path / "x.jsonl"),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        "no-such-topic",
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: topic no-such-topic does not exist on {bootstrap_servers}: run "
@@ -57,8 +77,9 @@ def test_bad_properties_file_is_named_with_the_fix(tmp_path: Path) -> None:
     props.write_text("bootstrap.servers=localhost:1\nacks=1\n")
     result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f"error: --kafka-config {props}: acks must stay 'all' "
-                                     "(no silently lost events)")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: --kafka-config {props}: acks must stay 'all' (no silently lost events)"
+    )
 
 
 def test_property_librdkafka_refuses_is_named(bootstrap_servers: str, tmp_path: Path) -> None:
@@ -66,17 +87,29 @@ def test_property_librdkafka_refuses_is_named(bootstrap_servers: str, tmp_path: 
     props.write_text(f"bootstrap.servers={bootstrap_servers}\nsasl.mechanism.typo=PLAIN\n")
     result = run_cli("produce", "--source", "events", "--input", "x", "--kafka-config", str(props))
     assert result.returncode == 2
-    assert result.stderr.strip() == (f'error: --kafka-config {props}: No such configuration '
-                                     'property: "sasl.mechanism.typo"; fix or remove that '
-                                     "property")  # fmt: skip
+    assert result.stderr.strip() == (
+        f"error: --kafka-config {props}: No such configuration "
+        'property: "sasl.mechanism.typo"; fix or remove that '
+        "property"
+    )
 
 
-def test_broken_export_fails_with_the_adapters_line(bootstrap_servers: str, make_topic,
-                                                    tmp_path: Path) -> None:  # fmt: skip
+def test_broken_export_fails_with_the_adapters_line(
+    bootstrap_servers: str, make_topic, tmp_path: Path
+) -> None:
     export = tmp_path / "export.csv"
     export.write_text("Loan_ID,Loan_Amount\nL1,1000\n")
-    result = run_cli("produce", "--source", "seed", "--input", str(export),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", make_topic("broken"))
+    result = run_cli(
+        "produce",
+        "--source",
+        "seed",
+        "--input",
+        str(export),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        make_topic("broken"),
+    )
     assert result.returncode == 2
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {export}: required column") and "add it to the export" in line
@@ -110,8 +143,18 @@ def test_seed_csv_replay_acknowledges_every_event(
     bootstrap_servers: str, make_topic, synthetic_files
 ) -> None:
     topic = make_topic("seed", partitions=6)
-    result = run_cli("produce", "--source", "seed", "--input", str(synthetic_files["csv"]),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", topic, "--json")
+    result = run_cli(
+        "produce",
+        "--source",
+        "seed",
+        "--input",
+        str(synthetic_files["csv"]),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["ok"] and summary["source"] == "seed"
@@ -125,8 +168,17 @@ def test_dry_run_file_replays_to_the_same_events(tmp_path: Path, synthetic_files
     from models.data.adapters import read_history
 
     out = tmp_path / "book.avro"
-    result = run_cli("produce", "--source", "seed", "--input", str(synthetic_files["csv"]),
-                     "--dry-run", "--out", str(out), "--json")
+    result = run_cli(
+        "produce",
+        "--source",
+        "seed",
+        "--input",
+        str(synthetic_files["csv"]),
+        "--dry-run",
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["acknowledged"] == synthetic_files["events"]
     with open(out, "rb") as handle:
@@ -142,9 +194,21 @@ def test_dry_run_file_replays_to_the_same_events(tmp_path: Path, synthetic_files
 def test_human_summary_and_rate_limit(bootstrap_servers: str, make_topic, synthetic_files):
     topic = make_topic("rated")
     started = time.monotonic()
-    result = run_cli("produce", "--source", "events", "--input", str(synthetic_files["jsonl"]),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", topic,
-                     "--rate", "1000", "--limit", "1500")  # fmt: skip
+    result = run_cli(
+        "produce",
+        "--source",
+        "events",
+        "--input",
+        str(synthetic_files["jsonl"]),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--rate",
+        "1000",
+        "--limit",
+        "1500",
+    )
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started > 1.3  # 1500 events at 1000/s, the first 100 free
     assert "produce summary" in result.stdout and "acknowledged" in result.stdout
@@ -154,8 +218,9 @@ def test_human_summary_and_rate_limit(bootstrap_servers: str, make_topic, synthe
 
 def _start(*args: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "loan_recovery.cli", "produce", *args]
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _stop(process: subprocess.Popen, signum: int, after_s: float) -> tuple[int, str, str]:
@@ -174,9 +239,21 @@ def test_live_synthetic_stream_stops_on_sigterm_and_flushes(
     bootstrap_servers: str, make_topic
 ) -> None:
     topic = make_topic("live", partitions=3)
-    process = _start("--source", "synthetic", "--loans", "40", "--seed", "3",
-                     "--months-per-second", "6", "--bootstrap-servers", bootstrap_servers,
-                     "--topic", topic, "--json")  # fmt: skip
+    process = _start(
+        "--source",
+        "synthetic",
+        "--loans",
+        "40",
+        "--seed",
+        "3",
+        "--months-per-second",
+        "6",
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--json",
+    )
     code, out, err = _stop(process, signal.SIGTERM, after_s=4.0)
     assert code == 0, err  # stopping a live stream is its normal end
     summary = json.loads(out)
@@ -189,9 +266,19 @@ def test_interrupted_replay_reports_and_exits_130(
     bootstrap_servers: str, make_topic, synthetic_files
 ) -> None:
     topic = make_topic("sigint")
-    process = _start("--source", "events", "--input", str(synthetic_files["jsonl"]),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", topic,
-                     "--rate", "300", "--json")  # fmt: skip
+    process = _start(
+        "--source",
+        "events",
+        "--input",
+        str(synthetic_files["jsonl"]),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--rate",
+        "300",
+        "--json",
+    )
     code, out, err = _stop(process, signal.SIGINT, after_s=3.0)
     assert code == 130, err
     summary = json.loads(out)
@@ -216,13 +303,25 @@ def test_replaying_a_100k_event_book_lands_every_event(
         write_jsonl(events, handle)
     topic = make_topic("acceptance", partitions=6)
     started = time.monotonic()
-    result = run_cli("produce", "--source", "events", "--input", str(log),
-                     "--bootstrap-servers", bootstrap_servers, "--topic", topic, "--json")
+    result = run_cli(
+        "produce",
+        "--source",
+        "events",
+        "--input",
+        str(log),
+        "--bootstrap-servers",
+        bootstrap_servers,
+        "--topic",
+        topic,
+        "--json",
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["ok"]
     assert summary["read"] == summary["sent"] == summary["acknowledged"] == len(events)
     assert topic_count(bootstrap_servers, topic) == len(events)
-    print(f"100k replay: {len(events)} events, produce {summary['seconds']:.2f} s "
-          f"({summary['events_per_s']:,.0f}/s), whole command {elapsed:.2f} s")
+    print(
+        f"100k replay: {len(events)} events, produce {summary['seconds']:.2f} s "
+        f"({summary['events_per_s']:,.0f}/s), whole command {elapsed:.2f} s"
+    )

@@ -32,19 +32,50 @@ def loan_history(loan: int, start_ms: int = T0) -> list[dict]:
         return make_event(str(uuid.uuid4()), lid, bid, start_ms + day * DAY_MS, kind, body)
 
     return [
-        ev(0, "LoanOpened", {"age": 30 + loan % 40, "gender": "Female",
-                             "employment_type": "Salaried", "monthly_income": 4200.0,
-                             "num_dependents": 2, "loan_amount": 20000.0 + loan,
-                             "loan_tenure_months": 36, "interest_rate": 9.5, "loan_type": "Auto",
-                             "collateral_value": 5000.0, "monthly_emi": 640.0}),
-        ev(30, "PaymentReceived", {"installment_due_date": 19700, "amount_due": 640.0,
-                                   "amount_paid": 640.0, "outstanding_after": 19500.0}),
-        ev(61, "PaymentMissed", {"installment_due_date": 19730, "amount_due": 640.0,
-                                 "days_past_due": 1, "outstanding": 19500.0}),
-        ev(75, "CollectionAttempt", {"method": "CALLS", "outcome": "PROMISE_TO_PAY",
-                                     "legal_action": False}),
+        ev(
+            0,
+            "LoanOpened",
+            {
+                "age": 30 + loan % 40,
+                "gender": "Female",
+                "employment_type": "Salaried",
+                "monthly_income": 4200.0,
+                "num_dependents": 2,
+                "loan_amount": 20000.0 + loan,
+                "loan_tenure_months": 36,
+                "interest_rate": 9.5,
+                "loan_type": "Auto",
+                "collateral_value": 5000.0,
+                "monthly_emi": 640.0,
+            },
+        ),
+        ev(
+            30,
+            "PaymentReceived",
+            {
+                "installment_due_date": 19700,
+                "amount_due": 640.0,
+                "amount_paid": 640.0,
+                "outstanding_after": 19500.0,
+            },
+        ),
+        ev(
+            61,
+            "PaymentMissed",
+            {
+                "installment_due_date": 19730,
+                "amount_due": 640.0,
+                "days_past_due": 1,
+                "outstanding": 19500.0,
+            },
+        ),
+        ev(
+            75,
+            "CollectionAttempt",
+            {"method": "CALLS", "outcome": "PROMISE_TO_PAY", "legal_action": False},
+        ),
         ev(90, "LoanClosed", {"reason": "SETTLED"}),
-    ]  # fmt: skip
+    ]
 
 
 def book(n_loans: int) -> list[dict]:
@@ -80,8 +111,9 @@ def test_out_of_order_and_invalid_events_are_rejected_with_a_reason() -> None:
 
 def test_token_bucket_holds_the_long_run_rate() -> None:
     now = [0.0]
-    bucket = TokenBucket(rate=1000.0, burst=100, clock=lambda: now[0],
-                         sleep=lambda s: now.__setitem__(0, now[0] + s))  # fmt: skip
+    bucket = TokenBucket(
+        rate=1000.0, burst=100, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s)
+    )
     for _ in range(50):
         assert bucket.acquire(100)
     # 5000 events at 1000/s: the first burst is free, the rest is paid by waiting.
@@ -98,17 +130,23 @@ def test_pacing_maps_event_months_to_wall_seconds() -> None:
     now = [100.0]
     events = [{"occurred_at": T0 + int(i * MONTH_MS)} for i in range(5)]
     yielded_at = []
-    for _ in paced_by_event_time(events, months_per_second=2.0, stop=lambda: False,
-                                 clock=lambda: now[0],
-                                 sleep=lambda s: now.__setitem__(0, now[0] + s)):  # fmt: skip
+    for _ in paced_by_event_time(
+        events,
+        months_per_second=2.0,
+        stop=lambda: False,
+        clock=lambda: now[0],
+        sleep=lambda s: now.__setitem__(0, now[0] + s),
+    ):
         yielded_at.append(now[0] - 100.0)
     assert yielded_at == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0], abs=1e-6)
 
 
 def test_properties_file_passes_through_and_guarantees_hold(tmp_path: Path) -> None:
     props = tmp_path / "client.properties"
-    props.write_text("# SASL over TLS\nbootstrap.servers=b1:9093\nsecurity.protocol=SASL_SSL\n"
-                     "sasl.mechanisms = SCRAM-SHA-512\nsasl.password=a=b:c\n\nlinger.ms: 50\n")
+    props.write_text(
+        "# SASL over TLS\nbootstrap.servers=b1:9093\nsecurity.protocol=SASL_SSL\n"
+        "sasl.mechanisms = SCRAM-SHA-512\nsasl.password=a=b:c\n\nlinger.ms: 50\n"
+    )
     user = load_properties(props)
     assert user["sasl.password"] == "a=b:c" and user["linger.ms"] == "50"
     config = producer_config(None, user)
@@ -142,17 +180,25 @@ def watermark_total(bootstrap: str, topic: str, partitions: int) -> int:
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
     try:
         return sum(
-            hi - lo for lo, hi in (consumer.get_watermark_offsets(TopicPartition(topic, p),
-                                                                  timeout=10)
-                                   for p in range(partitions))
-        )  # fmt: skip
+            hi - lo
+            for lo, hi in (
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in range(partitions)
+            )
+        )
     finally:
         consumer.close()
 
 
 def consume(bootstrap: str, topic: str, expected: int) -> list:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"g-{uuid.uuid4().hex}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.subscribe([topic])
     messages: list = []
     try:
@@ -177,8 +223,9 @@ def test_every_event_acknowledged_keyed_and_in_per_loan_order(
 
     serde = AvroSerde("LoanEvent")
     partitions_of, times_of = defaultdict(set), defaultdict(list)
-    for message in sorted(consume(bootstrap_servers, topic, len(events)),
-                          key=lambda m: (m.partition(), m.offset())):  # fmt: skip
+    for message in sorted(
+        consume(bootstrap_servers, topic, len(events)), key=lambda m: (m.partition(), m.offset())
+    ):
         event = serde.decode(message.value())
         assert message.key() == event["loan_id"].encode()
         partitions_of[event["loan_id"]].add(message.partition())
@@ -191,7 +238,8 @@ def test_every_event_acknowledged_keyed_and_in_per_loan_order(
 def test_rate_limit_is_respected(bootstrap_servers: str, make_topic) -> None:
     topic = make_topic("rate")
     summary = EventProducer({"bootstrap.servers": bootstrap_servers}, topic, rate=400).run(
-        book(60))  # 300 events; the first burst (40) is free  # fmt: skip
+        book(60)
+    )  # 300 events; the first burst (40) is free
     assert summary.ok
     assert 0.55 < summary.seconds < 1.5, summary.seconds
 
@@ -209,7 +257,8 @@ def test_stop_flag_flushes_what_was_sent(bootstrap_servers: str, make_topic) -> 
                 stop.set()  # as the SIGTERM handler would
 
     summary = EventProducer({"bootstrap.servers": bootstrap_servers}, topic, chunk=64).run(
-        endless(), stop)  # fmt: skip
+        endless(), stop
+    )
     assert summary.interrupted and summary.ok
     assert summary.sent >= 250
     assert watermark_total(bootstrap_servers, topic, 1) == summary.sent
@@ -221,8 +270,9 @@ def test_delivery_failures_are_counted_never_dropped(bootstrap_servers: str, mak
     events = book(5)
     huge = loan_history(99, T0 + 10**9)[0]
     huge["body"][1]["employment_type"] = "x" * 5000
-    summary = EventProducer({"bootstrap.servers": bootstrap_servers,
-                             "compression.type": "none"}, topic).run([*events, huge])
+    summary = EventProducer(
+        {"bootstrap.servers": bootstrap_servers, "compression.type": "none"}, topic
+    ).run([*events, huge])
     assert not summary.ok
     assert summary.failed >= 1 and "MSG_SIZE_TOO_LARGE" in summary.errors
     assert summary.acknowledged + summary.failed == summary.sent == len(events) + 1
@@ -232,9 +282,14 @@ def test_delivery_failures_are_counted_never_dropped(bootstrap_servers: str, mak
 def test_unreachable_broker_fails_every_event_with_a_reason() -> None:
     from loan_recovery.broker import free_port
 
-    producer = EventProducer({"bootstrap.servers": f"127.0.0.1:{free_port()}",
-                              "message.timeout.ms": "1500", "log_level": "0"},
-                             "nowhere")  # fmt: skip
+    producer = EventProducer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{free_port()}",
+            "message.timeout.ms": "1500",
+            "log_level": "0",
+        },
+        "nowhere",
+    )
     summary = producer.run(book(3))
     assert not summary.ok
     assert summary.failed == summary.sent == 15 and summary.acknowledged == 0
@@ -260,6 +315,7 @@ def test_a_live_source_that_ends_on_stop_counts_as_interrupted(
     # The 20 openings fill 5 chunks of 4; the next chunk waits a month of event time and
     # comes back empty when the stop arrives.
     summary = EventProducer({"bootstrap.servers": bootstrap_servers}, topic, chunk=4).run(
-        live, stop)  # fmt: skip
+        live, stop
+    )
     assert summary.interrupted and summary.ok
     assert summary.sent == watermark_total(bootstrap_servers, topic, 1) == 20

@@ -14,8 +14,9 @@ from producer.engine import EventProducer
 
 
 def partitions_on_broker(bootstrap: str, topic: str, partitions: int, expected: int) -> dict:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "partition-check",
-                         "enable.auto.commit": False})  # fmt: skip
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "partition-check", "enable.auto.commit": False}
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     seen: dict[bytes, int] = {}
     try:

@@ -49,16 +49,18 @@ class FlakyTransactions:
         self.calls += 1
         if self.left and self.calls % self.every == 0:
             self.left -= 1
-            raise KafkaException(KafkaError(KafkaError._STATE, "injected abortable failure",
-                                            txn_requires_abort=True))  # fmt: skip
+            raise KafkaException(
+                KafkaError(KafkaError._STATE, "injected abortable failure", txn_requires_abort=True)
+            )
         self._producer.send_offsets_to_transaction(*args)
 
     def abort_transaction(self, *args: Any) -> None:
         self._producer.abort_transaction(*args)
         if self.abort_failures:
             self.abort_failures -= 1
-            raise KafkaException(KafkaError(KafkaError.INVALID_TXN_STATE,
-                                            "injected failed abort", fatal=True))  # fmt: skip
+            raise KafkaException(
+                KafkaError(KafkaError.INVALID_TXN_STATE, "injected failed abort", fatal=True)
+            )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -81,8 +83,13 @@ def test_aborted_transactions_roll_back_and_rewind(
     from models.serving.policy import Policy
 
     app = unique_name("abort")
-    topics = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
-                    risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    topics = Topics(
+        events=f"{app}.events",
+        strategy_changes=f"{app}.changes",
+        risk_alerts=f"{app}.alerts",
+        dlq=f"{app}.dlq",
+        app_id=app,
+    )
     create_topics(bootstrap_servers, topics, partitions=PARTITIONS)
     events = generate_book(500, seed=31)[1]
     produce(bootstrap_servers, topics.events, encoded(events))
@@ -90,8 +97,15 @@ def test_aborted_transactions_roll_back_and_rewind(
 
     # Small polls and a commit after each: the ~7,500 events take well over the 12
     # transactions the 4 injected failures need, however fast the scorer is.
-    config = ServeConfig(bootstrap_servers, trained_model, topics=topics, instance_id="flaky",
-                         commit_interval_ms=1, exit_when_idle_s=3, max_batch=50)  # fmt: skip
+    config = ServeConfig(
+        bootstrap_servers,
+        trained_model,
+        topics=topics,
+        instance_id="flaky",
+        commit_interval_ms=1,
+        exit_when_idle_s=3,
+        max_batch=50,
+    )
     scorer = FlakyScorer(config, bundle, policy)
     scorer.run()
 
@@ -113,14 +127,25 @@ def test_at_least_once_mode_without_failures_gives_the_same_outputs(
     from models.serving.policy import Policy
 
     app = unique_name("alo")
-    topics = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
-                    risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    topics = Topics(
+        events=f"{app}.events",
+        strategy_changes=f"{app}.changes",
+        risk_alerts=f"{app}.alerts",
+        dlq=f"{app}.dlq",
+        app_id=app,
+    )
     create_topics(bootstrap_servers, topics, partitions=PARTITIONS)
     events = generate_book(300, seed=32)[1]
     produce(bootstrap_servers, topics.events, encoded(events))
     bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
-    config = ServeConfig(bootstrap_servers, trained_model, topics=topics, instance_id="alo",
-                         guarantee=Guarantee.at_least_once, exit_when_idle_s=2)  # fmt: skip
+    config = ServeConfig(
+        bootstrap_servers,
+        trained_model,
+        topics=topics,
+        instance_id="alo",
+        guarantee=Guarantee.at_least_once,
+        exit_when_idle_s=2,
+    )
     scorer = ScorerApp(config, bundle, policy)
     scorer.run()
     assert scorer.processed == len(events)

@@ -56,22 +56,44 @@ def book(tmp_path_factory, trained_model: Path) -> dict:
     with open(log, "w") as handle:
         write_jsonl(events, handle)
     events = read_history("events", log).events  # exactly what `score` reads
-    _cli("score", "--model", str(trained_model), "--source", "events", "--input", str(log),
-         "--out", str(out / "scores.csv"), "--changes", str(out / "changes.csv"),
-         "--partitions", str(PARTITIONS))  # fmt: skip
+    _cli(
+        "score",
+        "--model",
+        str(trained_model),
+        "--source",
+        "events",
+        "--input",
+        str(log),
+        "--out",
+        str(out / "scores.csv"),
+        "--changes",
+        str(out / "changes.csv"),
+        "--partitions",
+        str(PARTITIONS),
+    )
     with open(out / "scores.csv") as handle:
         scores = {row["loan_id"]: row for row in csv.DictReader(handle)}
     with open(out / "changes.csv") as handle:
         changes = list(csv.DictReader(handle))
-    return {"events": events, "log": log, "scores": scores, "changes": changes,
-            "model": trained_model}  # fmt: skip
+    return {
+        "events": events,
+        "log": log,
+        "scores": scores,
+        "changes": changes,
+        "model": trained_model,
+    }
 
 
 @pytest.fixture
 def topics(bootstrap_servers: str, unique_name) -> Topics:
     app = unique_name("app")
-    t = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
-               risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    t = Topics(
+        events=f"{app}.events",
+        strategy_changes=f"{app}.changes",
+        risk_alerts=f"{app}.alerts",
+        dlq=f"{app}.dlq",
+        app_id=app,
+    )
     create_topics(bootstrap_servers, t, partitions=PARTITIONS)
     return t
 
@@ -84,8 +106,15 @@ def scorers(bootstrap_servers: str, book: dict, topics: Topics, tmp_path: Path) 
     def start(instance: str = "i0", extra_properties: str = "", **flags: str) -> Scorer:
         properties = tmp_path / f"client-{instance}.properties"
         properties.write_text(FAST_GROUP + extra_properties)
-        scorer = Scorer(bootstrap_servers, book["model"], topics, instance, properties,
-                        tmp_path / f"scorer-{instance}-{len(started)}.log", flags)  # fmt: skip
+        scorer = Scorer(
+            bootstrap_servers,
+            book["model"],
+            topics,
+            instance,
+            properties,
+            tmp_path / f"scorer-{instance}-{len(started)}.log",
+            flags,
+        )
         started.append(scorer)
         return scorer
 
@@ -98,29 +127,53 @@ def scorers(bootstrap_servers: str, book: dict, topics: Topics, tmp_path: Path) 
 
 
 def _cli(*args: str, timeout: float = 600) -> None:
-    result = subprocess.run([sys.executable, "-m", "loan_recovery.cli", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "loan_recovery.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert result.returncode == 0, f"loan-recovery {' '.join(args)}:\n{result.stderr[-3000:]}"
 
 
 class Scorer:
     """One `loan-recovery serve` subprocess with its own metrics port and log."""
 
-    def __init__(self, bootstrap: str, model: Path, topics: Topics, instance: str,
-                 properties: Path, log: Path, flags: dict[str, str]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bootstrap: str,
+        model: Path,
+        topics: Topics,
+        instance: str,
+        properties: Path,
+        log: Path,
+        flags: dict[str, str],
+    ) -> None:
         self.port = free_port()
         self.log = log
-        args = {"--model": str(model), "--bootstrap-servers": bootstrap,
-                "--metrics-port": str(self.port), "--input-topic": topics.events,
-                "--strategy-topic": topics.strategy_changes, "--alerts-topic": topics.risk_alerts,
-                "--dlq-topic": topics.dlq, "--app-id": topics.app_id, "--instance-id": instance,
-                "--kafka-config": str(properties), "--commit-interval-ms": "100",
-                "--exit-when-idle": "6", **flags}  # fmt: skip
+        args = {
+            "--model": str(model),
+            "--bootstrap-servers": bootstrap,
+            "--metrics-port": str(self.port),
+            "--input-topic": topics.events,
+            "--strategy-topic": topics.strategy_changes,
+            "--alerts-topic": topics.risk_alerts,
+            "--dlq-topic": topics.dlq,
+            "--app-id": topics.app_id,
+            "--instance-id": instance,
+            "--kafka-config": str(properties),
+            "--commit-interval-ms": "100",
+            "--exit-when-idle": "6",
+            **flags,
+        }
         command = [sys.executable, "-m", "loan_recovery.cli", "serve"]
         command += [x for kv in args.items() for x in kv]
         self._out = open(log, "wb")  # noqa: SIM115 -- closed in stop()
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def samples(self) -> dict[tuple[str, tuple], float]:
         """Current metric samples, or {} while the HTTP port is not up (or gone)."""
@@ -128,12 +181,18 @@ class Scorer:
             text = requests.get(f"http://127.0.0.1:{self.port}/metrics", timeout=2).text
         except requests.RequestException:
             return {}
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
 
     def total(self, name: str, **labels: str) -> float:
-        return sum(v for (n, ls), v in self.samples().items()
-                   if n == name and all((k, x) in ls for k, x in labels.items()))  # fmt: skip
+        return sum(
+            v
+            for (n, ls), v in self.samples().items()
+            if n == name and all((k, x) in ls for k, x in labels.items())
+        )
 
     def wait_for(self, condition, timeout_s: float = 120, what: str = "") -> None:
         deadline = time.monotonic() + timeout_s
@@ -141,8 +200,10 @@ class Scorer:
             if condition():
                 return
             if self.process.poll() is not None:
-                pytest.fail(f"scorer exited ({self.process.returncode}) waiting for {what}:\n"
-                            f"{self.log_text()[-3000:]}")  # fmt: skip
+                pytest.fail(
+                    f"scorer exited ({self.process.returncode}) waiting for {what}:\n"
+                    f"{self.log_text()[-3000:]}"
+                )
             time.sleep(0.1)
         pytest.fail(f"timeout waiting for {what}:\n{self.log_text()[-3000:]}")
 
@@ -176,11 +237,13 @@ def encoded(events: list[dict]) -> list[tuple[bytes, bytes]]:
     return [(e["loan_id"].encode(), encode(e)) for e in events]
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
-            rate: float | None = None) -> None:  # fmt: skip
+def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float | None = None
+) -> None:
     """A plain keyed, idempotent producer with the default partitioner (like `produce`)."""
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
-                         "linger.ms": 5})  # fmt: skip
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+    )
     chunk = 500
     started = time.monotonic()
     for start in range(0, len(records), chunk):
@@ -198,8 +261,9 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]],
     assert producer.flush(60) == 0
 
 
-def produce_in_background(bootstrap: str, topic: str, records: list, rate: float
-                          ) -> threading.Thread:  # fmt: skip
+def produce_in_background(
+    bootstrap: str, topic: str, records: list, rate: float
+) -> threading.Thread:
     thread = threading.Thread(target=produce, args=(bootstrap, topic, records, rate), daemon=True)
     thread.start()
     return thread
@@ -208,8 +272,14 @@ def produce_in_background(bootstrap: str, topic: str, records: list, rate: float
 def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -> list:
     """Every committed record of ``topic``: until ``expected`` arrived, plus a grace period
     in which a duplicate would show up."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(PARTITIONS)])
     messages: list = []
     deadline = time.monotonic() + timeout_s
@@ -228,10 +298,12 @@ def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float = 60) -
 
 def change_keys(bootstrap: str, topics: Topics, expected: int) -> tuple[Counter, list[dict]]:
     serde = AvroSerde("StrategyChanged")
-    records = [serde.decode(m.value()) for m in
-               read_all(bootstrap, topics.strategy_changes, expected)]  # fmt: skip
-    return Counter((r["loan_id"], r["source_event_id"], r["new_strategy"]) for r in records), \
-        records  # fmt: skip
+    records = [
+        serde.decode(m.value()) for m in read_all(bootstrap, topics.strategy_changes, expected)
+    ]
+    return Counter(
+        (r["loan_id"], r["source_event_id"], r["new_strategy"]) for r in records
+    ), records
 
 
 def reference_keys(changes: list[dict]) -> Counter:
@@ -241,11 +313,17 @@ def reference_keys(changes: list[dict]) -> Counter:
 def committed_total(bootstrap: str, topics: Topics) -> int:
     # read_uncommitted: do not wait for offsets pending in the killed scorer's open
     # transaction (librdkafka's read_committed default asks for stable offsets only).
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.app_id,
-                         "isolation.level": "read_uncommitted"})  # fmt: skip
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": topics.app_id,
+            "isolation.level": "read_uncommitted",
+        }
+    )
     try:
-        offsets = consumer.committed([TopicPartition(topics.events, p)
-                                      for p in range(PARTITIONS)], timeout=30)  # fmt: skip
+        offsets = consumer.committed(
+            [TopicPartition(topics.events, p) for p in range(PARTITIONS)], timeout=30
+        )
     finally:
         consumer.close()
     return sum(max(tp.offset, 0) for tp in offsets)
@@ -255,7 +333,8 @@ def assert_same_changes(got: Counter, want: Counter) -> None:
     missing, extra = want - got, got - want
     assert not missing and not extra, (
         f"{sum(missing.values())} missing, e.g. {list(missing)[:3]}; "
-        f"{sum(extra.values())} duplicated/unexpected, e.g. {list(extra)[:3]}")
+        f"{sum(extra.values())} duplicated/unexpected, e.g. {list(extra)[:3]}"
+    )
 
 
 # -- the tests ---------------------------------------------------------------------------------
@@ -268,16 +347,23 @@ def test_parity_with_batch_score_and_promtool_clean_metrics(
     assert len(book["scores"]) >= 2000 and len(events) >= 20_000
     produce(bootstrap_servers, topics.events, encoded(events))
     scorer = scorers("parity")
-    scorer.wait_for(lambda: scorer.total("loanrec_events_total") >= len(events), 240,
-                    "every event processed")  # fmt: skip
+    scorer.wait_for(
+        lambda: scorer.total("loanrec_events_total") >= len(events), 240, "every event processed"
+    )
 
     # A live scrape passes promtool's linter.
     exposition = requests.get(f"http://127.0.0.1:{scorer.port}/metrics", timeout=5).text
     (tmp_path / "metrics.txt").write_text(exposition)
-    lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, text=True,
-                          capture_output=True, check=False)  # fmt: skip
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=exposition,
+        text=True,
+        capture_output=True,
+        check=False,
+    )
     assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), (
-        lint.stdout + lint.stderr)
+        lint.stdout + lint.stderr
+    )
     assert requests.get(f"http://127.0.0.1:{scorer.port}/readyz", timeout=5).status_code == 200
     assert scorer.total("loanrec_events_total", outcome="scored") == len(events)
     assert scorer.wait_exit() == 0
@@ -299,8 +385,9 @@ def test_parity_with_batch_score_and_promtool_clean_metrics(
     final = [loan for loan, c in last.items() if c["source_event_id"] == last_event[loan]]
     assert final
     for loan_id in final:
-        assert abs(last[loan_id]["risk_score"] - float(book["scores"][loan_id]["risk_score"])
-                   ) <= 1e-9  # fmt: skip
+        assert (
+            abs(last[loan_id]["risk_score"] - float(book["scores"][loan_id]["risk_score"])) <= 1e-9
+        )
 
 
 def test_kill_9_three_times_loses_and_duplicates_nothing(
@@ -337,9 +424,14 @@ def test_rebalance_moves_state_through_the_changelog(
     first = scorers("a")
     first.wait_for(lambda: first.total("loanrec_events_total") > 2000, 90, "first progress")
     second = scorers("b")
-    second.wait_for(lambda: second.total("loanrec_assigned_partitions") > 0
-                    and second.total("loanrec_events_total") > 500, 90,
-                    "the second instance to take partitions and process")  # fmt: skip
+    second.wait_for(
+        lambda: (
+            second.total("loanrec_assigned_partitions") > 0
+            and second.total("loanrec_events_total") > 500
+        ),
+        90,
+        "the second instance to take partitions and process",
+    )
     restored_by_second = second.total("loanrec_restored_loans_total")
     second.stop()  # leaves the group: its partitions go back to the first instance
     assert second.process.returncode == 0, second.log_text()[-3000:]
@@ -369,18 +461,31 @@ def poisoned_stream(events: list[dict], rng: random.Random) -> tuple[list, Count
     day = 86_400_000
 
     def bad_event(event: dict, body_type: str, body: dict) -> bytes:
-        return serde.encode({**event, "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-                             "occurred_at": event["occurred_at"] + day,
-                             "body": (f"loanrec.events.{body_type}", body)})  # fmt: skip
+        return serde.encode(
+            {
+                **event,
+                "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+                "occurred_at": event["occurred_at"] + day,
+                "body": (f"loanrec.events.{body_type}", body),
+            }
+        )
 
     for n in range(POISON_PER_KIND):
         i, e = opened[rng.randrange(len(opened))]
         key = e["loan_id"].encode()
         opened_day = e["occurred_at"] // day
-        payment = {"installment_due_date": opened_day + 30, "amount_due": 100.0,
-                   "amount_paid": -50.0, "outstanding_after": 1000.0}  # fmt: skip
-        missed = {"installment_due_date": opened_day + 30, "amount_due": -1.0,
-                  "days_past_due": 3, "outstanding": 1000.0}  # fmt: skip
+        payment = {
+            "installment_due_date": opened_day + 30,
+            "amount_due": 100.0,
+            "amount_paid": -50.0,
+            "outstanding_after": 1000.0,
+        }
+        missed = {
+            "installment_due_date": opened_day + 30,
+            "amount_due": -1.0,
+            "days_past_due": 3,
+            "outstanding": 1000.0,
+        }
         ghost = {**e, "loan_id": f"GHOST-{n}", "event_id": str(uuid.uuid4())}
         j = rng.randrange(len(records))
         kinds = [
@@ -391,11 +496,26 @@ def poisoned_stream(events: list[dict], rng: random.Random) -> tuple[list, Count
             ("unknown_fingerprint", key, MAGIC + rng.randbytes(8) + records[j][1][10:]),
             ("invalid_amount", key, bad_event(e, "PaymentReceived", payment)),
             ("invalid_amount", key, bad_event(e, "PaymentMissed", missed)),
-            ("impossible_date", key, bad_event(e, "PaymentReceived", {
-                **payment, "amount_paid": 100.0, "installment_due_date": opened_day - 4000})),
-            ("unknown_loan", f"GHOST-{n}".encode(), serde.encode(
-                {**ghost, "body": ("loanrec.events.PaymentMissed", missed | {"amount_due": 5.0})})),
-        ]  # fmt: skip
+            (
+                "impossible_date",
+                key,
+                bad_event(
+                    e,
+                    "PaymentReceived",
+                    {**payment, "amount_paid": 100.0, "installment_due_date": opened_day - 4000},
+                ),
+            ),
+            (
+                "unknown_loan",
+                f"GHOST-{n}".encode(),
+                serde.encode(
+                    {
+                        **ghost,
+                        "body": ("loanrec.events.PaymentMissed", missed | {"amount_due": 5.0}),
+                    }
+                ),
+            ),
+        ]
         for reason, k, value in kinds:
             inserts.append((i, (k, value)))
             reasons[reason] += 1
@@ -424,8 +544,9 @@ def test_poison_records_go_to_the_dlq_and_the_stream_goes_on(
     produce(bootstrap_servers, topics.events, records)
     scorer = scorers("poison")
     expected_dlq = sum(reasons.values())
-    scorer.wait_for(lambda: scorer.total("loanrec_events_total") >= len(records), 120,
-                    "every record processed")  # fmt: skip
+    scorer.wait_for(
+        lambda: scorer.total("loanrec_events_total") >= len(records), 120, "every record processed"
+    )
     assert scorer.total("loanrec_events_total", outcome="scored") == len(events)
     assert scorer.total("loanrec_events_total", outcome="duplicate") == duplicates
     assert scorer.total("loanrec_events_total", outcome="dlq") == expected_dlq
@@ -444,7 +565,6 @@ def test_poison_records_go_to_the_dlq_and_the_stream_goes_on(
         assert headers["source.topic"].decode() == topics.events
         assert int(headers["source.offset"].decode()) >= 0 and headers["error.message"]
 
-    reference = score_events(events, ModelBundle.load(trained_model), Policy.load(None),
-                             PARTITIONS)  # fmt: skip
+    reference = score_events(events, ModelBundle.load(trained_model), Policy.load(None), PARTITIONS)
     got, _ = change_keys(bootstrap_servers, topics, len(reference.changes))
     assert_same_changes(got, reference_keys(reference.changes))

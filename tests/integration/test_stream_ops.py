@@ -22,8 +22,13 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def topics(bootstrap_servers: str, unique_name) -> Topics:
     app = unique_name("ops")
-    t = Topics(events=f"{app}.events", strategy_changes=f"{app}.changes",
-               risk_alerts=f"{app}.alerts", dlq=f"{app}.dlq", app_id=app)  # fmt: skip
+    t = Topics(
+        events=f"{app}.events",
+        strategy_changes=f"{app}.changes",
+        risk_alerts=f"{app}.alerts",
+        dlq=f"{app}.dlq",
+        app_id=app,
+    )
     create_topics(bootstrap_servers, t, partitions=PARTITIONS)
     return t
 
@@ -35,12 +40,20 @@ def small_events() -> list[dict]:
     return generate_book(40, seed=21)[1]
 
 
-def start(bootstrap: str, model: Path, topics: Topics, instance: str, tmp_path: Path,
-          started: list) -> Scorer:  # fmt: skip
+def start(
+    bootstrap: str, model: Path, topics: Topics, instance: str, tmp_path: Path, started: list
+) -> Scorer:
     properties = tmp_path / f"{instance}.properties"
     properties.write_text("session.timeout.ms=6000\nheartbeat.interval.ms=1000\n")
-    scorer = Scorer(bootstrap, model, topics, instance, properties,
-                    tmp_path / f"{instance}-{len(started)}.log", {"--exit-when-idle": "600"})
+    scorer = Scorer(
+        bootstrap,
+        model,
+        topics,
+        instance,
+        properties,
+        tmp_path / f"{instance}-{len(started)}.log",
+        {"--exit-when-idle": "600"},
+    )
     started.append(scorer)
     return scorer
 
@@ -53,9 +66,12 @@ def get(scorer: Scorer, path: str) -> int:
 
 
 def test_sighup_reload_probes_and_graceful_stop(
-    bootstrap_servers: str, trained_model: Path, topics: Topics, small_events: list,
+    bootstrap_servers: str,
+    trained_model: Path,
+    topics: Topics,
+    small_events: list,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     model = tmp_path / "model"
     shutil.copytree(trained_model, model)
     started: list[Scorer] = []
@@ -63,8 +79,9 @@ def test_sighup_reload_probes_and_graceful_stop(
         scorer = start(bootstrap_servers, model, topics, "ops", tmp_path, started)
         scorer.wait_for(lambda: get(scorer, "/readyz") == 200, 90, "ready")
         assert get(scorer, "/healthz") == 200 and get(scorer, "/nope") == 404
-        version = next(labels for (name, labels), _ in scorer.samples().items()
-                       if name == "loanrec_model_info")  # fmt: skip
+        version = next(
+            labels for (name, labels), _ in scorer.samples().items() if name == "loanrec_model_info"
+        )
 
         metadata = model / "metadata.json"
         original = metadata.read_bytes()
@@ -73,14 +90,23 @@ def test_sighup_reload_probes_and_graceful_stop(
         scorer.wait_for(lambda: "model_reload_failed" in scorer.log_text(), 30, "reload failure")
         assert get(scorer, "/healthz") == 200  # still serving, with the old model
         produce(bootstrap_servers, topics.events, encoded(small_events))
-        scorer.wait_for(lambda: scorer.total("loanrec_events_total") >= len(small_events), 60,
-                        "events scored by the old model")  # fmt: skip
+        scorer.wait_for(
+            lambda: scorer.total("loanrec_events_total") >= len(small_events),
+            60,
+            "events scored by the old model",
+        )
 
         metadata.write_bytes(original)
         os.kill(scorer.process.pid, signal.SIGHUP)
         scorer.wait_for(lambda: "model_reloaded" in scorer.log_text(), 30, "reload")
-        assert next(labels for (name, labels), _ in scorer.samples().items()
-                    if name == "loanrec_model_info") == version  # fmt: skip
+        assert (
+            next(
+                labels
+                for (name, labels), _ in scorer.samples().items()
+                if name == "loanrec_model_info"
+            )
+            == version
+        )
 
         os.killpg(scorer.process.pid, signal.SIGTERM)
         assert scorer.wait_exit(30) == 0
@@ -92,9 +118,12 @@ def test_sighup_reload_probes_and_graceful_stop(
 
 
 def test_a_second_instance_with_the_same_id_fences_the_first(
-    bootstrap_servers: str, trained_model: Path, topics: Topics, small_events: list,
+    bootstrap_servers: str,
+    trained_model: Path,
+    topics: Topics,
+    small_events: list,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     started: list[Scorer] = []
     try:
         first = start(bootstrap_servers, trained_model, topics, "twin", tmp_path, started)

@@ -68,10 +68,23 @@ def read_history(
     raise AdapterError(f"unknown source {source!r}: use one of {', '.join(SOURCES)}")
 
 
-
 __all__ = [
-    "AS_OF_DAY", "DAY_MS", "SEED_COLUMNS", "SEED_REQUIRED", "SOURCES", "AdapterError",
-    "EventLogWriter", "History", "event_id", "read_events", "read_history", "read_seed",
-    "read_uci", "seed_frame_history", "seed_row_events", "write_avro", "write_jsonl",
+    "AS_OF_DAY",
+    "DAY_MS",
+    "SEED_COLUMNS",
+    "SEED_REQUIRED",
+    "SOURCES",
+    "AdapterError",
+    "EventLogWriter",
+    "History",
+    "event_id",
+    "read_events",
+    "read_history",
+    "read_seed",
+    "read_uci",
+    "seed_frame_history",
+    "seed_row_events",
+    "write_avro",
+    "write_jsonl",
     "write_outcomes",
-]  # fmt: skip
+]

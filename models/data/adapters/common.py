@@ -41,7 +41,6 @@ class History:
     open_loans: set[str] = field(default_factory=set)
 
 
-
 def _name(path: Any) -> str:
     return str(path) if isinstance(path, (str, Path)) else getattr(path, "name", "<stream>")
 
@@ -54,19 +53,22 @@ def _read_csv(path: str | Path | IO[str]) -> pd.DataFrame:
         raise AdapterError(f"{_name(path)}: no such file") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         detail = str(error).strip().splitlines()[-1]
-        raise AdapterError(f"{_name(path)}: not a readable CSV ({detail}); export it as "
-                           "comma-separated UTF-8 text") from None  # fmt: skip
+        raise AdapterError(
+            f"{_name(path)}: not a readable CSV ({detail}); export it as comma-separated UTF-8 text"
+        ) from None
     except pd.errors.EmptyDataError:
-        raise AdapterError(f"{_name(path)}: the file is empty; export the loan book with its "
-                           "header row") from None  # fmt: skip
+        raise AdapterError(
+            f"{_name(path)}: the file is empty; export the loan book with its header row"
+        ) from None
 
 
 def _canonical(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def _match_columns(frame: pd.DataFrame, expected: Iterable[str], required: Iterable[str],
-                   path: Any) -> pd.DataFrame:  # fmt: skip
+def _match_columns(
+    frame: pd.DataFrame, expected: Iterable[str], required: Iterable[str], path: Any
+) -> pd.DataFrame:
     """Rename columns to their canonical spelling (case, spaces and underscores do not matter),
     drop extra columns, add missing optional ones as blanks, fail on a missing required one."""
     by_key = {_canonical(c): c for c in frame.columns}
@@ -102,8 +104,6 @@ def event_id(loan_id: str, index: int) -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
 
 
-
-
 def _int_or(value: float, default: int) -> int:
     return int(value) if value == value and abs(value) < 1e12 else default
 
@@ -112,11 +112,13 @@ def _amount_or_nan(value: float) -> float:
     return float(value) if value == value and value >= 0 else math.nan
 
 
-
-
-def _event(loan_id: str, borrower: str, seq: int, at: int, body_type: str,
-           body: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    return {"event_id": event_id(loan_id, seq), "loan_id": loan_id, "borrower_id": borrower,
-            "occurred_at": int(at), "body": (body_type, body)}  # fmt: skip
-
-
+def _event(
+    loan_id: str, borrower: str, seq: int, at: int, body_type: str, body: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id(loan_id, seq),
+        "loan_id": loan_id,
+        "borrower_id": borrower,
+        "occurred_at": int(at),
+        "body": (body_type, body),
+    }

@@ -43,8 +43,9 @@ def read_events(path: str | Path | IO[str], outcomes: str | Path | None = None) 
         return History(events, _read_outcomes(Path(outcomes)), "events", len(events))
     found, closed_at = _closed_outcomes(events)
     still_open = {e["loan_id"] for e in events} - set(found)
-    return History(events, found, "events", len(events), outcome_at=closed_at,
-                   open_loans=still_open)
+    return History(
+        events, found, "events", len(events), outcome_at=closed_at, open_loans=still_open
+    )
 
 
 def _read_avro(path: Path) -> Iterator[dict[str, Any]]:
@@ -52,14 +53,17 @@ def _read_avro(path: Path) -> Iterator[dict[str, Any]]:
         try:
             for n, event in enumerate(fastavro.reader(handle, return_record_name=True), 1):
                 if not isinstance(event, dict) or not isinstance(event.get("body"), tuple):
-                    raise AdapterError(f"{path}: record {n} is not a LoanEvent; the container "
-                                       "must use the LoanEvent schema")  # fmt: skip
+                    raise AdapterError(
+                        f"{path}: record {n} is not a LoanEvent; the container "
+                        "must use the LoanEvent schema"
+                    )
                 yield _plain(event)
         except AdapterError:
             raise
         except Exception as error:  # fastavro raises many types for corrupt blocks
-            raise AdapterError(f"{path}: not a readable Avro container of LoanEvent "
-                               f"({error}); re-export it") from None  # fmt: skip
+            raise AdapterError(
+                f"{path}: not a readable Avro container of LoanEvent ({error}); re-export it"
+            ) from None
 
 
 def _plain(event: dict[str, Any]) -> dict[str, Any]:
@@ -113,8 +117,10 @@ def _read_outcomes(path: Path) -> dict[str, int]:
     values = _numbers(frame["outcome"])
     bad = np.flatnonzero(~np.isin(values, (0.0, 1.0)))
     if bad.size:
-        raise AdapterError(f"{path}: row {bad[0] + 2}, column 'outcome': "
-                           f"{frame['outcome'].iloc[bad[0]]!r} is not 0 or 1")  # fmt: skip
+        raise AdapterError(
+            f"{path}: row {bad[0] + 2}, column 'outcome': "
+            f"{frame['outcome'].iloc[bad[0]]!r} is not 0 or 1"
+        )
     return dict(zip(frame["loan_id"].astype(str), values.astype(int).tolist(), strict=True))
 
 
@@ -165,8 +171,11 @@ class EventLogWriter:
         self.path = Path(path)
         self.count = 0
         self._avro = self.path.suffix == ".avro"
-        self._handle: IO[Any] = open(self.path, "wb" if self._avro else "w",  # noqa: SIM115
-                                     encoding=None if self._avro else "utf-8")  # fmt: skip
+        self._handle: IO[Any] = open(
+            self.path,
+            "wb" if self._avro else "w",
+            encoding=None if self._avro else "utf-8",
+        )
         if self._avro:
             schema = default_registry().latest("LoanEvent").parsed
             self._writer = fastavro.write.Writer(self._handle, schema, codec=codec)
@@ -198,4 +207,3 @@ def write_outcomes(outcomes: dict[str, int], path: Path) -> None:
         writer = csv.writer(handle)
         writer.writerow(("loan_id", "outcome"))
         writer.writerows(outcomes.items())
-

@@ -40,26 +40,63 @@ from schemas.events import (
 
 AS_OF_DAY = 19_875  # 2024-06-01: seed exports carry no dates; histories end here
 SEED_COLUMNS = (
-    "Borrower_ID", "Age", "Gender", "Employment_Type", "Monthly_Income", "Num_Dependents",
-    "Loan_ID", "Loan_Amount", "Loan_Tenure", "Interest_Rate", "Loan_Type", "Collateral_Value",
-    "Outstanding_Loan_Amount", "Monthly_EMI", "Payment_History", "Num_Missed_Payments",
-    "Days_Past_Due", "Recovery_Status", "Collection_Attempts", "Collection_Method",
+    "Borrower_ID",
+    "Age",
+    "Gender",
+    "Employment_Type",
+    "Monthly_Income",
+    "Num_Dependents",
+    "Loan_ID",
+    "Loan_Amount",
+    "Loan_Tenure",
+    "Interest_Rate",
+    "Loan_Type",
+    "Collateral_Value",
+    "Outstanding_Loan_Amount",
+    "Monthly_EMI",
+    "Payment_History",
+    "Num_Missed_Payments",
+    "Days_Past_Due",
+    "Recovery_Status",
+    "Collection_Attempts",
+    "Collection_Method",
     "Legal_Action_Taken",
-)  # fmt: skip
+)
 SEED_REQUIRED = (
-    "Loan_ID", "Loan_Amount", "Outstanding_Loan_Amount", "Num_Missed_Payments",
-    "Days_Past_Due", "Recovery_Status",
-)  # fmt: skip
+    "Loan_ID",
+    "Loan_Amount",
+    "Outstanding_Loan_Amount",
+    "Num_Missed_Payments",
+    "Days_Past_Due",
+    "Recovery_Status",
+)
 SEED_NUMERIC = (
-    "Age", "Monthly_Income", "Num_Dependents", "Loan_Amount", "Loan_Tenure", "Interest_Rate",
-    "Collateral_Value", "Outstanding_Loan_Amount", "Monthly_EMI", "Num_Missed_Payments",
-    "Days_Past_Due", "Collection_Attempts",
-)  # fmt: skip
+    "Age",
+    "Monthly_Income",
+    "Num_Dependents",
+    "Loan_Amount",
+    "Loan_Tenure",
+    "Interest_Rate",
+    "Collateral_Value",
+    "Outstanding_Loan_Amount",
+    "Monthly_EMI",
+    "Num_Missed_Payments",
+    "Days_Past_Due",
+    "Collection_Attempts",
+)
 # Recovery_Status (normalised) -> outcome; anything else is unlabelled rather than guessed.
 RECOVERY_OUTCOMES = {
-    "writtenoff": 1, "writeoff": 1, "chargedoff": 1, "defaulted": 1, "default": 1,
-    "fullyrecovered": 0, "partiallyrecovered": 0, "recovered": 0, "settled": 0, "repaid": 0,
-}  # fmt: skip
+    "writtenoff": 1,
+    "writeoff": 1,
+    "chargedoff": 1,
+    "defaulted": 1,
+    "default": 1,
+    "fullyrecovered": 0,
+    "partiallyrecovered": 0,
+    "recovered": 0,
+    "settled": 0,
+    "repaid": 0,
+}
 MAX_COUNT = 360  # missed installments / collection attempts per row: 30 years of monthly events
 MAX_DAYS_PAST_DUE = 36_500
 MAX_PAID_INSTALLMENTS = 24  # bounds the events per row; the rest of a long history is implied
@@ -78,12 +115,26 @@ def read_seed(path: str | Path | IO[str]) -> History:
 def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
     """Events and outcomes of a seed-schema DataFrame (canonical column names)."""
     n = len(frame)
-    num = {c: frame[c].to_numpy(float) if pd.api.types.is_numeric_dtype(frame[c])
-           else _numbers(frame[c]) for c in SEED_NUMERIC}  # fmt: skip
-    text = {c: frame[c].astype(str).str.strip().to_numpy()
-            for c in ("Borrower_ID", "Gender", "Employment_Type", "Loan_Type",
-                      "Payment_History", "Recovery_Status", "Collection_Method",
-                      "Legal_Action_Taken", "Loan_ID")}  # fmt: skip
+    num = {
+        c: frame[c].to_numpy(float)
+        if pd.api.types.is_numeric_dtype(frame[c])
+        else _numbers(frame[c])
+        for c in SEED_NUMERIC
+    }
+    text = {
+        c: frame[c].astype(str).str.strip().to_numpy()
+        for c in (
+            "Borrower_ID",
+            "Gender",
+            "Employment_Type",
+            "Loan_Type",
+            "Payment_History",
+            "Recovery_Status",
+            "Collection_Method",
+            "Legal_Action_Taken",
+            "Loan_ID",
+        )
+    }
     events: list[dict[str, Any]] = []
     outcomes: dict[str, int] = {}
     seen: dict[str, int] = {}
@@ -93,8 +144,10 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
         if not loan_id or loan_id.lower() == "nan":
             loan_id = f"row-{row_no}"
         if loan_id in seen:
-            raise AdapterError(f"{_name(path)}: row {row_no}, column 'Loan_ID': {loan_id!r} "
-                               f"repeats row {seen[loan_id]}; give every loan one row")  # fmt: skip
+            raise AdapterError(
+                f"{_name(path)}: row {row_no}, column 'Loan_ID': {loan_id!r} "
+                f"repeats row {seen[loan_id]}; give every loan one row"
+            )
         seen[loan_id] = row_no
         row = {c: num[c][i] for c in SEED_NUMERIC}
         row.update({c: text[c][i] for c in text})
@@ -104,7 +157,6 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
         if outcome is not None:  # blank or unknown status: events yes, training label no
             outcomes[loan_id] = outcome
     return History(events, outcomes, "seed", n)
-
 
 
 def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -165,42 +217,97 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
         return end if k == n_inst - 1 else start + (end - start) * (k + 1) / n_inst
 
     seq = 0
-    events: list[dict[str, Any]] = [_event(loan_id, borrower, seq, open_day * DAY_MS, LOAN_OPENED, {
-        "age": _int_or(row["Age"], -1), "gender": row.get("Gender") or "",
-        "employment_type": row.get("Employment_Type") or "",
-        "monthly_income": _amount_or_nan(row["Monthly_Income"]),
-        "num_dependents": _int_or(row["Num_Dependents"], -1), "loan_amount": amount,
-        "loan_tenure_months": _int_or(row["Loan_Tenure"], -1),
-        "interest_rate": _amount_or_nan(row["Interest_Rate"]),
-        "loan_type": row.get("Loan_Type") or "",
-        "collateral_value": _amount_or_nan(row["Collateral_Value"]), "monthly_emi": emi,
-    })]  # fmt: skip
+    events: list[dict[str, Any]] = [
+        _event(
+            loan_id,
+            borrower,
+            seq,
+            open_day * DAY_MS,
+            LOAN_OPENED,
+            {
+                "age": _int_or(row["Age"], -1),
+                "gender": row.get("Gender") or "",
+                "employment_type": row.get("Employment_Type") or "",
+                "monthly_income": _amount_or_nan(row["Monthly_Income"]),
+                "num_dependents": _int_or(row["Num_Dependents"], -1),
+                "loan_amount": amount,
+                "loan_tenure_months": _int_or(row["Loan_Tenure"], -1),
+                "interest_rate": _amount_or_nan(row["Interest_Rate"]),
+                "loan_type": row.get("Loan_Type") or "",
+                "collateral_value": _amount_or_nan(row["Collateral_Value"]),
+                "monthly_emi": emi,
+            },
+        )
+    ]
     for k in range(n_inst):
         seq += 1
         due = open_day + 30 * (k + 1)
         if k < early:  # cured misses, each 30 days past due when reported
-            events.append(_event(loan_id, borrower, seq, (due + 30) * DAY_MS - 1, PAYMENT_MISSED, {
-                "installment_due_date": due, "amount_due": due_amount, "days_past_due": 30,
-                "outstanding": outstanding(k)}))  # fmt: skip
+            events.append(
+                _event(
+                    loan_id,
+                    borrower,
+                    seq,
+                    (due + 30) * DAY_MS - 1,
+                    PAYMENT_MISSED,
+                    {
+                        "installment_due_date": due,
+                        "amount_due": due_amount,
+                        "days_past_due": 30,
+                        "outstanding": outstanding(k),
+                    },
+                )
+            )
         elif k < early + paid:
             is_late = late_payment and k == early + paid - 1
             at = (due + (5 if is_late else 0)) * DAY_MS + 43_200_000  # noon
-            events.append(_event(loan_id, borrower, seq, at, PAYMENT_RECEIVED, {
-                "installment_due_date": due, "amount_due": due_amount,
-                "amount_paid": due_amount, "outstanding_after": outstanding(k)}))  # fmt: skip
+            events.append(
+                _event(
+                    loan_id,
+                    borrower,
+                    seq,
+                    at,
+                    PAYMENT_RECEIVED,
+                    {
+                        "installment_due_date": due,
+                        "amount_due": due_amount,
+                        "amount_paid": due_amount,
+                        "outstanding_after": outstanding(k),
+                    },
+                )
+            )
         else:  # trailing misses: the loan is past due now
             j = k - (early + paid)
             days = max(1, dpd - 30 * (trailing - 1 - j))
-            events.append(_event(loan_id, borrower, seq, (due + days) * DAY_MS, PAYMENT_MISSED, {
-                "installment_due_date": due, "amount_due": due_amount, "days_past_due": days,
-                "outstanding": outstanding(k)}))  # fmt: skip
+            events.append(
+                _event(
+                    loan_id,
+                    borrower,
+                    seq,
+                    (due + days) * DAY_MS,
+                    PAYMENT_MISSED,
+                    {
+                        "installment_due_date": due,
+                        "amount_due": due_amount,
+                        "days_past_due": days,
+                        "outstanding": outstanding(k),
+                    },
+                )
+            )
     last_at = events[-1]["occurred_at"]
     method = COLLECTION_METHODS.get(_title(row.get("Collection_Method") or ""), "OTHER")
     for j in range(attempts):
         seq += 1
-        events.append(_event(loan_id, borrower, seq, last_at + (j + 1) * DAY_MS,
-                             COLLECTION_ATTEMPT, {"method": method, "outcome": "OTHER",
-                                                  "legal_action": legal and j == attempts - 1}))
+        events.append(
+            _event(
+                loan_id,
+                borrower,
+                seq,
+                last_at + (j + 1) * DAY_MS,
+                COLLECTION_ATTEMPT,
+                {"method": method, "outcome": "OTHER", "legal_action": legal and j == attempts - 1},
+            )
+        )
     return events
 
 
@@ -221,5 +328,3 @@ def _title(value: str) -> str:
         if _canonical(name) == _canonical(value):
             return name
     return value
-
-

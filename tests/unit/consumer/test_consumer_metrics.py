@@ -10,8 +10,9 @@ from consumer.metrics import LATENCY_BUCKETS, BatchHistogram
 
 def test_batch_histogram_exposition_equals_one_by_one_histogram() -> None:
     rng = np.random.default_rng(1)
-    values = np.concatenate([rng.exponential(2.0, 3000), np.array(LATENCY_BUCKETS),
-                             np.array([0.0, 1e9])])  # bounds: `le` is inclusive  # fmt: skip
+    values = np.concatenate(
+        [rng.exponential(2.0, 3000), np.array(LATENCY_BUCKETS), np.array([0.0, 1e9])]
+    )  # bounds: `le` is inclusive
     ours, theirs = CollectorRegistry(), CollectorRegistry()
     batched = BatchHistogram("lat_seconds", "Latency.", LATENCY_BUCKETS, ours)
     reference = Histogram("lat_seconds", "Latency.", buckets=LATENCY_BUCKETS, registry=theirs)

@@ -57,8 +57,9 @@ def test_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
     assert {c["loan_id"] for c in changes} == {e["loan_id"] for e in events}  # first decision
     assert all(c["previous_strategy"] != c["new_strategy"] for c in changes)
     first = changes[0]
-    assert first["event_id"] == str(uuid.uuid5(uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01"),
-                                               first["source_event_id"]))
+    assert first["event_id"] == str(
+        uuid.uuid5(uuid.UUID("6f1c3a52-8d1e-4c55-9a8e-0d5b2f7c1e01"), first["source_event_id"])
+    )
     assert first["model_version"] == bundle.version and first["policy_version"] == policy.version
     AvroSerde("StrategyChanged").encode(first)  # outputs are valid records
     for alert in at_once[1]:
@@ -74,12 +75,22 @@ def test_every_kind_of_bad_input_is_a_dead_letter_with_its_reason(bundle, policy
     good = serde.encode(opened)
 
     def event(body_type: str, body: dict, loan_id: str = loan) -> bytes:
-        return serde.encode({**opened, "loan_id": loan_id, "event_id": str(uuid.uuid4()),
-                             "occurred_at": opened["occurred_at"] + DAY,
-                             "body": (f"loanrec.events.{body_type}", body)})  # fmt: skip
+        return serde.encode(
+            {
+                **opened,
+                "loan_id": loan_id,
+                "event_id": str(uuid.uuid4()),
+                "occurred_at": opened["occurred_at"] + DAY,
+                "body": (f"loanrec.events.{body_type}", body),
+            }
+        )
 
-    payment = {"installment_due_date": day0 + 30, "amount_due": 10.0, "amount_paid": 10.0,
-               "outstanding_after": 5.0}  # fmt: skip
+    payment = {
+        "installment_due_date": day0 + 30,
+        "amount_due": 10.0,
+        "amount_paid": 10.0,
+        "outstanding_after": 5.0,
+    }
     batch = [
         (0, loan.encode(), good),
         (1, loan.encode(), b"not avro at all"),
@@ -96,12 +107,21 @@ def test_every_kind_of_bad_input_is_a_dead_letter_with_its_reason(bundle, policy
     ]
     out = PartitionProcessor(bundle, policy, 3).process(batch)
     reasons = {d.offset: d.reason for d in out.dead_letters}
-    assert reasons == {1: "bad_header", 2: "unknown_fingerprint", 3: "undecodable",
-                       4: "invalid_amount", 5: "impossible_date", 6: "unknown_loan",
-                       8: "bad_header", 10: "key_mismatch", 11: "key_mismatch"}  # fmt: skip
+    assert reasons == {
+        1: "bad_header",
+        2: "unknown_fingerprint",
+        3: "undecodable",
+        4: "invalid_amount",
+        5: "impossible_date",
+        6: "unknown_loan",
+        8: "bad_header",
+        10: "key_mismatch",
+        11: "key_mismatch",
+    }
     assert all(d.message and d.error_class for d in out.dead_letters)
-    assert [(d.key, d.value) for d in out.dead_letters] == [(k, v) for o, k, v in batch
-                                                            if o in reasons]  # fmt: skip
+    assert [(d.key, d.value) for d in out.dead_letters] == [
+        (k, v) for o, k, v in batch if o in reasons
+    ]
     assert out.outcomes[("LoanOpened", "duplicate")] == 1
     assert out.scored == 2 and out.next_offset == 12
     assert out.outcomes[("PaymentReceived", "dlq")] == 5
@@ -175,8 +195,9 @@ def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
     from models.serving.bundle import ModelBundle
 
     # The same model with a lower HIGH threshold, so that this small book reaches it.
-    strict = ModelBundle(bundle.model, {**bundle.metadata,
-                                        "thresholds": {"high": 0.2, "moderate": 0.1}})
+    strict = ModelBundle(
+        bundle.model, {**bundle.metadata, "thresholds": {"high": 0.2, "moderate": 0.1}}
+    )
     processor = PartitionProcessor(strict, policy, 1)
     _, alerts, _ = run(processor, records(events), 500)
     assert alerts, "no loan reached the HIGH tier"
@@ -192,10 +213,21 @@ def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
 def test_extreme_but_schema_valid_values_do_not_break_the_batch(bundle, policy, events) -> None:
     serde = AvroSerde("LoanEvent")
     opened = events[0]
-    extreme = {**opened, "loan_id": "L-EXTREME", "event_id": str(uuid.uuid4()),
-               "body": (opened["body"][0], {**opened["body"][1], "monthly_income": 1e-300,
-                                            "loan_amount": 1e-300, "monthly_emi": 1e300,
-                                            "collateral_value": 1e300})}  # fmt: skip
+    extreme = {
+        **opened,
+        "loan_id": "L-EXTREME",
+        "event_id": str(uuid.uuid4()),
+        "body": (
+            opened["body"][0],
+            {
+                **opened["body"][1],
+                "monthly_income": 1e-300,
+                "loan_amount": 1e-300,
+                "monthly_emi": 1e300,
+                "collateral_value": 1e300,
+            },
+        ),
+    }
     batch = [(0, b"L-EXTREME", serde.encode(extreme)), *records(events[:20], first_offset=1)]
     out = PartitionProcessor(bundle, policy, 0).process(batch)
     assert not out.dead_letters and out.scored == 21  # scored, with the absurd ratios imputed

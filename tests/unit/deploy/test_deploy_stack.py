@@ -37,8 +37,13 @@ def _tool(name: str) -> str:
 @cache
 def compose() -> dict:
     # The resolved model (anchors merged, defaults filled) exactly as compose sees it.
-    out = subprocess.run([_tool("docker-compose"), "-f", str(COMPOSE), "config"],
-                         capture_output=True, text=True, check=True, cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [_tool("docker-compose"), "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
     return yaml.safe_load(out.stdout)
 
 
@@ -53,8 +58,13 @@ def cli_help(*subcommand: str) -> str:
 
 
 def test_compose_file_validates() -> None:
-    result = subprocess.run([_tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"],
-                            capture_output=True, text=True, cwd=ROOT, check=False)  # fmt: skip
+    result = subprocess.run(
+        [_tool("docker-compose"), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -75,8 +85,15 @@ def test_every_image_is_pinned() -> None:
 
 def test_stack_has_every_role() -> None:
     services = compose()["services"]
-    assert {"kafka", "topics-init", "trainer", "scorer", "producer", "prometheus",
-            "grafana"} <= set(services)  # fmt: skip
+    assert {
+        "kafka",
+        "topics-init",
+        "trainer",
+        "scorer",
+        "producer",
+        "prometheus",
+        "grafana",
+    } <= set(services)
     scorer = services["scorer"]
     assert scorer["build"]["dockerfile"] == "Dockerfile"
     assert "healthz" in " ".join(scorer["healthcheck"]["test"])
@@ -134,7 +151,8 @@ def test_every_cli_invocation_in_compose_uses_real_flags() -> None:
             help_text = cli_help(*sub)
             for flag in (a.split("=")[0] for a in argv if a.startswith("--")):
                 assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", help_text), (
-                    f"service {name}: `loan-recovery {' '.join(sub)}` has no option {flag}")
+                    f"service {name}: `loan-recovery {' '.join(sub)}` has no option {flag}"
+                )
             checked += 1
     assert checked >= 6  # topics-init, trainer (generate, train), scorer, producer (2)
 
@@ -153,17 +171,25 @@ def test_scorer_command_ports_and_env_match_serve() -> None:
     model = command[command.index("--model") + 1]
     assert model.startswith("/data/"), "the bundle lives on the shared /data volume"
     prometheus = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    targets = [t for job in prometheus["scrape_configs"] for sc in job["static_configs"]
-               for t in sc["targets"]]  # fmt: skip
+    targets = [
+        t
+        for job in prometheus["scrape_configs"]
+        for sc in job["static_configs"]
+        for t in sc["targets"]
+    ]
     assert f"scorer:{port}" in targets
 
 
 def test_promtool_checks_rules_config_and_alert_unit_tests() -> None:
     promtool = _tool("promtool")
-    for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"],
-                 ["test", "rules", "alerts_test.yml"]):  # fmt: skip
-        result = subprocess.run([promtool, *args], capture_output=True, text=True,
-                                cwd=PROMETHEUS, check=False)  # fmt: skip
+    for args in (
+        ["check", "rules", "alerts.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ):
+        result = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, cwd=PROMETHEUS, check=False
+        )
         assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
 
 
@@ -181,8 +207,18 @@ def test_grafana_provisioning_matches_dashboard_and_mounts() -> None:
         assert panel["datasource"]["uid"] == source["uid"], panel["title"]
         assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"])
     titles = " | ".join(p["title"].lower() for p in panels)
-    for topic in ("events per second", "latency", "lag", "strategy", "alerts", "dead-lettered",
-                  "segment", "tier", "transactions", "model version"):  # fmt: skip
+    for topic in (
+        "events per second",
+        "latency",
+        "lag",
+        "strategy",
+        "alerts",
+        "dead-lettered",
+        "segment",
+        "tier",
+        "transactions",
+        "model version",
+    ):
         assert topic in titles, f"the dashboard has no {topic} panel"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -197,8 +233,12 @@ def _mount(volume: str | dict) -> tuple[str, str]:
     return source, target
 
 
-@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT) for p in (ROOT / "deploy").rglob("*")
-                                        if p.suffix in (".yml", ".yaml")))  # fmt: skip
+@pytest.mark.parametrize(
+    "path",
+    sorted(
+        p.relative_to(ROOT) for p in (ROOT / "deploy").rglob("*") if p.suffix in (".yml", ".yaml")
+    ),
+)
 def test_deploy_yaml_parses(path: Path) -> None:
     assert yaml.safe_load((ROOT / path).read_text())
 
@@ -207,13 +247,29 @@ def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     """promtool parses each panel query, written as a recording rule (Grafana's
     ``$__rate_interval`` replaced by a duration, as Grafana does before sending it)."""
     dashboard = json.loads(DASHBOARD.read_text())
-    exprs = [t["expr"].replace("$__rate_interval", "1m") for p in dashboard["panels"]
-             for t in p.get("targets", [])]  # fmt: skip
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    exprs = [
+        t["expr"].replace("$__rate_interval", "1m")
+        for p in dashboard["panels"]
+        for t in p.get("targets", [])
+    ]
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(exprs)
+                ],
+            }
+        ]
+    }
     (tmp_path / "dashboard_rules.yml").write_text(yaml.safe_dump(rules))
-    result = subprocess.run([_tool("promtool"), "check", "rules", "dashboard_rules.yml"],
-                            capture_output=True, text=True, cwd=tmp_path, check=False)
+    result = subprocess.run(
+        [_tool("promtool"), "check", "rules", "dashboard_rules.yml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"{len(exprs)} rules found" in result.stdout
 

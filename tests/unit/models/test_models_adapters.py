@@ -12,8 +12,9 @@ import pytest
 from models.data.adapters import AdapterError, read_history, write_jsonl
 from models.features.state import replay
 
-HEADER = ("Loan_ID,Loan_Amount,Outstanding_Loan_Amount,Num_Missed_Payments,Days_Past_Due,"
-          "Recovery_Status")
+HEADER = (
+    "Loan_ID,Loan_Amount,Outstanding_Loan_Amount,Num_Missed_Payments,Days_Past_Due,Recovery_Status"
+)
 
 
 def same(a: list, b: list) -> bool:
@@ -25,10 +26,12 @@ def seed(text: str):
 
 
 def test_numbers_with_separators_currency_and_junk() -> None:
-    history = seed("loan id, LOAN_AMOUNT ,outstanding loan amount,Num_Missed_Payments,"
-                   "Days_Past_Due,Recovery_Status,Monthly_Income,Extra\n"
-                   'L1,"1,250,000.50",$ 1 000,2,45,Written Off,n/a,whatever\n'
-                   "L2,1000,(5),,,Fully Recovered,12%,\n")
+    history = seed(
+        "loan id, LOAN_AMOUNT ,outstanding loan amount,Num_Missed_Payments,"
+        "Days_Past_Due,Recovery_Status,Monthly_Income,Extra\n"
+        'L1,"1,250,000.50",$ 1 000,2,45,Written Off,n/a,whatever\n'
+        "L2,1000,(5),,,Fully Recovered,12%,\n"
+    )
     states = replay(history.events)
     l1, l2 = states["L1"].feature_dict(), states["L2"].feature_dict()
     assert l1["loan_amount"] == 1_250_000.5 and l1["outstanding"] == 1000.0
@@ -64,8 +67,10 @@ def test_event_log_variants_and_outcome_files(tmp_path: Path) -> None:
         read_history("events", log, outcomes=tmp_path / "other.csv")
     # {"type", "data"} bodies and short type names are accepted too.
     plain = tmp_path / "plain.jsonl"
-    lines = [{**e, "body": {"type": e["body"][0].rsplit(".", 1)[1], "data": e["body"][1]}}
-             for e in events]
+    lines = [
+        {**e, "body": {"type": e["body"][0].rsplit(".", 1)[1], "data": e["body"][1]}}
+        for e in events
+    ]
     plain.write_text("\n".join(json.dumps(e) for e in lines) + "\n")
     assert same(read_history("events", plain).events, events)
 

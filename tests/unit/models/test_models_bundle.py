@@ -45,8 +45,16 @@ def test_metrics_show_real_signal_and_every_section(trained) -> None:
     assert set(m["confusion"]) == {"moderate", "high"}
     assert len(m["calibration"]) == 10
     assert {r["feature"] for r in m["permutation_importance"][:5]} & {
-        "num_missed", "missed_ratio", "paid_to_due_ratio", "days_past_due", "interest_rate",
-        "payment_history", "max_days_past_due", "consecutive_missed", "emi_to_income"}
+        "num_missed",
+        "missed_ratio",
+        "paid_to_due_ratio",
+        "days_past_due",
+        "interest_rate",
+        "payment_history",
+        "max_days_past_due",
+        "consecutive_missed",
+        "emi_to_income",
+    }
     assert sum(m["strategy_mix"].values()) == m["n_loans"]
 
 
@@ -54,8 +62,15 @@ def test_bundle_loads_with_metadata_and_scores_per_row(trained) -> None:
     bundle = ModelBundle.load(trained["dir"])
     meta = bundle.metadata
     assert bundle.version == trained["metrics"]["version"] and len(bundle.version) == 16
-    for key in ("trained_at", "training_data_sha256", "features", "metrics", "calibration",
-                "thresholds", "segmenter"):
+    for key in (
+        "trained_at",
+        "training_data_sha256",
+        "features",
+        "metrics",
+        "calibration",
+        "thresholds",
+        "segmenter",
+    ):
         assert key in meta
     assert bundle.thresholds == {"high": 0.75, "moderate": 0.5}
     assert len(meta["segmenter"]["centres"]) == 3
@@ -72,8 +87,12 @@ def test_bundle_loads_with_metadata_and_scores_per_row(trained) -> None:
     assert np.array_equal(again, whole)
     assert bundle.predict_proba([]).shape == bundle.predict_proba(rows[:0]).shape == (0,)
     assert np.array_equal(bundle.predict_proba(rows[0]), whole[:1])  # one row as a vector
-    assert [bundle.tier(s) for s in (0.76, 0.75, 0.51, 0.5)] == ["HIGH", "MODERATE",
-                                                                  "MODERATE", "LOW"]
+    assert [bundle.tier(s) for s in (0.76, 0.75, 0.51, 0.5)] == [
+        "HIGH",
+        "MODERATE",
+        "MODERATE",
+        "LOW",
+    ]
 
 
 def test_serving_path_equals_scikit_learn_bit_for_bit(trained) -> None:
@@ -135,8 +154,7 @@ def test_online_segmenter_is_deterministic_and_resumes_from_json(trained) -> Non
     assert set(seq_a) == {"HIGH_RISK", "OTHERS", "LOW_RISK"}
     # Warm start: before learning anything it segments like the offline K-Means names.
     fresh = OnlineSegmenter.from_bundle(bundle)
-    assert fresh.names == bundle.segmenter_init["names"] or not bundle.segmenter_init[
-        "names_agree"]
+    assert fresh.names == bundle.segmenter_init["names"] or not bundle.segmenter_init["names_agree"]
     # Dict input (by feature name) and LoanState input agree.
     s = states[0]
     assert fresh.predict_one(s) == fresh.predict_one(s.feature_dict())
@@ -162,8 +180,11 @@ def test_a_consistent_bundle_with_untrusted_types_is_refused(tmp_path: Path) -> 
     from models.training.bundle_writer import write_bundle
 
     # Hashes and version are right, but the model would call an arbitrary function.
-    write_bundle(tmp_path, FunctionTransformer(func=operator.neg),
-                 {"features": [], "thresholds": {"high": 0.75, "moderate": 0.5}, "segmenter": {}})
+    write_bundle(
+        tmp_path,
+        FunctionTransformer(func=operator.neg),
+        {"features": [], "thresholds": {"high": 0.75, "moderate": 0.5}, "segmenter": {}},
+    )
     with pytest.raises(BundleError, match=r"untrusted types \['_operator\.neg'\]"):
         ModelBundle.load(tmp_path)
 
@@ -185,10 +206,15 @@ def test_a_bundle_trained_on_another_feature_vector_is_refused(trained, tmp_path
 
 def test_online_names_follow_the_centres_along_the_risk_axis() -> None:
     # Risk grows with the first feature only; cluster 0 starts as the riskiest.
-    init = {"features": ["days_past_due", "outstanding_ratio"], "means": [0.0, 0.0],
-            "stds": [1.0, 1.0], "count": 10 ** 9,  # frozen scaler: raw = standardized
-            "centres": [[2.0, 5.0], [0.0, 0.0], [-2.0, 0.0]], "risk_weights": [1.0, 0.0],
-            "halflife": 1.0}
+    init = {
+        "features": ["days_past_due", "outstanding_ratio"],
+        "means": [0.0, 0.0],
+        "stds": [1.0, 1.0],
+        "count": 10**9,  # frozen scaler: raw = standardized
+        "centres": [[2.0, 5.0], [0.0, 0.0], [-2.0, 0.0]],
+        "risk_weights": [1.0, 0.0],
+        "halflife": 1.0,
+    }
     seg = OnlineSegmenter(init)
     assert seg.names == ["HIGH_RISK", "OTHERS", "LOW_RISK"]
     # A point nearest to cluster 0 but low on the risk axis drags it there (halflife 1):

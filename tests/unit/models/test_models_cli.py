@@ -16,8 +16,14 @@ ROOT = Path(__file__).resolve().parents[3]
 
 
 def cli(*args: str, ok: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "loan_recovery.cli", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=timeout, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "loan_recovery.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     if ok:
         assert result.returncode == 0, result.stderr
     return result
@@ -26,24 +32,39 @@ def cli(*args: str, ok: bool = True, timeout: float = 300) -> subprocess.Complet
 @pytest.fixture(scope="module")
 def book(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("book")
-    summary = json.loads(cli("generate", "--loans", "1500", "--seed", "3", "--out", str(out),
-                             "--json").stdout)
+    summary = json.loads(
+        cli("generate", "--loans", "1500", "--seed", "3", "--out", str(out), "--json").stdout
+    )
     assert summary["loans"] == 1500 and summary["events"] > 1500
     return out
 
 
 def test_generate_writes_one_seed_csv_an_event_log_and_outcomes(book: Path) -> None:
-    assert sorted(p.name for p in book.iterdir()) == ["events.jsonl", "loans.csv",
-                                                      "outcomes.csv.gz"]
+    assert sorted(p.name for p in book.iterdir()) == [
+        "events.jsonl",
+        "loans.csv",
+        "outcomes.csv.gz",
+    ]
     assert len(list(book.glob("*.csv"))) == 1
 
 
 @pytest.mark.parametrize("source", ["seed", "events"])
-def test_train_writes_a_loadable_bundle_and_prints_json_metrics(book: Path, tmp_path: Path,
-                                                                source: str) -> None:
+def test_train_writes_a_loadable_bundle_and_prints_json_metrics(
+    book: Path, tmp_path: Path, source: str
+) -> None:
     path = book / ("loans.csv" if source == "seed" else "events.jsonl")
-    result = cli("train", "--source", source, "--input", str(path), "--out",
-                 str(tmp_path / "model"), "--trees", "40", "--json")
+    result = cli(
+        "train",
+        "--source",
+        source,
+        "--input",
+        str(path),
+        "--out",
+        str(tmp_path / "model"),
+        "--trees",
+        "40",
+        "--json",
+    )
     metrics = json.loads(result.stdout)
     for key in ("roc_auc", "pr_auc", "brier"):
         assert isinstance(metrics[key], float)
@@ -53,12 +74,37 @@ def test_train_writes_a_loadable_bundle_and_prints_json_metrics(book: Path, tmp_
     assert bundle.version == metrics["version"]
 
 
-def test_seed_and_event_log_of_the_same_book_give_the_same_training_data(book: Path,
-                                                                         tmp_path: Path) -> None:
-    a = json.loads(cli("train", "--source", "seed", "--input", str(book / "loans.csv"),
-                       "--out", str(tmp_path / "a"), "--trees", "5", "--json").stdout)
-    b = json.loads(cli("train", "--source", "events", "--input", str(book / "events.jsonl"),
-                       "--out", str(tmp_path / "b"), "--trees", "5", "--json").stdout)
+def test_seed_and_event_log_of_the_same_book_give_the_same_training_data(
+    book: Path, tmp_path: Path
+) -> None:
+    a = json.loads(
+        cli(
+            "train",
+            "--source",
+            "seed",
+            "--input",
+            str(book / "loans.csv"),
+            "--out",
+            str(tmp_path / "a"),
+            "--trees",
+            "5",
+            "--json",
+        ).stdout
+    )
+    b = json.loads(
+        cli(
+            "train",
+            "--source",
+            "events",
+            "--input",
+            str(book / "events.jsonl"),
+            "--out",
+            str(tmp_path / "b"),
+            "--trees",
+            "5",
+            "--json",
+        ).stdout
+    )
     meta_a = ModelBundle.load(tmp_path / "a").metadata
     meta_b = ModelBundle.load(tmp_path / "b").metadata
     assert meta_a["training_data_sha256"] == meta_b["training_data_sha256"]
@@ -75,8 +121,17 @@ def _messy(book: Path, path: Path) -> None:
 
     frame = pd.read_csv(book / "loans.csv", dtype=str, keep_default_na=False)
     rng = np.random.default_rng(0)
-    for column in ("Age", "Monthly_Income", "Gender", "Employment_Type", "Interest_Rate",
-                   "Collateral_Value", "Num_Dependents", "Days_Past_Due", "Payment_History"):
+    for column in (
+        "Age",
+        "Monthly_Income",
+        "Gender",
+        "Employment_Type",
+        "Interest_Rate",
+        "Collateral_Value",
+        "Num_Dependents",
+        "Days_Past_Due",
+        "Payment_History",
+    ):
         frame.loc[rng.random(len(frame)) < 0.05, column] = ""
     frame.loc[rng.random(len(frame)) < 0.05, "Employment_Type"] = "Freelancer"
     frame.loc[rng.random(len(frame)) < 0.05, "Loan_Type"] = "Gold Loan"
@@ -95,21 +150,40 @@ def test_messy_export_trains(book: Path, tmp_path: Path) -> None:
     messy = tmp_path / "messy.csv"
     _messy(book, messy)
     assert '"1,' in messy.read_text()  # thousands separators really are there
-    metrics = json.loads(cli("train", "--source", "seed", "--input", str(messy), "--out",
-                             str(tmp_path / "model"), "--trees", "40", "--json").stdout)
+    metrics = json.loads(
+        cli(
+            "train",
+            "--source",
+            "seed",
+            "--input",
+            str(messy),
+            "--out",
+            str(tmp_path / "model"),
+            "--trees",
+            "40",
+            "--json",
+        ).stdout
+    )
     assert metrics["n_loans"] == 1500 and metrics["roc_auc"] > 0.65
     ModelBundle.load(tmp_path / "model")
 
 
 @pytest.mark.parametrize("column", ["Days_Past_Due", "Recovery_Status", "Loan_ID"])
-def test_missing_required_column_is_one_clear_line(book: Path, tmp_path: Path,
-                                                    column: str) -> None:
+def test_missing_required_column_is_one_clear_line(book: Path, tmp_path: Path, column: str) -> None:
     import pandas as pd
 
     broken = tmp_path / "broken.csv"
     pd.read_csv(book / "loans.csv").drop(columns=[column]).to_csv(broken, index=False)
-    result = cli("train", "--source", "seed", "--input", str(broken), "--out",
-                 str(tmp_path / "model"), ok=False)
+    result = cli(
+        "train",
+        "--source",
+        "seed",
+        "--input",
+        str(broken),
+        "--out",
+        str(tmp_path / "model"),
+        ok=False,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -129,8 +203,16 @@ def test_unreadable_inputs_are_one_clear_line(tmp_path: Path) -> None:
         if content is not None:
             path.write_bytes(content)
         source = "events" if name.endswith(".jsonl") else "seed"
-        result = cli("train", "--source", source, "--input", str(path), "--out",
-                     str(tmp_path / "m"), ok=False)
+        result = cli(
+            "train",
+            "--source",
+            source,
+            "--input",
+            str(path),
+            "--out",
+            str(tmp_path / "m"),
+            ok=False,
+        )
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and len(lines) == 1, (name, result.stderr)
         assert str(path) in lines[0] and "Traceback" not in result.stderr
@@ -140,8 +222,20 @@ def test_unreadable_inputs_are_one_clear_line(tmp_path: Path) -> None:
 def test_avro_event_log_with_outcomes_csv(tmp_path: Path) -> None:
     from models.data.adapters import read_history
 
-    summary = json.loads(cli("generate", "--loans", "300", "--seed", "9", "--out",
-                             str(tmp_path / "book"), "--format", "avro", "--json").stdout)
+    summary = json.loads(
+        cli(
+            "generate",
+            "--loans",
+            "300",
+            "--seed",
+            "9",
+            "--out",
+            str(tmp_path / "book"),
+            "--format",
+            "avro",
+            "--json",
+        ).stdout
+    )
     log = Path(summary["files"]["events"])
     assert log.suffix == ".avro" and log.read_bytes()[:4] == b"Obj\x01"
     history = read_history("events", log)
@@ -156,20 +250,45 @@ def _segment_loans(html: str) -> int:
     return sum(int(n.replace(",", "")) for n in re.findall(r"\((\d[\d,]*) loans, mean", html))
 
 
-def test_report_command_for_the_training_book_and_another_book(book: Path,
-                                                               tmp_path: Path) -> None:
-    cli("train", "--source", "seed", "--input", str(book / "loans.csv"), "--out",
-        str(tmp_path / "model"), "--trees", "20")
+def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_path: Path) -> None:
+    cli(
+        "train",
+        "--source",
+        "seed",
+        "--input",
+        str(book / "loans.csv"),
+        "--out",
+        str(tmp_path / "model"),
+        "--trees",
+        "20",
+    )
     cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "a.html"))
     other = tmp_path / "other"
     cli("generate", "--loans", "700", "--seed", "99", "--out", str(other))
-    cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "b.html"),
-        "--source", "events", "--input", str(other / "events.jsonl"))
+    cli(
+        "report",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "b.html"),
+        "--source",
+        "events",
+        "--input",
+        str(other / "events.jsonl"),
+    )
     a, b = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
     # The population sections describe the other book: its 700 loans, not the 1,500.
     assert _segment_loans(a) == 1500 and _segment_loans(b) == 700
-    result = cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "c.html"),
-                 "--input", str(other / "loans.csv"), ok=False)
+    result = cli(
+        "report",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "c.html"),
+        "--input",
+        str(other / "loans.csv"),
+        ok=False,
+    )
     assert result.returncode != 0 and "--source" in result.stderr
 
 
@@ -182,6 +301,18 @@ def test_invalid_events_in_a_log_are_skipped_and_counted(book: Path, tmp_path: P
     log = tmp_path / "events.jsonl"
     log.write_text("\n".join([*lines, json.dumps(bad), json.dumps(dup)]) + "\n")
     (tmp_path / "outcomes.csv.gz").write_bytes((book / "outcomes.csv.gz").read_bytes())
-    metrics = json.loads(cli("train", "--source", "events", "--input", str(log), "--out",
-                             str(tmp_path / "model"), "--trees", "5", "--json").stdout)
+    metrics = json.loads(
+        cli(
+            "train",
+            "--source",
+            "events",
+            "--input",
+            str(log),
+            "--out",
+            str(tmp_path / "model"),
+            "--trees",
+            "5",
+            "--json",
+        ).stdout
+    )
     assert metrics["skipped_events"] == {"invalid_amount": 1, "duplicate": 1}

@@ -34,8 +34,9 @@ def pair(bundle, policy) -> tuple[PartitionProcessor, PartitionProcessor]:
     return native, reference
 
 
-def run_both(bundle, policy, records: list[tuple[int, bytes | None, bytes | None]],
-             batch: int) -> int:  # fmt: skip
+def run_both(
+    bundle, policy, records: list[tuple[int, bytes | None, bytes | None]], batch: int
+) -> int:
     """Process ``records`` through both paths, comparing everything after every batch;
     returns how many records the kernel applied itself."""
     native, reference = pair(bundle, policy)
@@ -60,9 +61,13 @@ def run_both(bundle, policy, records: list[tuple[int, bytes | None, bytes | None
     for loan_id, state in native.states.items():
         other = reference.states[loan_id]
         assert state.tobytes() == other.tobytes(), loan_id
-        assert (state.loan_id, state.borrower_id, state.strategy, state.risk_tier,
-                state.segment) == (other.loan_id, other.borrower_id, other.strategy,
-                                   other.risk_tier, other.segment)  # fmt: skip
+        assert (
+            state.loan_id,
+            state.borrower_id,
+            state.strategy,
+            state.risk_tier,
+            state.segment,
+        ) == (other.loan_id, other.borrower_id, other.strategy, other.risk_tier, other.segment)
     assert native.segmenter.to_json() == reference.segmenter.to_json()
     return kernel_applied
 
@@ -88,24 +93,38 @@ def test_valid_stream_is_identical(bundle, policy, batch: int) -> None:
 
 
 def opened(loan: str, at: int, **changes) -> dict:
-    body = dict(age=40, gender="Female", employment_type="Salaried", monthly_income=5000.0,
-                num_dependents=1, loan_amount=12000.0, loan_tenure_months=12,
-                interest_rate=9.5, loan_type="Personal", collateral_value=0.0,
-                monthly_emi=1050.0)  # fmt: skip
+    body = dict(
+        age=40,
+        gender="Female",
+        employment_type="Salaried",
+        monthly_income=5000.0,
+        num_dependents=1,
+        loan_amount=12000.0,
+        loan_tenure_months=12,
+        interest_rate=9.5,
+        loan_type="Personal",
+        collateral_value=0.0,
+        monthly_emi=1050.0,
+    )
     body.update(changes)
     return make_event(f"open-{loan}", loan, f"B-{loan}", at, "LoanOpened", body)
 
 
 def missed(loan: str, n: int, at: int, **changes) -> dict:
-    body = dict(installment_due_date=at // DAY - 1, amount_due=1050.0, days_past_due=10,
-                outstanding=12000.0)  # fmt: skip
+    body = dict(
+        installment_due_date=at // DAY - 1, amount_due=1050.0, days_past_due=10, outstanding=12000.0
+    )
     body.update(changes)
     return make_event(f"miss-{loan}-{n}", loan, f"B-{loan}", at, "PaymentMissed", body)
 
 
 def paid(loan: str, n: int, at: int, **changes) -> dict:
-    body = dict(installment_due_date=at // DAY, amount_due=1050.0, amount_paid=1050.0,
-                outstanding_after=11000.0)  # fmt: skip
+    body = dict(
+        installment_due_date=at // DAY,
+        amount_due=1050.0,
+        amount_paid=1050.0,
+        outstanding_after=11000.0,
+    )
     body.update(changes)
     return make_event(f"pay-{loan}-{n}", loan, f"B-{loan}", at, "PaymentReceived", body)
 
@@ -124,7 +143,9 @@ def adversarial_events() -> list[dict]:
     t0 = 1_700_000_000_000
     inf, nan = float("inf"), float("nan")
     return [
-        opened("A", t0), paid("A", 1, t0 + 30 * DAY), paid("A", 1, t0 + 30 * DAY),  # dup
+        opened("A", t0),
+        paid("A", 1, t0 + 30 * DAY),
+        paid("A", 1, t0 + 30 * DAY),  # dup
         missed("A", 2, t0 + 60 * DAY, days_past_due=-1),  # invalid_days_past_due
         missed("A", 3, t0 + 60 * DAY, amount_due=-5.0),  # invalid_amount
         missed("A", 4, t0 + 60 * DAY, outstanding=nan),
@@ -138,19 +159,32 @@ def adversarial_events() -> list[dict]:
         collection("A", 11, t0 + 66 * DAY, "LEGAL_NOTICE", legal=True),
         collection("A", 12, t0 + 67 * DAY, "OTHER"),
         paid("A", 13, t0 + 68 * DAY, amount_paid=-0.0, outstanding_after=-0.0),
-        closed("A", t0 + 69 * DAY), paid("A", 14, t0 + 70 * DAY),  # loan_closed
+        closed("A", t0 + 69 * DAY),
+        paid("A", 14, t0 + 70 * DAY),  # loan_closed
         paid("ghost", 1, t0),  # unknown_loan
-        opened("B", t0, age=0, num_dependents=-1, loan_tenure_months=0, monthly_income=nan,
-               loan_amount=0.0, gender="f", employment_type="astronaut", loan_type=""),
-        missed("B", 1, t0 + 31 * DAY, amount_due=0.0), paid("B", 2, t0 + 32 * DAY),
+        opened(
+            "B",
+            t0,
+            age=0,
+            num_dependents=-1,
+            loan_tenure_months=0,
+            monthly_income=nan,
+            loan_amount=0.0,
+            gender="f",
+            employment_type="astronaut",
+            loan_type="",
+        ),
+        missed("B", 1, t0 + 31 * DAY, amount_due=0.0),
+        paid("B", 2, t0 + 32 * DAY),
         opened("C", t0, monthly_income=-1.0),  # invalid_amount at opening
         opened("D", t0, collateral_value=inf),
         opened("E", t0, monthly_income=1e-300, monthly_emi=1e300),  # inf ratio -> NaN
         missed("E", 1, t0 + 31 * DAY),
-        opened("F", -5 * DAY, gender="Männlich"), missed("F", 1, 40 * DAY),
+        opened("F", -5 * DAY, gender="Männlich"),
+        missed("F", 1, 40 * DAY),
         opened("G", t0, loan_amount=3e38, collateral_value=3e38),
         missed("G", 1, t0 + 31 * DAY, outstanding=3e38),
-    ]  # fmt: skip
+    ]
 
 
 def corruptions(value: bytes, rng: random.Random) -> list[bytes]:
@@ -158,23 +192,33 @@ def corruptions(value: bytes, rng: random.Random) -> list[bytes]:
     flipped = bytearray(value)
     flipped[rng.randrange(10, len(value))] ^= 1 << rng.randrange(8)
     return [
-        value[:-1], value + b"\x00", value[:9], b"", value[:2] + b"\x00" * 8 + value[10:],
-        bytes(flipped), value[:10] + b"\xff" * 12, value[:10] + b"\x02\xff\xfe" + value[13:],
+        value[:-1],
+        value + b"\x00",
+        value[:9],
+        b"",
+        value[:2] + b"\x00" * 8 + value[10:],
+        bytes(flipped),
+        value[:10] + b"\xff" * 12,
+        value[:10] + b"\x02\xff\xfe" + value[13:],
     ]
 
 
 def test_adversarial_stream_is_identical(bundle, policy) -> None:
     events = adversarial_events()
     records: list[tuple[int, bytes | None, bytes | None]] = [
-        (i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
+        (i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)
+    ]
     rng = random.Random(3)
     offset = len(records)
     for _, key, value in list(records)[:12]:
         for broken in corruptions(value, rng):  # type: ignore[arg-type]
             records.append((offset, key, broken))
             offset += 1
-    records += [(offset, b"wrong-key", records[0][2]), (offset + 1, None, records[1][2]),
-                (offset + 2, b"A", None)]  # fmt: skip
+    records += [
+        (offset, b"wrong-key", records[0][2]),
+        (offset + 1, None, records[1][2]),
+        (offset + 2, b"A", None),
+    ]
     assert run_both(bundle, policy, records, batch=5) > 10
     run_both(bundle, policy, records, batch=len(records))
 
@@ -184,15 +228,19 @@ def test_enum_and_boolean_bytes_out_of_range_fall_back(bundle, policy) -> None:
     base = [opened("H", t0), collection("H", 1, t0 + DAY, "OTHER")]
     good = ENCODE(base[1])
     # The body ends with: method index, outcome index, legal_action byte.
-    variants = [good[:-3] + bytes([b1, b2, b3]) for b1, b2, b3 in
-                [(8, 0, 0), (2, 10, 0), (2, 0, 2), (2, 0, 1), (1, 8, 0)]]  # fmt: skip
+    variants = [
+        good[:-3] + bytes([b1, b2, b3])
+        for b1, b2, b3 in [(8, 0, 0), (2, 10, 0), (2, 0, 2), (2, 0, 1), (1, 8, 0)]
+    ]
     records = [(0, b"H", ENCODE(base[0]))] + [(i + 1, b"H", v) for i, v in enumerate(variants)]
     run_both(bundle, policy, records, batch=3)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), min_size=1, max_size=4),
-       st.integers(0, 2**31))  # fmt: skip
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 2**31),
+)
 def test_random_byte_edits_are_identical(bundle, policy, edits, seed) -> None:
     rng = random.Random(seed)
     events = [*adversarial_events()[:3], missed("A", 20, 1_700_000_000_000 + 40 * DAY)]

@@ -120,8 +120,9 @@ def test_nan_reaching_the_trees_goes_by_missing_go_to_left() -> None:
     y = (x[:, 0] + np.where(np.isnan(x[:, 1]), 2.0, x[:, 1]) > 0.5).astype(int)
     x[rng.random(x.shape) < 0.2] = np.nan
     y[np.isnan(x[:, 0])] = 1  # missingness carries signal, so NaNs go both ways
-    forest = RandomForestClassifier(n_estimators=25, min_samples_leaf=2, random_state=0,
-                                    n_jobs=1).fit(x, y)  # fmt: skip
+    forest = RandomForestClassifier(
+        n_estimators=25, min_samples_leaf=2, random_state=0, n_jobs=1
+    ).fit(x, y)
     trees = [e.tree_ for e in forest.estimators_]
     flags = np.concatenate([t.missing_go_to_left[t.children_left != -1] for t in trees])
     assert flags.min() == 0 and flags.max() == 1
@@ -171,8 +172,9 @@ def test_numpy_prepare_hands_unusual_input_to_scikit_learn(model, rows) -> None:
         with pytest.raises(ValueError, match="features"):
             path.transform(rows[:10, :-1])
     as_float32 = rows[:10].astype(np.float32)
-    assert np.array_equal(bits(native._prepare.transform(as_float32)),
-                          bits(sklearn_prepare.transform(as_float32)))  # fmt: skip
+    assert np.array_equal(
+        bits(native._prepare.transform(as_float32)), bits(sklearn_prepare.transform(as_float32))
+    )
 
 
 def test_other_prepare_shapes_are_left_to_scikit_learn() -> None:

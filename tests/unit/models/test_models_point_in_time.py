@@ -21,37 +21,88 @@ from models.training.early_warning import model_inputs, train_bundle
 from models.training.snapshots import DAY_MS, MONTH_MS, cut_after_installments, snapshot_set
 from schemas.events import make_event
 
-OPENED = dict(age=64, gender="Female", employment_type="Salaried", monthly_income=5000.0,
-              num_dependents=1, loan_amount=12000.0, loan_tenure_months=24, interest_rate=9.5,
-              loan_type="Personal", collateral_value=0.0, monthly_emi=600.0)
+OPENED = dict(
+    age=64,
+    gender="Female",
+    employment_type="Salaried",
+    monthly_income=5000.0,
+    num_dependents=1,
+    loan_amount=12000.0,
+    loan_tenure_months=24,
+    interest_rate=9.5,
+    loan_type="Personal",
+    collateral_value=0.0,
+    monthly_emi=600.0,
+)
 
 
-def _loan(loan_id: str, months: int, *, miss_from: int = 99, closed: str | None = None,
-          attempts_after: int = 0) -> list[dict[str, Any]]:
+def _loan(
+    loan_id: str,
+    months: int,
+    *,
+    miss_from: int = 99,
+    closed: str | None = None,
+    attempts_after: int = 0,
+) -> list[dict[str, Any]]:
     """LoanOpened at day 0, one installment a month (paid, or missed from ``miss_from``),
     optionally a collection attempt after installment ``attempts_after`` and a LoanClosed."""
     events = [make_event(f"{loan_id}-0", loan_id, "B", 0, "LoanOpened", OPENED)]
     for k in range(1, months + 1):
         due = 30 * k
         if k >= miss_from:
-            events.append(make_event(f"{loan_id}-{k}", loan_id, "B", (due + 5) * DAY_MS,
-                                     "PaymentMissed", dict(installment_due_date=due,
-                                                           amount_due=600.0,
-                                                           days_past_due=30 * (k - miss_from) + 5,
-                                                           outstanding=12000.0)))
+            events.append(
+                make_event(
+                    f"{loan_id}-{k}",
+                    loan_id,
+                    "B",
+                    (due + 5) * DAY_MS,
+                    "PaymentMissed",
+                    dict(
+                        installment_due_date=due,
+                        amount_due=600.0,
+                        days_past_due=30 * (k - miss_from) + 5,
+                        outstanding=12000.0,
+                    ),
+                )
+            )
         else:
-            events.append(make_event(f"{loan_id}-{k}", loan_id, "B", due * DAY_MS,
-                                     "PaymentReceived", dict(installment_due_date=due,
-                                                             amount_due=600.0, amount_paid=600.0,
-                                                             outstanding_after=12000.0 - 500 * k)))
+            events.append(
+                make_event(
+                    f"{loan_id}-{k}",
+                    loan_id,
+                    "B",
+                    due * DAY_MS,
+                    "PaymentReceived",
+                    dict(
+                        installment_due_date=due,
+                        amount_due=600.0,
+                        amount_paid=600.0,
+                        outstanding_after=12000.0 - 500 * k,
+                    ),
+                )
+            )
         if k == attempts_after:
-            events.append(make_event(f"{loan_id}-a", loan_id, "B", (due + 6) * DAY_MS,
-                                     "CollectionAttempt", dict(method="LEGAL_NOTICE",
-                                                               outcome="OTHER",
-                                                               legal_action=True)))
+            events.append(
+                make_event(
+                    f"{loan_id}-a",
+                    loan_id,
+                    "B",
+                    (due + 6) * DAY_MS,
+                    "CollectionAttempt",
+                    dict(method="LEGAL_NOTICE", outcome="OTHER", legal_action=True),
+                )
+            )
     if closed:
-        events.append(make_event(f"{loan_id}-c", loan_id, "B", events[-1]["occurred_at"] + DAY_MS,
-                                 "LoanClosed", dict(reason=closed)))
+        events.append(
+            make_event(
+                f"{loan_id}-c",
+                loan_id,
+                "B",
+                events[-1]["occurred_at"] + DAY_MS,
+                "LoanClosed",
+                dict(reason=closed),
+            )
+        )
     return events
 
 
@@ -74,9 +125,12 @@ def test_labels_follow_the_horizon_and_open_loans_are_censored() -> None:
     written_off = _loan("W", 20, miss_from=15, closed="WRITTEN_OFF")
     repaid = _loan("R", 6, closed="REPAID")
     still_open = _loan("O", 18)
-    history = History(written_off + repaid + still_open, {"W": 1, "R": 0},
-                      outcome_at={"W": written_off[-1]["occurred_at"],
-                                  "R": repaid[-1]["occurred_at"]}, open_loans={"O"})
+    history = History(
+        written_off + repaid + still_open,
+        {"W": 1, "R": 0},
+        outcome_at={"W": written_off[-1]["occurred_at"], "R": repaid[-1]["occurred_at"]},
+        open_loans={"O"},
+    )
     snaps = snapshot_set(history, horizon_months=6)
     by_loan = {loan: snaps.y[snaps.loan == k] for k, loan in enumerate(snaps.loan_ids)}
     at_w = snaps.at[snaps.loan == snaps.loan_ids.index("W")]
@@ -110,16 +164,20 @@ def bundle_dir(tmp_path_factory) -> Path:
 
 def test_a_bundle_lists_its_inputs_and_ignores_the_excluded_columns(bundle_dir: Path) -> None:
     meta = json.loads((bundle_dir / "metadata.json").read_text())
-    assert not {"gender", "age", "legal_action", "collection_attempts",
-                "last_collection_method"} & set(meta["model_features"])
+    assert not {
+        "gender",
+        "age",
+        "legal_action",
+        "collection_attempts",
+        "last_collection_method",
+    } & set(meta["model_features"])
     assert meta["features"] == list(FEATURE_NAMES) and meta["horizon_months"] == 12
     bundle = ModelBundle.load(bundle_dir)
     assert is_fast_servable(bundle.model)
     _, events, _ = generate_book(300, seed=9)
     rows = np.array([s.features() for s in replay(events).values()])
     changed = rows.copy()
-    for name in ("gender", "age", "legal_action", "collection_attempts",
-                 "last_collection_method"):
+    for name in ("gender", "age", "legal_action", "collection_attempts", "last_collection_method"):
         changed[:, FEATURE_INDEX[name]] = np.random.default_rng(0).permutation(rows[:, 0])
     scores = bundle.predict_proba(rows)
     assert np.array_equal(scores, bundle.predict_proba(changed))  # never read
@@ -127,17 +185,20 @@ def test_a_bundle_lists_its_inputs_and_ignores_the_excluded_columns(bundle_dir: 
     assert not np.array_equal(scores, bundle.predict_proba(changed))  # an input
     # Still the fast forest's bits: the kernel, the numpy reference and scikit-learn agree.
     expected = bundle.model.predict_proba(rows)[:, 1]
-    assert np.array_equal(FastCalibratedForest(bundle.model, native=True).predict_proba(rows),
-                          expected)
-    assert np.array_equal(FastCalibratedForest(bundle.model, native=False).predict_proba(rows),
-                          expected)
+    assert np.array_equal(
+        FastCalibratedForest(bundle.model, native=True).predict_proba(rows), expected
+    )
+    assert np.array_equal(
+        FastCalibratedForest(bundle.model, native=False).predict_proba(rows), expected
+    )
     assert np.array_equal(scores, expected)
 
 
 def test_use_age_makes_age_an_input(tmp_path: Path) -> None:
     frame, _, _ = generate_book(600, seed=6)
-    train_bundle(seed_frame_history(frame), tmp_path, n_estimators=10, use_age=True,
-                 out_of_time=False)
+    train_bundle(
+        seed_frame_history(frame), tmp_path, n_estimators=10, use_age=True, out_of_time=False
+    )
     meta = json.loads((tmp_path / "metadata.json").read_text())
     assert "age" in meta["model_features"] and "gender" not in meta["model_features"]
     assert "age" not in meta["metrics"]["excluded_features"]

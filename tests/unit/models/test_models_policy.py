@@ -17,8 +17,13 @@ def test_default_policy_maps_every_tier_and_segment() -> None:
     assert policy.decide("MODERATE", "HIGH_RISK", 0.6, None) == "SETTLEMENT_OFFER"
     assert policy.decide("LOW", "LOW_RISK", 0.1, None) == "AUTOMATED_REMINDER"
     used = {s for row in policy.matrix.values() for s in row.values()}
-    assert {"LEGAL_NOTICE", "DEBT_COLLECTOR", "SETTLEMENT_OFFER", "CALL",
-            "AUTOMATED_REMINDER"} <= used
+    assert {
+        "LEGAL_NOTICE",
+        "DEBT_COLLECTOR",
+        "SETTLEMENT_OFFER",
+        "CALL",
+        "AUTOMATED_REMINDER",
+    } <= used
     assert policy.is_escalation("CALL", "LEGAL_NOTICE")
     assert not policy.is_escalation("LEGAL_NOTICE", "CALL")
 
@@ -41,17 +46,22 @@ def _write(tmp_path: Path, data) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("mutate", "message"), [
-    (lambda d: d.pop("matrix"), "matrix: missing"),
-    (lambda d: d["thresholds"].update(high=0.4), "moderate (0.5) must be below high (0.4)"),
-    (lambda d: d["thresholds"].update(high=1.5), "thresholds.high"),
-    (lambda d: d.update(hysteresis=0.2), "hysteresis"),
-    (lambda d: d["matrix"]["HIGH"].update(HIGH_RISK="PRAY"), "matrix.HIGH.HIGH_RISK: unknown "
-     "strategy 'PRAY'"),
-    (lambda d: d["matrix"]["LOW"].pop("OTHERS"), "matrix.LOW.OTHERS: missing"),
-    (lambda d: d["strategies"].pop("CALL"), "CALL"),
-    (lambda d: d["strategies"]["CALL"].update(priority="high"), "strategies.CALL.priority"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.pop("matrix"), "matrix: missing"),
+        (lambda d: d["thresholds"].update(high=0.4), "moderate (0.5) must be below high (0.4)"),
+        (lambda d: d["thresholds"].update(high=1.5), "thresholds.high"),
+        (lambda d: d.update(hysteresis=0.2), "hysteresis"),
+        (
+            lambda d: d["matrix"]["HIGH"].update(HIGH_RISK="PRAY"),
+            "matrix.HIGH.HIGH_RISK: unknown strategy 'PRAY'",
+        ),
+        (lambda d: d["matrix"]["LOW"].pop("OTHERS"), "matrix.LOW.OTHERS: missing"),
+        (lambda d: d["strategies"].pop("CALL"), "CALL"),
+        (lambda d: d["strategies"]["CALL"].update(priority="high"), "strategies.CALL.priority"),
+    ],
+)
 def test_invalid_policies_name_the_key(tmp_path: Path, mutate, message: str) -> None:
     data = yaml.safe_load(DEFAULT_POLICY.read_text())
     mutate(data)

@@ -19,10 +19,18 @@ from models.training.early_warning import train_bundle
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
     "--host-resolver-rules=MAP * ~NOTFOUND",  # offline: any network fetch would fail
-    "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--virtual-time-budget=15000",
 ]
 
 
@@ -45,8 +53,9 @@ def test_report_is_self_contained(report: Path) -> None:
     assert "Plotly" in text and len(text) > 3_000_000
 
 
-def test_report_renders_every_section_without_console_messages(report: Path,
-                                                                tmp_path: Path) -> None:
+def test_report_renders_every_section_without_console_messages(
+    report: Path, tmp_path: Path
+) -> None:
     result = chromium(tmp_path, "--dump-dom", report.as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
@@ -71,21 +80,20 @@ def _png_size_and_colours(path: Path) -> tuple[int, int, int]:
     width, height = struct.unpack(">II", data[16:24])
     pos, idat = 8, b""
     while pos < len(data):
-        length = struct.unpack(">I", data[pos:pos + 4])[0]
-        kind = data[pos + 4:pos + 8]
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        kind = data[pos + 4 : pos + 8]
         if kind == b"IDAT":
-            idat += data[pos + 8:pos + 8 + length]
+            idat += data[pos + 8 : pos + 8 + length]
         pos += 12 + length
     raw = zlib.decompress(idat)
     stride = len(raw) // height
-    rows = {raw[i * stride + 1:(i + 1) * stride] for i in range(height)}
+    rows = {raw[i * stride + 1 : (i + 1) * stride] for i in range(height)}
     return width, height, len(rows)
 
 
 def test_screenshot_shows_the_plots(report: Path, tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
-    result = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,5000",
-                      report.as_uri())
+    result = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,5000", report.as_uri())
     assert result.returncode == 0 and shot.exists(), result.stderr[-2000:]
     width, height, distinct_rows = _png_size_and_colours(shot)
     assert (width, height) == (1280, 5000)
@@ -95,8 +103,13 @@ def test_screenshot_shows_the_plots(report: Path, tmp_path: Path) -> None:
 
 def test_report_shows_point_in_time_quality_and_fairness(report: Path) -> None:
     text = report.read_text()
-    for heading in ("Held-out snapshots by months on book", "Flagging before the write-off",
-                    "Fairness by gender", "Fairness by age_band", "Model inputs"):
+    for heading in (
+        "Held-out snapshots by months on book",
+        "Flagging before the write-off",
+        "Fairness by gender",
+        "Fairness by age_band",
+        "Model inputs",
+    ):
         assert heading in text, heading
     assert "<td>30+ days past due</td>" in text and "<td>62+</td>" in text
     inputs = text.split("<h3>Model inputs")[1].split("</p>")[0]

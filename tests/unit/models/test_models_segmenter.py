@@ -21,12 +21,14 @@ from models.serving.segmenter import OnlineSegmenter, name_by_risk
 def _init(rng: random.Random) -> dict:
     d = len(SEGMENT_FEATURES)
     return {
-        "features": list(SEGMENT_FEATURES), "count": 500,
+        "features": list(SEGMENT_FEATURES),
+        "count": 500,
         "means": [rng.uniform(-5, 50) for _ in range(d)],
         "stds": [rng.uniform(0.1, 30) for _ in range(d)],
         "centres": [[rng.gauss(0, 1) for _ in range(d)] for _ in range(3)],
-        "risk_weights": [rng.gauss(0, 0.1) for _ in range(d)], "halflife": 0.01,
-    }  # fmt: skip
+        "risk_weights": [rng.gauss(0, 0.1) for _ in range(d)],
+        "halflife": 0.01,
+    }
 
 
 def _river_step(scaler, kmeans, weights: list[float], x: dict[int, float]) -> str:
@@ -35,8 +37,10 @@ def _river_step(scaler, kmeans, weights: list[float], x: dict[int, float]) -> st
     raw = {k: v if v == v else means[k] for k, v in x.items()}
     scaler.learn_one(raw)
     cluster = kmeans.learn_predict_one(scaler.transform_one(raw))
-    risks = [sum(wk * centre[k] for k, wk in enumerate(weights))
-             for _, centre in sorted(kmeans.centers.items())]  # fmt: skip
+    risks = [
+        sum(wk * centre[k] for k, wk in enumerate(weights))
+        for _, centre in sorted(kmeans.centers.items())
+    ]
     return name_by_risk(risks)[cluster]
 
 
@@ -148,8 +152,13 @@ def test_kernel_equals_python_reference_bit_for_bit(halflife: float) -> None:
     seen = set()
     for i, row in enumerate(rows):
         kind = i % 5
-        x = (row, matrix[i], array("d", row), dict(zip(FEATURE_NAMES, row, strict=True)),
-             _StateLike(row))[kind]  # fmt: skip
+        x = (
+            row,
+            matrix[i],
+            array("d", row),
+            dict(zip(FEATURE_NAMES, row, strict=True)),
+            _StateLike(row),
+        )[kind]
         ours, theirs = native.learn_predict(x), python.learn_predict(row)
         assert ours == theirs, (i, kind)
         seen.add(ours)

@@ -19,9 +19,19 @@ from schemas.events import make_event
 from schemas.serde import AvroSerde
 
 DAY = 86_400_000
-PROFILE = dict(age=40, gender="Female", employment_type="Salaried", monthly_income=5000.0,
-               num_dependents=1, loan_amount=12000.0, loan_tenure_months=12, interest_rate=9.5,
-               loan_type="Personal", collateral_value=0.0, monthly_emi=1050.0)
+PROFILE = dict(
+    age=40,
+    gender="Female",
+    employment_type="Salaried",
+    monthly_income=5000.0,
+    num_dependents=1,
+    loan_amount=12000.0,
+    loan_tenure_months=12,
+    interest_rate=9.5,
+    loan_type="Personal",
+    collateral_value=0.0,
+    monthly_emi=1050.0,
+)
 
 
 def opened(**over) -> dict:
@@ -29,13 +39,27 @@ def opened(**over) -> dict:
 
 
 def paid(eid: str, day: int, due: int, amount: float = 1050.0, out: float = 11000.0) -> dict:
-    return make_event(eid, "L1", "B1", day * DAY, "PaymentReceived", dict(
-        installment_due_date=due, amount_due=1050.0, amount_paid=amount, outstanding_after=out))
+    return make_event(
+        eid,
+        "L1",
+        "B1",
+        day * DAY,
+        "PaymentReceived",
+        dict(
+            installment_due_date=due, amount_due=1050.0, amount_paid=amount, outstanding_after=out
+        ),
+    )
 
 
 def missed(eid: str, day: int, due: int, dpd: int, out: float = 12000.0) -> dict:
-    return make_event(eid, "L1", "B1", day * DAY, "PaymentMissed", dict(
-        installment_due_date=due, amount_due=1050.0, days_past_due=dpd, outstanding=out))
+    return make_event(
+        eid,
+        "L1",
+        "B1",
+        day * DAY,
+        "PaymentMissed",
+        dict(installment_due_date=due, amount_due=1050.0, days_past_due=dpd, outstanding=out),
+    )
 
 
 def f(state: LoanState) -> dict[str, float]:
@@ -48,18 +72,31 @@ def test_features_follow_payments_misses_and_collections() -> None:
     s.apply(paid("e1", 30, 30))
     s.apply(missed("e2", 75, 60, 15))
     s.apply(missed("e3", 105, 90, 45, out=11500.0))
-    s.apply(make_event("e4", "L1", "B1", 106 * DAY, "CollectionAttempt",
-                       dict(method="LEGAL_NOTICE", outcome="REFUSED", legal_action=True)))
+    s.apply(
+        make_event(
+            "e4",
+            "L1",
+            "B1",
+            106 * DAY,
+            "CollectionAttempt",
+            dict(method="LEGAL_NOTICE", outcome="REFUSED", legal_action=True),
+        )
+    )
     x = f(s)
-    assert (x["installments"], x["paid_on_time"], x["num_missed"], x["consecutive_missed"]) \
-        == (3, 1, 2, 2)
+    assert (x["installments"], x["paid_on_time"], x["num_missed"], x["consecutive_missed"]) == (
+        3,
+        1,
+        2,
+        2,
+    )
     assert (x["days_past_due"], x["days_past_due_prev"], x["days_past_due_prev2"]) == (45, 15, 0)
     assert x["max_days_past_due"] == 45 and x["payment_history"] == 2
     assert x["outstanding"] == 11500.0 and x["outstanding_change"] == -500.0
     assert x["missed_ratio"] == pytest.approx(2 / 3)
     assert x["collection_attempts"] == 1 and x["legal_action"] == 1
     assert x["last_collection_method"] == VOCABULARIES["last_collection_method"].index(
-        "LEGAL_NOTICE")
+        "LEGAL_NOTICE"
+    )
     s.apply(paid("e5", 125, 120, out=9000.0))  # cured: current again, but "Delayed"
     x = f(s)
     assert x["days_past_due"] == 0 and x["consecutive_missed"] == 0 and x["payment_history"] == 1
@@ -77,17 +114,28 @@ def test_partial_payment_then_miss_is_one_installment() -> None:
     assert x["last_paid_ratio"] == pytest.approx(300 / 1050) and x["paid_late"] == 1
 
 
-@pytest.mark.parametrize(("event", "reason"), [
-    (paid("x", 30, 30, amount=-1.0), "invalid_amount"),
-    (paid("x", 30, 30, amount=math.nan), "invalid_amount"),
-    (missed("x", 30, 30, -5), "invalid_days_past_due"),
-    (missed("x", 30, -400, 5), "impossible_date"),
-    (missed("x", 30, 10_000_000, 5), "impossible_date"),
-    (make_event("x", "L1", "B1", -DAY, "PaymentMissed", dict(
-        installment_due_date=1, amount_due=1.0, days_past_due=1, outstanding=1.0)),
-     "before_opening"),
-    (make_event("x", "L1", "B1", DAY, "LoanOpened", PROFILE), "already_opened"),
-])
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (paid("x", 30, 30, amount=-1.0), "invalid_amount"),
+        (paid("x", 30, 30, amount=math.nan), "invalid_amount"),
+        (missed("x", 30, 30, -5), "invalid_days_past_due"),
+        (missed("x", 30, -400, 5), "impossible_date"),
+        (missed("x", 30, 10_000_000, 5), "impossible_date"),
+        (
+            make_event(
+                "x",
+                "L1",
+                "B1",
+                -DAY,
+                "PaymentMissed",
+                dict(installment_due_date=1, amount_due=1.0, days_past_due=1, outstanding=1.0),
+            ),
+            "before_opening",
+        ),
+        (make_event("x", "L1", "B1", DAY, "LoanOpened", PROFILE), "already_opened"),
+    ],
+)
 def test_invalid_events_are_refused_without_changing_the_state(event, reason) -> None:
     s = LoanState.open(opened())
     s.apply(paid("e1", 30, 30))
@@ -133,15 +181,19 @@ def test_record_round_trips_through_avro_and_schema_matches_slots() -> None:
     serde = AvroSerde("LoanState")
     back = LoanState.from_record(serde.decode(serde.encode(s.to_record())))
     assert [str(v) for v in back.features()] == [str(v) for v in s.features()]  # NaN-aware
-    assert (back.strategy, back.risk_tier, back.risk_score, back.segment) == \
-        ("CALL", "LOW", 0.25, "OTHERS")
+    assert (back.strategy, back.risk_tier, back.risk_score, back.segment) == (
+        "CALL",
+        "LOW",
+        0.25,
+        "OTHERS",
+    )
     back.apply(missed("e3", 105, 90, 45))  # the restored state keeps working ...
     with pytest.raises(DuplicateEvent):
         back.apply(paid("e1", 30, 30))  # ... and still knows the ids it has seen
     root = Path(__file__).resolve().parents[3]
     schema = json.loads((root / "schemas/avro/LoanState/v1.avsc").read_text())
     names = [field["name"] for field in schema["fields"]]
-    assert names[2:2 + len(SLOTS)] == list(SLOTS)
+    assert names[2 : 2 + len(SLOTS)] == list(SLOTS)
     assert {"strategy", "risk_tier", "risk_score", "segment"} <= set(names)
 
 
@@ -164,8 +216,7 @@ def test_memory_per_loan_is_at_most_600_bytes() -> None:
 
 
 def test_unseen_categories_get_the_other_code_and_spelling_does_not_matter() -> None:
-    assert encode("employment_type", "self employed") == encode("employment_type",
-                                                                "Self-Employed")
+    assert encode("employment_type", "self employed") == encode("employment_type", "Self-Employed")
     assert encode("loan_type", "Yacht") == len(VOCABULARIES["loan_type"]) - 1
     assert math.isnan(encode("gender", "")) and math.isnan(encode("gender", None))
 
@@ -192,20 +243,31 @@ def consistent_rows(draw) -> dict:
     amount = draw(st.floats(1000, 2e6, allow_nan=False).map(lambda v: round(v, 2)))
     money = st.floats(0, 1e7, allow_nan=False).map(lambda v: round(v, 2))
     return {
-        "Borrower_ID": "B1", "Loan_ID": "L1", "Age": draw(st.integers(18, 90)),
+        "Borrower_ID": "B1",
+        "Loan_ID": "L1",
+        "Age": draw(st.integers(18, 90)),
         "Gender": draw(st.sampled_from(["Male", "Female", "Other", "Nonbinary"])),
-        "Employment_Type": draw(st.sampled_from(
-            ["Salaried", "Self-Employed", "Business Owner", "Unemployed", "Astronaut"])),
-        "Monthly_Income": draw(money), "Num_Dependents": draw(st.integers(0, 9)),
-        "Loan_Amount": amount, "Loan_Tenure": draw(st.integers(6, 360)),
+        "Employment_Type": draw(
+            st.sampled_from(
+                ["Salaried", "Self-Employed", "Business Owner", "Unemployed", "Astronaut"]
+            )
+        ),
+        "Monthly_Income": draw(money),
+        "Num_Dependents": draw(st.integers(0, 9)),
+        "Loan_Amount": amount,
+        "Loan_Tenure": draw(st.integers(6, 360)),
         "Interest_Rate": draw(st.floats(0, 40, allow_nan=False)),
         "Loan_Type": draw(st.sampled_from(["Home", "Auto", "Personal", "Business", "Gold"])),
         "Collateral_Value": draw(money),
-        "Outstanding_Loan_Amount": draw(st.floats(0, amount, allow_nan=False)
-                                        .map(lambda v: round(v, 2))),
+        "Outstanding_Loan_Amount": draw(
+            st.floats(0, amount, allow_nan=False).map(lambda v: round(v, 2))
+        ),
         "Monthly_EMI": draw(st.floats(10, 1e5, allow_nan=False).map(lambda v: round(v, 2))),
-        "Payment_History": history, "Num_Missed_Payments": missed_n, "Days_Past_Due": dpd,
-        "Recovery_Status": "Written Off", "Collection_Attempts": attempts,
+        "Payment_History": history,
+        "Num_Missed_Payments": missed_n,
+        "Days_Past_Due": dpd,
+        "Recovery_Status": "Written Off",
+        "Collection_Attempts": attempts,
         "Collection_Method": draw(st.sampled_from(METHODS)) if attempts else "",
         "Legal_Action_Taken": legal,
     }
@@ -217,20 +279,32 @@ def test_replaying_a_seed_rows_events_reproduces_the_row(row: dict) -> None:
     state = replay(seed_row_events(row))["L1"]
     x = state.feature_dict()
     expected = {
-        "age": row["Age"], "gender": encode("gender", row["Gender"]),
+        "age": row["Age"],
+        "gender": encode("gender", row["Gender"]),
         "employment_type": encode("employment_type", row["Employment_Type"]),
-        "monthly_income": row["Monthly_Income"], "num_dependents": row["Num_Dependents"],
-        "loan_amount": row["Loan_Amount"], "loan_tenure_months": row["Loan_Tenure"],
-        "interest_rate": row["Interest_Rate"], "loan_type": encode("loan_type", row["Loan_Type"]),
-        "collateral_value": row["Collateral_Value"], "monthly_emi": row["Monthly_EMI"],
+        "monthly_income": row["Monthly_Income"],
+        "num_dependents": row["Num_Dependents"],
+        "loan_amount": row["Loan_Amount"],
+        "loan_tenure_months": row["Loan_Tenure"],
+        "interest_rate": row["Interest_Rate"],
+        "loan_type": encode("loan_type", row["Loan_Type"]),
+        "collateral_value": row["Collateral_Value"],
+        "monthly_emi": row["Monthly_EMI"],
         "outstanding": row["Outstanding_Loan_Amount"],
-        "num_missed": row["Num_Missed_Payments"], "days_past_due": row["Days_Past_Due"],
+        "num_missed": row["Num_Missed_Payments"],
+        "days_past_due": row["Days_Past_Due"],
         "payment_history": HISTORIES.index(row["Payment_History"]),
         "collection_attempts": row["Collection_Attempts"],
-        "last_collection_method": encode("last_collection_method", {
-            "": "NONE", "Calls": "CALLS", "Settlement Offer": "SETTLEMENT_OFFER",
-            "Debt Collectors": "DEBT_COLLECTORS", "Legal Notice": "LEGAL_NOTICE",
-        }[row["Collection_Method"]]),
+        "last_collection_method": encode(
+            "last_collection_method",
+            {
+                "": "NONE",
+                "Calls": "CALLS",
+                "Settlement Offer": "SETTLEMENT_OFFER",
+                "Debt Collectors": "DEBT_COLLECTORS",
+                "Legal Notice": "LEGAL_NOTICE",
+            }[row["Collection_Method"]],
+        ),
         "legal_action": 1.0 if row["Legal_Action_Taken"] == "Yes" else 0.0,
     }
     assert {k: x[k] for k in expected} == pytest.approx(expected)

@@ -33,8 +33,9 @@ def test_bytes_equal_fastavro_and_round_trip(states, native: bool) -> None:
         assert data == serde.encode(state.to_record())
         back = codec.decode(data)
         assert repr(back.to_record()) == repr(state.to_record())  # repr: NaN == NaN
-        assert repr(codec.decode(serde.encode(state.to_record())).to_record()) == \
-            repr(state.to_record())  # fmt: skip
+        assert repr(codec.decode(serde.encode(state.to_record())).to_record()) == repr(
+            state.to_record()
+        )
 
 
 @pytest.mark.parametrize("cut", [12, 40, -1])

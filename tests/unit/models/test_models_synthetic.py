@@ -62,8 +62,20 @@ def test_every_generated_row_replays_to_its_own_values() -> None:
     history_code = {"On-Time": 0, "Delayed": 1, "Missed": 2}
     for row in frame.itertuples():
         f = states[row.Loan_ID].feature_dict()
-        assert (f["num_missed"], f["days_past_due"], f["outstanding"], f["payment_history"],
-                f["collection_attempts"], f["legal_action"], f["loan_amount"]) == (
-            row.Num_Missed_Payments, row.Days_Past_Due, row.Outstanding_Loan_Amount,
-            history_code[row.Payment_History], row.Collection_Attempts,
-            float(row.Legal_Action_Taken == "Yes"), row.Loan_Amount), row.Loan_ID
+        assert (
+            f["num_missed"],
+            f["days_past_due"],
+            f["outstanding"],
+            f["payment_history"],
+            f["collection_attempts"],
+            f["legal_action"],
+            f["loan_amount"],
+        ) == (
+            row.Num_Missed_Payments,
+            row.Days_Past_Due,
+            row.Outstanding_Loan_Amount,
+            history_code[row.Payment_History],
+            row.Collection_Attempts,
+            float(row.Legal_Action_Taken == "Yes"),
+            row.Loan_Amount,
+        ), row.Loan_ID

@@ -22,7 +22,7 @@ HEADER = "ID," + ",".join(f"X{i}" for i in range(1, 24)) + ",Y\n"
 
 def test_statements_become_payments_and_misses() -> None:
     # limit 50k, female, age 30; status Sep..Apr = 2,1,0,-1,-2,0; bills Sep..Apr; paid Sep..Apr
-    row = ("7,50000,2,2,1,30, 2,1,0,-1,-2,0, 900,800,700,600,500,400, 0,50,60,70,80,90,1\n")
+    row = "7,50000,2,2,1,30, 2,1,0,-1,-2,0, 900,800,700,600,500,400, 0,50,60,70,80,90,1\n"
     history = read_history("uci", io.StringIO(HEADER + row))
     assert history.outcomes == {"UCI-7": 1}
     f = replay(history.events)["UCI-7"].feature_dict()
@@ -48,9 +48,27 @@ def test_acceptance_holdout_roc_auc_at_least_078_within_120_s(tmp_path: Path) ->
     # The acceptance command exactly (no --out: the bundle goes to out/model under the cwd).
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "loan_recovery.cli", "train", "--source", "uci", "--input",
-         str(UCI), "--holdout", "0.3", "--seed", "0", "--json"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+        [
+            sys.executable,
+            "-m",
+            "loan_recovery.cli",
+            "train",
+            "--source",
+            "uci",
+            "--input",
+            str(UCI),
+            "--holdout",
+            "0.3",
+            "--seed",
+            "0",
+            "--json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     seconds = time.perf_counter() - started
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)

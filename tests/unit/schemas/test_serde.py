@@ -20,13 +20,23 @@ from schemas.compat import problems, release_problems
 from schemas.events import BODY_TYPES, PAYMENT_MISSED, make_event
 from schemas.registry import AVRO_DIR
 
-MISSED = {"installment_due_date": 20000, "amount_due": 1250.5, "days_past_due": 31,
-          "outstanding": 98000.0}  # fmt: skip
+MISSED = {
+    "installment_due_date": 20000,
+    "amount_due": 1250.5,
+    "days_past_due": 31,
+    "outstanding": 98000.0,
+}
 
 
 def sample_event(**overrides) -> dict:
-    event = make_event("3f1c9c2e-0000-4000-8000-000000000001", "L1", "B1", 1_700_000_000_000,
-                       "PaymentMissed", dict(MISSED))  # fmt: skip
+    event = make_event(
+        "3f1c9c2e-0000-4000-8000-000000000001",
+        "L1",
+        "B1",
+        1_700_000_000_000,
+        "PaymentMissed",
+        dict(MISSED),
+    )
     event.update(overrides)
     return event
 
@@ -110,7 +120,8 @@ def test_truncated_and_padded_bodies_are_undecodable() -> None:
 
 def test_other_schema_is_rejected() -> None:
     checkpoint = AvroSerde("PartitionCheckpoint").encode(
-        {"partition": 0, "clusterer_json": "{}", "events_applied": 0, "updated_at": 0})
+        {"partition": 0, "clusterer_json": "{}", "events_applied": 0, "updated_at": 0}
+    )
     with pytest.raises(SchemaDecodeError) as caught:
         AvroSerde("LoanEvent").decode(checkpoint)
     assert caught.value.reason == "wrong_schema"
@@ -141,7 +152,8 @@ def _v2_registry(tmp_path: Path, new_field: dict) -> SchemaRegistry:
 
 def test_v1_and_v2_read_each_other(tmp_path: Path) -> None:
     registry = _v2_registry(
-        tmp_path, {"name": "channel", "type": ["null", "string"], "default": None})
+        tmp_path, {"name": "channel", "type": ["null", "string"], "default": None}
+    )
     v1 = AvroSerde("LoanEvent", registry=registry, writer_version=1, reader_version=1)
     v2 = AvroSerde("LoanEvent", registry=registry, writer_version=2, reader_version=2)
     new_event = sample_event()
@@ -176,17 +188,29 @@ def test_type_changes_are_caught() -> None:
 
 def test_every_body_type_round_trips() -> None:
     bodies = {
-        "LoanOpened": {"age": 40, "gender": "Female", "employment_type": "Salaried",
-                       "monthly_income": 5000.0, "num_dependents": 2, "loan_amount": 1e5,
-                       "loan_tenure_months": 60, "interest_rate": 9.5, "loan_type": "Home",
-                       "collateral_value": 1.2e5, "monthly_emi": 2100.0},
-        "PaymentReceived": {"installment_due_date": 20000, "amount_due": 2100.0,
-                            "amount_paid": 2100.0, "outstanding_after": 97900.0},
+        "LoanOpened": {
+            "age": 40,
+            "gender": "Female",
+            "employment_type": "Salaried",
+            "monthly_income": 5000.0,
+            "num_dependents": 2,
+            "loan_amount": 1e5,
+            "loan_tenure_months": 60,
+            "interest_rate": 9.5,
+            "loan_type": "Home",
+            "collateral_value": 1.2e5,
+            "monthly_emi": 2100.0,
+        },
+        "PaymentReceived": {
+            "installment_due_date": 20000,
+            "amount_due": 2100.0,
+            "amount_paid": 2100.0,
+            "outstanding_after": 97900.0,
+        },
         "PaymentMissed": dict(MISSED),
-        "CollectionAttempt": {"method": "LEGAL_NOTICE", "outcome": "REFUSED",
-                              "legal_action": True},
+        "CollectionAttempt": {"method": "LEGAL_NOTICE", "outcome": "REFUSED", "legal_action": True},
         "LoanClosed": {"reason": "WRITTEN_OFF"},
-    }  # fmt: skip
+    }
     serde = AvroSerde("LoanEvent")
     for name, body in bodies.items():
         event = sample_event(body=(f"loanrec.events.{name}", body))
