@@ -11,13 +11,14 @@ from its changelog (``LoanState`` records, last write wins). Figures:
 - ``uci_stream_auc``: ROC AUC of those streamed scores against the outcome (target >= 0.78; the
   offline holdout AUC is ~0.785);
 - ``uci_max_abs_score_diff``: max |streamed - offline| over the held-out clients, where offline is
-  the bundle's ``predict_proba`` on each client's final feature row from
-  ``models.training.early_warning.feature_matrix``
+  the bundle's ``predict_proba`` on each client's final feature row (the state after all its
+  events, from ``models.training.snapshots.snapshot_set``)
   (target <= 1e-9: the stream is the batch model, exactly).
 
-The held-out ids are recovered by replaying the file with ``feature_matrix`` and re-running
-``split_by_loan`` with the bundle's recorded holdout share and seed; the replay is checked
-against the bundle's ``training_data_sha256`` first, so the split is the training run's.
+The held-out ids are recovered by ``models.training.early_warning.holdout_loans``: the file is
+replayed into the same snapshots and checked against the bundle's ``training_data_sha256``,
+then the bundle's recorded holdout share and seed re-run ``split_by_loan``, so the split is
+the training run's.
 
 The data file is not in the repository: ``../shared/data/UCI_Credit_Card.csv`` by default, or
 ``--input``. Without it the figures are null with a note. Run alone (starts its own broker)::
@@ -27,7 +28,6 @@ The data file is not in the repository: ``../shared/data/UCI_Credit_Card.csv`` b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -81,26 +81,16 @@ def holdout_of(csv: Path, model: Path) -> Holdout:
     from consumer.processor import model_row
     from models.data.adapters.uci import read_uci
     from models.serving.bundle import ModelBundle
-    from models.training.early_warning import feature_matrix, split_by_loan
+    from models.training.early_warning import holdout_loans
 
     bundle = ModelBundle.load(model)
     history = read_uci(csv)
-    x, y, loan_ids = feature_matrix(history)
-    digest = hashlib.sha256()
-    for a in (x, y):
-        digest.update(np.ascontiguousarray(a).tobytes())
-    if digest.hexdigest() != bundle.metadata["training_data_sha256"]:
-        raise RuntimeError(
-            "the replayed UCI features differ from the bundle's training data: "
-            "cannot recover its holdout split"
-        )
-    metrics = bundle.metadata["metrics"]
-    _, test = split_by_loan(y, metrics["holdout"], metrics["seed"])
-    ids = [loan_ids[i] for i in test]
+    snaps, test = holdout_loans(history, bundle.metadata)
+    ids = [snaps.loan_ids[i] for i in test]
     wanted = set(ids)
-    scores = bundle.predict_proba([model_row(list(row)) for row in x[test]])
+    scores = bundle.predict_proba([model_row(list(row)) for row in snaps.final_x[test]])
     events = [e for e in history.events if e["loan_id"] in wanted]
-    return Holdout(ids, y[test], np.asarray(scores, dtype=np.float64), events)
+    return Holdout(ids, snaps.outcome[test], np.asarray(scores, dtype=np.float64), events)
 
 
 def produce(bootstrap: str, topic: str, events: list[dict[str, Any]]) -> int:

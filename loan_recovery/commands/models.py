@@ -124,15 +124,48 @@ def train(
     outcomes: Path | None = typer.Option(None, help="events: outcomes CSV (default: next to it)."),
     # UCI holdout AUC saturates near 100 trees; every tree costs scoring latency per batch.
     trees: int = typer.Option(150, min=1, help="Trees in the random forest."),
+    horizon_months: int = typer.Option(
+        12, min=1, help="Label of each snapshot: written off within this many months of it."
+    ),
+    use_age: bool = typer.Option(
+        False,
+        "--use-age",
+        help="Let the model read the borrower's age (Reg B 1002.6(b)(2) "
+        "allows it only if applicants aged 62+ are not scored worse; see the fairness table).",
+    ),
+    use_treatments: bool = typer.Option(
+        False,
+        "--use-treatments",
+        help="Let the model read the collections system's own "
+        "actions (collection attempts, last method, legal action): they follow the risk, so "
+        "they leak the label and feed the model its own decisions back.",
+    ),
+    out_of_time: bool = typer.Option(
+        True, help="Also fit on earlier snapshots and test on later ones (a second fit)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:
-    """Train the calibrated early-warning model and the segmentation; write a bundle."""
+    """Train the calibrated early-warning model on point-in-time snapshots and the
+    segmentation; write a bundle. Gender is never a model input."""
     from models.data.adapters import AdapterError, read_history
     from models.training.early_warning import TrainingError, train_bundle
 
     if not input_path.exists():
         fail(f"--input {input_path}: no such file")
     console = _console()
+    if use_age:
+        console.print(
+            "[bold yellow]warning:[/] --use-age: age is a model input. Under Reg B "
+            "(12 CFR 1002.6(b)(2)) age may only be used by a system that does not "
+            "score applicants aged 62 or more worse; check the fairness table's "
+            "62+ adverse-impact ratio before deploying this bundle."
+        )
+    if use_treatments:
+        console.print(
+            "[bold yellow]warning:[/] --use-treatments: collection attempts, method "
+            "and legal action are model inputs; they follow the risk assessment "
+            "(label leak) and, in the stream, feed the model its own decisions."
+        )
     try:
         with console.status("reading the history") as status:
             started = time.perf_counter()
@@ -147,6 +180,10 @@ def train(
                 holdout=holdout,
                 seed=seed,
                 n_estimators=trees,
+                horizon_months=horizon_months,
+                use_age=use_age,
+                use_treatments=use_treatments,
+                out_of_time=out_of_time,
                 input_sha256=_sha256(input_path),
                 progress=progress,
             )
@@ -184,14 +221,25 @@ def _print_metrics(m: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    table = Table("metric", "value", title=f"holdout metrics ({m['n_holdout']:,} loans)")
+    table = Table(
+        "metric",
+        "value",
+        title=f"holdout metrics ({m['n_holdout']:,} loans, "
+        f"{m['n_holdout_snapshots']:,} snapshots, label: written off within "
+        f"{m['horizon_months']} months)",
+    )
     for key in ("roc_auc", "pr_auc", "brier", "base_rate"):
         table.add_row(key, _fmt(m.get(key)))
+    if final := m.get("final_state"):
+        table.add_row("roc_auc (final states)", _fmt(final["roc_auc"]))
+    if oot := m.get("out_of_time"):
+        table.add_row(f"roc_auc out of time (after {oot['cutoff']})", _fmt(oot.get("roc_auc")))
     for name, c in m.get("confusion", {}).items():
         table.add_row(
             f"at {name} ({c['threshold']})", f"tp {c['tp']} fp {c['fp']} fn {c['fn']} tn {c['tn']}"
         )
     console.print(table)
+    _print_quality(console, m)
     clusters = Table(
         "algorithm",
         "clusters",
@@ -220,6 +268,80 @@ def _print_metrics(m: dict[str, Any]) -> None:
             f"events refused by the state machine (skipped, as the stream would): {reasons}"
         )
     console.print(f"bundle {m['bundle']} version {m['version']} in {m['seconds']:.1f} s")
+
+
+def _print_quality(console: Any, m: dict[str, Any]) -> None:
+    """Months-on-book, lead-time and fairness tables of the ``train`` metrics."""
+    from rich.table import Table
+
+    if buckets := m.get("by_months_on_book"):
+        table = Table(
+            "months on book",
+            "snapshots",
+            "ROC AUC (95 % CI)",
+            "mean score",
+            "observed",
+            "HIGH prec / rec",
+            "MODERATE prec / rec",
+            title="held-out snapshots by months on book",
+        )
+        for b in buckets:
+            low, high = b["roc_auc_ci95"]
+            ci = f" ({_fmt(low)}-{_fmt(high)})" if low is not None else ""
+            table.add_row(
+                b["bucket"],
+                f"{b['snapshots']:,}",
+                _fmt(b["roc_auc"]) + ci,
+                _fmt(b["mean_predicted"]),
+                _fmt(b["observed_rate"]),
+                *(
+                    f"{_fmt(b[t]['precision'])} / {_fmt(b[t]['recall'])}"
+                    for t in ("high", "moderate")
+                ),
+            )
+        console.print(table)
+    if rules := m.get("lead_time"):
+        table = Table(
+            "flag rule",
+            "loans flagged",
+            "precision",
+            "recall",
+            "lead days median",
+            "lead days p25",
+            title="held-out loans: flagging before the write-off",
+        )
+        for r in rules:
+            table.add_row(
+                r["rule"],
+                f"{r['flagged_loans']:,}",
+                _fmt(r["precision"]),
+                _fmt(r["recall"]),
+                _fmt(r["lead_days_median"]),
+                _fmt(r["lead_days_p25"]),
+            )
+        console.print(table)
+    for name, rows in (m.get("fairness") or {}).items():
+        table = Table(
+            name,
+            "loans",
+            "default rate",
+            "HIGH flag rate",
+            "HIGH AIR",
+            "MODERATE+ flag rate",
+            "MODERATE+ AIR",
+            title=f"fairness by {name} (not model inputs)",
+        )
+        for r in rows:
+            table.add_row(
+                r["group"],
+                f"{r['loans']:,}",
+                _fmt(r["default_rate"]),
+                _fmt(r["high_flag_rate"]),
+                _fmt(r["high_adverse_impact_ratio"]),
+                _fmt(r["moderate_flag_rate"]),
+                _fmt(r["moderate_adverse_impact_ratio"]),
+            )
+        console.print(table)
 
 
 def report(

@@ -293,10 +293,118 @@ def _summary_html(bundle: ModelBundle) -> str:
         "<h3>Confusion matrix at each tier threshold (holdout)</h3>"
         "<table><tr><th>threshold</th><th>TP</th><th>FP</th><th>FN</th><th>TN</th></tr>"
         f"{confusion}</table>"
+        f"{_point_in_time_html(meta)}"
         "<h3>Clustering metrics</h3><table><tr><th>algorithm</th><th>clusters</th>"
         "<th>silhouette ↑</th><th>Davies-Bouldin ↓</th><th>Calinski-Harabasz ↑</th></tr>"
         f"{comp}</table>"
     )
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return (
+        "<table><tr>"
+        + "".join(f"<th>{html.escape(h)}</th>" for h in head)
+        + "</tr>"
+        + cells
+        + "</table>"
+    )
+
+
+def _point_in_time_html(meta: dict[str, Any]) -> str:
+    """Model inputs, quality by months on book, lead time against 30+ DPD and the fairness
+    table (bundles trained before point-in-time training have none of them)."""
+    m = meta["metrics"]
+    out = ""
+    if "model_features" in meta:
+        excluded = m.get("excluded_features", {})
+        out += (
+            f"<h3>Model inputs ({len(meta['model_features'])})</h3><p>"
+            + html.escape(", ".join(meta["model_features"]))
+            + "</p>"
+            + _table(["not an input", "why"], [[n, r] for n, r in excluded.items()])
+        )
+    if buckets := m.get("by_months_on_book"):
+        out += (
+            f"<h3>Held-out snapshots by months on book (label: written off within "
+            f"{m['horizon_months']} months)</h3>"
+        )
+        out += _table(
+            [
+                "months on book",
+                "snapshots",
+                "ROC AUC",
+                "95 % CI",
+                "mean score",
+                "observed",
+                "HIGH precision",
+                "HIGH recall",
+                "MODERATE precision",
+                "MODERATE recall",
+            ],
+            [
+                [
+                    b["bucket"],
+                    f"{b['snapshots']:,}",
+                    _f(b["roc_auc"]),
+                    f"{_f(b['roc_auc_ci95'][0])} - {_f(b['roc_auc_ci95'][1])}",
+                    _f(b["mean_predicted"]),
+                    _f(b["observed_rate"]),
+                    _f(b["high"]["precision"]),
+                    _f(b["high"]["recall"]),
+                    _f(b["moderate"]["precision"]),
+                    _f(b["moderate"]["recall"]),
+                ]
+                for b in buckets
+            ],
+        )
+    if rules := m.get("lead_time"):
+        out += "<h3>Flagging before the write-off (held-out loans)</h3>"
+        out += _table(
+            ["rule", "loans flagged", "precision", "recall", "lead days median", "lead days p25"],
+            [
+                [
+                    r["rule"],
+                    f"{r['flagged_loans']:,}",
+                    _f(r["precision"]),
+                    _f(r["recall"]),
+                    _f(r["lead_days_median"]),
+                    _f(r["lead_days_p25"]),
+                ]
+                for r in rules
+            ],
+        )
+    for name, rows in (m.get("fairness") or {}).items():
+        out += (
+            f"<h3>Fairness by {html.escape(name)} (not a model input; adverse-impact "
+            "ratio = share not flagged over the reference group's)</h3>"
+        )
+        out += _table(
+            [
+                "group",
+                "loans",
+                "default rate",
+                "HIGH flag rate",
+                "HIGH AIR",
+                "MODERATE+ flag rate",
+                "MODERATE+ AIR",
+            ],
+            [
+                [
+                    r["group"],
+                    f"{r['loans']:,}",
+                    _f(r["default_rate"]),
+                    _f(r["high_flag_rate"]),
+                    _f(r["high_adverse_impact_ratio"]),
+                    _f(r["moderate_flag_rate"]),
+                    _f(r["moderate_adverse_impact_ratio"]),
+                ]
+                for r in rows
+            ],
+        )
+    return out
 
 
 def _profiles_html(profiles: dict[str, Any]) -> str:

@@ -46,8 +46,26 @@ from models.serving.segmenter import DEFAULT_HALFLIFE, name_by_risk
 from models.training.bundle_writer import write_bundle
 from models.training.clustering import compare_clusterings, risk_axis
 from models.training.population import REPORT_FILE, report_data
+from models.training.quality import by_bucket, fairness, lead_time
+from models.training.snapshots import DEFAULT_HORIZON_MONTHS, Snapshots, snapshot_set
 
 THRESHOLDS = {"high": 0.75, "moderate": 0.50}
+# Protected under Reg B (12 CFR 1002.6(b)): never a model input.
+NEVER_INPUTS = ("gender",)
+# What the collections system itself did to the loan: a consequence of its risk, not a cause.
+TREATMENTS = ("collection_attempts", "last_collection_method", "legal_action")
+EXCLUSION_REASONS = {
+    "gender": "protected attribute (Reg B 12 CFR 1002.6(b)(1)): never an input",
+    "age": "protected attribute (Reg B 12 CFR 1002.6(b)(2)): off unless --use-age",
+    **{
+        name: "the collections system's own treatment (follows the risk; label leak and "
+        "feedback loop): off unless --use-treatments"
+        for name in TREATMENTS
+    },
+}
+GROUP_FOLDS = 3  # calibration folds, split by loan
+OOT_TREES = 50
+OOT_QUANTILE = 60  # out-of-time check: snapshots up to this percentile of dates train
 PERMUTATION_ROWS = 2000  # permutation importance on a seeded holdout subsample: it predicts
 PERMUTATION_REPEATS = 3  # features x repeats times
 
@@ -77,11 +95,45 @@ def feature_matrix(
     return x, y, loan_ids
 
 
+def model_inputs(use_age: bool = False, use_treatments: bool = False) -> tuple[str, ...]:
+    """The ``features()`` columns the early-warning model reads, in ``FEATURE_NAMES`` order.
+
+    Never ``gender`` (Reg B, 12 CFR 1002.6(b)(1)... sex may not be used at all); ``age`` only
+    with ``use_age`` (1002.6(b)(2): only in a system that does not score applicants aged 62+
+    worse); the system's own treatments (:data:`TREATMENTS`) only with ``use_treatments``:
+    they follow the risk assessment (legal action follows the write-off decision), so as
+    inputs they leak the label and, in the stream, feed the model its own decisions back.
+    The state keeps all of them for monitoring and the fairness table.
+
+    >>> inputs = model_inputs()
+    >>> "gender" in inputs, "age" in inputs, "legal_action" in inputs, "days_past_due" in inputs
+    (False, False, False, True)
+    >>> "age" in model_inputs(use_age=True), "gender" in model_inputs(use_age=True)
+    (True, False)
+    """
+    excluded = set(NEVER_INPUTS)
+    if not use_age:
+        excluded.add("age")
+    if not use_treatments:
+        excluded.update(TREATMENTS)
+    return tuple(name for name in FEATURE_NAMES if name not in excluded)
+
+
 def build_model(
-    seed: int = 0, n_estimators: int = 150, min_samples_leaf: int = 40, n_jobs: int = 2
+    seed: int = 0,
+    n_estimators: int = 150,
+    min_samples_leaf: int = 40,
+    n_jobs: int = 2,
+    inputs: tuple[str, ...] | None = None,
+    max_samples: float | None = None,
+    cv: Any = 3,
 ) -> Any:
     """The calibrated pipeline (unfitted). Inputs are ``features()`` rows (floats, NaN =
-    missing), so serving needs no pandas."""
+    missing), so serving needs no pandas; the pipeline reads only the ``inputs`` columns
+    (default :func:`model_inputs`) and drops the rest, so the row the stream scores stays
+    the whole ``features()`` vector. ``max_samples``: share of the rows each tree's
+    bootstrap draws (None: all). ``cv``: folds of the calibration, or precomputed
+    (train, test) index pairs (split by loan)."""
     from sklearn.calibration import CalibratedClassifierCV
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import RandomForestClassifier
@@ -89,8 +141,9 @@ def build_model(
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    numeric = [FEATURE_INDEX[n] for n in NUMERIC_FEATURES]
-    categorical = [FEATURE_INDEX[n] for n in CATEGORICAL_FEATURES]
+    chosen = set(model_inputs() if inputs is None else inputs)
+    numeric = [FEATURE_INDEX[n] for n in NUMERIC_FEATURES if n in chosen]
+    categorical = [FEATURE_INDEX[n] for n in CATEGORICAL_FEATURES if n in chosen]
     prepare = ColumnTransformer(
         [
             ("numeric", SimpleImputer(strategy="median", keep_empty_features=True), numeric),
@@ -107,7 +160,8 @@ def build_model(
                 ),
                 categorical,
             ),
-        ]
+        ],
+        remainder="drop",
     )
     # One thread per forest: a forest predicting on several threads adds its trees' votes in
     # completion order, so the cross-validated predictions the isotonic map is fitted on --
@@ -117,6 +171,7 @@ def build_model(
         n_estimators=n_estimators,
         min_samples_leaf=min_samples_leaf,
         max_features="sqrt",
+        max_samples=max_samples,
         n_jobs=1,
         random_state=seed,
     )
@@ -125,7 +180,7 @@ def build_model(
     return CalibratedClassifierCV(
         Pipeline([("prepare", prepare), ("forest", forest)]),
         method="isotonic",
-        cv=3,
+        cv=cv,
         ensemble=False,
         n_jobs=n_jobs,
     )
@@ -219,10 +274,11 @@ def split_by_loan(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray,
 
 
 def holdout_metrics(
-    model: Any, x: np.ndarray, y: np.ndarray, seed: int
+    model: Any, x: np.ndarray, y: np.ndarray, seed: int, inputs: tuple[str, ...] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metrics, report curves) of a fitted model on held-out rows, with permutation importance
-    on a seeded subsample (it predicts features x repeats times)."""
+    of its ``inputs`` (default: all features) on a seeded subsample (it predicts features x
+    repeats times)."""
     from sklearn.inspection import permutation_importance
 
     p = model.predict_proba(x)[:, 1]
@@ -240,12 +296,14 @@ def holdout_metrics(
             random_state=seed,
             n_jobs=1,
         )
+        read = set(FEATURE_NAMES if inputs is None else inputs)
         metrics["permutation_importance"] = sorted(
             (
                 {"feature": name, "mean": float(m), "std": float(s)}
                 for name, m, s in zip(
                     FEATURE_NAMES, imp.importances_mean, imp.importances_std, strict=True
                 )
+                if name in read
             ),
             key=lambda d: -d["mean"],
         )
@@ -275,6 +333,118 @@ def segmentation(x: np.ndarray, risk: np.ndarray, seed: int) -> dict[str, Any]:
     return comparison
 
 
+def _strip_routing(model: Any) -> None:
+    """Forget the metadata-routing requests set for the fit: they only route the weights to
+    the forest, and the bundle loader trusts no type beyond what scoring needs."""
+    estimators = [model.estimator] + [c.estimator for c in model.calibrated_classifiers_]
+    for pipeline in estimators:
+        for _, step in pipeline.steps:
+            vars(step).pop("_metadata_request", None)
+
+
+def fit_snapshots(
+    snaps: Snapshots,
+    rows: np.ndarray,
+    *,
+    seed: int = 0,
+    n_estimators: int = 150,
+    min_samples_leaf: int | None = None,
+    n_jobs: int = 2,
+    inputs: tuple[str, ...] | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """Fit the calibrated forest on the snapshot ``rows``, weighted per loan, with the
+    calibration's cross-validation folds split by loan (a loan's snapshots on both sides of
+    a fold would make the out-of-fold votes, and so the isotonic map, optimistic).
+    Returns (model, the settings used)."""
+    import sklearn
+    from sklearn.model_selection import GroupKFold
+
+    n_loans = len(np.unique(snaps.loan[rows]))
+    if min_samples_leaf is None:
+        # ~0.1 % of the training loans (3..40), on bootstraps of ~2 rows per loan: UCI
+        # holdout AUC after 6 months 0.7836 (20) vs 0.7806 (40 on 1 row per loan).
+        min_samples_leaf = int(np.clip(n_loans // 1000, 3, 40))
+    # Each tree draws about two snapshots per loan: the loans' information, at the cost of a
+    # loan-level fit (UCI: 19 s instead of 145 s on all 126k snapshots, AUC unchanged).
+    max_samples = float(min(1.0, 2.0 * n_loans / len(rows)))
+    max_samples = None if max_samples >= 1.0 else max_samples
+    folds = list(
+        GroupKFold(GROUP_FOLDS, shuffle=True, random_state=seed).split(
+            rows, groups=snaps.loan[rows]
+        )
+    )
+    with sklearn.config_context(enable_metadata_routing=True):
+        model = build_model(
+            seed, n_estimators, min_samples_leaf, n_jobs, inputs, max_samples, cv=folds
+        )
+        # The loan weights go to the forest only (as ``loan_weight``): the isotonic map is
+        # fitted on every snapshot alike, because that is the population the stream scores
+        # and the tiers act on. Weighted, it over-predicted every months-on-book bucket of a
+        # synthetic holdout by about 0.02 (short loans, positive at every snapshot, weigh
+        # more per snapshot).
+        model.estimator[-1].set_fit_request(sample_weight="loan_weight")
+        with parallel_config(backend="threading"):  # tree building releases the GIL
+            model.fit(snaps.x[rows], snaps.y[rows], loan_weight=snaps.weight[rows])
+    _strip_routing(model)
+    # The folds were index lists of this fit; the bundle records how they were made instead.
+    model.cv = GROUP_FOLDS
+    single_threaded(model)  # what the stream runs: identical scores whatever the batch
+    return model, {"min_samples_leaf": min_samples_leaf, "max_samples": max_samples}
+
+
+def _out_of_time(
+    snaps: Snapshots, train_loans: np.ndarray, test_loans: np.ndarray, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """Fit (:data:`OOT_TREES` trees) on the training loans' snapshots dated up to a cutoff
+    (the 60th percentile of their dates), test on the held-out loans' snapshots dated after
+    it."""
+    train_rows = snaps.rows(train_loans)
+    cutoff = int(np.percentile(snaps.at[train_rows], OOT_QUANTILE))
+    early = train_rows[snaps.at[train_rows] <= cutoff]
+    test_rows = snaps.rows(test_loans)
+    late = test_rows[snaps.at[test_rows] > cutoff]
+    cutoff_day = datetime.fromtimestamp(cutoff / 1000, UTC).date().isoformat()
+    if (
+        len(set(snaps.y[early].tolist())) < 2
+        or len(set(snaps.y[late].tolist())) < 2
+        or len(np.unique(snaps.loan[early])) < 30
+    ):
+        return {
+            "cutoff": cutoff_day,
+            "note": "event dates do not allow an out-of-time split with both outcomes on each side",
+        }
+    # Fewer trees: a check of the split, not the shipped model (keeps UCI training < 2 min).
+    model, _ = fit_snapshots(
+        snaps, early, **{**settings, "n_estimators": min(settings["n_estimators"], OOT_TREES)}
+    )
+    p = model.predict_proba(snaps.x[late])[:, 1]
+    out = {"cutoff": cutoff_day, "n_train_snapshots": len(early), "n_test_snapshots": len(late)}
+    out.update(
+        {
+            k: v
+            for k, v in evaluate(snaps.y[late], p).items()
+            if k in ("roc_auc", "pr_auc", "brier", "base_rate")
+        }
+    )
+    out["mean_predicted"] = float(p.mean())
+    return out
+
+
+def holdout_loans(history: History, metadata: dict[str, Any]) -> tuple[Snapshots, np.ndarray]:
+    """The snapshots of ``history`` and the loan indices a bundle held out, recovered from its
+    ``metadata`` (horizon, holdout share, seed) and checked against its training-data hash."""
+    snaps = snapshot_set(history, metadata["horizon_months"])
+    if _hash_arrays(snaps.x, snaps.y, snaps.weight, snaps.loan) != metadata["training_data_sha256"]:
+        raise TrainingError(
+            "the replayed history differs from the bundle's training data: "
+            "cannot recover its holdout split"
+        )
+    _, test = split_by_loan(
+        snaps.outcome, metadata["metrics"]["holdout"], metadata["metrics"]["seed"]
+    )
+    return snaps, test
+
+
 def train_bundle(
     history: History,
     out: str | Path,
@@ -284,47 +454,87 @@ def train_bundle(
     n_estimators: int = 150,
     min_samples_leaf: int | None = None,
     n_jobs: int = 2,
+    horizon_months: int = DEFAULT_HORIZON_MONTHS,
+    use_age: bool = False,
+    use_treatments: bool = False,
+    out_of_time: bool = True,
     input_sha256: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Train, evaluate, write the bundle to ``out``; return the metrics (as in ``--json``)."""
+    """Train on point-in-time snapshots, evaluate on held-out loans, write the bundle to
+    ``out``; return the metrics (as in ``--json``)."""
     say = progress or (lambda _msg: None)
     started = time.perf_counter()
-    say(f"replaying {len(history.events):,} events through the state machine")
-    skipped: dict[str, int] = {}
-    x, y, _ = feature_matrix(history, skipped)
-    train, test = split_by_loan(y, holdout, seed)
-    if min_samples_leaf is None:
-        # Leaves of ~0.2 % of the training loans (3..40): big enough to average out label noise
-        # (UCI holdout AUC rises from 0.776 at 5 to 0.785 at 40), small enough for small books.
-        min_samples_leaf = int(np.clip(len(train) // 500, 3, 40))
-    model = build_model(seed, n_estimators, min_samples_leaf, n_jobs)
-    say(f"fitting the calibrated random forest on {len(train):,} loans")
+    say(f"replaying {len(history.events):,} events into point-in-time snapshots")
+    snaps = snapshot_set(history, horizon_months)
+    if len(set(snaps.y.tolist())) < 2:
+        raise TrainingError(
+            f"all {len(snaps.y)} snapshots have label {snaps.y[0]} (written off "
+            f"within {horizon_months} months): the model needs both"
+        )
+    train, test = split_by_loan(snaps.outcome, holdout, seed)
+    train_rows, test_rows = snaps.rows(train), snaps.rows(test)
+    inputs = model_inputs(use_age, use_treatments)
+    say(
+        f"fitting the calibrated random forest on {len(train_rows):,} snapshots of "
+        f"{len(train):,} loans"
+    )
     fit_started = time.perf_counter()
-    with parallel_config(backend="threading"):  # tree building releases the GIL
-        model.fit(x[train], y[train])
+    settings = {
+        "seed": seed,
+        "n_estimators": n_estimators,
+        "min_samples_leaf": min_samples_leaf,
+        "n_jobs": n_jobs,
+        "inputs": inputs,
+    }
+    model, fitted = fit_snapshots(snaps, train_rows, **settings)
     fit_seconds = time.perf_counter() - fit_started
-    single_threaded(model)  # what the stream runs: identical scores whatever the batch
     metrics: dict[str, Any] = {
-        "n_loans": len(y),
+        "unit": "snapshot",
+        "horizon_months": horizon_months,
+        "n_loans": len(snaps.loan_ids),
         "n_train": len(train),
         "n_holdout": len(test),
+        "n_snapshots": len(snaps.y),
+        "n_train_snapshots": len(train_rows),
+        "n_holdout_snapshots": len(test_rows),
+        "censored_snapshots": snaps.censored,
         "holdout": holdout,
         "seed": seed,
-        "skipped_events": skipped,
+        "skipped_events": snaps.skipped,
+        "model_features": list(inputs),
+        "excluded_features": {n: EXCLUSION_REASONS[n] for n in FEATURE_NAMES if n not in inputs},
     }
     report: dict[str, Any] = {}
     if len(test):
-        say(f"evaluating on {len(test):,} held-out loans (+ permutation importance)")
-        holdout_m, report = holdout_metrics(model, x[test], y[test], seed)
+        say(f"evaluating on {len(test_rows):,} snapshots of {len(test):,} held-out loans")
+        holdout_m, report = holdout_metrics(
+            model, snaps.x[test_rows], snaps.y[test_rows], seed, inputs
+        )
         metrics.update(holdout_m)
+        p = model.predict_proba(snaps.x[test_rows])[:, 1]
+        metrics["by_months_on_book"] = by_bucket(snaps, test_rows, p, THRESHOLDS, seed)
+        months = int(min(12, snaps.months_on_book[test_rows].max()))
+        metrics["by_month"] = by_bucket(snaps, test_rows, p, THRESHOLDS, seed, per_month=months)
+        metrics["lead_time"] = lead_time(snaps, test_rows, p, THRESHOLDS)
+        metrics["fairness"] = fairness(snaps, test_rows, p, THRESHOLDS)
+        labelled = test[snaps.outcome[test] >= 0]
+        if len(set(snaps.outcome[labelled].tolist())) == 2:
+            final = model.predict_proba(snaps.final_x[labelled])[:, 1]
+            scored = evaluate(snaps.outcome[labelled], final)
+            metrics["final_state"] = {k: scored[k] for k in ("roc_auc", "brier", "base_rate", "n")}
+        if out_of_time:
+            say("out-of-time check: earlier snapshots train, later ones test")
+            metrics["out_of_time"] = _out_of_time(snaps, train, test, settings)
     say("comparing K-Means, DBSCAN and agglomerative clustering")
+    x = snaps.final_x
     risk = model.predict_proba(x)[:, 1]
     seg = segmentation(x, risk, seed)
     metrics["clustering"] = seg["algorithms"]
     metrics["silhouette"] = {name: a["silhouette"] for name, a in seg["algorithms"].items()}
     segments = seg["segments"]
-    report.update(report_data(x, y, risk, seg["z"], segments, seg, seed))
+    y_final = snaps.outcome if (snaps.outcome >= 0).all() else None
+    report.update(report_data(x, y_final, risk, seg["z"], segments, seg, seed))
     # Under the shipped default policy, with the offline K-Means segments.
     metrics["strategy_mix"] = report["strategy_mix"]
     metrics["tier_mix"] = report["tier_mix"]
@@ -334,21 +544,30 @@ def train_bundle(
     metadata = {
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": history.source,
-        "training_data_sha256": _hash_arrays(x, y),
+        "training_data_sha256": _hash_arrays(snaps.x, snaps.y, snaps.weight, snaps.loan),
         "input_sha256": input_sha256,
         "features": list(FEATURE_NAMES),
+        "model_features": list(inputs),
         "categorical_features": list(CATEGORICAL_FEATURES),
+        "horizon_months": horizon_months,
+        "training_unit": {
+            "rows": "one snapshot per loan per installment",
+            "label": f"written off within {horizon_months} months of the snapshot",
+            "weights": "1 / labelled snapshots of the loan",
+            "split": "by loan",
+        },
         "thresholds": dict(THRESHOLDS),
         "calibration": {
             "method": "isotonic",
-            "cv": 3,
+            "cv": f"GroupKFold({GROUP_FOLDS}) by loan",
             "ensemble": False,
             "table": metrics.get("calibration"),
         },
         "model": {
             "estimator": "RandomForestClassifier",
             "n_estimators": n_estimators,
-            "min_samples_leaf": min_samples_leaf,
+            "min_samples_leaf": fitted["min_samples_leaf"],
+            "max_samples": fitted["max_samples"],
             "max_features": "sqrt",
             "random_state": seed,
         },

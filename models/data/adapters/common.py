@@ -25,12 +25,20 @@ class AdapterError(ModelsError, ValueError):
 
 @dataclass
 class History:
-    """Events (per-loan event-time order) and outcomes (loan_id -> 1 default, 0 not)."""
+    """Events (per-loan event-time order) and outcomes (loan_id -> 1 default, 0 not).
+
+    ``outcome_at``: when a loan's outcome happened (epoch ms), where the source says so
+    (``LoanClosed``; UCI's October 2005); otherwise it is taken to be the loan's last event.
+    ``open_loans``: loans with no outcome *yet* (an event log without their ``LoanClosed``):
+    point-in-time training uses their early snapshots and censors the rest
+    (:mod:`models.training.snapshots`)."""
 
     events: list[dict[str, Any]]
     outcomes: dict[str, int] = field(default_factory=dict)
     source: str = ""
     rows: int = 0
+    outcome_at: dict[str, int] = field(default_factory=dict)
+    open_loans: set[str] = field(default_factory=set)
 
 
 def _name(path: Any) -> str:

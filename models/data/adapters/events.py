@@ -39,8 +39,13 @@ def read_events(path: str | Path | IO[str], outcomes: str | Path | None = None) 
             if (path.parent / name).exists():
                 outcomes = path.parent / name
                 break
-    found = _read_outcomes(Path(outcomes)) if outcomes is not None else _closed_outcomes(events)
-    return History(events, found, "events", len(events))
+    if outcomes is not None:
+        return History(events, _read_outcomes(Path(outcomes)), "events", len(events))
+    found, closed_at = _closed_outcomes(events)
+    still_open = {e["loan_id"] for e in events} - set(found)
+    return History(
+        events, found, "events", len(events), outcome_at=closed_at, open_loans=still_open
+    )
 
 
 def _read_avro(path: Path) -> Iterator[dict[str, Any]]:
@@ -119,13 +124,16 @@ def _read_outcomes(path: Path) -> dict[str, int]:
     return dict(zip(frame["loan_id"].astype(str), values.astype(int).tolist(), strict=True))
 
 
-def _closed_outcomes(events: list[dict[str, Any]]) -> dict[str, int]:
+def _closed_outcomes(events: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
+    """(outcome, closed at) of every loan with a ``LoanClosed`` event."""
     out: dict[str, int] = {}
+    at: dict[str, int] = {}
     for event in events:
         name, body = event["body"]
         if name.endswith("LoanClosed"):
             out[event["loan_id"]] = int(body.get("reason") == "WRITTEN_OFF")
-    return out
+            at[event["loan_id"]] = int(event["occurred_at"])
+    return out, at
 
 
 def write_jsonl(events: Iterable[dict[str, Any]], handle: IO[str]) -> int:

@@ -49,6 +49,7 @@ UCI_NAMED = {  # the same data as distributed on Kaggle, with descriptive column
 }
 UCI_FIRST_DAY = 12_874  # 2005-04-01, the first statement month
 UCI_MONTHS = ("April", "May", "June", "July", "August", "September")
+UCI_OUTCOME_DAY = UCI_FIRST_DAY + 30 * len(UCI_MONTHS)  # October: "default payment next month"
 
 
 def read_uci(path: str | Path | IO[str]) -> History:
@@ -64,7 +65,9 @@ def read_uci(path: str | Path | IO[str]) -> History:
     - s >= 1 (s months of delay): a late partial ``PaymentReceived`` of p (when p > 0), then
       ``PaymentMissed`` with ``days_past_due`` = 30 s, ``outstanding`` = b.
 
-    Negative bills (credit balances) are reported as 0 outstanding.
+    Negative bills (credit balances) are reported as 0 outstanding. The outcome (``Y``,
+    default in the month after the last statement) is dated October 2005
+    (``History.outcome_at``), the month it is about.
     """
     frame = _read_csv(path)
     frame = frame.rename(
@@ -82,6 +85,7 @@ def read_uci(path: str | Path | IO[str]) -> History:
             )
     events: list[dict[str, Any]] = []
     outcomes: dict[str, int] = {}
+    outcome_at: dict[str, int] = {}
     for i in range(len(frame)):
         loan_id = f"UCI-{ids[i]}"
         v = {c: values[c][i] for c in values}
@@ -171,4 +175,5 @@ def read_uci(path: str | Path | IO[str]) -> History:
                     )
                 )
         outcomes[loan_id] = int(v["Y"])
-    return History(events, outcomes, "uci", len(frame))
+        outcome_at[loan_id] = UCI_OUTCOME_DAY * DAY_MS
+    return History(events, outcomes, "uci", len(frame), outcome_at=outcome_at)

@@ -32,7 +32,14 @@ def trained(tmp_path_factory) -> dict:
 
 def test_metrics_show_real_signal_and_every_section(trained) -> None:
     m = trained["metrics"]
-    assert m["roc_auc"] > 0.72 and 0 < m["brier"] < 0.2 and m["pr_auc"] > m["base_rate"]
+    # Held-out snapshots (every age, label: written off within 12 months) are harder than
+    # final states, which the model must still rank well.
+    assert m["roc_auc"] > 0.67 and 0 < m["brier"] < 0.2 and m["pr_auc"] > m["base_rate"]
+    assert m["final_state"]["roc_auc"] > 0.75
+    assert m["unit"] == "snapshot" and m["n_snapshots"] > 5 * m["n_loans"]
+    assert [b["bucket"] for b in m["by_months_on_book"]] == ["1", "2", "3", "4-6", "7-11", "12+"]
+    assert {r["rule"] for r in m["lead_time"]} >= {"30+ days past due", "model at equal volume"}
+    assert {"gender", "age_band"} == set(m["fairness"])
     assert set(m["silhouette"]) == {"kmeans", "dbscan", "agglomerative"}
     assert m["silhouette"]["kmeans"] is not None and -1 <= m["silhouette"]["kmeans"] <= 1
     assert set(m["confusion"]) == {"moderate", "high"}

@@ -63,6 +63,8 @@ def test_docstring_examples_run() -> None:
         "serving.segmenter",
         "serving.bundle",
         "training.early_warning",
+        "training.snapshots",
+        "training.quality",
         "report.render",
         "native",
     ):

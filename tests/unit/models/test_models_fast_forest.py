@@ -162,8 +162,10 @@ def test_numpy_prepare_hands_unusual_input_to_scikit_learn(model, rows) -> None:
     exactly as without the numpy twin."""
     native, _ = both_paths(model)
     sklearn_prepare = model.calibrated_classifiers_[0].estimator[:-1]
+    from models.features.columns import FEATURE_INDEX
+
     x = rows[:10].copy()
-    x[3, 0] = np.inf
+    x[3, FEATURE_INDEX["days_past_due"]] = np.inf  # a column the model reads
     for path in (native._prepare, sklearn_prepare):
         with pytest.raises(ValueError, match="infinity"):
             path.transform(x)

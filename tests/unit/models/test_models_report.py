@@ -99,3 +99,18 @@ def test_screenshot_shows_the_plots(report: Path, tmp_path: Path) -> None:
     assert (width, height) == (1280, 5000)
     # A blank or text-only page has few distinct pixel rows; eight rendered charts have many.
     assert distinct_rows > 1500, distinct_rows
+
+
+def test_report_shows_point_in_time_quality_and_fairness(report: Path) -> None:
+    text = report.read_text()
+    for heading in (
+        "Held-out snapshots by months on book",
+        "Flagging before the write-off",
+        "Fairness by gender",
+        "Fairness by age_band",
+        "Model inputs",
+    ):
+        assert heading in text, heading
+    assert "<td>30+ days past due</td>" in text and "<td>62+</td>" in text
+    inputs = text.split("<h3>Model inputs")[1].split("</p>")[0]
+    assert "gender" not in inputs and "legal_action" not in inputs
