@@ -97,10 +97,12 @@ class PartitionStore:
 
     def commit(self) -> None:
         """The transaction that carried this partition's outputs committed."""
+        self.undo.clear()
+        # After the undo log: a lookup between the two (it does not take the loop's lock for
+        # commits) sees the committed state with its history one commit behind, never ahead.
         if self._pending_decisions:
             self.decisions.extend(self._pending_decisions)
             self._pending_decisions.clear()
-        self.undo.clear()
         self._committed_segmenter = self.segmenter.to_json()
         self._committed_events_applied = self.events_applied
 

@@ -216,3 +216,21 @@ def test_explain_matches_the_batch_reference(bundle, policy, events) -> None:
     assert document["history"]["complete"] and document["view"] == "offline"
     assert document["reasons"] == [document["decisions"][-1]["reason"]]
     assert explain_loan(events, bundle, policy, "L-nope", partitions=3) is None
+
+
+def test_explain_command_prints_the_document(trained_model, tmp_path, bundle, policy, events):
+    from typer.testing import CliRunner
+
+    from loan_recovery.cli import app
+    from models.data.adapters import write_jsonl
+
+    log = tmp_path / "events.jsonl"
+    with open(log, "w") as handle:
+        write_jsonl(events, handle)
+    loan_id = events[0]["loan_id"]
+    args = ["explain", "--model", str(trained_model), "--source", "events", "--input", str(log)]
+    result = CliRunner().invoke(app, [*args, "--loan", loan_id, "--partitions", "3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == explain_loan(events, bundle, policy, loan_id, 3)
+    unknown = CliRunner().invoke(app, [*args, "--loan", "L-nope"])
+    assert unknown.exit_code == 2 and "unknown loan 'L-nope'" in unknown.output
