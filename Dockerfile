@@ -46,4 +46,4 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('LOANREC_METRICS_PORT', '9108') + '/healthz', timeout=2)"]
 
 ENTRYPOINT ["loan-recovery"]
-CMD ["serve", "--model", "/data/model", "--metrics-port", "9108"]
+CMD ["serve", "--model", "/data/model", "--metrics-port", "9108", "--http-host", "0.0.0.0"]

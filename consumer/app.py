@@ -125,6 +125,7 @@ class ScorerApp:
             raise
         self._consumer, self._recovery, self._checkpoint = consumer, recovery, checkpoint
         recovery.subscribe(checkpoint)
+        self.health.partitions = recovery  # what GET /loans reads (consumer.lookup)
         tune_gc_for_streaming()
         self.health.alive = True
         self.metrics.up.set(1)
@@ -171,7 +172,8 @@ class ScorerApp:
             # blocking call under a steady load held every event up to the whole timeout.
             messages = consume(max_batch, timeout=0) or consume(max_batch, timeout=wait_s)
             if messages:
-                self._process(messages, recovery, checkpoint)
+                with self.health.lock:  # GET /loans never sees a poll half applied
+                    self._process(messages, recovery, checkpoint)
             if checkpoint.due():
                 checkpoint.commit()
             now = time.monotonic()

@@ -25,6 +25,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from consumer.errors import ConfigError as ConfigError
+from consumer.lookup import advertised_client_id
 from schemas.topics import Topics
 
 
@@ -54,7 +55,10 @@ class ServeConfig:
     group_id: str | None = None  # default: the app id
     instance_id: str = "scorer-0"
     metrics_port: int | None = 9108  # 0 = any free port, None = no HTTP server
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"  # --http-host: the loan lookup carries personal data
+    # HOST:PORT of this instance's HTTP server, advertised to the group in the consumer's
+    # client.id (consumer.lookup.advertised_client_id) so a misdirected lookup can name it.
+    http_address: str | None = None
     commit_interval_ms: int = 100
     guarantee: Guarantee = Guarantee.exactly_once
     kafka_properties: dict[str, str] = field(default_factory=dict)
@@ -91,12 +95,21 @@ class ServeConfig:
     def _common(self) -> dict[str, str]:
         return {**self.kafka_properties, "bootstrap.servers": self.bootstrap_servers}
 
+    def admin_config(self) -> dict[str, str]:
+        """For AdminClients (topic checks, the loan lookup's group description)."""
+        return self._common()
+
     def consumer_config(self) -> dict[str, str]:
+        advertised = {}
+        if self.http_address:
+            base = self.kafka_properties.get("client.id") or self.instance_id
+            advertised["client.id"] = advertised_client_id(base, self.http_address)
         return {
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": "50",
             "queued.max.messages.kbytes": "65536",
             **self._common(),
+            **advertised,
             "group.id": self.group,
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",

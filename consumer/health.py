@@ -4,6 +4,11 @@
 - ``/readyz``: 200 once the instance has joined its group and every assigned partition's state
   is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away).
 - ``/metrics``: the Prometheus exposition of :class:`consumer.metrics.ScorerMetrics`.
+- ``/loans/{loan_id}``: one loan as JSON (:class:`consumer.lookup.LoanLookup`, ARCHITECTURE.md
+  §9); with a token, only for ``Authorization: Bearer <token>`` (401 otherwise: the answer
+  carries personal data). The probes and ``/metrics`` stay open.
+
+Bound to 127.0.0.1 unless told otherwise (``--http-host``).
 
 Example::
 
@@ -16,33 +21,45 @@ Example::
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from consumer.lookup import PREFIX, LoanLookup, bearer_ok, error_body
 from consumer.metrics import ScorerMetrics
+
+if TYPE_CHECKING:
+    from consumer.lookup import Partitions
 
 
 class HealthState:
-    """Flags the loop sets and the probes read (plain attributes: one writer thread)."""
+    """Flags the loop sets and the probes read (plain attributes: one writer thread), and
+    what the loan lookup reads: the loop's partitions, and the lock it holds per poll."""
 
     def __init__(self) -> None:
         self.alive = False
         self.ready = False
+        self.partitions: Partitions | None = None
+        self.lock = threading.Lock()
 
 
 class HealthServer:
     def __init__(
         self,
         metrics: ScorerMetrics,
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         port: int = 0,
         state: HealthState | None = None,
+        token: str | None = None,
     ) -> None:
         self.state = state or HealthState()
-        self._server = ThreadingHTTPServer((host, port), _handler(metrics, self.state))
+        self.lookup: LoanLookup | None = None  # set once the input's partition count is known
+        self._server = ThreadingHTTPServer((host, port), _handler(metrics, self, token))
         self._server.daemon_threads = True
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -55,7 +72,10 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler(metrics: ScorerMetrics, state: HealthState) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    metrics: ScorerMetrics, server: HealthServer, token: str | None
+) -> type[BaseHTTPRequestHandler]:
+    state = server.state
     routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
         "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.exposition()),
         "/healthz": lambda: _probe(state.alive, "alive"),
@@ -64,10 +84,36 @@ def _handler(metrics: ScorerMetrics, state: HealthState) -> type[BaseHTTPRequest
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            route = routes.get(self.path.split("?", 1)[0])
+            path = self.path.split("?", 1)[0]
+            if path.startswith(PREFIX):
+                self._loan(unquote(path[len(PREFIX) :]))
+                return
+            route = routes.get(path)
             status, content_type, body = route() if route else (404, "text/plain", b"not found\n")
+            self._send(status, content_type, body)
+
+        def _loan(self, loan_id: str) -> None:
+            headers: dict[str, str] = {}
+            if not bearer_ok(self.headers.get("Authorization"), token):
+                status, body = 401, error_body(401, "bearer token required")
+                headers["WWW-Authenticate"] = 'Bearer realm="loans"'
+            elif server.lookup is None:
+                status, body = 503, error_body(503, "not started")
+            else:
+                try:
+                    status, body, headers = server.lookup.answer(loan_id)
+                except Exception as error:  # a lookup bug must not look like an unknown loan
+                    status, body = 500, error_body(500, f"{type(error).__name__}: {error}")
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            self._send(status, "application/json", payload, headers)
+
+        def _send(
+            self, status: int, content_type: str, body: bytes, headers: dict[str, str] | None = None
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

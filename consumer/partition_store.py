@@ -10,6 +10,10 @@ the Kafka side (``consumer.checkpoint``, ``consumer.recovery``) only moves recor
 - Undo log: each loan touched since the last :meth:`commit` keeps its committed image (None
   if it was opened meanwhile), the segmenter its committed JSON; :meth:`rollback` restores
   both after an aborted transaction.
+- Decisions: the partition's last :data:`DECISION_HISTORY` committed ``StrategyChanged``
+  records (``decisions``, for ``GET /loans``, ``consumer.lookup``): :meth:`record_changes`
+  holds a batch's until :meth:`commit`, :meth:`rollback` drops them. Memory, not the
+  changelog: the next owner of the partition starts with none.
 - Changelog: :meth:`changelog_records` gives the changed loans' ``LoanState`` records plus the
   partition's ``PartitionCheckpoint`` under ``__partition__`` (docs/INTERNALS.md, changelog
   keys); :meth:`restore` applies one such record, last write wins.
@@ -17,9 +21,10 @@ the Kafka side (``consumer.checkpoint``, ``consumer.recovery``) only moves recor
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 
+from consumer.outputs import StrategyChanged
 from models.features.state import LoanState
 from models.features.state_codec import LoanStateCodec
 from models.serving.contracts import Segmenter
@@ -27,6 +32,8 @@ from schemas import AvroSerde
 
 CHECKPOINT_KEY = "__partition__"
 _CHECKPOINT_KEY_BYTES = CHECKPOINT_KEY.encode()
+# Strategy changes kept per partition for the loan lookup: bounded (~1 KB each), not per loan.
+DECISION_HISTORY = 256
 
 
 def _segmenter_from_json(text: str) -> Segmenter:
@@ -45,9 +52,11 @@ class PartitionStore:
         "_checkpoint_serde",
         "_committed_events_applied",
         "_committed_segmenter",
+        "_pending_decisions",
         "_state_codec",
         "by_segment",
         "by_tier",
+        "decisions",
         "events_applied",
         "partition",
         "segmenter",
@@ -69,6 +78,8 @@ class PartitionStore:
         self._checkpoint_serde = AvroSerde("PartitionCheckpoint")
         self._committed_segmenter = segmenter.to_json()
         self._committed_events_applied = 0
+        self.decisions: deque[StrategyChanged] = deque(maxlen=DECISION_HISTORY)
+        self._pending_decisions: list[StrategyChanged] = []
 
     # -- the undo log ---------------------------------------------------------------------------
     def remember(self, loan_id: str, state: LoanState | None) -> None:
@@ -80,9 +91,18 @@ class PartitionStore:
     def has_uncommitted(self) -> bool:
         return bool(self.undo) or self.events_applied != self._committed_events_applied
 
+    def record_changes(self, changes: list[StrategyChanged]) -> None:
+        """A batch's strategy changes: part of :attr:`decisions` once they commit."""
+        self._pending_decisions += changes
+
     def commit(self) -> None:
         """The transaction that carried this partition's outputs committed."""
         self.undo.clear()
+        # After the undo log: a lookup between the two (it does not take the loop's lock for
+        # commits) sees the committed state with its history one commit behind, never ahead.
+        if self._pending_decisions:
+            self.decisions.extend(self._pending_decisions)
+            self._pending_decisions.clear()
         self._committed_segmenter = self.segmenter.to_json()
         self._committed_events_applied = self.events_applied
 
@@ -94,6 +114,7 @@ class PartitionStore:
             else:
                 self.states[loan_id] = committed
         self.undo.clear()
+        self._pending_decisions.clear()
         self.segmenter = _segmenter_from_json(self._committed_segmenter)
         self.events_applied = self._committed_events_applied
         self._recount()

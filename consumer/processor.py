@@ -329,6 +329,8 @@ class PartitionProcessor:
                     )
                 if alert:
                     result.alerts.append(self._alert(state, source, previous_tier, decided_at_ms))
+        if result.changes:
+            store.record_changes(result.changes)
 
     def _source(self, result: BatchResult, i: int) -> _Source:
         """The ids of applied event ``i``, read back from its bytes (only for events with an

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.outputs import DeadLetter, EarlyWarningAlert, StrategyChanged
-from consumer.partitioning import split_by_partition
+from consumer.partitioning import partition_for, split_by_partition
 from consumer.processor import PartitionProcessor
 from models.features.state import LoanState
 from models.serving.contracts import EarlyWarningModel, StrategyPolicy
@@ -80,6 +80,38 @@ def score_events(
                 progress(result.events - len(records) + min(start + batch, len(records)), total)
         result.loans.update(processor.store.states)
     return result
+
+
+def explain_loan(
+    events: Iterable[dict[str, Any]],
+    bundle: EarlyWarningModel,
+    policy: StrategyPolicy,
+    loan_id: str,
+    partitions: int = DEFAULT_PARTITIONS,
+    topic: str = Topics().events,
+    batch: int = BATCH,
+) -> dict[str, Any] | None:
+    """`loan-recovery explain`: the ``GET /loans/{loan_id}`` document of ``loan_id`` after
+    ``events``, offline (None: the loan was never opened). Only the loan's partition is
+    replayed (its decisions depend on that partition's sequence alone, ARCHITECTURE.md §5), and
+    its decision history is complete: every ``StrategyChanged`` and alert the stream emits."""
+    from consumer.lookup import loan_document
+
+    partition = partition_for(loan_id, partitions)
+    encode = AvroSerde("LoanEvent").encode
+    sequence = [e for e in events if partition_for(e["loan_id"], partitions) == partition]
+    records = [(offset, e["loan_id"].encode(), encode(e)) for offset, e in enumerate(sequence)]
+    processor = PartitionProcessor(bundle, policy, partition, topic)
+    changes: list[StrategyChanged] = []
+    alerts: list[EarlyWarningAlert] = []
+    for start in range(0, len(records), batch):
+        out = processor.process(records[start : start + batch])
+        changes += (c for c in out.changes if c.loan_id == loan_id)
+        alerts += (a for a in out.alerts if a.loan_id == loan_id)
+    state = processor.store.states.get(loan_id)
+    if state is None:
+        return None
+    return loan_document(state, partition, changes, view="offline", complete=True, alerts=alerts)
 
 
 def write_loans_csv(result: ScoreResult, path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from loan_recovery.commands import broker, models, produce, serve, topics
+from loan_recovery.commands import broker, explain, models, produce, serve, topics
 
 app = typer.Typer(
     name="loan-recovery",
@@ -19,6 +19,7 @@ app.add_typer(topics.app, name="topics")
 models.register(app)
 produce.register(app)
 serve.register(app)
+explain.register(app)
 
 if __name__ == "__main__":
     app()

@@ -59,7 +59,18 @@ def serve(
         9108,
         envvar=_env("METRICS_PORT"),
         min=0,
-        help="Port of /metrics, /healthz, /readyz; 0 = any free.",
+        help="Port of /metrics, /healthz, /readyz and /loans/{loan_id}; 0 = any free.",
+    ),
+    http_host: str = typer.Option(
+        "127.0.0.1",
+        envvar=_env("HTTP_HOST"),
+        help="Address the HTTP port binds (0.0.0.0: all; /loans carries personal data).",
+    ),
+    http_advertise: str | None = typer.Option(
+        None,
+        envvar=_env("HTTP_ADVERTISE"),
+        help="HOST:PORT other instances name in a 421 for a loan this one owns. "
+        "Default: the bound host (the host name if 0.0.0.0) and port.",
     ),
     app_id: str = typer.Option(
         _T.app_id, envvar=_env("APP_ID"), help="Application id: names the changelog topic."
@@ -106,13 +117,15 @@ def serve(
 
     Exactly-once by default. SIGTERM/SIGINT finish the batch, commit and exit 0; SIGHUP reloads
     the model bundle (kept if the new one does not validate). Exit 1 on fencing or a fatal
-    Kafka error, 2 on bad configuration.
+    Kafka error, 2 on bad configuration. With LOANREC_HTTP_TOKEN set, GET /loans/{loan_id}
+    requires it as a bearer token (an environment variable only: a flag would show in `ps`).
     """
     from consumer.app import ScorerApp
     from consumer.config import Guarantee, ServeConfig, default_instance_id
     from consumer.errors import ConfigError, FatalError
     from consumer.health import HealthServer
     from consumer.logs import log_event
+    from consumer.lookup import LoanLookup, advertised_address, group_owner_finder
     from consumer.metrics import ScorerMetrics
     from schemas.client_config import KafkaConfigError
     from schemas.client_config import load_properties as load_kafka_properties
@@ -142,6 +155,7 @@ def serve(
             group_id=group_id,
             instance_id=instance_id or default_instance_id(),
             metrics_port=metrics_port,
+            metrics_host=http_host,
             commit_interval_ms=commit_interval_ms,
             guarantee=Guarantee(guarantee.value),
             kafka_properties=properties,
@@ -150,13 +164,28 @@ def serve(
         )
     except (ConfigError, KafkaConfigError) as error:
         fail(str(error))
-    _check_topics(config)
+    input_partitions = _check_topics(config)
     metrics = ScorerMetrics()
+    token = os.environ.get("LOANREC_HTTP_TOKEN") or None
     try:
-        server = HealthServer(metrics, config.metrics_host, metrics_port)
+        server = HealthServer(metrics, config.metrics_host, metrics_port, token=token)
     except OSError as error:
-        fail(f"--metrics-port {metrics_port}: {error.strerror}")
-    log_event("metrics_listening", port=server.port, endpoints=["/metrics", "/healthz", "/readyz"])
+        fail(f"--http-host {http_host} --metrics-port {metrics_port}: {error.strerror}")
+    config.http_address = http_advertise or advertised_address(http_host, server.port)
+    server.lookup = LoanLookup(
+        input_partitions,
+        server.state.lock,
+        lambda: server.state.partitions,
+        group_owner_finder(config.admin_config(), config.group, topics.events),
+    )
+    log_event(
+        "metrics_listening",
+        host=http_host,
+        port=server.port,
+        advertised=config.http_address,
+        endpoints=["/metrics", "/healthz", "/readyz", "/loans/{loan_id}"],
+        loans_token=token is not None,
+    )
     scorer = ScorerApp(
         config, bundle, policy_obj, metrics, server.state, bundle_loader=lambda: _load_bundle(model)
     )
@@ -192,15 +221,14 @@ def _load_model_and_policy(model: Path, policy: Path | None) -> tuple[Any, Any]:
     return bundle, policy_obj
 
 
-def _check_topics(config: Any) -> None:
+def _check_topics(config: Any) -> int:
     """The changelog must exist and be partitioned like the input (a loan's state lives in the
-    changelog partition with its input partition's number)."""
+    changelog partition with its input partition's number). Returns the input's partition
+    count (the loan lookup finds a loan's partition with it)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(
-        {**config.kafka_properties, "bootstrap.servers": config.bootstrap_servers, "log_level": 0}
-    )
+    admin = AdminClient({**config.admin_config(), "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=15)
     except KafkaException as error:
@@ -220,6 +248,7 @@ def _check_topics(config: Any) -> None:
     n_log = len(metadata.topics[t.changelog].partitions)
     if n_in != n_log:
         fail(f"{t.changelog} has {n_log} partitions but {t.events} has {n_in}: they must match")
+    return n_in
 
 
 def score(

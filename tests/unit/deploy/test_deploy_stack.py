@@ -168,6 +168,9 @@ def test_scorer_command_ports_and_env_match_serve() -> None:
     published = {str(p["target"]) for p in scorer["ports"]}
     assert port in published, f"--metrics-port {port} is not published ({published})"
     assert f"127.0.0.1:{port}/healthz" in " ".join(scorer["healthcheck"]["test"])
+    # serve binds 127.0.0.1 by default (/loans carries personal data); Prometheus scrapes
+    # from another container, so compose must open it.
+    assert command[command.index("--http-host") + 1] == "0.0.0.0"
     model = command[command.index("--model") + 1]
     assert model.startswith("/data/"), "the bundle lives on the shared /data volume"
     prometheus = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
