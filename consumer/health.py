@@ -2,7 +2,9 @@
 
 - ``/healthz``: 200 while the processing loop is alive (a liveness probe restarts a wedged one).
 - ``/readyz``: 200 once the instance has joined its group and every assigned partition's state
-  is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away).
+  is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away), and
+  503 while the scorer is stalled by a broker outage (ARCHITECTURE.md §5: it waits, within
+  ``--outage-patience-s``; ``/healthz`` keeps passing then, since restarting would not help).
 - ``/metrics``: the Prometheus exposition of :class:`consumer.metrics.ScorerMetrics`.
 
 Example::
@@ -17,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -26,11 +29,39 @@ from consumer.metrics import ScorerMetrics
 
 
 class HealthState:
-    """Flags the loop sets and the probes read (plain attributes: one writer thread)."""
+    """Flags the loop sets and the probes read (plain attributes: one writer thread).
+
+    ``stalled_since`` (epoch seconds) and ``stalled_on`` (the Kafka call that fails) are set by
+    ``consumer.checkpoint`` from the first failed commit of an outage until one succeeds."""
 
     def __init__(self) -> None:
         self.alive = False
         self.ready = False
+        self.stalled_since: float | None = None
+        self.stalled_on = ""
+        self.stalled_why = ""
+
+    def stall(self, on: str, why: str) -> None:
+        self.stalled_on, self.stalled_why = on, why
+        self.stalled_since = time.time()
+
+    def resume(self) -> None:
+        self.stalled_since = None
+        self.stalled_on = ""
+        self.stalled_why = ""
+
+    def stalled_seconds(self) -> float:
+        """``loanrec_stalled_seconds``: 0 unless stalled (read on every scrape)."""
+        since = self.stalled_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
+
+    def readiness(self) -> tuple[bool, str]:
+        since = self.stalled_since
+        if since is not None:
+            return False, (
+                f"stalled for {time.time() - since:.0f} s on {self.stalled_on}: {self.stalled_why}"
+            )
+        return self.ready, "ready" if self.ready else "not ready"
 
 
 class HealthServer:
@@ -58,8 +89,8 @@ class HealthServer:
 def _handler(metrics: ScorerMetrics, state: HealthState) -> type[BaseHTTPRequestHandler]:
     routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
         "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.exposition()),
-        "/healthz": lambda: _probe(state.alive, "alive"),
-        "/readyz": lambda: _probe(state.ready, "ready"),
+        "/healthz": lambda: _probe(state.alive, "alive" if state.alive else "not alive"),
+        "/readyz": lambda: _probe(*state.readiness()),
     }
 
     class Handler(BaseHTTPRequestHandler):
@@ -79,8 +110,4 @@ def _handler(metrics: ScorerMetrics, state: HealthState) -> type[BaseHTTPRequest
 
 
 def _probe(ok: bool, what: str) -> tuple[int, str, bytes]:
-    return (
-        (200, "text/plain", f"{what}\n".encode())
-        if ok
-        else (503, "text/plain", f"not {what}\n".encode())
-    )
+    return (200 if ok else 503), "text/plain", f"{what}\n".encode()
