@@ -204,7 +204,7 @@ class Checkpoint(ABC):
 
     @abstractmethod
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
-        """What a non-retriable error, or one retried past the deadline, becomes."""
+        """What a non-retriable error becomes (an outage past the patience is always fatal)."""
 
     # -- the unit -------------------------------------------------------------------------------
     def begin(self) -> None:
