@@ -81,6 +81,10 @@ class _Abort(ConsumerError):
     """The open transaction must be aborted (control flow inside this module only)."""
 
 
+class OutageError(FatalError):
+    """A broker outage outlasted ``--outage-patience-s`` (ARCHITECTURE.md §5)."""
+
+
 class ClientErrors:
     """What the Kafka clients report between calls, and how an error is worded.
 
@@ -389,7 +393,7 @@ class Checkpoint(ABC):
     # -- the stall ------------------------------------------------------------------------------
     def stall(self, what: str, why: str) -> None:
         """``what`` failed because of ``why``: the scorer is stalled (from the first failure on)
-        and exits with :class:`FatalError` once that is longer than the outage patience."""
+        and exits with :class:`OutageError` once that is longer than the outage patience."""
         now = self.clock()
         if self._stalled_at is None:
             self._stalled_at = now
@@ -405,7 +409,7 @@ class Checkpoint(ABC):
         else:
             self.health.stalled_on = what
         if now - self._stalled_at > self.config.outage_patience_s:
-            raise FatalError(
+            raise OutageError(
                 f"Kafka outage: {what} has failed since {_iso(self.health.stalled_since)} "
                 f"({now - self._stalled_at:.0f} s, last: {why}); gave up after the outage "
                 f"patience of {self.config.outage_patience_s:g} s (--outage-patience-s / "
@@ -444,9 +448,9 @@ class ExactlyOnce(Checkpoint):
         timeout = self.config.commit_timeout_s * 3
         try:
             self._retrying("init_transactions", lambda: producer.init_transactions(timeout))
+        except OutageError:
+            raise
         except (FatalError, _Abort) as error:
-            if str(error).startswith("Kafka outage"):
-                raise
             raise FatalError(
                 f"cannot initialise transactions for transactional.id "
                 f"{self.config.transactional_id}: {error}"

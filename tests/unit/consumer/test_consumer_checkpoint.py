@@ -13,7 +13,13 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from consumer.checkpoint import AtLeastOnce, Checkpoint, ClientErrors, ExactlyOnce
+from consumer.checkpoint import (
+    AtLeastOnce,
+    Checkpoint,
+    ClientErrors,
+    ExactlyOnce,
+    OutageError,
+)
 from consumer.config import Guarantee, ServeConfig
 from consumer.errors import ConsumerError, FatalError
 from consumer.health import HealthState
@@ -390,6 +396,7 @@ def test_an_outage_longer_than_the_patience_exits_naming_the_outage_and_the_sett
     with pytest.raises(FatalError) as raised:
         rig.checkpoint.commit()
     message = str(raised.value)
+    assert isinstance(raised.value, OutageError)  # a FatalError: the CLI exits 1
     assert message.startswith(f"Kafka outage: {step} has failed since ")
     assert "gave up after the outage patience of 12 s" in message
     assert "--outage-patience-s / LOANREC_OUTAGE_PATIENCE_S" in message and "_TIMED_OUT" in message
