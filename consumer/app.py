@@ -116,9 +116,8 @@ class ScorerApp:
             self.metrics,
         )
         try:  # opens the producer: a fenced or unusable transactional id stops us here
-            checkpoint = CHECKPOINTS[cfg.guarantee](
-                cfg, consumer, self._new_producer, recovery.stores, self.errors, self.metrics
-            )
+            clients = (consumer, self._new_producer, recovery.stores, self.errors, self.metrics)
+            checkpoint = CHECKPOINTS[cfg.guarantee](cfg, *clients, self.health)
         except FatalError:
             recovery.close()
             consumer.close()  # not subscribed yet: nobody rebalances

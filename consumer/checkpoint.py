@@ -16,10 +16,16 @@ is either committed whole or aborted"):
   and a crash may repeat outputs (never lose them).
 
 Both sit behind :class:`Checkpoint`, so the loop (``consumer.app``) never asks which guarantee
-it runs under. Fencing and fatal errors raise :class:`~consumer.errors.FatalError`; retriable
-errors are retried with backoff until the commit timeout. The Kafka clients come in as
-constructor arguments (the consumer, and a factory for producers, since a failed abort needs a
-new one), which is what lets tests drive every path with fakes.
+it runs under. Fencing and fatal errors raise :class:`~consumer.errors.FatalError`.
+
+A broker outage (ARCHITECTURE.md §5, "ride out a broker outage") is waited out, not a reason to
+exit: a retriable error (timeouts, not enough in-sync replicas, a coordinator moving, transport
+failures) is retried with capped exponential backoff, an abortable one aborts, rolls back and
+redoes the unit, and the scorer counts as *stalled* from the first failed commit until the next
+one succeeds (``/readyz`` fails, ``loanrec_stalled_seconds`` grows, the log says since when and
+on what). Only a stall longer than ``outage_patience_s`` (``--outage-patience-s``) is fatal.
+The Kafka clients come in as constructor arguments (the consumer, and a factory for producers,
+since a failed abort needs a new one), which is what lets tests drive every path with fakes.
 """
 
 from __future__ import annotations
@@ -27,12 +33,14 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from consumer.config import Guarantee, ServeConfig
 from consumer.errors import ConsumerError, FatalError
+from consumer.health import HealthState
 from consumer.logs import log_event
 from consumer.metrics import ScorerMetrics
 from consumer.serializers import Headers
@@ -43,11 +51,38 @@ if TYPE_CHECKING:
 ProducerFactory = Callable[[], Producer]
 _FENCED = (KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH)
 _QUIET = (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN)  # librdkafka retries these
+# Errors of a broker outage: waited out (within the patience) even where librdkafka does not
+# flag them retriable, since they end when the brokers are back.
+_OUTAGE = (
+    KafkaError._TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError._ALL_BROKERS_DOWN,
+    KafkaError._WAIT_COORD,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError.NOT_ENOUGH_REPLICAS,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+)
 SEEK_ATTEMPTS = 50
+BACKOFF_FIRST_S = 0.1
+BACKOFF_CAP_S = 5.0  # a recovered cluster is noticed within this (plus one call's timeout)
+
+
+def waits_out(error: KafkaError) -> bool:
+    """Whether ``error`` (not fatal) is one a broker outage causes and time cures."""
+    return error.retriable() or error.code() in _OUTAGE
 
 
 class _Abort(ConsumerError):
     """The open transaction must be aborted (control flow inside this module only)."""
+
+
+class OutageError(FatalError):
+    """A broker outage outlasted ``--outage-patience-s`` (ARCHITECTURE.md §5)."""
 
 
 class ClientErrors:
@@ -128,6 +163,7 @@ class Checkpoint(ABC):
         stores: Mapping[int, PartitionStore],
         errors: ClientErrors,
         metrics: ScorerMetrics,
+        health: HealthState | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics
@@ -139,6 +175,13 @@ class Checkpoint(ABC):
         self.first: dict[int, int] = {}
         self.open = False
         self.started = 0.0
+        # The stall (see the module docstring): since when (monotonic) and the next backoff.
+        self.health = health or HealthState()
+        self._stalled_at: float | None = None
+        self._backoff = BACKOFF_FIRST_S
+        self.clock: Callable[[], float] = time.monotonic  # the stall's clock (tests: a fake)
+        self.sleep: Callable[[float], None] = time.sleep
+        metrics.stalled.set_function(self.health.stalled_seconds)
         self._new_producer = new_producer
         self.producer: Producer | None = self._open_producer()
 
@@ -165,7 +208,7 @@ class Checkpoint(ABC):
 
     @abstractmethod
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
-        """What a non-retriable error, or one retried past the deadline, becomes."""
+        """What a non-retriable error becomes (an outage past the patience is always fatal)."""
 
     # -- the unit -------------------------------------------------------------------------------
     def begin(self) -> None:
@@ -208,8 +251,11 @@ class Checkpoint(ABC):
         try:
             self._commit(offsets)
         except _Abort as why:
+            self.stall("commit", str(why))
             self.abort(str(why))
+            self._wait()  # redoing at once would fail at once while the brokers are away
             return False
+        self._resumed()
         for partition in self.first:
             store = self.stores.get(partition)
             if store is not None:
@@ -319,10 +365,9 @@ class Checkpoint(ABC):
         return error
 
     def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """Run ``call``; retry retriable errors with backoff until the commit timeout; turn
-        abortable errors into :class:`_Abort` and fatal ones into :class:`FatalError`."""
-        deadline = time.monotonic() + self.config.commit_timeout_s * 3
-        backoff = 0.05
+        """Run ``call``; retry outage errors with capped exponential backoff within the outage
+        patience; turn abortable errors into :class:`_Abort` and fatal ones into
+        :class:`FatalError`."""
         while True:
             try:
                 call()
@@ -333,13 +378,64 @@ class Checkpoint(ABC):
                     raise FatalError(self.errors.describe(what, error)) from None
                 if self._requires_abort(error):
                     raise _Abort(f"{what}: {error.name()}: {error.str()}") from None
-                if not error.retriable() or time.monotonic() > deadline:
+                if not waits_out(error):
                     raise self._gave_up(what, error) from None
+                self.stall(what, f"{error.name()}: {error.str()}")
                 log_event(
-                    "commit_retry", level="warning", step=what, error=error.str(), backoff_s=backoff
+                    "commit_retry",
+                    level="warning",
+                    step=what,
+                    error=error.str(),
+                    backoff_s=self._backoff,
                 )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                self._wait()
+
+    # -- the stall ------------------------------------------------------------------------------
+    def stall(self, what: str, why: str) -> None:
+        """``what`` failed because of ``why``: the scorer is stalled (from the first failure on)
+        and exits with :class:`OutageError` once that is longer than the outage patience."""
+        now = self.clock()
+        if self._stalled_at is None:
+            self._stalled_at = now
+            self.health.stall(what, why)
+            log_event(
+                "stalled",
+                level="warning",
+                since=_iso(self.health.stalled_since),
+                on=what,
+                error=why,
+                patience_s=self.config.outage_patience_s,
+            )
+        else:
+            self.health.stalled_on = what
+        if now - self._stalled_at > self.config.outage_patience_s:
+            raise OutageError(
+                f"Kafka outage: {what} has failed since {_iso(self.health.stalled_since)} "
+                f"({now - self._stalled_at:.0f} s, last: {why}); gave up after the outage "
+                f"patience of {self.config.outage_patience_s:g} s (--outage-patience-s / "
+                "LOANREC_OUTAGE_PATIENCE_S)"
+            )
+
+    def _wait(self) -> None:
+        """Sleep the stall's current backoff and double it (up to :data:`BACKOFF_CAP_S`)."""
+        if self._stalled_at is None:
+            return
+        self.sleep(self._backoff)
+        self._backoff = min(self._backoff * 2, BACKOFF_CAP_S)
+
+    def _resumed(self) -> None:
+        """A commit went through: the stall, if any, is over."""
+        if self._stalled_at is None:
+            return
+        log_event(
+            "resumed",
+            since=_iso(self.health.stalled_since),
+            stalled_s=round(self.clock() - self._stalled_at, 3),
+            on=self.health.stalled_on,
+        )
+        self._stalled_at = None
+        self._backoff = BACKOFF_FIRST_S
+        self.health.resume()
 
 
 class ExactlyOnce(Checkpoint):
@@ -349,12 +445,15 @@ class ExactlyOnce(Checkpoint):
         """A producer with transactions initialised, which also aborts what a previous
         producer with our transactional.id left open, and fences it."""
         producer = self._new_producer()
+        timeout = self.config.commit_timeout_s * 3
         try:
-            producer.init_transactions(self.config.commit_timeout_s * 3)
-        except KafkaException as error:
+            self._retrying("init_transactions", lambda: producer.init_transactions(timeout))
+        except OutageError:
+            raise
+        except (FatalError, _Abort) as error:
             raise FatalError(
                 f"cannot initialise transactions for transactional.id "
-                f"{self.config.transactional_id}: {error.args[0].str()}"
+                f"{self.config.transactional_id}: {error}"
             ) from None
         return producer
 
@@ -375,11 +474,21 @@ class ExactlyOnce(Checkpoint):
         self._retrying("commit_transaction", lambda: producer.commit_transaction(timeout))
 
     def _abort(self) -> None:
-        assert self.producer is not None
-        try:
-            self.producer.abort_transaction(self.config.commit_timeout_s)
-        except KafkaException as exc:
-            self._replace_producer(exc.args[0])
+        producer = self.producer
+        assert producer is not None
+        timeout = self.config.commit_timeout_s
+        while True:
+            try:
+                producer.abort_transaction(timeout)
+                return
+            except KafkaException as exc:
+                error: KafkaError = exc.args[0]
+                if error.fatal() or not waits_out(error):
+                    self._replace_producer(error)
+                    return
+                # The abort timed out (brokers away): it resumes when called again.
+                self.stall("abort_transaction", f"{error.name()}: {error.str()}")
+                self._wait()
 
     def _replace_producer(self, error: KafkaError) -> None:
         """An abort that failed: librdkafka can fail a legitimate abort with INVALID_TXN_STATE
@@ -416,8 +525,13 @@ class AtLeastOnce(Checkpoint):
     def _commit(self, offsets: list[TopicPartition]) -> None:
         producer = self.producer
         assert producer is not None
-        if producer.flush(self.config.commit_timeout_s) > 0:
-            raise _Abort("outputs not acknowledged within the commit timeout")
+        # Outputs still queued are delivered once the brokers are back (librdkafka retries
+        # them up to message.timeout.ms): wait for them rather than producing them again.
+        while (left := producer.flush(self.config.commit_timeout_s)) > 0:
+            if self.errors.delivery_failed:
+                break
+            self.stall("flush", f"{left} outputs not acknowledged")
+            self._wait()
         if self.errors.delivery_failed:
             why, self.errors.delivery_failed = self.errors.delivery_failed, None
             raise _Abort(why)
@@ -440,3 +554,7 @@ CHECKPOINTS: dict[Guarantee, type[Checkpoint]] = {
     Guarantee.exactly_once: ExactlyOnce,
     Guarantee.at_least_once: AtLeastOnce,
 }
+
+
+def _iso(epoch_s: float | None) -> str:
+    return "" if epoch_s is None else datetime.fromtimestamp(epoch_s, UTC).isoformat()

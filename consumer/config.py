@@ -66,6 +66,9 @@ class ServeConfig:
     max_batch: int = 2000
     transaction_timeout_ms: int = 30000
     commit_timeout_s: float = 10.0
+    # How long a broker outage may stall the scorer before it gives up and exits (ARCHITECTURE.md
+    # §5): the default is Kafka Streams' task.timeout.ms, 5 minutes.
+    outage_patience_s: float = 300.0
 
     def __post_init__(self) -> None:
         for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):
@@ -83,6 +86,8 @@ class ServeConfig:
             )
         if self.commit_interval_ms < 1:
             raise ConfigError("--commit-interval-ms must be >= 1")
+        if self.outage_patience_s < 0:
+            raise ConfigError("--outage-patience-s must be >= 0")
 
     @property
     def group(self) -> str:

@@ -2,7 +2,9 @@
 
 - ``/healthz``: 200 while the processing loop is alive (a liveness probe restarts a wedged one).
 - ``/readyz``: 200 once the instance has joined its group and every assigned partition's state
-  is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away).
+  is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away), and
+  503 while the scorer is stalled by a broker outage (ARCHITECTURE.md §5: it waits, within
+  ``--outage-patience-s``; ``/healthz`` keeps passing then, since restarting would not help).
 - ``/metrics``: the Prometheus exposition of :class:`consumer.metrics.ScorerMetrics`.
 - ``/loans/{loan_id}``: one loan as JSON (:class:`consumer.lookup.LoanLookup`, ARCHITECTURE.md
   §9); with a token, only for ``Authorization: Bearer <token>`` (401 otherwise: the answer
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING
@@ -39,13 +42,41 @@ if TYPE_CHECKING:
 
 class HealthState:
     """Flags the loop sets and the probes read (plain attributes: one writer thread), and
-    what the loan lookup reads: the loop's partitions, and the lock it holds per poll."""
+    what the loan lookup reads: the loop's partitions, and the lock it holds per poll.
+
+    ``stalled_since`` (epoch seconds) and ``stalled_on`` (the Kafka call that fails) are set by
+    ``consumer.checkpoint`` from the first failed commit of an outage until one succeeds."""
 
     def __init__(self) -> None:
         self.alive = False
         self.ready = False
         self.partitions: Partitions | None = None
         self.lock = threading.Lock()
+        self.stalled_since: float | None = None
+        self.stalled_on = ""
+        self.stalled_why = ""
+
+    def stall(self, on: str, why: str) -> None:
+        self.stalled_on, self.stalled_why = on, why
+        self.stalled_since = time.time()
+
+    def resume(self) -> None:
+        self.stalled_since = None
+        self.stalled_on = ""
+        self.stalled_why = ""
+
+    def stalled_seconds(self) -> float:
+        """``loanrec_stalled_seconds``: 0 unless stalled (read on every scrape)."""
+        since = self.stalled_since
+        return 0.0 if since is None else max(0.0, time.time() - since)
+
+    def readiness(self) -> tuple[bool, str]:
+        since = self.stalled_since
+        if since is not None:
+            return False, (
+                f"stalled for {time.time() - since:.0f} s on {self.stalled_on}: {self.stalled_why}"
+            )
+        return self.ready, "ready" if self.ready else "not ready"
 
 
 class HealthServer:
@@ -78,8 +109,8 @@ def _handler(
     state = server.state
     routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
         "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.exposition()),
-        "/healthz": lambda: _probe(state.alive, "alive"),
-        "/readyz": lambda: _probe(state.ready, "ready"),
+        "/healthz": lambda: _probe(state.alive, "alive" if state.alive else "not alive"),
+        "/readyz": lambda: _probe(*state.readiness()),
     }
 
     class Handler(BaseHTTPRequestHandler):
@@ -125,8 +156,4 @@ def _handler(
 
 
 def _probe(ok: bool, what: str) -> tuple[int, str, bytes]:
-    return (
-        (200, "text/plain", f"{what}\n".encode())
-        if ok
-        else (503, "text/plain", f"not {what}\n".encode())
-    )
+    return (200 if ok else 503), "text/plain", f"{what}\n".encode()

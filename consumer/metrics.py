@@ -185,6 +185,13 @@ class ScorerMetrics:
             "loanrec_policy_info", "The loaded strategy policy (value 1).", ["version"], registry=r
         )
         self.up = Gauge("loanrec_up", "1 while the processing loop runs.", registry=r)
+        # Read on each scrape (the checkpoint sets its function): it grows while the loop waits
+        # out a broker outage inside a commit, when nothing else would update it.
+        self.stalled = Gauge(
+            "loanrec_stalled_seconds",
+            "Seconds stalled by a broker outage (no commit succeeds since); 0 if not.",
+            registry=r,
+        )
         self._prime()
 
     def _prime(self) -> None:

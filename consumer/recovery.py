@@ -86,12 +86,22 @@ class ChangelogRestorer:
             store.finish_restore()
         return restored
 
-    def _non_empty(self, partitions: Iterable[int]) -> list[int]:
+    def _non_empty(self, partitions: Iterable[int], timeout_s: float = 120.0) -> list[int]:
         out = []
+        deadline = time.monotonic() + timeout_s
         for p in partitions:
-            low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, p), timeout=10
-            )
+            tp = TopicPartition(self.topic, p)
+            while True:
+                try:
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=10)
+                    break
+                except KafkaException as exc:
+                    # Right after a broker outage the client's metadata can lag (unknown
+                    # partition, no leader yet): wait for it rather than exit (ARCHITECTURE.md §5).
+                    if exc.args[0].fatal() or time.monotonic() > deadline:
+                        raise
+                    log_event("restore_retry", level="warning", error=exc.args[0].str())
+                    time.sleep(0.5)
             if high > low:
                 out.append(p)
         return out

@@ -1,8 +1,10 @@
-"""A local Apache Kafka broker (KRaft, one combined broker+controller node) for dev and tests.
+"""A local Apache Kafka broker (KRaft, one combined broker+controller node) for dev and tests,
+and a local three-node cluster (:class:`LocalCluster`) for the failure tests of ARCHITECTURE.md §8
+("tested against a three-broker cluster losing a broker").
 
 The jars come from Maven Central (``scripts/fetch-kafka.sh``) into a cache directory; each data
-directory holds one independent broker with its own config, logs, pid and port, so tests and the
-demo can run side by side.
+directory holds one independent broker (or cluster: one sub-directory per node) with its own
+config, logs, pid and ports, so tests and the demo can run side by side.
 
 Example (needs Java 17 and the fetched jars)::
 
@@ -10,11 +12,15 @@ Example (needs Java 17 and the fetched jars)::
     bootstrap = broker.start()      # waits until the broker answers metadata requests
     ...
     broker.stop()
+
+    cluster = LocalCluster(Path("/tmp/kafka-3"), nodes=3)   # replication 3, min.insync.replicas 2
+    cluster.start(); cluster.kill(2); cluster.start()  # restarts node 2; cluster.stop()
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -29,6 +35,7 @@ from schemas.errors import LoanRecoveryError
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 HEAP_OPTS = "-Xms256m -Xmx512m"
+CLUSTER_HEAP_OPTS = "-Xms128m -Xmx384m"  # three JVMs share a small machine
 
 
 def cache_dir() -> Path:
@@ -88,13 +95,22 @@ def _kafka_uuid() -> str:
             return cluster_id
 
 
-def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
+def _server_properties(
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    node_id: int = 1,
+    voters: str | None = None,
+    replicas: int = 1,
+) -> str:
     # Replication factors and min ISR of 1 so that transactions work on a single broker;
-    # few internal partitions so that a fresh broker is ready in seconds.
+    # in a cluster, every topic (internal ones too) has ``replicas`` copies and needs all but
+    # one in sync. Few internal partitions so that a fresh broker is ready in seconds.
+    min_isr = str(max(1, replicas - 1))
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "controller.quorum.voters": f"1@127.0.0.1:{controller_port}",
+        "node.id": str(node_id),
+        "controller.quorum.voters": voters or f"{node_id}@127.0.0.1:{controller_port}",
         "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
         "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
         "controller.listener.names": "CONTROLLER",
@@ -102,13 +118,15 @@ def _server_properties(data_dir: Path, port: int, controller_port: int) -> str:
         "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "log.dirs": str(data_dir / "kraft-logs"),
         "num.partitions": "1",
-        "offsets.topic.replication.factor": "1",
+        "default.replication.factor": str(replicas),
+        "min.insync.replicas": min_isr,
+        "offsets.topic.replication.factor": str(replicas),
         "offsets.topic.num.partitions": "6",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.replication.factor": str(replicas),
+        "transaction.state.log.min.isr": min_isr,
         "transaction.state.log.num.partitions": "6",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": str(replicas),
+        "share.coordinator.state.topic.min.isr": min_isr,
         "group.initial.rebalance.delay.ms": "0",
         "log.cleaner.backoff.ms": "1000",
         "log.segment.bytes": str(64 * 1024 * 1024),
@@ -133,6 +151,8 @@ logger.kafka.level = INFO
 
 class LocalBroker:
     """One KRaft broker+controller bound to 127.0.0.1, living in ``data_dir``."""
+
+    heap_opts = HEAP_OPTS
 
     def __init__(self, data_dir: Path | None = None) -> None:
         self.data_dir = Path(data_dir or default_data_dir()).resolve()
@@ -173,15 +193,33 @@ class LocalBroker:
         running = self.status()
         if running:
             return running
-        classpath = kafka_classpath()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        process, bootstrap = self._launch()
+        try:
+            self._wait_until_ready(process, bootstrap, timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+        return BrokerStatus(process.pid, bootstrap, self.data_dir)
+
+    def _configure(self) -> int:
+        """Write ``server.properties``; the client port."""
         port, controller_port = free_port(), free_port()
         self._properties.write_text(_server_properties(self.data_dir, port, controller_port))
+        return port
+
+    def _cluster_id(self) -> str:
+        return _kafka_uuid()
+
+    def _launch(self) -> tuple[subprocess.Popen, str]:
+        """Start the JVM (formatting a new data dir first); do not wait for it."""
+        classpath = kafka_classpath()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        port = self._configure()
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=self.data_dir / "server.log"))
         java = [
             "java",
-            *HEAP_OPTS.split(),
+            *self.heap_opts.split(),
             "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}",
@@ -201,13 +239,7 @@ class LocalBroker:
             )
         self._pid_file.write_text(str(process.pid))
         self._port_file.write_text(str(port))
-        bootstrap = f"127.0.0.1:{port}"
-        try:
-            self._wait_until_ready(process, bootstrap, timeout_s)
-        except BrokerError:
-            self.stop()
-            raise
-        return BrokerStatus(process.pid, bootstrap, self.data_dir)
+        return process, f"127.0.0.1:{port}"
 
     def _format(self, java: list[str]) -> None:
         result = subprocess.run(
@@ -216,7 +248,7 @@ class LocalBroker:
                 "kafka.tools.StorageTool",
                 "format",
                 "-t",
-                _kafka_uuid(),
+                self._cluster_id(),
                 "-c",
                 str(self._properties),
             ],
@@ -229,7 +261,7 @@ class LocalBroker:
             raise BrokerError(f"formatting {self.data_dir} failed: {detail}")
 
     def _wait_until_ready(
-        self, process: subprocess.Popen, bootstrap: str, timeout_s: float
+        self, process: subprocess.Popen, bootstrap: str, timeout_s: float, brokers: int = 1
     ) -> None:
         from confluent_kafka.admin import AdminClient
 
@@ -243,8 +275,9 @@ class LocalBroker:
                 )
             try:
                 metadata = admin.list_topics(timeout=2)
-                if metadata.brokers:
+                if len(metadata.brokers) >= brokers:
                     return
+                time.sleep(0.5)
             except Exception:
                 time.sleep(0.5)
         raise BrokerError(f"the broker did not answer on {bootstrap} within {timeout_s:.0f} s")
@@ -269,6 +302,20 @@ class LocalBroker:
         self._pid_file.unlink(missing_ok=True)
         return True
 
+    def kill(self) -> bool:
+        """SIGKILL the process this data dir started (a crash, for failure tests)."""
+        try:
+            pid = int(self._pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return False
+        if not self._is_our_process(pid):
+            return False
+        os.kill(pid, signal.SIGKILL)
+        while self._is_alive(pid):
+            time.sleep(0.05)
+        self._pid_file.unlink(missing_ok=True)
+        return True
+
     def _is_alive(self, pid: int) -> bool:
         # Reap it if it is our child, so that it does not linger as a zombie.
         try:
@@ -284,6 +331,100 @@ class LocalBroker:
         return state != "Z"
 
 
+class ClusterNode(LocalBroker):
+    """One node of a :class:`LocalCluster`: fixed ports (its peers know them as voters, and a
+    restarted node must come back where it was) and the cluster's shared id."""
+
+    heap_opts = CLUSTER_HEAP_OPTS
+
+    def __init__(
+        self, data_dir: Path, node_id: int, ports: tuple[int, int], voters: str, cluster_id: str
+    ) -> None:
+        super().__init__(data_dir)
+        self.node_id, self.ports, self.voters, self.cluster_id = node_id, ports, voters, cluster_id
+        self.replicas = len(voters.split(","))
+
+    def _configure(self) -> int:
+        port, controller_port = self.ports
+        self._properties.write_text(
+            _server_properties(
+                self.data_dir, port, controller_port, self.node_id, self.voters, self.replicas
+            )
+        )
+        return port
+
+    def _cluster_id(self) -> str:
+        return self.cluster_id
+
+
+class LocalCluster:
+    """``nodes`` KRaft nodes on 127.0.0.1, each a combined broker+controller with its own data
+    dir (``data_dir/node-<id>``) and ports; every topic is replicated to all of them with
+    ``min.insync.replicas`` one less (3 nodes: replication 3, min ISR 2). The layout (ids,
+    ports, cluster id) is written to ``data_dir/cluster.json`` so ``status`` and ``stop`` from
+    another process find the same nodes."""
+
+    def __init__(self, data_dir: Path | None = None, nodes: int = 3) -> None:
+        self.data_dir = Path(data_dir or default_data_dir()).resolve()
+        layout_file = self.data_dir / "cluster.json"
+        if layout_file.exists():
+            layout = json.loads(layout_file.read_text())
+        else:
+            if nodes < 1:
+                raise BrokerError("a cluster needs at least one node")
+            layout = {
+                "cluster_id": _kafka_uuid(),
+                "ports": [[free_port(), free_port()] for _ in range(nodes)],
+            }
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            layout_file.write_text(json.dumps(layout))
+        voters = ",".join(
+            f"{i + 1}@127.0.0.1:{controller}" for i, (_, controller) in enumerate(layout["ports"])
+        )
+        self.nodes = [
+            ClusterNode(
+                self.data_dir / f"node-{i + 1}",
+                i + 1,
+                (port, controller),
+                voters,
+                layout["cluster_id"],
+            )
+            for i, (port, controller) in enumerate(layout["ports"])
+        ]
+
+    @staticmethod
+    def exists(data_dir: Path | None = None) -> bool:
+        return (Path(data_dir or default_data_dir()) / "cluster.json").exists()
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(f"127.0.0.1:{node.ports[0]}" for node in self.nodes)
+
+    def start(self, timeout_s: float = 180.0) -> str:
+        """Start every node not running (all at once: a controller quorum needs a majority to
+        answer), wait until each answers with every node in its metadata; bootstrap.servers.
+        After :meth:`kill`, this restarts the killed nodes on their data dirs and ports."""
+        launched = [(n, *n._launch()) for n in self.nodes if n.status() is None]
+        try:
+            for node, process, bootstrap in launched:
+                node._wait_until_ready(process, bootstrap, timeout_s, brokers=len(self.nodes))
+        except BrokerError:
+            self.stop()
+            raise
+        return self.bootstrap_servers
+
+    def status(self) -> list[BrokerStatus | None]:
+        return [node.status() for node in self.nodes]
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node (ids from 1)."""
+        self.nodes[node_id - 1].kill()
+
+    def stop(self, timeout_s: float = 15.0) -> bool:
+        """Stop every node this data dir started; False if none was running."""
+        return any([node.stop(timeout_s) for node in self.nodes])
+
+
 def resolve_bootstrap_servers(explicit: str | None = None) -> str:
     """Where to reach Kafka: the flag, ``LOANREC_BOOTSTRAP_SERVERS``, or the local broker."""
     if explicit:
@@ -291,6 +432,10 @@ def resolve_bootstrap_servers(explicit: str | None = None) -> str:
     from_env = os.environ.get("LOANREC_BOOTSTRAP_SERVERS")
     if from_env:
         return from_env
+    if LocalCluster.exists():
+        cluster = LocalCluster()
+        if any(cluster.status()):
+            return cluster.bootstrap_servers
     running = LocalBroker().status()
     if running:
         return running.bootstrap_servers

@@ -112,13 +112,21 @@ def serve(
         min=1,
         help="Most events per poll (one vectorised scoring call).",
     ),
+    outage_patience_s: float = typer.Option(
+        300.0,
+        envvar=_env("OUTAGE_PATIENCE_S"),
+        min=0,
+        help="Seconds to wait out a Kafka outage (no commit succeeds) before exiting 1.",
+    ),
 ) -> None:
     """Score loan events as they arrive; emit strategy changes and early-warning alerts.
 
     Exactly-once by default. SIGTERM/SIGINT finish the batch, commit and exit 0; SIGHUP reloads
-    the model bundle (kept if the new one does not validate). Exit 1 on fencing or a fatal
-    Kafka error, 2 on bad configuration. With LOANREC_HTTP_TOKEN set, GET /loans/{loan_id}
-    requires it as a bearer token (an environment variable only: a flag would show in `ps`).
+    the model bundle (kept if the new one does not validate). A Kafka outage is waited out
+    (/readyz fails meanwhile) for --outage-patience-s. Exit 1 on fencing, a fatal Kafka error
+    or an outage longer than that, 2 on bad configuration. With LOANREC_HTTP_TOKEN set,
+    GET /loans/{loan_id} requires it as a bearer token (an environment variable only: a flag
+    would show in `ps`).
     """
     from consumer.app import ScorerApp
     from consumer.config import Guarantee, ServeConfig, default_instance_id
@@ -161,6 +169,7 @@ def serve(
             kafka_properties=properties,
             exit_when_idle_s=exit_when_idle,
             max_batch=max_batch,
+            outage_patience_s=outage_patience_s,
         )
     except (ConfigError, KafkaConfigError) as error:
         fail(str(error))

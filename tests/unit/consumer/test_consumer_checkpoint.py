@@ -1,7 +1,8 @@
 """Checkpointing without a broker: small fakes stand in for librdkafka's producer and consumer,
 so every path of ``consumer.checkpoint`` -- lazy begin, one transaction per commit, abort +
-rollback + rewind, producer replacement after a failed abort, fencing, retries, and the
-at-least-once variant -- is checked exactly and fast. (tests/integration/test_stream_abort.py and
+rollback + rewind, producer replacement after a failed abort, fencing, retries, riding out a
+broker outage within the patience (on a fake clock: no test waits), and the at-least-once
+variant -- is checked exactly and fast. (tests/integration/test_stream_abort.py and
 tests/integration/test_stream_eos.py check the same guarantees end to end on a real broker.)"""
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
-from consumer.checkpoint import AtLeastOnce, Checkpoint, ClientErrors, ExactlyOnce
+from consumer.checkpoint import (
+    AtLeastOnce,
+    Checkpoint,
+    ClientErrors,
+    ExactlyOnce,
+    OutageError,
+)
 from consumer.config import Guarantee, ServeConfig
 from consumer.errors import ConsumerError, FatalError
+from consumer.health import HealthState
 from consumer.metrics import ScorerMetrics
 from schemas.errors import LoanRecoveryError
 from schemas.topics import Topics
@@ -42,6 +50,7 @@ class FakeProducer:
         self.calls: list[tuple[str, tuple]] = []
         self.fail: dict[str, list[BaseException | None]] = {}
         self.unflushed = 0  # what flush() reports as not delivered
+        self.flush_left: list[int] = []  # what the next flush() calls report, then unflushed
 
     def _call(self, method: str, *args: object) -> None:
         self.calls.append((method, args))
@@ -76,7 +85,7 @@ class FakeProducer:
 
     def flush(self, timeout: float) -> int:
         self._call("flush", timeout)
-        return self.unflushed
+        return self.flush_left.pop(0) if self.flush_left else self.unflushed
 
     def send_offsets_to_transaction(self, offsets: list, group: object, timeout: float) -> None:
         self._call("send_offsets_to_transaction", offsets, group, timeout)
@@ -123,15 +132,44 @@ class FakeStore:
         self.rollbacks += 1
 
 
+class FakeClock:
+    """The stall's clock: ``sleep`` advances it and records the backoff, and ``on_sleep`` sees
+    the checkpoint while it waits (what the probes would read then)."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+        self.sleeps: list[float] = []
+        self.on_sleep: Callable[[], None] = lambda: None
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.on_sleep()
+        self.t += seconds
+
+
 class Rig:
     """A checkpoint with its fakes; ``producers`` are all the producers its factory made."""
 
     def __init__(
-        self, kind: type[Checkpoint], prepare: Callable[[FakeProducer], None] = lambda p: None
+        self,
+        kind: type[Checkpoint],
+        prepare: Callable[[FakeProducer], None] = lambda p: None,
+        patience_s: float = 30.0,
     ) -> None:
         self.config = ServeConfig(
-            "b:9092", Path("m"), topics=TOPICS, instance_id="t", commit_timeout_s=0.05
+            "b:9092",
+            Path("m"),
+            topics=TOPICS,
+            instance_id="t",
+            commit_timeout_s=0.05,
+            outage_patience_s=patience_s,
         )
+        self.health = HealthState()
+        self.health.ready = True
+        self.clock = FakeClock()
         self.consumer = FakeConsumer()
         self.stores = {
             0: FakeStore([(b"L1", b"state-1"), (b"__partition__", b"checkpoint")]),
@@ -148,7 +186,9 @@ class Rig:
             self.stores,
             self.errors,
             self.metrics,
+            self.health,
         )  # type: ignore[arg-type]
+        self.checkpoint.clock, self.checkpoint.sleep = self.clock.now, self.clock.sleep
 
     def _new_producer(self) -> FakeProducer:
         producer = FakeProducer(f"producer-{len(self.producers)}")
@@ -164,6 +204,11 @@ class Rig:
 
     def transactions(self, result: str) -> float:
         return self.metrics.transactions.labels(result=result)._value.get()
+
+    def stalled_gauge(self) -> float:
+        value = self.metrics.registry.get_sample_value("loanrec_stalled_seconds")
+        assert value is not None
+        return value
 
 
 def test_a_transaction_begins_lazily_once_and_commits_outputs_state_and_offsets() -> None:
@@ -282,24 +327,163 @@ def test_retriable_errors_are_retried_with_backoff_until_they_pass() -> None:
     assert rig.stores[0].commits == 1
 
 
-@pytest.mark.parametrize(("kind", "fatal"), [(ExactlyOnce, True), (AtLeastOnce, False)])
-def test_a_lasting_error_is_fatal_exactly_once_and_a_rewind_at_least_once(kind, fatal) -> None:
-    rig = Rig(kind)
+@pytest.mark.parametrize("kind", [ExactlyOnce, AtLeastOnce])
+def test_an_outage_is_ridden_out_with_capped_exponential_backoff(kind) -> None:
+    rig = Rig(kind, patience_s=60)
+    timeout = failure(KafkaError._TIMED_OUT, retriable=True)
+    rig.producers[0].fail["commit_transaction"] = [timeout] * 8
+    rig.consumer.fail_commit = [timeout] * 8
+    seen: list[tuple[bool, str, float]] = []
+    rig.clock.on_sleep = lambda: seen.append((*rig.health.readiness(), rig.stalled_gauge()))
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()  # the same commit, resumed: nothing rolled back or redone
+    assert rig.clock.sleeps == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert rig.stores[0].commits == 1 and rig.stores[0].rollbacks == 0
+    assert rig.consumer.seeks == [] and rig.transactions("abort") == 0
+    ready, why, _ = seen[0]
+    assert not ready and why.startswith("stalled for") and "_TIMED_OUT" in why
+    assert all(not ready for ready, _, _ in seen)
+    assert rig.health.readiness() == (True, "ready") and rig.stalled_gauge() == 0.0
+    assert rig.health.stalled_since is None
+    rig.process(0, 15, 20)  # the next stall starts from the first backoff again
+    rig.producers[0].fail["commit_transaction"] = [timeout]
+    rig.consumer.fail_commit = [timeout]
+    assert rig.checkpoint.commit() and rig.clock.sleeps[-1] == 0.1
+
+
+def test_the_stall_gauge_counts_seconds_since_the_first_failure() -> None:
+    rig = Rig(ExactlyOnce)
+    timeout = failure(KafkaError._TIMED_OUT, retriable=True)
+    rig.producers[0].fail["commit_transaction"] = [timeout, timeout]
+    gauges: list[float] = []
+    rig.clock.on_sleep = lambda: gauges.append(rig.stalled_gauge())
+    rig.health.stalled_since = None
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()
+    assert len(gauges) == 2 and all(g >= 0.0 for g in gauges)
+    rig.health.stall("commit_transaction", "why")
+    rig.health.stalled_since -= 42  # as if stalled 42 s ago
+    assert 42 <= rig.stalled_gauge() < 60
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        KafkaError.NOT_ENOUGH_REPLICAS,
+        KafkaError._TRANSPORT,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError._ALL_BROKERS_DOWN,
+    ],
+)
+def test_outage_errors_are_waited_out_even_if_not_flagged_retriable(code: int) -> None:
+    rig = Rig(ExactlyOnce)
+    rig.producers[0].fail["send_offsets_to_transaction"] = [failure(code)] * 3
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()
+    assert rig.producers[0].methods().count("send_offsets_to_transaction") == 4
+    assert len(rig.clock.sleeps) == 3
+
+
+@pytest.mark.parametrize("kind", [ExactlyOnce, AtLeastOnce])
+def test_an_outage_longer_than_the_patience_exits_naming_the_outage_and_the_setting(kind) -> None:
+    rig = Rig(kind, patience_s=12)
     lasting = failure(KafkaError._TIMED_OUT, retriable=True)
     rig.producers[0].fail["commit_transaction"] = [lasting] * 1000
-    rig.consumer.fail_commit = [lasting] * 1000  # retried past the deadline (3 x 0.05 s)
+    rig.consumer.fail_commit = [lasting] * 1000
     rig.process(0, 10, 15)
-    if fatal:
-        with pytest.raises(FatalError, match="fatal Kafka error during commit_transaction"):
-            rig.checkpoint.commit()
-    else:
+    step = "commit_transaction" if kind is ExactlyOnce else "commit offsets"
+    with pytest.raises(FatalError) as raised:
+        rig.checkpoint.commit()
+    message = str(raised.value)
+    assert isinstance(raised.value, OutageError)  # a FatalError: the CLI exits 1
+    assert message.startswith(f"Kafka outage: {step} has failed since ")
+    assert "gave up after the outage patience of 12 s" in message
+    assert "--outage-patience-s / LOANREC_OUTAGE_PATIENCE_S" in message and "_TIMED_OUT" in message
+    assert 12 < sum(rig.clock.sleeps) <= 12 + 5.0  # gave up at the first retry past it
+    assert rig.stores[0].commits == 0
+
+
+def test_a_non_retriable_error_still_fails_fast() -> None:
+    rig = Rig(ExactlyOnce)
+    rig.producers[0].fail["commit_transaction"] = [failure(KafkaError.INVALID_CONFIG)]
+    rig.process(0, 10, 15)
+    with pytest.raises(FatalError, match="fatal Kafka error during commit_transaction"):
+        rig.checkpoint.commit()
+    assert rig.clock.sleeps == []
+    alo = Rig(AtLeastOnce)
+    alo.consumer.fail_commit = [failure(KafkaError.INVALID_CONFIG)]
+    alo.process(0, 10, 15)
+    assert alo.checkpoint.commit() is False  # at least once: rewind and redo
+    assert alo.stores[0].rollbacks == 1 and alo.consumer.seeks == [("ev", 0, 10)]
+
+
+def test_aborts_during_an_outage_redo_the_batch_until_a_commit_resumes() -> None:
+    rig = Rig(ExactlyOnce, patience_s=30)
+    abortable = failure(KafkaError.NOT_ENOUGH_REPLICAS, abort=True)
+    rig.producers[0].fail["commit_transaction"] = [abortable, abortable]
+    for _ in range(2):  # aborted, rolled back, rewound; still stalled; backing off
+        rig.process(0, 10, 15)
         assert rig.checkpoint.commit() is False
-        assert rig.stores[0].rollbacks == 1 and rig.consumer.seeks == [("ev", 0, 10)]
+        assert rig.health.readiness()[0] is False
+    assert rig.clock.sleeps == [0.1, 0.2]
+    assert rig.stores[0].rollbacks == 2 and rig.consumer.seeks == [("ev", 0, 10)] * 2
+    rig.process(0, 10, 15)  # the redo commits: the brokers are back
+    assert rig.checkpoint.commit()
+    assert rig.health.readiness() == (True, "ready") and rig.transactions("abort") == 2
+
+
+def test_aborts_past_the_patience_are_fatal() -> None:
+    rig = Rig(ExactlyOnce, patience_s=5)
+    rig.producers[0].fail["commit_transaction"] = [
+        failure(KafkaError.NOT_ENOUGH_REPLICAS, abort=True)
+    ] * 100
+    with pytest.raises(FatalError, match="Kafka outage: commit has failed since"):
+        for _ in range(100):
+            rig.process(0, 10, 15)
+            assert rig.checkpoint.commit() is False
+
+
+def test_an_abort_that_times_out_is_retried_not_replaced() -> None:
+    rig = Rig(ExactlyOnce)
+    timeout = failure(KafkaError._TIMED_OUT, retriable=True)
+    rig.producers[0].fail["commit_transaction"] = [failure(KafkaError._STATE, abort=True)]
+    rig.producers[0].fail["abort_transaction"] = [timeout, timeout]
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit() is False
+    assert rig.producers[0].methods().count("abort_transaction") == 3
+    assert len(rig.producers) == 1 and rig.stores[0].rollbacks == 1
+
+
+def test_a_replacement_producer_waits_out_the_outage_to_initialise() -> None:
+    def later(producer: FakeProducer) -> None:
+        if producer.name == "producer-1":
+            producer.fail["init_transactions"] = [failure(KafkaError._TIMED_OUT)] * 2
+
+    rig = Rig(ExactlyOnce, prepare=later)
+    rig.producers[0].fail["commit_transaction"] = [failure(KafkaError._STATE, abort=True)]
+    rig.producers[0].fail["abort_transaction"] = [failure(KafkaError.INVALID_TXN_STATE, fatal=True)]
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit() is False
+    assert rig.producers[1].methods() == ["init_transactions"] * 3
+    assert rig.checkpoint.producer is rig.producers[1]
+
+
+def test_at_least_once_waits_for_queued_outputs_instead_of_producing_them_again() -> None:
+    rig = Rig(AtLeastOnce)
+    rig.producers[0].flush_left = [7, 3]
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()
+    assert rig.producers[0].methods().count("flush") == 3
+    assert rig.clock.sleeps == [0.1, 0.2] and rig.consumer.seeks == []
+    assert rig.stores[0].commits == 1 and rig.health.readiness() == (True, "ready")
 
 
 def test_cannot_initialise_transactions_is_fatal_and_names_the_transactional_id() -> None:
     def refuse(producer: FakeProducer) -> None:
-        producer.fail["init_transactions"] = [failure(KafkaError._TIMED_OUT)]
+        producer.fail["init_transactions"] = [
+            failure(KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        ]
 
     with pytest.raises(
         FatalError,
@@ -320,9 +504,10 @@ def test_at_least_once_flushes_then_commits_offsets_without_transactions() -> No
     assert rig.stores[0].commits == 1 and rig.transactions("commit") == 1
 
 
-def test_at_least_once_rewinds_when_outputs_are_not_acknowledged() -> None:
+def test_at_least_once_rewinds_when_outputs_are_not_delivered() -> None:
     rig = Rig(AtLeastOnce)
     rig.producers[0].unflushed = 3
+    rig.errors.on_delivery_error(KafkaError(KafkaError._MSG_TIMED_OUT, "lost"), None)
     rig.process(0, 10, 15)
     assert rig.checkpoint.commit() is False
     assert rig.consumer.commits == [] and rig.stores[0].rollbacks == 1
