@@ -96,6 +96,9 @@ class ScorerApp:
         except KafkaException as exc:  # e.g. poll() raising a fatal producer error
             self.errors.fatal = self.errors.describe("processing", exc.args[0])
             raise FatalError(self.errors.fatal) from None
+        except BaseException as exc:  # a bug, MemoryError, a model failing: abort (§8)
+            checkpoint.fail(f"{type(exc).__name__}: {exc}")  # so revoke/close never commit
+            raise
         finally:
             self._close()
 
