@@ -178,6 +178,7 @@ class ScorerApp:
             if checkpoint.due():
                 checkpoint.commit()
             now = time.monotonic()
+            self.health.beat(now)
             if now >= next_housekeeping:
                 self._housekeeping(recovery, checkpoint)
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL_S

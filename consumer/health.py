@@ -1,6 +1,8 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on one HTTP port, served from a daemon thread.
 
-- ``/healthz``: 200 while the processing loop is alive (a liveness probe restarts a wedged one).
+- ``/healthz``: 200 while the processing loop is alive *and* has completed an iteration (or
+  made restore progress) within ``liveness_timeout_s`` (default 120 s): a liveness probe then
+  restarts a loop that is wedged -- stuck in a call that never returns -- not only a dead one.
 - ``/readyz``: 200 once the instance has joined its group and every assigned partition's state
   is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away).
 - ``/metrics``: the Prometheus exposition of :class:`consumer.metrics.ScorerMetrics`.
@@ -17,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,13 +27,26 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from consumer.metrics import ScorerMetrics
 
+LIVENESS_TIMEOUT_S = 120.0
+
 
 class HealthState:
     """Flags the loop sets and the probes read (plain attributes: one writer thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
         self.alive = False
         self.ready = False
+        self.liveness_timeout_s = liveness_timeout_s
+        self.last_beat = time.monotonic()
+
+    def beat(self, now: float | None = None) -> None:
+        """The loop completed an iteration (or a restore step) at ``now`` (monotonic)."""
+        self.last_beat = time.monotonic() if now is None else now
+
+    @property
+    def live(self) -> bool:
+        """Alive, and beating within the liveness deadline."""
+        return self.alive and time.monotonic() - self.last_beat <= self.liveness_timeout_s
 
 
 class HealthServer:
@@ -58,7 +74,7 @@ class HealthServer:
 def _handler(metrics: ScorerMetrics, state: HealthState) -> type[BaseHTTPRequestHandler]:
     routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
         "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.exposition()),
-        "/healthz": lambda: _probe(state.alive, "alive"),
+        "/healthz": lambda: _probe(state.live, "alive"),
         "/readyz": lambda: _probe(state.ready, "ready"),
     }
 
