@@ -71,7 +71,6 @@ class ScorerApp:
         self._recovery: Recovery | None = None
         self._checkpoint: Checkpoint | None = None
 
-    # -- control, from signal handlers -------------------------------------------------------------
     def request_stop(self, *_args: int | FrameType | None) -> None:
         self.stopping = True
 
@@ -96,6 +95,9 @@ class ScorerApp:
         except KafkaException as exc:  # e.g. poll() raising a fatal producer error
             self.errors.fatal = self.errors.describe("processing", exc.args[0])
             raise FatalError(self.errors.fatal) from None
+        except BaseException as exc:  # a bug, MemoryError, a model failing: abort (§8)
+            checkpoint.fail(f"{type(exc).__name__}: {exc}")  # so revoke/close never commit
+            raise
         finally:
             self._close()
 
@@ -176,6 +178,7 @@ class ScorerApp:
             if checkpoint.due():
                 checkpoint.commit()
             now = time.monotonic()
+            self.health.beat(now)
             if now >= next_housekeeping:
                 self._housekeeping(recovery, checkpoint)
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL_S

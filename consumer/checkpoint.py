@@ -295,6 +295,23 @@ class Checkpoint(ABC):
             rewound={tp.partition: tp.offset for tp in rewind},
         )
 
+    def fail(self, why: str) -> None:
+        """An unexpected exception in the loop (ARCHITECTURE.md §8: "any unexpected exception
+        aborts"): abort the open unit on the broker and mark the errors fatal, so that neither
+        the revoke callback of ``consumer.close()`` nor :meth:`close` commits or flushes
+        outputs of a batch that was never finished. Offsets then stay at the last commit."""
+        self.errors.fatal = self.errors.fatal or f"unexpected error while processing: {why}"
+        if not self.open:
+            return
+        self.open = False
+        try:
+            self._abort()
+        except Exception as error:  # the broker aborts it anyway: transaction timeout, or
+            # our successor's init_transactions with the same transactional.id
+            log_event("abort_failed", level="warning", error=str(error))
+        self.metrics.transactions.labels(result="abort").inc()
+        log_event("transaction_aborted", level="error", reason=self.errors.fatal)
+
     def _write_changelog(self) -> None:
         now_ms = int(time.time() * 1000)
         for partition in self.first:

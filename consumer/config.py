@@ -13,8 +13,8 @@ Example::
     >>> c = cfg.consumer_config()
     >>> c["isolation.level"], c["enable.auto.commit"], c["security.protocol"]
     ('read_committed', 'false', 'SASL_SSL')
-    >>> cfg.producer_config()["transactional.id"]
-    'loan-recovery-scorer-0'
+    >>> cfg.producer_config()["transactional.id"], c["group.instance.id"]
+    ('loan-recovery-scorer-0', 'scorer-0')
 """
 
 from __future__ import annotations
@@ -34,10 +34,23 @@ class Guarantee(StrEnum):
     at_least_once = "at-least-once"
 
 
+# The longest a partition's changelog restore may take (consumer.recovery). The loop does not
+# poll the group consumer meanwhile, so max.poll.interval.ms must exceed it, or the member
+# would be expelled from the group in the middle of a long restore (librdkafka's default is
+# 300 s). A wedged loop is caught by the liveness deadline of /healthz instead.
+RESTORE_TIMEOUT_S = 600.0
+MAX_POLL_INTERVAL_MS = int(RESTORE_TIMEOUT_S * 1000) + 60_000
+
+
 def default_instance_id() -> str:
     """The host name: stable across restarts of one replica (container, pod), distinct between
     replicas. A restarted instance reuses its transactional id, which aborts a transaction it
-    left open when it crashed instead of waiting for the broker's transaction timeout."""
+    left open when it crashed instead of waiting for the broker's transaction timeout, and its
+    ``group.instance.id`` (static membership, ARCHITECTURE.md §8), which takes its
+    predecessor's place in the group at once instead of waiting for that member's session to
+    time out. In a Kubernetes StatefulSet the host name is the pod name (``scorer-0``,
+    ``scorer-1``, ...), stable by design; in compose, set ``hostname:`` or
+    ``LOANREC_INSTANCE_ID`` per service (a Deployment's random pod names are not stable)."""
     return socket.gethostname() or "scorer-0"
 
 
@@ -69,6 +82,10 @@ class ServeConfig:
     # How long a broker outage may stall the scorer before it gives up and exits (ARCHITECTURE.md
     # §5): the default is Kafka Streams' task.timeout.ms, 5 minutes.
     outage_patience_s: float = 300.0
+    # group.instance.id = instance_id. The trade-off: a static member that dies or stops
+    # (a static member does not leave the group on close) keeps its partitions until
+    # session.timeout.ms passes, unless it comes back first -- which is the common case.
+    static_membership: bool = True
 
     def __post_init__(self) -> None:
         for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):
@@ -109,10 +126,13 @@ class ServeConfig:
         if self.http_address:
             base = self.kafka_properties.get("client.id") or self.instance_id
             advertised["client.id"] = advertised_client_id(base, self.http_address)
+        static = {"group.instance.id": self.instance_id} if self.static_membership else {}
         return {
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": "50",
             "queued.max.messages.kbytes": "65536",
+            "max.poll.interval.ms": str(MAX_POLL_INTERVAL_MS),
+            **static,
             **self._common(),
             **advertised,
             "group.id": self.group,

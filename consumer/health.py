@@ -1,6 +1,8 @@
 """``/metrics``, ``/healthz`` and ``/readyz`` on one HTTP port, served from a daemon thread.
 
-- ``/healthz``: 200 while the processing loop is alive (a liveness probe restarts a wedged one).
+- ``/healthz``: 200 while the processing loop is alive *and* has completed an iteration (or
+  made restore progress) within ``liveness_timeout_s`` (default 120 s): a liveness probe then
+  restarts a loop that is wedged -- stuck in a call that never returns -- not only a dead one.
 - ``/readyz``: 200 once the instance has joined its group and every assigned partition's state
   is restored from the changelog; 503 before (a readiness probe keeps traffic/alerts away), and
   503 while the scorer is stalled by a broker outage (ARCHITECTURE.md §5: it waits, within
@@ -39,6 +41,9 @@ from consumer.metrics import ScorerMetrics
 if TYPE_CHECKING:
     from consumer.lookup import Partitions
 
+# /healthz fails when the loop has not completed an iteration for this long (§8).
+LIVENESS_TIMEOUT_S = 120.0
+
 
 class HealthState:
     """Flags the loop sets and the probes read (plain attributes: one writer thread), and
@@ -47,7 +52,7 @@ class HealthState:
     ``stalled_since`` (epoch seconds) and ``stalled_on`` (the Kafka call that fails) are set by
     ``consumer.checkpoint`` from the first failed commit of an outage until one succeeds."""
 
-    def __init__(self) -> None:
+    def __init__(self, liveness_timeout_s: float = LIVENESS_TIMEOUT_S) -> None:
         self.alive = False
         self.ready = False
         self.partitions: Partitions | None = None
@@ -55,6 +60,8 @@ class HealthState:
         self.stalled_since: float | None = None
         self.stalled_on = ""
         self.stalled_why = ""
+        self.liveness_timeout_s = liveness_timeout_s
+        self.last_beat = time.monotonic()
 
     def stall(self, on: str, why: str) -> None:
         self.stalled_on, self.stalled_why = on, why
@@ -77,6 +84,22 @@ class HealthState:
                 f"stalled for {time.time() - since:.0f} s on {self.stalled_on}: {self.stalled_why}"
             )
         return self.ready, "ready" if self.ready else "not ready"
+
+    def beat(self, now: float | None = None) -> None:
+        """The loop completed an iteration (or a restore step) at ``now`` (monotonic)."""
+        self.last_beat = time.monotonic() if now is None else now
+
+    @property
+    def live(self) -> bool:
+        """Alive, and beating within the liveness deadline -- or stalled on a broker outage,
+        which blocks the loop inside a commit but is no reason to restart the process
+        (ARCHITECTURE.md §5: /readyz fails then, /healthz does not)."""
+        if not self.alive:
+            return False
+        return (
+            self.stalled_since is not None
+            or time.monotonic() - self.last_beat <= self.liveness_timeout_s
+        )
 
 
 class HealthServer:
@@ -109,7 +132,7 @@ def _handler(
     state = server.state
     routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
         "/metrics": lambda: (200, CONTENT_TYPE_LATEST, metrics.exposition()),
-        "/healthz": lambda: _probe(state.alive, "alive" if state.alive else "not alive"),
+        "/healthz": lambda: _probe(state.live, "alive" if state.live else "not alive"),
         "/readyz": lambda: _probe(*state.readiness()),
     }
 

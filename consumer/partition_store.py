@@ -28,8 +28,11 @@ from consumer.outputs import StrategyChanged
 from models.features.state import LoanState
 from models.features.state_codec import LoanStateCodec
 from models.serving.contracts import Segmenter
-from schemas import AvroSerde
+from schemas import AvroSerde, SchemaDecodeError
 
+# Internal keys start with "_", which no valid loan id does (models.features.loan_id), so
+# they never collide with a loan (ARCHITECTURE.md §8). The key is the one changelogs have
+# always used, so every existing changelog restores.
 CHECKPOINT_KEY = "__partition__"
 _CHECKPOINT_KEY_BYTES = CHECKPOINT_KEY.encode()
 # Strategy changes kept per partition for the loan lookup: bounded (~1 KB each), not per loan.
@@ -145,10 +148,7 @@ class PartitionStore:
     def restore(self, key: bytes | None, value: bytes | None) -> bool:
         """Apply one changelog record (last write wins). True if it was a loan state."""
         if key == _CHECKPOINT_KEY_BYTES:
-            if value is not None:
-                checkpoint = self._checkpoint_serde.decode(value)
-                self.segmenter = _segmenter_from_json(checkpoint["clusterer_json"])
-                self.events_applied = checkpoint["events_applied"]
+            if value is not None and self._restore_checkpoint(value):
                 self.commit()
             return False
         loan_id = key.decode() if key else ""
@@ -162,6 +162,21 @@ class PartitionStore:
         if previous is not None:  # the dict keeps its first key object: share that one
             state.loan_id = previous.loan_id
         self.states[state.loan_id] = state  # one id string per loan: key and state share it
+        return True
+
+    def _restore_checkpoint(self, value: bytes) -> bool:
+        """Apply a record under the checkpoint key; False for a legacy loan state there."""
+        try:
+            checkpoint = self._checkpoint_serde.decode(value)
+        except SchemaDecodeError:
+            # Before loan ids were validated a loan could be called "__partition__", and its
+            # state went under the checkpoint's key. Such a loan's events are dead-lettered
+            # now (invalid_loan_id), so its state is dropped and the partition restores; the
+            # transaction that wrote it wrote the real checkpoint after it.
+            self._state_codec.decode(value)  # anything else under this key still fails
+            return False
+        self.segmenter = _segmenter_from_json(checkpoint["clusterer_json"])
+        self.events_applied = checkpoint["events_applied"]
         return True
 
     def finish_restore(self) -> None:

@@ -7,7 +7,9 @@ partition in offset order and, for each record:
 
 1. decodes it (``SchemaDecodeError`` -> dead letter with the serde's reason);
 2. skips a duplicate ``event_id`` (counted, not dead-lettered);
-3. opens the loan (``LoanOpened``) or applies the event to its state with the one feature
+3. refuses a loan id that breaks ``models.features.loan_id``'s rule (dead letter
+   ``invalid_loan_id``: it could collide with an internal changelog key, ARCHITECTURE.md §8);
+   then opens the loan (``LoanOpened``) or applies the event to its state with the one feature
    state machine, ``models.features.state``; unknown loans and ``InvalidEvent`` -> dead letter;
 4. remembers the loan's feature row right after this event.
 
@@ -45,6 +47,8 @@ from consumer.outputs import UNKNOWN_TYPE, DeadLetter, EarlyWarningAlert, Strate
 from consumer.partition_store import CHECKPOINT_KEY as CHECKPOINT_KEY
 from consumer.partition_store import PartitionStore
 from models.features.columns import FEATURE_NAMES
+from models.features.loan_id import REASON as INVALID_LOAN_ID
+from models.features.loan_id import describe_invalid, is_valid_loan_id
 from models.features.state import DuplicateEvent, InvalidEvent, LoanState
 from models.native import load_kernel
 from models.serving.contracts import EarlyWarningModel, Segmenter, StrategyPolicy
@@ -243,6 +247,10 @@ class PartitionProcessor:
             return n
         body_type = _short_type(event["body"][0])
         loan_id = event["loan_id"]
+        if not is_valid_loan_id(loan_id):  # before any state: it could name an internal key
+            error = ValueError(describe_invalid(loan_id))
+            self._dead(result, record, INVALID_LOAN_ID, error, body_type)
+            return n
         if key != loan_id.encode():
             # A loan's state lives in the partition of its key: a record keyed otherwise is
             # on the wrong partition, and applying it would split the loan's history.

@@ -30,6 +30,7 @@ from confluent_kafka import (
 )
 
 from consumer.checkpoint import Checkpoint, ClientErrors, seek
+from consumer.config import RESTORE_TIMEOUT_S
 from consumer.errors import FatalError, RestoreError
 from consumer.health import HealthState
 from consumer.logs import log_event
@@ -40,7 +41,6 @@ from consumer.runtime import freeze_long_lived
 from models.serving.contracts import EarlyWarningModel, StrategyPolicy
 
 log = logging.getLogger("loanrec.restore")
-RESTORE_TIMEOUT_S = 600.0
 
 
 class ChangelogRestorer:
@@ -291,8 +291,13 @@ class Recovery:
                 self.processors[p] = self.new_processor(p)
         self.reuse_offsets.clear()
         targets = {p: self.processors[p].store for p in partitions if p not in reused}
+
+        def going() -> bool:  # a restore making progress is a live loop (health.py)
+            self.health.beat()
+            return keep_going()
+
         try:
-            restored = self.restorer.restore(targets, keep_going=keep_going)
+            restored = self.restorer.restore(targets, keep_going=going)
         except RestoreError as error:
             raise FatalError(str(error)) from None
         if not keep_going():

@@ -82,7 +82,15 @@ def serve(
         None,
         envvar=_env("INSTANCE_ID"),
         help="Unique per running instance, stable across its restarts (names its "
-        "transactional id). Default: the host name.",
+        "transactional id and group.instance.id). Default: the host name (a StatefulSet's "
+        "pod name).",
+    ),
+    static_membership: bool = typer.Option(
+        True,
+        "--static-membership/--dynamic-membership",
+        envvar=_env("STATIC_MEMBERSHIP"),
+        help="group.instance.id = the instance id: a restart takes its place in the group at "
+        "once; a dead instance holds its partitions until session.timeout.ms.",
     ),
     input_topic: str = typer.Option(_T.events, envvar=_env("INPUT_TOPIC")),
     strategy_topic: str = typer.Option(_T.strategy_changes, envvar=_env("STRATEGY_TOPIC")),
@@ -162,6 +170,7 @@ def serve(
             topics=topics,
             group_id=group_id,
             instance_id=instance_id or default_instance_id(),
+            static_membership=static_membership,
             metrics_port=metrics_port,
             metrics_host=http_host,
             commit_interval_ms=commit_interval_ms,

@@ -28,6 +28,7 @@ from libc.string cimport memcmp, memcpy
 
 import hashlib
 
+from models.features import loan_id as _loan_id
 from models.features import state as _state
 from models.features.columns import encode as _encode_category
 
@@ -110,6 +111,26 @@ assert _state.RECENT0 == RECENT0 and _state.RECENT_POS == RECENT_POS
 assert _state.RECENT_IDS == RECENT_IDS and len(_state.FEATURE_NAMES) == N_FEATURES
 assert _state.SCORE == RECENT_POS + 1 and _state.DAY_MS == DAY_MS
 assert _state._MAX_DAYS == MAX_DAYS and _state._HASH_MASK == HASH_MASK
+
+# models.features.loan_id's rule as a byte table: 2 = may start an id, 1 = may follow, 0 = never
+# (every byte >= 0x80 is 0: the rule is ASCII, so a non-ASCII id is refused by both paths).
+cdef unsigned char LOAN_ID_BYTE[256]  # static: zero-initialised
+for _c in _loan_id.CHARACTERS.encode():
+    LOAN_ID_BYTE[_c] = 1
+for _c in _loan_id.FIRST_CHARACTERS.encode():
+    LOAN_ID_BYTE[_c] = 2
+cdef Py_ssize_t LOAN_ID_MAX = _loan_id.MAX_LENGTH
+
+
+cdef inline bint valid_loan_id(const unsigned char* s, Py_ssize_t n) noexcept:
+    """models.features.loan_id.is_valid_loan_id over the id's UTF-8 bytes."""
+    cdef Py_ssize_t i
+    if n < 1 or n > LOAN_ID_MAX or LOAN_ID_BYTE[s[0]] != 2:
+        return False
+    for i in range(1, n):
+        if LOAN_ID_BYTE[s[i]] == 0:
+            return False
+    return True
 
 
 cdef struct Reader:
@@ -302,6 +323,8 @@ cdef class EventKernel:
             return None  # undecodable, trailing bytes, or values only the reference may judge
         if at <= -EXACT_LIMIT or at >= EXACT_LIMIT:
             return None
+        if not valid_loan_id(loan_id, loan_id_len):
+            return None  # invalid_loan_id: the reference dead-letters it
         # The record key must be the loan id (else: key_mismatch, the reference's call).
         if PyBytes_GET_SIZE(key) != loan_id_len or memcmp(PyBytes_AS_STRING(key), loan_id,
                                                          loan_id_len) != 0:

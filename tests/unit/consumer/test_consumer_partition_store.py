@@ -112,3 +112,30 @@ def test_total_population_adds_up_the_partitions(bundle, histories) -> None:
     right.finish_restore()
     loans, segments, tiers = total_population([left, right])
     assert loans == 3 and tiers == {"LOW": 3} and sum(segments.values()) == 3
+
+
+def test_a_legacy_loan_under_the_checkpoint_key_is_dropped_and_the_partition_restores(
+    bundle, histories
+) -> None:
+    """Before loan ids were validated a loan could be called ``__partition__``; its state went
+    under the checkpoint's key and every later restore of the partition failed."""
+    from models.features.state_codec import LoanStateCodec
+    from schemas import SchemaDecodeError
+
+    source = new_store(bundle)
+    for events in histories.values():
+        for event in events:
+            apply(source, event)
+    first = next(iter(histories.values()))[0]
+    legacy = LoanStateCodec().encode(LoanState.open({**first, "loan_id": CHECKPOINT_KEY}))
+    written = source.changelog_records(now_ms=5)
+    target = new_store(bundle)
+    for key, value in [(CHECKPOINT_KEY.encode(), legacy), *written]:
+        target.restore(key, value)
+    target.finish_restore()
+    assert CHECKPOINT_KEY not in target.states
+    assert target.states.keys() == source.states.keys()
+    assert target.segmenter.to_json() == source.segmenter.to_json()
+    assert target.events_applied == source.events_applied
+    with pytest.raises(SchemaDecodeError):  # anything else under the key still fails loudly
+        target.restore(CHECKPOINT_KEY.encode(), b"\xc3\x01" + b"\x00" * 12)

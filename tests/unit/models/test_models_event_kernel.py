@@ -236,6 +236,27 @@ def test_enum_and_boolean_bytes_out_of_range_fall_back(bundle, policy) -> None:
     run_both(bundle, policy, records, batch=3)
 
 
+ODD_LOAN_IDS = ["__partition__", "_x", "x" * 5000, "L" * 65, "Lé", "Ł1", "", "-L1", "L 1", "L/1"]
+ODD_LOAN_IDS += ["L1\n", "L\x00", "\u00e9t\u00e9"]
+FINE_LOAN_IDS = ["L" * 64, "9", "LN_2024:0042.a-b", "Z"]
+
+
+def test_loan_ids_are_validated_alike(bundle, policy) -> None:
+    """models.features.loan_id's rule: the kernel refuses what the reference dead-letters as
+    invalid_loan_id, and applies every valid id itself."""
+    t0 = 1_700_000_000_000
+    events = []
+    for loan in ODD_LOAN_IDS + FINE_LOAN_IDS:
+        events += [opened(loan, t0), missed(loan, 1, t0 + 31 * DAY)]
+    records = [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
+    assert run_both(bundle, policy, records, batch=4) == 2 * len(FINE_LOAN_IDS)
+    result = PartitionProcessor(bundle, policy, partition=0).process(records)
+    reasons = {(d.offset, d.reason) for d in result.dead_letters}
+    assert reasons == {(i, "invalid_loan_id") for i in range(2 * len(ODD_LOAN_IDS))}
+    assert all(len(d.message) < 300 for d in result.dead_letters)  # a 5,000-char id is cut
+    assert [s.loan_id for s in result.states] == [e["loan_id"] for e in events[-8:]]
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(st.tuples(st.integers(0, 40), st.integers(0, 255)), min_size=1, max_size=4),
