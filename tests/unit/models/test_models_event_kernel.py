@@ -158,6 +158,17 @@ def adversarial_events() -> list[dict]:
         opened("A", t0 + 65 * DAY),  # already_opened
         collection("A", 11, t0 + 66 * DAY, "LEGAL_NOTICE", legal=True),
         collection("A", 12, t0 + 67 * DAY, "OTHER"),
+        missed("A", 15, t0 + 66 * DAY),  # out_of_order: older than the watermark, never applied
+        paid("A", 1, t0 + 30 * DAY),  # a deep replay: duplicate, however old
+        opened("A", t0),  # the opening, replayed: duplicate
+        collection("A", 16, t0 + 67 * DAY),  # a second id at the watermark: applied
+        collection("A", 16, t0 + 67 * DAY),  # ... and its replay at the watermark: duplicate
+        collection("A", 17, t0 + 67 * DAY),  # a third: applied, the fingerprint takes over
+        collection("A", 12, t0 + 67 * DAY, "OTHER"),  # duplicate found by the fingerprint
+        collection("A", 18, t0 + 67 * DAY),  # a fourth at the watermark: applied
+        collection("A", 19, t0 + 67 * DAY + 1),  # a new watermark: exact hashes again
+        collection("A", 19, t0 + 67 * DAY + 1),  # duplicate at the watermark
+        missed("A", 4, t0 + 60 * DAY, outstanding=nan),  # refused before, late now: out_of_order
         paid("A", 13, t0 + 68 * DAY, amount_paid=-0.0, outstanding_after=-0.0),
         closed("A", t0 + 69 * DAY),
         paid("A", 14, t0 + 70 * DAY),  # loan_closed
