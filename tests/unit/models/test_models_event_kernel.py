@@ -234,6 +234,21 @@ def test_adversarial_stream_is_identical(bundle, policy) -> None:
     run_both(bundle, policy, records, batch=len(records))
 
 
+def test_late_events_and_deep_replays_are_decided_alike(bundle, policy) -> None:
+    """The idempotency rule (ARCHITECTURE.md §8) on both paths: the two late events of
+    ``adversarial_events`` are dead-lettered as out_of_order, the replays counted as duplicates
+    (none dead-lettered), and the kernel itself applies the events at a shared instant."""
+    records = [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(adversarial_events())]
+    native, reference = pair(bundle, policy)
+    a, b = native.process(records), reference.process(records)
+    assert dead(a) == dead(b)
+    late = [d for d in a.dead_letters if d.reason == "out_of_order"]
+    assert [d.offset for d in late] == [15, 25]
+    assert sum(n for (_, outcome), n in a.outcomes.items() if outcome == "duplicate") == 6
+    assert a.outcomes == b.outcomes and a.rows().tobytes() == b.rows().tobytes()
+    assert int(a.counts.sum()) > 0
+
+
 def test_enum_and_boolean_bytes_out_of_range_fall_back(bundle, policy) -> None:
     t0 = 1_700_000_000_000
     base = [opened("H", t0), collection("H", 1, t0 + DAY, "OTHER")]
