@@ -47,8 +47,8 @@ def active_kernels(processor: PartitionProcessor) -> dict[str, str]:
     running = {
         "event": processor._kernel is not None,
         "forest": bool(getattr(forest, "native", False)),
-        "segmenter": processor.segmenter.native,
-        "codec": processor._state_codec.compiled,
+        "segmenter": processor.store.segmenter.native,
+        "codec": processor.store._state_codec.compiled,
     }
     return {name: "compiled" if on else "reference" for name, on in running.items()}
 

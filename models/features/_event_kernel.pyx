@@ -73,9 +73,13 @@ cdef enum:
     METHOD = 33
     LEGAL = 34
     CLOSED = 35
-    RECENT0 = 36
-    RECENT_IDS = 4
-    RECENT_POS = 40
+    WATERMARK_ID0 = 36
+    WATERMARK_ID1 = 37
+    FINGERPRINT0 = 38
+    FINGERPRINT_WORDS = 3
+    FINGERPRINT_BITS = 156
+    FINGERPRINT_PROBES = 4
+    PROBE_MASK = 8191  # 13 bits
     N_FEATURES = 40
 
 cdef enum:
@@ -107,9 +111,12 @@ assert _LAYOUT == tuple(range(len(_LAYOUT))) == (
     _state.LAST_DUE_AMT, _state.LAST_PAID, _state.TOTAL_DUE, _state.TOTAL_PAID,
     _state.PAID_FULL, _state.ZERO_PAY, _state.SUM_OUT, _state.ATTEMPTS, _state.METHOD,
     _state.LEGAL, _state.CLOSED), "models.features.state.SLOTS changed: update the kernel's layout"
-assert _state.RECENT0 == RECENT0 and _state.RECENT_POS == RECENT_POS
-assert _state.RECENT_IDS == RECENT_IDS and len(_state.FEATURE_NAMES) == N_FEATURES
-assert _state.SCORE == RECENT_POS + 1 and _state.DAY_MS == DAY_MS
+assert _state.WATERMARK_ID0 == WATERMARK_ID0 and _state.WATERMARK_ID1 == WATERMARK_ID1
+assert _state.FINGERPRINT0 == FINGERPRINT0 and _state.FINGERPRINT_WORDS == FINGERPRINT_WORDS
+assert _state.FINGERPRINT_BITS == FINGERPRINT_BITS and _state.FINGERPRINT_PROBES == FINGERPRINT_PROBES
+assert _state._PROBE_MASK == PROBE_MASK and _state.MANY_AT_WATERMARK == -1.0
+assert len(_state.FEATURE_NAMES) == N_FEATURES
+assert _state.SCORE == FINGERPRINT0 + FINGERPRINT_WORDS and _state.DAY_MS == DAY_MS
 assert _state._MAX_DAYS == MAX_DAYS and _state._HASH_MASK == HASH_MASK
 
 # models.features.loan_id's rule as a byte table: 2 = may start an id, 1 = may follow, 0 = never
@@ -221,6 +228,18 @@ cdef inline double optional_amount(double value) noexcept:
     return NAN if value != value else value
 
 
+cdef inline void remember(double* v, double h) noexcept:
+    """``LoanState._remember``: set the id's probe bits in the fingerprint (exact integers < 2**52
+    in doubles, as the reference's ``float(int(word) | bit)``)."""
+    cdef uint64_t bits = <uint64_t>h, p
+    cdef int i
+    for i in range(FINGERPRINT_PROBES):
+        p = (bits & PROBE_MASK) % FINGERPRINT_BITS
+        v[FINGERPRINT0 + p // 52] = <double>((<uint64_t>v[FINGERPRINT0 + p // 52]) |
+                                             ((<uint64_t>1) << (p % 52)))
+        bits >>= 13
+
+
 cdef struct Body:
     int kind
     # LoanOpened
@@ -270,7 +289,8 @@ cdef class EventKernel:
         cdef bytes digest = self._blake2b(data[:n], digest_size=8).digest()
         cdef uint64_t h = 0
         memcpy(&h, PyBytes_AS_STRING(digest), 8)
-        return <double>(h & HASH_MASK)
+        h &= HASH_MASK
+        return <double>(h if h else 1)  # 0 marks an empty watermark slot
 
     def apply_batch(self, list batch, dict states, dict undo, double[:, ::1] rows,
                     int64_t[::1] occurred, list out_states, list out_offsets, list out_values,
@@ -435,8 +455,8 @@ cdef class EventKernel:
         v[LAST_DUE] = NAN
         v[OUTSTANDING] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
         v[OUT_BEFORE] = v[OUTSTANDING]
-        v[RECENT0] = h
-        v[RECENT_POS] = 1.0
+        v[WATERMARK_ID0] = h
+        remember(v, h)
         return state
 
     # -- LoanState.apply ---------------------------------------------------------------------
@@ -444,11 +464,13 @@ cdef class EventKernel:
     cdef bint _can_apply(self, array state, Body* b, int64_t at, double h) noexcept:
         """Would ``LoanState.apply`` accept this event without raising?"""
         cdef double* v = state.data.as_doubles
-        cdef int i
         cdef double opened_day
-        for i in range(RECENT_IDS):
-            if v[RECENT0 + i] == h:
-                return False  # duplicate
+        # Older than the watermark (a replay or late), or at it with ids there already that
+        # might be this one: the reference decides (duplicate or out_of_order).
+        if <double>at < v[LAST_EVENT_AT]:
+            return False
+        if <double>at == v[LAST_EVENT_AT] and (v[WATERMARK_ID1] != 0.0 or v[WATERMARK_ID0] == h):
+            return False
         if v[CLOSED] or <double>at < v[OPENED_AT]:
             return False
         if b.kind == RECEIVED or b.kind == MISSED_EVENT:
@@ -484,7 +506,6 @@ cdef class EventKernel:
 
     cdef void _apply_body(self, array state, Body* b, int64_t at, double h) noexcept:
         cdef double* v = state.data.as_doubles
-        cdef int pos
         if b.kind == RECEIVED:
             self._installment(v, <double>b.due, b.amount_due, b.outstanding)
             v[LAST_PAID] += b.paid
@@ -517,11 +538,14 @@ cdef class EventKernel:
                 v[LEGAL] = 1.0
         else:  # LoanClosed
             v[CLOSED] = 1.0
+        # _can_apply let through: at > watermark, or at it with one other id there.
         if <double>at > v[LAST_EVENT_AT]:
             v[LAST_EVENT_AT] = <double>at
-        pos = <int>v[RECENT_POS]
-        v[RECENT0 + pos] = h
-        v[RECENT_POS] = <double>((pos + 1) % RECENT_IDS)
+            v[WATERMARK_ID0] = h
+            v[WATERMARK_ID1] = 0.0
+        else:
+            v[WATERMARK_ID1] = h
+        remember(v, h)
 
     # -- LoanState.features + processor.model_row ----------------------------------------------
 

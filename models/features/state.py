@@ -5,9 +5,11 @@ Training replays history through :func:`replay`; the streaming scorer calls the 
 implementation of any feature (``docs/FEATURES.md`` documents each one).
 
 Memory: a state *is* one ``array('d')`` (8 bytes per value instead of a 24-byte float object
-per attribute; the ids and decision labels in ``__slots__``), and duplicate detection keeps
-52-bit hashes of the last ``RECENT_IDS`` event ids in the same array, so a loan costs about
-590 bytes with its ids and its entry in the scorer's dict (``bench/state.py``, 1M loans).
+per attribute; the ids and decision labels in ``__slots__``), and idempotency (ARCHITECTURE.md
+§8) costs five of its doubles: the event-time watermark is ``last_event_at``, the ids applied at
+exactly the watermark are kept as two 52-bit hashes, and every id ever applied is in a 156-bit
+Bloom fingerprint, so a loan costs about 590 bytes with its ids and its entry in the scorer's
+dict (``bench/state.py``, 1M loans).
 
 >>> from schemas.events import make_event
 >>> opened = make_event("e1", "L1", "B1", 0, "LoanOpened", dict(
@@ -41,8 +43,16 @@ from schemas.events import (
 )
 
 DAY_MS = 86_400_000
-RECENT_IDS = 4  # duplicates are producer retries: they arrive close to the original
 _HASH_MASK = (1 << 52) - 1  # exact in a double
+# The Bloom fingerprint of applied ids: FINGERPRINT_WORDS doubles of 52 bits each, probed at
+# FINGERPRINT_PROBES positions taken from consecutive 13-bit chunks of the id's 52-bit hash.
+FINGERPRINT_WORDS = 3
+FINGERPRINT_BITS = 52 * FINGERPRINT_WORDS
+FINGERPRINT_PROBES = 4
+_PROBE_MASK = (1 << 13) - 1
+# watermark_id_1's value when more than two ids share the watermark (or the state came from a
+# v1 record, which did not know them): the fingerprint decides at the watermark too.
+MANY_AT_WATERMARK = -1.0
 _MAX_DAYS = 100 * 366  # dates and days-past-due beyond a century are corrupt input
 
 # Layout of the numeric state array. Names double as LoanState Avro field names.
@@ -87,9 +97,11 @@ SLOTS: tuple[str, ...] = (
     "last_collection_method",
     "legal_action",
     "closed",
-    # duplicate detection: ring of event-id hashes and the next write position
-    *(f"recent_id_{i}" for i in range(RECENT_IDS)),
-    "recent_pos",
+    # idempotency (ARCHITECTURE.md §8): hashes of the ids applied at exactly last_event_at
+    # (the loan's event-time watermark), then the Bloom fingerprint of every applied id
+    "watermark_id_0",
+    "watermark_id_1",
+    *(f"applied_ids_{i}" for i in range(FINGERPRINT_WORDS)),
 )
 _I = {name: i for i, name in enumerate(SLOTS)}
 (
@@ -130,8 +142,9 @@ _I = {name: i for i, name in enumerate(SLOTS)}
     LEGAL,
     CLOSED,
 ) = range(36)
-RECENT0 = _I["recent_id_0"]
-RECENT_POS = _I["recent_pos"]
+WATERMARK_ID0 = _I["watermark_id_0"]
+WATERMARK_ID1 = _I["watermark_id_1"]
+FINGERPRINT0 = _I["applied_ids_0"]
 _NAN = math.nan
 SCORE = len(SLOTS)  # LoanState's last value: the risk score of its latest decision
 _SIZE = SCORE + 1
@@ -180,7 +193,7 @@ def event_id_hash(event_id: str) -> float:
     """Stable 52-bit hash of an event id as a float (Python's ``hash`` is salted per process,
     and the hashes travel through the changelog)."""
     digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return float(int.from_bytes(digest, "little") & _HASH_MASK)
+    return float(int.from_bytes(digest, "little") & _HASH_MASK or 1)  # 0 marks an empty slot
 
 
 def _amount(body: dict[str, Any], key: str) -> float:
@@ -279,30 +292,59 @@ class LoanState(array):
         v[OPENED_AT] = v[LAST_EVENT_AT] = float(event["occurred_at"])
         v[LAST_DUE] = _NAN
         v[OUTSTANDING] = v[OUT_BEFORE] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
-        v[RECENT0] = event_id_hash(event["event_id"])
-        v[RECENT_POS] = 1.0
+        h = event_id_hash(event["event_id"])
+        v[WATERMARK_ID0] = h
+        v._remember(h)
         return v
 
     # -- updating ------------------------------------------------------------------------------
 
     def is_duplicate(self, event_id: str) -> bool:
-        """Was this event id among the last ``RECENT_IDS`` applied to the loan?"""
+        """Was this event id (probably) applied to the loan? Exact for the ids applied at the
+        watermark; for older ones the fingerprint answers, with false positives (§8)."""
         h = event_id_hash(event_id)
         v = self
-        return any(v[RECENT0 + i] == h for i in range(RECENT_IDS))
+        return v[WATERMARK_ID0] == h or v[WATERMARK_ID1] == h or self._fingerprint_has(h)
+
+    def _fingerprint_has(self, h: float) -> bool:
+        v, bits = self, int(h)
+        for _ in range(FINGERPRINT_PROBES):
+            p = (bits & _PROBE_MASK) % FINGERPRINT_BITS
+            if not int(v[FINGERPRINT0 + p // 52]) >> (p % 52) & 1:
+                return False
+            bits >>= 13
+        return True
+
+    def _remember(self, h: float) -> None:
+        """Add ``h`` to the fingerprint (the watermark ids are the caller's)."""
+        v, bits = self, int(h)
+        for _ in range(FINGERPRINT_PROBES):
+            p = (bits & _PROBE_MASK) % FINGERPRINT_BITS
+            word = FINGERPRINT0 + p // 52
+            v[word] = float(int(v[word]) | 1 << (p % 52))
+            bits >>= 13
 
     def apply(self, event: dict[str, Any]) -> None:
         """Update the state with one event of this loan.
 
-        Raises :class:`DuplicateEvent` for a repeated event id and :class:`InvalidEvent` for
-        values the loan cannot have (negative amounts, impossible dates, events before the
-        opening or after the closing, a second ``LoanOpened``). A refused event leaves the
-        state unchanged.
+        Idempotent and in event-time order (ARCHITECTURE.md §8): an event older than the
+        loan's watermark (``last_event_at``) or at it is a :class:`DuplicateEvent` when its id
+        was applied, and one older that was not is refused as ``out_of_order``. Raises
+        :class:`InvalidEvent` for values the loan cannot have (negative amounts, impossible
+        dates, events before the opening or after the closing, a second ``LoanOpened``). A
+        refused event leaves the state unchanged.
         """
         v = self
         h = event_id_hash(event["event_id"])
-        for i in range(RECENT_IDS):
-            if v[RECENT0 + i] == h:
+        at = event["occurred_at"]
+        watermark = v[LAST_EVENT_AT]
+        if at < watermark:  # a replay or a late event: the fingerprint tells them apart
+            if self._fingerprint_has(h):
+                raise DuplicateEvent(event["event_id"])
+        elif at == watermark:  # the exact hashes, unless more ids than they hold share it
+            if v[WATERMARK_ID0] == h or v[WATERMARK_ID1] == h:
+                raise DuplicateEvent(event["event_id"])
+            if v[WATERMARK_ID1] == MANY_AT_WATERMARK and self._fingerprint_has(h):
                 raise DuplicateEvent(event["event_id"])
         body_type, body = event["body"]
         at = event["occurred_at"]
@@ -311,6 +353,11 @@ class LoanState(array):
         if at < v[OPENED_AT]:
             raise InvalidEvent(
                 "before_opening", f"occurred_at {at} is before the loan opened ({v[OPENED_AT]:.0f})"
+            )
+        if at < watermark:
+            raise InvalidEvent(
+                "out_of_order",
+                f"occurred_at {at} is before the loan's latest applied event ({watermark:.0f})",
             )
         if body_type == PAYMENT_RECEIVED:
             due = self._due_date(body, at)
@@ -358,11 +405,15 @@ class LoanState(array):
             raise InvalidEvent("already_opened", f"loan {self.loan_id} was already opened")
         else:
             raise InvalidEvent("unknown_event_type", f"unknown event body {body_type!r}")
-        if at > v[LAST_EVENT_AT]:
+        if at > watermark:
             v[LAST_EVENT_AT] = float(at)
-        pos = int(v[RECENT_POS])
-        v[RECENT0 + pos] = h
-        v[RECENT_POS] = float((pos + 1) % RECENT_IDS)
+            v[WATERMARK_ID0] = h
+            v[WATERMARK_ID1] = 0.0
+        elif v[WATERMARK_ID1] == 0.0:
+            v[WATERMARK_ID1] = h
+        else:
+            v[WATERMARK_ID1] = MANY_AT_WATERMARK
+        self._remember(h)
 
     def _due_date(self, body: dict[str, Any], at: int) -> int:
         due = body["installment_due_date"]
@@ -467,7 +518,7 @@ class LoanState(array):
     # -- persistence ---------------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
-        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v1.avsc``)."""
+        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v2.avsc``)."""
         record: dict[str, Any] = dict(zip(SLOTS, self, strict=False))  # (the score is last)
         record["loan_id"] = self.loan_id
         record["borrower_id"] = self.borrower_id
@@ -486,13 +537,30 @@ class LoanState(array):
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> LoanState:
-        """Inverse of :meth:`to_record`."""
+        """Inverse of :meth:`to_record`; also reads a v1 record (``LoanState/v1.avsc``)."""
+        if "recent_pos" in record:
+            return cls._from_v1(record)
         score = record.get("risk_score")
         values = [float(record[name]) for name in SLOTS] + [_NAN if score is None else score]
         state = cls(record["loan_id"], record["borrower_id"], array("d", values))
         state.strategy = record.get("strategy")
         state.risk_tier = record.get("risk_tier")
         state.segment = record.get("segment")
+        return state
+
+    @classmethod
+    def _from_v1(cls, record: dict[str, Any]) -> LoanState:
+        """A v1 state knew only its last four ids (a ring, without their times): they go into
+        the fingerprint, and ``MANY_AT_WATERMARK`` makes it answer at the watermark too, so a
+        replay of any of them after the upgrade is still a duplicate."""
+        v1_ids = [record.pop(f"recent_id_{i}") for i in range(4)]
+        del record["recent_pos"]
+        record |= {name: 0.0 for name in SLOTS[WATERMARK_ID0:]}
+        record["watermark_id_1"] = MANY_AT_WATERMARK
+        state = cls.from_record(record)
+        for h in v1_ids:
+            if h:
+                state._remember(h)
         return state
 
     def labels(self) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The changelog's ``LoanState`` codec: the same bytes as the Avro serde, ten times faster.
 
 The scorer writes one changelog record per loan touched in every transaction and reads them
-all back on restore, so this codec is on the hot path twice. ``LoanState`` v1 is a fixed
+all back on restore, so this codec is on the hot path twice. ``LoanState`` v2 is a fixed
 layout -- two strings, the state array's doubles in ``SLOTS`` order, four nullable fields --
 and Avro encodes a double as its 8 little-endian IEEE bytes, so the state array *is* the
 middle of the Avro body: ``array.tobytes()`` writes it and ``array.frombytes()`` reads it,
@@ -100,6 +100,10 @@ class LoanStateCodec:
         """``native=False``: never use the compiled encoder (tests compare the two)."""
         self._serde = AvroSerde("LoanState")
         self._header = MAGIC + self._serde.writer.fingerprint
+        # v1 records are read as v1 (resolving them to v2 would drop their recent ids, which
+        # LoanState.from_record carries into the fingerprint).
+        self._v1 = AvroSerde("LoanState", reader_version=1)
+        self._v1_header = MAGIC + self._v1.reader.fingerprint
         self._labels: dict[bytes, str] = {}
         self.fast = sys.byteorder == "little" and _has_fixed_layout(self._serde.writer.raw)
         self.compiled = self.fast and _encode_compiled is not None and native
@@ -133,6 +137,8 @@ class LoanStateCodec:
     def decode(self, data: bytes) -> LoanState:
         """The state in ``data``; :class:`SchemaDecodeError` if it is not a LoanState."""
         if not (self.fast and data[:HEADER_SIZE] == self._header):
+            if data[:HEADER_SIZE] == self._v1_header:
+                return LoanState.from_record(self._v1.decode(data))
             return LoanState.from_record(self._serde.decode(data))  # other versions: resolve
         try:
             state, end = self._decode_body(data)

@@ -158,6 +158,17 @@ def adversarial_events() -> list[dict]:
         opened("A", t0 + 65 * DAY),  # already_opened
         collection("A", 11, t0 + 66 * DAY, "LEGAL_NOTICE", legal=True),
         collection("A", 12, t0 + 67 * DAY, "OTHER"),
+        missed("A", 15, t0 + 66 * DAY),  # out_of_order: older than the watermark, never applied
+        paid("A", 1, t0 + 30 * DAY),  # a deep replay: duplicate, however old
+        opened("A", t0),  # the opening, replayed: duplicate
+        collection("A", 16, t0 + 67 * DAY),  # a second id at the watermark: applied
+        collection("A", 16, t0 + 67 * DAY),  # ... and its replay at the watermark: duplicate
+        collection("A", 17, t0 + 67 * DAY),  # a third: applied, the fingerprint takes over
+        collection("A", 12, t0 + 67 * DAY, "OTHER"),  # duplicate found by the fingerprint
+        collection("A", 18, t0 + 67 * DAY),  # a fourth at the watermark: applied
+        collection("A", 19, t0 + 67 * DAY + 1),  # a new watermark: exact hashes again
+        collection("A", 19, t0 + 67 * DAY + 1),  # duplicate at the watermark
+        missed("A", 4, t0 + 60 * DAY, outstanding=nan),  # refused before, late now: out_of_order
         paid("A", 13, t0 + 68 * DAY, amount_paid=-0.0, outstanding_after=-0.0),
         closed("A", t0 + 69 * DAY),
         paid("A", 14, t0 + 70 * DAY),  # loan_closed
@@ -221,6 +232,21 @@ def test_adversarial_stream_is_identical(bundle, policy) -> None:
     ]
     assert run_both(bundle, policy, records, batch=5) > 10
     run_both(bundle, policy, records, batch=len(records))
+
+
+def test_late_events_and_deep_replays_are_decided_alike(bundle, policy) -> None:
+    """The idempotency rule (ARCHITECTURE.md §8) on both paths: the two late events of
+    ``adversarial_events`` are dead-lettered as out_of_order, the replays counted as duplicates
+    (none dead-lettered), and the kernel itself applies the events at a shared instant."""
+    records = [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(adversarial_events())]
+    native, reference = pair(bundle, policy)
+    a, b = native.process(records), reference.process(records)
+    assert dead(a) == dead(b)
+    late = [d for d in a.dead_letters if d.reason == "out_of_order"]
+    assert [d.offset for d in late] == [15, 25]
+    assert sum(n for (_, outcome), n in a.outcomes.items() if outcome == "duplicate") == 6
+    assert a.outcomes == b.outcomes and a.rows().tobytes() == b.rows().tobytes()
+    assert int(a.counts.sum()) > 0
 
 
 def test_enum_and_boolean_bytes_out_of_range_fall_back(bundle, policy) -> None:
