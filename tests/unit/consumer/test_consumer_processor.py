@@ -192,12 +192,16 @@ def test_properties_pass_through_but_cannot_break_the_guarantees() -> None:
 
 
 def test_alert_when_the_tier_rises_to_high(bundle, policy, events) -> None:
-    from models.serving.bundle import ModelBundle
+    import yaml
 
-    # The same model with a lower HIGH threshold, so that this small book reaches it.
-    strict = ModelBundle(
-        bundle.model, {**bundle.metadata, "thresholds": {"high": 0.2, "moderate": 0.1}}
-    )
+    from models.serving.policy import DEFAULT_POLICY, Policy
+
+    # A policy with a lower HIGH threshold (the policy owns the tiers), so this small book
+    # reaches it.
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    document["thresholds"] = {"high": 0.2, "moderate": 0.1}
+    policy = Policy.from_dict(document)
+    strict = bundle
     processor = PartitionProcessor(strict, policy, 1)
     _, alerts, _ = run(processor, records(events), 500)
     assert alerts, "no loan reached the HIGH tier"
