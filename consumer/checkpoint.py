@@ -124,8 +124,10 @@ class ClientErrors:
         """An error in place of a consumed message."""
         if error.code() == KafkaError._PARTITION_EOF:
             return
-        if error.fatal():
-            self.fatal = f"fatal consumer error: {error.name()}: {error.str()}"
+        # A static member fenced by a newer one with the same group.instance.id arrives here as
+        # _FATAL (librdkafka's consumer is unusable from then on), not always with fatal() set.
+        if error.fatal() or error.code() in (KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID):
+            self.fatal = self.describe("consume", error)
             return
         log_event("consume_error", level="warning", error=error.str())
 

@@ -575,3 +575,15 @@ def test_every_guarantee_has_a_checkpoint_and_errors_share_one_root() -> None:
 
     assert set(CHECKPOINTS) == set(Guarantee)
     assert issubclass(FatalError, ConsumerError) and issubclass(ConsumerError, LoanRecoveryError)
+
+
+def test_a_static_member_fenced_by_its_twin_is_fatal_and_names_the_instance_id() -> None:
+    from consumer.checkpoint import ClientErrors
+
+    errors = ClientErrors("app-t")
+    fenced = KafkaError(
+        KafkaError._FATAL, "Static consumer fenced by other consumer with same group.instance.id"
+    )
+    errors.on_message_error(fenced)
+    with pytest.raises(FatalError, match=r"fenced during consume: .*--instance-id"):
+        errors.raise_if_fatal()
