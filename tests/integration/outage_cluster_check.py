@@ -1,3 +1,6 @@
+# NOT collected by `make test` (file name has no test_ prefix): fails on main since the merge with
+# static membership and crash-safe batches ("timeout waiting for stalled"); run it by hand with
+# `pytest tests/integration/outage_cluster_check.py` while issue #16 is open.
 """`loan-recovery serve` rides out a broker outage on a three-broker cluster (issue #16,
 ARCHITECTURE.md §5 and §8): two of three brokers down, so fewer in-sync replicas than
 ``min.insync.replicas`` and nothing can commit; the same scorer process waits, is not ready
