@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -23,59 +22,18 @@ import pytest
 import requests
 import yaml
 from confluent_kafka import Producer
+from deploy_contract import (
+    ALERTS,
+    PROMETHEUS_BUILTINS,
+    ROOT,
+    dashboard_queries,
+    promql_metric_names,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from loan_recovery.broker import free_port
 from producer.admin import create_topics
 from schemas.topics import Topics
-
-ROOT = Path(__file__).resolve().parents[2]
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "loan-recovery.json"
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-# Series Prometheus itself creates (scrape health, alert state): not the scorer's to export.
-PROMETHEUS_BUILTINS = {"up", "ALERTS", "ALERTS_FOR_STATE"}
-_KEYWORDS = {
-    "and",
-    "or",
-    "unless",
-    "bool",
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-    "offset",
-    "inf",
-    "nan",
-}
-
-
-def promql_metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (not functions, labels, keywords, numbers).
-
-    >>> sorted(promql_metric_names('histogram_quantile(0.99, sum by (le) '
-    ...     '(rate(a_seconds_bucket{x="y"}[5m]))) / on (job) b_total > 1e-9 or vector(0)'))
-    ['a_seconds_bucket', 'b_total']
-    """
-    text = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', "", expr)  # string literals
-    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
-    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges and subqueries
-    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
-    names = set()
-    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", text):
-        name, rest = match.group(), text[match.end() :]
-        if re.match(r"\s*\(", rest) or name.lower() in _KEYWORDS:
-            continue  # a function or aggregation, or a keyword
-        names.add(name)
-    return names
-
-
-def dashboard_queries() -> dict[str, list[str]]:
-    dashboard = json.loads(DASHBOARD.read_text())
-    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
-    panels += [n for p in dashboard["panels"] for n in p.get("panels", [])]  # collapsed rows
-    return {p["title"]: [t["expr"] for t in p["targets"]] for p in panels}
 
 
 def alert_queries() -> dict[str, str]:
