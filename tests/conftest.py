@@ -139,3 +139,17 @@ def policy():
     from models.serving.policy import Policy
 
     return Policy.load(None)
+
+
+@pytest.fixture(scope="module")
+def synthetic_files(tmp_path_factory) -> dict[str, Path]:
+    """A synthetic book from the project's generator, as a seed CSV and as an event log."""
+    from models.data.adapters import write_jsonl
+    from models.data.synthetic import generate_book
+
+    out = tmp_path_factory.mktemp("book")
+    frame, events, _ = generate_book(300, seed=4)
+    frame.to_csv(out / "book.csv", index=False)
+    with open(out / "events.jsonl", "w") as handle:
+        write_jsonl(events, handle)
+    return {"csv": out / "book.csv", "jsonl": out / "events.jsonl", "events": len(events)}

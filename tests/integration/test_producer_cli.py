@@ -4,7 +4,6 @@ the real CLI process (signals, exit codes, JSON summary)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -12,25 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from cli_runner import run_cli
 from confluent_kafka import Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(
-    *args: str, timeout: float = 300, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loan_recovery.cli", *args]
-    return subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
 
 
 def topic_count(bootstrap: str, topic: str) -> int:
@@ -105,20 +89,6 @@ def test_broken_export_fails_with_the_adapters_line(
 
 
 # -- replays of real files ---------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def synthetic_files(tmp_path_factory) -> dict[str, Path]:
-    """A synthetic book from the project's generator, as a seed CSV and as an event log."""
-    from models.data.adapters import write_jsonl
-    from models.data.synthetic import generate_book
-
-    out = tmp_path_factory.mktemp("book")
-    frame, events, _ = generate_book(300, seed=4)
-    frame.to_csv(out / "book.csv", index=False)
-    with open(out / "events.jsonl", "w") as handle:
-        write_jsonl(events, handle)
-    return {"csv": out / "book.csv", "jsonl": out / "events.jsonl", "events": len(events)}
 
 
 def test_seed_csv_replay_acknowledges_every_event(

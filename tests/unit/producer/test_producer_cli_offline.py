@@ -4,44 +4,10 @@ need their paths, and a dry-run file replays to the same events."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import fastavro
-import pytest
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def run_cli(
-    *args: str, timeout: float = 300, env: dict | None = None
-) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "loan_recovery.cli", *args]
-    return subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def synthetic_files(tmp_path_factory) -> dict[str, Path]:
-    """A synthetic book from the project's generator, as a seed CSV and as an event log."""
-    from models.data.adapters import write_jsonl
-    from models.data.synthetic import generate_book
-
-    out = tmp_path_factory.mktemp("book")
-    frame, events, _ = generate_book(300, seed=4)
-    frame.to_csv(out / "book.csv", index=False)
-    with open(out / "events.jsonl", "w") as handle:
-        write_jsonl(events, handle)
-    return {"csv": out / "book.csv", "jsonl": out / "events.jsonl", "events": len(events)}
+from cli_runner import run_cli
 
 
 def test_bad_properties_file_is_named_with_the_fix(tmp_path: Path) -> None:
