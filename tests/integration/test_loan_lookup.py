@@ -157,7 +157,7 @@ def test_lookup_421_names_the_instance_that_owns_the_partition(
 
         def settled() -> dict[int, tuple[Scorer, Scorer]] | None:
             """partition -> (owner, other) once every loan answers 200 at one instance and a
-            421 naming that instance's HTTP port at the other."""
+            421 naming that instance's HTTP port at the other, and each instance owns some."""
             placement = {}
             for partition, loan_id in by_partition.items():
                 ra, rb = lookup(a, loan_id), lookup(b, loan_id)
@@ -174,6 +174,10 @@ def test_lookup_421_names_the_instance_that_owns_the_partition(
                 if named.get("http") is None or not named["http"].endswith(f":{owner.port}"):
                     return None
                 placement[partition] = (owner, other)
+            # Right after `beta` starts, `alpha` may still own every partition and answer
+            # consistently; the split is settled only once the group has given both a share.
+            if {owner for owner, _ in placement.values()} != {a, b}:
+                return None
             return placement
 
         seen: list[dict[int, tuple[Scorer, Scorer]]] = []
