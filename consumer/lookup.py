@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from consumer.outputs import EarlyWarningAlert, StrategyChanged
 from consumer.partitioning import partition_for
 from consumer.processor import PartitionProcessor
+from consumer.serializers import as_record
 from models.features.state import LoanState
 
 PREFIX = "/loans/"
@@ -86,7 +87,8 @@ def _number(value: float | None) -> float | None:
 
 
 def decision_record(change: StrategyChanged) -> dict[str, Any]:
-    record = asdict(change)
+    """The change as its Avro record (what a consumer of the strategy topic sees), JSON-safe."""
+    record = as_record(change)
     record["risk_score"] = _number(change.risk_score)
     return record
 
@@ -126,7 +128,7 @@ def loan_document(
         "history": {"complete": complete, "decisions": len(decisions)},
     }
     if alerts:
-        document["alerts"] = [asdict(a) | {"risk_score": _number(a.risk_score)} for a in alerts]
+        document["alerts"] = [as_record(a) | {"risk_score": _number(a.risk_score)} for a in alerts]
     return document
 
 

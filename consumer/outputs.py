@@ -14,6 +14,26 @@ UNKNOWN_TYPE = "unknown"  # event_type label of records that could not be decode
 
 
 @dataclass(frozen=True, slots=True)
+class Reason:
+    """One driver of a risk score (schema record ``Reason``): a reason-code catalogue entry and
+    its exact path-decomposition contribution to the forest's probability."""
+
+    code: str
+    feature: str
+    text: str
+    contribution: float
+
+
+@dataclass(frozen=True, slots=True)
+class GuardrailIntervention:
+    """A guardrail changed the policy's choice (schema record ``GuardrailIntervention``)."""
+
+    rule: str
+    wanted_strategy: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class StrategyChanged:
     """A loan's strategy changed (schema ``StrategyChanged``; fields in schema order)."""
 
@@ -34,6 +54,16 @@ class StrategyChanged:
     source_offset: int
     occurred_at: int
     decided_at: int
+    # v2: every field below has a default, in the schema and here.
+    reasons: tuple[Reason, ...] = ()
+    policy_rule: str | None = None
+    guardrails: tuple[GuardrailIntervention, ...] = ()
+    hold_reason: str | None = None
+    next_contact_not_before: int | None = None
+    experiment_id: str | None = None
+    arm: str | None = None
+    propensity: float | None = None
+    expected_net_recovery: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +82,7 @@ class EarlyWarningAlert:
     source_offset: int
     occurred_at: int
     decided_at: int
+    reasons: tuple[Reason, ...] = ()  # v2
 
 
 @dataclass(frozen=True, slots=True)

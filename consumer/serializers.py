@@ -22,8 +22,21 @@ MAX_ERROR_MESSAGE = 1000  # characters of error.message kept in a DLQ header
 
 
 def as_record(output: StrategyChanged | EarlyWarningAlert) -> dict[str, Any]:
-    """The Avro record (a dict, which fastavro wants) of an output, fields in schema order."""
-    return {name: getattr(output, name) for name in _field_names(type(output))}
+    """The Avro record (a dict, which fastavro wants) of an output, fields in schema order;
+    nested records (reasons, guardrail interventions) become dicts too."""
+    record = {name: getattr(output, name) for name in _field_names(type(output))}
+    for name in _NESTED:
+        items = record.get(name)
+        if items:
+            record[name] = [
+                {f: getattr(item, f) for f in _field_names(type(item))} for item in items
+            ]
+        elif name in record:
+            record[name] = []
+    return record
+
+
+_NESTED = ("reasons", "guardrails")
 
 
 _NAMES: dict[type, tuple[str, ...]] = {}
