@@ -65,6 +65,7 @@ class UciResult:
     holdout_clients: int = 0
     events: int = 0
     stream_seconds: float = 0.0  # scorer over the holdout events (committed offsets)
+    train_seconds: float | None = None  # `train --source uci` on the whole file, wall clock
     note: str | None = None
 
 
@@ -138,7 +139,9 @@ def measure_uci(bootstrap: str, work: Path, csv: Path = UCI_CSV) -> UciResult:
     if not csv.exists():
         return UciResult(None, None, note=f"{csv} not found: UCI figures not measured")
     model = work / "uci-model"
+    started = time.perf_counter()
     cli("train", "--source", "uci", "--input", str(csv), "--out", str(model))
+    train_seconds = time.perf_counter() - started
     holdout = holdout_of(csv, model)
     topic = f"bench.uci.{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [topic], PARTITIONS)
@@ -157,6 +160,7 @@ def measure_uci(bootstrap: str, work: Path, csv: Path = UCI_CSV) -> UciResult:
         holdout_clients=len(holdout.loan_ids),
         events=events,
         stream_seconds=seconds,
+        train_seconds=train_seconds,
     )
 
 

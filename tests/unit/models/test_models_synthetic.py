@@ -3,8 +3,6 @@ ordered, valid for the state machine and endless."""
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -33,12 +31,11 @@ def test_latent_risk_drives_misses_and_outcomes() -> None:
     assert (frame.loc[in_arrears, "Payment_History"] == "Missed").all()
 
 
-def test_100k_loans_in_at_most_30_seconds() -> None:
-    started = time.perf_counter()
-    frame, events, outcomes = generate_book(100_000, seed=0)
-    seconds = time.perf_counter() - started
-    assert len(frame) == len(outcomes) == 100_000 and len(events) > 500_000
-    assert seconds <= 30, f"{seconds:.1f} s"
+def test_a_book_has_one_row_and_one_outcome_per_loan_and_many_events() -> None:
+    # How fast 100k loans generate is a benchmark figure (synthetic_100k_seconds, <= 30 s).
+    frame, events, outcomes = generate_book(20_000, seed=0)
+    assert len(frame) == len(outcomes) == 20_000 and len(events) > 100_000
+    assert len({e["loan_id"] for e in events}) == len(outcomes)  # every loan has events
 
 
 def test_live_stream_is_time_ordered_valid_deterministic_and_endless() -> None:
