@@ -59,6 +59,7 @@ from bench.common import (
     wait_ready,
     watch_group_until_done,
 )
+from schemas.client_config import PARTITIONER
 
 DURATION_S = 25.0  # measured
 WARMUP_S = 8.0  # produced first at the same rate, excluded from the percentiles (see above)
@@ -158,7 +159,9 @@ def produce_paced(
     record is when it was handed over, which is where latency is measured from)."""
     from confluent_kafka import Producer
 
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 5, "partitioner": PARTITIONER}
+    )
     # Connected, with the topic's metadata, before the clock starts: the CreateTime of the
     # first events must not include the load generator's own start-up (which, measured, made
     # the first second of a run look like a scorer backlog of half a second).

@@ -44,6 +44,7 @@ from bench.common import (
     watch_group_until_done,
 )
 from bench.latency import encoded_events, make_book
+from schemas.client_config import PARTITIONER
 
 DEFAULT_EVENTS = 300_000
 KILL_AT = 0.30
@@ -59,7 +60,9 @@ class RestartResult:
 
 
 def produce_all(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20})
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "linger.ms": 20, "partitioner": PARTITIONER}
+    )
     for key, value in records:
         while True:
             try:

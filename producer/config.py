@@ -12,7 +12,8 @@ way users know them from any librdkafka or Java client::
     ssl.ca.location=/etc/ssl/certs/bank-ca.pem
 
 The only settings we refuse are the ones that would break per-loan ordering or lose
-acknowledgements (idempotence off, ``acks`` below ``all``, a custom partitioner).
+acknowledgements (idempotence off, ``acks`` below ``all``, another partitioner than the Java
+client's Murmur2, which the batch reference reproduces).
 
 Example::
 
@@ -22,6 +23,8 @@ Example::
 """
 
 from __future__ import annotations
+
+from schemas.client_config import PARTITIONER
 
 # One loader for both packages (they may not import each other); re-exported for the CLI.
 from schemas.client_config import KafkaConfigError as KafkaConfigError
@@ -40,18 +43,20 @@ THROUGHPUT_DEFAULTS: dict[str, str] = {
 REQUIRED: dict[str, str] = {
     "enable.idempotence": "true",
     "acks": "all",
+    "partitioner": PARTITIONER,  # as Java producers do; `score` reproduces it
 }
 _ACKS_ALL = {"all", "-1"}
-# The scorer's batch reference (`loan-recovery score`) reproduces the *default* partitioner.
+# The scorer's batch reference (`loan-recovery score`) reproduces the partitioner set here.
 _FORBIDDEN = ("partitioner", "partitioner_cb", "transactional.id")
 
 
 def check_user_config(user: dict[str, str], source: str = "--kafka-config") -> None:
     """Raise :class:`KafkaConfigError` if ``user`` weakens the producer's guarantees."""
     for key in _FORBIDDEN:
-        if key in user:
+        if key in user and not (key == "partitioner" and user[key] == PARTITIONER):
             raise KafkaConfigError(
-                f"{source}: remove '{key}': the producer must use the default partitioner and "
+                f"{source}: remove '{key}': the producer must use {PARTITIONER} (the Java "
+                "default) and "
                 "no transactions, so that `loan-recovery score` reproduces the stream exactly"
             )
     if str(user.get("enable.idempotence", "true")).lower() != "true":

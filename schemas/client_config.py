@@ -57,3 +57,9 @@ def _split_property(line: str) -> tuple[str, str, str]:
         return line, "", ""
     i = min(positions)
     return line[:i].strip(), line[i], line[i + 1 :].strip()
+
+
+# Which partition a keyed record goes to, shared by every producer of loan events here (the
+# event producer, the test and bench producers) and reproduced by `consumer.partitioning`:
+# librdkafka's Java-compatible Murmur2, the Java client's default.
+PARTITIONER = "murmur2_random"

@@ -1,7 +1,8 @@
 """The batch reference (`loan-recovery score`) must put every loan on the partition the producer
-really sends it to. The producer uses librdkafka's default partitioner (``consistent_random``:
-CRC32 of the key modulo the partition count, for keyed messages); the scorer reproduces it in
-``consumer.partitioning.partition_for``. This checks the two against the broker."""
+really sends it to. The producer uses librdkafka's ``murmur2_random`` (the Java client's default:
+Murmur2 of the key, made positive, modulo the partition count); the scorer reproduces it in
+``consumer.partitioning.partition_for``. This checks the two against the broker, and that a plain
+librdkafka producer with that setting (what a Java outbox does by default) agrees."""
 
 from __future__ import annotations
 
@@ -41,5 +42,31 @@ def test_scorer_partitioning_matches_the_producer(bootstrap_servers: str, make_t
         seen = partitions_on_broker(bootstrap_servers, topic, partitions, len(events))
         assert len(seen) == len(events)
         for key, partition in seen.items():
-            assert zlib.crc32(key) % partitions == partition  # librdkafka's consistent_random
             assert partition_for(key.decode(), partitions) == partition, key
+        # Not a tautology: librdkafka's own default (CRC-32) spreads these keys differently.
+        assert any(zlib.crc32(k) % partitions != p for k, p in seen.items())
+
+
+def test_a_plain_murmur2_producer_agrees_with_odd_keys(bootstrap_servers: str, make_topic) -> None:
+    """What a Java outbox sends (the Java default partitioner; librdkafka's murmur2_random is
+    its twin): long, non-ASCII and 1-3 byte keys land where ``partition_for`` says."""
+    from confluent_kafka import Producer
+
+    from consumer.partitioning import partition_for
+    from schemas.client_config import PARTITIONER
+
+    topic = make_topic("partitioning-plain", partitions=6)
+    keys = [f"L{i}".encode() for i in range(200)] + [
+        "prêt-Ünïcødé-€".encode(),
+        b"x" * 5000,
+        b"a",
+        b"ab",
+        b"abc",
+    ]
+    producer = Producer({"bootstrap.servers": bootstrap_servers, "partitioner": PARTITIONER})
+    for key in keys:
+        producer.produce(topic, b"v", key)
+    assert producer.flush(30) == 0
+    seen = partitions_on_broker(bootstrap_servers, topic, 6, len(keys))
+    assert len(seen) == len(keys)
+    assert all(partition_for(key, 6) == partition for key, partition in seen.items())

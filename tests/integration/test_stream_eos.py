@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loan_recovery.broker import free_port
 from producer.admin import create_topics
 from schemas import AvroSerde
+from schemas.client_config import PARTITIONER
 from schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
@@ -241,9 +242,14 @@ def encoded(events: list[dict]) -> list[tuple[bytes, bytes]]:
 def produce(
     bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], rate: float | None = None
 ) -> None:
-    """A plain keyed, idempotent producer with the default partitioner (like `produce`)."""
+    """A plain keyed, idempotent producer partitioning like `produce` (Murmur2, as Java)."""
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        {
+            "bootstrap.servers": bootstrap,
+            "enable.idempotence": True,
+            "linger.ms": 5,
+            "partitioner": PARTITIONER,
+        }
     )
     chunk = 500
     started = time.monotonic()
