@@ -8,7 +8,8 @@ This module only dispatches; each concern has one owner:
 - ``consumer.recovery``: assignment, revocation, loss, changelog restore and parking;
 - ``consumer.processor`` / ``consumer.partition_store``: decode -> apply -> decide, and each
   partition's state (the Kafka-free code `loan-recovery score` shares);
-- ``consumer.serializers``: output records -> Avro bytes and DLQ headers.
+- ``consumer.serializers``: output records -> Avro bytes and DLQ headers;
+- ``consumer.topology``: partition counts and the changelog's compaction, at start and after.
 
 What stays here: signals, the poll loop, a poll's cross-partition batch, the model reload,
 and housekeeping (lag and population gauges, idle exit). Input is read ``read_committed``
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from consumer.checkpoint import CHECKPOINTS, Checkpoint, ClientErrors
 from consumer.config import ServeConfig
@@ -36,6 +37,7 @@ from consumer.processor import BatchResult, PartitionProcessor, Record, decide_t
 from consumer.recovery import ChangelogRestorer, Recovery
 from consumer.runtime import tune_gc_for_streaming
 from consumer.serializers import OutputSerializer
+from consumer.topology import TopologyWatch, start_watch
 from models.serving.contracts import EarlyWarningModel, StrategyPolicy
 
 HOUSEKEEPING_INTERVAL_S = 1.0
@@ -70,6 +72,7 @@ class ScorerApp:
         self._consumer: Consumer | None = None
         self._recovery: Recovery | None = None
         self._checkpoint: Checkpoint | None = None
+        self._topology: TopologyWatch | None = None
 
     def request_stop(self, *_args: int | FrameType | None) -> None:
         self.stopping = True
@@ -103,6 +106,7 @@ class ScorerApp:
 
     def _start(self) -> tuple[Recovery, Checkpoint]:
         cfg = self.config
+        topology = start_watch(cfg.admin_config(), self.topics, cfg.topology_check_s)
         self.metrics.set_model(self.bundle.version)
         self.metrics.set_policy(self.policy.version)
         consumer = Consumer({**cfg.consumer_config(), "error_cb": self.errors.on_client_error})
@@ -125,6 +129,7 @@ class ScorerApp:
             consumer.close()  # not subscribed yet: nobody rebalances
             raise
         self._consumer, self._recovery, self._checkpoint = consumer, recovery, checkpoint
+        self._topology = topology
         recovery.subscribe(checkpoint)
         self.health.partitions = recovery  # what GET /loans reads (consumer.lookup)
         tune_gc_for_streaming()
@@ -269,27 +274,14 @@ class ScorerApp:
         log_event("model_reloaded", version=bundle.version)
 
     def _housekeeping(self, recovery: Recovery, checkpoint: Checkpoint) -> None:
+        if self._topology is not None:
+            self._topology.check_if_due(time.monotonic())
         self._update_lag(recovery, checkpoint)
         self.metrics.set_population(*total_population(recovery.stores.values()))
 
     def _update_lag(self, recovery: Recovery, checkpoint: Checkpoint) -> None:
-        consumer = self._consumer
-        assert consumer is not None
-        lag = {}
-        for partition in list(recovery.processors):
-            tp = TopicPartition(self.topics.events, partition)
-            try:
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            position = checkpoint.positions.get(partition)
-            if position is None:  # nothing processed here yet: from where it will start
-                position = consumer.position([tp])[0].offset
-                if position < 0:
-                    position = low
-            if high >= 0 and position >= 0:
-                lag[partition] = max(0, high - position)
-        self.metrics.set_lag(lag)
+        assert self._consumer is not None
+        self.metrics.set_lag(recovery.input_lag(self._consumer, checkpoint.positions))
 
     def _exit_if_idle(self, recovery: Recovery, now: float) -> None:
         idle = self.config.exit_when_idle_s

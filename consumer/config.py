@@ -86,6 +86,9 @@ class ServeConfig:
     # (a static member does not leave the group on close) keeps its partitions until
     # session.timeout.ms passes, unless it comes back first -- which is the common case.
     static_membership: bool = True
+    # How often the running scorer re-checks partition counts and the changelog's compaction
+    # (consumer.topology); the start-up check always runs.
+    topology_check_s: float = 300.0
 
     def __post_init__(self) -> None:
         for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):

@@ -216,6 +216,25 @@ class Recovery:
         return processor
 
     # -- rebalance callbacks (run inside consumer.consume / close) ------------------------------
+    def input_lag(self, consumer: Consumer, positions: dict[int, int]) -> dict[int, int]:
+        """Records not yet processed per owned partition (``positions``: next offset to
+        process, where known), from the consumer's cached high watermarks."""
+        lag = {}
+        for partition in list(self.processors):
+            tp = TopicPartition(self.topic, partition)
+            try:
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            position = positions.get(partition)
+            if position is None:  # nothing processed here yet: from where it will start
+                position = consumer.position([tp])[0].offset
+                if position < 0:
+                    position = low
+            if high >= 0 and position >= 0:
+                lag[partition] = max(0, high - position)
+        return lag
+
     def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.assign(partitions)
         consumer.pause(partitions)  # no input until its state is restored

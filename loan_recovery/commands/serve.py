@@ -240,33 +240,23 @@ def _load_model_and_policy(model: Path, policy: Path | None) -> tuple[Any, Any]:
 
 
 def _check_topics(config: Any) -> int:
-    """The changelog must exist and be partitioned like the input (a loan's state lives in the
-    changelog partition with its input partition's number). Returns the input's partition
-    count (the loan lookup finds a loan's partition with it)."""
+    """The topics must exist, the changelog be compacted and partitioned like the input, the
+    outputs too (``consumer.topology``). Returns the input's partition count (the loan lookup
+    finds a loan's partition with it)."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
+    from consumer.topology import problems, read_layout
+
     admin = AdminClient({**config.admin_config(), "log_level": 0})
     try:
-        metadata = admin.list_topics(timeout=15)
+        layout = read_layout(admin, config.topics, timeout_s=15.0)
     except KafkaException as error:
         fail(f"cannot reach Kafka at {config.bootstrap_servers} ({error.args[0].str()})")
-    t = config.topics
-    missing = [
-        n
-        for n in (t.events, t.strategy_changes, t.risk_alerts, t.dlq, t.changelog)
-        if n not in metadata.topics
-    ]
-    if missing:
-        fail(
-            f"missing topics {', '.join(missing)}: run `loan-recovery topics create "
-            f"--app-id {t.app_id}`"
-        )
-    n_in = len(metadata.topics[t.events].partitions)
-    n_log = len(metadata.topics[t.changelog].partitions)
-    if n_in != n_log:
-        fail(f"{t.changelog} has {n_log} partitions but {t.events} has {n_in}: they must match")
-    return n_in
+    found = problems(layout, config.topics, expected_partitions=None)
+    if found:
+        fail("; ".join(found))
+    return layout.partitions[config.topics.events]
 
 
 def score(
