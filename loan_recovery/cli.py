@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from loan_recovery.commands import broker, explain, models, produce, serve, topics
+from loan_recovery.commands import broker, dlq, explain, models, produce, serve, topics
 
 app = typer.Typer(
     name="loan-recovery",
@@ -16,6 +16,7 @@ app = typer.Typer(
 )
 app.add_typer(broker.app, name="broker")
 app.add_typer(topics.app, name="topics")
+app.add_typer(dlq.app, name="dlq")
 models.register(app)
 produce.register(app)
 serve.register(app)
