@@ -1,0 +1,206 @@
+"""``simulate``, ``train-strategy`` and ``evaluate``: strategies that learn what recovers money
+(issue 14; docs/STRATEGY.md).
+
+loan-recovery simulate --loans 20000 --seed 1 [--policy FILE] [--run table|random|learned|oracle]
+                       [--model DIR] [--log-out DIR] [--json]
+loan-recovery simulate --loans 20000 --seed 1 --log-out log/ --logging-policy random
+loan-recovery train-strategy --input log/ --out treatment/ [--json]
+loan-recovery evaluate --model treatment/ --policy FILE --input log/ [--json]
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from loan_recovery.commands.common import fail, print_json
+
+if TYPE_CHECKING:
+    from models.serving.policy import Policy
+    from models.strategy.learned import LearnedPolicy
+
+
+class Run(StrEnum):
+    table = "table"
+    random = "random"
+    learned = "learned"
+    oracle = "oracle"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(simulate)
+    app.command("train-strategy")(train_strategy)
+    app.command()(evaluate)
+
+
+def _policy(path: Path | None) -> Policy:
+    from models.serving.policy import Policy, PolicyError
+
+    try:
+        return Policy.load(path)
+    except (PolicyError, ValueError) as error:
+        fail(f"--policy {path}: {error}" if path else str(error))
+
+
+def _learned(model: Path, policy: Policy) -> LearnedPolicy:
+    from models.serving.bundle import BundleError
+    from models.strategy.bundle import load_treatment_bundle, read_metadata
+    from models.strategy.learned import LearnedPolicy
+
+    try:
+        margin = float(read_metadata(model).get("value_hysteresis", 25.0))
+        return LearnedPolicy(load_treatment_bundle(model), policy, margin)
+    except BundleError as error:
+        fail(f"--model {model}: {error}")
+
+
+def simulate(
+    loans: int = typer.Option(..., min=1, help="Loans in the simulated book."),
+    seed: int = typer.Option(0, help="Seed: borrowers and monthly shocks (common random numbers)."),
+    policy_path: Path | None = typer.Option(
+        None, "--policy", help="Policy file (table, tiers, costs). Default: the shipped one."
+    ),
+    run: Run = typer.Option(
+        Run.table,
+        "--run",
+        "--logging-policy",
+        help="Who chooses: the static table, uniform random among allowed (propensity "
+        "1/k), the learned policy (--model) or the oracle that knows the effects.",
+    ),
+    model: Path | None = typer.Option(None, help="Treatment bundle, for --run learned."),
+    horizon: int = typer.Option(12, min=1, help="Months each decision is followed for."),
+    log_out: Path | None = typer.Option(
+        None, help="Write the decision log (decisions.csv, log.json) here."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Run a closed-loop simulated collections book under one policy; print net recovery."""
+    import numpy as np
+
+    from models.strategy.decision_log import write_log
+    from models.strategy.simulator import Book, Choice, SimulatorError
+
+    policy = _policy(policy_path)
+    try:
+        book = Book.generate(loans, seed, policy, horizon=horizon)
+    except SimulatorError as error:
+        fail(str(error))
+    if run is Run.table:
+        choice = book.table_choice()
+    elif run is Run.random:
+        choice = book.random_choice()
+    elif run is Run.oracle:
+        choice = book.greedy_choice(book.oracle_values())
+    else:
+        if model is None:
+            fail("--run learned needs --model DIR (a bundle from `loan-recovery train-strategy`)")
+        strategies = _learned(model, policy).predict(book.x)
+        choice = Choice(strategies, np.ones(len(strategies)))
+    outcome = book.run(choice)
+    summary = {"policy": run.value, "seed": seed, "horizon": horizon, **outcome.summary()}
+    if log_out is not None:
+        try:
+            summary["log"] = str(write_log(log_out, book, outcome, run.value))
+        except OSError as error:
+            fail(f"--log-out {log_out}: cannot write the log ({error.strerror})")
+    if as_json:
+        print_json(summary)
+        return
+    for key in ("net_recovery_per_loan", "recovered_per_loan", "cost_per_loan"):
+        typer.echo(f"{key:>24}: {summary[key]:,.2f}")
+    typer.echo(f"{'write_off_rate':>24}: {summary['write_off_rate']:.4f}")
+    mix = ", ".join(f"{s} {v:.1%}" for s, v in summary["strategy_mix"].items())
+    typer.echo(f"{'strategy mix':>24}: {mix}")
+
+
+def train_strategy(
+    input_path: Path = typer.Option(..., "--input", help="Decision log directory or CSV."),
+    out: Path = typer.Option(..., help="Directory for the treatment-model bundle."),
+    n_estimators: int = typer.Option(100, min=1, help="Trees per strategy's forest."),
+    seed: int = typer.Option(0, help="Forest seed."),
+    margin: float = typer.Option(25.0, min=0, help="The learned policy's value hysteresis."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Fit the treatment model (one forest per strategy) on a decision log; write a bundle."""
+    import hashlib
+
+    from models.strategy.bundle import write_treatment_bundle
+    from models.strategy.decision_log import DecisionLog, DecisionLogError
+    from models.strategy.treatment import TreatmentError, TreatmentModel
+
+    try:
+        log = DecisionLog.read(input_path)
+        model = TreatmentModel(n_estimators=n_estimators, seed=seed).learn(log)
+    except (DecisionLogError, TreatmentError) as error:
+        fail(f"--input {input_path}: {error}")
+    digest = hashlib.sha256(Path(log.source).read_bytes()).hexdigest()[:16]
+    meta = {
+        "training_log": log.source,
+        "training_log_sha256": digest,
+        "decisions": len(log),
+        "logged_propensities": log.propensity is not None,
+        "value_hysteresis": margin,
+        "method": "T-learner, RandomForestRegressor per strategy on net/balance",
+    }
+    try:
+        version = write_treatment_bundle(out, model, meta)
+    except OSError as error:
+        fail(f"--out {out}: cannot write the bundle ({error.strerror})")
+    summary = {"version": version, "out": str(out), **meta}
+    if as_json:
+        print_json(summary)
+    else:
+        typer.echo(f"treatment bundle {version} -> {out} ({len(log)} decisions)")
+
+
+def evaluate(
+    model: Path = typer.Option(..., help="Treatment bundle from `loan-recovery train-strategy`."),
+    policy_path: Path | None = typer.Option(None, "--policy", help="Policy file (tier bounds)."),
+    input_path: Path = typer.Option(..., "--input", help="Decision log (HISTORY) to evaluate on."),
+    bootstrap: int = typer.Option(500, min=10, help="Bootstrap resamples (of loans)."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print the estimates as JSON."),
+) -> None:
+    """Estimate the learned policy's net recovery per loan from a log (IPS, SNIPS, DR, DM)."""
+    from models.strategy.decision_log import DecisionLog, DecisionLogError
+    from models.strategy.evaluation import estimate
+
+    policy = _policy(policy_path)
+    learned = _learned(model, policy)
+    try:
+        log = DecisionLog.read(input_path)
+    except DecisionLogError as error:
+        fail(f"--input {input_path}: {error}")
+    values = learned.model.predict(log.x)
+    candidate = learned.predict(log.x)
+    result = estimate(
+        log.loan_id, log.strategy, log.net, log.propensity, values, candidate, bootstrap, seed
+    )
+    summary = {
+        "candidate": "learned",
+        "decisions": len(log),
+        "logged_policy_net_per_decision": float(log.net.mean()),
+        "propensities": "logged" if log.propensity is not None else "missing",
+        "candidate_agrees_with_log": float((candidate == log.strategy).mean()),
+        "estimates": result,
+    }
+    if log.propensity is not None and bool((log.propensity == 1).all()):
+        summary["warning"] = (
+            "the logging policy was deterministic (every propensity is 1): IPS and DR see "
+            "only the decisions where it agreed with the candidate and are not trustworthy; "
+            "log under a randomised policy (`simulate --logging-policy random`)"
+        )
+    if as_json:
+        print_json(summary)
+        return
+    if "note" in result:
+        typer.echo(f"note: {result['note']}")
+    if "warning" in summary:
+        typer.echo(f"warning: {summary['warning']}")
+    for name in ("ips", "snips", "dr", "dm"):
+        if name in result:
+            e = result[name]
+            typer.echo(f"{name:>6}: {e['value']:,.2f}  95% [{e['low']:,.2f}, {e['high']:,.2f}]")
