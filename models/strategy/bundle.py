@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import skops.io as sio
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
 from models.serving.bundle import BundleError, content_version, sha256_file
 from models.strategy.simulator import FEATURES, STRATEGIES
@@ -114,6 +115,20 @@ def load_treatment_bundle(directory: str | Path) -> TreatmentModel:
         raise
     except Exception as error:  # skops raises many types on corrupt archives
         raise BundleError(f"{path}: cannot be loaded safely ({error}); retrain") from None
+    # skops trusts scikit-learn's own estimators by default: check the archive holds exactly
+    # the shape this module writes, a forest per strategy and an optional forest classifier.
+    arms = state.get("arms") if isinstance(state, dict) else None
+    propensity = state.get("propensity") if isinstance(state, dict) else None
+    if (
+        not isinstance(arms, dict)
+        or set(arms) != set(STRATEGIES)
+        or not all(type(a) is RandomForestRegressor for a in arms.values())
+        or not (propensity is None or type(propensity) is RandomForestClassifier)
+    ):
+        raise BundleError(
+            f"{path}: untrusted content (expected one RandomForestRegressor per strategy and "
+            "an optional RandomForestClassifier); refusing to use it"
+        )
     return TreatmentModel(
         arms=state["arms"], propensity=state["propensity"], horizon=int(meta["horizon"])
     )
