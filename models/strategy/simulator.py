@@ -89,7 +89,6 @@ FEATURES = (
     "prior_method",  # 0 none, else 1 + index in STRATEGIES
 )
 DEFAULT_HORIZON = 12
-ORACLE_REPLICATES = 32
 
 
 class SimulatorError(ModelsError, ValueError):
@@ -286,19 +285,56 @@ class Book:
         masked = np.where(self.allowed, values, -np.inf)
         return Choice(np.argmax(masked, axis=1).astype(np.int64), np.ones(len(self.z)))
 
-    def oracle_values(self, replicates: int = ORACLE_REPLICATES) -> np.ndarray:
-        """The true expected net recovery (loans x strategies) of each strategy, from the
-        effect model over ``replicates`` fresh monthly paths (not the book's own shocks):
-        what an oracle that knows the effects, but not the future, would act on."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 7]))
-        n = len(self.z)
+    def oracle_values(self) -> np.ndarray:
+        """The true expected net recovery (loans x strategies) of each strategy over the
+        horizon, computed exactly from the effect model (not from the book's own shocks): what
+        an oracle that knows the effects, but not the future, acts on.
+
+        A loan's monthly probabilities are constant within its episode, so its state is (open,
+        number of installments paid); the expectation is a forward pass over that count with
+        the same month rules as the simulation (``test_strategy_simulator`` checks it against
+        the mean of simulated paths)."""
+        n, horizon = len(self.z), self.horizon
+        rows = np.arange(n)
         values = np.zeros((n, len(STRATEGIES)))
-        for _ in range(replicates):
-            uniforms = rng.random(self.uniforms.shape)
-            for k in range(len(STRATEGIES)):
-                choice = Choice(np.full(n, k, dtype=np.int64), np.ones(n))
-                values[:, k] += self._simulate(choice, uniforms).net
-        return values / replicates
+        paid = np.arange(horizon + 1)
+        balance = np.maximum(self.col["balance"][:, None] - paid * self.col["emi"][:, None], 0.0)
+        alive = balance > 1e-9
+        collateral_value = self.col["collateral_ratio"] * self.col["balance"]
+        for k, name in enumerate(STRATEGIES):
+            p = {key: value[k, rows][:, None] for key, value in self._probabilities.items()}
+            cure, settle, wo = self._exits(p["cure"], p["settle"], p["write_off"])
+            stay = 1.0 - cure - settle - wo
+            if name == "LEGAL_NOTICE":
+                lump = np.minimum(balance, 0.85 * collateral_value[:, None])
+            else:
+                lump = (0.55 if name == "SETTLEMENT_OFFER" else 0.70) * balance
+            amount = (
+                cure * balance
+                + settle * lump
+                + stay * p["pay"] * np.minimum(self.col["emi"][:, None], balance)
+            )
+            cost = self.policy.costs[name]
+            mass = np.zeros((n, horizon + 1))
+            mass[:, 0] = alive[:, 0]
+            total = np.zeros(n)
+            for _ in range(horizon):
+                total += (mass * ((1 - cost.fee_rate) * amount - cost.per_month)).sum(axis=1)
+                moved = mass * stay * p["pay"]
+                mass = mass * stay * (1 - p["pay"])
+                mass[:, 1:] += moved[:, :-1]
+                mass *= alive
+            values[:, k] = total
+        return values
+
+    @staticmethod
+    def _exits(
+        cure: np.ndarray, settle: np.ndarray, wo: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The monthly exit probabilities, scaled so that exits share at most 90% a month."""
+        total = cure + settle + wo
+        scale = np.where(total > 0.9, 0.9 / total, 1.0)
+        return cure * scale, settle * scale, wo * scale
 
     # --- the monthly loop -----------------------------------------------------------------
     def run(self, choice: Choice) -> Outcome:
@@ -310,11 +346,10 @@ class Book:
         rows = np.arange(n)
         a = choice.strategy
         p = {key: value[a, rows] for key, value in self._probabilities.items()}
-        total = p["cure"] + p["settle"] + p["write_off"]
-        scale = np.where(total > 0.9, 0.9 / total, 1.0)  # exits share at most 90% a month
-        cure_cut = p["cure"] * scale
-        settle_cut = cure_cut + p["settle"] * scale
-        wo_cut = settle_cut + p["write_off"] * scale
+        cure, settle, wo = self._exits(p["cure"], p["settle"], p["write_off"])
+        cure_cut = cure
+        settle_cut = cure_cut + settle
+        wo_cut = settle_cut + wo
         legal = a == STRATEGIES.index("LEGAL_NOTICE")
         offer = a == STRATEGIES.index("SETTLEMENT_OFFER")
         collateral_value = self.col["collateral_ratio"] * self.col["balance"]

@@ -45,7 +45,7 @@ def test_the_random_logging_policy_is_uniform_among_the_allowed(book) -> None:
 
 
 def test_effects_are_heterogeneous_as_documented(book) -> None:
-    values = book.oracle_values(replicates=8)
+    values = book.oracle_values()
     col = book.col
     shocked_big = (col["income_ratio"] < 0.75) & (col["balance"] > 8000)
     steady_small = (col["income_ratio"] > 0.8) & (col["balance"] < 4000)
@@ -94,3 +94,18 @@ def test_the_log_round_trips_and_bad_cells_are_named(book, tmp_path: Path) -> No
         DecisionLog.read(tmp_path / "bad.csv")
     frame.drop(columns=["propensity"]).to_csv(tmp_path / "nop.csv", index=False)
     assert DecisionLog.read(tmp_path / "nop.csv").propensity is None
+
+
+def test_the_oracle_values_are_the_expectation_of_simulated_paths() -> None:
+    small = Book.generate(200, seed=8, policy=POLICY)
+    exact = small.oracle_values()
+    rng = np.random.default_rng(0)
+    simulated = np.zeros_like(exact)
+    replicates = 300
+    for _ in range(replicates):
+        uniforms = rng.random(small.uniforms.shape)
+        for k in range(len(STRATEGIES)):
+            choice = Choice(np.full(200, k), np.ones(200))
+            simulated[:, k] += small._simulate(choice, uniforms).net / replicates
+    assert np.allclose(simulated.mean(axis=0), exact.mean(axis=0), rtol=0.02)
+    assert min(np.corrcoef(simulated[:, k], exact[:, k])[0, 1] for k in range(6)) > 0.98
