@@ -53,3 +53,23 @@ def test_tier_bounds_follow_the_table() -> None:
     assert allowed["HIGH"][-1] == "LEGAL_NOTICE"
     assert "LEGAL_NOTICE" not in allowed["MODERATE"] and "DEBT_COLLECTOR" not in allowed["MODERATE"]
     assert set(allowed["LOW"]) == {"AUTOMATED_REMINDER", "CALL"}
+
+
+def test_the_strategy_modules_docstring_examples_run() -> None:
+    import doctest
+    import importlib
+
+    for name in (
+        "serving.costs",
+        "strategy.rules",
+        "strategy.simulator",
+        "strategy.decision_log",
+        "strategy.learned",
+        "strategy.evaluation",
+        "strategy.treatment",
+        "strategy.bundle",
+    ):
+        module = importlib.import_module(f"models.{name}")
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, f"models.{name}: {result.failed} docstring example(s) failed"
+        assert result.attempted > 0, f"models.{name} has no runnable example"
