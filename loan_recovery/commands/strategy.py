@@ -97,7 +97,14 @@ def simulate(
     else:
         if model is None:
             fail("--run learned needs --model DIR (a bundle from `loan-recovery train-strategy`)")
-        strategies = _learned(model, policy).predict(book.x)
+        learned = _learned(model, policy)
+        if learned.model.horizon and learned.model.horizon != horizon:
+            fail(
+                f"--horizon {horizon}: the treatment model at {model} predicts net recovery "
+                f"over {learned.model.horizon} months; simulate with --horizon "
+                f"{learned.model.horizon} or retrain on a {horizon}-month log"
+            )
+        strategies = learned.predict(book.x)
         choice = Choice(strategies, np.ones(len(strategies)))
     outcome = book.run(choice)
     summary = {"policy": run.value, "seed": seed, "horizon": horizon, **outcome.summary()}
@@ -174,6 +181,12 @@ def evaluate(
         log = DecisionLog.read(input_path)
     except DecisionLogError as error:
         fail(f"--input {input_path}: {error}")
+    if log.horizon and learned.model.horizon and log.horizon != learned.model.horizon:
+        fail(
+            f"--input {input_path}: the log follows each decision for {log.horizon} months but "
+            f"the model at {model} predicts {learned.model.horizon} months; evaluate on a log "
+            "of the same horizon"
+        )
     values = learned.model.predict(log.x)
     candidate = learned.predict(log.x)
     result = estimate(

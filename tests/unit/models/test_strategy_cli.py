@@ -55,6 +55,9 @@ def test_simulate_train_and_evaluate_through_the_cli(tmp_path: Path) -> None:
     learned = _json("simulate", "--loans", "800", "--seed", "4", "--run", "learned",
                     "--model", str(model))  # fmt: skip
     assert learned["policy"] == "learned" and learned["loans"] == 800
+    short = run_cli("simulate", "--loans", "10", "--run", "learned", "--model", str(model),
+                    "--horizon", "6")  # fmt: skip
+    assert short.returncode == 2 and "--horizon 6: the treatment model" in short.stderr
     evaluated = _json("evaluate", "--model", str(model), "--input", str(log), "--bootstrap", "50")
     assert set(evaluated["estimates"]) == {"ips", "snips", "dr", "dm"}
     for estimate in evaluated["estimates"].values():
