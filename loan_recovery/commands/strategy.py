@@ -19,8 +19,11 @@ import typer
 from loan_recovery.commands.common import fail, print_json
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from models.serving.policy import Policy
     from models.strategy.learned import LearnedPolicy
+    from models.strategy.simulator import Book, Choice
 
 
 class Run(StrEnum):
@@ -28,6 +31,7 @@ class Run(StrEnum):
     random = "random"
     learned = "learned"
     oracle = "oracle"
+    experiment = "experiment"
 
 
 def register(app: typer.Typer) -> None:
@@ -45,16 +49,24 @@ def _policy(path: Path | None) -> Policy:
         fail(f"--policy {path}: {error}" if path else str(error))
 
 
-def _learned(model: Path, policy: Policy) -> LearnedPolicy:
+def _learned(model: Path, policy: Policy, horizon: int | None = None) -> LearnedPolicy:
     from models.serving.bundle import BundleError
     from models.strategy.bundle import load_treatment_bundle, read_metadata
     from models.strategy.learned import LearnedPolicy
 
     try:
         margin = float(read_metadata(model).get("value_hysteresis", 25.0))
-        return LearnedPolicy(load_treatment_bundle(model), policy, margin)
+        learned = LearnedPolicy(load_treatment_bundle(model), policy, margin)
     except BundleError as error:
         fail(f"--model {model}: {error}")
+    trained = learned.model.horizon
+    if horizon is not None and trained and trained != horizon:
+        fail(
+            f"--horizon {horizon}: the treatment model at {model} predicts net recovery over "
+            f"{trained} months; simulate with --horizon {trained} or retrain on a "
+            f"{horizon}-month log"
+        )
+    return learned
 
 
 def simulate(
@@ -68,7 +80,8 @@ def simulate(
         "--run",
         "--logging-policy",
         help="Who chooses: the static table, uniform random among allowed (propensity "
-        "1/k), the learned policy (--model) or the oracle that knows the effects.",
+        "1/k), the learned policy (--model), the oracle that knows the effects, or the "
+        "policy file's experiment (champion/challenger arms by loan hash).",
     ),
     model: Path | None = typer.Option(None, help="Treatment bundle, for --run learned."),
     horizon: int = typer.Option(12, min=1, help="Months each decision is followed for."),
@@ -88,7 +101,7 @@ def simulate(
         book = Book.generate(loans, seed, policy, horizon=horizon)
     except SimulatorError as error:
         fail(str(error))
-    if run is Run.table:
+    if run is Run.table or run is Run.experiment:
         choice = book.table_choice()
     elif run is Run.random:
         choice = book.random_choice()
@@ -97,20 +110,25 @@ def simulate(
     else:
         if model is None:
             fail("--run learned needs --model DIR (a bundle from `loan-recovery train-strategy`)")
-        learned = _learned(model, policy)
-        if learned.model.horizon and learned.model.horizon != horizon:
-            fail(
-                f"--horizon {horizon}: the treatment model at {model} predicts net recovery "
-                f"over {learned.model.horizon} months; simulate with --horizon "
-                f"{learned.model.horizon} or retrain on a {horizon}-month log"
-            )
-        strategies = learned.predict(book.x)
+        strategies = _learned(model, policy, horizon).predict(book.x)
         choice = Choice(strategies, np.ones(len(strategies)))
+    arms, experiment_id = None, None
+    if run is Run.experiment:
+        choice, arms, experiment_id = _experiment_choice(book, policy_path, policy, model, horizon)
     outcome = book.run(choice)
     summary = {"policy": run.value, "seed": seed, "horizon": horizon, **outcome.summary()}
+    if arms is not None:
+        summary["arms"] = {
+            name: {
+                "loans": int((arms == name).sum()),
+                "net_recovery_per_loan": float(outcome.net[arms == name].mean()),
+            }
+            for name in dict.fromkeys(arms.tolist())
+        }
     if log_out is not None:
         try:
-            summary["log"] = str(write_log(log_out, book, outcome, run.value))
+            path = write_log(log_out, book, outcome, run.value, arms, experiment_id)
+            summary["log"] = str(path)
         except OSError as error:
             fail(f"--log-out {log_out}: cannot write the log ({error.strerror})")
     if as_json:
@@ -121,6 +139,28 @@ def simulate(
     typer.echo(f"{'write_off_rate':>24}: {summary['write_off_rate']:.4f}")
     mix = ", ".join(f"{s} {v:.1%}" for s, v in summary["strategy_mix"].items())
     typer.echo(f"{'strategy mix':>24}: {mix}")
+
+
+def _experiment_choice(
+    book: Book, policy_path: Path | None, policy: Policy, model: Path | None, horizon: int
+) -> tuple[Choice, np.ndarray, str]:
+    from models.serving.policy import DEFAULT_POLICY
+    from models.strategy.arms import Experiment, ExperimentError, experiment_choice
+    from models.strategy.simulator import Choice
+
+    try:
+        experiment = Experiment.load(policy_path or DEFAULT_POLICY)
+    except ExperimentError as error:
+        fail(str(error))
+    if experiment is None:
+        fail(f"--policy {policy_path}: no experiment: section; --run experiment needs one")
+    picks = {"table": book.table_choice().strategy}
+    if any(arm.policy == "learned" for arm in experiment.arms):
+        if model is None:
+            fail("the experiment has a learned arm: give --model DIR")
+        picks["learned"] = _learned(model, policy, horizon).predict(book.x)
+    strategy, propensity, arms = experiment_choice(book.loan_ids, book.allowed, experiment, picks)
+    return Choice(strategy, propensity), arms, experiment.id
 
 
 def train_strategy(
@@ -192,8 +232,15 @@ def evaluate(
     result = estimate(
         log.loan_id, log.strategy, log.net, log.propensity, values, candidate, bootstrap, seed
     )
+    if log.arm is not None:
+        from models.strategy.evaluation import compare_arms
+
+        arms = compare_arms(log.loan_id, log.arm, log.net, bootstrap, seed)
+    else:
+        arms = None
     summary = {
         "candidate": "learned",
+        "arms": arms,
         "decisions": len(log),
         "logged_policy_net_per_decision": float(log.net.mean()),
         "propensities": "logged" if log.propensity is not None else "missing",
@@ -213,6 +260,11 @@ def evaluate(
         typer.echo(f"note: {result['note']}")
     if "warning" in summary:
         typer.echo(f"warning: {summary['warning']}")
+    for name, arm in (arms or {}).items():
+        typer.echo(
+            f"arm {name}: {arm['value']:,.2f} per loan  95% [{arm['low']:,.2f}, "
+            f"{arm['high']:,.2f}]  ({int(arm['loans'])} loans, realised)"
+        )
     for name in ("ips", "snips", "dr", "dm"):
         if name in result:
             e = result[name]

@@ -52,6 +52,7 @@ class DecisionLog:
     cost: np.ndarray
     horizon: int
     source: str = ""
+    arm: np.ndarray | None = None  # experiment arm per decision, when the log has one
 
     def __len__(self) -> int:
         return len(self.net)
@@ -117,19 +118,30 @@ class DecisionLog:
             cost=frame["cost"].to_numpy(dtype=float),
             horizon=horizon,
             source=str(csv),
+            arm=frame["arm"].astype(str).to_numpy() if "arm" in frame.columns else None,
         )
 
 
-def write_log(directory: str | Path, book: Book, outcome: Outcome, logging_policy: str) -> Path:
-    """Write ``outcome`` (one decision per loan of ``book``) as a decision log directory."""
+def write_log(
+    directory: str | Path,
+    book: Book,
+    outcome: Outcome,
+    logging_policy: str,
+    arms: np.ndarray | None = None,
+    experiment_id: str | None = None,
+) -> Path:
+    """Write ``outcome`` (one decision per loan of ``book``) as a decision log directory;
+    ``arms`` (one experiment arm name per loan) adds the ``arm`` column."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(book.x, columns=list(FEATURES))
-    frame.insert(0, "loan_id", [f"SIM{book.seed}-{i:07d}" for i in range(len(frame))])
+    frame.insert(0, "loan_id", book.loan_ids)
     frame["tier"] = book.tier
     frame["segment"] = book.segment
     frame["strategy"] = np.array(STRATEGIES)[outcome.choice.strategy]
     frame["propensity"] = outcome.choice.propensity
+    if arms is not None:
+        frame["arm"] = arms
     frame["recovered"] = outcome.recovered
     frame["cost"] = outcome.cost
     frame["net"] = outcome.net
@@ -142,6 +154,7 @@ def write_log(directory: str | Path, book: Book, outcome: Outcome, logging_polic
         "seed": book.seed,
         "policy_version": book.policy.version,
         "loans": len(frame),
+        "experiment_id": experiment_id,
     }
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return path

@@ -260,6 +260,11 @@ class Book:
             "pay": _sigmoid(pay),
         }
 
+    @property
+    def loan_ids(self) -> list[str]:
+        """The loans' ids (``SIM<seed>-<n>``): what arm assignment hashes and the log keys."""
+        return [f"SIM{self.seed}-{i:07d}" for i in range(len(self.z))]
+
     # --- choosers -------------------------------------------------------------------------
     def table_choice(self) -> Choice:
         """The static tier x segment table (``policy.matrix``), deterministic."""

@@ -62,6 +62,28 @@ def test_simulate_train_and_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert set(evaluated["estimates"]) == {"ips", "snips", "dr", "dm"}
     for estimate in evaluated["estimates"].values():
         assert estimate["low"] <= estimate["value"] <= estimate["high"]
+    # An experiment: champion table / challenger learned arms, logged and compared.
+    data = yaml.safe_load(DEFAULT_POLICY.read_text())
+    data["experiment"] = {
+        "id": "t1",
+        "arms": [
+            {"name": "champion", "policy": "table", "share": 0.5},
+            {"name": "challenger", "policy": "learned", "share": 0.5, "epsilon": 0.2},
+        ],
+    }
+    policy = tmp_path / "experiment.yaml"
+    policy.write_text(yaml.safe_dump(data))
+    run = _json(
+        "simulate", "--loans", "1000", "--seed", "5", "--policy", str(policy),
+        "--run", "experiment", "--model", str(model), "--log-out", str(tmp_path / "x"),
+    )  # fmt: skip
+    assert set(run["arms"]) == {"champion", "challenger"}
+    assert set(pd.read_csv(tmp_path / "x" / "decisions.csv")["arm"]) == {"champion", "challenger"}
+    compared = _json("evaluate", "--model", str(model), "--input", str(tmp_path / "x"),
+                     "--policy", str(policy), "--bootstrap", "50")  # fmt: skip
+    for name in ("champion", "challenger"):
+        realised = compared["arms"][name]["value"]
+        assert realised == pytest.approx(run["arms"][name]["net_recovery_per_loan"])
     # Without propensities only the direct method is possible, and the command says so.
     frame.drop(columns=["propensity"]).to_csv(tmp_path / "nop.csv", index=False)
     plain = run_cli("evaluate", "--model", str(model), "--input", str(tmp_path / "nop.csv"))

@@ -62,6 +62,7 @@ def test_the_strategy_modules_docstring_examples_run() -> None:
     for name in (
         "serving.costs",
         "strategy.rules",
+        "strategy.arms",
         "strategy.simulator",
         "strategy.decision_log",
         "strategy.learned",
