@@ -169,6 +169,9 @@ def train_strategy(
     n_estimators: int = typer.Option(100, min=1, help="Trees per strategy's forest."),
     seed: int = typer.Option(0, help="Forest seed."),
     margin: float = typer.Option(25.0, min=0, help="The learned policy's value hysteresis."),
+    holdout: float = typer.Option(
+        0.2, min=0.0, max=0.9, help="Share of loans held out (split by loan) for the metrics."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Fit the treatment model (one forest per strategy) on a decision log; write a bundle."""
@@ -180,7 +183,8 @@ def train_strategy(
 
     try:
         log = DecisionLog.read(input_path)
-        model = TreatmentModel(n_estimators=n_estimators, seed=seed).learn(log)
+        train, test = log.split_by_loan(holdout, seed) if holdout > 0 else (log, None)
+        model = TreatmentModel(n_estimators=n_estimators, seed=seed).learn(train)
     except (DecisionLogError, TreatmentError) as error:
         fail(f"--input {input_path}: {error}")
     digest = hashlib.sha256(Path(log.source).read_bytes()).hexdigest()[:16]
@@ -188,6 +192,9 @@ def train_strategy(
         "training_log": log.source,
         "training_log_sha256": digest,
         "decisions": len(log),
+        "trained_on_decisions": len(train),
+        "holdout": holdout,
+        "holdout_metrics": model.score(test) if test is not None else None,
         "logged_propensities": log.propensity is not None,
         "value_hysteresis": margin,
         "method": "T-learner, RandomForestRegressor per strategy on net/balance",
@@ -200,7 +207,12 @@ def train_strategy(
     if as_json:
         print_json(summary)
     else:
-        typer.echo(f"treatment bundle {version} -> {out} ({len(log)} decisions)")
+        typer.echo(f"treatment bundle {version} -> {out} ({len(train)} decisions)")
+        for name, m in (meta["holdout_metrics"] or {}).items():
+            typer.echo(
+                f"{name:>20}: holdout R2 {m['r2']:.3f}, predicted {m['mean_predicted']:,.0f} "
+                f"vs realised {m['mean_realised']:,.0f} ({int(m['decisions'])} decisions)"
+            )
 
 
 def evaluate(

@@ -57,6 +57,29 @@ class DecisionLog:
     def __len__(self) -> int:
         return len(self.net)
 
+    def subset(self, rows: np.ndarray) -> DecisionLog:
+        """The decisions at ``rows`` (indices or a mask)."""
+        return DecisionLog(
+            loan_id=self.loan_id[rows],
+            x=self.x[rows],
+            strategy=self.strategy[rows],
+            propensity=None if self.propensity is None else self.propensity[rows],
+            net=self.net[rows],
+            recovered=self.recovered[rows],
+            cost=self.cost[rows],
+            horizon=self.horizon,
+            source=self.source,
+            arm=None if self.arm is None else self.arm[rows],
+        )
+
+    def split_by_loan(self, holdout: float, seed: int) -> tuple[DecisionLog, DecisionLog]:
+        """(train, holdout): a seeded split of the loans, every decision of a loan on one side."""
+        from sklearn.model_selection import GroupShuffleSplit
+
+        split = GroupShuffleSplit(n_splits=1, test_size=holdout, random_state=seed)
+        train, test = next(split.split(self.x, groups=self.loan_id))
+        return self.subset(train), self.subset(test)
+
     @classmethod
     def read(cls, path: str | Path) -> DecisionLog:
         """Read a log directory (or its ``decisions.csv``) and validate every column."""

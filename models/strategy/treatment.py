@@ -114,6 +114,27 @@ class TreatmentModel:
         balance = np.maximum(x[:, BALANCE], 1.0)
         return np.column_stack([self.arms[s].predict(x) * balance for s in STRATEGIES])
 
+    def score(self, log: DecisionLog) -> dict[str, dict[str, float]]:
+        """Per strategy on a log the model never saw: decisions, R^2 of the predicted net
+        recovery of the logged strategy, and mean predicted vs mean realised net (calibration
+        of the level the policy's argmax compares)."""
+        predicted = self.predict(log.x)[np.arange(len(log)), log.strategy]
+        report: dict[str, dict[str, float]] = {}
+        for k, name in enumerate(STRATEGIES):
+            rows = log.strategy == k
+            if not rows.any():
+                continue
+            realised, guess = log.net[rows], predicted[rows]
+            spread = ((realised - realised.mean()) ** 2).sum()
+            r2 = 1 - ((realised - guess) ** 2).sum() / spread if spread > 0 else float("nan")
+            report[name] = {
+                "decisions": float(rows.sum()),
+                "r2": float(r2),
+                "mean_predicted": float(guess.mean()),
+                "mean_realised": float(realised.mean()),
+            }
+        return report
+
     def predict_propensity(self, x: np.ndarray, strategy: np.ndarray) -> np.ndarray:
         """Estimated P(logged strategy | state), floored at 1e-3 (needs the propensity model)."""
         if self.propensity is None:

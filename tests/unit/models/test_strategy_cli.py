@@ -52,6 +52,8 @@ def test_simulate_train_and_evaluate_through_the_cli(tmp_path: Path) -> None:
     trained = _json("train-strategy", "--input", str(log), "--out", str(model),
                     "--n-estimators", "20")  # fmt: skip
     assert trained["logged_propensities"] is True and (model / "treatment.skops").exists()
+    held_out = sum(m["decisions"] for m in trained["holdout_metrics"].values())
+    assert held_out == 1000 - trained["trained_on_decisions"] and 150 < held_out < 250
     learned = _json("simulate", "--loans", "800", "--seed", "4", "--run", "learned",
                     "--model", str(model))  # fmt: skip
     assert learned["policy"] == "learned" and learned["loans"] == 800
