@@ -148,12 +148,16 @@ def _experiment_choice(
     from models.strategy.arms import Experiment, ExperimentError, experiment_choice
     from models.strategy.simulator import Choice
 
+    source = policy_path or DEFAULT_POLICY
     try:
-        experiment = Experiment.load(policy_path or DEFAULT_POLICY)
+        experiment = Experiment.load(source)
     except ExperimentError as error:
         fail(str(error))
     if experiment is None:
-        fail(f"--policy {policy_path}: no experiment: section; --run experiment needs one")
+        fail(
+            f"--policy {source}: no experiment: section; --run experiment needs one "
+            "(see the commented example in models/serving/default_policy.yaml)"
+        )
     picks = {"table": book.table_choice().strategy}
     if any(arm.policy == "learned" for arm in experiment.arms):
         if model is None:

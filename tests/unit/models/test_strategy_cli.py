@@ -100,6 +100,8 @@ def test_bad_inputs_fail_with_one_clear_line(tmp_path: Path) -> None:
     policy.write_text(yaml.safe_dump(data))
     done = run_cli("simulate", "--loans", "10", "--policy", str(policy))
     assert done.returncode == 2 and "costs.CALL.fee_rate: 2" in done.stderr
+    done = run_cli("simulate", "--loans", "10", "--run", "experiment")
+    assert done.returncode == 2 and "default_policy.yaml: no experiment: section" in done.stderr
     done = run_cli("simulate", "--loans", "10", "--run", "learned")
     assert done.returncode == 2 and "--run learned needs --model" in done.stderr
     done = run_cli("train-strategy", "--input", str(tmp_path), "--out", str(tmp_path / "m"))
