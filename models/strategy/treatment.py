@@ -9,10 +9,11 @@ Why, and the evidence:
 
 - The decision needs the level of each arm's value (argmax of expected net), not only the
   contrast to a control, so each arm's outcome surface is the object of interest; T-learners
-  estimate exactly those. With a randomised logging policy every arm has thousands of
-  decisions across the state space (the simulated acceptance log: >= 1/6 of 20k loans per arm
-  in every tier where it is allowed), which is the regime where Künzel et al. (2019, PNAS,
-  "Metalearners for estimating heterogeneous treatment effects") find T-learners competitive;
+  estimate exactly those. With a randomised logging policy every arm has hundreds to
+  thousands of decisions across the state space (the simulated acceptance log: at least 1/6 of
+  a tier's loans per allowed arm; the rarest, LEGAL_NOTICE, about 700 of 16k), which is the
+  regime where Künzel et al. (2019, PNAS, "Metalearners for estimating heterogeneous treatment
+  effects") find T-learners competitive;
   an S-learner forest, where the strategy is one column among eleven, is known to shrink
   treatment effects towards zero when they are heterogeneous (the same paper, §4), and the
   effects here are arm-specific interactions (settlement x income shock, legal x collateral).
