@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from loan_recovery.commands import broker, dlq, explain, models, produce, serve, topics
+from loan_recovery.commands import broker, dlq, explain, models, produce, serve, strategy, topics
 
 app = typer.Typer(
     name="loan-recovery",
@@ -21,6 +21,7 @@ models.register(app)
 produce.register(app)
 serve.register(app)
 explain.register(app)
+strategy.register(app)
 
 if __name__ == "__main__":
     app()

@@ -16,13 +16,14 @@ key is wrong and how to fix it.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from models.errors import ModelsError
+from models.serving.costs import StrategyCost, parse_costs
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 TIERS = ("HIGH", "MODERATE", "LOW")
@@ -51,6 +52,7 @@ class Policy:
     priorities: dict[str, int]
     matrix: dict[str, dict[str, str]]
     path: str = ""
+    costs: dict[str, StrategyCost] = field(default_factory=dict)  # models.serving.costs
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Policy:
@@ -144,8 +146,16 @@ class Policy:
         if extra := set(matrix) - set(TIERS):
             raise fail("matrix", f"unknown tier(s) {sorted(extra)}; use {', '.join(TIERS)}")
         full_version = f"{version}+{digest}" if digest else version
+        costs = parse_costs(data.get("costs"), priorities, source)
         return cls(
-            full_version, float(high), float(moderate), float(margin), priorities, clean, source
+            full_version,
+            float(high),
+            float(moderate),
+            float(margin),
+            priorities,
+            clean,
+            source,
+            costs,
         )
 
     def tier(self, score: float) -> str:
