@@ -148,7 +148,16 @@ def _start(*args: str) -> subprocess.Popen:
     )
 
 
-def _stop(process: subprocess.Popen, signum: int, after_s: float) -> tuple[int, str, str]:
+def _stop(
+    process: subprocess.Popen, signum: int, after_s: float, bootstrap: str, topic: str
+) -> tuple[int, str, str]:
+    """Signal ``process`` ``after_s`` seconds after its first record reached ``topic``: on a
+    busy machine the interpreter's start-up alone can outlast a fixed sleep, and a signal
+    during the imports tests nothing of the producer."""
+    deadline = time.monotonic() + 120
+    while topic_count(bootstrap, topic) == 0 and process.poll() is None:
+        assert time.monotonic() < deadline, "the producer sent nothing within 120 s"
+        time.sleep(0.2)
     time.sleep(after_s)
     process.send_signal(signum)
     try:
@@ -179,7 +188,7 @@ def test_live_synthetic_stream_stops_on_sigterm_and_flushes(
         topic,
         "--json",
     )
-    code, out, err = _stop(process, signal.SIGTERM, after_s=4.0)
+    code, out, err = _stop(process, signal.SIGTERM, 2.0, bootstrap_servers, topic)
     assert code == 0, err  # stopping a live stream is its normal end
     summary = json.loads(out)
     assert summary["interrupted"] and summary["ok"] and summary["seed"] == 3
@@ -204,7 +213,7 @@ def test_interrupted_replay_reports_and_exits_130(
         "300",
         "--json",
     )
-    code, out, err = _stop(process, signal.SIGINT, after_s=3.0)
+    code, out, err = _stop(process, signal.SIGINT, 1.0, bootstrap_servers, topic)
     assert code == 130, err
     summary = json.loads(out)
     assert summary["interrupted"] and summary["failed"] == summary["rejected"] == 0
