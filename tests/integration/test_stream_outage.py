@@ -10,7 +10,9 @@ The cluster is ``loan_recovery.broker.LocalCluster`` (3 combined KRaft nodes, re
 min ISR 2), started for this module and stopped after it. To be sure the scorer has work in
 flight when the brokers go (the test's producer cannot write either), it is paused (SIGSTOP)
 while the rest of the input is produced and the brokers are killed, then continued: its
-backlog on the surviving broker's partitions opens a transaction that cannot commit.
+backlog on the surviving broker's partitions opens a transaction that cannot commit. To keep
+the module short, scorers that need the same outage share it (each on its own topics and
+group): both guarantees in one, the patience and the SIGTERM scorers in another.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -85,26 +87,27 @@ def small_book(tmp_path_factory, trained_model: Path) -> dict:
 
 
 @pytest.fixture
-def topics(cluster: LocalCluster, unique_name) -> Topics:
-    app = unique_name("outage")
-    t = Topics(
-        events=f"{app}.events",
-        strategy_changes=f"{app}.changes",
-        risk_alerts=f"{app}.alerts",
-        dlq=f"{app}.dlq",
-        app_id=app,
-    )
-    create_topics(cluster.bootstrap_servers, t, partitions=PARTITIONS)  # replication 3, ISR 2
-    return t
+def new_topics(cluster: LocalCluster, unique_name) -> Callable[[], Topics]:
+    def create() -> Topics:
+        app = unique_name("outage")
+        t = Topics(
+            events=f"{app}.events",
+            strategy_changes=f"{app}.changes",
+            risk_alerts=f"{app}.alerts",
+            dlq=f"{app}.dlq",
+            app_id=app,
+        )
+        create_topics(cluster.bootstrap_servers, t, partitions=PARTITIONS)  # RF 3, min ISR 2
+        return t
+
+    return create
 
 
 @pytest.fixture
-def scorer_factory(
-    cluster: LocalCluster, trained_model: Path, topics: Topics, tmp_path: Path
-) -> Iterator:
+def scorer_factory(cluster: LocalCluster, trained_model: Path, tmp_path: Path) -> Iterator:
     started: list[Scorer] = []
 
-    def start(instance: str | None = None, **flags: str) -> Scorer:
+    def start(topics: Topics, instance: str | None = None, **flags: str) -> Scorer:
         properties = tmp_path / "client.properties"
         properties.write_text("")
         scorer = Scorer(
@@ -134,7 +137,7 @@ def _get(scorer: Scorer, path: str) -> tuple[int, str]:
 
 def _survivor(cluster: LocalCluster, topic: str) -> int:
     """The node leading most of ``topic``'s partitions: it stays up, so the paused scorer
-    finds a backlog it can read but not commit."""
+    finds a backlog it can read but not commit (every node leads some of each topic)."""
     metadata = AdminClient({"bootstrap.servers": cluster.bootstrap_servers}).list_topics(
         topic, timeout=30
     )
@@ -143,24 +146,29 @@ def _survivor(cluster: LocalCluster, topic: str) -> int:
 
 
 def _outage_with_work_in_flight(
-    cluster: LocalCluster, scorer: Scorer, topics: Topics, events: list[dict]
+    cluster: LocalCluster, runs: list[tuple[Scorer, Topics]], events: list[dict]
 ) -> list[int]:
-    """Score the first 30 %, pause the scorer, produce the rest, kill all nodes but the
-    survivor, continue the scorer; the killed node ids."""
+    """Each scorer scores the first 30 % of its topic; all are paused, the rest is produced,
+    all nodes but the survivor are killed, the scorers continue; the killed node ids."""
     records = encoded(events)
     cut = len(records) * 3 // 10
-    produce(cluster.bootstrap_servers, topics.events, records[:cut])
-    scorer.wait_for(lambda: scorer.total("loanrec_events_total") >= cut, 120, "the first 30 %")
-    scorer.wait_for(lambda: _get(scorer, "/readyz")[0] == 200, 60, "ready")
-    survivor = _survivor(cluster, topics.events)
-    os.killpg(scorer.process.pid, signal.SIGSTOP)
+    for _, topics in runs:
+        produce(cluster.bootstrap_servers, topics.events, records[:cut])
+    for scorer, _ in runs:
+        scorer.wait_for(lambda s=scorer: s.total("loanrec_events_total") >= cut, 120, "30 %")
+        scorer.wait_for(lambda s=scorer: _get(s, "/readyz")[0] == 200, 60, "ready")
+    survivor = _survivor(cluster, runs[0][1].events)
+    for scorer, _ in runs:
+        os.killpg(scorer.process.pid, signal.SIGSTOP)
     try:
-        produce(cluster.bootstrap_servers, topics.events, records[cut:])
+        for _, topics in runs:
+            produce(cluster.bootstrap_servers, topics.events, records[cut:])
         killed = [node.node_id for node in cluster.nodes if node.node_id != survivor]
         for node_id in killed:
             cluster.kill(node_id)
     finally:
-        os.killpg(scorer.process.pid, signal.SIGCONT)
+        for scorer, _ in runs:
+            os.killpg(scorer.process.pid, signal.SIGCONT)
     return killed
 
 
@@ -187,103 +195,112 @@ def last_strategies(changes: list[dict]) -> dict[str, str]:
     return last
 
 
-@pytest.mark.parametrize("guarantee", ["exactly-once", "at-least-once"])
-def test_two_brokers_down_then_back_the_same_scorer_drains(
-    cluster: LocalCluster, small_book: dict, topics: Topics, scorer_factory, guarantee: str
+GUARANTEES = ("exactly-once", "at-least-once")
+
+
+def test_two_brokers_down_then_back_the_same_scorers_drain_in_both_guarantees(
+    cluster: LocalCluster, small_book: dict, new_topics, scorer_factory
 ) -> None:
     events = small_book["events"]
-    scorer = scorer_factory(**{"--guarantee": guarantee})
-    probe = Probe(scorer)
-    killed = _outage_with_work_in_flight(cluster, scorer, topics, events)
+    runs = {}
+    for guarantee in GUARANTEES:  # one outage for both (each on its own topics and group)
+        topics = new_topics()
+        runs[guarantee] = (scorer_factory(topics, **{"--guarantee": guarantee}), topics)
+    probes = {g: Probe(scorer) for g, (scorer, _) in runs.items()}
+    killed = _outage_with_work_in_flight(cluster, list(runs.values()), events)
     down_at = time.monotonic()
-    probe.start()
-    scorer.wait_for(lambda: scorer.total("loanrec_stalled_seconds") > 0, 60, "stalled")
+    for probe in probes.values():
+        probe.start()
+    for scorer, _ in runs.values():
+        scorer.wait_for(lambda s=scorer: s.total("loanrec_stalled_seconds") > 0, 60, "stalled")
     time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-    assert scorer.process.poll() is None, scorer.log_text()[-3000:]
-    stalled_for = scorer.total("loanrec_stalled_seconds")
+    stalled_for = {}
+    for guarantee, (scorer, _) in runs.items():
+        assert scorer.process.poll() is None, scorer.log_text()[-3000:]
+        stalled_for[guarantee] = scorer.total("loanrec_stalled_seconds")
     cluster.start()  # the killed nodes come back on their data dirs and ports
     back_at = time.monotonic()
-    scorer.wait_for(
-        lambda: committed_total(cluster.bootstrap_servers, topics) == len(events),
-        180,
-        "every event committed",
-    )
-    scorer.wait_for(lambda: _get(scorer, "/readyz")[0] == 200, 60, "ready again")
+    for scorer, topics in runs.values():
+        scorer.wait_for(
+            lambda t=topics: committed_total(cluster.bootstrap_servers, t) == len(events),
+            180,
+            "every event committed",
+        )
+        scorer.wait_for(lambda s=scorer: _get(s, "/readyz")[0] == 200, 60, "ready again")
     time.sleep(0.5)
-    probe.done.set()
-    probe.join(5)
-    assert scorer.process.poll() is None  # the same process, never restarted
+    report = [f"nodes {killed} down {back_at - down_at:.1f} s"]
+    for guarantee, (scorer, topics) in runs.items():
+        probe = probes[guarantee]
+        probe.done.set()
+        probe.join(5)
+        assert scorer.process.poll() is None  # the same process, never restarted
+        during = [s for s in probe.seen if down_at <= s[0] < back_at]
+        assert during and any(ready == 503 and "stalled" in body for _, ready, _, body in during)
+        assert all(alive == 200 for _, _, alive, _ in probe.seen)  # alive throughout
+        assert probe.seen[-1][1] == 200
+        want = reference_keys(small_book["changes"])
+        got, records = change_keys(cluster.bootstrap_servers, topics, len(small_book["changes"]))
+        if guarantee == "exactly-once":
+            assert_same_changes(got, want)
+        else:  # at least once: a redone batch may repeat changes, never lose one
+            missing, extra = set(want) - set(got), set(got) - set(want)
+            assert not missing and not extra, (len(missing), list(missing)[:3], list(extra)[:3])
+            assert last_strategies(records) == last_strategies(small_book["changes"])
+        assert stalled_for[guarantee] > 0 and scorer.total("loanrec_stalled_seconds") == 0
+        log = scorer.log_text()
+        (resumed,) = [json.loads(x) for x in log.splitlines() if '"event": "resumed"' in x]
+        assert resumed["stalled_s"] > stalled_for[guarantee], resumed  # first failure to commit
+        scorer.stop()
+        assert scorer.process.returncode == 0, log[-3000:]
+        duplicates = sum(got.values()) - len(set(got))
+        report.append(f"{guarantee}: stalled {resumed['stalled_s']} s, duplicates {duplicates}")
+    print("; ".join(report))
 
-    during = [s for s in probe.seen if down_at <= s[0] < back_at]
-    assert during and any(ready == 503 and "stalled" in body for _, ready, _, body in during)
-    assert all(alive == 200 for _, _, alive, _ in probe.seen)  # alive throughout
-    assert probe.seen[-1][1] == 200
-    want = reference_keys(small_book["changes"])
-    got, records = change_keys(cluster.bootstrap_servers, topics, len(small_book["changes"]))
-    if guarantee == "exactly-once":
-        assert_same_changes(got, want)
-    else:  # at least once: a redone batch may repeat changes, never lose one
-        missing, extra = set(want) - set(got), set(got) - set(want)
-        assert not missing and not extra, (len(missing), list(missing)[:3], list(extra)[:3])
-        assert last_strategies(records) == last_strategies(small_book["changes"])
-    assert stalled_for > 0 and scorer.total("loanrec_stalled_seconds") == 0
-    log = scorer.log_text()
-    (resumed,) = [json.loads(x) for x in log.splitlines() if '"event": "resumed"' in x]
-    assert resumed["stalled_s"] > stalled_for, resumed  # from the first failure to the commit
-    scorer.stop()
-    assert scorer.process.returncode == 0, log[-3000:]
-    print(
-        f"{guarantee}: nodes {killed} down {back_at - down_at:.1f} s, "
-        f"stalled {resumed['stalled_s']} s, duplicates {sum(got.values()) - len(set(got))}"
-    )
 
-
-def test_sigterm_during_the_stall_stops_promptly_and_commits_nothing(
-    cluster: LocalCluster, small_book: dict, topics: Topics, scorer_factory
+def test_in_an_outage_sigterm_stops_at_once_and_a_short_patience_exits_1_naming_it(
+    cluster: LocalCluster, small_book: dict, new_topics, scorer_factory
 ) -> None:
     events = small_book["events"]
-    scorer = scorer_factory(instance="outage-term")
+    term_topics, patience_topics = new_topics(), new_topics()
+    term = scorer_factory(term_topics, instance="outage-term")
+    impatient = scorer_factory(patience_topics, **{"--outage-patience-s": "3"})
     try:
-        _outage_with_work_in_flight(cluster, scorer, topics, events)
-        scorer.wait_for(lambda: scorer.total("loanrec_stalled_seconds") > 0, 60, "stalled")
+        _outage_with_work_in_flight(
+            cluster, [(term, term_topics), (impatient, patience_topics)], events
+        )
+        term.wait_for(lambda: term.total("loanrec_stalled_seconds") > 0, 60, "stalled")
         time.sleep(2)  # well inside the stall (the default patience is 300 s)
         term_at = time.monotonic()
-        os.killpg(scorer.process.pid, signal.SIGTERM)
-        code = scorer.wait_exit(60)
+        os.killpg(term.process.pid, signal.SIGTERM)
+        term_code = term.wait_exit(60)
         stop_s = time.monotonic() - term_at
+        impatient_code = impatient.wait_exit(90)
     finally:
         cluster.start()
-    log = scorer.log_text()
-    assert code == 0, log[-3000:]
-    assert stop_s < 15, f"stopped {stop_s:.1f} s after SIGTERM:\n{log[-3000:]}"
-    (line,) = [json.loads(x) for x in log.splitlines() if '"stopped_while_stalled"' in x]
-    assert line["stalled_s"] > 0
-    assert '"event": "resumed"' not in log  # nothing committed after the outage began
-    # Consistent on restart: the same instance (same transactional id, which aborts whatever
-    # the stopped one left open) drains the input with exactly the reference's changes.
-    again = scorer_factory(instance="outage-term")
-    again.wait_for(
-        lambda: committed_total(cluster.bootstrap_servers, topics) == len(events),
-        180,
-        "every event committed after the restart",
-    )
-    got, _ = change_keys(cluster.bootstrap_servers, topics, len(small_book["changes"]))
-    assert_same_changes(got, reference_keys(small_book["changes"]))
-    print(f"SIGTERM during the stall: exited 0 after {stop_s:.1f} s; {line['unit']}")
 
-
-def test_an_outage_longer_than_the_patience_exits_1_naming_it(
-    cluster: LocalCluster, small_book: dict, topics: Topics, scorer_factory
-) -> None:
-    scorer = scorer_factory(**{"--outage-patience-s": "3"})
-    try:
-        _outage_with_work_in_flight(cluster, scorer, topics, small_book["events"])
-        code = scorer.wait_exit(90)
-    finally:
-        cluster.start()
-    log = scorer.log_text()
-    assert code == 1, log[-3000:]
+    # The patience: exit 1 with one line naming the outage and the setting.
+    log = impatient.log_text()
+    assert impatient_code == 1, log[-3000:]
     (line,) = [x for x in log.splitlines() if x.startswith("error: ")]
     assert line.startswith("error: Kafka outage: "), line
     assert "gave up after the outage patience of 3 s" in line, line
     assert "(--outage-patience-s / LOANREC_OUTAGE_PATIENCE_S)" in line, line
+
+    # SIGTERM during the stall: exit 0 within seconds, nothing committed after the outage began.
+    log = term.log_text()
+    assert term_code == 0, log[-3000:]
+    assert stop_s < 15, f"stopped {stop_s:.1f} s after SIGTERM:\n{log[-3000:]}"
+    (stopped,) = [json.loads(x) for x in log.splitlines() if '"stopped_while_stalled"' in x]
+    assert stopped["stalled_s"] > 0
+    assert '"event": "resumed"' not in log
+    # Consistent on restart: the same instance (same transactional id, which aborts whatever
+    # the stopped one left open) drains the input with exactly the reference's changes.
+    again = scorer_factory(term_topics, instance="outage-term")
+    again.wait_for(
+        lambda: committed_total(cluster.bootstrap_servers, term_topics) == len(events),
+        180,
+        "every event committed after the restart",
+    )
+    got, _ = change_keys(cluster.bootstrap_servers, term_topics, len(small_book["changes"]))
+    assert_same_changes(got, reference_keys(small_book["changes"]))
+    print(f"SIGTERM during the stall: exited 0 after {stop_s:.1f} s; {stopped['unit']}")
