@@ -26,7 +26,7 @@ from types import FrameType
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
-from consumer.checkpoint import CHECKPOINTS, Checkpoint, ClientErrors
+from consumer.checkpoint import CHECKPOINTS, Checkpoint, ClientErrors, Interrupted
 from consumer.config import ServeConfig
 from consumer.errors import FatalError as FatalError
 from consumer.health import HealthState
@@ -87,8 +87,14 @@ class ScorerApp:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> None:
-        """Process until stopped (signal, ``--exit-when-idle``); raises :class:`FatalError`."""
-        recovery, checkpoint = self._start()
+        """Process until stopped (signal, ``--exit-when-idle``); raises :class:`FatalError`.
+        A stop during a broker-outage stall gives up the open unit (never committed) and
+        returns as promptly as the clients allow (ARCHITECTURE.md §5)."""
+        try:
+            recovery, checkpoint = self._start()
+        except Interrupted as stop:  # stopped while init_transactions waited out an outage
+            log_event("stopped_while_stalled", level="warning", reason=str(stop))
+            return
         try:
             self._loop(recovery, checkpoint)
             checkpoint.finish("shutdown")
@@ -123,8 +129,10 @@ class ScorerApp:
         )
         try:  # opens the producer: a fenced or unusable transactional id stops us here
             clients = (consumer, self._new_producer, recovery.stores, self.errors, self.metrics)
-            checkpoint = CHECKPOINTS[cfg.guarantee](cfg, *clients, self.health)
-        except FatalError:
+            checkpoint = CHECKPOINTS[cfg.guarantee](
+                cfg, *clients, self.health, stop_requested=lambda: self.stopping
+            )
+        except (FatalError, Interrupted):
             recovery.close()
             consumer.close()  # not subscribed yet: nobody rebalances
             raise

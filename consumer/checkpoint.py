@@ -30,9 +30,13 @@ since a failed abort needs a new one), which is what lets tests drive every path
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -66,10 +70,17 @@ _OUTAGE = (
     KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
     KafkaError.LEADER_NOT_AVAILABLE,
     KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.CONCURRENT_TRANSACTIONS,  # the coordinator cannot finish the previous step yet
 )
 SEEK_ATTEMPTS = 50
 BACKOFF_FIRST_S = 0.1
 BACKOFF_CAP_S = 5.0  # a recovered cluster is noticed within this (plus one call's timeout)
+# While stalled, each retried call gets at most this timeout (librdkafka resumes a timed-out
+# transactional call when it is called again), so a stop is noticed within about a second.
+STALLED_CALL_TIMEOUT_S = 1.0
+# A call still running this long after its own timeout is blocked (librdkafka#5456): a stall.
+OVERDUE_GRACE_S = 2.0
+STOP_CHECK_S = 0.1  # how often a wait looks for a stop request
 
 
 def waits_out(error: KafkaError) -> bool:
@@ -83,6 +94,47 @@ class _Abort(ConsumerError):
 
 class OutageError(FatalError):
     """A broker outage outlasted ``--outage-patience-s`` (ARCHITECTURE.md §5)."""
+
+
+class Interrupted(ConsumerError):
+    """A stop (SIGTERM/SIGINT) arrived while a broker outage stalled the unit: it is given up
+    (:meth:`Checkpoint.abandon`), never committed."""
+
+
+class KafkaCalls:
+    """Runs the Kafka calls of a commit on one daemon thread while the loop's thread waits in
+    short steps. librdkafka bounds them by their timeout -- except when it does not: with the
+    group coordinator down, ``send_offsets_to_transaction`` waits past its timeout until the
+    coordinator is back (confluentinc/librdkafka#5456), and the loop, blocked inside it, could
+    neither report the stall nor enforce the patience nor honour SIGTERM. Waiting here keeps
+    the loop's thread in Python, so signals are handled and the checkpoint decides."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self.running: Future | None = None  # the call in progress (or blocked), if any
+
+    def submit(self, call: Callable[[], object]) -> Future:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._serve, name="kafka-calls", daemon=True)
+            self._thread.start()
+        future: Future = Future()
+        self.running = future
+        self._jobs.put((call, future))
+        return future
+
+    @property
+    def busy(self) -> bool:
+        """A call has not returned (it holds the producer: no other call may be made)."""
+        return self.running is not None and not self.running.done()
+
+    def _serve(self) -> None:
+        while True:
+            call, future = self._jobs.get()
+            try:
+                future.set_result(call())
+            except BaseException as error:  # handed to the waiting thread
+                future.set_exception(error)
 
 
 class ClientErrors:
@@ -166,6 +218,7 @@ class Checkpoint(ABC):
         errors: ClientErrors,
         metrics: ScorerMetrics,
         health: HealthState | None = None,
+        stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.topics = config.topics
@@ -182,7 +235,12 @@ class Checkpoint(ABC):
         self._stalled_at: float | None = None
         self._backoff = BACKOFF_FIRST_S
         self.clock: Callable[[], float] = time.monotonic  # the stall's clock (tests: a fake)
-        self.sleep: Callable[[float], None] = time.sleep
+        self.sleep: Callable[[float], None] = self._nap
+        # A stop (SIGTERM) is acted on during a stall: the unit is given up, not committed.
+        self.stop_requested: Callable[[], bool] = stop_requested or (lambda: False)
+        self.abandoned = False
+        self.calls = KafkaCalls()
+        self.overdue_grace_s = OVERDUE_GRACE_S
         metrics.stalled.set_function(self.health.stalled_seconds)
         self._new_producer = new_producer
         self.producer: Producer | None = self._open_producer()
@@ -241,9 +299,20 @@ class Checkpoint(ABC):
 
     def commit(self) -> bool:
         """Commit the open unit; False if it had to be aborted (state rolled back, input
-        rewound). Raises :class:`FatalError` if neither is possible."""
+        rewound) or was given up because a stop arrived during a stall. Raises
+        :class:`FatalError` if neither is possible."""
         if not self.open:
             return True
+        if self.abandoned:
+            self.abandon("stopping")
+            return False
+        try:
+            return self._commit_unit()
+        except Interrupted as stop:
+            self.abandon(str(stop))
+            return False
+
+    def _commit_unit(self) -> bool:
         self._write_changelog()
         offsets = [
             TopicPartition(self.topics.events, p, self.positions[p])
@@ -254,7 +323,7 @@ class Checkpoint(ABC):
             self._commit(offsets)
         except _Abort as why:
             self.stall("commit", str(why))
-            self.abort(str(why))
+            self._abort_unit(str(why))
             self._wait()  # redoing at once would fail at once while the brokers are away
             return False
         self._resumed()
@@ -270,6 +339,8 @@ class Checkpoint(ABC):
     def finish(self, why: str) -> bool:
         """Commit the open unit, if any, before ``why`` (shutdown, revoke, reload); False if
         it had to be aborted."""
+        if self.abandoned:
+            return not self.open
         if self.open and not self.commit():
             log_event("transaction_not_committed", level="warning", on=why)
             return False
@@ -277,6 +348,43 @@ class Checkpoint(ABC):
 
     def abort(self, why: str) -> None:
         """Abort, roll every store of the unit back and rewind its input."""
+        try:
+            self._abort_unit(why)
+        except Interrupted as stop:
+            self.abandon(str(stop))
+
+    def abandon(self, why: str) -> None:
+        """A stop during a stall (ARCHITECTURE.md §5): the open unit is never committed. It is
+        aborted on the broker if one short attempt can reach it; otherwise the broker aborts
+        it (after ``transaction.timeout.ms``, or when the next start with the same
+        transactional id initialises). The stores roll back; nothing commits from now on (not
+        the revoke callback of ``consumer.close()``, not :meth:`close`)."""
+        self.abandoned = True
+        outcome = "nothing open"
+        if self.open:
+            self.open = False
+            outcome = self._abort_now()
+            for partition in self.first:
+                store = self.stores.get(partition)
+                if store is not None:
+                    store.rollback()
+            self.first.clear()
+            self.metrics.transactions.labels(result="abort").inc()
+        stalled_s = 0.0 if self._stalled_at is None else self.clock() - self._stalled_at
+        log_event(
+            "stopped_while_stalled",
+            level="warning",
+            reason=why,
+            unit=outcome,
+            stalled_s=round(stalled_s, 3),
+            on=self.health.stalled_on,
+        )
+
+    def _abort_now(self) -> str:
+        """One bounded abort attempt for :meth:`abandon`; what became of the unit."""
+        return "not committed (offsets stay at the last commit)"
+
+    def _abort_unit(self, why: str) -> None:
         self._abort()
         rewind = []
         for partition, first in self.first.items():
@@ -368,7 +476,12 @@ class Checkpoint(ABC):
     def close(self) -> None:
         """Flush what is queued unless a fatal error means nothing can be delivered; then drop
         the producer so librdkafka's threads end now, not whenever this is collected."""
-        if self.producer is not None and not self.errors.fatal:
+        if (
+            self.producer is not None
+            and not self.errors.fatal
+            and not self.abandoned
+            and not self.calls.busy
+        ):
             self.producer.flush(self.config.commit_timeout_s)
         self.producer = None
 
@@ -383,13 +496,40 @@ class Checkpoint(ABC):
                 return cause.args[0]
         return error
 
-    def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """Run ``call``; retry outage errors with capped exponential backoff within the outage
-        patience; turn abortable errors into :class:`_Abort` and fatal ones into
+    def _timeout(self, timeout_s: float) -> float:
+        """A call's timeout: short while stalled (a retried call resumes where it was)."""
+        return timeout_s if self._stalled_at is None else min(timeout_s, STALLED_CALL_TIMEOUT_S)
+
+    def _call(self, what: str, call: Callable[[float], object], timeout_s: float) -> object:
+        """``call(timeout)`` on :attr:`calls`' thread. Past its timeout (plus a grace) it is
+        blocked: the scorer is stalled, the patience counts and a stop is honoured, while the
+        call keeps running (librdkafka cannot cancel it); its result is used if it returns."""
+        timeout = self._timeout(timeout_s)
+        future = self.calls.submit(lambda: call(timeout))
+        started = time.monotonic()
+        overdue_at = started + timeout + self.overdue_grace_s
+        while True:
+            try:
+                return future.result(timeout=STOP_CHECK_S)
+            except FutureTimeout:
+                pass
+            now = time.monotonic()
+            if now >= overdue_at:
+                self.stall(
+                    what,
+                    f"no answer from Kafka for {now - started:.0f} s (blocked past its "
+                    f"{timeout:g} s timeout)",
+                )
+            if self._stalled_at is not None and self.stop_requested():
+                raise Interrupted(f"stop requested while stalled on {what}")
+
+    def _retrying(self, what: str, call: Callable[[float], object], timeout_s: float) -> None:
+        """Run ``call(timeout)``; retry outage errors with capped exponential backoff within
+        the outage patience; turn abortable errors into :class:`_Abort` and fatal ones into
         :class:`FatalError`."""
         while True:
             try:
-                call()
+                self._call(what, call, timeout_s)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -439,8 +579,20 @@ class Checkpoint(ABC):
         """Sleep the stall's current backoff and double it (up to :data:`BACKOFF_CAP_S`)."""
         if self._stalled_at is None:
             return
+        self._check_stop()
         self.sleep(self._backoff)
         self._backoff = min(self._backoff * 2, BACKOFF_CAP_S)
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        if self.stop_requested():
+            raise Interrupted(f"stop requested while stalled on {self.health.stalled_on}")
+
+    def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if a stop is requested meanwhile."""
+        deadline = time.monotonic() + seconds
+        while not self.stop_requested() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, STOP_CHECK_S))
 
     def _resumed(self) -> None:
         """A commit went through: the stall, if any, is over."""
@@ -466,7 +618,7 @@ class ExactlyOnce(Checkpoint):
         producer = self._new_producer()
         timeout = self.config.commit_timeout_s * 3
         try:
-            self._retrying("init_transactions", lambda: producer.init_transactions(timeout))
+            self._retrying("init_transactions", producer.init_transactions, timeout)
         except OutageError:
             raise
         except (FatalError, _Abort) as error:
@@ -488,9 +640,10 @@ class ExactlyOnce(Checkpoint):
             group = self.consumer.consumer_group_metadata()
             self._retrying(
                 "send_offsets_to_transaction",
-                lambda: producer.send_offsets_to_transaction(offsets, group, timeout),
+                lambda t: producer.send_offsets_to_transaction(offsets, group, t),
+                timeout,
             )
-        self._retrying("commit_transaction", lambda: producer.commit_transaction(timeout))
+        self._retrying("commit_transaction", producer.commit_transaction, timeout)
 
     def _abort(self) -> None:
         producer = self.producer
@@ -498,7 +651,7 @@ class ExactlyOnce(Checkpoint):
         timeout = self.config.commit_timeout_s
         while True:
             try:
-                producer.abort_transaction(timeout)
+                self._call("abort_transaction", producer.abort_transaction, timeout)
                 return
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
@@ -508,6 +661,16 @@ class ExactlyOnce(Checkpoint):
                 # The abort timed out (brokers away): it resumes when called again.
                 self.stall("abort_transaction", f"{error.name()}: {error.str()}")
                 self._wait()
+
+    def _abort_now(self) -> str:
+        producer = self.producer
+        if producer is None or self.calls.busy:
+            return "left for the broker to abort (a Kafka call is still blocked)"
+        try:
+            producer.abort_transaction(STALLED_CALL_TIMEOUT_S)
+        except KafkaException as exc:
+            return f"left for the broker to abort ({exc.args[0].str()})"
+        return "aborted"
 
     def _replace_producer(self, error: KafkaError) -> None:
         """An abort that failed: librdkafka can fail a legitimate abort with INVALID_TXN_STATE
@@ -546,7 +709,8 @@ class AtLeastOnce(Checkpoint):
         assert producer is not None
         # Outputs still queued are delivered once the brokers are back (librdkafka retries
         # them up to message.timeout.ms): wait for them rather than producing them again.
-        while (left := producer.flush(self.config.commit_timeout_s)) > 0:
+        timeout = self.config.commit_timeout_s
+        while (left := self._call("flush", producer.flush, timeout)) > 0:
             if self.errors.delivery_failed:
                 break
             self.stall("flush", f"{left} outputs not acknowledged")
@@ -556,7 +720,9 @@ class AtLeastOnce(Checkpoint):
             raise _Abort(why)
         if offsets:
             self._retrying(
-                "commit offsets", lambda: self.consumer.commit(offsets=offsets, asynchronous=False)
+                "commit offsets",
+                lambda _t: self.consumer.commit(offsets=offsets, asynchronous=False),
+                timeout,
             )
 
     def _abort(self) -> None:

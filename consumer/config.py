@@ -40,6 +40,15 @@ class Guarantee(StrEnum):
 # 300 s). A wedged loop is caught by the liveness deadline of /healthz instead.
 RESTORE_TIMEOUT_S = 600.0
 MAX_POLL_INTERVAL_MS = int(RESTORE_TIMEOUT_S * 1000) + 60_000
+# A static member's session must outlast the broker outages the scorer rides out: with the group
+# coordinator away, librdkafka ends the session itself after session.timeout.ms without a
+# heartbeat answer and rejoins with the same group.instance.id, and the coordinator, once back,
+# fences the member's own older id -- a fatal "Static consumer fenced by other consumer with
+# same group.instance.id" for a scorer that has no twin (confluentinc/librdkafka#3437). So the
+# session lasts the outage patience plus a minute (the broker's group.max.session.timeout.ms,
+# 30 min by default, caps it); --kafka-config may set session.timeout.ms otherwise.
+SESSION_MARGIN_S = 60.0
+MAX_SESSION_TIMEOUT_MS = 1_800_000
 
 
 def default_instance_id() -> str:
@@ -114,6 +123,12 @@ class ServeConfig:
         return self.group_id or self.topics.app_id
 
     @property
+    def session_ms(self) -> int:
+        """session.timeout.ms of a static member (see :data:`SESSION_MARGIN_S`)."""
+        wanted = int((self.outage_patience_s + SESSION_MARGIN_S) * 1000)
+        return min(max(wanted, 45_000), MAX_SESSION_TIMEOUT_MS)
+
+    @property
     def transactional_id(self) -> str:
         return f"{self.topics.app_id}-{self.instance_id}"
 
@@ -129,7 +144,11 @@ class ServeConfig:
         if self.http_address:
             base = self.kafka_properties.get("client.id") or self.instance_id
             advertised["client.id"] = advertised_client_id(base, self.http_address)
-        static = {"group.instance.id": self.instance_id} if self.static_membership else {}
+        static = (
+            {"group.instance.id": self.instance_id, "session.timeout.ms": str(self.session_ms)}
+            if self.static_membership
+            else {}
+        )
         return {
             "auto.offset.reset": "earliest",
             "fetch.wait.max.ms": "50",

@@ -64,7 +64,7 @@ class ChangelogRestorer:
         """Fill each store from its changelog partition; returns loan states restored."""
         if not stores:
             return 0
-        remaining = set(self._non_empty(stores))
+        remaining = set(self._non_empty(stores, keep_going))
         if not remaining:
             return 0
         self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in remaining])
@@ -86,8 +86,13 @@ class ChangelogRestorer:
             store.finish_restore()
         return restored
 
-    def _non_empty(self, partitions: Iterable[int], timeout_s: float = 120.0) -> list[int]:
-        out = []
+    def _non_empty(
+        self,
+        partitions: Iterable[int],
+        keep_going: Callable[[], bool] = lambda: True,
+        timeout_s: float = 120.0,
+    ) -> list[int]:
+        out: list[int] = []
         deadline = time.monotonic() + timeout_s
         for p in partitions:
             tp = TopicPartition(self.topic, p)
@@ -100,6 +105,8 @@ class ChangelogRestorer:
                     # partition, no leader yet): wait for it rather than exit (ARCHITECTURE.md §5).
                     if exc.args[0].fatal() or time.monotonic() > deadline:
                         raise
+                    if not keep_going():  # stopping: the caller discards a partial restore
+                        return out
                     log_event("restore_retry", level="warning", error=exc.args[0].str())
                     time.sleep(0.5)
             if high > low:

@@ -7,6 +7,8 @@ tests/integration/test_stream_eos.py check the same guarantees end to end on a r
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -587,3 +589,119 @@ def test_a_static_member_fenced_by_its_twin_is_fatal_and_names_the_instance_id()
     errors.on_message_error(fenced)
     with pytest.raises(FatalError, match=r"fenced during consume: .*--instance-id"):
         errors.raise_if_fatal()
+
+
+class BlockingProducer(FakeProducer):
+    """``send_offsets_to_transaction`` blocks past its timeout until ``release`` is set, as
+    librdkafka's does while the group coordinator is down (confluentinc/librdkafka#5456)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.release = threading.Event()
+        self.blocking = False
+
+    def send_offsets_to_transaction(self, offsets: list, group: object, timeout: float) -> None:
+        super().send_offsets_to_transaction(offsets, group, timeout)
+        if self.blocking:
+            assert self.release.wait(10)
+
+
+def blocking_rig(patience_s: float = 30.0) -> tuple[Rig, BlockingProducer]:
+    rig = Rig(ExactlyOnce, patience_s=patience_s)
+    producer = BlockingProducer("blocking")
+    rig.checkpoint.producer = producer  # type: ignore[assignment]
+    rig.checkpoint.clock = time.monotonic  # the blocked call is waited for in real time
+    rig.checkpoint.overdue_grace_s = 0.05
+    producer.blocking = True
+    return rig, producer
+
+
+def test_a_call_blocked_past_its_timeout_is_a_stall_and_its_result_is_used_when_it_returns() -> (
+    None
+):
+    rig, producer = blocking_rig()
+    seen: list[tuple[bool, str]] = []
+
+    def watch() -> None:  # what /readyz says while the loop's call is blocked
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and rig.health.stalled_since is None:
+            time.sleep(0.01)
+        seen.append(rig.health.readiness())
+        producer.release.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()  # the call returned: the same commit completes
+    watcher.join()
+    ((ready, why),) = seen
+    assert not ready and "send_offsets_to_transaction" in why and "blocked past its" in why
+    assert rig.health.readiness() == (True, "ready") and rig.stores[0].commits == 1
+    assert producer.methods()[-1] == "commit_transaction"
+
+
+def test_a_call_blocked_past_the_patience_is_an_outage_error() -> None:
+    rig, producer = blocking_rig(patience_s=0.3)
+    rig.process(0, 10, 15)
+    started = time.monotonic()
+    with pytest.raises(OutageError, match=r"gave up after the outage patience of 0\.3 s"):
+        rig.checkpoint.commit()
+    assert time.monotonic() - started < 3
+    assert rig.stores[0].commits == 0
+    rig.checkpoint.close()  # the call still holds the producer: no flush
+    assert "flush" not in producer.methods()
+    producer.release.set()
+
+
+def test_a_stop_during_a_blocked_call_gives_the_unit_up_and_nothing_commits() -> None:
+    rig, producer = blocking_rig()
+    stop = threading.Event()
+    rig.checkpoint.stop_requested = stop.is_set
+    threading.Timer(0.3, stop.set).start()  # SIGTERM while stalled
+    rig.process(0, 10, 15)
+    started = time.monotonic()
+    assert rig.checkpoint.commit() is False
+    assert time.monotonic() - started < 2
+    assert rig.checkpoint.abandoned and not rig.checkpoint.open
+    assert rig.stores[0].rollbacks == 1 and rig.stores[0].commits == 0
+    assert "abort_transaction" not in producer.methods()  # the blocked call holds it
+    assert rig.checkpoint.finish("revoke") is True  # nothing open, nothing committed
+    rig.process(0, 10, 15)  # a batch after the stop is not committed either
+    assert rig.checkpoint.finish("shutdown") is False and rig.stores[0].commits == 0
+    rig.checkpoint.close()
+    assert "flush" not in producer.methods() and "commit_transaction" not in producer.methods()
+    producer.release.set()
+
+
+@pytest.mark.parametrize("kind", [ExactlyOnce, AtLeastOnce])
+def test_a_stop_during_the_backoff_aborts_the_unit_instead_of_waiting_out_the_outage(kind) -> None:
+    rig = Rig(kind, patience_s=300)
+    lasting = failure(KafkaError._TIMED_OUT, retriable=True)
+    rig.producers[0].fail["commit_transaction"] = [lasting] * 1000
+    rig.consumer.fail_commit = [lasting] * 1000
+    stop = {"now": False}
+    rig.checkpoint.stop_requested = lambda: stop["now"]
+    rig.clock.on_sleep = lambda: stop.update(now=len(rig.clock.sleeps) >= 3)
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit() is False
+    assert len(rig.clock.sleeps) == 3  # acted on at the first check after the signal
+    assert rig.checkpoint.abandoned and rig.stores[0].commits == 0
+    assert rig.stores[0].rollbacks == 1
+    if kind is ExactlyOnce:
+        assert rig.producers[0].methods()[-1] == "abort_transaction"
+        assert rig.producers[0].calls[-1][1] == (1.0,)  # one short attempt
+        assert rig.consumer.commits == []
+    calls = len(rig.producers[0].calls)
+    rig.checkpoint.close()  # no flush: the outputs of a given-up unit wait for nobody
+    assert len(rig.producers[0].calls) == calls
+
+
+def test_while_stalled_each_retry_gets_a_short_timeout() -> None:
+    rig = Rig(ExactlyOnce)
+    rig.config.commit_timeout_s = 10.0
+    timeout = failure(KafkaError._TIMED_OUT, retriable=True)
+    rig.producers[0].fail["commit_transaction"] = [timeout, timeout]
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()
+    timeouts = [args[0] for m, args in rig.producers[0].calls if m == "commit_transaction"]
+    assert timeouts == [10.0, 1.0, 1.0]  # a stop is looked at every second, not every ten

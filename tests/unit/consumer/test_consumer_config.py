@@ -25,3 +25,23 @@ def test_max_poll_interval_outlasts_the_longest_restore() -> None:
     # The loop does not poll the group consumer while it restores (consumer.recovery).
     assert interval_s > RESTORE_TIMEOUT_S
     assert ChangelogRestorer.restore.__defaults__[-1] == RESTORE_TIMEOUT_S
+
+
+def test_a_static_members_session_outlasts_the_outage_patience() -> None:
+    # Shorter, a coordinator outage ends the session client-side and the rejoin fences the
+    # scorer's own older member id (fatal; confluentinc/librdkafka#3437).
+    session_ms = {
+        patience: int(
+            ServeConfig("b:9092", Path("m"), outage_patience_s=patience).consumer_config()[
+                "session.timeout.ms"
+            ]
+        )
+        for patience in (3.0, 300.0, 3600.0)
+    }
+    assert session_ms == {3.0: 63_000, 300.0: 360_000, 3600.0: 1_800_000}  # broker max
+    dynamic = ServeConfig("b:9092", Path("m"), static_membership=False).consumer_config()
+    assert "session.timeout.ms" not in dynamic  # librdkafka's 45 s: nothing to fence
+    mine = ServeConfig(
+        "b:9092", Path("m"), kafka_properties={"session.timeout.ms": "20000"}
+    ).consumer_config()
+    assert mine["session.timeout.ms"] == "20000"  # a --kafka-config value wins

@@ -5,10 +5,11 @@ commits nothing, and a parked partition nobody moved on comes back without a res
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from test_consumer_checkpoint import TOPICS, FakeConsumer, FakeProducer
 
 from consumer.checkpoint import ClientErrors, ExactlyOnce
@@ -252,3 +253,18 @@ def test_a_revoke_after_a_fatal_error_commits_nothing_and_parks_nothing(bundle, 
     assert scorer.recovery.parked == {}
     with pytest.raises(FatalError, match="fenced"):
         scorer.errors.raise_if_fatal()
+
+
+def test_a_stop_while_the_restore_waits_for_metadata_after_an_outage_ends_it_at_once() -> None:
+    class LaggingChangelog(FakeChangelog):
+        def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+            self.asked = getattr(self, "asked", 0) + 1
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, "no leader yet"))
+
+    changelog = LaggingChangelog({0: [], 1: []})
+    restorer = ChangelogRestorer(changelog, TOPICS.changelog)  # type: ignore[arg-type]
+    stops = iter([True, False])  # keep going once, then a SIGTERM arrives
+
+    started = time.monotonic()
+    assert restorer._non_empty([0, 1], keep_going=lambda: next(stops)) == []
+    assert changelog.asked == 2 and time.monotonic() - started < 2  # not the 120 s wait

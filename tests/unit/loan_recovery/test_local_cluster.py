@@ -1,5 +1,5 @@
 """The local three-node cluster's layout and configuration, without starting a JVM (the
-integration check tests/integration/outage_cluster_check.py runs it, by hand for now: issue #16)."""
+integration test tests/integration/test_stream_outage.py runs it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,306 @@
+"""`loan-recovery serve` rides out a broker outage on a three-broker cluster (issue #16,
+ARCHITECTURE.md §5 and §8): two of three brokers down, so fewer in-sync replicas than
+``min.insync.replicas`` and nothing can commit; the same scorer process waits, is not ready
+meanwhile, and when the brokers are back it drains the input with exactly the batch
+reference's output (exactly once; at least once: nothing lost, every loan's last strategy the
+reference's). With a patience of a few seconds it exits 1 naming the outage instead; a SIGTERM
+during the stall stops it within seconds, committing nothing, and a restart drains exactly once.
+
+The cluster is ``loan_recovery.broker.LocalCluster`` (3 combined KRaft nodes, replication 3,
+min ISR 2), started for this module and stopped after it. To be sure the scorer has work in
+flight when the brokers go (the test's producer cannot write either), it is paused (SIGSTOP)
+while the rest of the input is produced and the brokers are killed, then continued: its
+backlog on the surviving broker's partitions opens a transaction that cannot commit. To keep
+the module short, scorers that need the same outage share it (each on its own topics and
+group): both guarantees in one, the patience and the SIGTERM scorers in another.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from confluent_kafka.admin import AdminClient
+from test_stream_eos import (
+    PARTITIONS,
+    Scorer,
+    _cli,
+    assert_same_changes,
+    change_keys,
+    committed_total,
+    encoded,
+    produce,
+    reference_keys,
+)
+
+from loan_recovery.broker import LocalCluster
+from producer.admin import create_topics
+from schemas.topics import Topics
+
+pytestmark = pytest.mark.integration
+BOOK_LOANS = 300
+OUTAGE_S = 20
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    data_dir = Path(tempfile.mkdtemp(prefix="loanrec-test-cluster-"))
+    cluster = LocalCluster(data_dir, nodes=3)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def small_book(tmp_path_factory, trained_model: Path) -> dict:
+    from models.data.adapters import read_history, write_jsonl
+    from models.data.synthetic import generate_book
+
+    out = tmp_path_factory.mktemp("outage-book")
+    _, events, _ = generate_book(BOOK_LOANS, seed=16)
+    log = out / "events.jsonl"
+    with open(log, "w") as handle:
+        write_jsonl(events, handle)
+    events = read_history("events", log).events
+    changes = out / "changes.csv"
+    _cli(
+        "score",
+        *("--model", str(trained_model), "--source", "events", "--input", str(log)),
+        *("--out", str(out / "scores.csv"), "--changes", str(changes)),
+        *("--partitions", str(PARTITIONS)),
+    )
+    with open(changes) as handle:
+        return {"events": events, "changes": list(csv.DictReader(handle))}
+
+
+@pytest.fixture
+def new_topics(cluster: LocalCluster, unique_name) -> Callable[[], Topics]:
+    def create() -> Topics:
+        app = unique_name("outage")
+        t = Topics(
+            events=f"{app}.events",
+            strategy_changes=f"{app}.changes",
+            risk_alerts=f"{app}.alerts",
+            dlq=f"{app}.dlq",
+            app_id=app,
+        )
+        create_topics(cluster.bootstrap_servers, t, partitions=PARTITIONS)  # RF 3, min ISR 2
+        return t
+
+    return create
+
+
+@pytest.fixture
+def scorer_factory(cluster: LocalCluster, trained_model: Path, tmp_path: Path) -> Iterator:
+    started: list[Scorer] = []
+
+    def start(topics: Topics, instance: str | None = None, **flags: str) -> Scorer:
+        properties = tmp_path / "client.properties"
+        properties.write_text("")
+        scorer = Scorer(
+            cluster.bootstrap_servers,
+            trained_model,
+            topics,
+            instance or f"outage-{len(started)}",
+            properties,
+            tmp_path / f"scorer-{len(started)}.log",
+            {"--exit-when-idle": "600", **flags},  # it stops when the test says so
+        )
+        started.append(scorer)
+        return scorer
+
+    yield start
+    for scorer in started:
+        scorer.stop()
+
+
+def _get(scorer: Scorer, path: str) -> tuple[int, str]:
+    try:
+        response = requests.get(f"http://127.0.0.1:{scorer.port}{path}", timeout=2)
+    except requests.RequestException:
+        return 0, ""
+    return response.status_code, response.text
+
+
+def _survivor(cluster: LocalCluster, topic: str) -> int:
+    """The node leading most of ``topic``'s partitions: it stays up, so the paused scorer
+    finds a backlog it can read but not commit (every node leads some of each topic)."""
+    metadata = AdminClient({"bootstrap.servers": cluster.bootstrap_servers}).list_topics(
+        topic, timeout=30
+    )
+    leaders = [p.leader for p in metadata.topics[topic].partitions.values()]
+    return max(set(leaders), key=leaders.count)
+
+
+def _outage_with_work_in_flight(
+    cluster: LocalCluster, runs: list[tuple[Scorer, Topics]], events: list[dict]
+) -> list[int]:
+    """Each scorer scores the first 30 % of its topic; all are paused, the rest is produced,
+    all nodes but the survivor are killed, the scorers continue; the killed node ids."""
+    records = encoded(events)
+    cut = len(records) * 3 // 10
+    for _, topics in runs:
+        produce(cluster.bootstrap_servers, topics.events, records[:cut])
+    for scorer, _ in runs:
+        scorer.wait_for(lambda s=scorer: s.total("loanrec_events_total") >= cut, 120, "30 %")
+        scorer.wait_for(lambda s=scorer: _get(s, "/readyz")[0] == 200, 60, "ready")
+    survivor = _survivor(cluster, runs[0][1].events)
+    for scorer, _ in runs:
+        os.killpg(scorer.process.pid, signal.SIGSTOP)
+    try:
+        for _, topics in runs:
+            produce(cluster.bootstrap_servers, topics.events, records[cut:])
+        killed = [node.node_id for node in cluster.nodes if node.node_id != survivor]
+        for node_id in killed:
+            cluster.kill(node_id)
+    finally:
+        for scorer, _ in runs:
+            os.killpg(scorer.process.pid, signal.SIGCONT)
+    return killed
+
+
+class Probe(threading.Thread):
+    """Polls /readyz and /healthz every 0.25 s: (monotonic time, readyz, healthz, body)."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        super().__init__(daemon=True)
+        self.scorer, self.seen, self.done = scorer, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            ready, body = _get(self.scorer, "/readyz")
+            alive, _ = _get(self.scorer, "/healthz")
+            self.seen.append((time.monotonic(), ready, alive, body))
+            time.sleep(0.25)
+
+
+def last_strategies(changes: list[dict]) -> dict[str, str]:
+    """Each loan's last new_strategy, in the order the changes were decided."""
+    last: dict[str, str] = {}
+    for change in changes:
+        last[change["loan_id"]] = change["new_strategy"]
+    return last
+
+
+GUARANTEES = ("exactly-once", "at-least-once")
+
+
+def test_two_brokers_down_then_back_the_same_scorers_drain_in_both_guarantees(
+    cluster: LocalCluster, small_book: dict, new_topics, scorer_factory
+) -> None:
+    events = small_book["events"]
+    runs = {}
+    for guarantee in GUARANTEES:  # one outage for both (each on its own topics and group)
+        topics = new_topics()
+        runs[guarantee] = (scorer_factory(topics, **{"--guarantee": guarantee}), topics)
+    probes = {g: Probe(scorer) for g, (scorer, _) in runs.items()}
+    killed = _outage_with_work_in_flight(cluster, list(runs.values()), events)
+    down_at = time.monotonic()
+    for probe in probes.values():
+        probe.start()
+    for scorer, _ in runs.values():
+        scorer.wait_for(lambda s=scorer: s.total("loanrec_stalled_seconds") > 0, 60, "stalled")
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    stalled_for = {}
+    for guarantee, (scorer, _) in runs.items():
+        assert scorer.process.poll() is None, scorer.log_text()[-3000:]
+        stalled_for[guarantee] = scorer.total("loanrec_stalled_seconds")
+    cluster.start()  # the killed nodes come back on their data dirs and ports
+    back_at = time.monotonic()
+    for scorer, topics in runs.values():
+        scorer.wait_for(
+            lambda t=topics: committed_total(cluster.bootstrap_servers, t) == len(events),
+            180,
+            "every event committed",
+        )
+        scorer.wait_for(lambda s=scorer: _get(s, "/readyz")[0] == 200, 60, "ready again")
+    time.sleep(0.5)
+    report = [f"nodes {killed} down {back_at - down_at:.1f} s"]
+    for guarantee, (scorer, topics) in runs.items():
+        probe = probes[guarantee]
+        probe.done.set()
+        probe.join(5)
+        assert scorer.process.poll() is None  # the same process, never restarted
+        during = [s for s in probe.seen if down_at <= s[0] < back_at]
+        assert during and any(ready == 503 and "stalled" in body for _, ready, _, body in during)
+        assert all(alive == 200 for _, _, alive, _ in probe.seen)  # alive throughout
+        assert probe.seen[-1][1] == 200
+        want = reference_keys(small_book["changes"])
+        got, records = change_keys(cluster.bootstrap_servers, topics, len(small_book["changes"]))
+        if guarantee == "exactly-once":
+            assert_same_changes(got, want)
+        else:  # at least once: a redone batch may repeat changes, never lose one
+            missing, extra = set(want) - set(got), set(got) - set(want)
+            assert not missing and not extra, (len(missing), list(missing)[:3], list(extra)[:3])
+            assert last_strategies(records) == last_strategies(small_book["changes"])
+        assert stalled_for[guarantee] > 0 and scorer.total("loanrec_stalled_seconds") == 0
+        log = scorer.log_text()
+        (resumed,) = [json.loads(x) for x in log.splitlines() if '"event": "resumed"' in x]
+        assert resumed["stalled_s"] > stalled_for[guarantee], resumed  # first failure to commit
+        scorer.stop()
+        assert scorer.process.returncode == 0, log[-3000:]
+        duplicates = sum(got.values()) - len(set(got))
+        report.append(f"{guarantee}: stalled {resumed['stalled_s']} s, duplicates {duplicates}")
+    print("; ".join(report))
+
+
+def test_in_an_outage_sigterm_stops_at_once_and_a_short_patience_exits_1_naming_it(
+    cluster: LocalCluster, small_book: dict, new_topics, scorer_factory
+) -> None:
+    events = small_book["events"]
+    term_topics, patience_topics = new_topics(), new_topics()
+    term = scorer_factory(term_topics, instance="outage-term")
+    impatient = scorer_factory(patience_topics, **{"--outage-patience-s": "3"})
+    try:
+        _outage_with_work_in_flight(
+            cluster, [(term, term_topics), (impatient, patience_topics)], events
+        )
+        term.wait_for(lambda: term.total("loanrec_stalled_seconds") > 0, 60, "stalled")
+        time.sleep(2)  # well inside the stall (the default patience is 300 s)
+        term_at = time.monotonic()
+        os.killpg(term.process.pid, signal.SIGTERM)
+        term_code = term.wait_exit(60)
+        stop_s = time.monotonic() - term_at
+        impatient_code = impatient.wait_exit(90)
+    finally:
+        cluster.start()
+
+    # The patience: exit 1 with one line naming the outage and the setting.
+    log = impatient.log_text()
+    assert impatient_code == 1, log[-3000:]
+    (line,) = [x for x in log.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: Kafka outage: "), line
+    assert "gave up after the outage patience of 3 s" in line, line
+    assert "(--outage-patience-s / LOANREC_OUTAGE_PATIENCE_S)" in line, line
+
+    # SIGTERM during the stall: exit 0 within seconds, nothing committed after the outage began.
+    log = term.log_text()
+    assert term_code == 0, log[-3000:]
+    assert stop_s < 15, f"stopped {stop_s:.1f} s after SIGTERM:\n{log[-3000:]}"
+    (stopped,) = [json.loads(x) for x in log.splitlines() if '"stopped_while_stalled"' in x]
+    assert stopped["stalled_s"] > 0
+    assert '"event": "resumed"' not in log
+    # Consistent on restart: the same instance (same transactional id, which aborts whatever
+    # the stopped one left open) drains the input with exactly the reference's changes.
+    again = scorer_factory(term_topics, instance="outage-term")
+    again.wait_for(
+        lambda: committed_total(cluster.bootstrap_servers, term_topics) == len(events),
+        180,
+        "every event committed after the restart",
+    )
+    got, _ = change_keys(cluster.bootstrap_servers, term_topics, len(small_book["changes"]))
+    assert_same_changes(got, reference_keys(small_book["changes"]))
+    print(f"SIGTERM during the stall: exited 0 after {stop_s:.1f} s; {stopped['unit']}")
