@@ -3,7 +3,9 @@ network needed) built from a bundle's metadata and ``report_data.json``.
 
 Sections (each a ``<section id=...>``, see :data:`SECTIONS`): summary, segment map (2-D PCA
 projection coloured by segment), segment profiles, clustering comparison, ROC / PR curves,
-calibration, feature importance, score distribution with the tier thresholds, strategy mix.
+calibration, feature importance, score distribution with the tier thresholds, strategy mix,
+strategy outcomes (recovery and cost by collection method x segment with 95% intervals, from
+:mod:`models.strategy.outcome_table`; shown when the report is given an input book).
 
 >>> SECTIONS[:3]
 ('summary', 'segment-map', 'segment-profiles')
@@ -30,6 +32,7 @@ SECTIONS = (
     "feature-importance",
     "score-distribution",
     "strategy-mix",
+    "strategy-outcomes",
 )
 COLORS = {"HIGH_RISK": "#d62728", "OTHERS": "#ff7f0e", "LOW_RISK": "#2ca02c"}
 TITLES = {
@@ -42,10 +45,13 @@ TITLES = {
     "feature-importance": "Permutation feature importance",
     "score-distribution": "Score distribution and tier thresholds",
     "strategy-mix": "Strategy mix",
+    "strategy-outcomes": "Recovery and cost by strategy and segment",
 }
 
 
-def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
+def _figures(
+    bundle: ModelBundle, data: dict[str, Any], outcomes: list[dict[str, Any]] | None = None
+) -> dict[str, list[Any]]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -241,7 +247,68 @@ def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
         **layout,
     )
     figs["strategy-mix"].append(fig)
+
+    if outcomes:
+        figs["strategy-outcomes"].append(_outcome_figure(outcomes, layout))
     return figs
+
+
+def _outcome_figure(table: list[dict[str, Any]], layout: dict[str, Any]) -> Any:
+    """Recovered fraction by strategy, one bar group per segment, 95% interval whiskers."""
+    import plotly.graph_objects as go
+
+    strategies = sorted({c["strategy"] for c in table})
+    fig = go.Figure()
+    for segment in sorted({c["segment"] for c in table}):
+        cells = {c["strategy"]: c for c in table if c["segment"] == segment}
+        means = [cells[s]["recovered_fraction"] if s in cells else None for s in strategies]
+        plus = [
+            cells[s]["recovered_fraction_ci"][1] - cells[s]["recovered_fraction"]
+            if s in cells and cells[s]["loans"] > 1
+            else 0.0
+            for s in strategies
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=strategies,
+                y=means,
+                name=segment,
+                marker={"color": COLORS.get(segment, "#7f7f7f")},
+                error_y={"type": "data", "array": plus},
+            )
+        )
+    fig.update_layout(
+        title="Recovered fraction of the balance by collection method (observational, 95% "
+        "normal intervals)",
+        yaxis_title="recovered / balance",
+        barmode="group",
+        **layout,
+    )
+    return fig
+
+
+def _outcomes_html(table: list[dict[str, Any]]) -> str:
+    """The observational note and the method x segment table with intervals."""
+    from models.strategy.outcome_table import OBSERVATIONAL_NOTE
+
+    def ci(cell: dict[str, Any], name: str, fmt: str) -> str:
+        low, high = cell[f"{name}_ci"]
+        interval = "" if low != low else f" [{low:{fmt}}, {high:{fmt}}]"
+        return f"{cell[name]:{fmt}}{interval}"
+
+    rows = [
+        [
+            c["strategy"],
+            c["segment"],
+            str(c["loans"]),
+            ci(c, "recovered_fraction", ".3f"),
+            ci(c, "cost", ",.1f"),
+            ci(c, "net", ",.0f"),
+        ]
+        for c in table
+    ]
+    head = ["strategy", "segment", "loans", "recovered / balance", "cost / loan", "net / loan"]
+    return f"<p class='observational'>{html.escape(OBSERVATIONAL_NOTE)}</p>" + _table(head, rows)
 
 
 def _core_range(values: list[float]) -> list[float] | None:
@@ -427,16 +494,22 @@ def _profiles_html(profiles: dict[str, Any]) -> str:
     return f"<table><tr><th>segment</th>{head}</tr>{body}</table>"
 
 
-def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None) -> str:
+def render_report(
+    bundle: ModelBundle,
+    population: dict[str, Any] | None = None,
+    outcomes: list[dict[str, Any]] | None = None,
+) -> str:
     """The report as one HTML string. ``population`` (from
     :func:`models.training.population.input_data`) replaces the training book in the population
-    sections (segment map, profiles, scores, strategy mix)."""
+    sections (segment map, profiles, scores, strategy mix); ``outcomes`` (from
+    :func:`models.strategy.outcome_table.strategy_segment_table`) fills the strategy-outcomes
+    section."""
     import plotly.offline
 
     data = load_report_data(bundle)
     if population is not None:
         data.update(population)
-    figs = _figures(bundle, data)
+    figs = _figures(bundle, data, outcomes)
     parts = []
     for name in SECTIONS:
         inner = _summary_html(bundle) if name == "summary" else ""
@@ -452,6 +525,8 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
                 f"cluster(s), {db['noise']} noise point(s) of the subsample; its scores are "
                 "blank when it finds fewer than two clusters.</p>"
             )
+        if name == "strategy-outcomes" and outcomes:
+            inner += _outcomes_html(outcomes)
         for k, fig in enumerate(figs[name]):
             inner += fig.to_html(
                 full_html=False,
@@ -459,7 +534,12 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
                 div_id=f"{name}-plot-{k}",
                 config={"displaylogo": False},
             )
-        if name != "summary" and not figs[name]:
+        if name == "strategy-outcomes" and not outcomes:
+            inner += (
+                "<p class='empty'>Not available: give the report a book with outcomes "
+                "(<code>--input FILE --source seed|events</code>).</p>"
+            )
+        elif name != "summary" and not figs[name]:
             inner += "<p class='empty'>Not available: the bundle was trained without a holdout.</p>"
         parts.append(f"<section id='{name}'><h2>{TITLES[name]}</h2>{inner}</section>")
     plotly_js = plotly.offline.get_plotlyjs()
@@ -476,11 +556,14 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
 
 
 def write_report(
-    bundle: ModelBundle, out: str | Path, population: dict[str, Any] | None = None
+    bundle: ModelBundle,
+    out: str | Path,
+    population: dict[str, Any] | None = None,
+    outcomes: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Render and write the report; returns its path."""
     out = Path(out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(bundle, population), encoding="utf-8")
+    out.write_text(render_report(bundle, population, outcomes), encoding="utf-8")
     return out

@@ -279,6 +279,32 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
     a, b = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
     # The population sections describe the other book: its 700 loans, not the 1,500.
     assert _segment_loans(a) == 1500 and _segment_loans(b) == 700
+    # Outcomes need an input book: the training-book report says so, the event log fills them.
+    outcomes_a = a.split("<section id='strategy-outcomes'>")[1]
+    assert "Not available" in outcomes_a and "strategy-outcomes-plot-0" not in outcomes_a
+    outcomes_b = b.split("<section id='strategy-outcomes'>")[1]
+    assert "Observational estimate" in outcomes_b and "strategy-outcomes-plot-0" in outcomes_b
+    assert "<td>CALL</td>" in outcomes_b
+    seed_reports = []
+    for fraction in ("0.2", "0.8"):
+        out = tmp_path / f"seed-{fraction}.html"
+        cli(
+            "report",
+            "--model",
+            str(tmp_path / "model"),
+            "--out",
+            str(out),
+            "--source",
+            "seed",
+            "--input",
+            str(other / "loans.csv"),
+            "--partial-fraction",
+            fraction,
+        )
+        seed_reports.append(out.read_text().split("<section id='strategy-outcomes'>")[1])
+    # The partial fraction is what 'Partially Recovered' is worth: it moves the table.
+    assert seed_reports[0].split("</table>")[0] != seed_reports[1].split("</table>")[0]
+    assert "Observational estimate" in seed_reports[0]
     result = cli(
         "report",
         "--model",

@@ -15,7 +15,11 @@ from models.data.adapters import seed_frame_history
 from models.data.synthetic import generate_book
 from models.report.render import SECTIONS, write_report
 from models.serving.bundle import ModelBundle
+from models.serving.policy import Policy
+from models.strategy.outcome_table import strategy_segment_table
+from models.strategy.outcomes import seed_outcomes
 from models.training.early_warning import train_bundle
+from models.training.population import input_data
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -38,8 +42,12 @@ FLAGS = [
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
     frame, _, _ = generate_book(1500, seed=21)
-    train_bundle(seed_frame_history(frame), out / "model", n_estimators=30)
-    return write_report(ModelBundle.load(out / "model"), out / "report.html")
+    history = seed_frame_history(frame)
+    train_bundle(history, out / "model", n_estimators=30)
+    bundle = ModelBundle.load(out / "model")
+    segments = input_data(bundle, history)["segment_by_loan"]
+    table = strategy_segment_table(seed_outcomes(frame, Policy.load(None).costs), segments)
+    return write_report(bundle, out / "report.html", outcomes=table)
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -114,3 +122,19 @@ def test_report_shows_point_in_time_quality_and_fairness(report: Path) -> None:
     assert "<td>30+ days past due</td>" in text and "<td>62+</td>" in text
     inputs = text.split("<h3>Model inputs")[1].split("</p>")[0]
     assert "gender" not in inputs and "legal_action" not in inputs
+
+
+def test_strategy_outcomes_state_the_estimate_is_observational(report: Path) -> None:
+    section = report.read_text().split("<section id='strategy-outcomes'>")[1]
+    section = section.split("</section>")[0]
+    assert "Observational estimate" in section and "95% normal-approximation" in section
+    cells = r"<tr><td>([A-Z_]+)</td><td>([A-Z_]+)</td><td>(\d+)</td><td>([^<]+)</td>"
+    rows = re.findall(cells, section)
+    # every labelled loan of the 1,500 is in one strategy x segment cell
+    assert sum(int(n) for _, _, n, _ in rows) == 1500
+    assert {s for s, _, _, _ in rows} >= {"CALL", "LEGAL_NOTICE", "NONE"}
+    assert {g for _, g, _, _ in rows} <= {"HIGH_RISK", "OTHERS", "LOW_RISK"}
+    for *_, n, cell in rows:  # "0.812 [0.780, 0.845]": the mean inside its interval
+        if int(n) > 1:
+            mean, low, high = map(float, re.findall(r"-?\d+\.\d+", cell))
+            assert low <= mean <= high
