@@ -358,6 +358,11 @@ def report(
     policy_path: Path | None = typer.Option(
         None, "--policy", help="Policy file whose costs: price the strategy outcomes."
     ),
+    evaluation_path: Path | None = typer.Option(
+        None,
+        "--evaluation",
+        help="JSON written by `loan-recovery evaluate --json`: fills the learned-policy section.",
+    ),
     partial_fraction: float = typer.Option(
         0.5,
         help="Seed CSV: recovered fraction of the outstanding amount that 'Partially "
@@ -401,8 +406,18 @@ def report(
         segment_by_loan = population.pop("segment_by_loan")
         if outcomes is not None and len(outcomes):
             table = strategy_segment_table(outcomes, segment_by_loan)
+    evaluation = None
+    if evaluation_path is not None:
+        import json
+
+        try:
+            evaluation = json.loads(evaluation_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            fail(f"--evaluation {evaluation_path}: cannot read it ({error})")
+        if not isinstance(evaluation, dict) or "estimates" not in evaluation:
+            fail(f"--evaluation {evaluation_path}: not the JSON of `loan-recovery evaluate --json`")
     try:
-        write_report(bundle, out, population, table)
+        write_report(bundle, out, population, table, evaluation)
     except OSError as error:
         fail(f"--out {out}: cannot write the report ({error.strerror})")
     typer.echo(f"report -> {out}")

@@ -5,7 +5,9 @@ Sections (each a ``<section id=...>``, see :data:`SECTIONS`): summary, segment m
 projection coloured by segment), segment profiles, clustering comparison, ROC / PR curves,
 calibration, feature importance, score distribution with the tier thresholds, strategy mix,
 strategy outcomes (recovery and cost by collection method x segment with 95% intervals, from
-:mod:`models.strategy.outcome_table`; shown when the report is given an input book).
+:mod:`models.strategy.outcome_table`; shown when the report is given an input book), learned
+policy (its strategy mix against the table's and its value estimates with intervals, from the
+JSON of ``loan-recovery evaluate --json``).
 
 >>> SECTIONS[:3]
 ('summary', 'segment-map', 'segment-profiles')
@@ -33,6 +35,7 @@ SECTIONS = (
     "score-distribution",
     "strategy-mix",
     "strategy-outcomes",
+    "strategy-policy",
 )
 COLORS = {"HIGH_RISK": "#d62728", "OTHERS": "#ff7f0e", "LOW_RISK": "#2ca02c"}
 TITLES = {
@@ -46,11 +49,15 @@ TITLES = {
     "score-distribution": "Score distribution and tier thresholds",
     "strategy-mix": "Strategy mix",
     "strategy-outcomes": "Recovery and cost by strategy and segment",
+    "strategy-policy": "Learned policy against the table",
 }
 
 
 def _figures(
-    bundle: ModelBundle, data: dict[str, Any], outcomes: list[dict[str, Any]] | None = None
+    bundle: ModelBundle,
+    data: dict[str, Any],
+    outcomes: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> dict[str, list[Any]]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -250,7 +257,43 @@ def _figures(
 
     if outcomes:
         figs["strategy-outcomes"].append(_outcome_figure(outcomes, layout))
+    if evaluation and evaluation.get("strategy_mix"):
+        fig = go.Figure()
+        for name, shares in evaluation["strategy_mix"].items():
+            fig.add_trace(go.Bar(x=list(shares), y=list(shares.values()), name=name))
+        fig.update_layout(
+            title="Share of the logged decisions per strategy: learned policy vs table",
+            yaxis_title="share of decisions",
+            barmode="group",
+            **layout,
+        )
+        figs["strategy-policy"].append(fig)
     return figs
+
+
+def _evaluation_html(evaluation: dict[str, Any]) -> str:
+    """The learned policy's value estimates per loan with their 95% bootstrap intervals."""
+    names = {
+        "ips": "inverse propensity (IPS)",
+        "snips": "self-normalised IPS",
+        "dr": "doubly robust",
+        "dm": "direct method (model)",
+    }
+    estimates = evaluation.get("estimates", {})
+    rows = [
+        [names[k], f"{e['value']:,.2f}", f"[{e['low']:,.2f}, {e['high']:,.2f}]"]
+        for k, e in estimates.items()
+        if k in names
+    ]
+    note = estimates.get("note") or evaluation.get("warning")
+    return (
+        f"<p>From a decision log of {int(evaluation.get('decisions', 0)):,} decisions "
+        f"(propensities {html.escape(str(evaluation.get('propensities', '?')))}); the logging "
+        f"policy realised {evaluation.get('logged_policy_net_per_decision', float('nan')):,.2f} "
+        "net per decision. Intervals: 95% bootstrap percentile, resampling loans.</p>"
+        + (f"<p class='note'>{html.escape(str(note))}</p>" if note else "")
+        + _table(["estimator", "net recovery / loan", "95% interval"], rows)
+    )
 
 
 def _outcome_figure(table: list[dict[str, Any]], layout: dict[str, Any]) -> Any:
@@ -498,18 +541,20 @@ def render_report(
     bundle: ModelBundle,
     population: dict[str, Any] | None = None,
     outcomes: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> str:
     """The report as one HTML string. ``population`` (from
     :func:`models.training.population.input_data`) replaces the training book in the population
     sections (segment map, profiles, scores, strategy mix); ``outcomes`` (from
     :func:`models.strategy.outcome_table.strategy_segment_table`) fills the strategy-outcomes
+    section, ``evaluation`` (the JSON of ``loan-recovery evaluate --json``) the learned-policy
     section."""
     import plotly.offline
 
     data = load_report_data(bundle)
     if population is not None:
         data.update(population)
-    figs = _figures(bundle, data, outcomes)
+    figs = _figures(bundle, data, outcomes, evaluation)
     parts = []
     for name in SECTIONS:
         inner = _summary_html(bundle) if name == "summary" else ""
@@ -534,7 +579,14 @@ def render_report(
                 div_id=f"{name}-plot-{k}",
                 config={"displaylogo": False},
             )
-        if name == "strategy-outcomes" and not outcomes:
+        if name == "strategy-policy" and evaluation:
+            inner += _evaluation_html(evaluation)
+        if name == "strategy-policy" and not evaluation:
+            inner += (
+                "<p class='empty'>Not available: give the report the output of "
+                "<code>loan-recovery evaluate --json</code> (<code>--evaluation FILE</code>).</p>"
+            )
+        elif name == "strategy-outcomes" and not outcomes:
             inner += (
                 "<p class='empty'>Not available: give the report a book with outcomes "
                 "(<code>--input FILE --source seed|events</code>).</p>"
@@ -560,10 +612,11 @@ def write_report(
     out: str | Path,
     population: dict[str, Any] | None = None,
     outcomes: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> Path:
     """Render and write the report; returns its path."""
     out = Path(out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(bundle, population, outcomes), encoding="utf-8")
+    out.write_text(render_report(bundle, population, outcomes, evaluation), encoding="utf-8")
     return out

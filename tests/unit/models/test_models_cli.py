@@ -316,6 +316,20 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
         ok=False,
     )
     assert result.returncode != 0 and "--source" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"decisions": 3}')
+    result = cli(
+        "report",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "d.html"),
+        "--evaluation",
+        str(bad),
+        ok=False,
+    )
+    assert result.returncode != 0 and "evaluate --json" in result.stderr
+    assert not (tmp_path / "d.html").exists()
 
 
 def test_invalid_events_in_a_log_are_skipped_and_counted(book: Path, tmp_path: Path) -> None:

@@ -38,6 +38,23 @@ FLAGS = [
 ]
 
 
+# The shape `loan-recovery evaluate --json` prints (tests/unit/models/test_strategy_cli.py).
+EVALUATION = {
+    "candidate": "learned",
+    "decisions": 1000,
+    "propensities": "logged",
+    "logged_policy_net_per_decision": 3120.5,
+    "estimates": {
+        "ips": {"value": 4563.0, "low": 4406.0, "high": 4734.0},
+        "dr": {"value": 4566.0, "low": 4466.0, "high": 4669.0},
+    },
+    "strategy_mix": {
+        "learned": {"CALL": 0.6, "LEGAL_NOTICE": 0.4},
+        "table": {"CALL": 0.3, "LEGAL_NOTICE": 0.7},
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
@@ -47,7 +64,7 @@ def report(tmp_path_factory) -> Path:
     bundle = ModelBundle.load(out / "model")
     segments = input_data(bundle, history)["segment_by_loan"]
     table = strategy_segment_table(seed_outcomes(frame, Policy.load(None).costs), segments)
-    return write_report(bundle, out / "report.html", outcomes=table)
+    return write_report(bundle, out / "report.html", outcomes=table, evaluation=EVALUATION)
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -138,3 +155,11 @@ def test_strategy_outcomes_state_the_estimate_is_observational(report: Path) -> 
         if int(n) > 1:
             mean, low, high = map(float, re.findall(r"-?\d+\.\d+", cell))
             assert low <= mean <= high
+
+
+def test_learned_policy_section_shows_values_with_intervals(report: Path) -> None:
+    section = report.read_text().split("<section id='strategy-policy'>")[1]
+    section = section.split("</section>")[0]
+    assert "<td>doubly robust</td><td>4,566.00</td><td>[4,466.00, 4,669.00]</td>" in section
+    assert "<td>inverse propensity (IPS)</td>" in section and "self-normalised" not in section
+    assert "1,000 decisions" in section and "strategy-policy-plot-0" in section
