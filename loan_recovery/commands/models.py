@@ -352,32 +352,72 @@ def report(
         None,
         "--input",
         help="Show this book (scored by the bundle) instead of the training "
-        "book in the segment map, profiles, score distribution and strategy mix.",
+        "book in the segment map, profiles, score distribution and strategy mix; a seed CSV "
+        "or an event log also fills the strategy-outcomes section.",
+    ),
+    policy_path: Path | None = typer.Option(
+        None, "--policy", help="Policy file whose costs: price the strategy outcomes."
+    ),
+    evaluation_path: Path | None = typer.Option(
+        None,
+        "--evaluation",
+        help="JSON written by `loan-recovery evaluate --json`: fills the learned-policy section.",
+    ),
+    partial_fraction: float = typer.Option(
+        0.5,
+        help="Seed CSV: recovered fraction of the outstanding amount that 'Partially "
+        "Recovered' stands for (docs/STRATEGY.md).",
     ),
 ) -> None:
     """Write the interactive, self-contained HTML report of the model and the segmentation."""
     from models.data.adapters import AdapterError, read_history
     from models.report.render import write_report
     from models.serving.bundle import BundleError, ModelBundle
+    from models.serving.policy import Policy, PolicyError
+    from models.strategy.outcome_table import strategy_segment_table
+    from models.strategy.outcomes import OutcomeError, book_outcomes
     from models.training.population import input_data
 
     try:
         bundle = ModelBundle.load(model)
     except BundleError as error:
         fail(f"--model {model}: {error}")
-    population = None
+    population, table = None, None
     if input_path is not None:
         if source is None:
             fail("--input needs --source seed|uci|events")
         if not input_path.exists():
             fail(f"--input {input_path}: no such file")
         try:
+            policy = Policy.load(policy_path)
+        except PolicyError as error:
+            fail(f"--policy {policy_path}: {error}")
+        try:
             with _console().status(f"scoring {input_path}"):
-                population = input_data(bundle, read_history(source.value, input_path))
+                history = read_history(source.value, input_path)
+                population = input_data(bundle, history)
+                outcomes = book_outcomes(
+                    source.value, input_path, history.events, policy.costs, partial_fraction
+                )
+        except OutcomeError as error:
+            fail(f"--policy / --partial-fraction: {error}")
         except (AdapterError, ValueError) as error:
             fail(f"--input {input_path}: {error}")
+        segment_by_loan = population.pop("segment_by_loan")
+        if outcomes is not None and len(outcomes):
+            table = strategy_segment_table(outcomes, segment_by_loan)
+    evaluation = None
+    if evaluation_path is not None:
+        import json
+
+        try:
+            evaluation = json.loads(evaluation_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            fail(f"--evaluation {evaluation_path}: cannot read it ({error})")
+        if not isinstance(evaluation, dict) or "estimates" not in evaluation:
+            fail(f"--evaluation {evaluation_path}: not the JSON of `loan-recovery evaluate --json`")
     try:
-        write_report(bundle, out, population)
+        write_report(bundle, out, population, table, evaluation)
     except OSError as error:
         fail(f"--out {out}: cannot write the report ({error.strerror})")
     typer.echo(f"report -> {out}")

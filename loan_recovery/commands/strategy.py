@@ -263,6 +263,7 @@ def evaluate(
         "candidate_agrees_with_log": float((candidate == log.strategy).mean()),
         "estimates": result,
     }
+    summary["strategy_mix"] = _strategy_mix(input_path, candidate, policy)
     if log.propensity is not None and bool((log.propensity == 1).all()):
         summary["warning"] = (
             "the logging policy was deterministic (every propensity is 1): IPS and DR see "
@@ -285,3 +286,27 @@ def evaluate(
         if name in result:
             e = result[name]
             typer.echo(f"{name:>6}: {e['value']:,.2f}  95% [{e['low']:,.2f}, {e['high']:,.2f}]")
+
+
+def _strategy_mix(
+    input_path: Path, candidate: np.ndarray, policy: Policy
+) -> dict[str, dict[str, float]]:
+    """Share of the log's decisions per strategy under the learned policy and, when the log has
+    ``tier`` and ``segment`` columns (``simulate --log-out`` writes them), under the table."""
+    import numpy as np
+    import pandas as pd
+
+    from models.strategy.decision_log import LOG_FILE
+    from models.strategy.simulator import STRATEGIES
+
+    learned = np.bincount(np.asarray(candidate, dtype=int), minlength=len(STRATEGIES))
+    shares = learned / learned.sum()
+    mix = {"learned": {s: float(v) for s, v in zip(STRATEGIES, shares, strict=True)}}
+    csv = input_path / LOG_FILE if input_path.is_dir() else input_path
+    frame = pd.read_csv(csv, dtype=str)
+    if {"tier", "segment"} <= set(frame.columns):
+        table = pd.Series(
+            [policy.matrix[t][g] for t, g in zip(frame["tier"], frame["segment"], strict=True)]
+        ).value_counts(normalize=True)
+        mix["table"] = {s: float(table.get(s, 0.0)) for s in STRATEGIES}
+    return mix

@@ -3,7 +3,11 @@ network needed) built from a bundle's metadata and ``report_data.json``.
 
 Sections (each a ``<section id=...>``, see :data:`SECTIONS`): summary, segment map (2-D PCA
 projection coloured by segment), segment profiles, clustering comparison, ROC / PR curves,
-calibration, feature importance, score distribution with the tier thresholds, strategy mix.
+calibration, feature importance, score distribution with the tier thresholds, strategy mix,
+strategy outcomes (recovery and cost by collection method x segment with 95% intervals, from
+:mod:`models.strategy.outcome_table`; shown when the report is given an input book), learned
+policy (its strategy mix against the table's and its value estimates with intervals, from the
+JSON of ``loan-recovery evaluate --json``).
 
 >>> SECTIONS[:3]
 ('summary', 'segment-map', 'segment-profiles')
@@ -30,6 +34,8 @@ SECTIONS = (
     "feature-importance",
     "score-distribution",
     "strategy-mix",
+    "strategy-outcomes",
+    "strategy-policy",
 )
 COLORS = {"HIGH_RISK": "#d62728", "OTHERS": "#ff7f0e", "LOW_RISK": "#2ca02c"}
 TITLES = {
@@ -42,10 +48,17 @@ TITLES = {
     "feature-importance": "Permutation feature importance",
     "score-distribution": "Score distribution and tier thresholds",
     "strategy-mix": "Strategy mix",
+    "strategy-outcomes": "Recovery and cost by strategy and segment",
+    "strategy-policy": "Learned policy against the table",
 }
 
 
-def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
+def _figures(
+    bundle: ModelBundle,
+    data: dict[str, Any],
+    outcomes: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> dict[str, list[Any]]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -241,7 +254,104 @@ def _figures(bundle: ModelBundle, data: dict[str, Any]) -> dict[str, list[Any]]:
         **layout,
     )
     figs["strategy-mix"].append(fig)
+
+    if outcomes:
+        figs["strategy-outcomes"].append(_outcome_figure(outcomes, layout))
+    if evaluation and evaluation.get("strategy_mix"):
+        fig = go.Figure()
+        for name, shares in evaluation["strategy_mix"].items():
+            fig.add_trace(go.Bar(x=list(shares), y=list(shares.values()), name=name))
+        fig.update_layout(
+            title="Share of the logged decisions per strategy: learned policy vs table",
+            yaxis_title="share of decisions",
+            barmode="group",
+            **layout,
+        )
+        figs["strategy-policy"].append(fig)
     return figs
+
+
+def _evaluation_html(evaluation: dict[str, Any]) -> str:
+    """The learned policy's value estimates per loan with their 95% bootstrap intervals."""
+    names = {
+        "ips": "inverse propensity (IPS)",
+        "snips": "self-normalised IPS",
+        "dr": "doubly robust",
+        "dm": "direct method (model)",
+    }
+    estimates = evaluation.get("estimates", {})
+    rows = [
+        [names[k], f"{e['value']:,.2f}", f"[{e['low']:,.2f}, {e['high']:,.2f}]"]
+        for k, e in estimates.items()
+        if k in names
+    ]
+    note = estimates.get("note") or evaluation.get("warning")
+    return (
+        f"<p>From a decision log of {int(evaluation.get('decisions', 0)):,} decisions "
+        f"(propensities {html.escape(str(evaluation.get('propensities', '?')))}); the logging "
+        f"policy realised {evaluation.get('logged_policy_net_per_decision', float('nan')):,.2f} "
+        "net per decision. Intervals: 95% bootstrap percentile, resampling loans.</p>"
+        + (f"<p class='note'>{html.escape(str(note))}</p>" if note else "")
+        + _table(["estimator", "net recovery / loan", "95% interval"], rows)
+    )
+
+
+def _outcome_figure(table: list[dict[str, Any]], layout: dict[str, Any]) -> Any:
+    """Recovered fraction by strategy, one bar group per segment, 95% interval whiskers."""
+    import plotly.graph_objects as go
+
+    strategies = sorted({c["strategy"] for c in table})
+    fig = go.Figure()
+    for segment in sorted({c["segment"] for c in table}):
+        cells = {c["strategy"]: c for c in table if c["segment"] == segment}
+        means = [cells[s]["recovered_fraction"] if s in cells else None for s in strategies]
+        plus = [
+            cells[s]["recovered_fraction_ci"][1] - cells[s]["recovered_fraction"]
+            if s in cells and cells[s]["loans"] > 1
+            else 0.0
+            for s in strategies
+        ]
+        fig.add_trace(
+            go.Bar(
+                x=strategies,
+                y=means,
+                name=segment,
+                marker={"color": COLORS.get(segment, "#7f7f7f")},
+                error_y={"type": "data", "array": plus},
+            )
+        )
+    fig.update_layout(
+        title="Recovered fraction of the balance by collection method (observational, 95% "
+        "normal intervals)",
+        yaxis_title="recovered / balance",
+        barmode="group",
+        **layout,
+    )
+    return fig
+
+
+def _outcomes_html(table: list[dict[str, Any]]) -> str:
+    """The observational note and the method x segment table with intervals."""
+    from models.strategy.outcome_table import OBSERVATIONAL_NOTE
+
+    def ci(cell: dict[str, Any], name: str, fmt: str) -> str:
+        low, high = cell[f"{name}_ci"]
+        interval = "" if low != low else f" [{low:{fmt}}, {high:{fmt}}]"
+        return f"{cell[name]:{fmt}}{interval}"
+
+    rows = [
+        [
+            c["strategy"],
+            c["segment"],
+            str(c["loans"]),
+            ci(c, "recovered_fraction", ".3f"),
+            ci(c, "cost", ",.1f"),
+            ci(c, "net", ",.0f"),
+        ]
+        for c in table
+    ]
+    head = ["strategy", "segment", "loans", "recovered / balance", "cost / loan", "net / loan"]
+    return f"<p class='observational'>{html.escape(OBSERVATIONAL_NOTE)}</p>" + _table(head, rows)
 
 
 def _core_range(values: list[float]) -> list[float] | None:
@@ -427,16 +537,24 @@ def _profiles_html(profiles: dict[str, Any]) -> str:
     return f"<table><tr><th>segment</th>{head}</tr>{body}</table>"
 
 
-def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None) -> str:
+def render_report(
+    bundle: ModelBundle,
+    population: dict[str, Any] | None = None,
+    outcomes: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> str:
     """The report as one HTML string. ``population`` (from
     :func:`models.training.population.input_data`) replaces the training book in the population
-    sections (segment map, profiles, scores, strategy mix)."""
+    sections (segment map, profiles, scores, strategy mix); ``outcomes`` (from
+    :func:`models.strategy.outcome_table.strategy_segment_table`) fills the strategy-outcomes
+    section, ``evaluation`` (the JSON of ``loan-recovery evaluate --json``) the learned-policy
+    section."""
     import plotly.offline
 
     data = load_report_data(bundle)
     if population is not None:
         data.update(population)
-    figs = _figures(bundle, data)
+    figs = _figures(bundle, data, outcomes, evaluation)
     parts = []
     for name in SECTIONS:
         inner = _summary_html(bundle) if name == "summary" else ""
@@ -452,6 +570,8 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
                 f"cluster(s), {db['noise']} noise point(s) of the subsample; its scores are "
                 "blank when it finds fewer than two clusters.</p>"
             )
+        if name == "strategy-outcomes" and outcomes:
+            inner += _outcomes_html(outcomes)
         for k, fig in enumerate(figs[name]):
             inner += fig.to_html(
                 full_html=False,
@@ -459,7 +579,19 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
                 div_id=f"{name}-plot-{k}",
                 config={"displaylogo": False},
             )
-        if name != "summary" and not figs[name]:
+        if name == "strategy-policy" and evaluation:
+            inner += _evaluation_html(evaluation)
+        if name == "strategy-policy" and not evaluation:
+            inner += (
+                "<p class='empty'>Not available: give the report the output of "
+                "<code>loan-recovery evaluate --json</code> (<code>--evaluation FILE</code>).</p>"
+            )
+        elif name == "strategy-outcomes" and not outcomes:
+            inner += (
+                "<p class='empty'>Not available: give the report a book with outcomes "
+                "(<code>--input FILE --source seed|events</code>).</p>"
+            )
+        elif name != "summary" and not figs[name]:
             inner += "<p class='empty'>Not available: the bundle was trained without a holdout.</p>"
         parts.append(f"<section id='{name}'><h2>{TITLES[name]}</h2>{inner}</section>")
     plotly_js = plotly.offline.get_plotlyjs()
@@ -476,11 +608,15 @@ def render_report(bundle: ModelBundle, population: dict[str, Any] | None = None)
 
 
 def write_report(
-    bundle: ModelBundle, out: str | Path, population: dict[str, Any] | None = None
+    bundle: ModelBundle,
+    out: str | Path,
+    population: dict[str, Any] | None = None,
+    outcomes: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> Path:
     """Render and write the report; returns its path."""
     out = Path(out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(bundle, population), encoding="utf-8")
+    out.write_text(render_report(bundle, population, outcomes, evaluation), encoding="utf-8")
     return out

@@ -99,6 +99,7 @@ def input_data(bundle: Any, history: Any) -> dict[str, Any]:
     )
     data = population_data(x, y, risk, z, segments)
     data.pop("_pca")
+    data["segment_by_loan"] = dict(zip(loan_ids, segments.tolist(), strict=True))
     return data
 
 

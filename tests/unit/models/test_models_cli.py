@@ -4,13 +4,17 @@ inputs) and report."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from models.serving.bundle import ModelBundle
+from models.serving.policy import Policy
+from models.strategy.outcomes import seed_outcomes
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -279,6 +283,38 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
     a, b = (tmp_path / "a.html").read_text(), (tmp_path / "b.html").read_text()
     # The population sections describe the other book: its 700 loans, not the 1,500.
     assert _segment_loans(a) == 1500 and _segment_loans(b) == 700
+    # Outcomes need an input book: the training-book report says so, the event log fills them.
+    outcomes_a = a.split("<section id='strategy-outcomes'>")[1]
+    assert "Not available" in outcomes_a and "strategy-outcomes-plot-0" not in outcomes_a
+    outcomes_b = b.split("<section id='strategy-outcomes'>")[1]
+    assert "Observational estimate" in outcomes_b and "strategy-outcomes-plot-0" in outcomes_b
+    assert "<td>CALL</td>" in outcomes_b
+    cli(
+        "report",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "seed.html"),
+        "--source",
+        "seed",
+        "--input",
+        str(other / "loans.csv"),
+        "--partial-fraction",
+        "0.2",
+    )
+    section = (tmp_path / "seed.html").read_text().split("<section id='strategy-outcomes'>")[1]
+    assert "Observational estimate" in section
+    cells = re.findall(r"<tr><td>[A-Z_]+</td><td>[A-Z_]+</td><td>(\d+)</td><td>(-?[\d.]+)", section)
+    loans = sum(int(n) for n, _ in cells)
+    shown = sum(int(n) * float(f) for n, f in cells) / loans
+    # --partial-fraction reaches the table: 'Partially Recovered' counts 0.2, not the default 0.5
+    frame = pd.read_csv(other / "loans.csv")
+    costs = Policy.load(None).costs
+    assert loans == 700
+    assert shown == pytest.approx(
+        seed_outcomes(frame, costs, 0.2).recovered_fraction.mean(), abs=2e-3
+    )
+    assert abs(shown - seed_outcomes(frame, costs).recovered_fraction.mean()) > 0.01
     result = cli(
         "report",
         "--model",
@@ -290,6 +326,20 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
         ok=False,
     )
     assert result.returncode != 0 and "--source" in result.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"decisions": 3}')
+    result = cli(
+        "report",
+        "--model",
+        str(tmp_path / "model"),
+        "--out",
+        str(tmp_path / "d.html"),
+        "--evaluation",
+        str(bad),
+        ok=False,
+    )
+    assert result.returncode != 0 and "evaluate --json" in result.stderr
+    assert not (tmp_path / "d.html").exists()
 
 
 def test_invalid_events_in_a_log_are_skipped_and_counted(book: Path, tmp_path: Path) -> None:

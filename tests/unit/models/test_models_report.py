@@ -15,7 +15,11 @@ from models.data.adapters import seed_frame_history
 from models.data.synthetic import generate_book
 from models.report.render import SECTIONS, write_report
 from models.serving.bundle import ModelBundle
+from models.serving.policy import Policy
+from models.strategy.outcome_table import strategy_segment_table
+from models.strategy.outcomes import seed_outcomes
 from models.training.early_warning import train_bundle
+from models.training.population import input_data
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -34,12 +38,33 @@ FLAGS = [
 ]
 
 
+# The shape `loan-recovery evaluate --json` prints (tests/unit/models/test_strategy_cli.py).
+EVALUATION = {
+    "candidate": "learned",
+    "decisions": 1000,
+    "propensities": "logged",
+    "logged_policy_net_per_decision": 3120.5,
+    "estimates": {
+        "ips": {"value": 4563.0, "low": 4406.0, "high": 4734.0},
+        "dr": {"value": 4566.0, "low": 4466.0, "high": 4669.0},
+    },
+    "strategy_mix": {
+        "learned": {"CALL": 0.6, "LEGAL_NOTICE": 0.4},
+        "table": {"CALL": 0.3, "LEGAL_NOTICE": 0.7},
+    },
+}
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report")
     frame, _, _ = generate_book(1500, seed=21)
-    train_bundle(seed_frame_history(frame), out / "model", n_estimators=30)
-    return write_report(ModelBundle.load(out / "model"), out / "report.html")
+    history = seed_frame_history(frame)
+    train_bundle(history, out / "model", n_estimators=30)
+    bundle = ModelBundle.load(out / "model")
+    segments = input_data(bundle, history)["segment_by_loan"]
+    table = strategy_segment_table(seed_outcomes(frame, Policy.load(None).costs), segments)
+    return write_report(bundle, out / "report.html", outcomes=table, evaluation=EVALUATION)
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -114,3 +139,27 @@ def test_report_shows_point_in_time_quality_and_fairness(report: Path) -> None:
     assert "<td>30+ days past due</td>" in text and "<td>62+</td>" in text
     inputs = text.split("<h3>Model inputs")[1].split("</p>")[0]
     assert "gender" not in inputs and "legal_action" not in inputs
+
+
+def test_strategy_outcomes_state_the_estimate_is_observational(report: Path) -> None:
+    section = report.read_text().split("<section id='strategy-outcomes'>")[1]
+    section = section.split("</section>")[0]
+    assert "Observational estimate" in section and "95% normal-approximation" in section
+    cells = r"<tr><td>([A-Z_]+)</td><td>([A-Z_]+)</td><td>(\d+)</td><td>([^<]+)</td>"
+    rows = re.findall(cells, section)
+    # every labelled loan of the 1,500 is in one strategy x segment cell
+    assert sum(int(n) for _, _, n, _ in rows) == 1500
+    assert {s for s, _, _, _ in rows} >= {"CALL", "LEGAL_NOTICE", "NONE"}
+    assert {g for _, g, _, _ in rows} <= {"HIGH_RISK", "OTHERS", "LOW_RISK"}
+    for *_, n, cell in rows:  # "0.812 [0.780, 0.845]": the mean inside its interval
+        if int(n) > 1:
+            mean, low, high = map(float, re.findall(r"-?\d+\.\d+", cell))
+            assert low <= mean <= high
+
+
+def test_learned_policy_section_shows_values_with_intervals(report: Path) -> None:
+    section = report.read_text().split("<section id='strategy-policy'>")[1]
+    section = section.split("</section>")[0]
+    assert "<td>doubly robust</td><td>4,566.00</td><td>[4,466.00, 4,669.00]</td>" in section
+    assert "<td>inverse propensity (IPS)</td>" in section and "self-normalised" not in section
+    assert "1,000 decisions" in section and "strategy-policy-plot-0" in section

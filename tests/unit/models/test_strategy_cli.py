@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from loan_recovery.cli import app
-from models.serving.policy import DEFAULT_POLICY
+from models.serving.policy import DEFAULT_POLICY, Policy
 
 
 class Done:
@@ -64,6 +64,17 @@ def test_simulate_train_and_evaluate_through_the_cli(tmp_path: Path) -> None:
     assert set(evaluated["estimates"]) == {"ips", "snips", "dr", "dm"}
     for estimate in evaluated["estimates"].values():
         assert estimate["low"] <= estimate["value"] <= estimate["high"]
+    mix = evaluated["strategy_mix"]
+    assert set(mix) == {"learned", "table"}
+    for shares in mix.values():
+        assert abs(sum(shares.values()) - 1) < 1e-9
+    # the table's mix is the matrix applied to the log's tiers and segments
+    logged = pd.read_csv(log / "decisions.csv", dtype=str)
+    matrix = Policy.load(None).matrix
+    cells = zip(logged["tier"], logged["segment"], strict=True)
+    table = pd.Series([matrix[t][g] for t, g in cells])
+    assert mix["table"]["LEGAL_NOTICE"] == pytest.approx((table == "LEGAL_NOTICE").mean())
+    assert mix["learned"] != mix["table"]
     # An experiment: champion table / challenger learned arms, logged and compared.
     data = yaml.safe_load(DEFAULT_POLICY.read_text())
     data["experiment"] = {

@@ -69,6 +69,9 @@ def test_the_strategy_modules_docstring_examples_run() -> None:
         "strategy.evaluation",
         "strategy.treatment",
         "strategy.bundle",
+        "strategy.outcomes",
+        "strategy.outcome_table",
+        "strategy.observational",
     ):
         module = importlib.import_module(f"models.{name}")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
