@@ -17,6 +17,12 @@ the two children of a split sit next to each other (right = left + 1): a step is
 one feature load and an add of the comparison result. A leaf loops onto itself (threshold +inf,
 NaN goes "left" = itself), so a block of paths is walked in lockstep for the tree's depth with
 no data-dependent branch; the class-1 fractions sit in a separate array indexed by node.
+
+:meth:`ForestKernel.contributions` is the compiled twin of
+``models.serving.contributions.column_contributions_numpy`` (the Saabas path decomposition): per
+row, tree by tree in estimator order and root to leaf, ``c[feature] += value[child] -
+value[node]`` for every split on the path, then one division by the number of trees -- the
+reference's additions in the reference's order, so the same bits.
 """
 
 import numpy as np
@@ -45,6 +51,7 @@ cdef class ForestKernel:
     """The fitted trees of one forest, flattened for :meth:`sum_votes`."""
 
     cdef Node[::1] _nodes
+    # The class-1 fraction of every node (leaves for the votes, all for the contributions).
     cdef double[::1] _leaf_values
     cdef int32_t[::1] _roots
     cdef int32_t[::1] _depths
@@ -139,6 +146,56 @@ cdef class ForestKernel:
                 total[start + i] /= divisor
             start += rows
 
+    def contributions(self, const float[:, ::1] x32) -> np.ndarray:
+        """Per row and forest input column, the mean over trees of the changes of the class-1
+        fraction along the row's path at the splits on that column (n x n_features)."""
+        if x32.shape[1] != self.n_features:
+            raise ValueError(f"rows have {x32.shape[1]} features, the forest {self.n_features}")
+        cdef Py_ssize_t n_rows = x32.shape[0]
+        out = np.zeros((n_rows, self.n_features), dtype=np.float64)
+        if n_rows == 0:
+            return out
+        cdef double[:, ::1] total = out
+        with nogil:
+            self._contributions(&x32[0, 0], n_rows, &total[0, 0])
+        return out
+
+    @cython.cdivision(True)
+    cdef void _contributions(self, const float* x, Py_ssize_t n_rows, double* out) noexcept nogil:
+        """One path at a time: only the few emitted rows are explained, so the lockstep
+        walk of :meth:`_sum_votes` would buy nothing here."""
+        cdef const Node* nodes = &self._nodes[0]
+        cdef const double* values = &self._leaf_values[0]
+        cdef const int32_t* roots = &self._roots[0]
+        cdef Py_ssize_t stride = self.n_features
+        cdef double divisor = <double>self.n_trees
+        cdef Py_ssize_t i, f
+        cdef int t, feature
+        cdef int32_t at, child
+        cdef const Node* node
+        cdef const float* row
+        cdef double* c
+        cdef float value
+        cdef int go_right
+        for i in range(n_rows):
+            row = x + i * stride
+            c = out + i * stride
+            for t in range(self.n_trees):
+                at = roots[t]
+                node = nodes + at
+                while node.left != at:  # a leaf loops onto itself
+                    feature = node.code >> 1
+                    value = row[feature]
+                    go_right = not (<double>value <= node.threshold)
+                    if isnan(value):
+                        go_right = (node.code & 1) ^ 1
+                    child = node.left + go_right
+                    c[feature] += values[child] - values[at]
+                    at = child
+                    node = nodes + at
+            for f in range(stride):
+                c[f] /= divisor
+
 
 def _node_dtype() -> np.dtype:
     """The numpy twin of ``Node`` (16 bytes, no padding)."""
@@ -170,9 +227,9 @@ def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, int start,
     while stack:
         node_id, at, level = stack.pop()
         depth = max(depth, level)
+        leaf_values[at] = fraction[node_id]  # inner nodes too: the contributions read them
         if left[node_id] == -1:
             code[at], child[at], number[at] = 1, at, np.inf
-            leaf_values[at] = fraction[node_id]
             continue
         code[at] = 2 * int(feature[node_id]) + (1 if missing_left[node_id] else 0)
         child[at], number[at] = free, threshold[node_id]
