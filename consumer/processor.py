@@ -38,12 +38,19 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cache, partial
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from consumer.outputs import UNKNOWN_TYPE, DeadLetter, EarlyWarningAlert, StrategyChanged
+from consumer.outputs import (
+    UNKNOWN_TYPE,
+    DeadLetter,
+    EarlyWarningAlert,
+    Reason,
+    StrategyChanged,
+)
 from consumer.partition_store import CHECKPOINT_KEY as CHECKPOINT_KEY
 from consumer.partition_store import PartitionStore
 from models.features.columns import FEATURE_NAMES
@@ -51,7 +58,14 @@ from models.features.loan_id import REASON as INVALID_LOAN_ID
 from models.features.loan_id import describe_invalid, is_valid_loan_id
 from models.features.state import DuplicateEvent, InvalidEvent, LoanState
 from models.native import load_kernel
-from models.serving.contracts import EarlyWarningModel, Segmenter, StrategyPolicy
+from models.serving.contracts import (
+    EarlyWarningModel,
+    ExplainingModel,
+    Segmenter,
+    StrategyPolicy,
+)
+from models.serving.contributions import Explanation
+from models.serving.reasons import top_reasons
 from models.serving.segmenter import OnlineSegmenter
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
@@ -185,6 +199,8 @@ class PartitionProcessor:
         self.partition = partition
         self.topic = topic
         self.store = PartitionStore(partition, segmenter or OnlineSegmenter.from_bundle(bundle))
+        # Reasons come from the model's path decomposition; a model without one emits none.
+        self._explain = bundle.explain if isinstance(bundle, ExplainingModel) else None
         self._serde = AvroSerde("LoanEvent")
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
@@ -312,7 +328,11 @@ class PartitionProcessor:
         tier_of, decide = self.policy.tier, self.policy.decide
         learn_predict = store.segmenter.learn_predict
         by_tier, by_segment = store.by_tier, store.by_segment
+        rule = self.policy.rule
         rows = result.rows()
+        first_change, first_alert = len(result.changes), len(result.alerts)
+        change_rows: list[int] = []  # the applied event each record is about
+        alert_rows: list[int] = []
         floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
         for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
@@ -330,15 +350,49 @@ class PartitionProcessor:
             if changed or alert:
                 source = self._source(result, i)
                 if changed:
+                    policy_rule = rule(tier, segment, score, previous_strategy)
                     result.changes.append(
                         self._strategy_changed(
-                            state, source, previous_strategy, previous_tier, decided_at_ms
+                            state,
+                            source,
+                            previous_strategy,
+                            previous_tier,
+                            decided_at_ms,
+                            policy_rule,
                         )
                     )
+                    change_rows.append(i)
                 if alert:
                     result.alerts.append(self._alert(state, source, previous_tier, decided_at_ms))
+                    alert_rows.append(i)
+        if change_rows or alert_rows:
+            self._give_reasons(result, first_change, change_rows, first_alert, alert_rows)
         if result.changes:
             store.record_changes(result.changes)
+
+    def _give_reasons(
+        self,
+        result: BatchResult,
+        first_change: int,
+        change_rows: list[int],
+        first_alert: int,
+        alert_rows: list[int],
+    ) -> None:
+        """Reasons for the records just emitted (ARCHITECTURE.md §7): one ``explain`` call
+        for the batch's emitted rows only, so the per-event path pays nothing for them."""
+        if self._explain is None:
+            return
+        rows = result.rows()
+        wanted = sorted(set(change_rows).union(alert_rows))  # an event with both: once
+        explanation = self._explain(rows[wanted])
+        if explanation is None:
+            return
+        reasons_of = {i: reasons_of_row(explanation, k, rows[i]) for k, i in enumerate(wanted)}
+        changes, alerts = result.changes, result.alerts
+        for at, i in enumerate(change_rows, first_change):
+            changes[at] = replace(changes[at], reasons=reasons_of[i])
+        for at, i in enumerate(alert_rows, first_alert):
+            alerts[at] = replace(alerts[at], reasons=reasons_of[i])
 
     def _source(self, result: BatchResult, i: int) -> _Source:
         """The ids of applied event ``i``, read back from its bytes (only for events with an
@@ -358,6 +412,7 @@ class PartitionProcessor:
         previous_strategy: str | None,
         previous_tier: str | None,
         decided_at_ms: int,
+        policy_rule: str | None = None,
     ) -> StrategyChanged:
         """The loan's strategy changed: ``state`` holds the decision just made."""
         tier, segment, score = state.risk_tier, state.segment, state.risk_score
@@ -379,6 +434,7 @@ class PartitionProcessor:
             source_offset=source.offset,
             occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
+            policy_rule=policy_rule,
         )
 
     def _alert(
@@ -405,6 +461,12 @@ class PartitionProcessor:
         if old is not None:
             counts[old] -= 1
         counts[new] += 1
+
+
+def reasons_of_row(explanation: Explanation, k: int, row: np.ndarray) -> tuple[Reason, ...]:
+    """Row ``k`` of ``explanation`` (features ``row``) as catalogued reasons (1-3)."""
+    chosen = top_reasons(explanation.inputs, explanation.contributions[k], explanation.raw[k], row)
+    return tuple(Reason(c.code, c.feature, c.text, value) for c, value in chosen)
 
 
 def decide_together(

@@ -129,3 +129,12 @@ def top_reasons(
         (reason_code(FEATURE_NAMES[inputs[k]], float(row[inputs[k]])), float(served[k]))
         for k in chosen
     ]
+
+
+def catalogue_markdown() -> str:
+    """The catalogue as the table docs/MODELS.md prints (``test_models_reasons`` compares)."""
+    lines = ["| code | feature | from value | text |", "|---|---|---|---|"]
+    for entry in CATALOGUE:
+        band = "" if entry.at_least is None else f"{entry.at_least:g}"
+        lines.append(f"| {entry.code} | `{entry.feature}` | {band} | {entry.text} |")
+    return "\n".join(lines) + "\n"
