@@ -16,9 +16,11 @@ partition in offset order and, for each record:
 Then it scores every row of the batch in ONE vectorised ``predict_proba`` call and, in offset
 order, updates the partition's online segmenter, applies the policy, and emits a
 ``StrategyChanged`` when the loan's strategy changes and an ``EarlyWarningAlert`` when its tier
-rises to HIGH. Output ids are uuid5 of the source event id, so a replay yields identical
-records. Every result is a pure function of the partition's input sequence and the state
-committed before it (ARCHITECTURE.md §5, Determinism).
+rises to HIGH -- each with its 1-3 reasons (``models.serving.reasons``, from one ``explain`` call
+for the batch's emitted rows only) and a change with the ``policy_rule`` that chose it. Output
+ids are uuid5 of the source event id, so a replay yields identical records. Every result is a
+pure function of the partition's input sequence and the state committed before it
+(ARCHITECTURE.md §5, Determinism).
 
 Steps 1-4 run in the compiled ``models.features._event_kernel`` when it is built: it reads the Avro
 bytes in place and writes each feature row straight into the batch's matrix, and gives every
@@ -199,8 +201,6 @@ class PartitionProcessor:
         self.partition = partition
         self.topic = topic
         self.store = PartitionStore(partition, segmenter or OnlineSegmenter.from_bundle(bundle))
-        # Reasons come from the model's path decomposition; a model without one emits none.
-        self._explain = bundle.explain if isinstance(bundle, ExplainingModel) else None
         self._serde = AvroSerde("LoanEvent")
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
@@ -379,12 +379,14 @@ class PartitionProcessor:
         alert_rows: list[int],
     ) -> None:
         """Reasons for the records just emitted (ARCHITECTURE.md §7): one ``explain`` call
-        for the batch's emitted rows only, so the per-event path pays nothing for them."""
-        if self._explain is None:
+        for the batch's emitted rows only, so the per-event path pays nothing for them. A
+        model without a path decomposition (or ``explain`` giving None) emits no reasons."""
+        bundle = self.bundle  # looked up now: a reload (SIGHUP) replaces it
+        if not isinstance(bundle, ExplainingModel):
             return
         rows = result.rows()
         wanted = sorted(set(change_rows).union(alert_rows))  # an event with both: once
-        explanation = self._explain(rows[wanted])
+        explanation = bundle.explain(rows[wanted])
         if explanation is None:
             return
         reasons_of = {i: reasons_of_row(explanation, k, rows[i]) for k, i in enumerate(wanted)}

@@ -332,9 +332,11 @@ def test_every_emitted_record_carries_its_reasons_and_policy_rule(bundle, policy
 def test_a_model_without_a_decomposition_emits_records_without_reasons(
     bundle, policy, events
 ) -> None:
-    """The processor asks only models that have ``explain`` (a scripted fake has none)."""
+    """The processor asks only models that have ``explain`` (a scripted fake has none), and
+    the one it holds now: a reload replaces ``processor.bundle``."""
     one_loan = [e for e in events if e["loan_id"] == events[0]["loan_id"]][:4]
-    model = _ScriptedModel(bundle, [0.9, 0.2, 0.9, 0.2])
-    changes, _, _ = run(PartitionProcessor(model, policy, 0), records(one_loan), 10)
+    processor = PartitionProcessor(bundle, policy, 0)
+    processor.bundle = _ScriptedModel(bundle, [0.9, 0.2, 0.9, 0.2])  # as a SIGHUP reload does
+    changes, _, _ = run(processor, records(one_loan), 10)
     assert changes and all(c.reasons == () for c in changes)
     assert all(c.policy_rule and c.policy_rule.startswith("table: ") for c in changes)
