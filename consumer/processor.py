@@ -40,7 +40,6 @@ import math
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
 from functools import cache, partial
 from typing import Any, NamedTuple
 
@@ -66,7 +65,6 @@ from models.serving.contracts import (
     Segmenter,
     StrategyPolicy,
 )
-from models.serving.contributions import Explanation
 from models.serving.reasons import top_reasons
 from models.serving.segmenter import OnlineSegmenter
 from schemas import AvroSerde, SchemaDecodeError
@@ -175,6 +173,17 @@ class _Source(NamedTuple):
     borrower_id: str
     offset: int
     occurred_at: int
+
+
+class _Decision(NamedTuple):
+    """What was decided for a loan at an emitting event (its state moves on within the batch
+    before the record is built, once the batch's reasons are known)."""
+
+    loan_id: str
+    strategy: str
+    tier: str
+    segment: str
+    score: float
 
 
 class PartitionProcessor:
@@ -330,9 +339,9 @@ class PartitionProcessor:
         by_tier, by_segment = store.by_tier, store.by_segment
         rule = self.policy.rule
         rows = result.rows()
-        first_change, first_alert = len(result.changes), len(result.alerts)
-        change_rows: list[int] = []  # the applied event each record is about
-        alert_rows: list[int] = []
+        # Emitted records wait here until their reasons (one explain call for all) are known.
+        changes: list[tuple[int, _Decision, _Source, str | None, str | None, str]] = []
+        alerts: list[tuple[int, _Decision, _Source, str | None]] = []
         floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
         for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
@@ -349,52 +358,46 @@ class PartitionProcessor:
             alert = tier == "HIGH" and previous_tier != "HIGH"
             if changed or alert:
                 source = self._source(result, i)
+                decision = _Decision(state.loan_id, strategy, tier, segment, score)
                 if changed:
                     policy_rule = rule(tier, segment, score, previous_strategy)
-                    result.changes.append(
-                        self._strategy_changed(
-                            state,
-                            source,
-                            previous_strategy,
-                            previous_tier,
-                            decided_at_ms,
-                            policy_rule,
-                        )
+                    changes.append(
+                        (i, decision, source, previous_strategy, previous_tier, policy_rule)
                     )
-                    change_rows.append(i)
                 if alert:
-                    result.alerts.append(self._alert(state, source, previous_tier, decided_at_ms))
-                    alert_rows.append(i)
-        if change_rows or alert_rows:
-            self._give_reasons(result, first_change, change_rows, first_alert, alert_rows)
+                    alerts.append((i, decision, source, previous_tier))
+        if changes or alerts:
+            reasons = self._reasons(rows, sorted({c[0] for c in changes} | {a[0] for a in alerts}))
+            result.changes.extend(
+                self._strategy_changed(
+                    d, src, old, old_tier, decided_at_ms, why, reasons.get(i, ())
+                )
+                for i, d, src, old, old_tier, why in changes
+            )
+            result.alerts.extend(
+                self._alert(d, src, old_tier, decided_at_ms, reasons.get(i, ()))
+                for i, d, src, old_tier in alerts
+            )
         if result.changes:
             store.record_changes(result.changes)
 
-    def _give_reasons(
-        self,
-        result: BatchResult,
-        first_change: int,
-        change_rows: list[int],
-        first_alert: int,
-        alert_rows: list[int],
-    ) -> None:
-        """Reasons for the records just emitted (ARCHITECTURE.md §7): one ``explain`` call
-        for the batch's emitted rows only, so the per-event path pays nothing for them. A
-        model without a path decomposition (or ``explain`` giving None) emits no reasons."""
+    def _reasons(self, rows: np.ndarray, wanted: list[int]) -> dict[int, tuple[Reason, ...]]:
+        """The reasons of the emitted rows ``wanted`` (ARCHITECTURE.md §7), from one
+        ``explain`` call for all of them, so the per-event path pays nothing for them. A model
+        without a path decomposition (or ``explain`` giving None) gives no reasons."""
         bundle = self.bundle  # looked up now: a reload (SIGHUP) replaces it
         if not isinstance(bundle, ExplainingModel):
-            return
-        rows = result.rows()
-        wanted = sorted(set(change_rows).union(alert_rows))  # an event with both: once
+            return {}
         explanation = bundle.explain(rows[wanted])
         if explanation is None:
-            return
-        reasons_of = {i: reasons_of_row(explanation, k, rows[i]) for k, i in enumerate(wanted)}
-        changes, alerts = result.changes, result.alerts
-        for at, i in enumerate(change_rows, first_change):
-            changes[at] = replace(changes[at], reasons=reasons_of[i])
-        for at, i in enumerate(alert_rows, first_alert):
-            alerts[at] = replace(alerts[at], reasons=reasons_of[i])
+            return {}
+        chosen = top_reasons(
+            explanation.inputs, explanation.contributions, explanation.raw, rows[wanted]
+        )
+        return {
+            i: tuple(Reason(c.code, c.feature, c.text, value) for c, value in row)
+            for i, row in zip(wanted, chosen, strict=True)
+        }
 
     def _source(self, result: BatchResult, i: int) -> _Source:
         """The ids of applied event ``i``, read back from its bytes (only for events with an
@@ -409,21 +412,22 @@ class PartitionProcessor:
 
     def _strategy_changed(
         self,
-        state: LoanState,
+        decision: _Decision,
         source: _Source,
         previous_strategy: str | None,
         previous_tier: str | None,
         decided_at_ms: int,
-        policy_rule: str | None = None,
+        policy_rule: str | None,
+        reasons: tuple[Reason, ...],
     ) -> StrategyChanged:
-        """The loan's strategy changed: ``state`` holds the decision just made."""
-        tier, segment, score = state.risk_tier, state.segment, state.risk_score
+        """The loan's strategy changed: ``decision`` is the decision just made."""
+        tier, segment, score = decision.tier, decision.segment, decision.score
         return StrategyChanged(
             event_id=uuid5_str(_CHANGE_NS, source.event_id),
-            loan_id=state.loan_id,
+            loan_id=decision.loan_id,
             borrower_id=source.borrower_id,
             previous_strategy=previous_strategy,
-            new_strategy=state.strategy,
+            new_strategy=decision.strategy,
             risk_score=score,
             risk_tier=tier,
             segment=segment,
@@ -436,26 +440,33 @@ class PartitionProcessor:
             source_offset=source.offset,
             occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
+            reasons=reasons,
             policy_rule=policy_rule,
         )
 
     def _alert(
-        self, state: LoanState, source: _Source, previous_tier: str | None, decided_at_ms: int
+        self,
+        decision: _Decision,
+        source: _Source,
+        previous_tier: str | None,
+        decided_at_ms: int,
+        reasons: tuple[Reason, ...],
     ) -> EarlyWarningAlert:
-        """The loan's tier rose to HIGH: ``state`` holds the decision just made."""
+        """The loan's tier rose to HIGH: ``decision`` is the decision just made."""
         return EarlyWarningAlert(
             event_id=uuid5_str(_ALERT_NS, source.event_id),
-            loan_id=state.loan_id,
+            loan_id=decision.loan_id,
             borrower_id=source.borrower_id,
             previous_tier=previous_tier,
-            risk_tier=state.risk_tier,
-            risk_score=state.risk_score,
-            segment=state.segment,
+            risk_tier=decision.tier,
+            risk_score=decision.score,
+            segment=decision.segment,
             model_version=self.bundle.version,
             source_event_id=source.event_id,
             source_offset=source.offset,
             occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
+            reasons=reasons,
         )
 
     @staticmethod
@@ -463,12 +474,6 @@ class PartitionProcessor:
         if old is not None:
             counts[old] -= 1
         counts[new] += 1
-
-
-def reasons_of_row(explanation: Explanation, k: int, row: np.ndarray) -> tuple[Reason, ...]:
-    """Row ``k`` of ``explanation`` (features ``row``) as catalogued reasons (1-3)."""
-    chosen = top_reasons(explanation.inputs, explanation.contributions[k], explanation.raw[k], row)
-    return tuple(Reason(c.code, c.feature, c.text, value) for c, value in chosen)
 
 
 def decide_together(

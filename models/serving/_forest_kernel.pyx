@@ -20,9 +20,9 @@ no data-dependent branch; the class-1 fractions sit in a separate array indexed 
 
 :meth:`ForestKernel.contributions` is the compiled twin of
 ``models.serving.contributions.column_contributions_numpy`` (the Saabas path decomposition): per
-row, tree by tree in estimator order and root to leaf, ``c[feature] += value[child] -
-value[node]`` for every split on the path, then one division by the number of trees -- the
-reference's additions in the reference's order, so the same bits.
+row, tree by tree in estimator order and root to leaf (blocks of rows in lockstep),
+``c[feature] += value[child] - value[node]`` for every split on the path, then one division
+by the number of trees -- the reference's additions in the reference's order, so the same bits.
 """
 
 import numpy as np
@@ -162,39 +162,46 @@ cdef class ForestKernel:
 
     @cython.cdivision(True)
     cdef void _contributions(self, const float* x, Py_ssize_t n_rows, double* out) noexcept nogil:
-        """One path at a time: only the few emitted rows are explained, so the lockstep
-        walk of :meth:`_sum_votes` would buy nothing here."""
+        """Blocks of up to LANES rows walk each tree in lockstep (independent paths overlap in
+        the core, as in :meth:`_sum_votes`), one tree after the other: a row's cells still get
+        tree 0's differences root to leaf, then tree 1's, ... -- the reference's order. Trees
+        are not walked side by side here: their additions into one cell would interleave."""
         cdef const Node* nodes = &self._nodes[0]
         cdef const double* values = &self._leaf_values[0]
         cdef const int32_t* roots = &self._roots[0]
+        cdef const int32_t* depths = &self._depths[0]
         cdef Py_ssize_t stride = self.n_features
         cdef double divisor = <double>self.n_trees
-        cdef Py_ssize_t i, f
-        cdef int t, feature
-        cdef int32_t at, child
+        cdef int32_t at[LANES]
+        cdef Py_ssize_t start, rows, lane, f
+        cdef int t, level, feature
+        cdef int32_t child
         cdef const Node* node
-        cdef const float* row
-        cdef double* c
         cdef float value
         cdef int go_right
-        for i in range(n_rows):
-            row = x + i * stride
-            c = out + i * stride
+        start = 0
+        while start < n_rows:
+            rows = min(<Py_ssize_t>LANES, n_rows - start)
             for t in range(self.n_trees):
-                at = roots[t]
-                node = nodes + at
-                while node.left != at:  # a leaf loops onto itself
-                    feature = node.code >> 1
-                    value = row[feature]
-                    go_right = not (<double>value <= node.threshold)
-                    if isnan(value):
-                        go_right = (node.code & 1) ^ 1
-                    child = node.left + go_right
-                    c[feature] += values[child] - values[at]
-                    at = child
-                    node = nodes + at
-            for f in range(stride):
-                c[f] /= divisor
+                for lane in range(rows):
+                    at[lane] = roots[t]
+                for level in range(depths[t]):
+                    for lane in range(rows):
+                        node = nodes + at[lane]
+                        if node.left == at[lane]:  # a leaf: this path is done
+                            continue
+                        feature = node.code >> 1
+                        value = x[(start + lane) * stride + feature]
+                        go_right = not (<double>value <= node.threshold)
+                        if isnan(value):
+                            go_right = (node.code & 1) ^ 1
+                        child = node.left + go_right
+                        out[(start + lane) * stride + feature] += values[child] - values[at[lane]]
+                        at[lane] = child
+            for lane in range(rows):
+                for f in range(stride):
+                    out[(start + lane) * stride + f] /= divisor
+            start += rows
 
 
 def _node_dtype() -> np.dtype:

@@ -117,18 +117,30 @@ def reason_code(feature: str, value: float) -> ReasonCode:
 
 
 def top_reasons(
-    inputs: Sequence[int], served: np.ndarray, raw: np.ndarray, row: np.ndarray
-) -> list[tuple[ReasonCode, float]]:
-    """The record's reasons, largest served contribution first: the up to
-    :data:`MAX_REASONS` inputs with a positive one, else the single largest. ``inputs``:
-    positions in the ``features()`` ``row``; ``served`` / ``raw``: that row's contributions."""
+    inputs: Sequence[int], served: np.ndarray, raw: np.ndarray, rows: np.ndarray
+) -> list[list[tuple[ReasonCode, float]]]:
+    """Each row's reasons, largest served contribution first: the up to :data:`MAX_REASONS`
+    inputs with a positive one, else the single largest. ``inputs``: positions in the
+    ``features()`` ``rows``; ``served`` / ``raw``: the rows' contributions (n x inputs). One
+    sort for all rows: only emitted records are explained, but a batch has hundreds."""
+    n, m = served.shape
     # lexsort's last key is the primary one: served, then raw, then position (all descending).
-    order = np.lexsort((np.arange(len(inputs)), -raw, -served)).tolist()
-    chosen = [k for k in order[:MAX_REASONS] if served[k] > 0.0] or order[:1]
-    return [
-        (reason_code(FEATURE_NAMES[inputs[k]], float(row[inputs[k]])), float(served[k]))
-        for k in chosen
-    ]
+    positions = np.broadcast_to(np.arange(m), (n, m))
+    top = np.lexsort((positions, -raw, -served), axis=-1)[:, :MAX_REASONS]
+    columns = np.asarray(inputs, dtype=np.intp)[top]  # the chosen inputs' positions in rows
+    values = np.take_along_axis(served, top, axis=1).tolist()
+    levels = np.take_along_axis(rows, columns, axis=1).tolist()
+    out = []
+    for row_values, row_levels, row_columns in zip(values, levels, columns.tolist(), strict=True):
+        chosen = [
+            (reason_code(FEATURE_NAMES[c], level), v)
+            for v, level, c in zip(row_values, row_levels, row_columns, strict=True)
+            if v > 0.0
+        ]
+        out.append(
+            chosen or [(reason_code(FEATURE_NAMES[row_columns[0]], row_levels[0]), row_values[0])]
+        )
+    return out
 
 
 def catalogue_markdown() -> str:

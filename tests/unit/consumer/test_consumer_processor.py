@@ -317,8 +317,8 @@ def test_every_emitted_record_carries_its_reasons_and_policy_rule(bundle, policy
         explanation = bundle.explain(row)
         assert explanation.scores[0] == record.risk_score
         assert abs(explanation.bias + explanation.contributions[0].sum() - record.risk_score) < 1e-9
-        expected = top_reasons(
-            explanation.inputs, explanation.contributions[0], explanation.raw[0], row[0]
+        (expected,) = top_reasons(
+            explanation.inputs, explanation.contributions, explanation.raw, row
         )
         assert [(r.code, r.contribution) for r in record.reasons] == [
             (e.code, v) for e, v in expected

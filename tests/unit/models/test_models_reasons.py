@@ -75,9 +75,15 @@ def codes(chosen) -> list[str]:
     return [entry.code for entry, _ in chosen]
 
 
+def one(served: np.ndarray, raw: np.ndarray, row: np.ndarray) -> list:
+    """``top_reasons`` of a single row."""
+    (chosen,) = top_reasons(INPUTS, served[None, :], raw[None, :], row[None, :])
+    return chosen
+
+
 def test_the_top_three_risk_raising_inputs_largest_first() -> None:
     served = np.array([0.20, 0.05, -0.10, 0.30, 0.01])
-    chosen = top_reasons(INPUTS, served, served, row_with(75))
+    chosen = one(served, served, row_with(75))
     assert [e.feature for e, _ in chosen] == ["loan_type", "days_past_due", "num_missed"]
     assert [v for _, v in chosen] == [0.30, 0.20, 0.05]
     assert codes(chosen)[1] == "R03"  # the band of the row's value: 60 or more days past due
@@ -85,14 +91,12 @@ def test_the_top_three_risk_raising_inputs_largest_first() -> None:
 
 def test_fewer_than_three_raise_the_risk() -> None:
     served = np.array([-0.20, 0.05, -0.10, -0.30, 0.0])
-    assert [e.feature for e, _ in top_reasons(INPUTS, served, served, row_with(0))] == [
-        "num_missed"
-    ]
+    assert [e.feature for e, _ in one(served, served, row_with(0))] == ["num_missed"]
 
 
 def test_nothing_raises_the_risk_then_the_largest_alone() -> None:
     served = np.array([-0.20, -0.05, -0.10, -0.30, -0.01])
-    chosen = top_reasons(INPUTS, served, served, row_with(0))
+    chosen = one(served, served, row_with(0))
     assert [(e.feature, v) for e, v in chosen] == [("interest_rate", -0.01)]
 
 
@@ -101,5 +105,13 @@ def test_a_flat_calibration_is_ranked_by_the_forests_own_contributions() -> None
     with the largest raw contribution, reported with its served 0."""
     served = np.zeros(5)
     raw = np.array([0.01, 0.04, -0.02, 0.0, 0.03])
-    chosen = top_reasons(INPUTS, served, raw, row_with(0))
+    chosen = one(served, raw, row_with(0))
     assert [(e.feature, v) for e, v in chosen] == [("num_missed", 0.0)]
+
+
+def test_rows_of_a_batch_are_ranked_independently() -> None:
+    served = np.array([[0.20, 0.05, -0.10, 0.30, 0.01], [-0.2, -0.1, -0.3, -0.4, -0.5]])
+    rows = np.stack([row_with(75), row_with(5)])
+    first, second = top_reasons(INPUTS, served, served, rows)
+    assert codes(first) == ["R40", "R03", "R11"]
+    assert [(e.code, v) for e, v in second] == [("R11", -0.1)]
