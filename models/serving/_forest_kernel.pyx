@@ -53,6 +53,9 @@ cdef class ForestKernel:
     cdef Node[::1] _nodes
     # The class-1 fraction of every node (leaves for the votes, all for the contributions).
     cdef double[::1] _leaf_values
+    # value[node] - value[parent]: the difference the decomposition adds on entering a node
+    # (the reference's subtraction, done once here: the same bits).
+    cdef double[::1] _deltas
     cdef int32_t[::1] _roots
     cdef int32_t[::1] _depths
     cdef readonly int n_trees
@@ -68,14 +71,18 @@ cdef class ForestKernel:
             raise ValueError("too many nodes for int32 indices")
         nodes = np.zeros(total, dtype=_node_dtype())
         leaf_values = np.zeros(total, dtype=np.float64)
+        deltas = np.zeros(total, dtype=np.float64)
         roots = np.zeros(len(trees), dtype=np.int32)
         depths = np.zeros(len(trees), dtype=np.int32)
         cdef int next_free = 0
         for t, tree in enumerate(trees):
             roots[t] = next_free
-            next_free, depths[t] = _flatten(tree, nodes, leaf_values, next_free, n_features)
+            next_free, depths[t] = _flatten(
+                tree, nodes, leaf_values, deltas, next_free, n_features
+            )
         self._nodes = nodes
         self._leaf_values = leaf_values
+        self._deltas = deltas
         self._roots = roots
         self._depths = depths
         self.n_trees = len(trees)
@@ -167,7 +174,7 @@ cdef class ForestKernel:
         tree 0's differences root to leaf, then tree 1's, ... -- the reference's order. Trees
         are not walked side by side here: their additions into one cell would interleave."""
         cdef const Node* nodes = &self._nodes[0]
-        cdef const double* values = &self._leaf_values[0]
+        cdef const double* deltas = &self._deltas[0]
         cdef const int32_t* roots = &self._roots[0]
         cdef const int32_t* depths = &self._depths[0]
         cdef Py_ssize_t stride = self.n_features
@@ -196,7 +203,7 @@ cdef class ForestKernel:
                         if isnan(value):
                             go_right = (node.code & 1) ^ 1
                         child = node.left + go_right
-                        out[(start + lane) * stride + feature] += values[child] - values[at[lane]]
+                        out[(start + lane) * stride + feature] += deltas[child]
                         at[lane] = child
             for lane in range(rows):
                 for f in range(stride):
@@ -209,8 +216,8 @@ def _node_dtype() -> np.dtype:
     return np.dtype([("code", np.int32), ("left", np.int32), ("threshold", np.float64)])
 
 
-def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, int start,
-             int n_features) -> tuple:
+def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, deltas: np.ndarray,
+             int start, int n_features) -> tuple:
     """Copy ``tree`` into ``nodes[start:]`` with siblings adjacent; returns the next free slot
     and the tree's depth (edges on its longest path).
 
@@ -230,17 +237,19 @@ def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, int start,
     code, child, number = nodes["code"], nodes["left"], nodes["threshold"]
     cdef int free = start + 1
     cdef int depth = 0
-    stack = [(0, start, 0)]  # (scikit-learn node id, slot in ``nodes``, depth)
+    stack = [(0, start, 0, -1)]  # (scikit-learn node id, slot in ``nodes``, depth, parent id)
     while stack:
-        node_id, at, level = stack.pop()
+        node_id, at, level, parent = stack.pop()
         depth = max(depth, level)
-        leaf_values[at] = fraction[node_id]  # inner nodes too: the contributions read them
+        leaf_values[at] = fraction[node_id]
+        if parent >= 0:
+            deltas[at] = fraction[node_id] - fraction[parent]
         if left[node_id] == -1:
             code[at], child[at], number[at] = 1, at, np.inf
             continue
         code[at] = 2 * int(feature[node_id]) + (1 if missing_left[node_id] else 0)
         child[at], number[at] = free, threshold[node_id]
-        stack.append((right[node_id], free + 1, level + 1))
-        stack.append((left[node_id], free, level + 1))
+        stack.append((right[node_id], free + 1, level + 1, node_id))
+        stack.append((left[node_id], free, level + 1, node_id))
         free += 2
     return free, depth
