@@ -104,10 +104,11 @@ def loan_document(
 ) -> dict[str, Any]:
     """The JSON document of one loan (the same for ``/loans`` and `explain`).
 
-    ``reasons`` holds the last decision record's ``reason`` (today one string; reason codes,
-    ARCHITECTURE.md §7, will extend it)."""
+    ``reasons`` are the last decision's catalogued reasons (code, feature, text,
+    contribution; ARCHITECTURE.md §7); every decision record carries its own, and its
+    ``policy_rule``."""
     features = {name: _number(value) for name, value in state.feature_dict().items()}
-    last = decisions[-1] if decisions else None
+    records = [decision_record(c) for c in decisions]
     document: dict[str, Any] = {
         "loan_id": state.loan_id,
         "borrower_id": state.borrower_id,
@@ -123,8 +124,8 @@ def loan_document(
         "tier": state.risk_tier,
         "segment": state.segment,
         "strategy": state.strategy,
-        "reasons": [last.reason] if last is not None else [],
-        "decisions": [decision_record(c) for c in decisions],
+        "reasons": records[-1]["reasons"] if records else [],
+        "decisions": records,
         "history": {"complete": complete, "decisions": len(decisions)},
     }
     if alerts:

@@ -16,9 +16,11 @@ partition in offset order and, for each record:
 Then it scores every row of the batch in ONE vectorised ``predict_proba`` call and, in offset
 order, updates the partition's online segmenter, applies the policy, and emits a
 ``StrategyChanged`` when the loan's strategy changes and an ``EarlyWarningAlert`` when its tier
-rises to HIGH. Output ids are uuid5 of the source event id, so a replay yields identical
-records. Every result is a pure function of the partition's input sequence and the state
-committed before it (ARCHITECTURE.md §5, Determinism).
+rises to HIGH -- each with its 1-3 reasons (``models.serving.reasons``, from one ``explain`` call
+for the batch's emitted rows only) and a change with the ``policy_rule`` that chose it. Output
+ids are uuid5 of the source event id, so a replay yields identical records. Every result is a
+pure function of the partition's input sequence and the state committed before it
+(ARCHITECTURE.md §5, Determinism).
 
 Steps 1-4 run in the compiled ``models.features._event_kernel`` when it is built: it reads the Avro
 bytes in place and writes each feature row straight into the batch's matrix, and gives every
@@ -43,7 +45,13 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from consumer.outputs import UNKNOWN_TYPE, DeadLetter, EarlyWarningAlert, StrategyChanged
+from consumer.outputs import (
+    UNKNOWN_TYPE,
+    DeadLetter,
+    EarlyWarningAlert,
+    Reason,
+    StrategyChanged,
+)
 from consumer.partition_store import CHECKPOINT_KEY as CHECKPOINT_KEY
 from consumer.partition_store import PartitionStore
 from models.features.columns import FEATURE_NAMES
@@ -51,7 +59,13 @@ from models.features.loan_id import REASON as INVALID_LOAN_ID
 from models.features.loan_id import describe_invalid, is_valid_loan_id
 from models.features.state import DuplicateEvent, InvalidEvent, LoanState
 from models.native import load_kernel
-from models.serving.contracts import EarlyWarningModel, Segmenter, StrategyPolicy
+from models.serving.contracts import (
+    EarlyWarningModel,
+    ExplainingModel,
+    Segmenter,
+    StrategyPolicy,
+)
+from models.serving.reasons import top_reasons
 from models.serving.segmenter import OnlineSegmenter
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
@@ -159,6 +173,17 @@ class _Source(NamedTuple):
     borrower_id: str
     offset: int
     occurred_at: int
+
+
+class _Decision(NamedTuple):
+    """What was decided for a loan at an emitting event (its state moves on within the batch
+    before the record is built, once the batch's reasons are known)."""
+
+    loan_id: str
+    strategy: str
+    tier: str
+    segment: str
+    score: float
 
 
 class PartitionProcessor:
@@ -312,7 +337,11 @@ class PartitionProcessor:
         tier_of, decide = self.policy.tier, self.policy.decide
         learn_predict = store.segmenter.learn_predict
         by_tier, by_segment = store.by_tier, store.by_segment
+        rule = self.policy.rule
         rows = result.rows()
+        # Emitted records wait here until their reasons (one explain call for all) are known.
+        changes: list[tuple[int, _Decision, _Source, str | None, str | None, str]] = []
+        alerts: list[tuple[int, _Decision, _Source, str | None]] = []
         floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
         for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
@@ -329,16 +358,46 @@ class PartitionProcessor:
             alert = tier == "HIGH" and previous_tier != "HIGH"
             if changed or alert:
                 source = self._source(result, i)
+                decision = _Decision(state.loan_id, strategy, tier, segment, score)
                 if changed:
-                    result.changes.append(
-                        self._strategy_changed(
-                            state, source, previous_strategy, previous_tier, decided_at_ms
-                        )
+                    policy_rule = rule(tier, segment, score, previous_strategy)
+                    changes.append(
+                        (i, decision, source, previous_strategy, previous_tier, policy_rule)
                     )
                 if alert:
-                    result.alerts.append(self._alert(state, source, previous_tier, decided_at_ms))
+                    alerts.append((i, decision, source, previous_tier))
+        if changes or alerts:
+            reasons = self._reasons(rows, sorted({c[0] for c in changes} | {a[0] for a in alerts}))
+            result.changes.extend(
+                self._strategy_changed(
+                    d, src, old, old_tier, decided_at_ms, why, reasons.get(i, ())
+                )
+                for i, d, src, old, old_tier, why in changes
+            )
+            result.alerts.extend(
+                self._alert(d, src, old_tier, decided_at_ms, reasons.get(i, ()))
+                for i, d, src, old_tier in alerts
+            )
         if result.changes:
             store.record_changes(result.changes)
+
+    def _reasons(self, rows: np.ndarray, wanted: list[int]) -> dict[int, tuple[Reason, ...]]:
+        """The reasons of the emitted rows ``wanted`` (ARCHITECTURE.md §7), from one
+        ``explain`` call for all of them, so the per-event path pays nothing for them. A model
+        without a path decomposition (or ``explain`` giving None) gives no reasons."""
+        bundle = self.bundle  # looked up now: a reload (SIGHUP) replaces it
+        if not isinstance(bundle, ExplainingModel):
+            return {}
+        explanation = bundle.explain(rows[wanted])
+        if explanation is None:
+            return {}
+        chosen = top_reasons(
+            explanation.inputs, explanation.contributions, explanation.raw, rows[wanted]
+        )
+        return {
+            i: tuple(Reason(c.code, c.feature, c.text, value) for c, value in row)
+            for i, row in zip(wanted, chosen, strict=True)
+        }
 
     def _source(self, result: BatchResult, i: int) -> _Source:
         """The ids of applied event ``i``, read back from its bytes (only for events with an
@@ -353,20 +412,22 @@ class PartitionProcessor:
 
     def _strategy_changed(
         self,
-        state: LoanState,
+        decision: _Decision,
         source: _Source,
         previous_strategy: str | None,
         previous_tier: str | None,
         decided_at_ms: int,
+        policy_rule: str | None,
+        reasons: tuple[Reason, ...],
     ) -> StrategyChanged:
-        """The loan's strategy changed: ``state`` holds the decision just made."""
-        tier, segment, score = state.risk_tier, state.segment, state.risk_score
+        """The loan's strategy changed: ``decision`` is the decision just made."""
+        tier, segment, score = decision.tier, decision.segment, decision.score
         return StrategyChanged(
             event_id=uuid5_str(_CHANGE_NS, source.event_id),
-            loan_id=state.loan_id,
+            loan_id=decision.loan_id,
             borrower_id=source.borrower_id,
             previous_strategy=previous_strategy,
-            new_strategy=state.strategy,
+            new_strategy=decision.strategy,
             risk_score=score,
             risk_tier=tier,
             segment=segment,
@@ -379,25 +440,33 @@ class PartitionProcessor:
             source_offset=source.offset,
             occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
+            reasons=reasons,
+            policy_rule=policy_rule,
         )
 
     def _alert(
-        self, state: LoanState, source: _Source, previous_tier: str | None, decided_at_ms: int
+        self,
+        decision: _Decision,
+        source: _Source,
+        previous_tier: str | None,
+        decided_at_ms: int,
+        reasons: tuple[Reason, ...],
     ) -> EarlyWarningAlert:
-        """The loan's tier rose to HIGH: ``state`` holds the decision just made."""
+        """The loan's tier rose to HIGH: ``decision`` is the decision just made."""
         return EarlyWarningAlert(
             event_id=uuid5_str(_ALERT_NS, source.event_id),
-            loan_id=state.loan_id,
+            loan_id=decision.loan_id,
             borrower_id=source.borrower_id,
             previous_tier=previous_tier,
-            risk_tier=state.risk_tier,
-            risk_score=state.risk_score,
-            segment=state.segment,
+            risk_tier=decision.tier,
+            risk_score=decision.score,
+            segment=decision.segment,
             model_version=self.bundle.version,
             source_event_id=source.event_id,
             source_offset=source.offset,
             occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
+            reasons=reasons,
         )
 
     @staticmethod

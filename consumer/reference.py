@@ -40,6 +40,8 @@ CHANGE_COLUMNS = (
     "risk_score",
     "risk_tier",
     "segment",
+    "policy_rule",
+    "reasons",  # CODE=contribution;... largest first (repr floats: exact round trip)
 )
 
 
@@ -141,5 +143,7 @@ def write_changes_csv(result: ScoreResult, path: Path) -> None:
                     repr(c.risk_score),
                     c.risk_tier,
                     c.segment,
+                    c.policy_rule or "",
+                    ";".join(f"{r.code}={r.contribution!r}" for r in c.reasons),
                 ]
             )

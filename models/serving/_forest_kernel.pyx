@@ -17,6 +17,12 @@ the two children of a split sit next to each other (right = left + 1): a step is
 one feature load and an add of the comparison result. A leaf loops onto itself (threshold +inf,
 NaN goes "left" = itself), so a block of paths is walked in lockstep for the tree's depth with
 no data-dependent branch; the class-1 fractions sit in a separate array indexed by node.
+
+:meth:`ForestKernel.contributions` is the compiled twin of
+``models.serving.contributions.column_contributions_numpy`` (the Saabas path decomposition): per
+row, tree by tree in estimator order and root to leaf (blocks of rows in lockstep),
+``c[feature] += value[child] - value[node]`` for every split on the path, then one division
+by the number of trees -- the reference's additions in the reference's order, so the same bits.
 """
 
 import numpy as np
@@ -45,7 +51,11 @@ cdef class ForestKernel:
     """The fitted trees of one forest, flattened for :meth:`sum_votes`."""
 
     cdef Node[::1] _nodes
+    # The class-1 fraction of every node (leaves for the votes, all for the contributions).
     cdef double[::1] _leaf_values
+    # value[node] - value[parent]: the difference the decomposition adds on entering a node
+    # (the reference's subtraction, done once here: the same bits).
+    cdef double[::1] _deltas
     cdef int32_t[::1] _roots
     cdef int32_t[::1] _depths
     cdef readonly int n_trees
@@ -61,14 +71,18 @@ cdef class ForestKernel:
             raise ValueError("too many nodes for int32 indices")
         nodes = np.zeros(total, dtype=_node_dtype())
         leaf_values = np.zeros(total, dtype=np.float64)
+        deltas = np.zeros(total, dtype=np.float64)
         roots = np.zeros(len(trees), dtype=np.int32)
         depths = np.zeros(len(trees), dtype=np.int32)
         cdef int next_free = 0
         for t, tree in enumerate(trees):
             roots[t] = next_free
-            next_free, depths[t] = _flatten(tree, nodes, leaf_values, next_free, n_features)
+            next_free, depths[t] = _flatten(
+                tree, nodes, leaf_values, deltas, next_free, n_features
+            )
         self._nodes = nodes
         self._leaf_values = leaf_values
+        self._deltas = deltas
         self._roots = roots
         self._depths = depths
         self.n_trees = len(trees)
@@ -139,14 +153,71 @@ cdef class ForestKernel:
                 total[start + i] /= divisor
             start += rows
 
+    def contributions(self, const float[:, ::1] x32) -> np.ndarray:
+        """Per row and forest input column, the mean over trees of the changes of the class-1
+        fraction along the row's path at the splits on that column (n x n_features)."""
+        if x32.shape[1] != self.n_features:
+            raise ValueError(f"rows have {x32.shape[1]} features, the forest {self.n_features}")
+        cdef Py_ssize_t n_rows = x32.shape[0]
+        out = np.zeros((n_rows, self.n_features), dtype=np.float64)
+        if n_rows == 0:
+            return out
+        cdef double[:, ::1] total = out
+        with nogil:
+            self._contributions(&x32[0, 0], n_rows, &total[0, 0])
+        return out
+
+    @cython.cdivision(True)
+    cdef void _contributions(self, const float* x, Py_ssize_t n_rows, double* out) noexcept nogil:
+        """Blocks of up to LANES rows walk each tree in lockstep (independent paths overlap in
+        the core, as in :meth:`_sum_votes`), one tree after the other: a row's cells still get
+        tree 0's differences root to leaf, then tree 1's, ... -- the reference's order. Trees
+        are not walked side by side here: their additions into one cell would interleave."""
+        cdef const Node* nodes = &self._nodes[0]
+        cdef const double* deltas = &self._deltas[0]
+        cdef const int32_t* roots = &self._roots[0]
+        cdef const int32_t* depths = &self._depths[0]
+        cdef Py_ssize_t stride = self.n_features
+        cdef double divisor = <double>self.n_trees
+        cdef int32_t at[LANES]
+        cdef Py_ssize_t start, rows, lane, f
+        cdef int t, level, feature
+        cdef int32_t child
+        cdef const Node* node
+        cdef float value
+        cdef int go_right
+        start = 0
+        while start < n_rows:
+            rows = min(<Py_ssize_t>LANES, n_rows - start)
+            for t in range(self.n_trees):
+                for lane in range(rows):
+                    at[lane] = roots[t]
+                for level in range(depths[t]):
+                    for lane in range(rows):
+                        node = nodes + at[lane]
+                        if node.left == at[lane]:  # a leaf: this path is done
+                            continue
+                        feature = node.code >> 1
+                        value = x[(start + lane) * stride + feature]
+                        go_right = not (<double>value <= node.threshold)
+                        if isnan(value):
+                            go_right = (node.code & 1) ^ 1
+                        child = node.left + go_right
+                        out[(start + lane) * stride + feature] += deltas[child]
+                        at[lane] = child
+            for lane in range(rows):
+                for f in range(stride):
+                    out[(start + lane) * stride + f] /= divisor
+            start += rows
+
 
 def _node_dtype() -> np.dtype:
     """The numpy twin of ``Node`` (16 bytes, no padding)."""
     return np.dtype([("code", np.int32), ("left", np.int32), ("threshold", np.float64)])
 
 
-def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, int start,
-             int n_features) -> tuple:
+def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, deltas: np.ndarray,
+             int start, int n_features) -> tuple:
     """Copy ``tree`` into ``nodes[start:]`` with siblings adjacent; returns the next free slot
     and the tree's depth (edges on its longest path).
 
@@ -166,17 +237,19 @@ def _flatten(tree, nodes: np.ndarray, leaf_values: np.ndarray, int start,
     code, child, number = nodes["code"], nodes["left"], nodes["threshold"]
     cdef int free = start + 1
     cdef int depth = 0
-    stack = [(0, start, 0)]  # (scikit-learn node id, slot in ``nodes``, depth)
+    stack = [(0, start, 0, -1)]  # (scikit-learn node id, slot in ``nodes``, depth, parent id)
     while stack:
-        node_id, at, level = stack.pop()
+        node_id, at, level, parent = stack.pop()
         depth = max(depth, level)
+        leaf_values[at] = fraction[node_id]
+        if parent >= 0:
+            deltas[at] = fraction[node_id] - fraction[parent]
         if left[node_id] == -1:
             code[at], child[at], number[at] = 1, at, np.inf
-            leaf_values[at] = fraction[node_id]
             continue
         code[at] = 2 * int(feature[node_id]) + (1 if missing_left[node_id] else 0)
         child[at], number[at] = free, threshold[node_id]
-        stack.append((right[node_id], free + 1, level + 1))
-        stack.append((left[node_id], free, level + 1))
+        stack.append((right[node_id], free + 1, level + 1, node_id))
+        stack.append((left[node_id], free, level + 1, node_id))
         free += 2
     return free, depth

@@ -30,7 +30,8 @@ import numpy as np
 
 from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES
-from models.serving.forest import fast_predictor
+from models.serving.contributions import Explanation
+from models.serving.forest import FastCalibratedForest, fast_predictor, is_fast_servable
 
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
@@ -90,7 +91,8 @@ class ModelBundle:
         # the policy's (models.serving.contracts): one owner for the thresholds.
         self.thresholds: dict[str, float] = dict(metadata["thresholds"])
         self.segmenter_init: dict[str, Any] = metadata["segmenter"]
-        self._predict = fast_predictor(model)
+        self._forest = FastCalibratedForest(model) if is_fast_servable(model) else None
+        self._predict = self._forest.predict_proba if self._forest else fast_predictor(model)
 
     @classmethod
     def load(cls, directory: str | Path) -> ModelBundle:
@@ -162,6 +164,16 @@ class ModelBundle:
         if x.shape[0] == 0:
             return np.zeros(0)
         return self._predict(x)
+
+    def explain(self, rows: np.ndarray) -> Explanation | None:
+        """Each row's score decomposed onto the model inputs (bias + contributions = the
+        served score, ``models.serving.contributions``); None for a model of another shape
+        than training writes (it has no path decomposition here)."""
+        if self._forest is None:
+            return None
+        return self._forest.explain(
+            np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+        )
 
     def __repr__(self) -> str:
         return f"ModelBundle(version={self.version!r}, features={len(self.feature_names)})"

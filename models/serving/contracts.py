@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from models.serving.contributions import Explanation
+
 
 @runtime_checkable
 class EarlyWarningModel(Protocol):
@@ -28,6 +30,15 @@ class EarlyWarningModel(Protocol):
     version: str
 
     def predict_proba(self, rows: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ExplainingModel(Protocol):
+    """A model whose scores decompose onto its inputs (bias + contributions = score,
+    ``models.serving.contributions``): the processor gives emitted records reasons from it.
+    A model without ``explain`` (or returning None) emits records without reasons."""
+
+    def explain(self, rows: np.ndarray) -> Explanation | None: ...
 
 
 @runtime_checkable
@@ -52,3 +63,8 @@ class StrategyPolicy(Protocol):
     def decide(
         self, tier: str, segment: str, score: float, current_strategy: str | None
     ) -> str: ...
+
+    def rule(self, tier: str, segment: str, score: float, current_strategy: str | None) -> str:
+        """The rule :meth:`decide` used (same arguments), e.g. ``table: HIGH x HIGH_RISK``;
+        asked only for emitted decisions."""
+        ...

@@ -35,6 +35,13 @@ from typing import Any
 import numpy as np
 
 from models.native import load_kernel
+from models.serving.contributions import (
+    Explanation,
+    calibrated,
+    column_contributions_numpy,
+    per_input,
+    root_bias,
+)
 
 
 def _load_kernel() -> type | None:
@@ -106,6 +113,18 @@ class DensePrepare:
                 out[:, at : at + len(known)] = values[:, column, None] == known
                 at += len(known)
         return out
+
+    def column_inputs(self) -> np.ndarray:
+        """For each output column, the input column it is made from (a one-hot category:
+        its categorical input), so contributions can be folded back onto the model inputs."""
+        owners: list[int] = []
+        for chosen, _, categories in self._blocks:
+            if categories is None:
+                owners.extend(chosen.tolist())
+            else:
+                for column, known in zip(chosen.tolist(), categories, strict=True):
+                    owners.extend([column] * len(known))
+        return np.asarray(owners, dtype=np.intp)
 
     def _expected(self, x: Any) -> bool:
         """Input the numpy twin reproduces: a non-empty float64 matrix of the fitted width
@@ -213,10 +232,11 @@ class FastCalibratedForest:
         calibrated = model.calibrated_classifiers_[0]
         pipeline = calibrated.estimator
         self._sklearn_prepare = pipeline[:-1]
+        dense = DensePrepare.of(self._sklearn_prepare)
         # The reference (native=False) is scikit-learn's transform; otherwise its numpy twin.
-        self._prepare = (
-            native is not False and DensePrepare.of(self._sklearn_prepare)
-        ) or self._sklearn_prepare
+        self._prepare = (native is not False and dense) or self._sklearn_prepare
+        # Which model input each forest column comes from (None: a shape not reproduced).
+        self._column_inputs = dense.column_inputs() if dense else None
         forest = pipeline[-1]
         self._trees = [estimator.tree_ for estimator in forest.estimators_]
         # value[node, output 0, class 1]: the class-1 fraction of each node (leaves used).
@@ -249,6 +269,21 @@ class FastCalibratedForest:
             self._kernel.sum_votes(x32) if self._kernel is not None else self._sum_votes_numpy(x32)
         )
         return np.asarray(self._calibrate(votes), dtype=np.float64)
+
+    def explain(self, x: np.ndarray) -> Explanation | None:
+        """The path decomposition of each row's score onto the model inputs
+        (``models.serving.contributions``); None when the prepare step is not the shape
+        whose columns can be traced back to inputs."""
+        if self._column_inputs is None:
+            return None
+        x32 = np.ascontiguousarray(self._prepare.transform(x), dtype=np.float32)
+        if self._kernel is not None:
+            votes, columns = self._kernel.sum_votes(x32), self._kernel.contributions(x32)
+        else:
+            votes = self._sum_votes_numpy(x32)
+            columns = column_contributions_numpy(self._trees, x32)
+        inputs, raw = per_input(columns, self._column_inputs)
+        return calibrated(inputs, root_bias(self._trees), raw, votes, self._calibrate)
 
     def _sum_votes_numpy(self, x32: np.ndarray) -> np.ndarray:
         """The reference: the mean class-1 fraction of each row's leaves, summed in estimator

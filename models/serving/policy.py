@@ -188,6 +188,25 @@ class Policy:
             return current_strategy
         return wanted
 
+    def rule(self, tier: str, segment: str, score: float, current_strategy: str | None) -> str:
+        """Which rule of :meth:`decide` (same arguments) chose its strategy, for the emitted
+        record's ``policy_rule``: ``table: HIGH x HIGH_RISK`` or ``hysteresis: kept CALL
+        within 0.03 of high 0.75``. Separate from ``decide`` so the per-event path builds no
+        string; only emitted decisions ask.
+
+        >>> Policy.load(None).rule("HIGH", "OTHERS", 0.76, "REPAYMENT_PLAN")
+        'hysteresis: kept REPAYMENT_PLAN within 0.03 of high 0.75'
+        """
+        chosen = self.decide(tier, segment, score, current_strategy)
+        if chosen == self.matrix[tier][segment]:
+            return f"table: {tier} x {segment}"
+        name, value = (
+            ("high", self.high)
+            if abs(score - self.high) <= self.hysteresis
+            else ("moderate", self.moderate)
+        )
+        return f"hysteresis: kept {chosen} within {self.hysteresis:g} of {name} {value:g}"
+
     def is_escalation(self, old: str | None, new: str) -> bool:
         """Does ``new`` rank above ``old`` (by priority)?"""
         return old is None or self.priorities.get(new, 0) > self.priorities.get(old, 0)

@@ -344,6 +344,31 @@ def assert_same_changes(got: Counter, want: Counter) -> None:
     )
 
 
+def assert_same_reasons(records: list[dict], reference: list[dict]) -> None:
+    """Every StrategyChanged read from Kafka carries 1-3 reasons and a policy rule, equal to
+    the batch reference's for the same decision: codes exactly, contributions within 1e-9."""
+    want = {(c["loan_id"], c["source_event_id"]): c for c in reference}
+    assert len(records) == len(want)
+    for record in records:
+        expected = want[(record["loan_id"], record["source_event_id"])]
+        assert 1 <= len(record["reasons"]) <= 3, record
+        assert record["policy_rule"] == expected["policy_rule"]
+        assert record["policy_rule"] == f"table: {record['risk_tier']} x {record['segment']}"
+        pairs = [item.split("=") for item in expected["reasons"].split(";")]
+        assert [r["code"] for r in record["reasons"]] == [code for code, _ in pairs]
+        for got, (_, value) in zip(record["reasons"], pairs, strict=True):
+            assert abs(got["contribution"] - float(value)) <= 1e-9
+            assert got["text"] and got["feature"]
+
+
+def assert_alerts_have_reasons(bootstrap: str, topics: Topics) -> None:
+    """Every EarlyWarningAlert read from Kafka carries 1-3 reasons."""
+    serde = AvroSerde("EarlyWarningAlert")
+    alerts = [serde.decode(m.value()) for m in read_all(bootstrap, topics.risk_alerts, 1, 10)]
+    assert alerts, "the book raises some loans to HIGH"
+    assert all(1 <= len(a["reasons"]) <= 3 for a in alerts)
+
+
 # -- the tests ---------------------------------------------------------------------------------
 
 
@@ -377,6 +402,8 @@ def test_parity_with_batch_score_and_promtool_clean_metrics(
 
     got, records = change_keys(bootstrap_servers, topics, len(book["changes"]))
     assert_same_changes(got, reference_keys(book["changes"]))
+    assert_same_reasons(records, book["changes"])
+    assert_alerts_have_reasons(bootstrap_servers, topics)
     last = {}
     for r in sorted(records, key=lambda r: r["source_offset"]):
         last[r["loan_id"]] = r  # per loan: one partition, so offset order is event order

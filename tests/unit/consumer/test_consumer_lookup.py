@@ -77,7 +77,13 @@ def test_document_holds_state_decision_and_reasons(bundle, policy, events) -> No
     assert document["loan_id"] == loan_id and document["borrower_id"] == state.borrower_id
     assert (document["score"], document["tier"]) == (state.risk_score, state.risk_tier)
     assert (document["segment"], document["strategy"]) == (state.segment, state.strategy)
-    assert document["reasons"] == [changes[-1].reason]
+    last = changes[-1]
+    assert 1 <= len(last.reasons) <= 3 and last.policy_rule
+    assert document["reasons"] == [
+        {"code": r.code, "feature": r.feature, "text": r.text, "contribution": r.contribution}
+        for r in last.reasons
+    ]
+    assert document["decisions"][-1]["policy_rule"] == last.policy_rule
     assert document["decisions"][-1]["new_strategy"] == state.strategy
     assert document["history"] == {"complete": False, "decisions": len(changes)}
     assert document["state"]["closed"] == state.closed
@@ -214,7 +220,9 @@ def test_explain_matches_the_batch_reference(bundle, policy, events) -> None:
     expected = [c.source_event_id for c in reference.changes if c.loan_id == loan_id]
     assert [d["source_event_id"] for d in document["decisions"]] == expected
     assert document["history"]["complete"] and document["view"] == "offline"
-    assert document["reasons"] == [document["decisions"][-1]["reason"]]
+    last = [c for c in reference.changes if c.loan_id == loan_id][-1]
+    assert [r["code"] for r in document["reasons"]] == [r.code for r in last.reasons]
+    assert document["reasons"] and document["reasons"] == document["decisions"][-1]["reasons"]
     assert explain_loan(events, bundle, policy, "L-nope", partitions=3) is None
 
 

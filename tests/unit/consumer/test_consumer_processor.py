@@ -280,3 +280,63 @@ def test_the_policy_owns_the_tier_thresholds(bundle, policy, events) -> None:
     assert state.risk_tier == "MODERATE"
     assert len(changes) == 1 and changes[0].risk_tier == "MODERATE"
     assert alerts == []  # no EarlyWarningAlert: 0.76 is not HIGH under this policy
+
+
+def test_every_emitted_record_carries_its_reasons_and_policy_rule(bundle, policy, events) -> None:
+    """Each StrategyChanged and EarlyWarningAlert has 1-3 catalogued reasons, largest first,
+    equal to the bundle's decomposition of the loan's row right after the source event
+    (rebuilt here by replaying the loan's events up to it), and each change names its rule."""
+    import yaml
+
+    from consumer.processor import model_row
+    from models.features.state import replay
+    from models.serving.policy import DEFAULT_POLICY, Policy
+    from models.serving.reasons import CATALOGUE, top_reasons
+
+    document = yaml.safe_load(DEFAULT_POLICY.read_text())
+    document["thresholds"] = {"high": 0.2, "moderate": 0.1}  # so this small book alerts too
+    low = Policy.from_dict(document)
+    changes, alerts, _ = run(PartitionProcessor(bundle, low, 0), records(events), 50)
+    assert changes and alerts
+    catalogue = {(e.code, e.feature, e.text) for e in CATALOGUE}
+    model_features = set(bundle.metadata["model_features"])
+    for record in [*changes, *alerts]:
+        assert 1 <= len(record.reasons) <= 3
+        values = [r.contribution for r in record.reasons]
+        assert values == sorted(values, reverse=True)
+        assert len(values) == 1 or all(v > 0 for v in values)
+        assert all((r.code, r.feature, r.text) in catalogue for r in record.reasons)
+        assert {r.feature for r in record.reasons} <= model_features
+    for change in changes:
+        assert change.policy_rule == f"table: {change.risk_tier} x {change.segment}"
+    index = {e["event_id"]: i for i, e in enumerate(events)}
+    for record in [*changes[::7], *alerts[::3]]:
+        upto = [e for e in events[: index[record.source_event_id] + 1]]
+        state = replay(e for e in upto if e["loan_id"] == record.loan_id)[record.loan_id]
+        row = np.array([model_row(state.features())])
+        explanation = bundle.explain(row)
+        assert explanation.scores[0] == record.risk_score
+        assert abs(explanation.bias + explanation.contributions[0].sum() - record.risk_score) < 1e-9
+        (expected,) = top_reasons(
+            explanation.inputs, explanation.contributions, explanation.raw, row
+        )
+        assert [(r.code, r.contribution) for r in record.reasons] == [
+            (e.code, v) for e, v in expected
+        ]
+    serializer = OutputSerializer(Topics())
+    decoded = AvroSerde("StrategyChanged").decode(serializer.encode_change(changes[0]))
+    assert [r["code"] for r in decoded["reasons"]] == [r.code for r in changes[0].reasons]
+    assert decoded["policy_rule"] == changes[0].policy_rule
+
+
+def test_a_model_without_a_decomposition_emits_records_without_reasons(
+    bundle, policy, events
+) -> None:
+    """The processor asks only models that have ``explain`` (a scripted fake has none), and
+    the one it holds now: a reload replaces ``processor.bundle``."""
+    one_loan = [e for e in events if e["loan_id"] == events[0]["loan_id"]][:4]
+    processor = PartitionProcessor(bundle, policy, 0)
+    processor.bundle = _ScriptedModel(bundle, [0.9, 0.2, 0.9, 0.2])  # as a SIGHUP reload does
+    changes, _, _ = run(processor, records(one_loan), 10)
+    assert changes and all(c.reasons == () for c in changes)
+    assert all(c.policy_rule and c.policy_rule.startswith("table: ") for c in changes)

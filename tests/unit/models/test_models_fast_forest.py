@@ -201,3 +201,114 @@ def test_isotonic_shortcut_is_the_calibrators_predict(model) -> None:
     votes = np.concatenate([np.linspace(-0.5, 1.5, 4001), [0.0, 1.0, -0.0]])
     votes = np.concatenate([votes, calibrator.X_thresholds_])  # the knots themselves
     assert np.array_equal(bits(native._calibrate(votes)), bits(calibrator.predict(votes)))
+
+
+# -- path decomposition (models.serving.contributions) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_rows(rows) -> np.ndarray:
+    """10,000 random rows: real loans' rows with a third of the cells swapped for another
+    loan's value of the same column and 5 % missing, so that paths reach every part of the
+    trees (and the imputer and the one-hot of unknown codes get their share)."""
+    rng = np.random.default_rng(2026)
+    x = rows[rng.integers(0, len(rows), 10_000)].copy()
+    swap = rng.random(x.shape) < 1 / 3
+    donors = rows[rng.integers(0, len(rows), x.shape), np.arange(x.shape[1])]
+    x[swap] = donors[swap]
+    x[rng.random(x.shape) < 0.05] = np.nan
+    return x
+
+
+def forest_probability(model: Any, x: np.ndarray) -> np.ndarray:
+    """scikit-learn's own uncalibrated forest probability of ``x`` (the served pipeline's
+    forest on its prepared rows), independent of the code under test."""
+    pipeline = model.calibrated_classifiers_[0].estimator
+    return pipeline[-1].predict_proba(pipeline[:-1].transform(x))[:, 1]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "reference"])
+def test_contributions_plus_bias_equal_the_forest_probability(model, random_rows, native) -> None:
+    """The acceptance of #13: on 10,000 random rows, raw bias + raw contributions = the
+    forest's probability (before calibration) and served bias + served contributions = the
+    served, calibrated score (``model.predict_proba``), both within 1e-9."""
+    forest = FastCalibratedForest(model, native=native)
+    assert forest.native is native
+    explanation = forest.explain(random_rows)
+    assert explanation is not None and explanation.raw.shape[0] == 10_000
+    raw_total = explanation.raw_bias + explanation.raw.sum(axis=1)
+    assert np.abs(raw_total - forest_probability(model, random_rows)).max() < 1e-9
+    served_total = explanation.bias + explanation.contributions.sum(axis=1)
+    served = model.predict_proba(random_rows)[:, 1]
+    assert np.abs(served_total - served).max() < 1e-9
+    assert np.array_equal(explanation.scores, served)  # the scores explained are the served ones
+    spread = np.abs(explanation.contributions).max(axis=0)
+    assert (spread > 1e-3).sum() >= 10, "many inputs really contribute"
+
+
+def test_compiled_contributions_equal_the_reference_bit_for_bit(model, random_rows) -> None:
+    """The kernel adds the reference's differences in the reference's order: same bits, for
+    the whole batch, for single rows and across block edges."""
+    compiled = FastCalibratedForest(model, native=True).explain(random_rows)
+    reference = FastCalibratedForest(model, native=False).explain(random_rows)
+    assert compiled is not None and reference is not None
+    assert compiled.inputs == reference.inputs
+    assert compiled.raw_bias == reference.raw_bias and compiled.bias == reference.bias
+    assert np.array_equal(compiled.raw, reference.raw)
+    assert np.array_equal(compiled.contributions, reference.contributions)
+    native = FastCalibratedForest(model, native=True)
+    for size in (1, 2, 65):
+        part = native.explain(random_rows[100 : 100 + size])
+        assert part is not None
+        assert np.array_equal(part.contributions, compiled.contributions[100 : 100 + size])
+
+
+def test_contributions_are_per_model_input(model, random_rows) -> None:
+    """One column per model input (a categorical's one-hot columns folded into it); inputs the
+    model does not read (gender, age, the treatments) are not among them."""
+    from models.features.columns import FEATURE_INDEX
+    from models.training.early_warning import model_inputs
+
+    explanation = FastCalibratedForest(model).explain(random_rows[:50])
+    assert explanation is not None
+    assert explanation.inputs == tuple(sorted(FEATURE_INDEX[n] for n in model_inputs()))
+    assert explanation.raw.shape == (50, len(model_inputs()))
+
+
+def test_served_contributions_keep_the_forests_signs(model, random_rows) -> None:
+    """The isotonic map rises, so the per-row scale is >= 0: a served contribution has its raw
+    contribution's sign, or is 0 where the map is flat between the average vote and the row's."""
+    explanation = FastCalibratedForest(model).explain(random_rows)
+    assert explanation is not None
+    raw, served = explanation.raw, explanation.contributions
+    assert np.all((np.sign(served) == np.sign(raw)) | (served == 0.0))
+    assert (served != 0).any(axis=1).mean() > 0.5
+
+
+def test_the_decomposition_of_one_tree_walks_its_path() -> None:
+    """A hand-built check of the telescoping on a tiny forest: each row's contributions are
+    the value changes at its own splits, per feature, independent of the code under test."""
+    from models.serving._forest_kernel import ForestKernel
+    from sklearn.ensemble import RandomForestClassifier
+
+    from models.serving.contributions import column_contributions_numpy
+
+    rng = np.random.default_rng(3)
+    x = rng.random((400, 3)).astype(np.float32)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0.7).astype(int)
+    forest = RandomForestClassifier(n_estimators=3, max_depth=3, random_state=0).fit(x, y)
+    trees = [e.tree_ for e in forest.estimators_]
+    rows = np.ascontiguousarray(x[:20])
+    expected = np.zeros((20, 3))
+    for tree in trees:
+        for i, row in enumerate(rows):
+            node = 0
+            while tree.children_left[node] != -1:
+                f = tree.feature[node]
+                go_left = row[f] <= tree.threshold[node]
+                child = tree.children_left[node] if go_left else tree.children_right[node]
+                expected[i, f] += tree.value[child, 0, 1] - tree.value[node, 0, 1]
+                node = child
+    expected /= len(trees)
+    assert np.allclose(column_contributions_numpy(trees, rows), expected, atol=1e-15)
+    assert np.allclose(ForestKernel(trees, 3).contributions(rows), expected, atol=1e-15)
