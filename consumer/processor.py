@@ -43,15 +43,23 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from consumer.outputs import UNKNOWN_TYPE, DeadLetter, EarlyWarningAlert, StrategyChanged
+from consumer.outputs import (
+    UNKNOWN_TYPE,
+    DeadLetter,
+    EarlyWarningAlert,
+    GuardrailIntervention,
+    StrategyChanged,
+)
 from consumer.partition_store import CHECKPOINT_KEY as CHECKPOINT_KEY
 from consumer.partition_store import PartitionStore
 from models.features.columns import FEATURE_NAMES
+from models.features.guard_state import GuardState
 from models.features.loan_id import REASON as INVALID_LOAN_ID
 from models.features.loan_id import describe_invalid, is_valid_loan_id
-from models.features.state import DuplicateEvent, InvalidEvent, LoanState
+from models.features.state import DPD, LAST_PAYMENT_AT, DuplicateEvent, InvalidEvent, LoanState
 from models.native import load_kernel
 from models.serving.contracts import EarlyWarningModel, Segmenter, StrategyPolicy
+from models.serving.guardrails import Facts, GuardrailConfig, Guardrails, Intervention
 from models.serving.segmenter import OnlineSegmenter
 from schemas import AvroSerde, SchemaDecodeError
 from schemas.events import short_type
@@ -112,7 +120,10 @@ class BatchResult:
         "changes",
         "counts",
         "dead_letters",
+        "facts",
         "features",
+        "guards",
+        "interventions",
         "n",
         "next_offset",
         "occurred",
@@ -127,10 +138,14 @@ class BatchResult:
         self.alerts: list[EarlyWarningAlert] = []
         self.dead_letters: list[DeadLetter] = []
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (event type, outcome)
+        self.interventions: Counter[str] = Counter()  # guardrail rule -> decisions it changed
         self.next_offset: int | None = None
         self.n = 0  # applied events so far
         self.features = np.empty((capacity, _WIDTH))  # row i: loan's features after event i
         self.occurred = np.empty(capacity, dtype=np.int64)  # occurred_at, for latency
+        # Guardrail facts after event i: last payment, days past due; a copy of the guard.
+        self.facts = np.empty((capacity, 2))
+        self.guards: list[GuardState | None] = []
         self.states: list[LoanState] = []
         self.offsets: list[int] = []
         self.values: list[bytes] = []  # the events' Avro bytes (ids for output records)
@@ -185,10 +200,12 @@ class PartitionProcessor:
         self.partition = partition
         self.topic = topic
         self.store = PartitionStore(partition, segmenter or OnlineSegmenter.from_bundle(bundle))
+        # Every policy's choice passes through the one guardrail layer (ARCHITECTURE.md §7).
+        self.guardrails = policy.guardrails or Guardrails(GuardrailConfig(), policy.priorities)
         self._serde = AvroSerde("LoanEvent")
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
-        self._kernel_header = MAGIC + self._serde.registry.get("LoanEvent", 1).fingerprint
+        self._kernel_header = MAGIC + self._serde.writer.fingerprint
         self._kernel = (
             _event_kernel.EventKernel(self._kernel_header) if _event_kernel and native else None
         )
@@ -217,6 +234,8 @@ class PartitionProcessor:
                 store.undo,
                 result.features,
                 result.occurred,
+                result.facts,
+                result.guards,
                 result.states,
                 result.offsets,
                 result.values,
@@ -277,11 +296,20 @@ class PartitionProcessor:
         result.outcomes[(body_type, "scored")] += 1
         result.features[n] = model_row(state.features())
         result.occurred[n] = event["occurred_at"]
+        self._snapshot(result, state, n)
         result.states.append(state)
         result.offsets.append(offset)
         result.values.append(value)  # type: ignore[arg-type]
         result.n = n + 1
         return n + 1
+
+    @staticmethod
+    def _snapshot(result: BatchResult, state: LoanState, n: int) -> None:
+        """The loan's guardrail facts right after event ``n``: decisions come after the whole
+        batch is applied, when the state already holds its later events."""
+        result.facts[n, 0] = state[LAST_PAYMENT_AT]
+        result.facts[n, 1] = state[DPD]
+        result.guards.append(None if state.guard is None else state.guard.copy())
 
     def _open_or_apply(self, loan_id: str, event: dict[str, Any]) -> LoanState:
         store = self.store
@@ -312,13 +340,22 @@ class PartitionProcessor:
         tier_of, decide = self.policy.tier, self.policy.decide
         learn_predict = store.segmenter.learn_predict
         by_tier, by_segment = store.by_tier, store.by_segment
-        rows = result.rows()
+        choose, record = self.guardrails.choose_at, self.guardrails.record
+        rows, occurred = result.rows(), result.occurred_at.tolist()
+        facts, guards = result.facts[: result.n].tolist(), result.guards
         floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
         for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
-            strategy = decide(tier, segment, score, previous_strategy)
+            wanted = decide(tier, segment, score, previous_strategy)
+            paid_at, dpd = facts[i]
+            strategy, interventions, hold_reason = choose(
+                state, wanted, occurred[i], Facts(guards[i], paid_at, dpd)
+            )
+            if interventions:
+                result.interventions.update(iv.rule for iv in interventions)
+            record(state, strategy, occurred[i])
             if tier != previous_tier:
                 self._move(by_tier, previous_tier, tier)
             if segment != state.segment:
@@ -332,7 +369,12 @@ class PartitionProcessor:
                 if changed:
                     result.changes.append(
                         self._strategy_changed(
-                            state, source, previous_strategy, previous_tier, decided_at_ms
+                            state,
+                            source,
+                            previous_strategy,
+                            previous_tier,
+                            decided_at_ms,
+                            (interventions, hold_reason, guards[i]),
                         )
                     )
                 if alert:
@@ -358,9 +400,15 @@ class PartitionProcessor:
         previous_strategy: str | None,
         previous_tier: str | None,
         decided_at_ms: int,
+        guarded: tuple[tuple[Intervention, ...], str | None, GuardState | None] = ((), None, None),
     ) -> StrategyChanged:
-        """The loan's strategy changed: ``state`` holds the decision just made."""
+        """The loan's strategy changed: ``state`` holds the decision just made; ``guarded``:
+        the guardrails' interventions, hold reason and the loan's guard as of the event."""
         tier, segment, score = state.risk_tier, state.segment, state.risk_score
+        interventions, hold_reason, guard = guarded
+        next_contact = self.guardrails.next_contact_not_before(
+            guard, state.strategy, source.occurred_at
+        )
         return StrategyChanged(
             event_id=uuid5_str(_CHANGE_NS, source.event_id),
             loan_id=state.loan_id,
@@ -379,6 +427,12 @@ class PartitionProcessor:
             source_offset=source.offset,
             occurred_at=source.occurred_at,
             decided_at=decided_at_ms,
+            guardrails=tuple(
+                GuardrailIntervention(iv.rule, iv.wanted_strategy, iv.detail)
+                for iv in interventions
+            ),
+            hold_reason=hold_reason,
+            next_contact_not_before=next_contact,
         )
 
     def _alert(

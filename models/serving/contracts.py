@@ -19,6 +19,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from models.serving.guardrails import Guardrails
+
 
 @runtime_checkable
 class EarlyWarningModel(Protocol):
@@ -46,6 +48,7 @@ class StrategyPolicy(Protocol):
     thresholds."""
 
     version: str
+    guardrails: Guardrails | None  # None: the processor uses the documented defaults
 
     def tier(self, score: float) -> str: ...
 
