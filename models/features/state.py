@@ -8,8 +8,9 @@ Memory: a state *is* one ``array('d')`` (8 bytes per value instead of a 24-byte 
 per attribute; the ids and decision labels in ``__slots__``), and idempotency (ARCHITECTURE.md
 §8) costs five of its doubles: the event-time watermark is ``last_event_at``, the ids applied at
 exactly the watermark are kept as two 52-bit hashes, and every id ever applied is in a 156-bit
-Bloom fingerprint, so a loan costs about 590 bytes with its ids and its entry in the scorer's
-dict (``bench/state.py``, 1M loans).
+Bloom fingerprint, so a loan costs about 596 bytes with its ids and its entry in the scorer's
+dict (``bench/state.py``, 1M loans: ~589 before the guardrails' ``last_payment_at`` double;
+their ``guard`` slot is paid for by sharing the (tier, segment) pair).
 
 >>> from schemas.events import make_event
 >>> opened = make_event("e1", "L1", "B1", 0, "LoanOpened", dict(
@@ -247,6 +248,22 @@ def _time_zone(body: dict[str, Any]) -> str | None:
     return name
 
 
+_NO_LABELS: tuple[str | None, str | None] = (None, None)
+_LABELS: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
+_MAX_LABELS = 4096  # beyond (never, with a real policy): pairs are simply not shared
+
+
+def _labels(tier: str | None, segment: str | None) -> tuple[str | None, str | None]:
+    """The shared ``(tier, segment)`` pair."""
+    key = (tier, segment)
+    pair = _LABELS.get(key)
+    if pair is None:
+        pair = key
+        if len(_LABELS) < _MAX_LABELS:
+            _LABELS[key] = key
+    return pair
+
+
 class LoanState(array):
     """One loan's running state. Build with :meth:`open`, update with :meth:`apply`.
 
@@ -258,7 +275,9 @@ class LoanState(array):
     States compare and hash by identity, like any object, not as arrays.
     """
 
-    __slots__ = ("_borrower", "guard", "loan_id", "risk_tier", "segment", "strategy")
+    # The tier and segment of the last decision share one slot: an interned (tier, segment)
+    # pair (a few dozen exist), which pays for the guard slot (bench/state.py's 600 bytes).
+    __slots__ = ("_borrower", "_tier_segment", "guard", "loan_id", "strategy")
     __hash__ = object.__hash__
     __eq__ = object.__eq__
     __ne__ = object.__ne__
@@ -273,11 +292,28 @@ class LoanState(array):
         state.loan_id = loan_id
         state._borrower = borrower_id.encode()
         # Decisions of the streaming scorer, carried through the changelog with the state.
-        state.strategy = state.risk_tier = state.segment = None
+        state.strategy = None
+        state._tier_segment = _NO_LABELS
         # Guardrail facts, only for loans that have any (models.features.guard_state).
         state.guard: GuardState | None = None
         _untrack(state)  # long-lived and acyclic (see _gc_untracker)
         return state
+
+    @property
+    def risk_tier(self) -> str | None:
+        return self._tier_segment[0]
+
+    @risk_tier.setter
+    def risk_tier(self, tier: str | None) -> None:
+        self._tier_segment = _labels(tier, self._tier_segment[1])
+
+    @property
+    def segment(self) -> str | None:
+        return self._tier_segment[1]
+
+    @segment.setter
+    def segment(self, segment: str | None) -> None:
+        self._tier_segment = _labels(self._tier_segment[0], segment)
 
     @property
     def borrower_id(self) -> str:
@@ -598,7 +634,7 @@ class LoanState(array):
         """An independent copy (the scorer's undo log keeps one per loan per transaction)."""
         state = array.__new__(LoanState, "d", self)  # values and score; ids shared, not copied
         state.loan_id, state._borrower = self.loan_id, self._borrower
-        state.strategy, state.risk_tier, state.segment = self.strategy, self.risk_tier, self.segment
+        state.strategy, state._tier_segment = self.strategy, self._tier_segment
         state.guard = None if self.guard is None else self.guard.copy()
         return state
 
