@@ -57,6 +57,7 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 TIERS = ("HIGH", "MODERATE", "LOW")
+GUARDRAIL_RULES = ("compliance_hold", "escalation_ladder", "time_barred", "legal_min_days_past_due")
 
 
 class BatchHistogram(Collector):
@@ -154,6 +155,12 @@ class ScorerMetrics:
             ["reason"],
             registry=r,
         )
+        self.guardrail_interventions = Counter(
+            "loanrec_guardrail_interventions",
+            "Decisions (one per applied event) a guardrail changed, by rule.",
+            ["rule"],
+            registry=r,
+        )
         self.loans_in_state = Gauge(
             "loanrec_loans_in_state", "Loans held in memory (assigned partitions).", registry=r
         )
@@ -203,6 +210,8 @@ class ScorerMetrics:
         for tier in TIERS:
             self.loans_by_tier.labels(tier=tier).set(0)
         self.alerts.labels(tier="HIGH")
+        for rule in GUARDRAIL_RULES:
+            self.guardrail_interventions.labels(rule=rule)
 
     def set_model(self, version: str) -> None:
         self.model_info.clear()
@@ -237,6 +246,8 @@ class ScorerMetrics:
             ).inc()
         if result.alerts:
             self.alerts.labels(tier="HIGH").inc(len(result.alerts))
+        for rule, n in result.interventions.items():
+            self.guardrail_interventions.labels(rule=rule).inc(n)
         for dead in result.dead_letters:
             self.dlq.labels(reason=dead.reason).inc()
         if result.n:

@@ -49,15 +49,17 @@ from consumer.outputs import (
     UNKNOWN_TYPE,
     DeadLetter,
     EarlyWarningAlert,
+    GuardrailIntervention,
     Reason,
     StrategyChanged,
 )
 from consumer.partition_store import CHECKPOINT_KEY as CHECKPOINT_KEY
 from consumer.partition_store import PartitionStore
 from models.features.columns import FEATURE_NAMES
+from models.features.guard_state import GuardState
 from models.features.loan_id import REASON as INVALID_LOAN_ID
 from models.features.loan_id import describe_invalid, is_valid_loan_id
-from models.features.state import DuplicateEvent, InvalidEvent, LoanState
+from models.features.state import DPD, LAST_PAYMENT_AT, DuplicateEvent, InvalidEvent, LoanState
 from models.native import load_kernel
 from models.serving.contracts import (
     EarlyWarningModel,
@@ -65,6 +67,7 @@ from models.serving.contracts import (
     Segmenter,
     StrategyPolicy,
 )
+from models.serving.guardrails import Facts, GuardrailConfig, Guardrails
 from models.serving.reasons import top_reasons
 from models.serving.segmenter import OnlineSegmenter
 from schemas import AvroSerde, SchemaDecodeError
@@ -126,7 +129,10 @@ class BatchResult:
         "changes",
         "counts",
         "dead_letters",
+        "facts",
         "features",
+        "guards",
+        "interventions",
         "n",
         "next_offset",
         "occurred",
@@ -141,10 +147,14 @@ class BatchResult:
         self.alerts: list[EarlyWarningAlert] = []
         self.dead_letters: list[DeadLetter] = []
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (event type, outcome)
+        self.interventions: Counter[str] = Counter()  # guardrail rule -> decisions it changed
         self.next_offset: int | None = None
         self.n = 0  # applied events so far
         self.features = np.empty((capacity, _WIDTH))  # row i: loan's features after event i
         self.occurred = np.empty(capacity, dtype=np.int64)  # occurred_at, for latency
+        # Guardrail facts after event i: last payment, days past due; a copy of the guard.
+        self.facts = np.empty((capacity, 2))
+        self.guards: list[GuardState | None] = []
         self.states: list[LoanState] = []
         self.offsets: list[int] = []
         self.values: list[bytes] = []  # the events' Avro bytes (ids for output records)
@@ -186,6 +196,17 @@ class _Decision(NamedTuple):
     score: float
 
 
+class _Guarded(NamedTuple):
+    """What the guardrails changed at an emitting event and the earliest contact they allow."""
+
+    interventions: tuple[GuardrailIntervention, ...]
+    hold_reason: str | None
+    next_contact_not_before: int | None
+
+
+_NOT_GUARDED = _Guarded((), None, None)
+
+
 class PartitionProcessor:
     """Decode -> apply -> decide for one input partition; see the module docstring.
 
@@ -210,10 +231,12 @@ class PartitionProcessor:
         self.partition = partition
         self.topic = topic
         self.store = PartitionStore(partition, segmenter or OnlineSegmenter.from_bundle(bundle))
+        # Every policy's choice passes through the one guardrail layer (ARCHITECTURE.md §7).
+        self.guardrails = policy.guardrails or Guardrails(GuardrailConfig(), policy.priorities)
         self._serde = AvroSerde("LoanEvent")
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
-        self._kernel_header = MAGIC + self._serde.registry.get("LoanEvent", 1).fingerprint
+        self._kernel_header = MAGIC + self._serde.writer.fingerprint
         self._kernel = (
             _event_kernel.EventKernel(self._kernel_header) if _event_kernel and native else None
         )
@@ -242,6 +265,8 @@ class PartitionProcessor:
                 store.undo,
                 result.features,
                 result.occurred,
+                result.facts,
+                result.guards,
                 result.states,
                 result.offsets,
                 result.values,
@@ -302,11 +327,20 @@ class PartitionProcessor:
         result.outcomes[(body_type, "scored")] += 1
         result.features[n] = model_row(state.features())
         result.occurred[n] = event["occurred_at"]
+        self._snapshot(result, state, n)
         result.states.append(state)
         result.offsets.append(offset)
         result.values.append(value)  # type: ignore[arg-type]
         result.n = n + 1
         return n + 1
+
+    @staticmethod
+    def _snapshot(result: BatchResult, state: LoanState, n: int) -> None:
+        """The loan's guardrail facts right after event ``n``: decisions come after the whole
+        batch is applied, when the state already holds its later events."""
+        result.facts[n, 0] = state[LAST_PAYMENT_AT]
+        result.facts[n, 1] = state[DPD]
+        result.guards.append(None if state.guard is None else state.guard.copy())
 
     def _open_or_apply(self, loan_id: str, event: dict[str, Any]) -> LoanState:
         store = self.store
@@ -338,16 +372,27 @@ class PartitionProcessor:
         learn_predict = store.segmenter.learn_predict
         by_tier, by_segment = store.by_tier, store.by_segment
         rule = self.policy.rule
-        rows = result.rows()
-        # Emitted records wait here until their reasons (one explain call for all) are known.
-        changes: list[tuple[int, _Decision, _Source, str | None, str | None, str]] = []
+        choose, record = self.guardrails.choose_at, self.guardrails.record
+        next_contact = self.guardrails.next_contact_not_before
+        rows, occurred = result.rows(), result.occurred_at.tolist()
+        facts, guards = result.facts[: result.n].tolist(), result.guards
+        # Emitted records wait here until their reasons (one explain call for all) are known;
+        # what the guardrails said is taken now, as of the event.
+        changes: list[tuple[int, _Decision, _Source, str | None, str | None, str, _Guarded]] = []
         alerts: list[tuple[int, _Decision, _Source, str | None]] = []
         floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
         for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
-            strategy = decide(tier, segment, score, previous_strategy)
+            wanted = decide(tier, segment, score, previous_strategy)
+            paid_at, dpd = facts[i]
+            strategy, interventions, hold_reason = choose(
+                state, wanted, occurred[i], Facts(guards[i], paid_at, dpd)
+            )
+            if interventions:
+                result.interventions.update(iv.rule for iv in interventions)
+            record(state, strategy, occurred[i])
             if tier != previous_tier:
                 self._move(by_tier, previous_tier, tier)
             if segment != state.segment:
@@ -361,8 +406,24 @@ class PartitionProcessor:
                 decision = _Decision(state.loan_id, strategy, tier, segment, score)
                 if changed:
                     policy_rule = rule(tier, segment, score, previous_strategy)
+                    guarded = _Guarded(
+                        tuple(
+                            GuardrailIntervention(iv.rule, iv.wanted_strategy, iv.detail)
+                            for iv in interventions
+                        ),
+                        hold_reason,
+                        next_contact(guards[i], strategy, source.occurred_at),
+                    )
                     changes.append(
-                        (i, decision, source, previous_strategy, previous_tier, policy_rule)
+                        (
+                            i,
+                            decision,
+                            source,
+                            previous_strategy,
+                            previous_tier,
+                            policy_rule,
+                            guarded,
+                        )
                     )
                 if alert:
                     alerts.append((i, decision, source, previous_tier))
@@ -370,9 +431,9 @@ class PartitionProcessor:
             reasons = self._reasons(rows, sorted({c[0] for c in changes} | {a[0] for a in alerts}))
             result.changes.extend(
                 self._strategy_changed(
-                    d, src, old, old_tier, decided_at_ms, why, reasons.get(i, ())
+                    d, src, old, old_tier, decided_at_ms, why, reasons.get(i, ()), guarded
                 )
-                for i, d, src, old, old_tier, why in changes
+                for i, d, src, old, old_tier, why, guarded in changes
             )
             result.alerts.extend(
                 self._alert(d, src, old_tier, decided_at_ms, reasons.get(i, ()))
@@ -419,9 +480,12 @@ class PartitionProcessor:
         decided_at_ms: int,
         policy_rule: str | None,
         reasons: tuple[Reason, ...],
+        guarded: _Guarded | None = None,
     ) -> StrategyChanged:
-        """The loan's strategy changed: ``decision`` is the decision just made."""
+        """The loan's strategy changed: ``decision`` is the decision just made; ``guarded``
+        what the guardrails changed and allow next, as of the event."""
         tier, segment, score = decision.tier, decision.segment, decision.score
+        guarded = guarded or _NOT_GUARDED
         return StrategyChanged(
             event_id=uuid5_str(_CHANGE_NS, source.event_id),
             loan_id=decision.loan_id,
@@ -442,6 +506,9 @@ class PartitionProcessor:
             decided_at=decided_at_ms,
             reasons=reasons,
             policy_rule=policy_rule,
+            guardrails=guarded.interventions,
+            hold_reason=guarded.hold_reason,
+            next_contact_not_before=guarded.next_contact_not_before,
         )
 
     def _alert(

@@ -357,3 +357,94 @@ def _advance(
     loan["month"] += 1
     loan["at"] = max(out[-1]["occurred_at"] + 1, (loan["open_day"] + 30 * loan["month"]) * DAY_MS)
     return out
+
+
+# -- guardrail events (off by default: existing books and figures do not move) ---------------
+
+TIME_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+HOLD_REASONS = ("CEASE_COMMUNICATION", "ATTORNEY_REPRESENTED", "BANKRUPTCY", "DISPUTE", "DECEASED")
+_HOUR_MS = 3_600_000
+
+
+def with_guardrail_events(
+    events: list[dict[str, Any]],
+    seed: int = 0,
+    *,
+    hold_rate: float = 0.1,
+    call_rate: float = 0.5,
+    zone_rate: float = 0.5,
+) -> list[dict[str, Any]]:
+    """``events`` (a book's, in per-loan event-time order) with what the guardrails act on
+    (LoanEvent v2): a borrower time zone on a share ``zone_rate`` of openings; after each
+    missed payment, with p = ``call_rate``, 1-3 call attempts an hour apart (a conversation
+    with p = 0.3 each); on a share ``hold_rate`` of loans a compliance hold set after one of
+    its events and, with p = 0.6, released after a later one. Returned grouped per loan, each
+    loan in event-time order; deterministic for a given ``seed``."""
+    rng = np.random.default_rng(seed)
+    by_loan: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_loan.setdefault(event["loan_id"], []).append(event)
+    out: list[dict[str, Any]] = []
+    for history in by_loan.values():
+        merged = history + _loan_guardrail_events(history, rng, hold_rate, call_rate, zone_rate)
+        merged.sort(key=lambda e: e["occurred_at"])  # stable: a tie keeps the book's order
+        out += merged
+    return out
+
+
+def _attempt(channel: str, conversation: bool, hold: dict[str, str] | None = None) -> dict:
+    return {
+        "method": "CALLS" if channel == "CALL" else "OTHER",
+        "outcome": "OTHER",
+        "legal_action": False,
+        "channel": channel if hold is None else None,
+        "conversation": conversation,
+        "hold": hold,
+    }
+
+
+def _loan_guardrail_events(
+    history: list[dict[str, Any]],
+    rng: np.random.Generator,
+    hold_rate: float,
+    call_rate: float,
+    zone_rate: float,
+) -> list[dict[str, Any]]:
+    """One loan's added events (its opening may gain a time zone, in place in ``history``)."""
+    extra: list[dict[str, Any]] = []
+
+    def add(ref: dict[str, Any], after_ms: int, body: dict[str, Any]) -> None:
+        extra.append(
+            {
+                "event_id": event_id(ref["loan_id"], 1_000_000 + len(extra)),
+                "loan_id": ref["loan_id"],
+                "borrower_id": ref["borrower_id"],
+                "occurred_at": ref["occurred_at"] + after_ms,
+                "body": ("loanrec.events.CollectionAttempt", body),
+            }
+        )
+
+    body_type, body = history[0]["body"]
+    if body_type.endswith("LoanOpened") and rng.random() < zone_rate:
+        zone = TIME_ZONES[int(rng.integers(len(TIME_ZONES)))]
+        history[0] = {**history[0], "body": (body_type, {**body, "time_zone": zone})}
+    closing = next(
+        (i for i, e in enumerate(history) if e["body"][0].endswith("LoanClosed")), len(history)
+    )
+    for event in history[1:closing]:
+        if event["body"][0].endswith("PaymentMissed") and rng.random() < call_rate:
+            for k in range(int(rng.integers(1, 4))):
+                add(event, (k + 1) * _HOUR_MS, _attempt("CALL", bool(rng.random() < 0.3)))
+    if closing > 2 and rng.random() < hold_rate:
+        i = int(rng.integers(1, closing - 1))
+        reason = HOLD_REASONS[int(rng.integers(len(HOLD_REASONS)))]
+        add(
+            history[i],
+            4 * _HOUR_MS + 1,
+            _attempt("OTHER", False, {"action": "SET", "reason": reason}),
+        )
+        if rng.random() < 0.6:
+            j = int(rng.integers(i + 1, closing))
+            release = {"action": "RELEASE", "reason": reason}
+            add(history[j], 5 * _HOUR_MS + 1, _attempt("OTHER", False, release))
+    return extra

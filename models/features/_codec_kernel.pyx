@@ -6,7 +6,8 @@ per input event at full speed -- so this encoder is on the hot path. It writes e
 bytes the Python fast path writes (and fastavro writes: ``tests/unit/models/test_models_state_codec.py``
 compares all three): the header, ``loan_id`` and ``borrower_id`` as Avro strings, the state's
 ``SLOTS`` doubles as they lie in memory (little-endian IEEE, as Avro encodes a double), then
-the nullable ``strategy``, ``risk_tier``, ``risk_score`` and ``segment``.
+the nullable ``strategy``, ``risk_tier``, ``risk_score`` and ``segment``, then (v3) the
+nullable ``guard`` (its doubles as one Avro array block, then its nullable time zone).
 """
 
 from cpython.array cimport array
@@ -64,6 +65,18 @@ def encode_state(bytes header, object state, Py_ssize_t slots) -> bytes:
         tier = utf8(tier_obj, &tier_n)
     if segment_obj is not None:
         segment = utf8(segment_obj, &segment_n)
+    cdef object guard_obj = state.guard
+    cdef Py_ssize_t guard_n = 0, zone_n = 0
+    cdef const char* zone = NULL
+    cdef double* g = NULL
+    cdef Py_ssize_t guard_size = 1
+    if guard_obj is not None:
+        guard_n = len(guard_obj)
+        g = (<array>guard_obj).data.as_doubles
+        if guard_obj.time_zone is not None:
+            zone = utf8(guard_obj.time_zone, &zone_n)
+        guard_size = (1 + long_size(guard_n) + 8 * guard_n + (1 if guard_n else 0)
+                      + (1 + long_size(zone_n) + zone_n if zone else 1))
     cdef double score = v[slots]
     cdef bint has_score = score == score
     cdef Py_ssize_t size = (PyBytes_GET_SIZE(header) + long_size(loan_n) + loan_n
@@ -71,7 +84,8 @@ def encode_state(bytes header, object state, Py_ssize_t slots) -> bytes:
                             + (long_size(strategy_n) + strategy_n if strategy else 0)
                             + (long_size(tier_n) + tier_n if tier else 0)
                             + (8 if has_score else 0)
-                            + (long_size(segment_n) + segment_n if segment else 0))
+                            + (long_size(segment_n) + segment_n if segment else 0)
+                            + guard_size)
     cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
     cdef char* p = PyBytes_AS_STRING(out)
     memcpy(p, PyBytes_AS_STRING(header), PyBytes_GET_SIZE(header))
@@ -90,6 +104,18 @@ def encode_state(bytes header, object state, Py_ssize_t slots) -> bytes:
         p[0] = 0
         p += 1
     p = write_optional_string(p, segment, segment_n)
+    if guard_obj is None:
+        p[0] = 0
+        p += 1
+    else:
+        p[0] = 2
+        p = write_long(p + 1, guard_n)
+        if guard_n:
+            memcpy(p, g, 8 * guard_n)
+            p += 8 * guard_n
+            p[0] = 0  # end of the array's blocks
+            p += 1
+        p = write_optional_string(p, zone, zone_n)
     assert p == PyBytes_AS_STRING(out) + size
     return out
 

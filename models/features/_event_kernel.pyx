@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled twin of the scorer's per-event path: LoanEvent v1 bytes -> state -> feature row.
+"""Compiled twin of the scorer's per-event path: LoanEvent v2 bytes -> state -> feature row.
 
 The reference implementation -- and the definition of every rule -- is Python:
 ``schemas.AvroSerde.decode`` (fastavro), ``models.features.state.LoanState.open`` / ``.apply`` /
@@ -14,6 +14,10 @@ bit for bit, over valid, duplicate, corrupt and adversarial input.
 What must never change without changing the reference in the same way: the order of the
 floating-point operations in ``_apply_body``, ``_open`` and ``_features`` (each mirrors one
 Python expression), and "refuse when in doubt": any check that is not certain falls back.
+
+A call attempt's or conversation's guardrail bookkeeping (``models.features.guard_state``) is
+the reference's own ``LoanState.track``, called from here. Holds and borrower time zones fall
+back (rare, and the reference validates the zone).
 """
 
 cimport cython
@@ -76,6 +80,7 @@ cdef enum:
     WATERMARK_ID0 = 36
     WATERMARK_ID1 = 37
     FINGERPRINT0 = 38
+    LAST_PAYMENT_AT = 41
     FINGERPRINT_WORDS = 3
     FINGERPRINT_BITS = 156
     FINGERPRINT_PROBES = 4
@@ -90,6 +95,9 @@ cdef int64_t EXACT_LIMIT = 9007199254740992  # 2**53: beyond it an int -> double
 cdef uint64_t HASH_MASK = 4503599627370495  # (1 << 52) - 1: models.features.state._HASH_MASK
 
 # Body types in the union's order (the Avro branch index), as models.features.state names them.
+cdef enum:
+    CHANNEL_CALL = 0  # ContactChannel's first symbol
+
 cdef enum:
     OPENED = 0
     RECEIVED = 1
@@ -116,8 +124,10 @@ assert _state.FINGERPRINT0 == FINGERPRINT0 and _state.FINGERPRINT_WORDS == FINGE
 assert _state.FINGERPRINT_BITS == FINGERPRINT_BITS and _state.FINGERPRINT_PROBES == FINGERPRINT_PROBES
 assert _state._PROBE_MASK == PROBE_MASK and _state.MANY_AT_WATERMARK == -1.0
 assert len(_state.FEATURE_NAMES) == N_FEATURES
-assert _state.SCORE == FINGERPRINT0 + FINGERPRINT_WORDS and _state.DAY_MS == DAY_MS
+assert _state.LAST_PAYMENT_AT == LAST_PAYMENT_AT == FINGERPRINT0 + FINGERPRINT_WORDS
+assert _state.SCORE == LAST_PAYMENT_AT + 1 and _state.DAY_MS == DAY_MS
 assert _state._MAX_DAYS == MAX_DAYS and _state._HASH_MASK == HASH_MASK
+
 
 # models.features.loan_id's rule as a byte table: 2 = may start an id, 1 = may follow, 0 = never
 # (every byte >= 0x80 is 0: the rule is ASCII, so a non-ASCII id is refused by both paths).
@@ -256,11 +266,11 @@ cdef struct Body:
     double amount_due, paid, outstanding
     # CollectionAttempt
     int64_t method
-    bint legal
+    bint legal, call, conversation
 
 
 cdef class EventKernel:
-    """Applies LoanEvent v1 records to ``LoanState`` arrays and writes their feature rows.
+    """Applies LoanEvent v2 records to ``LoanState`` arrays and writes their feature rows.
 
     ``apply_batch`` walks a partition batch in offset order; a record it cannot apply with
     certainty goes to the caller's ``fallback`` at its place in the sequence, so the result
@@ -273,7 +283,7 @@ cdef class EventKernel:
     cdef double _method_codes[5]
 
     def __init__(self, header: bytes) -> None:
-        """``header``: the single-object header (C3 01 + fingerprint) of LoanEvent v1, the
+        """``header``: the single-object header (C3 01 + fingerprint) of LoanEvent v2, the
         writer schema whose layout this kernel reads; other writers fall back."""
         if len(header) != 10:
             raise ValueError("a single-object Avro header is 10 bytes")
@@ -293,18 +303,22 @@ cdef class EventKernel:
         return <double>(h if h else 1)  # 0 marks an empty watermark slot
 
     def apply_batch(self, list batch, dict states, dict undo, double[:, ::1] rows,
-                    int64_t[::1] occurred, list out_states, list out_offsets, list out_values,
+                    int64_t[::1] occurred, double[:, ::1] facts, list out_guards,
+                    list out_states, list out_offsets, list out_values,
                     int64_t[::1] counts, Py_ssize_t n, fallback):
         """Apply ``batch``'s ``(offset, key, value)`` records from row ``n`` on.
 
         An applied record adds its state, offset and value to the ``out_`` lists, its
-        occurred_at to ``occurred[n]``, its features to ``rows[n]`` and 1 to
+        occurred_at to ``occurred[n]``, its features to ``rows[n]``, its guardrail facts to
+        ``facts[n]`` (last payment, days past due) and ``out_guards`` (a copy of its guard, or
+        None: ``PartitionProcessor._snapshot``), and 1 to
         ``counts[body type]``. Any other record is passed to ``fallback(record, n)``, which
         returns the next free row. Returns the next free row.
         """
         cdef Py_ssize_t i, kind
         cdef int64_t at = 0
-        cdef object record, state
+        cdef object record, state, guard
+        cdef double* v
         for record in batch:
             state = self._apply_one(record, states, undo, &at, &kind)
             if state is None:
@@ -312,6 +326,11 @@ cdef class EventKernel:
                 continue
             self._features(<array>state, &rows[n, 0])
             occurred[n] = at
+            v = (<array>state).data.as_doubles
+            facts[n, 0] = v[LAST_PAYMENT_AT]
+            facts[n, 1] = v[DPD]
+            guard = state.guard
+            out_guards.append(None if guard is None else guard.copy())
             counts[kind] += 1
             out_states.append(state)
             out_offsets.append((<tuple>record)[0])
@@ -373,12 +392,21 @@ cdef class EventKernel:
                 return None
             if loan not in undo:
                 undo[loan] = state.copy()
+            self._track(state, &body, at)
             self._apply_body(<array>state, &body, at, h)
         at_out[0] = at
         kind_out[0] = body.kind
         return state
 
+    cdef int _track(self, object state, Body* b, int64_t at) except -1:
+        """``LoanState.track`` of a contact attempt (the reference's own code)."""
+        if b.kind == COLLECTION and (b.call or b.conversation):
+            state.track(at, b.call, b.conversation)
+        return 0
+
     cdef bint _read_body(self, Reader* r, Body* b) noexcept:
+        cdef int64_t branch, channel
+        b.call = b.conversation = False
         b.kind = <int>read_long(r)
         if r.bad:
             return False
@@ -394,6 +422,8 @@ cdef class EventKernel:
             b.loan_type_len = read_string(r, &b.loan_type)
             b.collateral = read_double(r)
             b.emi = read_double(r)
+            if read_long(r) != 0:  # time_zone set: the reference validates it
+                return False
         elif b.kind == RECEIVED:
             b.due = read_int(r)
             b.amount_due = read_double(r)
@@ -413,6 +443,22 @@ cdef class EventKernel:
             b.legal = r.p[0] == 1
             r.p += 1
             if b.method < 0 or b.method > 4:
+                return False
+            branch = read_long(r)  # channel: null, or ContactChannel's 6 symbols
+            if branch == 0:
+                b.call = b.method == 0  # v1 meaning: CALLS is a call attempt
+            elif branch == 2:
+                channel = read_int(r)
+                if not 0 <= channel <= 5:
+                    return False
+                b.call = channel == CHANNEL_CALL
+            else:
+                return False
+            if r.p >= r.end or r.p[0] > 1:
+                return False
+            b.conversation = r.p[0] == 1
+            r.p += 1
+            if read_long(r) != 0:  # a compliance hold: the reference applies it
                 return False
         elif b.kind == CLOSED_EVENT:
             if not 0 <= read_int(r) <= 3 or r.bad:  # reason: CloseReason's 4 symbols
@@ -453,6 +499,7 @@ cdef class EventKernel:
         v[OPENED_AT] = <double>at
         v[LAST_EVENT_AT] = <double>at
         v[LAST_DUE] = NAN
+        v[LAST_PAYMENT_AT] = NAN
         v[OUTSTANDING] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
         v[OUT_BEFORE] = v[OUTSTANDING]
         v[WATERMARK_ID0] = h
@@ -521,6 +568,8 @@ cdef class EventKernel:
             v[CONSECUTIVE] = 0.0
             v[DPD] = 0.0
             v[OUTSTANDING] = b.outstanding
+            if b.paid > 0.0:
+                v[LAST_PAYMENT_AT] = <double>at
         elif b.kind == MISSED_EVENT:
             self._installment(v, <double>b.due, b.amount_due, b.outstanding)
             if v[LAST_PAID] == 0.0:

@@ -8,8 +8,9 @@ Memory: a state *is* one ``array('d')`` (8 bytes per value instead of a 24-byte 
 per attribute; the ids and decision labels in ``__slots__``), and idempotency (ARCHITECTURE.md
 §8) costs five of its doubles: the event-time watermark is ``last_event_at``, the ids applied at
 exactly the watermark are kept as two 52-bit hashes, and every id ever applied is in a 156-bit
-Bloom fingerprint, so a loan costs about 590 bytes with its ids and its entry in the scorer's
-dict (``bench/state.py``, 1M loans).
+Bloom fingerprint, so a loan costs about 596 bytes with its ids and its entry in the scorer's
+dict (``bench/state.py``, 1M loans: ~589 before the guardrails' ``last_payment_at`` double;
+their ``guard`` slot is paid for by sharing the (tier, segment) pair).
 
 >>> from schemas.events import make_event
 >>> opened = make_event("e1", "L1", "B1", 0, "LoanOpened", dict(
@@ -26,14 +27,17 @@ dict (``bench/state.py``, 1M loans).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import zoneinfo
 from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES, decode, encode
+from models.features.guard_state import LAST_CONVERSATION, GuardState
 from schemas.events import (
     COLLECTION_ATTEMPT,
     LOAN_CLOSED,
@@ -102,6 +106,8 @@ SLOTS: tuple[str, ...] = (
     "watermark_id_0",
     "watermark_id_1",
     *(f"applied_ids_{i}" for i in range(FINGERPRINT_WORDS)),
+    # guardrails (models.serving.guardrails): the limitation period runs from the last payment
+    "last_payment_at",
 )
 _I = {name: i for i, name in enumerate(SLOTS)}
 (
@@ -145,6 +151,8 @@ _I = {name: i for i, name in enumerate(SLOTS)}
 WATERMARK_ID0 = _I["watermark_id_0"]
 WATERMARK_ID1 = _I["watermark_id_1"]
 FINGERPRINT0 = _I["applied_ids_0"]
+LAST_PAYMENT_AT = _I["last_payment_at"]
+UNKNOWN_PAYMENT = -1.0  # last_payment_at of a record older than LoanState v3
 _NAN = math.nan
 SCORE = len(SLOTS)  # LoanState's last value: the risk score of its latest decision
 _SIZE = SCORE + 1
@@ -220,6 +228,42 @@ def _optional_count(value: Any) -> float:
     return float(value)
 
 
+@functools.cache
+def _known_time_zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _time_zone(body: dict[str, Any]) -> str | None:
+    """LoanOpened's optional IANA time zone; an unknown name is refused rather than silently
+    read as UTC (the contact window, 12 CFR 1006.6(b)(1), is the borrower's local time)."""
+    name = body.get("time_zone")
+    if name is None:
+        return None
+    if not isinstance(name, str) or not _known_time_zone(name):
+        raise InvalidEvent("invalid_time_zone", f"time_zone={name!r} is not an IANA time zone name")
+    return name
+
+
+_NO_LABELS: tuple[str | None, str | None] = (None, None)
+_LABELS: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
+_MAX_LABELS = 4096  # beyond (never, with a real policy): pairs are simply not shared
+
+
+def _labels(tier: str | None, segment: str | None) -> tuple[str | None, str | None]:
+    """The shared ``(tier, segment)`` pair."""
+    key = (tier, segment)
+    pair = _LABELS.get(key)
+    if pair is None:
+        pair = key
+        if len(_LABELS) < _MAX_LABELS:
+            _LABELS[key] = key
+    return pair
+
+
 class LoanState(array):
     """One loan's running state. Build with :meth:`open`, update with :meth:`apply`.
 
@@ -231,7 +275,9 @@ class LoanState(array):
     States compare and hash by identity, like any object, not as arrays.
     """
 
-    __slots__ = ("_borrower", "loan_id", "risk_tier", "segment", "strategy")
+    # The tier and segment of the last decision share one slot: an interned (tier, segment)
+    # pair (a few dozen exist), which pays for the guard slot (bench/state.py's 600 bytes).
+    __slots__ = ("_borrower", "_tier_segment", "guard", "loan_id", "strategy")
     __hash__ = object.__hash__
     __eq__ = object.__eq__
     __ne__ = object.__ne__
@@ -246,9 +292,28 @@ class LoanState(array):
         state.loan_id = loan_id
         state._borrower = borrower_id.encode()
         # Decisions of the streaming scorer, carried through the changelog with the state.
-        state.strategy = state.risk_tier = state.segment = None
+        state.strategy = None
+        state._tier_segment = _NO_LABELS
+        # Guardrail facts, only for loans that have any (models.features.guard_state).
+        state.guard: GuardState | None = None
         _untrack(state)  # long-lived and acyclic (see _gc_untracker)
         return state
+
+    @property
+    def risk_tier(self) -> str | None:
+        return self._tier_segment[0]
+
+    @risk_tier.setter
+    def risk_tier(self, tier: str | None) -> None:
+        self._tier_segment = _labels(tier, self._tier_segment[1])
+
+    @property
+    def segment(self) -> str | None:
+        return self._tier_segment[1]
+
+    @segment.setter
+    def segment(self, segment: str | None) -> None:
+        self._tier_segment = _labels(self._tier_segment[0], segment)
 
     @property
     def borrower_id(self) -> str:
@@ -275,7 +340,10 @@ class LoanState(array):
                 f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
                 "which was never opened (LoanOpened must come first)",
             )
+        time_zone = _time_zone(body)
         v = cls(event["loan_id"], event["borrower_id"])
+        if time_zone is not None:
+            v.guard = GuardState(time_zone=time_zone)
         age = body["age"]
         v[AGE] = float(age) if age is not None and 0 < age < 150 else _NAN
         v[GENDER] = encode("gender", body["gender"])
@@ -290,7 +358,7 @@ class LoanState(array):
         v[COLLATERAL] = _optional_amount(body, "collateral_value")
         v[EMI] = _optional_amount(body, "monthly_emi")
         v[OPENED_AT] = v[LAST_EVENT_AT] = float(event["occurred_at"])
-        v[LAST_DUE] = _NAN
+        v[LAST_DUE] = v[LAST_PAYMENT_AT] = _NAN
         v[OUTSTANDING] = v[OUT_BEFORE] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
         h = event_id_hash(event["event_id"])
         v[WATERMARK_ID0] = h
@@ -378,6 +446,8 @@ class LoanState(array):
             v[CONSECUTIVE] = 0.0
             v[DPD] = 0.0
             v[OUTSTANDING] = outstanding
+            if paid > 0.0:
+                v[LAST_PAYMENT_AT] = float(at)
         elif body_type == PAYMENT_MISSED:
             due = self._due_date(body, at)
             amount_due = _amount(body, "amount_due")
@@ -395,10 +465,18 @@ class LoanState(array):
                 v[MAX_DPD] = float(dpd)
             v[OUTSTANDING] = outstanding
         elif body_type == COLLECTION_ATTEMPT:
-            v[ATTEMPTS] += 1.0
-            v[METHOD] = encode("last_collection_method", body["method"])
-            if body.get("legal_action"):
-                v[LEGAL] = 1.0
+            hold = body.get("hold")
+            if hold is not None:  # a compliance hold (LoanEvent v2), not a contact
+                hold = hold[1] if isinstance(hold, tuple) else hold
+                self.ensure_guard().set_hold(hold["reason"], hold["action"] == "SET")
+            else:
+                channel = body.get("channel")
+                call = channel == "CALL" or (channel is None and body["method"] == "CALLS")
+                self.track(at, call, bool(body.get("conversation")))
+                v[ATTEMPTS] += 1.0
+                v[METHOD] = encode("last_collection_method", body["method"])
+                if body.get("legal_action"):
+                    v[LEGAL] = 1.0
         elif body_type == LOAN_CLOSED:
             v[CLOSED] = 1.0
         elif body_type == LOAN_OPENED:
@@ -414,6 +492,29 @@ class LoanState(array):
         else:
             v[WATERMARK_ID1] = MANY_AT_WATERMARK
         self._remember(h)
+
+    def track(self, at: int, call: bool, conversation: bool) -> None:
+        """A contact attempt's guardrail bookkeeping (the compiled kernel calls this very
+        method, so both paths keep the same guard): a call attempt counts towards 7-in-7, a
+        conversation starts the cool-off (12 CFR 1006.14(b)(2))."""
+        if call or conversation:
+            guard = self.ensure_guard()
+            if call:
+                guard.note_call(at)
+            if conversation:
+                guard[LAST_CONVERSATION] = float(at)
+
+    def ensure_guard(self) -> GuardState:
+        """The loan's guard (``models.features.guard_state``), allocated on first need."""
+        if self.guard is None:
+            self.guard = GuardState()
+        return self.guard
+
+    @property
+    def last_payment_at(self) -> int | None:
+        """Time of the latest positive payment (None: never paid, or unknown)."""
+        paid = self[LAST_PAYMENT_AT]
+        return None if paid != paid else int(paid)
 
     def _due_date(self, body: dict[str, Any], at: int) -> int:
         due = body["installment_due_date"]
@@ -518,7 +619,7 @@ class LoanState(array):
     # -- persistence ---------------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
-        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v2.avsc``)."""
+        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v3.avsc``)."""
         record: dict[str, Any] = dict(zip(SLOTS, self, strict=False))  # (the score is last)
         record["loan_id"] = self.loan_id
         record["borrower_id"] = self.borrower_id
@@ -526,13 +627,15 @@ class LoanState(array):
         record["risk_tier"] = self.risk_tier
         record["risk_score"] = self.risk_score
         record["segment"] = self.segment
+        record["guard"] = None if self.guard is None else self.guard.to_record()
         return record
 
     def copy(self) -> LoanState:
         """An independent copy (the scorer's undo log keeps one per loan per transaction)."""
         state = array.__new__(LoanState, "d", self)  # values and score; ids shared, not copied
         state.loan_id, state._borrower = self.loan_id, self._borrower
-        state.strategy, state.risk_tier, state.segment = self.strategy, self.risk_tier, self.segment
+        state.strategy, state._tier_segment = self.strategy, self._tier_segment
+        state.guard = None if self.guard is None else self.guard.copy()
         return state
 
     @classmethod
@@ -541,11 +644,14 @@ class LoanState(array):
         if "recent_pos" in record:
             return cls._from_v1(record)
         score = record.get("risk_score")
+        if record.setdefault("last_payment_at", UNKNOWN_PAYMENT) == UNKNOWN_PAYMENT:
+            record["last_payment_at"] = _NAN  # before v3: read as never paid (conservative)
         values = [float(record[name]) for name in SLOTS] + [_NAN if score is None else score]
         state = cls(record["loan_id"], record["borrower_id"], array("d", values))
         state.strategy = record.get("strategy")
         state.risk_tier = record.get("risk_tier")
         state.segment = record.get("segment")
+        state.guard = GuardState.from_record(record.get("guard"))
         return state
 
     @classmethod
@@ -555,7 +661,7 @@ class LoanState(array):
         replay of any of them after the upgrade is still a duplicate."""
         v1_ids = [record.pop(f"recent_id_{i}") for i in range(4)]
         del record["recent_pos"]
-        record |= {name: 0.0 for name in SLOTS[WATERMARK_ID0:]}
+        record |= {name: 0.0 for name in SLOTS[WATERMARK_ID0:LAST_PAYMENT_AT]}
         record["watermark_id_1"] = MANY_AT_WATERMARK
         state = cls.from_record(record)
         for h in v1_ids:

@@ -2,7 +2,8 @@
 
 The scorer writes one changelog record per loan touched in every transaction and reads them
 all back on restore, so this codec is on the hot path twice. ``LoanState`` v2 is a fixed
-layout -- two strings, the state array's doubles in ``SLOTS`` order, four nullable fields --
+layout -- two strings, the state array's doubles in ``SLOTS`` order, four nullable fields, and
+(v3) the nullable guard (an array of doubles and a nullable time zone) --
 and Avro encodes a double as its 8 little-endian IEEE bytes, so the state array *is* the
 middle of the Avro body: ``array.tobytes()`` writes it and ``array.frombytes()`` reads it,
 instead of a dict of 47 fields walked by a generic encoder.
@@ -29,8 +30,10 @@ from __future__ import annotations
 
 import struct
 import sys
+from array import array
 from typing import Any
 
+from models.features.guard_state import GuardState
 from models.features.state import SCORE, SLOTS, LoanState
 from models.native import load_kernel
 from schemas import AvroSerde, SchemaDecodeError
@@ -81,16 +84,40 @@ def _string(text: str) -> bytes:
     return _long(len(raw)) + raw
 
 
+_GUARD_FIELDS = [
+    ("values", {"type": "array", "items": "double"}),
+    ("time_zone", ["null", "string"]),
+]
+
+
 def _has_fixed_layout(schema: dict[str, Any]) -> bool:
-    """Is ``schema`` exactly: loan_id, borrower_id (strings), SLOTS (doubles), _OPTIONAL?"""
+    """Is ``schema`` exactly: loan_id, borrower_id (strings), SLOTS (doubles), _OPTIONAL, then
+    guard (null or a record of a double array and a nullable string)?"""
     expected = [
         ("loan_id", "string"),
         ("borrower_id", "string"),
         *((name, "double") for name in SLOTS),
         *((name, ["null", kind]) for name, kind in _OPTIONAL),
     ]
-    actual = [(f["name"], f["type"]) for f in schema.get("fields", [])]
-    return actual == expected
+    fields = schema.get("fields", [])
+    actual = [(f["name"], f["type"]) for f in fields[:-1]]
+    if actual != expected or fields[-1]["name"] != "guard":
+        return False
+    guard = fields[-1]["type"]
+    return (
+        isinstance(guard, list)
+        and guard[0] == "null"
+        and [(f["name"], f["type"]) for f in guard[1]["fields"]] == _GUARD_FIELDS
+    )
+
+
+def _guard_bytes(guard: GuardState | None) -> bytes:
+    """Avro of the nullable guard: branch, the array (one block, then the 0 end), time zone."""
+    if guard is None:
+        return _NULL
+    n = len(guard)
+    zone = _NULL if guard.time_zone is None else _SOME + _string(guard.time_zone)
+    return b"".join((_SOME, _long(n), guard.tobytes(), _NULL if n else b"", zone))
 
 
 class LoanStateCodec:
@@ -132,6 +159,7 @@ class LoanStateCodec:
         score = state[SCORE]
         parts.append(_NULL if score != score else _SOME + values[_DOUBLES:])
         parts.append(_NULL if state.segment is None else _SOME + _string(state.segment))
+        parts.append(_guard_bytes(state.guard))
         return b"".join(parts)
 
     def decode(self, data: bytes) -> LoanState:
@@ -167,7 +195,28 @@ class LoanStateCodec:
         else:
             raise ValueError(f"bad union branch {data[pos]} of risk_score")
         state.segment, pos = self._read_optional_string(data, pos)
+        state.guard, pos = self._read_guard(data, pos)
         return state, pos
+
+    def _read_guard(self, data: bytes, pos: int) -> tuple[GuardState | None, int]:
+        branch = data[pos]
+        if branch == 0:
+            return None, pos + 1
+        if branch != 2:
+            raise ValueError(f"bad union branch {branch} of guard")
+        values: list[float] = []
+        count, pos = _read_long(data, pos + 1)
+        while count:  # Avro array blocks; a negative count is followed by the block's size
+            if count < 0:
+                count = -count
+                _, pos = _read_long(data, pos)
+            end = pos + 8 * count
+            if end > len(data):
+                raise ValueError("guard values overrun the record")
+            values += struct.unpack_from(f"<{count}d", data, pos)
+            count, pos = _read_long(data, end)
+        zone, pos = self._read_optional_string(data, pos)
+        return GuardState(array("d", values), zone), pos
 
     @staticmethod
     def _read_string(data: bytes, pos: int) -> tuple[str, int]:

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from models.serving.contributions import Explanation
+from models.serving.guardrails import Guardrails
 
 
 @runtime_checkable
@@ -57,6 +58,7 @@ class StrategyPolicy(Protocol):
     thresholds."""
 
     version: str
+    guardrails: Guardrails | None  # None: the processor uses the documented defaults
 
     def tier(self, score: float) -> str: ...
 

@@ -24,6 +24,7 @@ import yaml
 
 from models.errors import ModelsError
 from models.serving.costs import StrategyCost, parse_costs
+from models.serving.guardrails import GuardrailConfig, GuardrailError, Guardrails
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 TIERS = ("HIGH", "MODERATE", "LOW")
@@ -53,6 +54,9 @@ class Policy:
     matrix: dict[str, dict[str, str]]
     path: str = ""
     costs: dict[str, StrategyCost] = field(default_factory=dict)  # models.serving.costs
+    # The layer every choice passes through (models.serving.guardrails); the processor applies
+    # it to whatever policy decided, so a learned policy or an arm carries one too.
+    guardrails: Guardrails | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Policy:
@@ -111,12 +115,19 @@ class Policy:
         strategies = data["strategies"]
         if not isinstance(strategies, dict) or not strategies:
             raise fail("strategies", "must map each strategy name to {priority: N}")
+        raw_guardrails = data.get("guardrails")
+        hold = (raw_guardrails or {}).get("hold_strategy", GuardrailConfig.hold_strategy)
         priorities: dict[str, int] = {}
         for name, spec in strategies.items():
             priority = spec.get("priority") if isinstance(spec, dict) else None
-            if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
-                raise fail(f"strategies.{name}.priority", f"{priority!r} must be an integer >= 1")
+            lowest = 0 if name == hold else 1  # the hold is outside the priority order
+            if not isinstance(priority, int) or isinstance(priority, bool) or priority < lowest:
+                raise fail(
+                    f"strategies.{name}.priority", f"{priority!r} must be an integer >= {lowest}"
+                )
             priorities[str(name)] = priority
+        if hold not in priorities:
+            raise fail("strategies", f"missing {hold} (the guardrails' hold strategy)")
         if missing := [s for s in REQUIRED_STRATEGIES if s not in priorities]:
             raise fail("strategies", f"missing {', '.join(missing)} (required strategies)")
         matrix = data["matrix"]
@@ -137,6 +148,8 @@ class Policy:
                         f"matrix.{tier}.{segment}",
                         f"unknown strategy {strategy!r}; declare it under strategies",
                     )
+                if strategy == hold:
+                    raise fail(f"matrix.{tier}.{segment}", f"{hold} is set by guardrails only")
                 clean[tier][segment] = strategy
             if extra := set(row) - set(SEGMENTS):
                 raise fail(
@@ -145,6 +158,10 @@ class Policy:
                 )
         if extra := set(matrix) - set(TIERS):
             raise fail("matrix", f"unknown tier(s) {sorted(extra)}; use {', '.join(TIERS)}")
+        try:
+            config = GuardrailConfig.from_dict(raw_guardrails, source, priorities)
+        except GuardrailError as error:
+            raise PolicyError(str(error)) from None
         full_version = f"{version}+{digest}" if digest else version
         costs = parse_costs(data.get("costs"), priorities, source)
         return cls(
@@ -156,6 +173,7 @@ class Policy:
             clean,
             source,
             costs,
+            Guardrails(config, priorities),
         )
 
     def tier(self, score: float) -> str:
@@ -219,4 +237,5 @@ class Policy:
             "hysteresis": self.hysteresis,
             "priorities": self.priorities,
             "matrix": self.matrix,
+            "guardrails": vars(self.guardrails.config) if self.guardrails else None,
         }

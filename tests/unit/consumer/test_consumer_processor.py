@@ -46,7 +46,8 @@ def run(processor: PartitionProcessor, recs: list, batch: int) -> tuple[list, li
 
 
 def snapshot(processor: PartitionProcessor) -> dict:
-    return {k: s.to_record() for k, s in processor.store.states.items()}
+    # repr: NaN (a never-paid loan's last_payment_at, a guard's unset times) equals itself
+    return {k: repr(s.to_record()) for k, s in processor.store.states.items()}
 
 
 def test_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
@@ -340,3 +341,66 @@ def test_a_model_without_a_decomposition_emits_records_without_reasons(
     changes, _, _ = run(processor, records(one_loan), 10)
     assert changes and all(c.reasons == () for c in changes)
     assert all(c.policy_rule and c.policy_rule.startswith("table: ") for c in changes)
+
+
+def test_guardrail_decisions_say_which_rule_and_are_counted(bundle, policy, events) -> None:
+    """A hold set mid-stream turns the loan's strategy to HOLD with its reason and the policy's
+    wish; the release hands it back with a next contact; the metric counts interventions."""
+    from consumer.metrics import ScorerMetrics
+
+    loan = events[0]["loan_id"]
+    history = [e for e in events if e["loan_id"] == loan]
+    at = history[1]["occurred_at"]
+
+    def hold(n: int, action: str, when: int) -> dict:
+        body = {
+            "method": "OTHER",
+            "outcome": "OTHER",
+            "legal_action": False,
+            "channel": None,
+            "conversation": False,
+            "hold": {"action": action, "reason": "CEASE_COMMUNICATION"},
+        }
+        return {**history[1], "event_id": f"hold-{n}", "occurred_at": when,
+                "body": ("loanrec.events.CollectionAttempt", body)}  # fmt: skip
+
+    stream = [history[0], history[1], hold(1, "SET", at + 1), hold(2, "RELEASE", at + 2)]
+    processor = PartitionProcessor(bundle, policy, 0)
+    out = processor.process(records(stream))
+    assert not out.dead_letters, out.dead_letters
+    assert len(out.changes) >= 2, (out.outcomes, out.changes)
+    held, released = out.changes[-2], out.changes[-1]
+    assert held.new_strategy == "HOLD" and held.hold_reason == "CEASE_COMMUNICATION"
+    assert held.next_contact_not_before is None
+    assert [(g.rule, g.wanted_strategy) for g in held.guardrails] == [
+        ("compliance_hold", held.previous_strategy)
+    ]
+    assert released.previous_strategy == "HOLD" and released.new_strategy != "HOLD"
+    assert released.hold_reason is None and released.next_contact_not_before >= at + 2
+    assert out.interventions["compliance_hold"] == 1
+    metrics = ScorerMetrics()
+    metrics.record_batch(out, now_ms=at)
+    text = metrics.exposition().decode()
+    assert 'loanrec_guardrail_interventions_total{rule="compliance_hold"} 1.0' in text
+    assert 'loanrec_guardrail_interventions_total{rule="time_barred"} 0.0' in text
+    decoded = AvroSerde("StrategyChanged").decode(OutputSerializer(Topics()).encode_change(held))
+    assert decoded["hold_reason"] == "CEASE_COMMUNICATION"
+    assert decoded["guardrails"][0]["rule"] == "compliance_hold"
+
+
+def test_guardrail_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
+    """The processor applies a batch before deciding: each decision must still see the loan's
+    holds, calls and payments as of its own event (the per-event guardrail facts)."""
+    from models.data.synthetic import with_guardrail_events
+
+    guarded = with_guardrail_events(events, seed=3, hold_rate=0.6, call_rate=0.9)
+    guarded.sort(key=lambda e: e["occurred_at"])
+    recs = records(guarded)
+    one, many = PartitionProcessor(bundle, policy, 0), PartitionProcessor(bundle, policy, 0)
+    by_one, at_once = run(one, recs, 1), run(many, recs, len(recs))
+    assert by_one == at_once
+    changes = at_once[0]
+    assert any(c.new_strategy == "HOLD" for c in changes)
+    counted = PartitionProcessor(bundle, policy, 0).process(recs).interventions
+    assert counted["compliance_hold"] > 0 and counted["escalation_ladder"] > 0, counted
+    assert snapshot(one) == snapshot(many)

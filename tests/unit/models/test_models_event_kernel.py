@@ -68,6 +68,10 @@ def run_both(
             state.risk_tier,
             state.segment,
         ) == (other.loan_id, other.borrower_id, other.strategy, other.risk_tier, other.segment)
+        assert (state.guard is None) == (other.guard is None), loan_id
+        if state.guard is not None:
+            assert state.guard.tobytes() == other.guard.tobytes(), loan_id
+            assert state.guard.time_zone == other.guard.time_zone
     assert native.store.segmenter.to_json() == reference.store.segmenter.to_json()
     return kernel_applied
 
@@ -76,10 +80,12 @@ def dead(result) -> list[tuple]:
     return [(d.offset, d.reason, d.message, d.event_type) for d in result.dead_letters]
 
 
-def book_records(loans: int, seed: int) -> list[tuple[int, bytes, bytes]]:
-    from models.data.synthetic import generate_book
+def book_records(loans: int, seed: int, guardrails: bool = False) -> list[tuple[int, bytes, bytes]]:
+    from models.data.synthetic import generate_book, with_guardrail_events
 
     events = generate_book(loans, seed=seed)[1]
+    if guardrails:  # LoanEvent v2: time zones, call attempts, conversations, holds
+        events = with_guardrail_events(events, seed=seed, hold_rate=0.5)
     events.sort(key=lambda e: e["occurred_at"])
     return [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
 
@@ -90,6 +96,16 @@ def test_valid_stream_is_identical(bundle, policy, batch: int) -> None:
     assert len(records) > 500
     kernel_applied = run_both(bundle, policy, records, batch)
     assert kernel_applied == len(records)  # a plain valid stream never needs the reference
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+def test_a_stream_with_guardrail_events_is_identical(bundle, policy, batch: int) -> None:
+    """Call attempts and conversations go through the kernel (it calls the reference's own
+    ``LoanState.track``); holds and time zones fall back; states, guards, outputs and the
+    guardrails' decisions (``changes``) are the same."""
+    records = book_records(40, seed=22, guardrails=True)
+    kernel_applied = run_both(bundle, policy, records, batch)
+    assert len(records) // 2 < kernel_applied < len(records)
 
 
 def opened(loan: str, at: int, **changes) -> dict:

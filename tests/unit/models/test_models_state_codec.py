@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.data.synthetic import generate_book
+from models.data.synthetic import generate_book, with_guardrail_events
 from models.features.state import replay
 from models.features.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
@@ -13,7 +13,11 @@ from schemas import AvroSerde, SchemaDecodeError
 @pytest.fixture(scope="module")
 def states() -> list:
     _, events, _ = generate_book(300, seed=5)
-    out = list(replay(events).values())
+    out = list(replay(with_guardrail_events(events, seed=5)).values())
+    guards = [state.guard for state in out if state.guard is not None]
+    # Loans without a guard, with one, with and without a time zone, with calls and holds.
+    assert 0 < len(guards) < len(out) and {g.time_zone is None for g in guards} == {True, False}
+    assert any(g.holds for g in guards) and any(len(g.call_times) == 7 for g in guards)
     out[0].loan_id = "L-" + "é" * 70  # a two-byte length prefix and multi-byte characters
     for i, state in enumerate(out):  # decisions of every shape, incl. None and non-ASCII
         if i % 3:

@@ -200,6 +200,7 @@ def test_every_body_type_round_trips() -> None:
             "loan_type": "Home",
             "collateral_value": 1.2e5,
             "monthly_emi": 2100.0,
+            "time_zone": "America/New_York",
         },
         "PaymentReceived": {
             "installment_due_date": 20000,
@@ -208,7 +209,14 @@ def test_every_body_type_round_trips() -> None:
             "outstanding_after": 97900.0,
         },
         "PaymentMissed": dict(MISSED),
-        "CollectionAttempt": {"method": "LEGAL_NOTICE", "outcome": "REFUSED", "legal_action": True},
+        "CollectionAttempt": {
+            "method": "LEGAL_NOTICE",
+            "outcome": "REFUSED",
+            "legal_action": True,
+            "channel": "LETTER",
+            "conversation": False,
+            "hold": None,
+        },
         "LoanClosed": {"reason": "WRITTEN_OFF"},
     }
     serde = AvroSerde("LoanEvent")
@@ -216,3 +224,35 @@ def test_every_body_type_round_trips() -> None:
         event = sample_event(body=(f"loanrec.events.{name}", body))
         assert serde.decode(serde.encode(event)) == event
     assert {f"loanrec.events.{n}" for n in bodies} == set(BODY_TYPES)
+
+
+def test_a_compliance_hold_round_trips_and_v1_bytes_read_as_v2() -> None:
+    """LoanEvent v2 (guardrails): a hold rides in CollectionAttempt; v1 data stays readable
+    with the v2 reader (the new fields take their defaults), and v1 readers read v2."""
+    v1 = AvroSerde("LoanEvent", writer_version=1, reader_version=1)
+    v2 = AvroSerde("LoanEvent", writer_version=2, reader_version=2)
+    hold = {"action": "SET", "reason": "ATTORNEY_REPRESENTED"}
+    body = {
+        "method": "OTHER",
+        "outcome": "OTHER",
+        "legal_action": False,
+        "channel": None,
+        "conversation": False,
+        "hold": hold,
+    }
+    event = sample_event(body=("loanrec.events.CollectionAttempt", body))
+    decoded = v2.decode(v2.encode(event))
+    assert decoded["body"][1]["hold"] == ("loanrec.events.ComplianceHold", hold)
+    old = {"method": "CALLS", "outcome": "NO_CONTACT", "legal_action": False}
+    v1_bytes = v1.encode(sample_event(body=("loanrec.events.CollectionAttempt", old)))
+    assert v2.decode(v1_bytes)["body"][1] == {
+        **old,
+        "channel": None,
+        "conversation": False,
+        "hold": None,
+    }
+    assert v1.decode(v2.encode(event))["body"][1] == {
+        "method": "OTHER",
+        "outcome": "OTHER",
+        "legal_action": False,
+    }

@@ -1,0 +1,106 @@
+"""What the guardrails need to know about a loan, kept only for loans that have any of it.
+
+Most loans of a book never get a call, a hold or a time zone: for them the guardrails need
+only ``models.features.state``'s array (its ``last_payment_at`` is the one double every loan
+pays for), so a ``LoanState`` carries ``guard = None`` (one pointer; ``bench/state.py``'s
+600-byte floor per loan leaves room for no more). A :class:`GuardState` is allocated on a
+loan's first call attempt or conversation, hold, borrower time zone, or strategy above the
+gentlest (the escalation ladder needs its start time).
+
+Layout (one ``array('d')``, epoch ms, NaN = never):
+
+- ``holds``: bit ``i`` set while hold reason ``HOLD_REASONS[i]`` is active (12 CFR 1006.6(b)(2)
+  attorney, 1006.6(c) cease communication; bankruptcy, dispute, deceased);
+- ``last_conversation_at``: the latest contact with a conversation (1006.14(b)(2)(i)(B));
+- ``strategy_since``: when the loan's current strategy began (the escalation ladder);
+- then the times of the loan's last ``CALL_HISTORY`` call attempts, oldest first: under
+  1006.14(b)(2)(i)(A) (7 call attempts in 7 consecutive days) only the seventh most recent can
+  hold the next call back, so older ones are dropped.
+
+``time_zone`` (IANA name or None) is the borrower's, from ``LoanOpened``.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from typing import Any
+
+HOLD_REASONS: tuple[str, ...] = (
+    "CEASE_COMMUNICATION",
+    "ATTORNEY_REPRESENTED",
+    "BANKRUPTCY",
+    "DISPUTE",
+    "DECEASED",
+)
+HOLD_BIT = {reason: 1 << i for i, reason in enumerate(HOLD_REASONS)}
+CALL_HISTORY = 7  # Reg F 1006.14(b)(2)(i)(A): 7 attempts within 7 consecutive days
+HOLDS, LAST_CONVERSATION, STRATEGY_SINCE = range(3)
+CALLS = 3  # first call-attempt time
+_NAN = math.nan
+_BLANK = array("d", [0.0, _NAN, _NAN])
+
+
+class GuardState(array):
+    """A loan's guardrail facts (see the module docstring); built empty, filled by
+    ``LoanState``'s event bookkeeping and by the escalation ladder."""
+
+    __slots__ = ("time_zone",)
+
+    def __new__(cls, values: array | None = None, time_zone: str | None = None) -> GuardState:
+        guard = super().__new__(cls, "d", _BLANK if values is None else values)
+        if len(guard) < CALLS or len(guard) > CALLS + CALL_HISTORY:
+            raise ValueError(f"a GuardState has {CALLS} to {CALLS + CALL_HISTORY} values")
+        guard.time_zone = time_zone
+        return guard
+
+    def copy(self) -> GuardState:
+        return GuardState(self, self.time_zone)
+
+    def note_call(self, at: int) -> None:
+        """A call attempt at ``at`` (events arrive in event-time order: the list stays sorted)."""
+        if len(self) == CALLS + CALL_HISTORY:
+            del self[CALLS]
+        self.append(float(at))
+
+    def set_hold(self, reason: str, active: bool) -> None:
+        bits = int(self[HOLDS])
+        self[HOLDS] = float(bits | HOLD_BIT[reason] if active else bits & ~HOLD_BIT[reason])
+
+    @property
+    def holds(self) -> tuple[str, ...]:
+        """The active hold reasons, in ``HOLD_REASONS`` order."""
+        bits = int(self[HOLDS])
+        return tuple(reason for reason in HOLD_REASONS if bits & HOLD_BIT[reason])
+
+    @property
+    def call_times(self) -> list[int]:
+        return [int(t) for t in self[CALLS:]]
+
+    @staticmethod
+    def _time(value: float) -> int | None:
+        return None if value != value else int(value)
+
+    @property
+    def last_conversation_at(self) -> int | None:
+        return self._time(self[LAST_CONVERSATION])
+
+    @property
+    def strategy_since(self) -> int | None:
+        return self._time(self[STRATEGY_SINCE])
+
+    def to_record(self) -> dict[str, object]:
+        """The ``GuardState`` record of ``LoanState`` v3."""
+        return {"values": self.tolist(), "time_zone": self.time_zone}
+
+    @classmethod
+    def from_record(cls, record: Any) -> GuardState | None:
+        """From the record (or fastavro's ``(name, record)`` union tuple); None stays None."""
+        if record is None:
+            return None
+        if isinstance(record, tuple):
+            record = record[1]
+        return cls(array("d", record["values"]), record["time_zone"])  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"GuardState(holds={self.holds}, calls={len(self) - CALLS})"

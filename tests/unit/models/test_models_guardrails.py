@@ -1,0 +1,370 @@
+"""The guardrail layer (``models.serving.guardrails``): its rules one by one, and hypothesis
+property tests over random event sequences and random policy choices -- any strategy a
+policy could want at any event, so the table policy, a learned one and every experiment arm
+are covered by the same properties."""
+
+from __future__ import annotations
+
+import zoneinfo
+from datetime import datetime
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.features.state import DPD, InvalidEvent, LoanState
+from models.serving.guardrails import (
+    COMPLIANCE_HOLD,
+    DAY_MS,
+    ESCALATION_LADDER,
+    LEGAL_MIN_DPD,
+    TIME_BARRED,
+    GuardrailConfig,
+    Guardrails,
+)
+from models.serving.policy import DEFAULT_POLICY, Policy, PolicyError
+from schemas.events import make_event
+
+HOUR = 3_600_000
+T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC
+POLICY = Policy.load(None)
+GUARD = POLICY.guardrails
+STRATEGIES = sorted(s for s in POLICY.priorities if s != "HOLD")
+POLICY_TEXT = DEFAULT_POLICY.read_text()
+
+
+def opened(at: int = T0, time_zone: str | None = None) -> dict:
+    body = dict(
+        age=40,
+        gender="Female",
+        employment_type="Salaried",
+        monthly_income=5000.0,
+        num_dependents=1,
+        loan_amount=12000.0,
+        loan_tenure_months=12,
+        interest_rate=9.5,
+        loan_type="Personal",
+        collateral_value=0.0,
+        monthly_emi=1050.0,
+        time_zone=time_zone,
+    )
+    return make_event("e-open", "L1", "B1", at, "LoanOpened", body)
+
+
+class Book:
+    """Builds one loan's events with fresh ids."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def event(self, at: int, body_type: str, body: dict) -> dict:
+        self.n += 1
+        return make_event(f"e{self.n}", "L1", "B1", at, body_type, body)
+
+    def paid(self, at: int, amount: float = 1050.0) -> dict:
+        body = dict(
+            installment_due_date=at // DAY_MS,
+            amount_due=1050.0,
+            amount_paid=amount,
+            outstanding_after=9000.0,
+        )
+        return self.event(at, "PaymentReceived", body)
+
+    def missed(self, at: int, dpd: int) -> dict:
+        body = dict(
+            installment_due_date=max(at // DAY_MS - dpd, T0 // DAY_MS),
+            amount_due=1050.0,
+            days_past_due=dpd,
+            outstanding=9000.0,
+        )
+        return self.event(at, "PaymentMissed", body)
+
+    def call(self, at: int, conversation: bool = False, channel: str = "CALL") -> dict:
+        body = dict(
+            method="CALLS",
+            outcome="OTHER",
+            legal_action=False,
+            channel=channel,
+            conversation=conversation,
+            hold=None,
+        )
+        return self.event(at, "CollectionAttempt", body)
+
+    def hold(self, at: int, action: str, reason: str) -> dict:
+        body = dict(
+            method="OTHER",
+            outcome="OTHER",
+            legal_action=False,
+            channel=None,
+            conversation=False,
+            hold={"action": action, "reason": reason},
+        )
+        return self.event(at, "CollectionAttempt", body)
+
+
+# -- the state keeps what the guardrails need --------------------------------------------------
+
+
+def test_state_keeps_holds_calls_conversation_zone_and_last_payment() -> None:
+    book = Book()
+    state = LoanState.open(opened(time_zone="America/Chicago"))
+    assert state.guard is not None and state.guard.time_zone == "America/Chicago"
+    state.apply(book.paid(T0 + 30 * DAY_MS))
+    state.apply(book.paid(T0 + 31 * DAY_MS, amount=0.0))  # a zero payment is no payment
+    assert state.last_payment_at == T0 + 30 * DAY_MS
+    state.apply(book.hold(T0 + 32 * DAY_MS, "SET", "BANKRUPTCY"))
+    state.apply(book.hold(T0 + 33 * DAY_MS, "SET", "DISPUTE"))
+    state.apply(book.hold(T0 + 34 * DAY_MS, "RELEASE", "BANKRUPTCY"))
+    assert state.guard.holds == ("DISPUTE",)
+    for k in range(9):
+        state.apply(book.call(T0 + 40 * DAY_MS + k * HOUR, conversation=k == 3))
+    assert state.guard.call_times == [T0 + 40 * DAY_MS + k * HOUR for k in range(2, 9)]
+    assert state.guard.last_conversation_at == T0 + 40 * DAY_MS + 3 * HOUR
+    assert state[DPD] == 0.0  # holds and calls are not payments or misses
+
+
+def test_a_loan_without_contacts_or_holds_allocates_no_guard() -> None:
+    book = Book()
+    state = LoanState.open(opened())
+    state.apply(book.paid(T0 + 30 * DAY_MS))
+    state.apply(book.missed(T0 + 60 * DAY_MS, 5))
+    state.apply(book.call(T0 + 61 * DAY_MS, channel="SMS"))  # not a call, no conversation
+    assert state.guard is None
+    assert state.last_payment_at == T0 + 30 * DAY_MS
+
+
+def test_an_unknown_time_zone_is_refused_naming_it() -> None:
+    with pytest.raises(InvalidEvent, match=r"Mars/Olympus") as error:
+        LoanState.open(opened(time_zone="Mars/Olympus"))
+    assert error.value.reason == "invalid_time_zone"
+
+
+def test_copy_and_record_round_trip_keep_the_guard_independent() -> None:
+    book = Book()
+    state = LoanState.open(opened(time_zone="America/Denver"))
+    state.apply(book.call(T0 + HOUR, conversation=True))
+    copy = state.copy()
+    state.apply(book.hold(T0 + 2 * HOUR, "SET", "DECEASED"))
+    assert copy.guard.holds == () and state.guard.holds == ("DECEASED",)
+    back = LoanState.from_record(state.to_record())
+    assert back.guard.tobytes() == state.guard.tobytes()
+    assert back.guard.time_zone == "America/Denver"
+
+
+def test_a_v2_state_record_reads_with_an_unknown_last_payment() -> None:
+    from schemas import AvroSerde
+
+    state = LoanState.open(opened())
+    state.apply(Book().paid(T0 + DAY_MS))
+    v2 = AvroSerde("LoanState", writer_version=2, reader_version=2)
+    record = {k: v for k, v in state.to_record().items() if k not in ("last_payment_at", "guard")}
+    back = LoanState.from_record(AvroSerde("LoanState").decode(v2.encode(record)))
+    assert back.last_payment_at is None  # unknown: the limitation clock runs from the opening
+    assert back.features() == state.features()
+
+
+# -- the rules, one by one -------------------------------------------------------------------
+
+
+def test_an_active_hold_is_hold_with_its_reason_until_released() -> None:
+    book = Book()
+    state = LoanState.open(opened())
+    state.apply(book.hold(T0 + HOUR, "SET", "ATTORNEY_REPRESENTED"))
+    decision = GUARD.apply(state, "CALL", T0 + HOUR)
+    assert decision.strategy == "HOLD" and decision.hold_reason == "ATTORNEY_REPRESENTED"
+    assert decision.next_contact_not_before is None
+    assert [(i.rule, i.wanted_strategy) for i in decision.interventions] == [
+        (COMPLIANCE_HOLD, "CALL")
+    ]
+    state.apply(book.hold(T0 + 2 * HOUR, "RELEASE", "ATTORNEY_REPRESENTED"))
+    assert GUARD.apply(state, "CALL", T0 + 2 * HOUR).strategy == "CALL"
+
+
+def test_legal_notice_is_barred_on_time_barred_debt_and_below_min_dpd() -> None:
+    book = Book()
+    state = LoanState.open(opened())
+    state.apply(book.paid(T0 + 30 * DAY_MS))
+    state.apply(book.missed(T0 + 200 * DAY_MS, 120))
+    ok = GUARD.apply(state, "LEGAL_NOTICE", T0 + 200 * DAY_MS)
+    assert ok.strategy == "LEGAL_NOTICE" and ok.interventions == ()
+    late = T0 + 30 * DAY_MS + 1096 * DAY_MS
+    state.apply(book.missed(late, 900))
+    barred = GUARD.apply(state, "LEGAL_NOTICE", late)
+    assert barred.strategy == "DEBT_COLLECTOR"
+    assert barred.interventions[0].rule == TIME_BARRED
+    young = LoanState.open(opened())
+    young.apply(book.missed(T0 + 40 * DAY_MS, 30))
+    early = GUARD.apply(young, "LEGAL_NOTICE", T0 + 40 * DAY_MS)
+    assert early.strategy == "DEBT_COLLECTOR" and early.interventions[0].rule == LEGAL_MIN_DPD
+
+
+def test_the_ladder_drops_one_level_per_period_unless_the_loan_cures() -> None:
+    book = Book()
+    state = LoanState.open(opened())
+    state.apply(book.missed(T0 + 100 * DAY_MS, 95))
+    at = T0 + 100 * DAY_MS
+    GUARD.record(state, "LEGAL_NOTICE", at)
+    state.strategy = "LEGAL_NOTICE"
+    kept = GUARD.apply(state, "AUTOMATED_REMINDER", at + 10 * DAY_MS)
+    assert kept.strategy == "LEGAL_NOTICE"
+    assert kept.interventions[0].rule == ESCALATION_LADDER
+    step = GUARD.apply(state, "AUTOMATED_REMINDER", at + 31 * DAY_MS)
+    assert step.strategy == "DEBT_COLLECTOR"  # one level, not five
+    state.apply(book.paid(at + 32 * DAY_MS))  # cured: days past due back to 0
+    assert GUARD.apply(state, "AUTOMATED_REMINDER", at + 32 * DAY_MS).strategy == (
+        "AUTOMATED_REMINDER"
+    )
+
+
+def test_next_contact_respects_7_in_7_cool_off_and_local_window() -> None:
+    book = Book()
+    state = LoanState.open(opened(time_zone="America/New_York"))
+    start = T0 + 10 * DAY_MS  # 22:13 UTC = 17:13 in New York
+    for k in range(7):
+        state.apply(book.call(start + k * HOUR))
+    t = GUARD.next_contact_not_before(state.guard, "CALL", start + 7 * HOUR)
+    assert t == start + 7 * DAY_MS  # the first of the 7 calls leaves the 7-day window
+    state.apply(book.call(start + 8 * HOUR, conversation=True))  # 06:13 local: window shift
+    t = GUARD.next_contact_not_before(state.guard, "CALL", start + 8 * HOUR)
+    local = datetime.fromtimestamp(t / 1000, zoneinfo.ZoneInfo("America/New_York"))
+    assert t >= start + 8 * HOUR + 7 * DAY_MS and 8 <= local.hour < 21
+
+
+def test_guardrail_settings_are_validated_naming_the_key() -> None:
+    import yaml
+
+    data = yaml.safe_load(POLICY_TEXT)
+    data["guardrails"]["legal"]["fallback"] = "LEGAL_NOTICE"
+    with pytest.raises(PolicyError, match=r"guardrails\.legal\.fallback"):
+        Policy.from_dict(data, source="p.yaml")
+    data = yaml.safe_load(POLICY_TEXT)
+    data["guardrails"]["contact"]["max_call_attempts_in_7_days"] = 9
+    with pytest.raises(PolicyError, match="max_call_attempts_in_7_days"):
+        Policy.from_dict(data, source="p.yaml")
+    data = yaml.safe_load(POLICY_TEXT)
+    data["matrix"]["LOW"]["OTHERS"] = "HOLD"
+    with pytest.raises(PolicyError, match=r"matrix\.LOW\.OTHERS.*guardrails only"):
+        Policy.from_dict(data, source="p.yaml")
+
+
+def test_defaults_are_what_the_policy_file_documents() -> None:
+    import yaml
+
+    data = yaml.safe_load(POLICY_TEXT)
+    del data["guardrails"]
+    assert Policy.from_dict(data).guardrails.config == GuardrailConfig() == GUARD.config
+
+
+# -- properties over random event sequences and random policy choices --------------------------
+
+REASONS = ("CEASE_COMMUNICATION", "ATTORNEY_REPRESENTED", "BANKRUPTCY", "DISPUTE", "DECEASED")
+STEP = st.one_of(
+    st.tuples(st.just("paid"), st.sampled_from([0.0, 500.0, 1050.0])),
+    st.tuples(st.just("missed"), st.integers(0, 400)),
+    st.tuples(st.just("call"), st.booleans()),
+    st.tuples(st.just("set"), st.sampled_from(REASONS)),
+    st.tuples(st.just("release"), st.sampled_from(REASONS)),
+)
+GAP = st.one_of(st.integers(1, 6 * HOUR), st.integers(1, 10 * DAY_MS), st.integers(1, 500 * DAY_MS))
+
+
+def step_event(book: Book, kind: str, arg, at: int) -> dict:
+    if kind == "paid":
+        return book.paid(at, arg)
+    if kind == "missed":
+        return book.missed(at, arg)
+    if kind == "call":
+        return book.call(at, conversation=arg)
+    return book.hold(at, kind.upper(), arg)
+
+
+def _contact_ok(t: int, at: int, calls: list[int], conversations: list[int], zone: str) -> None:
+    assert t >= at
+    assert sum(1 for c in calls if t - 7 * DAY_MS < c <= t) <= 6, "8th call in 7 days"
+    assert all(t >= c + 7 * DAY_MS for c in conversations), "within 7 days of a conversation"
+    local = datetime.fromtimestamp(t / 1000, zoneinfo.ZoneInfo(zone))
+    assert 8 <= local.hour < 21, f"{local} is outside 08:00-21:00"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    zone=st.sampled_from([None, "America/New_York", "America/Los_Angeles", "Asia/Kolkata"]),
+    steps=st.lists(st.tuples(GAP, STEP, st.sampled_from(STRATEGIES)), min_size=1, max_size=40),
+)
+def test_no_policy_choice_crosses_a_guardrail(zone, steps) -> None:
+    """For any event sequence and any strategy a policy wants at each event: no contact while
+    a hold is active, no LEGAL_NOTICE on time-barred debt or below 90 days past due, every
+    next contact within 7-in-7, the cool-off and the local window, and no drop faster than
+    one priority level per 30 days unless the loan cured (or legal action became barred)."""
+    book, priorities = Book(), POLICY.priorities
+    levels = sorted({p for s, p in priorities.items() if s != "HOLD"})
+    state = LoanState.open(opened(time_zone=zone))
+    at, active, calls, conversations, last_paid = T0, set(), [], [], None
+    since: int | None = None
+    for gap, (kind, arg), wanted in steps:
+        at += gap
+        event = step_event(book, kind, arg, at)
+        state.apply(event)
+        if kind == "paid" and arg > 0:
+            last_paid = at
+        elif kind == "call":
+            calls.append(at)
+            conversations += [at] if arg else []
+        elif kind in ("set", "release"):
+            (active.add if kind == "set" else active.discard)(arg)
+        decision = GUARD.apply(state, wanted, at)
+        strategy, previous = decision.strategy, state.strategy
+        if active:
+            assert strategy == "HOLD" and set(decision.hold_reason.split(",")) == active
+            assert decision.next_contact_not_before is None
+        else:
+            assert strategy != "HOLD" and decision.hold_reason is None
+            _contact_ok(decision.next_contact_not_before, at, calls, conversations, zone or "UTC")
+        if strategy == "LEGAL_NOTICE":
+            assert at - (last_paid if last_paid is not None else T0) <= 1095 * DAY_MS
+            assert state[DPD] >= 90
+        if strategy != wanted:
+            assert decision.interventions and decision.interventions[0].wanted_strategy == wanted
+        if previous not in (None, "HOLD") and strategy != "HOLD" and state[DPD] != 0.0:
+            drop = levels.index(priorities[previous]) - levels.index(priorities[strategy])
+            rules = {i.rule for i in decision.interventions}
+            if drop > 0 and not rules & {TIME_BARRED, LEGAL_MIN_DPD}:  # compliance first
+                assert drop == 1, f"{previous} -> {strategy} in one step"
+                assert since is not None and at - since >= 30 * DAY_MS
+        GUARD.record(state, strategy, at)
+        if strategy != previous:
+            since = at
+        state.strategy = strategy
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    steps=st.lists(st.tuples(GAP, STEP), min_size=1, max_size=30),
+    scores=st.lists(st.floats(0, 1), min_size=30, max_size=30),
+)
+def test_the_table_policy_through_the_guardrails_never_contacts_under_hold(steps, scores) -> None:
+    """The shipped table policy's own choices (tier x segment with hysteresis), guarded."""
+    book = Book()
+    state = LoanState.open(opened())
+    at, active = T0, set()
+    for i, (gap, (kind, arg)) in enumerate(steps):
+        at += gap
+        if kind in ("set", "release"):
+            state.apply(book.hold(at, kind.upper(), arg))
+            (active.add if kind == "set" else active.discard)(arg)
+        else:
+            state.apply(book.missed(at, 100))
+        tier = POLICY.tier(scores[i])
+        wanted = POLICY.decide(tier, "HIGH_RISK", scores[i], state.strategy)
+        strategy = GUARD.apply(state, wanted, at).strategy
+        assert (strategy == "HOLD") == bool(active)
+        assert strategy != "LEGAL_NOTICE" or state[DPD] >= 90
+        GUARD.record(state, strategy, at)
+        state.strategy = strategy
+
+
+def test_guardrails_have_a_single_entry_point_for_every_policy() -> None:
+    """The processor builds its layer from the policy file, or the documented defaults for a
+    policy without one (a learned policy or an arm that carries none)."""
+    assert isinstance(GUARD, Guardrails)
+    assert GUARD.config.limitation_period_days == 1095
