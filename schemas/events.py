@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 NAMESPACE = "loanrec.events"
@@ -34,4 +35,35 @@ def make_event(
         "borrower_id": borrower_id,
         "occurred_at": occurred_at_ms,
         "body": (full, body),
+    }
+
+
+def with_defaults(event: dict[str, Any]) -> dict[str, Any]:
+    """``event`` with every body field it lacks set to the latest ``LoanEvent`` schema's
+    default: what decoding its bytes gives back (a v1-shaped dict written by the v2 writer
+    reads back with ``time_zone``, ``channel``, ... at their defaults).
+
+    >>> e = make_event("e1", "L1", "B1", 0, "PaymentMissed", {"installment_due_date": 1,
+    ...                "amount_due": 2.0, "days_past_due": 3, "outstanding": 4.0})
+    >>> with_defaults(e) == e  # PaymentMissed gained no field
+    True
+    """
+    full, body = event["body"]
+    defaults = _body_defaults().get(full, {})
+    missing = {k: v for k, v in defaults.items() if k not in body}
+    return {**event, "body": (full, {**body, **missing})} if missing else event
+
+
+@cache
+def _body_defaults() -> dict[str, dict[str, Any]]:
+    from schemas.registry import default_registry  # the registry imports this module's names
+
+    raw = default_registry().latest("LoanEvent").raw
+    body = next(f for f in raw["fields"] if f["name"] == "body")
+    return {
+        f"{NAMESPACE}.{record['name']}": {
+            f["name"]: f["default"] for f in record["fields"] if "default" in f
+        }
+        for record in body["type"]
+        if isinstance(record, dict)
     }

@@ -20,11 +20,19 @@ from __future__ import annotations
 from models.serving.policy import TIERS, Policy
 
 
+def choosable(policy: Policy) -> dict[str, int]:
+    """strategy -> priority, for the strategies a policy may choose: all but the guardrails'
+    hold strategy (HOLD), which only an active compliance hold imposes (models.serving.guardrails).
+    """
+    hold = policy.guardrails.hold if policy.guardrails is not None else None
+    return {s: p for s, p in policy.priorities.items() if s != hold}
+
+
 def allowed_strategies(policy: Policy) -> dict[str, tuple[str, ...]]:
     """tier -> the strategies (gentlest first) a policy may pick for a loan in it."""
     allowed: dict[str, tuple[str, ...]] = {}
     for tier in TIERS:
         ceiling = max(policy.priorities[s] for s in policy.matrix[tier].values())
-        chosen = [s for s, p in policy.priorities.items() if p <= ceiling]
+        chosen = [s for s, p in choosable(policy).items() if p <= ceiling]
         allowed[tier] = tuple(sorted(chosen, key=lambda s: (policy.priorities[s], s)))
     return allowed

@@ -66,7 +66,7 @@ import numpy as np
 
 from models.errors import ModelsError
 from models.serving.policy import TIERS, Policy
-from models.strategy.rules import allowed_strategies
+from models.strategy.rules import allowed_strategies, choosable
 
 STRATEGIES = (
     "AUTOMATED_REMINDER",
@@ -141,7 +141,7 @@ class Book:
     def __init__(
         self, features: np.ndarray, z: np.ndarray, uniforms: np.ndarray, policy: Policy, seed: int
     ) -> None:
-        unknown = sorted(set(policy.priorities) - set(STRATEGIES))
+        unknown = sorted(set(choosable(policy)) - set(STRATEGIES))
         if unknown:
             raise SimulatorError(
                 f"{policy.path or 'policy'}: strategies: the simulator has no effect model "

@@ -15,6 +15,7 @@ import pytest
 from models.serving.bundle import ModelBundle
 from models.serving.policy import Policy
 from models.strategy.outcomes import seed_outcomes
+from schemas.events import with_defaults
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -244,7 +245,8 @@ def test_avro_event_log_with_outcomes_csv(tmp_path: Path) -> None:
     assert log.suffix == ".avro" and log.read_bytes()[:4] == b"Obj\x01"
     history = read_history("events", log)
     seed = read_history("seed", tmp_path / "book" / "loans.csv")
-    assert history.events == seed.events and history.outcomes == seed.outcomes
+    assert history.events == [with_defaults(e) for e in seed.events]
+    assert history.outcomes == seed.outcomes
 
 
 def _segment_loans(html: str) -> int:
