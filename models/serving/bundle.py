@@ -78,6 +78,36 @@ def content_version(metadata: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def read_verified_metadata(directory: Path, how_to_make: str) -> dict[str, Any]:
+    """A bundle directory's ``metadata.json``, checked against tampering: valid JSON, its
+    ``version`` equal to its content's hash, every listed file present with its SHA-256.
+    ``how_to_make`` ends the error when there is no metadata (which command writes one)."""
+    meta_path = directory / METADATA_FILE
+    if not meta_path.exists():
+        raise BundleError(f"{directory}: no {METADATA_FILE}; {how_to_make}")
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BundleError(f"{meta_path}: not valid JSON ({error}); retrain") from None
+    if not isinstance(metadata, dict):
+        raise BundleError(f"{meta_path}: unknown bundle format; retrain with this version")
+    if metadata.get("version") != content_version(metadata):
+        raise BundleError(
+            f"{meta_path} was modified after training (its content does not "
+            "match version); retrain or restore the bundle"
+        )
+    for name, expected in metadata.get("files", {}).items():
+        path = directory / name
+        if not path.exists():
+            raise BundleError(f"{path}: missing from the bundle; restore it or retrain")
+        if sha256_file(path) != expected:
+            raise BundleError(
+                f"{path} was modified after training (SHA-256 mismatch); "
+                "retrain or restore the bundle"
+            )
+    return metadata
+
+
 class ModelBundle:
     """A loaded bundle: calibrated P(default), tiers and the segmenter's starting point."""
 
@@ -100,32 +130,13 @@ class ModelBundle:
         import skops.io as sio
 
         directory = Path(directory)
-        meta_path = directory / METADATA_FILE
-        if not meta_path.exists():
+        metadata = read_verified_metadata(
+            directory, "is this a bundle written by `loan-recovery train`?"
+        )
+        if metadata.get("format") != FORMAT:
             raise BundleError(
-                f"{directory}: no {METADATA_FILE}; is this a bundle written by "
-                "`loan-recovery train`?"
+                f"{directory / METADATA_FILE}: unknown bundle format; retrain with this version"
             )
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise BundleError(f"{meta_path}: not valid JSON ({error}); retrain") from None
-        if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-            raise BundleError(f"{meta_path}: unknown bundle format; retrain with this version")
-        if metadata.get("version") != content_version(metadata):
-            raise BundleError(
-                f"{meta_path} was modified after training (its content does not "
-                "match version); retrain or restore the bundle"
-            )
-        for name, expected in metadata.get("files", {}).items():
-            path = directory / name
-            if not path.exists():
-                raise BundleError(f"{path}: missing from the bundle; restore it or retrain")
-            if sha256_file(path) != expected:
-                raise BundleError(
-                    f"{path} was modified after training (SHA-256 mismatch); "
-                    "retrain or restore the bundle"
-                )
         model_path = directory / MODEL_FILE
         try:
             untrusted = set(sio.get_untrusted_types(file=model_path)) - set(TRUSTED_TYPES)

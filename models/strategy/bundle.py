@@ -26,7 +26,12 @@ from typing import Any
 import skops.io as sio
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-from models.serving.bundle import BundleError, content_version, sha256_file
+from models.serving.bundle import (
+    BundleError,
+    content_version,
+    read_verified_metadata,
+    sha256_file,
+)
 from models.strategy.simulator import FEATURES, STRATEGIES
 from models.strategy.treatment import TreatmentModel
 
@@ -73,27 +78,14 @@ def write_treatment_bundle(
 def read_metadata(directory: str | Path) -> dict[str, Any]:
     """The verified metadata of a treatment bundle (hashes and version checked)."""
     directory = Path(directory)
-    meta_path = directory / METADATA_FILE
-    if not meta_path.exists():
+    meta = read_verified_metadata(
+        directory, "write a treatment bundle with `loan-recovery train-strategy`"
+    )
+    if meta.get("kind") != KIND or meta.get("format") != FORMAT:
         raise BundleError(
-            f"{directory}: no {METADATA_FILE}; write a treatment bundle with "
-            "`loan-recovery train-strategy`"
+            f"{directory / METADATA_FILE}: not a treatment-model bundle of format {FORMAT} (an "
+            "early-warning bundle? train one with `loan-recovery train-strategy`)"
         )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise BundleError(f"{meta_path}: not valid JSON ({error}); retrain") from None
-    if not isinstance(meta, dict) or meta.get("kind") != KIND or meta.get("format") != FORMAT:
-        raise BundleError(
-            f"{meta_path}: not a treatment-model bundle of format {FORMAT} (an early-warning "
-            "bundle? train one with `loan-recovery train-strategy`)"
-        )
-    if meta.get("version") != content_version(meta):
-        raise BundleError(f"{meta_path} was modified after training; retrain or restore it")
-    for name, expected in meta.get("files", {}).items():
-        path = directory / name
-        if not path.exists() or sha256_file(path) != expected:
-            raise BundleError(f"{path}: missing or modified after training; retrain or restore")
     if meta.get("features") != list(FEATURES) or meta.get("strategies") != list(STRATEGIES):
         raise BundleError(
             f"{directory}: trained on other features or strategies than this version uses; "
