@@ -239,7 +239,9 @@ def test_extreme_but_schema_valid_values_do_not_break_the_batch(bundle, policy, 
     assert {c.loan_id for c in out.changes} >= {"L-EXTREME", events[0]["loan_id"]}
 
 
-@pytest.mark.parametrize("name", ["", "e1", "ünïcødé-id", str(uuid.uuid4()), "x" * 300])
+@pytest.mark.parametrize(
+    "name", ["", "e1", "ünïcødé-id", "fcb9beb7-a90d-4daf-b1fd-6e0b89ab0cac", "x" * 300]
+)
 def test_output_ids_are_exactly_uuid5(name: str) -> None:
     from consumer.processor import uuid5_str
 
