@@ -37,6 +37,7 @@ BUCKETS: tuple[tuple[str, int, float], ...] = (
     ("12+", 12, np.inf),
 )
 BOOTSTRAP_REPS = 100
+LEAD_BOOTSTRAP_REPS = 200  # cheap (loan-level arrays): ~0.1 s for 5,000 loans
 RULE_DPD = 30  # the industry rule the model is compared with: flag at 30+ days past due
 SENIOR_AGE = 62  # Reg B 12 CFR 1002.6(b)(2)
 
@@ -223,7 +224,8 @@ def _versus(
 
     point = stats(np.arange(len(loans)))
     rng = np.random.default_rng(seed)
-    draws = np.array([stats(rng.integers(0, len(loans), len(loans))) for _ in range(reps)])
+    drawn = (rng.integers(0, len(loans), len(loans)) for _ in range(reps))
+    draws = np.array([stats(d) for d in drawn if is_wo[d].any()] or [point])
     low, high = np.percentile(draws, [2.5, 97.5], axis=0)
     both = is_wo & m_flag & r_flag
     diff = m_lead[both] - r_lead[both]
@@ -246,7 +248,7 @@ def lead_time(
     p: np.ndarray,
     thresholds: dict[str, float],
     seed: int = 0,
-    reps: int = BOOTSTRAP_REPS,
+    reps: int = LEAD_BOOTSTRAP_REPS,
 ) -> list[dict[str, Any]]:
     """Loan-level flagging of the held-out loans, by rule: a loan is flagged at its first
     snapshot over the rule. Rules: 30+ days past due, the HIGH and MODERATE tiers, and the
