@@ -261,9 +261,9 @@ def lead_time(
     loans the rule itself flagged (the previous definition): a different set per rule, so a
     rule that also catches defaulters late (at the write-off) gets a *lower* median than one
     that misses them, and a rule that fires mostly on long histories gets a higher one -- on
-    the synthetic holdout the model caught 134 defaulters 30+ DPD never flagged, at a median
-    of 0 days, and its median over its own hits fell below the rule's although on the 735
-    defaulters both flagged the model's median was 360 days against 352. The equal-volume
+    the synthetic holdout of docs/MODELS.md the model caught 128 defaulters 30+ DPD never
+    flagged, at a median of 0 days, and its median over its own hits fell below the rule's
+    (324 vs 352) although on the 739 both flagged it was 358 days against 350. The equal-volume
     entry carries ``versus_rule`` (:func:`_versus`): differences with bootstrap intervals.
     """
     loans = np.unique(snaps.loan[rows])
