@@ -306,7 +306,7 @@ def _print_quality(console: Any, m: dict[str, Any]) -> None:
             "loans flagged",
             "precision",
             "recall",
-            "lead days median",
+            "lead days median (all written off)",
             "lead days p25",
             title="held-out loans: flagging before the write-off",
         )

@@ -473,7 +473,14 @@ def _point_in_time_html(meta: dict[str, Any]) -> str:
     if rules := m.get("lead_time"):
         out += "<h3>Flagging before the write-off (held-out loans)</h3>"
         out += _table(
-            ["rule", "loans flagged", "precision", "recall", "lead days median", "lead days p25"],
+            [
+                "rule",
+                "loans flagged",
+                "precision",
+                "recall",
+                "lead days median (all written off)",
+                "lead days p25",
+            ],
             [
                 [
                     r["rule"],
