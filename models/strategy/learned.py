@@ -61,9 +61,16 @@ class LearnedPolicy:
     def predict_one(self, x: np.ndarray, current: str | None) -> str:
         """One loan's strategy given the one it is on (hysteresis on value)."""
         values = self.values(np.asarray(x, dtype=float).reshape(1, -1))[0]
-        best = int(np.argmax(values))
-        if current in STRATEGIES:
-            kept = values[STRATEGIES.index(current)]
-            if np.isfinite(kept) and kept >= values[best] - self.margin:
-                return current
-        return STRATEGIES[best]
+        return STRATEGIES[keep_or_best(values, current, self.margin)[0]]
+
+
+def keep_or_best(values: np.ndarray, current: str | None, margin: float) -> tuple[int, bool]:
+    """The hysteresis rule, shared by this policy and the stream's
+    (:mod:`models.strategy.stream`): ``values`` per strategy (-inf = not allowed) -> (index of
+    the chosen strategy, whether it is ``current`` kept within ``margin`` of the best)."""
+    best = int(np.argmax(values))
+    if current in STRATEGIES:
+        k = STRATEGIES.index(current)
+        if np.isfinite(values[k]) and values[k] >= values[best] - margin:
+            return k, k != best
+    return best, False
