@@ -285,7 +285,8 @@ class BatchPlan:
         k = len(row.options)
         chance = {w: epsilon / k for w in row.options}
         chance[row.pick] = chance.get(row.pick, 0.0) + (1 - epsilon)
-        row.propensity = sum(p for w, p in chance.items() if guard(w) == emitted)
+        # (min: k terms of epsilon / k can round to a hair above 1 when all map to one)
+        row.propensity = min(1.0, sum(p for w, p in chance.items() if guard(w) == emitted))
 
     def fields(self) -> dict[int, ExperimentFields]:
         """The experiment fields of every settled row (one batched valuation for the rows not
