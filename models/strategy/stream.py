@@ -30,7 +30,6 @@ Reg F timing, ladder): the plan only says what the policy *wants*.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,6 +50,7 @@ from models.strategy.simulator import FEATURES, STRATEGIES
 from models.strategy.stream_features import decision_features
 from models.strategy.treatment import BALANCE, TreatmentModel
 
+_NOT_ALLOWED = float("-inf")
 LEARNED_ONLY = Arm("learned", "learned", 1.0, 0.0)  # --strategy-model without an experiment
 
 
@@ -128,18 +128,6 @@ class TreatmentForests:
         return out * balance[:, None]
 
 
-@dataclass
-class _Row:
-    arm: Arm
-    pick: str  # the arm policy's choice
-    wanted: str  # after exploration
-    options: tuple[str, ...]  # what exploration draws from
-    rule: str
-    explored: bool
-    propensity: float = 1.0
-    final: str = ""
-
-
 class StreamStrategy:
     """The table, the learned policy and the experiment's arms behind ``StrategyPolicy``."""
 
@@ -169,7 +157,7 @@ class StreamStrategy:
         self.decide = policy.decide
         self.rule = policy.rule
         self._allowed = allowed_strategies(policy)
-        self._mask = {t: np.isin(STRATEGIES, self._allowed[t]) for t in TIERS}
+        self._ok = {t: [s in self._allowed[t] for s in STRATEGIES] for t in TIERS}
         self._experiment_id = experiment.id if experiment else None
         self.arm_of: Callable[[str], Arm] = (
             lru_cache(maxsize=1 << 16)(experiment.assign) if experiment else lambda _: LEARNED_ONLY
@@ -226,10 +214,14 @@ class BatchPlan:
         self._loans = [s.loan_id for s in states]
         self._event_id = event_id
         self._arms = [owner.arm_of(loan) for loan in self._loans]
-        self._values: dict[int, np.ndarray] = {}
+        self._values: dict[int, list[float]] = {}
         learned = [i for i, a in enumerate(self._arms) if a.policy == "learned"]
         self._value(learned)
-        self._decided: dict[int, _Row] = {}
+        # Per decided row, what its rule and propensity need; the rule text is built only for
+        # emitted rows (rule()), the propensity only for emitted rows too (settle()): the
+        # per-event path builds no string and no object beyond this tuple.
+        self._decided: dict[int, tuple[str, str, str, str, str, float, str | None]] = {}
+        self._settled: dict[int, tuple[str, float]] = {}
 
     def _value(self, wanted: list[int]) -> None:
         """Expected net recovery of every strategy for rows ``wanted``, in one batch."""
@@ -238,69 +230,76 @@ class BatchPlan:
             return
         scores = np.asarray([self._scores[i] for i in missing])
         x = decision_features(self._rows[missing], scores)
-        for i, values in zip(missing, self._owner.forests.predict(x), strict=True):
+        for i, values in zip(missing, self._owner.forests.predict(x).tolist(), strict=True):
             self._values[i] = values
 
     def decide(self, i: int, tier: str, segment: str, score: float, current: str | None) -> str:
         """What row ``i``'s arm wants (before the guardrails)."""
         owner, arm = self._owner, self._arms[i]
         if arm.policy == "table":
-            pick = owner.base.decide(tier, segment, score, current)
-            rule = owner.base.rule(tier, segment, score, current)
+            pick, kind = owner.base.decide(tier, segment, score, current), "table"
         else:
-            values = np.where(owner._mask[tier], self._values[i], -np.inf)
-            best, kept = keep_or_best(values, current, owner.margin)
-            pick = STRATEGIES[best]
-            rule = (
-                f"learned: kept {pick} within {owner.margin:g} of the best expected net"
-                if kept
-                else f"learned: largest expected net recovery {values[best]:.0f}"
-            )
-        options = owner._allowed[tier]
-        wanted, explored = pick, False
+            values = self._values[i]
+            masked = [
+                v if ok else _NOT_ALLOWED for v, ok in zip(values, owner._ok[tier], strict=True)
+            ]
+            best, kept = keep_or_best(masked, current, owner.margin)
+            pick, kind = STRATEGIES[best], ("kept" if kept else "best")
+        wanted = pick
         if arm.epsilon > 0:
+            options = owner._allowed[tier]
             key = (owner._experiment_id or "", self._loans[i], self._event_id(i))
             if unit_hash(*key, "explore") < arm.epsilon:
-                wanted = options[int(unit_hash(*key, "pick") * len(options))]
-                explored = True
-                rule = f"explore: uniform among {len(options)} allowed (epsilon {arm.epsilon:g})"
-        if owner._experiment_id is not None:
-            rule = f"arm {arm.name}: {rule}"
-        self._decided[i] = _Row(arm, pick, wanted, options, rule, explored)
+                wanted, kind = options[int(unit_hash(*key, "pick") * len(options))], "explore"
+        self._decided[i] = (kind, pick, wanted, tier, segment, score, current)
         return wanted
 
     def rule(self, i: int) -> str:
-        return self._decided[i].rule
+        """The rule behind row ``i``'s decision, e.g. ``arm challenger: learned: largest
+        expected net recovery 5310`` (asked for emitted rows only)."""
+        owner, arm = self._owner, self._arms[i]
+        kind, pick, _, tier, segment, score, current = self._decided[i]
+        if kind == "table":
+            text = owner.base.rule(tier, segment, score, current)
+        elif kind == "kept":
+            text = f"learned: kept {pick} within {owner.margin:g} of the best expected net"
+        elif kind == "best":
+            value = self._values[i][STRATEGIES.index(pick)]
+            text = f"learned: largest expected net recovery {value:.0f}"
+        else:
+            k = len(owner._allowed[tier])
+            text = f"explore: uniform among {k} allowed (epsilon {arm.epsilon:g})"
+        return text if owner._experiment_id is None else f"arm {arm.name}: {text}"
 
     def settle(self, i: int, emitted: str, guard: Callable[[str], str]) -> None:
         """Row ``i`` emits ``emitted`` (what the guardrails made of :meth:`decide`'s
         choice): its exact propensity. ``guard(w)`` is what the guardrails would have made of
         ``w`` at this event (pure: asked before the decision is recorded)."""
-        row = self._decided[i]
-        row.final = emitted
-        epsilon = row.arm.epsilon
+        epsilon = self._arms[i].epsilon
         if epsilon == 0:
-            row.propensity = 1.0
+            self._settled[i] = (emitted, 1.0)
             return
-        k = len(row.options)
-        chance = {w: epsilon / k for w in row.options}
-        chance[row.pick] = chance.get(row.pick, 0.0) + (1 - epsilon)
+        _, pick, _, tier, *_ = self._decided[i]
+        options = self._owner._allowed[tier]
+        k = len(options)
+        chance = dict.fromkeys(options, epsilon / k)
+        chance[pick] = chance.get(pick, 0.0) + (1 - epsilon)
         # (min: k terms of epsilon / k can round to a hair above 1 when all map to one)
-        row.propensity = min(1.0, sum(p for w, p in chance.items() if guard(w) == emitted))
+        propensity = min(1.0, sum(p for w, p in chance.items() if guard(w) == emitted))
+        self._settled[i] = (emitted, propensity)
 
     def fields(self) -> dict[int, ExperimentFields]:
         """The experiment fields of every settled row (one batched valuation for the rows not
         valued yet: the table arms' emitted rows)."""
-        settled = {i: r for i, r in self._decided.items() if r.final}
-        self._value(list(settled))
-        owner = self._owner
+        self._value(list(self._settled))
+        experiment_id = self._owner._experiment_id
         out = {}
-        for i, row in settled.items():
+        for i, (emitted, propensity) in self._settled.items():
             values = self._values.get(i)
             expected = (
-                float(values[STRATEGIES.index(row.final)])
-                if values is not None and row.final in STRATEGIES
+                values[STRATEGIES.index(emitted)]
+                if values is not None and emitted in STRATEGIES
                 else None
             )
-            out[i] = ExperimentFields(owner._experiment_id, row.arm.name, row.propensity, expected)
+            out[i] = ExperimentFields(experiment_id, self._arms[i].name, propensity, expected)
         return out
