@@ -34,8 +34,9 @@ prior_method        ``last_collection_method`` recoded to 0 (none) or 1 + index 
 >>> row[0, FEATURE_INDEX["outstanding"]], row[0, FEATURE_INDEX["days_past_due"]] = 4000.0, 31.0
 >>> row[0, FEATURE_INDEX["last_collection_method"]] = 1.0   # CALLS
 >>> x = decision_features(row, np.array([0.4]))
->>> dict(zip(FEATURES, x[0].tolist()))["months_delinquent"], x[0, FEATURES.index("prior_method")]
-(2.0, 2.0)
+>>> f = dict(zip(FEATURES, x[0].tolist()))
+>>> f["months_delinquent"], f["prior_method"], f["on_time_share"]   # 31 days; CALL; no payment
+(2.0, 2.0, 0.6666666666666666)
 """
 
 from __future__ import annotations
@@ -76,6 +77,23 @@ _COLUMNS = {
         "last_collection_method",
     )
 }
+
+
+# decision_features writes the columns by position: this is the order it writes
+_ORDER = (
+    "balance",
+    "emi",
+    "monthly_income",
+    "income_ratio",
+    "collateral_ratio",
+    "months_delinquent",
+    "on_time_share",
+    "risk_score",
+    "prior_attempts",
+    "prior_method",
+)
+if FEATURES != _ORDER:  # a new simulator feature needs its stream definition here first
+    raise ImportError(f"stream_features maps {_ORDER}, the simulator has {FEATURES}")
 
 
 def decision_features(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
