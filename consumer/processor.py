@@ -18,7 +18,10 @@ order, updates the partition's online segmenter, applies the policy, and emits a
 ``StrategyChanged`` when the loan's strategy changes and an ``EarlyWarningAlert`` when its tier
 rises to HIGH -- each with its 1-3 reasons (``models.serving.reasons``, from one ``explain`` call
 for the batch's emitted rows only) and a change with the ``policy_rule`` that chose it. Output
-ids are uuid5 of the source event id, so a replay yields identical records. Every result is a
+ids are uuid5 of the source event id, so a replay yields identical records. A policy that
+decides from the whole feature row (the learned policy, experiment arms: a
+``PlanningPolicy``, ``models.strategy.stream``) is asked once per batch for a plan, so its
+model runs once per batch; its choice goes through the same guardrails. Every result is a
 pure function of the partition's input sequence and the state committed before it
 (ARCHITECTURE.md §5, Determinism).
 
