@@ -7,6 +7,12 @@ checked first::
     python -m bench.processor --loans 5000 --json
     python -m bench.processor --loans 5000 --profile   # cProfile's top entries
     LOAN_RECOVERY_PURE_PYTHON=1 python -m bench.processor --json   # the reference code only
+    python -m bench.processor --strategy --json   # table vs learned vs arms, one run
+
+``--strategy`` runs the same records three times in one process: the table policy, the
+learned policy for every loan and the issue's experiment (table champion 80%, learned
+challenger 20% with epsilon 0.1), with a treatment bundle trained here (or
+``--strategy-model DIR``), and reports each one's events/s and its ratio to the table's.
 
 Throughput is events/s on one core for one partition's sequence, in batches of 2,000 (the
 stream's largest batches). The figures name the Python version and, per compiled kernel
@@ -41,14 +47,67 @@ def encoded_records(loans: int, seed: int = 11) -> list[tuple[int, bytes, bytes]
     return [(offset, e["loan_id"].encode(), encode(e)) for offset, e in enumerate(events)]
 
 
-def run_processor(model: Path, records: list[tuple[int, bytes, bytes]]) -> dict[str, Any]:
-    """Events/s of ``process`` and the seconds spent in each of its stages."""
+EXPERIMENT = """
+experiment:
+  id: bench
+  arms:
+    - {name: champion, policy: table, share: 0.8}
+    - {name: challenger, policy: learned, share: 0.2, epsilon: 0.1}
+"""
+
+
+def train_treatment_model(work: Path, loans: int = 10_000) -> Path:
+    """A treatment bundle as `train-strategy` fits it (100 trees per strategy, leaves of >= 25)
+    on a simulated randomised log of ``loans`` loans (seed 101, as bench.strategy)."""
+    import numpy as np
+
+    from models.serving.policy import Policy
+    from models.strategy.bundle import write_treatment_bundle
+    from models.strategy.decision_log import DecisionLog
+    from models.strategy.simulator import Book
+    from models.strategy.treatment import TreatmentModel
+
+    book = Book.generate(loans, seed=101, policy=Policy.load(None))
+    out = book.run(book.random_choice())
+    log = DecisionLog(
+        np.array(book.loan_ids),
+        book.x,
+        out.choice.strategy,
+        out.choice.propensity,
+        out.net,
+        out.recovered,
+        out.cost,
+        book.horizon,
+    )
+    write_treatment_bundle(work / "treatment", TreatmentModel().learn(log), {})
+    return work / "treatment"
+
+
+def strategy_policies(work: Path, treatment: Path) -> dict[str, Any]:
+    """The three policies ``--strategy`` compares, as `serve` would load them."""
+    from models.serving.policy import DEFAULT_POLICY, Policy
+    from models.strategy.stream import StreamStrategy
+
+    policy_file = work / "policy-arms.yaml"
+    policy_file.write_text(DEFAULT_POLICY.read_text() + EXPERIMENT)
+    return {
+        "table": Policy.load(),
+        "learned": StreamStrategy.load(Policy.load(), None, treatment),
+        "arms": StreamStrategy.load(Policy.load(policy_file), policy_file, treatment),
+    }
+
+
+def run_processor(
+    model: Path, records: list[tuple[int, bytes, bytes]], policy: Any = None
+) -> dict[str, Any]:
+    """Events/s of ``process`` and the seconds spent in each of its stages (``policy``: the
+    table by default)."""
     from consumer.processor import PartitionProcessor
     from consumer.runtime import tune_gc_for_streaming
     from models.serving.bundle import ModelBundle
     from models.serving.policy import Policy
 
-    bundle, policy = ModelBundle.load(model), Policy.load()
+    bundle, policy = ModelBundle.load(model), policy or Policy.load()
     processor = PartitionProcessor(bundle, policy, partition=0)
     tune_gc_for_streaming()  # as `serve` does
     stages = {"apply": 0.0, "predict": 0.0, "decide": 0.0, "commit": 0.0}
@@ -83,11 +142,26 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="bundle directory (default: train one)")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top entries")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--strategy", action="store_true", help="table vs learned vs arms, side by side"
+    )
+    parser.add_argument("--strategy-model", type=Path, help="treatment bundle (default: train)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or train_small_model(Path(tmp))
         records = encoded_records(args.loans)
-        if args.profile:
+        if args.strategy:
+            treatment = args.strategy_model or train_treatment_model(Path(tmp))
+            runs = {
+                name: run_processor(model, records, policy)
+                for name, policy in strategy_policies(Path(tmp), treatment).items()
+            }
+            table = runs["table"]["processor_eps"]
+            figures = {
+                **runs,
+                "ratio_to_table": {k: r["processor_eps"] / table for k, r in runs.items()},
+            }
+        elif args.profile:
             profiler = cProfile.Profile()
             figures = profiler.runcall(run_processor, model, records)
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)

@@ -18,7 +18,10 @@ order, updates the partition's online segmenter, applies the policy, and emits a
 ``StrategyChanged`` when the loan's strategy changes and an ``EarlyWarningAlert`` when its tier
 rises to HIGH -- each with its 1-3 reasons (``models.serving.reasons``, from one ``explain`` call
 for the batch's emitted rows only) and a change with the ``policy_rule`` that chose it. Output
-ids are uuid5 of the source event id, so a replay yields identical records. Every result is a
+ids are uuid5 of the source event id, so a replay yields identical records. A policy that
+decides from the whole feature row (the learned policy, experiment arms: a
+``PlanningPolicy``, ``models.strategy.stream``) is asked once per batch for a plan, so its
+model runs once per batch; its choice goes through the same guardrails. Every result is a
 pure function of the partition's input sequence and the state committed before it
 (ARCHITECTURE.md §5, Determinism).
 
@@ -62,8 +65,11 @@ from models.features.loan_id import describe_invalid, is_valid_loan_id
 from models.features.state import DPD, LAST_PAYMENT_AT, DuplicateEvent, InvalidEvent, LoanState
 from models.native import load_kernel
 from models.serving.contracts import (
+    DecisionPlan,
     EarlyWarningModel,
+    ExperimentFields,
     ExplainingModel,
+    PlanningPolicy,
     Segmenter,
     StrategyPolicy,
 )
@@ -381,15 +387,20 @@ class PartitionProcessor:
         changes: list[tuple[int, _Decision, _Source, str | None, str | None, str, _Guarded]] = []
         alerts: list[tuple[int, _Decision, _Source, str | None]] = []
         floats = scores.tolist() if isinstance(scores, np.ndarray) else [float(s) for s in scores]
+        plan = self._plan(result, rows, floats)
         for i, (state, score) in enumerate(zip(result.states, floats, strict=True)):
             segment = learn_predict(rows[i])
             tier = tier_of(score)
             previous_strategy, previous_tier = state.strategy, state.risk_tier
-            wanted = decide(tier, segment, score, previous_strategy)
+            if plan is None:
+                wanted = decide(tier, segment, score, previous_strategy)
+            else:
+                wanted = plan.decide(i, tier, segment, score, previous_strategy)
             paid_at, dpd = facts[i]
-            strategy, interventions, hold_reason = choose(
-                state, wanted, occurred[i], Facts(guards[i], paid_at, dpd)
-            )
+            fact = Facts(guards[i], paid_at, dpd)
+            strategy, interventions, hold_reason = choose(state, wanted, occurred[i], fact)
+            if plan is not None and strategy != previous_strategy:  # (before record: pure)
+                plan.settle(i, strategy, partial(self._guarded, state, occurred[i], fact))
             if interventions:
                 result.interventions.update(iv.rule for iv in interventions)
             record(state, strategy, occurred[i])
@@ -405,7 +416,11 @@ class PartitionProcessor:
                 source = self._source(result, i)
                 decision = _Decision(state.loan_id, strategy, tier, segment, score)
                 if changed:
-                    policy_rule = rule(tier, segment, score, previous_strategy)
+                    policy_rule = (
+                        rule(tier, segment, score, previous_strategy)
+                        if plan is None
+                        else plan.rule(i)
+                    )
                     guarded = _Guarded(
                         tuple(
                             GuardrailIntervention(iv.rule, iv.wanted_strategy, iv.detail)
@@ -429,9 +444,18 @@ class PartitionProcessor:
                     alerts.append((i, decision, source, previous_tier))
         if changes or alerts:
             reasons = self._reasons(rows, sorted({c[0] for c in changes} | {a[0] for a in alerts}))
+            arms = plan.fields() if plan is not None else {}
             result.changes.extend(
                 self._strategy_changed(
-                    d, src, old, old_tier, decided_at_ms, why, reasons.get(i, ()), guarded
+                    d,
+                    src,
+                    old,
+                    old_tier,
+                    decided_at_ms,
+                    why,
+                    reasons.get(i, ()),
+                    guarded,
+                    arms.get(i),
                 )
                 for i, d, src, old, old_tier, why, guarded in changes
             )
@@ -441,6 +465,21 @@ class PartitionProcessor:
             )
         if result.changes:
             store.record_changes(result.changes)
+
+    def _plan(
+        self, result: BatchResult, rows: np.ndarray, scores: list[float]
+    ) -> DecisionPlan | None:
+        """A learned policy's or an experiment's plan for the batch (None: the table policy
+        decides per event, as before). Event ids are read back only for the rows an
+        exploring arm asks about (its draw hashes loan id and event id: replay-stable)."""
+        policy = self.policy
+        if not isinstance(policy, PlanningPolicy):
+            return None
+        return policy.plan(rows, scores, result.states, lambda i: self._source(result, i).event_id)
+
+    def _guarded(self, state: LoanState, at: int, facts: Facts, wanted: str) -> str:
+        """What the guardrails make of ``wanted`` at this event (no state is changed)."""
+        return self.guardrails.choose_at(state, wanted, at, facts)[0]
 
     def _reasons(self, rows: np.ndarray, wanted: list[int]) -> dict[int, tuple[Reason, ...]]:
         """The reasons of the emitted rows ``wanted`` (ARCHITECTURE.md §7), from one
@@ -481,6 +520,7 @@ class PartitionProcessor:
         policy_rule: str | None,
         reasons: tuple[Reason, ...],
         guarded: _Guarded | None = None,
+        experiment: ExperimentFields | None = None,
     ) -> StrategyChanged:
         """The loan's strategy changed: ``decision`` is the decision just made; ``guarded``
         what the guardrails changed and allow next, as of the event."""
@@ -509,6 +549,7 @@ class PartitionProcessor:
             guardrails=guarded.interventions,
             hold_reason=guarded.hold_reason,
             next_contact_not_before=guarded.next_contact_not_before,
+            **(experiment._asdict() if experiment is not None else {}),
         )
 
     def _alert(

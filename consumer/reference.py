@@ -42,6 +42,10 @@ CHANGE_COLUMNS = (
     "segment",
     "policy_rule",
     "reasons",  # CODE=contribution;... largest first (repr floats: exact round trip)
+    "experiment_id",  # the experiment fields (models.strategy.stream); blank without one
+    "arm",
+    "propensity",
+    "expected_net_recovery",
 )
 
 
@@ -145,5 +149,9 @@ def write_changes_csv(result: ScoreResult, path: Path) -> None:
                     c.segment,
                     c.policy_rule or "",
                     ";".join(f"{r.code}={r.contribution!r}" for r in c.reasons),
+                    c.experiment_id or "",
+                    c.arm or "",
+                    "" if c.propensity is None else repr(c.propensity),
+                    "" if c.expected_net_recovery is None else repr(c.expected_net_recovery),
                 ]
             )

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -153,3 +154,32 @@ def synthetic_files(tmp_path_factory) -> dict[str, Path]:
     with open(out / "events.jsonl", "w") as handle:
         write_jsonl(events, handle)
     return {"csv": out / "book.csv", "jsonl": out / "events.jsonl", "events": len(events)}
+
+
+@pytest.fixture(scope="session")
+def treatment_model(tmp_path_factory) -> Path:
+    """A treatment-model bundle (``models.strategy.bundle``) fitted on a small simulated
+    randomised log (library calls, 20 trees per strategy: a few seconds), with the value
+    hysteresis recorded as `train-strategy` records it."""
+    from models.serving.policy import Policy
+    from models.strategy.bundle import write_treatment_bundle
+    from models.strategy.decision_log import DecisionLog
+    from models.strategy.simulator import Book
+    from models.strategy.treatment import TreatmentModel
+
+    book = Book.generate(3000, seed=21, policy=Policy.load(None))
+    out = book.run(book.random_choice())
+    log = DecisionLog(
+        np.array(book.loan_ids),
+        book.x,
+        out.choice.strategy,
+        out.choice.propensity,
+        out.net,
+        out.recovered,
+        out.cost,
+        book.horizon,
+    )
+    directory = tmp_path_factory.mktemp("treatment") / "model"
+    model = TreatmentModel(n_estimators=20).learn(log)
+    write_treatment_bundle(directory, model, {"value_hysteresis": 25.0})
+    return directory

@@ -17,7 +17,12 @@ from pathlib import Path
 import typer
 
 from loan_recovery.commands.common import fail, print_json
-from loan_recovery.commands.serve import Source, _load_model_and_policy, _read_events
+from loan_recovery.commands.serve import (
+    STRATEGY_MODEL_HELP,
+    Source,
+    _load_model_and_policy,
+    _read_events,
+)
 from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 
@@ -31,6 +36,7 @@ def explain(
     input_path: Path | None = typer.Option(None, "--input", help="File (seed/uci/events)."),
     loan: str = typer.Option(..., "--loan", help="The loan id to explain."),
     policy: Path | None = typer.Option(None, help="Strategy policy file. Default: shipped."),
+    strategy_model: Path | None = typer.Option(None, help=STRATEGY_MODEL_HELP),
     partitions: int = typer.Option(
         DEFAULT_PARTITIONS, min=1, help="Partition count of the input topic to reproduce."
     ),
@@ -42,7 +48,7 @@ def explain(
     stream makes for it (JSON, as `GET /loans/{loan_id}` on `serve`)."""
     from consumer.reference import explain_loan
 
-    bundle, policy_obj = _load_model_and_policy(model, policy)
+    bundle, policy_obj = _load_model_and_policy(model, policy, strategy_model)
     events = _read_events(source, input_path, loans, seed)
     document = explain_loan(events, bundle, policy_obj, loan, partitions, topic)
     if document is None:

@@ -26,6 +26,10 @@ from schemas.topics import DEFAULT_PARTITIONS, Topics
 
 EXIT_FATAL = 1  # fenced or a fatal Kafka error while running
 _T = Topics()
+STRATEGY_MODEL_HELP = (
+    "Treatment-model bundle (`loan-recovery train-strategy --out`): serve the learned policy "
+    "to every loan, or to the policy file's `experiment:` arms with `policy: learned`."
+)
 
 
 class Source(StrEnum):
@@ -53,6 +57,9 @@ def serve(
     model: Path = typer.Option(..., envvar=_env("MODEL"), help="Model bundle directory."),
     policy: Path | None = typer.Option(
         None, envvar=_env("POLICY"), help="Strategy policy file. Default: the shipped one."
+    ),
+    strategy_model: Path | None = typer.Option(
+        None, envvar=_env("STRATEGY_MODEL"), help=STRATEGY_MODEL_HELP
     ),
     bootstrap_servers: str | None = typer.Option(None, help=BOOTSTRAP_HELP),
     metrics_port: int = typer.Option(
@@ -146,7 +153,7 @@ def serve(
     from schemas.client_config import KafkaConfigError
     from schemas.client_config import load_properties as load_kafka_properties
 
-    bundle, policy_obj = _load_model_and_policy(model, policy)
+    bundle, policy_obj = _load_model_and_policy(model, policy, strategy_model)
     try:
         properties = load_kafka_properties(kafka_config) if kafka_config else {}
         servers = (
@@ -224,9 +231,15 @@ def _load_bundle(model: Path) -> Any:
     return ModelBundle.load(model)
 
 
-def _load_model_and_policy(model: Path, policy: Path | None) -> tuple[Any, Any]:
+def _load_model_and_policy(
+    model: Path, policy: Path | None, strategy_model: Path | None = None
+) -> tuple[Any, Any]:
+    """The early-warning bundle and what decides: the table, or (with the policy file's
+    ``experiment:`` or ``--strategy-model``) the learned policy and arms
+    (``models.strategy.stream``). Every failure exits 2 naming the setting."""
     from models.serving.bundle import BundleError
     from models.serving.policy import Policy, PolicyError
+    from models.strategy.stream import StrategySetupError, StreamStrategy
 
     try:
         bundle = _load_bundle(model)
@@ -236,7 +249,10 @@ def _load_model_and_policy(model: Path, policy: Path | None) -> tuple[Any, Any]:
         policy_obj = Policy.load(policy)
     except (PolicyError, FileNotFoundError) as error:
         fail(f"--policy {policy}: {error}")
-    return bundle, policy_obj
+    try:
+        return bundle, StreamStrategy.load(policy_obj, policy, strategy_model)
+    except StrategySetupError as error:
+        fail(str(error))
 
 
 def _check_topics(config: Any) -> int:
@@ -265,6 +281,7 @@ def score(
     input_path: Path | None = typer.Option(None, "--input", help="File (seed/uci/events)."),
     out: Path = typer.Option(..., help="CSV: loan_id, risk_score, risk_tier, segment, strategy."),
     policy: Path | None = typer.Option(None, help="Strategy policy file. Default: shipped."),
+    strategy_model: Path | None = typer.Option(None, help=STRATEGY_MODEL_HELP),
     partitions: int = typer.Option(
         DEFAULT_PARTITIONS, min=1, help="Partition count of the input topic to reproduce."
     ),
@@ -277,7 +294,7 @@ def score(
     """Batch-score a history exactly as the stream would (the reference for `serve`)."""
     from consumer.reference import score_events, write_changes_csv, write_loans_csv
 
-    bundle, policy_obj = _load_model_and_policy(model, policy)
+    bundle, policy_obj = _load_model_and_policy(model, policy, strategy_model)
     events = _read_events(source, input_path, loans, seed)
     with _progress(enabled=not as_json) as on_progress:
         result = score_events(events, bundle, policy_obj, partitions, topic, progress=on_progress)

@@ -15,10 +15,12 @@ True
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from models.features.state import LoanState
 from models.serving.contributions import Explanation
 from models.serving.guardrails import Guardrails
 
@@ -70,3 +72,48 @@ class StrategyPolicy(Protocol):
         """The rule :meth:`decide` used (same arguments), e.g. ``table: HIGH x HIGH_RISK``;
         asked only for emitted decisions."""
         ...
+
+
+class ExperimentFields(NamedTuple):
+    """StrategyChanged v2's experiment fields of one emitted decision."""
+
+    experiment_id: str | None
+    arm: str
+    propensity: float
+    expected_net_recovery: float | None
+
+
+@runtime_checkable
+class DecisionPlan(Protocol):
+    """One batch's decisions of a :class:`PlanningPolicy`, asked per event in offset order
+    (row ``i`` of the batch); ``models.strategy.stream.BatchPlan`` is the implementation."""
+
+    def decide(self, i: int, tier: str, segment: str, score: float, current: str | None) -> str:
+        """What the policy wants at row ``i`` (the guardrails come after)."""
+        ...
+
+    def rule(self, i: int) -> str: ...
+
+    def settle(self, i: int, emitted: str, guard: Callable[[str], str]) -> None:
+        """Row ``i`` emits ``emitted``; ``guard(w)`` is what the guardrails would make of
+        ``w`` at that event (for the propensity of what was emitted)."""
+        ...
+
+    def fields(self) -> dict[int, ExperimentFields]:
+        """The experiment fields of every settled row."""
+        ...
+
+
+@runtime_checkable
+class PlanningPolicy(StrategyPolicy, Protocol):
+    """A policy that decides from the loan's whole feature row (a learned policy, experiment
+    arms): the processor asks it for one :class:`DecisionPlan` per batch, so a model behind it
+    is evaluated once per batch, not per event."""
+
+    def plan(
+        self,
+        rows: np.ndarray,
+        scores: Sequence[float],
+        states: Sequence[LoanState],
+        event_id: Callable[[int], str],
+    ) -> DecisionPlan: ...

@@ -19,6 +19,7 @@ about a month of a call's cost, below which a switch cannot pay for the disrupti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -28,6 +29,8 @@ from models.strategy.rules import allowed_strategies
 from models.strategy.simulator import FEATURES, STRATEGIES
 
 RISK = FEATURES.index("risk_score")
+_INDEX = {s: k for k, s in enumerate(STRATEGIES)}
+_NOT_ALLOWED = float("-inf")
 DEFAULT_MARGIN = 25.0
 
 
@@ -61,9 +64,17 @@ class LearnedPolicy:
     def predict_one(self, x: np.ndarray, current: str | None) -> str:
         """One loan's strategy given the one it is on (hysteresis on value)."""
         values = self.values(np.asarray(x, dtype=float).reshape(1, -1))[0]
-        best = int(np.argmax(values))
-        if current in STRATEGIES:
-            kept = values[STRATEGIES.index(current)]
-            if np.isfinite(kept) and kept >= values[best] - self.margin:
-                return current
-        return STRATEGIES[best]
+        return STRATEGIES[keep_or_best(values.tolist(), current, self.margin)[0]]
+
+
+def keep_or_best(values: Sequence[float], current: str | None, margin: float) -> tuple[int, bool]:
+    """The hysteresis rule, shared by this policy and the stream's
+    (:mod:`models.strategy.stream`): ``values`` per strategy (-inf = not allowed) -> (index of
+    the chosen strategy, whether it is ``current`` kept within ``margin`` of the best). Plain
+    Python over six values: per event in the stream, where numpy's per-call cost (~10 us)
+    was most of the decision (bench.processor --strategy)."""
+    best = max(range(len(values)), key=values.__getitem__)  # the first maximum, as argmax
+    k = _INDEX.get(current) if current is not None else None
+    if k is not None and values[k] > _NOT_ALLOWED and values[k] >= values[best] - margin:
+        return k, k != best
+    return best, False

@@ -11,7 +11,7 @@ ratio now vs at origination (``income_ratio``; an income-shocked borrower has 0.
 0.85-1.1), collateral value / balance (35% are secured, 0.5-1.6), months delinquent, the share
 of installments paid on time before delinquency (``on_time_share``), the early-warning score
 (``risk_score``, a noisy view of the latent risk ``z``) and the system's own past treatments
-(``prior_attempts``, ``prior_method``). Latent risk
+(``prior_attempts``, ``prior_method``: a reminder, call or settlement offer). Latent risk
 ``z = -0.5 + 1.3 shock + 0.35 (months_delinquent - 1) - 2.5 (on_time - 0.67)
 + 0.8 log(burden / 0.15) + N(0, 0.5)`` where ``burden = emi / (income x income_ratio)``.
 
@@ -196,7 +196,11 @@ class Book:
         months = 1.0 + rng.poisson(1.2, n)
         on_time = rng.beta(4, 2, n)
         prior_attempts = rng.poisson(1.0, n).astype(float)
-        prior_method = np.where(prior_attempts > 0, rng.integers(1, 4, n), 0).astype(float)
+        # A prior reminder, call or settlement offer (codes 1 + index in STRATEGIES): the
+        # methods a stream CollectionAttempt can record (models.strategy.stream_features).
+        prior_method = np.where(
+            prior_attempts > 0, np.array([0.0, 1.0, 2.0, 4.0])[rng.integers(1, 4, n)], 0.0
+        )
         burden = emi / (income * income_ratio)
         z = (
             -0.5
@@ -259,6 +263,36 @@ class Book:
             "write_off": _sigmoid(wo),
             "pay": _sigmoid(pay),
         }
+
+    def stream_rows(self) -> np.ndarray:
+        """The loans' states as the stream's feature rows (``LoanState.features()`` layout):
+        the columns :func:`models.strategy.stream_features.decision_features` reads, NaN
+        elsewhere. ``decision_features(book.stream_rows(), risk_score)`` gives back ``x``
+        except ``income_ratio``, which the stream cannot observe (that module's table).
+        Days past due are mid-month (``30 (m - 1) + 15``) and the on-time share is one
+        payment's worth of counts, so the mapping inverts them exactly."""
+        from models.features.columns import FEATURE_INDEX, FEATURE_NAMES
+        from models.strategy.stream_features import PRIOR_METHOD_CODES
+
+        c = self.col
+        rows = np.full((len(self.z), len(FEATURE_NAMES)), np.nan)
+        method = np.zeros(len(self.z))
+        for code, sim_code in enumerate(PRIOR_METHOD_CODES.tolist()):
+            if sim_code:  # the stream code that maps to this simulator code (OTHER last wins)
+                method[c["prior_method"] == sim_code] = code
+        for name, values in (
+            ("outstanding", c["balance"]),
+            ("monthly_emi", c["emi"]),
+            ("monthly_income", c["monthly_income"]),
+            ("collateral_value", c["collateral_ratio"] * c["balance"]),
+            ("days_past_due", 30.0 * (c["months_delinquent"] - 1) + 15.0),
+            ("paid_on_time", c["on_time_share"]),
+            ("paid_late", 1.0 - c["on_time_share"]),
+            ("collection_attempts", c["prior_attempts"]),
+            ("last_collection_method", method),
+        ):
+            rows[:, FEATURE_INDEX[name]] = values
+        return rows
 
     @property
     def loan_ids(self) -> list[str]:

@@ -368,3 +368,143 @@ def test_guardrails_have_a_single_entry_point_for_every_policy() -> None:
     policy without one (a learned policy or an arm that carries none)."""
     assert isinstance(GUARD, Guardrails)
     assert GUARD.config.limitation_period_days == 1095
+
+
+# -- the learned policy and experiment arms, through the real processor -----------------------
+
+ARM_SPEC = [
+    {"name": "table-explore", "policy": "table", "share": 0.34, "epsilon": 0.5},
+    {"name": "learned-explore", "policy": "learned", "share": 0.33, "epsilon": 0.5},
+    {"name": "learned", "policy": "learned", "share": 0.33},
+]
+EXPERIMENT_IDS = [f"guard-{i}" for i in range(12)]  # L1 lands in every arm across these
+
+
+class _Scores:
+    """An early-warning model that gives the drawn scores in order (the guardrails must hold
+    whatever the score, so the test draws it)."""
+
+    version = "drawn"
+
+    def __init__(self, scores: list[float]) -> None:
+        self.scores, self.n = scores, 0
+
+    def predict_proba(self, rows):
+        import numpy as np
+
+        out = np.array(self.scores[self.n : self.n + len(rows)])
+        self.n += len(rows)
+        return out
+
+
+class _OneSegment:
+    def learn_predict(self, x) -> str:
+        return "HIGH_RISK"
+
+    def to_json(self) -> str:
+        return "{}"
+
+
+@pytest.fixture(scope="module")
+def forests(treatment_model):
+    from models.strategy.stream import TreatmentForests
+
+    return TreatmentForests.load(treatment_model)
+
+
+def _strategy(forests, experiment_id: str | None):
+    from models.strategy.arms import Experiment
+    from models.strategy.stream import StreamStrategy
+
+    spec = None
+    if experiment_id is not None:
+        spec = Experiment.from_dict({"id": experiment_id, "arms": ARM_SPEC}, "test")
+    return StreamStrategy(POLICY, spec, forests)
+
+
+def test_the_drawn_experiments_put_the_loan_in_every_arm() -> None:
+    from models.strategy.arms import Experiment
+
+    arms = {
+        Experiment.from_dict({"id": i, "arms": ARM_SPEC}, "test").assign("L1").name
+        for i in EXPERIMENT_IDS
+    }
+    assert arms == {a["name"] for a in ARM_SPEC}
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    experiment_id=st.sampled_from([None, *EXPERIMENT_IDS]),
+    zone=st.sampled_from([None, "America/New_York", "Asia/Kolkata"]),
+    steps=st.lists(st.tuples(GAP, STEP), min_size=1, max_size=30),
+    scores=st.lists(st.floats(0, 1), min_size=31, max_size=31),
+)
+def test_the_learned_policy_and_arms_never_cross_a_guardrail(
+    forests, experiment_id, zone, steps, scores
+) -> None:
+    """The learned policy alone (no experiment id) and every arm of an experiment (table and
+    learned, with and without exploration), inside the real ``PartitionProcessor``: no
+    contact under a hold, no LEGAL_NOTICE on time-barred debt or below 90 days past due, every
+    emitted ``next_contact_not_before`` within 7-in-7, the cool-off and the local window, no
+    drop faster than the ladder allows; every change carries its arm and a propensity."""
+    from consumer.processor import PartitionProcessor
+    from models.strategy.simulator import STRATEGIES as VALUED
+    from schemas import AvroSerde
+
+    encode = AvroSerde("LoanEvent").encode
+    processor = PartitionProcessor(
+        _Scores(scores), _strategy(forests, experiment_id), 0, segmenter=_OneSegment()
+    )
+    priorities = POLICY.priorities
+    levels = sorted({p for s, p in priorities.items() if s != "HOLD"})
+    book, offset = Book(), 0
+
+    def send(event: dict) -> list:
+        nonlocal offset
+        out = processor.process([(offset, b"L1", encode(event))])
+        offset += 1
+        assert not out.dead_letters, out.dead_letters
+        return out.changes
+
+    send(opened(time_zone=zone))
+    at, active, calls, conversations, last_paid = T0, set(), [], [], None
+    since: int | None = T0
+    for gap, (kind, arg) in steps:
+        at += gap
+        previous = processor.store.states["L1"].strategy
+        changes = send(step_event(book, kind, arg, at))
+        state = processor.store.states["L1"]
+        if kind == "paid" and arg > 0:
+            last_paid = at
+        elif kind == "call":
+            calls.append(at)
+            conversations += [at] if arg else []
+        elif kind in ("set", "release"):
+            (active.add if kind == "set" else active.discard)(arg)
+        strategy = state.strategy
+        assert (strategy == "HOLD") == bool(active)
+        if strategy == "LEGAL_NOTICE":
+            assert at - (last_paid if last_paid is not None else T0) <= 1095 * DAY_MS
+            assert state[DPD] >= 90
+        for change in changes:
+            assert change.arm is not None and 0 < change.propensity <= 1
+            assert change.experiment_id == experiment_id
+            assert (change.expected_net_recovery is not None) == (change.new_strategy in VALUED)
+            if active:
+                assert set(change.hold_reason.split(",")) == active
+                assert change.next_contact_not_before is None
+            else:
+                _contact_ok(change.next_contact_not_before, at, calls, conversations, zone or "UTC")
+        moved = previous not in (None, "HOLD") and strategy not in ("HOLD", previous)
+        if moved and state[DPD] != 0.0:  # (a cured loan may drop at once)
+            drop = levels.index(priorities[previous]) - levels.index(priorities[strategy])
+            rules = {g.rule for c in changes for g in c.guardrails}
+            if drop > 0 and not rules & {TIME_BARRED, LEGAL_MIN_DPD}:  # compliance first
+                assert drop == 1, f"{previous} -> {strategy} in one step"
+                assert since is not None and at - since >= 30 * DAY_MS
+        if strategy != previous:
+            since = at

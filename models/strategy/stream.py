@@ -1,0 +1,305 @@
+"""The learned policy and the champion/challenger arms in the stream (issue 14): a
+:class:`~models.serving.contracts.StrategyPolicy` that the processor (``consumer.processor``,
+shared by ``serve`` and ``score``) asks once per batch for a :class:`BatchPlan`.
+
+What the plan does, and why:
+
+- **Arms**: each loan's arm is :meth:`models.strategy.arms.Experiment.assign` (a stable hash of
+  experiment id and loan id), the same function the simulator's experiment uses; without an
+  ``experiment:`` section every loan is on one implicit arm, ``learned`` (no experiment id).
+- **Learned**: the treatment model's expected net recovery of every strategy for the batch's
+  learned-arm rows, in ONE batched evaluation per strategy forest (:class:`TreatmentForests`,
+  the early-warning forest's compiled kernel, ``models.serving._forest_kernel``), from the
+  decision features of :mod:`models.strategy.stream_features`; then per event the allowed
+  argmax with value hysteresis (:func:`models.strategy.learned.keep_or_best`, the offline
+  rule). Table-arm rows are valued only when they emit (for ``expected_net_recovery``), in one
+  more batched call: the hot path evaluates forests only where the decision uses them.
+- **Exploration** (``epsilon``): per decision, two uniforms from ``sha256(experiment id, loan
+  id, event id)``; an event id is in the input, so a replay (stream or the batch reference)
+  draws the same numbers and stream = batch holds.
+- **Propensity**: the probability that the arm's randomisation produced the strategy that was
+  *emitted*, i.e. after the guardrails: ``sum over wanted w of P(w) 1[guard(w) = emitted]``
+  with ``P(w) = (1 - epsilon) 1[w = arm's pick] + epsilon / k`` over the ``k`` allowed. The
+  guardrails are a deterministic function of the state, so this is exact (1 for an arm
+  without exploration; 1 under a hold, where every w becomes HOLD).
+
+Every choice still passes through the processor's one guardrail layer (hold, time-barred debt,
+Reg F timing, ladder): the plan only says what the policy *wants*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import ModelsError
+from models.features.state import LoanState
+from models.native import load_kernel
+from models.serving.bundle import BundleError
+from models.serving.contracts import ExperimentFields
+from models.serving.guardrails import Guardrails
+from models.serving.policy import TIERS, Policy
+from models.strategy.arms import Arm, Experiment, ExperimentError, unit_hash
+from models.strategy.bundle import load_treatment_bundle, read_metadata
+from models.strategy.learned import DEFAULT_MARGIN, keep_or_best
+from models.strategy.rules import allowed_strategies
+from models.strategy.simulator import FEATURES, STRATEGIES
+from models.strategy.stream_features import decision_features
+from models.strategy.treatment import BALANCE, TreatmentModel
+
+_NOT_ALLOWED = float("-inf")
+LEARNED_ONLY = Arm("learned", "learned", 1.0, 0.0)  # --strategy-model without an experiment
+
+
+class StrategySetupError(ModelsError, ValueError):
+    """The strategy model and the policy's experiment do not fit together; the message names
+    the setting and the fix."""
+
+
+class _RegressionTree:
+    """A regression ``Tree`` seen as the classifier trees the forest kernel flattens: the
+    kernel reads ``value[:, 0, 1]`` (a class-1 fraction) and sums it over trees in estimator
+    order, which for a regressor's leaf values is exactly ``RandomForestRegressor.predict``'s
+    arithmetic (mean of the trees' leaf values in float64)."""
+
+    def __init__(self, tree: object) -> None:
+        self.node_count = tree.node_count  # type: ignore[attr-defined]
+        self.children_left = tree.children_left  # type: ignore[attr-defined]
+        self.children_right = tree.children_right  # type: ignore[attr-defined]
+        self.feature = tree.feature  # type: ignore[attr-defined]
+        self.threshold = tree.threshold  # type: ignore[attr-defined]
+        self.missing_go_to_left = getattr(tree, "missing_go_to_left", None)
+        leaf = np.asarray(tree.value, dtype=np.float64)[:, 0, 0]  # type: ignore[attr-defined]
+        self.value = np.stack([np.zeros_like(leaf), leaf], axis=1)[:, None, :]
+
+
+class TreatmentForests:
+    """The treatment model's per-strategy forests for serving: ``predict`` equals
+    :meth:`TreatmentModel.predict` (to the last bits on the tests' bundles) without
+    scikit-learn's per-call validation and joblib dispatch, through the compiled forest kernel
+    when it is built (``native`` as in :class:`models.serving.forest.FastCalibratedForest`)."""
+
+    def __init__(
+        self,
+        model: TreatmentModel,
+        version: str = "",
+        margin: float = DEFAULT_MARGIN,
+        native: bool | None = None,
+    ) -> None:
+        self.version = version
+        self.margin = margin  # the learned policy's value hysteresis, from the bundle
+        self.horizon = model.horizon
+        kernel = None if native is False else load_kernel("serving._forest_kernel")
+        if native and kernel is None:
+            raise ImportError("models.serving._forest_kernel is not built (pip install -e .)")
+        self._trees = [[e.tree_ for e in model.arms[s].estimators_] for s in STRATEGIES]
+        self._kernels = (
+            [
+                kernel.ForestKernel([_RegressionTree(t) for t in trees], len(FEATURES))
+                for trees in self._trees
+            ]
+            if kernel is not None
+            else None
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TreatmentForests:
+        """A verified treatment bundle (skops, type whitelist, hashes: models.strategy.bundle)."""
+        meta = read_metadata(directory)
+        margin = float(meta.get("value_hysteresis", DEFAULT_MARGIN))
+        return cls(load_treatment_bundle(directory), str(meta["version"]), margin)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Expected net recovery (rows x STRATEGIES) over the horizon."""
+        x32 = np.ascontiguousarray(x, dtype=np.float32)  # as scikit-learn's trees read them
+        balance = np.maximum(x[:, BALANCE], 1.0)
+        out = np.empty((len(x), len(STRATEGIES)))
+        for k, trees in enumerate(self._trees):
+            if self._kernels is not None:
+                out[:, k] = self._kernels[k].sum_votes(x32)
+            else:  # the reference: leaf values summed in estimator order, as scikit-learn
+                total = np.zeros(len(x))
+                for tree in trees:
+                    total += tree.value[tree.apply(x32), 0, 0]
+                out[:, k] = total / len(trees)
+        return out * balance[:, None]
+
+
+class StreamStrategy:
+    """The table, the learned policy and the experiment's arms behind ``StrategyPolicy``."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        experiment: Experiment | None,
+        forests: TreatmentForests | None,
+    ) -> None:
+        where = policy.path or "policy"
+        if experiment is None and forests is None:
+            raise StrategySetupError("neither an experiment: section nor --strategy-model")
+        learned = [a.name for a in (experiment.arms if experiment else ()) if a.policy == "learned"]
+        if learned and forests is None:
+            raise StrategySetupError(
+                f"--policy {where}: experiment arm {learned[0]!r} is policy: learned; pass "
+                "--strategy-model DIR (a bundle from `loan-recovery train-strategy`)"
+            )
+        self.base = policy
+        self.experiment = experiment
+        self.forests = forests
+        self.margin = forests.margin if forests else DEFAULT_MARGIN
+        self.version = policy.version + (f"+{forests.version}" if forests else "")
+        self.guardrails: Guardrails | None = policy.guardrails
+        self.priorities = policy.priorities
+        self.tier = policy.tier
+        self.decide = policy.decide
+        self.rule = policy.rule
+        self._allowed = allowed_strategies(policy)
+        self._ok = {t: [s in self._allowed[t] for s in STRATEGIES] for t in TIERS}
+        self._experiment_id = experiment.id if experiment else None
+        self.arm_of: Callable[[str], Arm] = (
+            lru_cache(maxsize=1 << 16)(experiment.assign) if experiment else lambda _: LEARNED_ONLY
+        )
+
+    @classmethod
+    def load(
+        cls, policy: Policy, policy_path: Path | None, strategy_model: Path | None
+    ) -> Policy | StreamStrategy:
+        """What ``serve`` / ``score`` run: the plain table when the policy file has no
+        ``experiment:`` and no ``--strategy-model`` is given, else this. Errors name the
+        setting: ``--policy FILE: experiment...`` or ``--strategy-model DIR: ...``."""
+        try:
+            experiment = Experiment.load(policy_path) if policy_path else None
+        except ExperimentError as error:
+            raise StrategySetupError(f"--policy {error}") from None
+        if experiment is None and strategy_model is None:
+            return policy
+        forests = None
+        if strategy_model is not None:
+            try:
+                forests = TreatmentForests.load(strategy_model)
+            except (BundleError, FileNotFoundError) as error:
+                raise StrategySetupError(
+                    f"--strategy-model {strategy_model}: {error} (pass the directory "
+                    "`loan-recovery train-strategy --out` wrote)"
+                ) from None
+        return cls(policy, experiment, forests)
+
+    def plan(
+        self,
+        rows: np.ndarray,
+        scores: Sequence[float],
+        states: Sequence[LoanState],
+        event_id: Callable[[int], str],
+    ) -> BatchPlan:
+        return BatchPlan(self, rows, scores, states, event_id)
+
+
+class BatchPlan:
+    """One batch's decisions: built before the processor's per-event loop (one forest
+    evaluation for the learned-arm rows), asked per event in offset order."""
+
+    def __init__(
+        self,
+        owner: StreamStrategy,
+        rows: np.ndarray,
+        scores: Sequence[float],
+        states: Sequence[LoanState],
+        event_id: Callable[[int], str],
+    ) -> None:
+        self._owner = owner
+        self._rows, self._scores = rows, scores
+        self._loans = [s.loan_id for s in states]
+        self._event_id = event_id
+        self._arms = [owner.arm_of(loan) for loan in self._loans]
+        self._values: dict[int, list[float]] = {}
+        learned = [i for i, a in enumerate(self._arms) if a.policy == "learned"]
+        self._value(learned)
+        # Per decided row, what its rule and propensity need; the rule text is built only for
+        # emitted rows (rule()), the propensity only for emitted rows too (settle()): the
+        # per-event path builds no string and no object beyond this tuple.
+        self._decided: dict[int, tuple[str, str, str, str, str, float, str | None]] = {}
+        self._settled: dict[int, tuple[str, float]] = {}
+
+    def _value(self, wanted: list[int]) -> None:
+        """Expected net recovery of every strategy for rows ``wanted``, in one batch."""
+        missing = [i for i in wanted if i not in self._values]
+        if not missing or self._owner.forests is None:
+            return
+        scores = np.asarray([self._scores[i] for i in missing])
+        x = decision_features(self._rows[missing], scores)
+        for i, values in zip(missing, self._owner.forests.predict(x).tolist(), strict=True):
+            self._values[i] = values
+
+    def decide(self, i: int, tier: str, segment: str, score: float, current: str | None) -> str:
+        """What row ``i``'s arm wants (before the guardrails)."""
+        owner, arm = self._owner, self._arms[i]
+        if arm.policy == "table":
+            pick, kind = owner.base.decide(tier, segment, score, current), "table"
+        else:
+            values = self._values[i]
+            masked = [
+                v if ok else _NOT_ALLOWED for v, ok in zip(values, owner._ok[tier], strict=True)
+            ]
+            best, kept = keep_or_best(masked, current, owner.margin)
+            pick, kind = STRATEGIES[best], ("kept" if kept else "best")
+        wanted = pick
+        if arm.epsilon > 0:
+            options = owner._allowed[tier]
+            key = (owner._experiment_id or "", self._loans[i], self._event_id(i))
+            if unit_hash(*key, "explore") < arm.epsilon:
+                wanted, kind = options[int(unit_hash(*key, "pick") * len(options))], "explore"
+        self._decided[i] = (kind, pick, wanted, tier, segment, score, current)
+        return wanted
+
+    def rule(self, i: int) -> str:
+        """The rule behind row ``i``'s decision, e.g. ``arm challenger: learned: largest
+        expected net recovery 5310`` (asked for emitted rows only)."""
+        owner, arm = self._owner, self._arms[i]
+        kind, pick, _, tier, segment, score, current = self._decided[i]
+        if kind == "table":
+            text = owner.base.rule(tier, segment, score, current)
+        elif kind == "kept":
+            text = f"learned: kept {pick} within {owner.margin:g} of the best expected net"
+        elif kind == "best":
+            value = self._values[i][STRATEGIES.index(pick)]
+            text = f"learned: largest expected net recovery {value:.0f}"
+        else:
+            k = len(owner._allowed[tier])
+            text = f"explore: uniform among {k} allowed (epsilon {arm.epsilon:g})"
+        return text if owner._experiment_id is None else f"arm {arm.name}: {text}"
+
+    def settle(self, i: int, emitted: str, guard: Callable[[str], str]) -> None:
+        """Row ``i`` emits ``emitted`` (what the guardrails made of :meth:`decide`'s
+        choice): its exact propensity. ``guard(w)`` is what the guardrails would have made of
+        ``w`` at this event (pure: asked before the decision is recorded)."""
+        epsilon = self._arms[i].epsilon
+        if epsilon == 0:
+            self._settled[i] = (emitted, 1.0)
+            return
+        _, pick, _, tier, *_ = self._decided[i]
+        options = self._owner._allowed[tier]
+        k = len(options)
+        chance = dict.fromkeys(options, epsilon / k)
+        chance[pick] = chance.get(pick, 0.0) + (1 - epsilon)
+        # (min: k terms of epsilon / k can round to a hair above 1 when all map to one)
+        propensity = min(1.0, sum(p for w, p in chance.items() if guard(w) == emitted))
+        self._settled[i] = (emitted, propensity)
+
+    def fields(self) -> dict[int, ExperimentFields]:
+        """The experiment fields of every settled row (one batched valuation for the rows not
+        valued yet: the table arms' emitted rows)."""
+        self._value(list(self._settled))
+        experiment_id = self._owner._experiment_id
+        out = {}
+        for i, (emitted, propensity) in self._settled.items():
+            values = self._values.get(i)
+            expected = (
+                values[STRATEGIES.index(emitted)]
+                if values is not None and emitted in STRATEGIES
+                else None
+            )
+            out[i] = ExperimentFields(experiment_id, self._arms[i].name, propensity, expected)
+        return out

@@ -1,0 +1,127 @@
+"""The treatment model's decision features from what the stream has (issue 14): the one mapping
+from a stream feature row (``LoanState.features()``, and bit for bit its compiled twin
+``models.features._event_kernel``, in ``models.features.columns.FEATURE_NAMES`` order) plus the
+early-warning score of the same event to :data:`models.strategy.simulator.FEATURES`.
+
+The simulator expresses its state as such a row (:meth:`models.strategy.simulator.Book.
+stream_rows`), so the training log and the stream go through this one function
+(``tests/unit/models/test_strategy_stream.py`` checks the round trip). Per decision feature:
+
+==================  ==========================================================================
+balance             ``outstanding`` (the last payment event's balance)
+emi                 ``monthly_emi``
+monthly_income      ``monthly_income`` (at origination: the stream has no later income)
+income_ratio        **not observable in the stream**: LoanEvent carries income only on
+                    ``LoanOpened``. The stream uses :data:`UNOBSERVED_INCOME_RATIO` (1.0, "no
+                    known income shock"), the conservative value: it never offers a plan or a
+                    settlement for a shock nobody saw. (docs/STRATEGY.md "Missing".)
+collateral_ratio    ``collateral_value / outstanding`` (0 when nothing is outstanding)
+months_delinquent   ``ceil(days_past_due / 30)``: 1-30 days past due is the first month
+on_time_share       ``paid_on_time / (paid_on_time + paid_late)``: the share of payments made
+                    on time (the simulator's "paid on time before delinquency"); with no
+                    payment yet :data:`NO_HISTORY_ON_TIME` = 2/3, the simulated book's mean
+                    (Beta(4, 2)), so an unknown history is an average one
+risk_score          the early-warning score of the same event
+prior_attempts      ``collection_attempts``
+prior_method        ``last_collection_method`` recoded to 0 (none) or 1 + index in
+                    ``STRATEGIES``: CALLS -> CALL, SETTLEMENT_OFFER, DEBT_COLLECTORS ->
+                    DEBT_COLLECTOR, LEGAL_NOTICE; OTHER (letters, SMS, e-mail) ->
+                    AUTOMATED_REMINDER, the only non-call contact the strategies have
+==================  ==========================================================================
+
+>>> from models.features.columns import FEATURE_INDEX, FEATURE_NAMES
+>>> row = np.zeros((1, len(FEATURE_NAMES)))
+>>> row[0, FEATURE_INDEX["outstanding"]], row[0, FEATURE_INDEX["days_past_due"]] = 4000.0, 31.0
+>>> row[0, FEATURE_INDEX["last_collection_method"]] = 1.0   # CALLS
+>>> x = decision_features(row, np.array([0.4]))
+>>> f = dict(zip(FEATURES, x[0].tolist()))
+>>> f["months_delinquent"], f["prior_method"], f["on_time_share"]   # 31 days; CALL; no payment
+(2.0, 2.0, 0.6666666666666666)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.features.columns import FEATURE_INDEX, VOCABULARIES
+from models.strategy.simulator import FEATURES, STRATEGIES
+
+UNOBSERVED_INCOME_RATIO = 1.0
+NO_HISTORY_ON_TIME = 2.0 / 3.0
+_METHOD_TO_STRATEGY = {
+    "NONE": None,
+    "CALLS": "CALL",
+    "SETTLEMENT_OFFER": "SETTLEMENT_OFFER",
+    "DEBT_COLLECTORS": "DEBT_COLLECTOR",
+    "LEGAL_NOTICE": "LEGAL_NOTICE",
+    "OTHER": "AUTOMATED_REMINDER",
+}
+# stream method code -> simulator prior_method code (0 none, else 1 + index in STRATEGIES)
+PRIOR_METHOD_CODES = np.array(
+    [
+        0.0 if _METHOD_TO_STRATEGY[m] is None else 1.0 + STRATEGIES.index(_METHOD_TO_STRATEGY[m])
+        for m in VOCABULARIES["last_collection_method"]
+    ]
+)
+_COLUMNS = {
+    name: FEATURE_INDEX[name]
+    for name in (
+        "outstanding",
+        "monthly_emi",
+        "monthly_income",
+        "collateral_value",
+        "days_past_due",
+        "paid_on_time",
+        "paid_late",
+        "collection_attempts",
+        "last_collection_method",
+    )
+}
+
+
+# decision_features writes the columns by position: this is the order it writes
+_ORDER = (
+    "balance",
+    "emi",
+    "monthly_income",
+    "income_ratio",
+    "collateral_ratio",
+    "months_delinquent",
+    "on_time_share",
+    "risk_score",
+    "prior_attempts",
+    "prior_method",
+)
+if FEATURES != _ORDER:  # a new simulator feature needs its stream definition here first
+    raise ImportError(f"stream_features maps {_ORDER}, the simulator has {FEATURES}")
+
+
+def decision_features(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``rows`` (n x FEATURE_NAMES) and the events' early-warning ``scores`` (n) -> the
+    treatment model's input (n x :data:`FEATURES`); every value finite."""
+    rows = np.atleast_2d(rows)
+    c = {name: rows[:, i] for name, i in _COLUMNS.items()}
+    n = len(rows)
+    balance = np.nan_to_num(c["outstanding"], nan=0.0)
+    collateral = np.nan_to_num(c["collateral_value"], nan=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        collateral_ratio = np.where(balance > 0, collateral / balance, 0.0)
+        payments = c["paid_on_time"] + c["paid_late"]
+        on_time = np.where(payments > 0, c["paid_on_time"] / payments, NO_HISTORY_ON_TIME)
+    dpd = np.nan_to_num(c["days_past_due"], nan=0.0)
+    method = np.nan_to_num(c["last_collection_method"], nan=0.0).astype(np.int64)
+    method = np.clip(method, 0, len(PRIOR_METHOD_CODES) - 1)
+    out = np.empty((n, len(FEATURES)))
+    out[:, 0] = balance
+    out[:, 1] = np.nan_to_num(c["monthly_emi"], nan=0.0)
+    out[:, 2] = np.nan_to_num(c["monthly_income"], nan=0.0)
+    out[:, 3] = UNOBSERVED_INCOME_RATIO
+    out[:, 4] = collateral_ratio
+    out[:, 5] = np.ceil(np.maximum(dpd, 0.0) / 30.0)
+    out[:, 6] = on_time
+    out[:, 7] = scores
+    out[:, 8] = np.nan_to_num(c["collection_attempts"], nan=0.0)
+    out[:, 9] = PRIOR_METHOD_CODES[method]
+    # a corrupt huge value must not reach the float32 trees as inf
+    np.clip(out, -1e30, 1e30, out=out)
+    return out

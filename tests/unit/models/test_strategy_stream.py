@@ -1,0 +1,199 @@
+"""The learned policy and the experiment arms in the stream (``models.strategy.stream``): the
+mapping from the stream's loan state to the treatment model's decision features, the served
+forests, and the arms inside the real ``PartitionProcessor`` (experiment fields, exact
+propensities, replay stability, the compiled and the reference path agreeing)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from consumer.processor import PartitionProcessor
+from loan_recovery.cli import app
+from models.features.columns import FEATURE_NAMES
+from models.features.state import LoanState
+from models.serving.policy import DEFAULT_POLICY, Policy
+from models.strategy.arms import Experiment
+from models.strategy.bundle import load_treatment_bundle
+from models.strategy.simulator import FEATURES, STRATEGIES, Book
+from models.strategy.stream import StrategySetupError, StreamStrategy, TreatmentForests
+from models.strategy.stream_features import UNOBSERVED_INCOME_RATIO, decision_features
+from schemas import AvroSerde
+from schemas.events import make_event
+
+DAY = 86_400_000
+EPSILON = 0.3
+EXPERIMENT = f"""
+experiment:
+  id: stream-test
+  arms:
+    - {{name: champion, policy: table, share: 0.4}}
+    - {{name: challenger, policy: learned, share: 0.4, epsilon: {EPSILON}}}
+    - {{name: explorer, policy: table, share: 0.2, epsilon: 0.5}}
+"""
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    path.write_text(DEFAULT_POLICY.read_text() + EXPERIMENT)
+    return path
+
+
+@pytest.fixture(scope="module")
+def experiment(policy_file: Path, treatment_model: Path) -> StreamStrategy:
+    strategy = StreamStrategy.load(Policy.load(policy_file), policy_file, treatment_model)
+    assert isinstance(strategy, StreamStrategy)
+    return strategy
+
+
+@pytest.fixture(scope="module")
+def records() -> list[tuple[int, bytes, bytes]]:
+    from models.data.synthetic import generate_book
+
+    encode = AvroSerde("LoanEvent").encode
+    _, events, _ = generate_book(300, seed=5)
+    events.sort(key=lambda e: e["occurred_at"])
+    return [(i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(events)]
+
+
+def run(processor: PartitionProcessor, recs: list, batch: int) -> list:
+    changes = []
+    for start in range(0, len(recs), batch):
+        changes += processor.process(recs[start : start + batch]).changes
+    return changes
+
+
+# -- the mapping -----------------------------------------------------------------------------
+
+
+def test_the_simulator_state_as_stream_rows_maps_back_to_its_decision_features() -> None:
+    """The training log's features and the stream's come from one function: the simulator's
+    state written as stream rows maps back exactly, but for the unobservable income ratio."""
+    book = Book.generate(4000, seed=9, policy=Policy.load(None))
+    rows = book.stream_rows()
+    assert rows.shape == (4000, len(FEATURE_NAMES))
+    x = decision_features(rows, book.col["risk_score"])
+    income = FEATURES.index("income_ratio")
+    others = [k for k in range(len(FEATURES)) if k != income]
+    np.testing.assert_allclose(x[:, others], book.x[:, others], rtol=1e-12, atol=1e-12)
+    assert (x[:, income] == UNOBSERVED_INCOME_RATIO).all()
+    # every simulated prior method is one a CollectionAttempt can record
+    assert set(np.unique(book.col["prior_method"])) == {0.0, 1.0, 2.0, 4.0}
+
+
+def test_a_loan_state_maps_to_the_documented_decision_features() -> None:
+    """One loan through the real state machine: balance, DPD months, on-time share of the
+    payments, collateral over balance, attempts and the last method (CALLS -> CALL)."""
+    opened = make_event("e0", "L1", "B1", 0, "LoanOpened", dict(
+        age=40, gender="Female", employment_type="Salaried", monthly_income=5000.0,
+        num_dependents=1, loan_amount=12000.0, loan_tenure_months=12, interest_rate=9.5,
+        loan_type="Personal", collateral_value=6000.0, monthly_emi=1050.0))  # fmt: skip
+    state = LoanState.open(opened)
+    paid = dict(amount_due=1050.0, amount_paid=1050.0)
+    bodies = [
+        (30, "PaymentReceived", dict(installment_due_date=30, outstanding_after=11000.0, **paid)),
+        (65, "PaymentReceived", dict(installment_due_date=60, outstanding_after=10000.0, **paid)),
+        (130, "PaymentMissed", dict(installment_due_date=90, amount_due=1050.0,
+                                    days_past_due=40, outstanding=8000.0)),
+        (131, "CollectionAttempt", dict(method="CALLS", outcome="NO_ANSWER", legal_action=False)),
+    ]  # fmt: skip
+    for n, (day, body_type, body) in enumerate(bodies, 1):
+        state.apply(make_event(f"e{n}", "L1", "B1", day * DAY, body_type, body))
+    row = decision_features(np.array([state.features()]), np.array([0.42]))[0]
+    got = dict(zip(FEATURES, row.tolist(), strict=True))
+    assert got == {
+        "balance": 8000.0,
+        "emi": 1050.0,
+        "monthly_income": 5000.0,
+        "income_ratio": 1.0,
+        "collateral_ratio": 0.75,
+        "months_delinquent": 2.0,  # 40 days past due: the second month
+        "on_time_share": 0.5,  # one payment on time, one late
+        "risk_score": 0.42,
+        "prior_attempts": 1.0,
+        "prior_method": 1.0 + STRATEGIES.index("CALL"),
+    }
+
+
+def test_the_served_forests_equal_the_treatment_model(treatment_model: Path) -> None:
+    """Compiled kernel and numpy reference both give scikit-learn's predictions."""
+    model = load_treatment_bundle(treatment_model)
+    book = Book.generate(500, seed=3, policy=Policy.load(None))
+    want = model.predict(book.x)
+    for native in (None, False):
+        got = TreatmentForests(model, native=native).predict(book.x)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+
+
+# -- arms in the processor --------------------------------------------------------------------
+
+
+def test_arms_in_the_processor_fill_the_experiment_fields(bundle, experiment, records) -> None:
+    changes = run(PartitionProcessor(bundle, experiment, 0), records, 2000)
+    assert len(changes) > 100
+    spec = Experiment.load(experiment.base.path)
+    by_arm: dict[str, list] = {}
+    for c in changes:
+        assert c.experiment_id == "stream-test"
+        assert c.arm == spec.assign(c.loan_id).name  # the stable hash, as offline
+        assert 0 < c.propensity <= 1
+        by_arm.setdefault(c.arm, []).append(c)
+        if c.new_strategy in STRATEGIES:  # (HOLD has no value)
+            assert c.expected_net_recovery is not None
+        assert c.policy_rule.startswith(f"arm {c.arm}: ")
+    assert set(by_arm) == {"champion", "challenger", "explorer"}
+    assert all(c.propensity == 1.0 for c in by_arm["champion"])  # deterministic arm
+    rules = [c.policy_rule for c in by_arm["challenger"]]
+    assert any("learned: " in r for r in rules) and any("explore: " in r for r in rules)
+    # Where no guardrail intervened the propensity is the arm's: (1-e) + e/k or e/k.
+    for c in by_arm["challenger"]:
+        if not c.guardrails and c.new_strategy != "HOLD":
+            k = len(experiment._allowed[c.risk_tier])
+            assert (
+                min(abs(c.propensity - p) for p in (1 - EPSILON + EPSILON / k, EPSILON / k)) < 1e-12
+            )
+    # The learned arm chooses by value: its strategies are not the table's mix.
+    learned = {c.new_strategy for c in by_arm["challenger"] if "learned: " in c.policy_rule}
+    table = {c.new_strategy for c in by_arm["champion"]}
+    assert learned and learned != table
+
+
+def test_arm_decisions_are_replay_stable_and_equal_on_both_paths(
+    bundle, experiment, records
+) -> None:
+    """Batch size and the compiled event kernel change nothing, experiment fields included
+    (exploration draws hash the event id, never the batch)."""
+    at_once = run(PartitionProcessor(bundle, experiment, 0), records, len(records))
+    by_97 = run(PartitionProcessor(bundle, experiment, 0), records, 97)
+    reference = run(PartitionProcessor(bundle, experiment, 0, native=False), records, 500)
+    assert at_once == by_97 == reference
+
+
+def test_the_learned_policy_alone_has_no_experiment_id(bundle, treatment_model, records) -> None:
+    learned = StreamStrategy.load(Policy.load(None), None, treatment_model)
+    changes = run(PartitionProcessor(bundle, learned, 0), records, 2000)
+    assert changes and all(c.experiment_id is None and c.arm == "learned" for c in changes)
+    assert all(c.propensity == 1.0 for c in changes)
+    assert learned.version.endswith(TreatmentForests.load(treatment_model).version)
+
+
+def test_setup_errors_name_the_setting_and_the_fix(policy_file: Path, tmp_path: Path) -> None:
+    with pytest.raises(StrategySetupError, match="pass --strategy-model DIR"):
+        StreamStrategy.load(Policy.load(policy_file), policy_file, None)
+    with pytest.raises(StrategySetupError, match=f"--strategy-model {tmp_path}: "):
+        StreamStrategy.load(Policy.load(None), None, tmp_path)
+    assert isinstance(StreamStrategy.load(Policy.load(None), None, None), Policy)  # the table
+
+
+def test_score_refuses_a_learned_arm_without_the_model(trained_model, policy_file) -> None:
+    result = CliRunner().invoke(
+        app,
+        ["score", "--model", str(trained_model), "--source", "synthetic", "--loans", "5",
+         "--out", "/dev/null", "--policy", str(policy_file)],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "--strategy-model DIR" in result.output
