@@ -42,6 +42,10 @@ CHANGE_COLUMNS = (
     "segment",
     "policy_rule",
     "reasons",  # CODE=contribution;... largest first (repr floats: exact round trip)
+    # What the guardrails did (appended last, so readers by position keep working):
+    "hold_reason",  # the active holds (comma-separated) when new_strategy is HOLD
+    "guardrails",  # rule>wanted_strategy;... in the order the rules applied
+    "next_contact_not_before",  # epoch ms; empty for HOLD
 )
 
 
@@ -145,5 +149,8 @@ def write_changes_csv(result: ScoreResult, path: Path) -> None:
                     c.segment,
                     c.policy_rule or "",
                     ";".join(f"{r.code}={r.contribution!r}" for r in c.reasons),
+                    c.hold_reason or "",
+                    ";".join(f"{g.rule}>{g.wanted_strategy}" for g in c.guardrails),
+                    "" if c.next_contact_not_before is None else c.next_contact_not_before,
                 ]
             )
