@@ -15,6 +15,7 @@ Example (with a trained bundle)::
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,9 @@ class ScoreResult:
     alerts: list[EarlyWarningAlert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events: int = 0
+    # guardrail rule -> decisions it changed, emitted or not (the stream's
+    # loanrec_guardrail_interventions_total{rule})
+    interventions: Counter[str] = field(default_factory=Counter)
 
 
 def score_events(
@@ -82,6 +86,7 @@ def score_events(
             result.changes += out.changes
             result.alerts += out.alerts
             result.dead_letters += out.dead_letters
+            result.interventions.update(out.interventions)
             if progress:
                 progress(result.events - len(records) + min(start + batch, len(records)), total)
         result.loans.update(processor.store.states)

@@ -362,6 +362,9 @@ def _advance(
 # -- guardrail events (off by default: existing books and figures do not move) ---------------
 
 TIME_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+# A borrower with a time zone also gets a jurisdiction (LoanEvent v3) in it, so the book
+# exercises per-jurisdiction limitation periods (3, 10, 6 and 4 years in the shipped table).
+JURISDICTIONS = ("US-NY", "US-IL", "US-CO", "US-CA")
 HOLD_REASONS = ("CEASE_COMMUNICATION", "ATTORNEY_REPRESENTED", "BANKRUPTCY", "DISPUTE", "DECEASED")
 _HOUR_MS = 3_600_000
 
@@ -375,11 +378,11 @@ def with_guardrail_events(
     zone_rate: float = 0.5,
 ) -> list[dict[str, Any]]:
     """``events`` (a book's, in per-loan event-time order) with what the guardrails act on
-    (LoanEvent v2): a borrower time zone on a share ``zone_rate`` of openings; after each
-    missed payment, with p = ``call_rate``, 1-3 call attempts an hour apart (a conversation
-    with p = 0.3 each); on a share ``hold_rate`` of loans a compliance hold set after one of
-    its events and, with p = 0.6, released after a later one. Returned grouped per loan, each
-    loan in event-time order; deterministic for a given ``seed``."""
+    (LoanEvent v2, v3): a borrower time zone and jurisdiction on a share ``zone_rate`` of
+    openings; after each missed payment, with p = ``call_rate``, 1-3 call attempts an hour
+    apart (a conversation with p = 0.3 each); on a share ``hold_rate`` of loans a compliance
+    hold set after one of its events and, with p = 0.6, released after a later one. Returned
+    grouped per loan, each loan in event-time order; deterministic for a given ``seed``."""
     rng = np.random.default_rng(seed)
     by_loan: dict[str, list[dict[str, Any]]] = {}
     for event in events:
@@ -426,8 +429,9 @@ def _loan_guardrail_events(
 
     body_type, body = history[0]["body"]
     if body_type.endswith("LoanOpened") and rng.random() < zone_rate:
-        zone = TIME_ZONES[int(rng.integers(len(TIME_ZONES)))]
-        history[0] = {**history[0], "body": (body_type, {**body, "time_zone": zone})}
+        k = int(rng.integers(len(TIME_ZONES)))
+        where = {"time_zone": TIME_ZONES[k], "jurisdiction": JURISDICTIONS[k]}
+        history[0] = {**history[0], "body": (body_type, {**body, **where})}
     closing = next(
         (i for i, e in enumerate(history) if e["body"][0].endswith("LoanClosed")), len(history)
     )
@@ -459,13 +463,13 @@ def with_live_guardrail_events(
     zone_rate: float = 0.5,
 ) -> Iterator[dict[str, Any]]:
     """:func:`with_guardrail_events` for an endless, event-time-ordered stream (the live
-    ``iter_live_events``), still in event-time order: a time zone on a share ``zone_rate`` of
-    openings; after each missed payment, with p = ``call_rate``, 1-3 call attempts an hour apart
-    (a conversation with p = 0.3 each); a share ``hold_rate`` of loans is picked at opening for a
-    hold, set 4 h after one of its later events (p = 0.25 at each) and, for 60 % of them,
-    released 5 h after a later event (p = 0.3 at each). Added events wait in a heap until the
-    stream passes their time; those of a loan that closes first are dropped (the scorer would
-    dead-letter them). Memory: a few numbers per open loan."""
+    ``iter_live_events``), still in event-time order: a time zone and jurisdiction on a share
+    ``zone_rate`` of openings; after each missed payment, with p = ``call_rate``, 1-3 call
+    attempts an hour apart (a conversation with p = 0.3 each); a share ``hold_rate`` of loans
+    is picked at opening for a hold, set 4 h after one of its later events (p = 0.25 at each)
+    and, for 60 % of them, released 5 h after a later event (p = 0.3 at each). Added events
+    wait in a heap until the stream passes their time; those of a loan that closes first are
+    dropped (the scorer would dead-letter them). Memory: a few numbers per open loan."""
     rng = np.random.default_rng(seed)
     pending: list[tuple[int, int, dict[str, Any]]] = []
     order = itertools.count()
@@ -496,8 +500,9 @@ def with_live_guardrail_events(
         if body_type.endswith("LoanOpened"):
             loans[loan_id] = [0, "pick" if rng.random() < hold_rate else None, None]
             if rng.random() < zone_rate:
-                zone = TIME_ZONES[int(rng.integers(len(TIME_ZONES)))]
-                event = {**event, "body": (body_type, {**body, "time_zone": zone})}
+                k = int(rng.integers(len(TIME_ZONES)))
+                where = {"time_zone": TIME_ZONES[k], "jurisdiction": JURISDICTIONS[k]}
+                event = {**event, "body": (body_type, {**body, **where})}
             yield event
             continue
         yield event
