@@ -22,6 +22,13 @@ Layout (one ``array('d')``, epoch ms, NaN = never):
   hold the next call back, so older ones are dropped.
 
 ``time_zone`` (IANA name or None) is the borrower's, from ``LoanOpened``.
+
+A loan whose guard holds only what its opening said (time zone, jurisdiction) shares one
+instance per (time zone, jurisdiction) -- :func:`opening_guard`: a book where every loan
+carries its jurisdiction would otherwise pay ~110 bytes per loan for a private copy of the
+same three doubles. ``LoanState.ensure_guard`` copies a shared guard before any write (calls,
+holds and the ladder all write through it), so sharing never leaks one loan's facts into
+another's.
 """
 
 from __future__ import annotations
@@ -151,10 +158,40 @@ class GuardState(array):
             return None
         if isinstance(record, tuple):
             record = record[1]
-        return cls(array("d", record["values"]), record["time_zone"])  # type: ignore[arg-type]
+        return restored_guard(array("d", record["values"]), record["time_zone"])  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return (
             f"GuardState(holds={self.holds}, calls={len(self) - CALLS}, "
             f"jurisdiction={self.jurisdiction})"
         )
+
+
+_SHARED: dict[tuple[float, str | None], GuardState] = {}
+_MAX_SHARED = 4096  # (time zone, jurisdiction) pairs; beyond, loans simply get their own
+
+
+def opening_guard(time_zone: str | None, jurisdiction: str | None) -> GuardState:
+    """The shared guard of a loan with only its opening facts (see the module docstring)."""
+    probe = GuardState(time_zone=time_zone, jurisdiction=jurisdiction)
+    key = (probe[HOLDS], time_zone)
+    shared = _SHARED.get(key)
+    if shared is None:
+        if len(_SHARED) >= _MAX_SHARED:
+            return probe
+        shared = _SHARED[key] = probe
+    return shared
+
+
+def is_shared(guard: GuardState) -> bool:
+    return _SHARED.get((guard[HOLDS], guard.time_zone)) is guard
+
+
+def restored_guard(values: array, time_zone: str | None) -> GuardState:
+    """A guard read back from a changelog record: the shared instance again when it holds only
+    opening facts (so a restarted scorer fits where the running one did)."""
+    if len(values) == CALLS and values[1] != values[1] and values[2] != values[2]:
+        bits = int(values[HOLDS])
+        if not bits & HOLD_MASK:
+            return opening_guard(time_zone, unpack_jurisdiction(bits >> JURISDICTION_SHIFT))
+    return GuardState(values, time_zone)

@@ -37,7 +37,13 @@ from typing import Any
 
 from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES, decode, encode
-from models.features.guard_state import JURISDICTION, LAST_CONVERSATION, GuardState
+from models.features.guard_state import (
+    JURISDICTION,
+    LAST_CONVERSATION,
+    GuardState,
+    is_shared,
+    opening_guard,
+)
 from schemas.events import (
     COLLECTION_ATTEMPT,
     LOAN_CLOSED,
@@ -357,7 +363,7 @@ class LoanState(array):
         time_zone, jurisdiction = _time_zone(body), _jurisdiction(body)
         v = cls(event["loan_id"], event["borrower_id"])
         if time_zone is not None or jurisdiction is not None:
-            v.guard = GuardState(time_zone=time_zone, jurisdiction=jurisdiction)
+            v.guard = opening_guard(time_zone, jurisdiction)
         age = body["age"]
         v[AGE] = float(age) if age is not None and 0 < age < 150 else _NAN
         v[GENDER] = encode("gender", body["gender"])
@@ -519,10 +525,14 @@ class LoanState(array):
                 guard[LAST_CONVERSATION] = float(at)
 
     def ensure_guard(self) -> GuardState:
-        """The loan's guard (``models.features.guard_state``), allocated on first need."""
-        if self.guard is None:
-            self.guard = GuardState()
-        return self.guard
+        """The loan's guard (``models.features.guard_state``), allocated on first need and
+        unshared before its first write (a shared opening guard is copied)."""
+        guard = self.guard
+        if guard is None:
+            guard = self.guard = GuardState()
+        elif is_shared(guard):
+            guard = self.guard = guard.copy()
+        return guard
 
     @property
     def last_payment_at(self) -> int | None:

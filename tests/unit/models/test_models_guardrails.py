@@ -235,6 +235,30 @@ def test_the_jurisdiction_survives_holds_copies_and_the_state_record() -> None:
     assert LoanState.from_record(state.to_record()).guard.jurisdiction == "US-CA"
 
 
+def test_loans_share_an_opening_guard_until_their_first_write() -> None:
+    """Loans opened with the same time zone and jurisdiction share one guard (no bytes per
+    loan); a call or hold on one copies it first, so the other keeps its own facts, and a
+    restored record shares again."""
+    from models.features.guard_state import is_shared
+
+    a = LoanState.open(opened(time_zone="America/Denver", jurisdiction="US-CO"))
+    b = LoanState.open(
+        {**opened(time_zone="America/Denver", jurisdiction="US-CO"), "loan_id": "L2"}
+    )
+    assert a.guard is b.guard and is_shared(a.guard)
+    a.apply(Book().call(T0 + HOUR, conversation=True))
+    b.apply(Book().hold(T0 + HOUR, "SET", "BANKRUPTCY"))
+    assert a.guard is not b.guard and not is_shared(a.guard) and not is_shared(b.guard)
+    assert a.guard.last_conversation_at == T0 + HOUR and a.guard.holds == ()
+    assert b.guard.last_conversation_at is None and b.guard.holds == ("BANKRUPTCY",)
+    assert a.guard.jurisdiction == b.guard.jurisdiction == "US-CO"
+    c = LoanState.open(
+        {**opened(time_zone="America/Denver", jurisdiction="US-CO"), "loan_id": "L3"}
+    )
+    assert LoanState.from_record(c.to_record()).guard is c.guard
+    assert not is_shared(LoanState.from_record(a.to_record()).guard)
+
+
 @pytest.mark.parametrize("code", ["us-ca", "USA", "US-", "US-CALI", "U", 7])
 def test_a_malformed_jurisdiction_is_dead_lettered_naming_it(code) -> None:
     with pytest.raises(InvalidEvent, match="US-CA") as error:
