@@ -76,24 +76,6 @@ def test_holds_set_and_released_mid_stream_match_the_batch_reference(
     with open(log, "w") as handle:
         write_jsonl(with_guardrail_events(book, seed=5, hold_rate=HOLD_RATE), handle)
     events = read_history("events", log).events  # exactly what `score` reads
-    _cli(
-        "score",
-        "--model",
-        str(trained_model),
-        "--source",
-        "events",
-        "--input",
-        str(log),
-        "--out",
-        str(tmp_path / "scores.csv"),
-        "--changes",
-        str(tmp_path / "changes.csv"),
-        "--partitions",
-        str(PARTITIONS),
-    )
-    with open(tmp_path / "changes.csv") as handle:
-        reference = list(csv.DictReader(handle))
-
     app = unique_name("guard")
     topics = Topics(
         events=f"{app}.events",
@@ -110,6 +92,24 @@ def test_holds_set_and_released_mid_stream_match_the_batch_reference(
         bootstrap_servers, trained_model, topics, "g0", properties, tmp_path / "scorer.log", {}
     )
     try:
+        # The batch reference runs while the stream scores (independent processes).
+        _cli(
+            "score",
+            "--model",
+            str(trained_model),
+            "--source",
+            "events",
+            "--input",
+            str(log),
+            "--out",
+            str(tmp_path / "scores.csv"),
+            "--changes",
+            str(tmp_path / "changes.csv"),
+            "--partitions",
+            str(PARTITIONS),
+        )
+        with open(tmp_path / "changes.csv") as handle:
+            reference = list(csv.DictReader(handle))
         scorer.wait_for(
             lambda: scorer.total("loanrec_events_total") >= len(events), 120, "every event"
         )
