@@ -89,7 +89,8 @@ def produce(
         "--guardrail-events/--no-guardrail-events",
         help="synthetic: also emit what the guardrails act on (LoanEvent v2): compliance holds "
         "set and released on ~10% of loans, 1-3 call attempts after ~half of missed payments "
-        "(some with a conversation), a borrower time zone on ~half of openings.",
+        "(some with a conversation), a borrower time zone and jurisdiction (LoanEvent v3) on "
+        "~half of openings.",
     ),
     limit: int | None = typer.Option(None, min=1, help="Stop after N events."),
     dry_run: bool = typer.Option(
