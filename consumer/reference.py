@@ -15,6 +15,7 @@ Example (with a trained bundle)::
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ CHANGE_COLUMNS = (
     "arm",
     "propensity",
     "expected_net_recovery",
+    # What the guardrails did (appended, so readers by position keep working):
+    "hold_reason",  # the active holds (comma-separated) when new_strategy is HOLD
+    "guardrails",  # rule>wanted_strategy;... in the order the rules applied
+    "next_contact_not_before",  # epoch ms; empty for HOLD
 )
 
 
@@ -56,6 +61,9 @@ class ScoreResult:
     alerts: list[EarlyWarningAlert] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     events: int = 0
+    # guardrail rule -> decisions it changed, emitted or not (the stream's
+    # loanrec_guardrail_interventions_total{rule})
+    interventions: Counter[str] = field(default_factory=Counter)
 
 
 def score_events(
@@ -82,6 +90,7 @@ def score_events(
             result.changes += out.changes
             result.alerts += out.alerts
             result.dead_letters += out.dead_letters
+            result.interventions.update(out.interventions)
             if progress:
                 progress(result.events - len(records) + min(start + batch, len(records)), total)
         result.loans.update(processor.store.states)
@@ -153,5 +162,8 @@ def write_changes_csv(result: ScoreResult, path: Path) -> None:
                     c.arm or "",
                     "" if c.propensity is None else repr(c.propensity),
                     "" if c.expected_net_recovery is None else repr(c.expected_net_recovery),
+                    c.hold_reason or "",
+                    ";".join(f"{g.rule}>{g.wanted_strategy}" for g in c.guardrails),
+                    "" if c.next_contact_not_before is None else c.next_contact_not_before,
                 ]
             )

@@ -73,22 +73,35 @@ def paced_by_event_time(
 
 
 def open_synthetic(
-    loans: int, seed: int | None, months_per_second: float, stop: Callable[[], bool]
+    loans: int,
+    seed: int | None,
+    months_per_second: float,
+    stop: Callable[[], bool],
+    guardrail_events: bool = False,
 ) -> EventSource:
-    """The live stream: ``models.data.synthetic.iter_live_events`` paced to wall-clock time.
+    """The live stream: ``models.data.synthetic.iter_live_events`` paced to wall-clock time;
+    with ``guardrail_events``, also the compliance holds, call attempts and borrower time
+    zones the guardrails act on (``with_live_guardrail_events``, its default rates).
 
     Loan and event ids derive from the seed, so two runs with one seed reuse ids (the scorer
     would take the second run's events for duplicates or re-openings); without a seed, each
     run draws a fresh one."""
-    from models.data.synthetic import iter_live_events
+    from models.data.synthetic import iter_live_events, with_live_guardrail_events
 
     if seed is None:
         seed = secrets.randbelow(10**9)
     events = iter_live_events(loans, seed)
+    if guardrail_events:
+        events = with_live_guardrail_events(events, seed)
     return EventSource(
         "synthetic",
         paced_by_event_time(events, months_per_second, stop),
         total=None,
         live=True,
-        info={"seed": seed, "loans": loans, "months_per_second": months_per_second},
+        info={
+            "seed": seed,
+            "loans": loans,
+            "months_per_second": months_per_second,
+            "guardrail_events": guardrail_events,
+        },
     )

@@ -352,11 +352,15 @@ def report(
         None,
         "--input",
         help="Show this book (scored by the bundle) instead of the training "
-        "book in the segment map, profiles, score distribution and strategy mix; a seed CSV "
+        "book in the segment map, profiles, score distribution and strategy mix, and replay it "
+        "through the scorer for the guardrail-interventions section; a seed CSV "
         "or an event log also fills the strategy-outcomes section.",
     ),
     policy_path: Path | None = typer.Option(
-        None, "--policy", help="Policy file whose costs: price the strategy outcomes."
+        None,
+        "--policy",
+        help="Policy file whose costs: price the strategy outcomes and whose guardrails: the "
+        "replay passes through.",
     ),
     evaluation_path: Path | None = typer.Option(
         None,
@@ -371,6 +375,7 @@ def report(
 ) -> None:
     """Write the interactive, self-contained HTML report of the model and the segmentation."""
     from models.data.adapters import AdapterError, read_history
+    from models.report.guardrails import guardrail_summary
     from models.report.render import write_report
     from models.serving.bundle import BundleError, ModelBundle
     from models.serving.policy import Policy, PolicyError
@@ -382,7 +387,7 @@ def report(
         bundle = ModelBundle.load(model)
     except BundleError as error:
         fail(f"--model {model}: {error}")
-    population, table = None, None
+    population, table, guardrails = None, None, None
     if input_path is not None:
         if source is None:
             fail("--input needs --source seed|uci|events")
@@ -399,6 +404,7 @@ def report(
                 outcomes = book_outcomes(
                     source.value, input_path, history.events, policy.costs, partial_fraction
                 )
+                guardrails = guardrail_summary(history.events, bundle, policy)
         except OutcomeError as error:
             fail(f"--policy / --partial-fraction: {error}")
         except (AdapterError, ValueError) as error:
@@ -417,7 +423,7 @@ def report(
         if not isinstance(evaluation, dict) or "estimates" not in evaluation:
             fail(f"--evaluation {evaluation_path}: not the JSON of `loan-recovery evaluate --json`")
     try:
-        write_report(bundle, out, population, table, evaluation)
+        write_report(bundle, out, population, table, evaluation, guardrails)
     except OSError as error:
         fail(f"--out {out}: cannot write the report ({error.strerror})")
     typer.echo(f"report -> {out}")

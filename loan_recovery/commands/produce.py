@@ -5,6 +5,7 @@ Examples::
     loan-recovery produce --source seed --input book.csv
     loan-recovery produce --source events --input out/events.jsonl --rate 500
     loan-recovery produce --source synthetic --loans 2000 --months-per-second 2   # until Ctrl-C
+    loan-recovery produce --source synthetic --guardrail-events --limit 5000 --dry-run --out g.avro
     loan-recovery produce --source uci --input UCI_Credit_Card.csv --dry-run --out uci.avro
 """
 
@@ -83,6 +84,14 @@ def produce(
     months_per_second: float = typer.Option(
         1.0, min=0.0001, help="synthetic: months of loan history streamed per wall-clock second."
     ),
+    guardrail_events: bool = typer.Option(
+        False,
+        "--guardrail-events/--no-guardrail-events",
+        help="synthetic: also emit what the guardrails act on (LoanEvent v2): compliance holds "
+        "set and released on ~10% of loans, 1-3 call attempts after ~half of missed payments "
+        "(some with a conversation), a borrower time zone and jurisdiction (LoanEvent v3) on "
+        "~half of openings.",
+    ),
     limit: int | None = typer.Option(None, min=1, help="Stop after N events."),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Write an Avro container file (--out) instead of Kafka."
@@ -106,6 +115,12 @@ def produce(
         fail("--dry-run needs --out FILE (the Avro container file to write)")
     if out is not None and not dry_run:
         fail("--out is only for --dry-run; to produce to Kafka drop --out")
+    if guardrail_events and source is not Source.synthetic:
+        fail(
+            "--guardrail-events is for --source synthetic; a history file already carries the "
+            "holds and contact attempts it has (generate them into a book with "
+            "models.data.synthetic.with_guardrail_events)"
+        )
     if source is Source.synthetic and input_path is not None:
         fail(
             "--input is not used with --source synthetic (it generates events); to replay a "
@@ -119,7 +134,9 @@ def produce(
         else _kafka_producer(bootstrap_servers, kafka_config, topic, rate, flush_timeout)
     )
     stop = StopFlag()
-    event_source = _open_source(source.value, input_path, loans, seed, months_per_second, stop)
+    event_source = _open_source(
+        source.value, input_path, loans, seed, months_per_second, stop, guardrail_events
+    )
     events = _limited(event_source.events, limit)
     known = [x for x in (event_source.total, limit) if x is not None]
     bar = _progress_bar(progress and not as_json, min(known, default=None), dry_run)
@@ -148,12 +165,13 @@ def _open_source(
     seed: int | None,
     months_per_second: float,
     stop: Any,
+    guardrail_events: bool,
 ) -> Any:
     from producer.sources import SourceError, open_history, open_synthetic
 
     try:
         if source == "synthetic":
-            return open_synthetic(loans, seed, months_per_second, stop.is_set)
+            return open_synthetic(loans, seed, months_per_second, stop.is_set, guardrail_events)
         return open_history(source, input_path)
     except SourceError as error:
         fail(str(error))

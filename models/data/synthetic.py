@@ -362,6 +362,9 @@ def _advance(
 # -- guardrail events (off by default: existing books and figures do not move) ---------------
 
 TIME_ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+# A borrower with a time zone also gets a jurisdiction (LoanEvent v3) in it, so the book
+# exercises per-jurisdiction limitation periods (3, 10, 6 and 4 years in the shipped table).
+JURISDICTIONS = ("US-NY", "US-IL", "US-CO", "US-CA")
 HOLD_REASONS = ("CEASE_COMMUNICATION", "ATTORNEY_REPRESENTED", "BANKRUPTCY", "DISPUTE", "DECEASED")
 _HOUR_MS = 3_600_000
 
@@ -375,11 +378,11 @@ def with_guardrail_events(
     zone_rate: float = 0.5,
 ) -> list[dict[str, Any]]:
     """``events`` (a book's, in per-loan event-time order) with what the guardrails act on
-    (LoanEvent v2): a borrower time zone on a share ``zone_rate`` of openings; after each
-    missed payment, with p = ``call_rate``, 1-3 call attempts an hour apart (a conversation
-    with p = 0.3 each); on a share ``hold_rate`` of loans a compliance hold set after one of
-    its events and, with p = 0.6, released after a later one. Returned grouped per loan, each
-    loan in event-time order; deterministic for a given ``seed``."""
+    (LoanEvent v2, v3): a borrower time zone and jurisdiction on a share ``zone_rate`` of
+    openings; after each missed payment, with p = ``call_rate``, 1-3 call attempts an hour
+    apart (a conversation with p = 0.3 each); on a share ``hold_rate`` of loans a compliance
+    hold set after one of its events and, with p = 0.6, released after a later one. Returned
+    grouped per loan, each loan in event-time order; deterministic for a given ``seed``."""
     rng = np.random.default_rng(seed)
     by_loan: dict[str, list[dict[str, Any]]] = {}
     for event in events:
@@ -426,8 +429,9 @@ def _loan_guardrail_events(
 
     body_type, body = history[0]["body"]
     if body_type.endswith("LoanOpened") and rng.random() < zone_rate:
-        zone = TIME_ZONES[int(rng.integers(len(TIME_ZONES)))]
-        history[0] = {**history[0], "body": (body_type, {**body, "time_zone": zone})}
+        k = int(rng.integers(len(TIME_ZONES)))
+        where = {"time_zone": TIME_ZONES[k], "jurisdiction": JURISDICTIONS[k]}
+        history[0] = {**history[0], "body": (body_type, {**body, **where})}
     closing = next(
         (i for i, e in enumerate(history) if e["body"][0].endswith("LoanClosed")), len(history)
     )
@@ -448,3 +452,79 @@ def _loan_guardrail_events(
             release = {"action": "RELEASE", "reason": reason}
             add(history[j], 5 * _HOUR_MS + 1, _attempt("OTHER", False, release))
     return extra
+
+
+def with_live_guardrail_events(
+    events: Iterator[dict[str, Any]],
+    seed: int = 0,
+    *,
+    hold_rate: float = 0.1,
+    call_rate: float = 0.5,
+    zone_rate: float = 0.5,
+) -> Iterator[dict[str, Any]]:
+    """:func:`with_guardrail_events` for an endless, event-time-ordered stream (the live
+    ``iter_live_events``), still in event-time order: a time zone and jurisdiction on a share
+    ``zone_rate`` of openings; after each missed payment, with p = ``call_rate``, 1-3 call
+    attempts an hour apart (a conversation with p = 0.3 each); a share ``hold_rate`` of loans
+    is picked at opening for a hold, set 4 h after one of its later events (p = 0.25 at each)
+    and, for 60 % of them, released 5 h after a later event (p = 0.3 at each). Added events
+    wait in a heap until the stream passes their time; those of a loan that closes first are
+    dropped (the scorer would dead-letter them). Memory: a few numbers per open loan."""
+    rng = np.random.default_rng(seed)
+    pending: list[tuple[int, int, dict[str, Any]]] = []
+    order = itertools.count()
+    # open loan id -> [added events so far, hold plan, hold reason]; the plan goes
+    # "pick" (gets a hold) -> "release" (set, to be released) or "done" (set for good, or
+    # released); None: no hold for this loan.
+    loans: dict[str, list[Any]] = {}
+
+    def add(ref: dict[str, Any], after_ms: int, body: dict[str, Any]) -> None:
+        loan = loans[ref["loan_id"]]
+        loan[0] += 1
+        event = {
+            "event_id": event_id(ref["loan_id"], 1_000_000 + loan[0]),
+            "loan_id": ref["loan_id"],
+            "borrower_id": ref["borrower_id"],
+            "occurred_at": ref["occurred_at"] + after_ms,
+            "body": ("loanrec.events.CollectionAttempt", body),
+        }
+        heapq.heappush(pending, (event["occurred_at"], next(order), event))
+
+    for event in events:
+        while pending and pending[0][0] <= event["occurred_at"]:
+            added = heapq.heappop(pending)[2]
+            if added["loan_id"] in loans:
+                yield added
+        body_type, body = event["body"]
+        loan_id = event["loan_id"]
+        if body_type.endswith("LoanOpened"):
+            loans[loan_id] = [0, "pick" if rng.random() < hold_rate else None, None]
+            if rng.random() < zone_rate:
+                k = int(rng.integers(len(TIME_ZONES)))
+                where = {"time_zone": TIME_ZONES[k], "jurisdiction": JURISDICTIONS[k]}
+                event = {**event, "body": (body_type, {**body, **where})}
+            yield event
+            continue
+        yield event
+        loan = loans.get(loan_id)
+        if body_type.endswith("LoanClosed"):
+            loans.pop(loan_id, None)
+            continue
+        if loan is None:  # opened before this wrapper started
+            continue
+        if body_type.endswith("PaymentMissed") and rng.random() < call_rate:
+            for k in range(int(rng.integers(1, 4))):
+                add(event, (k + 1) * _HOUR_MS, _attempt("CALL", bool(rng.random() < 0.3)))
+        if loan[1] == "pick" and rng.random() < 0.25:
+            loan[2] = HOLD_REASONS[int(rng.integers(len(HOLD_REASONS)))]
+            loan[1] = "release" if rng.random() < 0.6 else "done"
+            hold = {"action": "SET", "reason": loan[2]}
+            add(event, 4 * _HOUR_MS + 1, _attempt("OTHER", False, hold))
+        elif loan[1] == "release" and rng.random() < 0.3:
+            loan[1] = "done"  # one hold per loan, as in the batch generator
+            release = {"action": "RELEASE", "reason": loan[2]}
+            add(event, 5 * _HOUR_MS + 1, _attempt("OTHER", False, release))
+    while pending:  # a finite stream (max_events) ended: what is due after it, in order
+        added = heapq.heappop(pending)[2]
+        if added["loan_id"] in loans:
+            yield added

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled twin of the scorer's per-event path: LoanEvent v2 bytes -> state -> feature row.
+"""Compiled twin of the scorer's per-event path: LoanEvent v3 bytes -> state -> feature row.
 
 The reference implementation -- and the definition of every rule -- is Python:
 ``schemas.AvroSerde.decode`` (fastavro), ``models.features.state.LoanState.open`` / ``.apply`` /
@@ -17,7 +17,7 @@ Python expression), and "refuse when in doubt": any check that is not certain fa
 
 A call attempt's or conversation's guardrail bookkeeping (``models.features.guard_state``) is
 the reference's own ``LoanState.track``, called from here. Holds and borrower time zones fall
-back (rare, and the reference validates the zone).
+back (rare, and the reference validates the zone), and so do jurisdictions (v3).
 """
 
 cimport cython
@@ -270,7 +270,7 @@ cdef struct Body:
 
 
 cdef class EventKernel:
-    """Applies LoanEvent v2 records to ``LoanState`` arrays and writes their feature rows.
+    """Applies LoanEvent v3 records to ``LoanState`` arrays and writes their feature rows.
 
     ``apply_batch`` walks a partition batch in offset order; a record it cannot apply with
     certainty goes to the caller's ``fallback`` at its place in the sequence, so the result
@@ -283,7 +283,7 @@ cdef class EventKernel:
     cdef double _method_codes[5]
 
     def __init__(self, header: bytes) -> None:
-        """``header``: the single-object header (C3 01 + fingerprint) of LoanEvent v2, the
+        """``header``: the single-object header (C3 01 + fingerprint) of LoanEvent v3, the
         writer schema whose layout this kernel reads; other writers fall back."""
         if len(header) != 10:
             raise ValueError("a single-object Avro header is 10 bytes")
@@ -423,6 +423,8 @@ cdef class EventKernel:
             b.collateral = read_double(r)
             b.emi = read_double(r)
             if read_long(r) != 0:  # time_zone set: the reference validates it
+                return False
+            if read_long(r) != 0:  # v3 jurisdiction set: the reference validates and packs it
                 return False
         elif b.kind == RECEIVED:
             b.due = read_int(r)

@@ -37,7 +37,13 @@ from typing import Any
 
 from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES, decode, encode
-from models.features.guard_state import LAST_CONVERSATION, GuardState
+from models.features.guard_state import (
+    JURISDICTION,
+    LAST_CONVERSATION,
+    GuardState,
+    is_shared,
+    opening_guard,
+)
 from schemas.events import (
     COLLECTION_ATTEMPT,
     LOAN_CLOSED,
@@ -248,6 +254,20 @@ def _time_zone(body: dict[str, Any]) -> str | None:
     return name
 
 
+def _jurisdiction(body: dict[str, Any]) -> str | None:
+    """LoanOpened's optional jurisdiction (LoanEvent v3); a malformed code is refused rather
+    than silently given the default limitation period (12 CFR 1006.26(b))."""
+    code = body.get("jurisdiction")
+    if code is None:
+        return None
+    if not isinstance(code, str) or not JURISDICTION.fullmatch(code):
+        raise InvalidEvent(
+            "invalid_jurisdiction",
+            f"jurisdiction={code!r} is not an ISO 3166 code like US or US-CA (upper case)",
+        )
+    return code
+
+
 _NO_LABELS: tuple[str | None, str | None] = (None, None)
 _LABELS: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
 _MAX_LABELS = 4096  # beyond (never, with a real policy): pairs are simply not shared
@@ -340,10 +360,10 @@ class LoanState(array):
                 f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
                 "which was never opened (LoanOpened must come first)",
             )
-        time_zone = _time_zone(body)
+        time_zone, jurisdiction = _time_zone(body), _jurisdiction(body)
         v = cls(event["loan_id"], event["borrower_id"])
-        if time_zone is not None:
-            v.guard = GuardState(time_zone=time_zone)
+        if time_zone is not None or jurisdiction is not None:
+            v.guard = opening_guard(time_zone, jurisdiction)
         age = body["age"]
         v[AGE] = float(age) if age is not None and 0 < age < 150 else _NAN
         v[GENDER] = encode("gender", body["gender"])
@@ -505,10 +525,14 @@ class LoanState(array):
                 guard[LAST_CONVERSATION] = float(at)
 
     def ensure_guard(self) -> GuardState:
-        """The loan's guard (``models.features.guard_state``), allocated on first need."""
-        if self.guard is None:
-            self.guard = GuardState()
-        return self.guard
+        """The loan's guard (``models.features.guard_state``), allocated on first need and
+        unshared before its first write (a shared opening guard is copied)."""
+        guard = self.guard
+        if guard is None:
+            guard = self.guard = GuardState()
+        elif is_shared(guard):
+            guard = self.guard = guard.copy()
+        return guard
 
     @property
     def last_payment_at(self) -> int | None:

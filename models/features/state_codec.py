@@ -33,7 +33,7 @@ import sys
 from array import array
 from typing import Any
 
-from models.features.guard_state import GuardState
+from models.features.guard_state import GuardState, restored_guard
 from models.features.state import SCORE, SLOTS, LoanState
 from models.native import load_kernel
 from schemas import AvroSerde, SchemaDecodeError
@@ -216,7 +216,7 @@ class LoanStateCodec:
             values += struct.unpack_from(f"<{count}d", data, pos)
             count, pos = _read_long(data, end)
         zone, pos = self._read_optional_string(data, pos)
-        return GuardState(array("d", values), zone), pos
+        return restored_guard(array("d", values), zone), pos
 
     @staticmethod
     def _read_string(data: bytes, pos: int) -> tuple[str, int]:

@@ -7,7 +7,9 @@ calibration, feature importance, score distribution with the tier thresholds, st
 strategy outcomes (recovery and cost by collection method x segment with 95% intervals, from
 :mod:`models.strategy.outcome_table`; shown when the report is given an input book), learned
 policy (its strategy mix against the table's and its value estimates with intervals, from the
-JSON of ``loan-recovery evaluate --json``).
+JSON of ``loan-recovery evaluate --json``), guardrail interventions (per rule, the decisions it
+changed and, per what the policy wanted and what was sent, the emitted changes it shaped, from
+:mod:`models.report.guardrails`; shown when the report is given an input book).
 
 >>> SECTIONS[:3]
 ('summary', 'segment-map', 'segment-profiles')
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from models.report.guardrails import GuardrailSummary
 from models.serving.bundle import ModelBundle
 from models.training.population import load_report_data
 
@@ -36,6 +39,7 @@ SECTIONS = (
     "strategy-mix",
     "strategy-outcomes",
     "strategy-policy",
+    "guardrails",
 )
 COLORS = {"HIGH_RISK": "#d62728", "OTHERS": "#ff7f0e", "LOW_RISK": "#2ca02c"}
 TITLES = {
@@ -50,6 +54,7 @@ TITLES = {
     "strategy-mix": "Strategy mix",
     "strategy-outcomes": "Recovery and cost by strategy and segment",
     "strategy-policy": "Learned policy against the table",
+    "guardrails": "Guardrail interventions",
 }
 
 
@@ -58,6 +63,7 @@ def _figures(
     data: dict[str, Any],
     outcomes: list[dict[str, Any]] | None = None,
     evaluation: dict[str, Any] | None = None,
+    guardrails: GuardrailSummary | None = None,
 ) -> dict[str, list[Any]]:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -268,7 +274,46 @@ def _figures(
             **layout,
         )
         figs["strategy-policy"].append(fig)
+    if guardrails and guardrails.decisions_by_rule:
+        rules = list(guardrails.decisions_by_rule)
+        emitted = {rule: 0 for rule in rules}
+        for (rule, _, _), n in guardrails.emitted.items():
+            emitted[rule] = emitted.get(rule, 0) + n
+        fig = go.Figure()
+        fig.add_trace(
+            go.Bar(x=rules, y=[guardrails.decisions_by_rule[r] for r in rules], name="decisions")
+        )
+        fig.add_trace(go.Bar(x=rules, y=[emitted[r] for r in rules], name="emitted changes"))
+        fig.update_layout(
+            title="Decisions each guardrail changed, and the emitted changes among them",
+            yaxis_title="decisions",
+            barmode="group",
+            **layout,
+        )
+        figs["guardrails"].append(fig)
     return figs
+
+
+def _guardrails_html(summary: GuardrailSummary) -> str:
+    """Per rule the decisions it changed; per (rule, wanted, sent) the emitted changes."""
+    if not summary.decisions_by_rule:
+        return (
+            f"<p>No guardrail changed any of the {summary.events:,} decisions of this book "
+            "(no holds, no legal action on time-barred debt or below the minimum days past due, "
+            "no drop faster than the escalation ladder).</p>"
+        )
+    by_rule = [[rule, f"{n:,}"] for rule, n in summary.decisions_by_rule.items()]
+    emitted = [[r, wanted, sent, f"{n:,}"] for (r, wanted, sent), n in summary.emitted.items()]
+    return (
+        f"<p>The book's {summary.events:,} events replayed through the scorer (every policy "
+        'choice passes through the guardrail layer, docs/SERVING.md "Guardrails"); '
+        f"{summary.changes:,} strategy changes emitted. A decision counts once per rule that "
+        "changed it, emitted or not (as <code>loanrec_guardrail_interventions_total</code>); a "
+        "loan already on HOLD emits nothing at its next events.</p>"
+        + _table(["rule", "decisions changed"], by_rule)
+        + "<h3>What the policy wanted and what was sent (emitted changes)</h3>"
+        + _table(["rule", "policy wanted", "sent", "changes"], emitted)
+    )
 
 
 def _evaluation_html(evaluation: dict[str, Any]) -> str:
@@ -549,19 +594,21 @@ def render_report(
     population: dict[str, Any] | None = None,
     outcomes: list[dict[str, Any]] | None = None,
     evaluation: dict[str, Any] | None = None,
+    guardrails: GuardrailSummary | None = None,
 ) -> str:
     """The report as one HTML string. ``population`` (from
     :func:`models.training.population.input_data`) replaces the training book in the population
     sections (segment map, profiles, scores, strategy mix); ``outcomes`` (from
     :func:`models.strategy.outcome_table.strategy_segment_table`) fills the strategy-outcomes
     section, ``evaluation`` (the JSON of ``loan-recovery evaluate --json``) the learned-policy
-    section."""
+    section, ``guardrails`` (from :func:`models.report.guardrails.guardrail_summary`) the
+    guardrail section."""
     import plotly.offline
 
     data = load_report_data(bundle)
     if population is not None:
         data.update(population)
-    figs = _figures(bundle, data, outcomes, evaluation)
+    figs = _figures(bundle, data, outcomes, evaluation, guardrails)
     parts = []
     for name in SECTIONS:
         inner = _summary_html(bundle) if name == "summary" else ""
@@ -586,6 +633,8 @@ def render_report(
                 div_id=f"{name}-plot-{k}",
                 config={"displaylogo": False},
             )
+        if name == "guardrails" and guardrails:
+            inner += _guardrails_html(guardrails)
         if name == "strategy-policy" and evaluation:
             inner += _evaluation_html(evaluation)
         if name == "strategy-policy" and not evaluation:
@@ -593,12 +642,17 @@ def render_report(
                 "<p class='empty'>Not available: give the report the output of "
                 "<code>loan-recovery evaluate --json</code> (<code>--evaluation FILE</code>).</p>"
             )
+        elif name == "guardrails" and not guardrails:
+            inner += (
+                "<p class='empty'>Not available: give the report a book "
+                "(<code>--input FILE --source seed|uci|events</code>).</p>"
+            )
         elif name == "strategy-outcomes" and not outcomes:
             inner += (
                 "<p class='empty'>Not available: give the report a book with outcomes "
                 "(<code>--input FILE --source seed|events</code>).</p>"
             )
-        elif name != "summary" and not figs[name]:
+        elif name not in ("summary", "guardrails") and not figs[name]:
             inner += "<p class='empty'>Not available: the bundle was trained without a holdout.</p>"
         parts.append(f"<section id='{name}'><h2>{TITLES[name]}</h2>{inner}</section>")
     plotly_js = plotly.offline.get_plotlyjs()
@@ -620,10 +674,13 @@ def write_report(
     population: dict[str, Any] | None = None,
     outcomes: list[dict[str, Any]] | None = None,
     evaluation: dict[str, Any] | None = None,
+    guardrails: GuardrailSummary | None = None,
 ) -> Path:
     """Render and write the report; returns its path."""
     out = Path(out)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(bundle, population, outcomes, evaluation), encoding="utf-8")
+    out.write_text(
+        render_report(bundle, population, outcomes, evaluation, guardrails), encoding="utf-8"
+    )
     return out

@@ -14,10 +14,16 @@ can cross these rules (US defaults, configurable under ``guardrails:`` in the po
    ``ladder.days_per_level`` days unless the loan cures (days past due back to 0); escalations
    are never held back. ``HOLD`` is outside the ladder.
 3. **Legal action**: ``legal.strategy`` (LEGAL_NOTICE) never on time-barred debt -- the last
-   payment (or the opening, for a loan that never paid) older than
-   ``legal.limitation_period_days`` (1006.26(b); FDCPA 15 U.S.C. 1692e(5)) -- nor below
+   payment (or the opening, for a loan that never paid) older than the limitation period of the
+   loan's jurisdiction (1006.26(b); FDCPA 15 U.S.C. 1692e(5)) -- nor below
    ``legal.min_days_past_due``; it becomes ``legal.fallback``. Compliance beats the ladder:
-   this may drop a strategy faster than rule 2 allows.
+   this may drop a strategy faster than rule 2 allows. The period is
+   ``legal.limitation_periods_days[code]`` for the loan's ``LoanOpened.jurisdiction`` (e.g.
+   ``US-CA``), else that of its country (``US``), else ``legal.limitation_period_days`` (the
+   default, also for a loan without a jurisdiction): an unlisted jurisdiction falls back, it
+   is not refused (a malformed code is dead-lettered when the loan opens,
+   ``invalid_jurisdiction``), so the default must be the shortest period the bank collects
+   under -- the shipped table's shortest, 3 years.
 4. **Next contact**: every strategy but ``HOLD`` carries ``next_contact_not_before``, the
    earliest instant >= the event time at which a call respects all of: at most 7 call attempts
    in 7 consecutive days and none within 7 days after a conversation (1006.14(b)(2)), and the
@@ -38,13 +44,14 @@ from __future__ import annotations
 
 import itertools
 import zoneinfo
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from functools import cache
 from typing import Any, ClassVar, NamedTuple
 
 from models.errors import ModelsError
-from models.features.guard_state import CALL_HISTORY, STRATEGY_SINCE, GuardState
+from models.features.guard_state import CALL_HISTORY, JURISDICTION, STRATEGY_SINCE, GuardState
 from models.features.state import DAY_MS, DPD, LAST_PAYMENT_AT, OPENED_AT, LoanState
 
 HOUR_MS = 3_600_000
@@ -98,12 +105,15 @@ class GuardrailConfig:
     window_start_hour: int = 8
     window_end_hour: int = 21
     ladder_days_per_level: int = 30
+    # jurisdiction code -> days; none by default (every loan gets limitation_period_days).
+    limitation_periods_days: dict[str, int] = field(default_factory=dict, hash=False)
 
     _KEYS: ClassVar[dict[str, tuple[str, ...]]] = {
         "hold_strategy": ("hold_strategy",),
         "legal_strategy": ("legal", "strategy"),
         "legal_fallback": ("legal", "fallback"),
         "limitation_period_days": ("legal", "limitation_period_days"),
+        "limitation_periods_days": ("legal", "limitation_periods_days"),
         "legal_min_days_past_due": ("legal", "min_days_past_due"),
         "max_calls_in_7_days": ("contact", "max_call_attempts_in_7_days"),
         "cool_off_days": ("contact", "cool_off_days_after_conversation"),
@@ -139,7 +149,9 @@ class GuardrailConfig:
         for field_name, path in cls._KEYS.items():
             value = getattr(config, field_name)
             key = ".".join(path)
-            if field_name.endswith(("strategy", "fallback")):
+            if field_name == "limitation_periods_days":
+                cls._check_periods(value, key, fail)
+            elif field_name.endswith(("strategy", "fallback")):
                 if value not in strategies:
                     raise fail(key, f"unknown strategy {value!r}; declare it under strategies")
             elif not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -154,6 +166,32 @@ class GuardrailConfig:
         if not 0 <= config.window_start_hour < config.window_end_hour <= 24:
             raise fail("contact", "window_start_hour < window_end_hour, both within 0..24")
         return config
+
+    @staticmethod
+    def _check_periods(
+        periods: object, key: str, fail: Callable[[str, str], GuardrailError]
+    ) -> None:
+        if not isinstance(periods, dict):
+            raise fail(key, "must be a mapping of jurisdiction code to days, e.g. US-CA: 1460")
+        for code, days in periods.items():
+            if not isinstance(code, str) or not JURISDICTION.fullmatch(code):
+                raise fail(
+                    f"{key}.{code}",
+                    "not a jurisdiction code: ISO 3166-1 alpha-2 country, optionally '-' and "
+                    "an ISO 3166-2 subdivision, upper case (US, US-CA)",
+                )
+            if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+                raise fail(f"{key}.{code}", f"{days!r} must be an integer >= 0 (days)")
+
+    def limitation_days(self, jurisdiction: str | None) -> tuple[int, str]:
+        """(days, which entry gave them) for a loan of ``jurisdiction``: its own entry, its
+        country's, or the default (the module docstring, rule 3)."""
+        if jurisdiction is not None:
+            for code in (jurisdiction, jurisdiction.partition("-")[0]):
+                days = self.limitation_periods_days.get(code)
+                if days is not None:
+                    return days, code
+        return self.limitation_period_days, "default"
 
 
 @cache
@@ -177,7 +215,8 @@ class Guardrails:
             names = sorted(s for s, p in priorities.items() if p == lower and s != self.hold)
             self._below[upper] = (lower, names[0])
         self._ladder_ms = config.ladder_days_per_level * DAY_MS
-        self._limitation_ms = config.limitation_period_days * DAY_MS
+        # Jurisdictions are few (a book has dozens): their lookups are cached per instance.
+        self._limitation = cache(config.limitation_days)
 
     # -- rules 1-3: the strategy --------------------------------------------------------------
     def choose(
@@ -198,7 +237,7 @@ class Guardrails:
     ) -> tuple[str, tuple[Intervention, ...], str | None]:
         """:meth:`choose` with the loan's ``facts`` as of the event."""
         guard = facts.guard
-        if guard is not None and guard[0]:  # guard_state.HOLDS
+        if guard is not None and guard.any_hold:
             reason = ",".join(guard.holds)
             detail = f"active hold: {reason} (no contact until released)"
             return self.hold, (Intervention(COMPLIANCE_HOLD, wanted, detail),), reason
@@ -239,12 +278,14 @@ class Guardrails:
     def _legal_bar(self, state: LoanState, at: int, facts: Facts) -> tuple[str, str] | None:
         paid = facts.last_payment_at
         since = paid if paid == paid else state[OPENED_AT]
-        if at - since > self._limitation_ms:
+        jurisdiction = None if facts.guard is None else facts.guard.jurisdiction
+        days, entry = self._limitation(jurisdiction)
+        if at - since > days * DAY_MS:
             what = "last payment" if paid == paid else "opening (never paid)"
             years = (at - since) / DAY_MS / 365
+            where = entry if entry == jurisdiction else f"{jurisdiction or 'unknown'} -> {entry}"
             return TIME_BARRED, (
-                f"{what} {years:.1f} years ago: past the "
-                f"{self.config.limitation_period_days}-day limitation period"
+                f"{what} {years:.1f} years ago: past the {days}-day limitation period ({where})"
             )
         dpd = facts.days_past_due
         if dpd < self.config.legal_min_days_past_due:

@@ -291,6 +291,11 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
     outcomes_b = b.split("<section id='strategy-outcomes'>")[1]
     assert "Observational estimate" in outcomes_b and "strategy-outcomes-plot-0" in outcomes_b
     assert "<td>CALL</td>" in outcomes_b
+    # The guardrail section replays the input book through the scorer; without one it says so.
+    guard_a = a.split("<section id='guardrails'>")[1].split("</section>")[0]
+    assert "Not available" in guard_a and "--input FILE" in guard_a
+    guard_b = b.split("<section id='guardrails'>")[1].split("</section>")[0]
+    assert re.search(r"The book's [\d,]+ events replayed through the scorer", guard_b), guard_b
     cli(
         "report",
         "--model",

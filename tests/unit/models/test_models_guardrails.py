@@ -33,7 +33,7 @@ STRATEGIES = sorted(s for s in POLICY.priorities if s != "HOLD")
 POLICY_TEXT = DEFAULT_POLICY.read_text()
 
 
-def opened(at: int = T0, time_zone: str | None = None) -> dict:
+def opened(at: int = T0, time_zone: str | None = None, jurisdiction: str | None = None) -> dict:
     body = dict(
         age=40,
         gender="Female",
@@ -47,6 +47,7 @@ def opened(at: int = T0, time_zone: str | None = None) -> dict:
         collateral_value=0.0,
         monthly_emi=1050.0,
         time_zone=time_zone,
+        jurisdiction=jurisdiction,
     )
     return make_event("e-open", "L1", "B1", at, "LoanOpened", body)
 
@@ -198,6 +199,74 @@ def test_legal_notice_is_barred_on_time_barred_debt_and_below_min_dpd() -> None:
     assert early.strategy == "DEBT_COLLECTOR" and early.interventions[0].rule == LEGAL_MIN_DPD
 
 
+def test_the_limitation_period_is_the_loans_jurisdictions() -> None:
+    """US-IL (10 years in the shipped illustrative table) still sues after 4 years, US-CA (4)
+    does not; an unlisted state and a loan without a jurisdiction get the 3-year default."""
+    four_years = T0 + 30 * DAY_MS + 4 * 365 * DAY_MS + DAY_MS
+    outcomes = {}
+    for jurisdiction in ("US-IL", "US-CA", "US-ZZ", None):
+        book = Book()
+        state = LoanState.open(opened(jurisdiction=jurisdiction))
+        assert state.guard is None if jurisdiction is None else state.guard.jurisdiction
+        state.apply(book.paid(T0 + 30 * DAY_MS))
+        state.apply(book.missed(four_years, 900))
+        decision = GUARD.apply(state, "LEGAL_NOTICE", four_years)
+        outcomes[jurisdiction] = (decision.strategy, [i.detail for i in decision.interventions])
+    assert outcomes["US-IL"] == ("LEGAL_NOTICE", [])
+    assert outcomes["US-CA"][0] == "DEBT_COLLECTOR"
+    assert outcomes["US-CA"][1][0].endswith("past the 1460-day limitation period (US-CA)")
+    assert outcomes["US-ZZ"][1][0].endswith("1095-day limitation period (US-ZZ -> default)")
+    assert outcomes[None][1][0].endswith("1095-day limitation period (unknown -> default)")
+    # A listed country covers its unlisted subdivisions.
+    config = GuardrailConfig(limitation_periods_days={"GB": 2190, "GB-SCT": 1825})
+    assert config.limitation_days("GB-ENG") == (2190, "GB")
+    assert config.limitation_days("GB-SCT") == (1825, "GB-SCT")
+
+
+def test_the_jurisdiction_survives_holds_copies_and_the_state_record() -> None:
+    book = Book()
+    state = LoanState.open(opened(jurisdiction="US-CA"))
+    state.apply(book.hold(T0 + HOUR, "SET", "DISPUTE"))
+    assert state.guard.holds == ("DISPUTE",) and state.guard.jurisdiction == "US-CA"
+    state.apply(book.hold(T0 + 2 * HOUR, "RELEASE", "DISPUTE"))
+    assert state.guard.holds == () and not state.guard.any_hold  # the code is no hold
+    assert GUARD.apply(state, "CALL", T0 + 2 * HOUR).strategy == "CALL"
+    assert state.copy().guard.jurisdiction == "US-CA"
+    assert LoanState.from_record(state.to_record()).guard.jurisdiction == "US-CA"
+
+
+def test_loans_share_an_opening_guard_until_their_first_write() -> None:
+    """Loans opened with the same time zone and jurisdiction share one guard (no bytes per
+    loan); a call or hold on one copies it first, so the other keeps its own facts, and a
+    restored record shares again."""
+    from models.features.guard_state import is_shared
+
+    a = LoanState.open(opened(time_zone="America/Denver", jurisdiction="US-CO"))
+    b = LoanState.open(
+        {**opened(time_zone="America/Denver", jurisdiction="US-CO"), "loan_id": "L2"}
+    )
+    assert a.guard is b.guard and is_shared(a.guard)
+    a.apply(Book().call(T0 + HOUR, conversation=True))
+    b.apply(Book().hold(T0 + HOUR, "SET", "BANKRUPTCY"))
+    assert a.guard is not b.guard and not is_shared(a.guard) and not is_shared(b.guard)
+    assert a.guard.last_conversation_at == T0 + HOUR and a.guard.holds == ()
+    assert b.guard.last_conversation_at is None and b.guard.holds == ("BANKRUPTCY",)
+    assert a.guard.jurisdiction == b.guard.jurisdiction == "US-CO"
+    c = LoanState.open(
+        {**opened(time_zone="America/Denver", jurisdiction="US-CO"), "loan_id": "L3"}
+    )
+    assert LoanState.from_record(c.to_record()).guard is c.guard
+    assert not is_shared(LoanState.from_record(a.to_record()).guard)
+
+
+@pytest.mark.parametrize("code", ["us-ca", "USA", "US-", "US-CALI", "U", 7])
+def test_a_malformed_jurisdiction_is_dead_lettered_naming_it(code) -> None:
+    with pytest.raises(InvalidEvent, match="US-CA") as error:
+        LoanState.open(opened(jurisdiction=code))
+    assert error.value.reason == "invalid_jurisdiction"
+    assert repr(code) in str(error.value)
+
+
 def test_the_ladder_drops_one_level_per_period_unless_the_loan_cures() -> None:
     book = Book()
     state = LoanState.open(opened())
@@ -242,6 +311,14 @@ def test_guardrail_settings_are_validated_naming_the_key() -> None:
     with pytest.raises(PolicyError, match="max_call_attempts_in_7_days"):
         Policy.from_dict(data, source="p.yaml")
     data = yaml.safe_load(POLICY_TEXT)
+    data["guardrails"]["legal"]["limitation_periods_days"]["california"] = 1460
+    with pytest.raises(PolicyError, match=r"limitation_periods_days\.california: not a juris"):
+        Policy.from_dict(data, source="p.yaml")
+    data = yaml.safe_load(POLICY_TEXT)
+    data["guardrails"]["legal"]["limitation_periods_days"]["US-CA"] = "4 years"
+    with pytest.raises(PolicyError, match=r"limitation_periods_days\.US-CA: '4 years' must be"):
+        Policy.from_dict(data, source="p.yaml")
+    data = yaml.safe_load(POLICY_TEXT)
     data["matrix"]["LOW"]["OTHERS"] = "HOLD"
     with pytest.raises(PolicyError, match=r"matrix\.LOW\.OTHERS.*guardrails only"):
         Policy.from_dict(data, source="p.yaml")
@@ -251,8 +328,14 @@ def test_defaults_are_what_the_policy_file_documents() -> None:
     import yaml
 
     data = yaml.safe_load(POLICY_TEXT)
+    table = data["guardrails"]["legal"].pop("limitation_periods_days")
+    assert Policy.from_dict(data).guardrails.config == GuardrailConfig()
     del data["guardrails"]
-    assert Policy.from_dict(data).guardrails.config == GuardrailConfig() == GUARD.config
+    assert Policy.from_dict(data).guardrails.config == GuardrailConfig()
+    # The one non-default: the illustrative per-jurisdiction table (default: none, so every
+    # loan gets the 3-year default), whose shortest period is the default.
+    assert GUARD.config == GuardrailConfig(limitation_periods_days=table)
+    assert min(table.values()) == GuardrailConfig().limitation_period_days == 1095
 
 
 # -- properties over random event sequences and random policy choices --------------------------
@@ -289,16 +372,19 @@ def _contact_ok(t: int, at: int, calls: list[int], conversations: list[int], zon
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     zone=st.sampled_from([None, "America/New_York", "America/Los_Angeles", "Asia/Kolkata"]),
+    jurisdiction=st.sampled_from([None, "US-NY", "US-IL", "US-CA", "US-ZZ", "GB"]),
     steps=st.lists(st.tuples(GAP, STEP, st.sampled_from(STRATEGIES)), min_size=1, max_size=40),
 )
-def test_no_policy_choice_crosses_a_guardrail(zone, steps) -> None:
+def test_no_policy_choice_crosses_a_guardrail(zone, jurisdiction, steps) -> None:
     """For any event sequence and any strategy a policy wants at each event: no contact while
     a hold is active, no LEGAL_NOTICE on time-barred debt or below 90 days past due, every
     next contact within 7-in-7, the cool-off and the local window, and no drop faster than
     one priority level per 30 days unless the loan cured (or legal action became barred)."""
     book, priorities = Book(), POLICY.priorities
     levels = sorted({p for s, p in priorities.items() if s != "HOLD"})
-    state = LoanState.open(opened(time_zone=zone))
+    state = LoanState.open(opened(time_zone=zone, jurisdiction=jurisdiction))
+    # The shipped table, read independently of the code under test (unlisted: 3 years).
+    period = {"US-NY": 1095, "US-IL": 3650, "US-CA": 1460}.get(jurisdiction, 1095)
     at, active, calls, conversations, last_paid = T0, set(), [], [], None
     since: int | None = None
     for gap, (kind, arg), wanted in steps:
@@ -321,7 +407,7 @@ def test_no_policy_choice_crosses_a_guardrail(zone, steps) -> None:
             assert strategy != "HOLD" and decision.hold_reason is None
             _contact_ok(decision.next_contact_not_before, at, calls, conversations, zone or "UTC")
         if strategy == "LEGAL_NOTICE":
-            assert at - (last_paid if last_paid is not None else T0) <= 1095 * DAY_MS
+            assert at - (last_paid if last_paid is not None else T0) <= period * DAY_MS
             assert state[DPD] >= 90
         if strategy != wanted:
             assert decision.interventions and decision.interventions[0].wanted_strategy == wanted

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from models.data.adapters import seed_frame_history
-from models.data.synthetic import generate_book
+from models.data.synthetic import generate_book, with_guardrail_events
+from models.report.guardrails import GuardrailSummary, guardrail_summary
 from models.report.render import SECTIONS, write_report
 from models.serving.bundle import ModelBundle
 from models.serving.policy import Policy
@@ -56,7 +57,14 @@ EVALUATION = {
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def guarded_book() -> list[dict]:
+    """A small book with holds set and released, calls, time zones and jurisdictions."""
+    _, events, _ = generate_book(300, seed=8)
+    return with_guardrail_events(events, seed=8, hold_rate=0.4)
+
+
+@pytest.fixture(scope="module")
+def report_and_guardrails(tmp_path_factory, guarded_book) -> tuple[Path, GuardrailSummary]:
     out = tmp_path_factory.mktemp("report")
     frame, _, _ = generate_book(1500, seed=21)
     history = seed_frame_history(frame)
@@ -64,7 +72,16 @@ def report(tmp_path_factory) -> Path:
     bundle = ModelBundle.load(out / "model")
     segments = input_data(bundle, history)["segment_by_loan"]
     table = strategy_segment_table(seed_outcomes(frame, Policy.load(None).costs), segments)
-    return write_report(bundle, out / "report.html", outcomes=table, evaluation=EVALUATION)
+    summary = guardrail_summary(guarded_book, bundle, Policy.load(None))
+    path = write_report(
+        bundle, out / "report.html", outcomes=table, evaluation=EVALUATION, guardrails=summary
+    )
+    return path, summary
+
+
+@pytest.fixture(scope="module")
+def report(report_and_guardrails) -> Path:
+    return report_and_guardrails[0]
 
 
 def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -163,3 +180,53 @@ def test_learned_policy_section_shows_values_with_intervals(report: Path) -> Non
     assert "<td>doubly robust</td><td>4,566.00</td><td>[4,466.00, 4,669.00]</td>" in section
     assert "<td>inverse propensity (IPS)</td>" in section and "self-normalised" not in section
     assert "1,000 decisions" in section and "strategy-policy-plot-0" in section
+
+
+def _events_under_hold(events: list[dict]) -> int:
+    """Events after which their loan has an active hold: each is one decision the compliance
+    hold changed (the policy never chooses HOLD itself), counted from the events alone."""
+    active: dict[str, set[str]] = {}
+    count = 0
+    for event in events:
+        body_type, body = event["body"]
+        holds = active.setdefault(event["loan_id"], set())
+        hold = body.get("hold") if body_type.endswith("CollectionAttempt") else None
+        if hold is not None:
+            (holds.add if hold["action"] == "SET" else holds.discard)(hold["reason"])
+        count += bool(holds)
+    return count
+
+
+def test_guardrail_section_counts_interventions_by_rule(
+    report_and_guardrails, guarded_book
+) -> None:
+    report, summary = report_and_guardrails
+    text = report.read_text()
+    assert "<section id='guardrails'>" in text
+    section = text.split("<section id='guardrails'>")[1].split("</section>")[0]
+    assert "guardrails-plot-0" in section
+    by_rule = dict(re.findall(r"<tr><td>([a-z_]+)</td><td>([\d,]+)</td></tr>", section))
+    emitted = re.findall(
+        r"<tr><td>([a-z_]+)</td><td>([A-Z_]+)</td><td>([A-Z_]+)</td><td>([\d,]+)</td></tr>",
+        section,
+    )
+    counts = {rule: int(n.replace(",", "")) for rule, n in by_rule.items()}
+    # Independent of the code under test: one compliance-hold intervention per event applied
+    # while its loan has a hold, and the hold sends HOLD whatever the policy wanted.
+    assert counts["compliance_hold"] == _events_under_hold(guarded_book) > 0
+    hold_rows = [(w, sent, int(n)) for rule, w, sent, n in emitted if rule == "compliance_hold"]
+    assert hold_rows and all(sent == "HOLD" and w != "HOLD" for w, sent, _ in hold_rows)
+    assert sum(n for *_, n in hold_rows) <= counts["compliance_hold"]
+    # The section shows exactly the summary, and the summary what the replay emitted.
+    assert counts == summary.decisions_by_rule
+    shown = {(r, w, s): int(n.replace(",", "")) for r, w, s, n in emitted}
+    assert shown == summary.emitted
+    assert set(counts) >= {rule for rule, *_ in shown}
+    assert f"{summary.events:,} events" in section
+
+
+def test_guardrail_section_says_so_when_no_rule_acted() -> None:
+    from models.report.render import _guardrails_html
+
+    empty = GuardrailSummary(events=10, changes=3, decisions_by_rule={}, emitted={})
+    assert "No guardrail changed any of the 10 decisions" in _guardrails_html(empty)

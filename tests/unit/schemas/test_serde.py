@@ -201,6 +201,7 @@ def test_every_body_type_round_trips() -> None:
             "collateral_value": 1.2e5,
             "monthly_emi": 2100.0,
             "time_zone": "America/New_York",
+            "jurisdiction": "US-NY",
         },
         "PaymentReceived": {
             "installment_due_date": 20000,
@@ -256,3 +257,29 @@ def test_a_compliance_hold_round_trips_and_v1_bytes_read_as_v2() -> None:
         "outcome": "OTHER",
         "legal_action": False,
     }
+
+
+def test_v3_jurisdiction_reads_with_v2_both_ways() -> None:
+    """LoanEvent v3 adds LoanOpened.jurisdiction with a default: v2 bytes read as v3 with
+    jurisdiction None (the policy's default limitation period), and a v2 reader drops it."""
+    v2 = AvroSerde("LoanEvent", writer_version=2, reader_version=2)
+    v3 = AvroSerde("LoanEvent", writer_version=3, reader_version=3)
+    body = {
+        "age": 40,
+        "gender": "Female",
+        "employment_type": "Salaried",
+        "monthly_income": 5000.0,
+        "num_dependents": 2,
+        "loan_amount": 1e5,
+        "loan_tenure_months": 60,
+        "interest_rate": 9.5,
+        "loan_type": "Home",
+        "collateral_value": 1.2e5,
+        "monthly_emi": 2100.0,
+        "time_zone": None,
+    }
+    old = sample_event(body=("loanrec.events.LoanOpened", body))
+    assert v3.decode(v2.encode(old))["body"][1] == {**body, "jurisdiction": None}
+    new = sample_event(body=("loanrec.events.LoanOpened", {**body, "jurisdiction": "US-CA"}))
+    assert v2.decode(v3.encode(new))["body"][1] == body
+    assert AvroSerde("LoanEvent").writer.version == 3
