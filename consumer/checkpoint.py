@@ -40,9 +40,17 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.config import Guarantee, ServeConfig
+from consumer.delivery import (
+    DeliveryFailure,
+    PermanentDeliveryError,
+    Remedy,
+    record_size,
+    remedy,
+    stop_message,
+)
 from consumer.errors import ConsumerError, FatalError
 from consumer.health import HealthState
 from consumer.logs import log_event
@@ -81,6 +89,7 @@ STALLED_CALL_TIMEOUT_S = 1.0
 # A call still running this long after its own timeout is blocked (librdkafka#5456): a stall.
 OVERDUE_GRACE_S = 2.0
 STOP_CHECK_S = 0.1  # how often a wait looks for a stop request
+MAX_FAILURES_KEPT = 1000  # delivery failures remembered between two looks at them
 
 
 def waits_out(error: KafkaError) -> bool:
@@ -148,6 +157,9 @@ class ClientErrors:
         self.transactional_id = transactional_id
         self.fatal: str | None = None
         self.delivery_failed: str | None = None
+        # Every failed delivery since the last look (consumer.delivery decides what each means);
+        # bounded, since a unit of a failing topic fails record by record.
+        self.delivery_failures: list[DeliveryFailure] = []
 
     def describe(self, what: str, error: KafkaError) -> str:
         """One clear line; fencing names its usual cause (two instances, one instance id)."""
@@ -166,11 +178,23 @@ class ClientErrors:
         elif error.code() not in _QUIET:
             log_event("kafka_error", level="warning", error=error.str())
 
-    def on_delivery_error(self, error: KafkaError | None, _message: object) -> None:
+    def on_delivery_error(self, error: KafkaError | None, message: Message | None) -> None:
         """``on_delivery`` of the producer (``delivery.report.only.error``): the first failure
-        fails the next at-least-once commit."""
-        if error is not None and self.delivery_failed is None:
+        fails the next at-least-once commit; each is kept for :meth:`take_delivery_failures`."""
+        if error is None:
+            return
+        if self.delivery_failed is None:
             self.delivery_failed = f"delivery failed: {error.str()}"
+        if len(self.delivery_failures) < MAX_FAILURES_KEPT and message is not None:
+            headers = message.headers()
+            size = record_size(message.key(), message.value(), headers)
+            topic = message.topic() or ""
+            failure = DeliveryFailure(topic, error.code(), error.name(), error.str(), size)
+            self.delivery_failures.append(failure)
+
+    def take_delivery_failures(self) -> list[DeliveryFailure]:
+        failures, self.delivery_failures = self.delivery_failures, []
+        return failures
 
     def on_message_error(self, error: KafkaError) -> None:
         """An error in place of a consumed message."""
@@ -242,6 +266,12 @@ class Checkpoint(ABC):
         self.calls = KafkaCalls()
         self.overdue_grace_s = OVERDUE_GRACE_S
         metrics.stalled.set_function(self.health.stalled_seconds)
+        # max.message.bytes of the output topics (consumer.delivery): records over it are
+        # dead-lettered instead of produced. Read at start by the app and again, through
+        # read_limits, when the broker refuses a record as too large.
+        self.size_limits: dict[str, int] = {}
+        self.read_limits: Callable[[list[str]], dict[str, int]] = lambda _topics: {}
+        self.dead_lettered_outputs = 0
         self._new_producer = new_producer
         self.producer: Producer | None = self._open_producer()
 
@@ -322,8 +352,11 @@ class Checkpoint(ABC):
         try:
             self._commit(offsets)
         except _Abort as why:
+            failures = self._delivery_failures()
+            self._abort_unit(str(why))  # first: a permanent error below ends the scorer
+            if self._settle(failures):
+                return False  # the record at fault is dead-lettered in the redo: no stall
             self.stall("commit", str(why))
-            self._abort_unit(str(why))
             self._wait()  # redoing at once would fail at once while the brokers are away
             return False
         self._resumed()
@@ -335,6 +368,46 @@ class Checkpoint(ABC):
         self.open = False
         self.metrics.transactions.labels(result="commit").inc()
         return True
+
+    def _delivery_failures(self) -> list[DeliveryFailure]:
+        """The delivery reports of the failed unit: librdkafka may still hold some in its
+        queue after a failed commit, so serve them first."""
+        if self.producer is not None and not self.calls.busy:
+            self.producer.poll(0)
+        return self.errors.take_delivery_failures()
+
+    def _settle(self, failures: list[DeliveryFailure]) -> bool:
+        """Act on the delivery failures of the aborted unit (``consumer.delivery``): raise
+        :class:`PermanentDeliveryError` for one no retry can fix (the unit is already aborted,
+        so nothing past the last commit is committed); True if a record at fault will be
+        dead-lettered by the redo, False if only transient errors failed it."""
+        learnt = False
+        for failure in failures:
+            action = remedy(failure.code, failure.topic, self.topics)
+            if action is Remedy.retry:
+                continue
+            limit = None
+            if action is Remedy.dead_letter:
+                limit = self.read_limits([failure.topic]).get(failure.topic)
+                if limit is not None and failure.size > limit:
+                    learnt = learnt or self.size_limits.get(failure.topic) != limit
+                    self.size_limits[failure.topic] = limit
+                    continue
+                if limit is None:
+                    continue  # the limit is unknown (the admin request failed): retry
+            message = stop_message(failure, limit)
+            self.errors.fatal = message  # neither the revoke callback nor close() commits
+            log_event(
+                "permanent_delivery_error",
+                level="error",
+                topic=failure.topic,
+                error=failure.name,
+                detail=failure.text,
+            )
+            raise PermanentDeliveryError(message)
+        if learnt:
+            log_event("output_size_limits", level="warning", limits=self.size_limits)
+        return learnt
 
     def finish(self, why: str) -> bool:
         """Commit the open unit, if any, before ``why`` (shutdown, revoke, reload); False if
@@ -440,10 +513,19 @@ class Checkpoint(ABC):
         partition: int = -1,
         headers: Headers | None = None,
     ) -> None:
-        """Produce into the open unit: waits out a full local queue; a dead letter too big
-        for the broker goes without its bytes; anything else fatal raises."""
+        """Produce into the open unit: waits out a full local queue; an output over its
+        topic's ``max.message.bytes`` is dead-lettered (``output_too_large``), a dead letter
+        too big goes without its bytes; an error no retry can fix stops with its fix."""
         producer = self.producer
         assert producer is not None
+        limit = self.size_limits.get(topic)
+        if limit is not None and record_size(key, value, headers) > limit:
+            if topic != self.topics.dlq and topic != self.topics.changelog:
+                self._dead_letter_output(topic, key, value, limit)
+                return
+            if topic == self.topics.dlq and value:
+                headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
+                value = None
         while True:
             try:
                 if headers is None:
@@ -465,8 +547,55 @@ class Checkpoint(ABC):
                     headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
                     value = None
                     continue
+                if (
+                    error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                    and topic in (self.topics.strategy_changes, self.topics.risk_alerts)
+                    and value
+                ):
+                    # Over the producer's own message.max.bytes: the record is at fault.
+                    self._dead_letter_output(topic, key, value, None)
+                    return
+                cause = self._root_cause(exc)
+                if not cause.fatal() and remedy(cause.code(), topic, self.topics) is Remedy.stop:
+                    failure = DeliveryFailure(
+                        topic, cause.code(), cause.name(), cause.str(), record_size(key, value)
+                    )
+                    self.fail(f"produce to {topic}: {cause.name()}")  # abort the open unit
+                    self.errors.fatal = stop_message(failure)
+                    raise PermanentDeliveryError(self.errors.fatal) from None
                 # Fatal: fenced, or the transaction is unusable.
-                raise FatalError(self.errors.describe("produce", self._root_cause(exc))) from None
+                raise FatalError(self.errors.describe("produce", cause)) from None
+
+    def _dead_letter_output(
+        self, topic: str, key: bytes | None, value: bytes | None, limit: int | None
+    ) -> None:
+        """An output record larger than its topic accepts: to the DLQ with its bytes (so it
+        can be re-published once the limit is raised) and headers saying why. Its
+        ``source.topic`` is the output topic, not the input, so ``dlq redrive`` (which
+        re-sends only records of the input topic) leaves it alone."""
+        size = len(value or b"")
+        self.dead_lettered_outputs += 1
+        self.metrics.dlq.labels(reason="output_too_large").inc()
+        self.produce(
+            self.topics.dlq,
+            key,
+            value,
+            headers=[
+                ("error.reason", b"output_too_large"),
+                ("error.class", b"MSG_SIZE_TOO_LARGE"),
+                (
+                    "error.message",
+                    (
+                        f"{size}-byte record exceeds {topic}'s max.message.bytes={limit}"
+                        if limit is not None
+                        else f"{size}-byte record exceeds the producer's message.max.bytes"
+                    ).encode(),
+                ),
+                ("source.topic", topic.encode()),
+                ("source.partition", b"-1"),
+                ("source.offset", b"-1"),
+            ],
+        )
 
     def poll(self) -> None:
         """Serve delivery reports and client errors (they are recorded, not raised)."""
