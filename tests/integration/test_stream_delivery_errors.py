@@ -1,0 +1,234 @@
+"""Delivery errors on a real broker (issue #12, item 6; ``consumer.delivery``).
+
+- The record at fault: the strategy-changes topic's ``max.message.bytes`` is cut below the
+  size of a ``StrategyChanged`` while the scorer runs. The broker refuses the next unit's
+  changes (MSG_SIZE_TOO_LARGE), the transaction aborts once, the scorer reads the new limit
+  and redoes the unit with every change over it dead-lettered (``output_too_large``, the
+  record's bytes kept); the stream goes on. Exactly once across both topics: the changes
+  topic plus those dead letters are exactly the batch reference's changes.
+- An error no retry can fix: the strategy-changes topic is deleted while the scorer runs. It
+  exits 1 with one line naming the topic, the error and the fix, after aborting: its committed
+  input offsets stop before the first change it could not write. Recreated, a restart with the
+  same instance id writes exactly the reference's changes from there on.
+
+Authorization (TOPIC_AUTHORIZATION_FAILED) takes the same path as the deleted topic (both are
+:attr:`~consumer.delivery.Remedy.stop`, tests/unit/consumer/test_consumer_delivery.py); it is
+not run here because the local broker has no authorizer configured, and one with
+``StandardAuthorizer`` would be another JVM to start (tens of seconds on 2 cores) for a code
+path the deleted topic already drives end to end.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ResourceType,
+)
+from test_stream_eos import (
+    FAST_GROUP,
+    PARTITIONS,
+    Scorer,
+    _cli,
+    assert_same_changes,
+    change_keys,
+    committed_total,
+    encoded,
+    produce,
+    read_all,
+    reference_keys,
+)
+
+from producer.admin import create_topics
+from schemas import AvroSerde
+from schemas.topics import Topics
+
+pytestmark = pytest.mark.integration
+BOOK_LOANS = 150
+TINY_LIMIT = 200  # bytes: below every StrategyChanged (they carry 1-3 reasons with texts)
+
+
+@pytest.fixture(scope="module")
+def tiny_book(tmp_path_factory, trained_model: Path) -> dict:
+    from models.data.adapters import read_history, write_jsonl
+    from models.data.synthetic import generate_book
+
+    out = tmp_path_factory.mktemp("delivery-book")
+    _, events, _ = generate_book(BOOK_LOANS, seed=21)
+    log = out / "events.jsonl"
+    with open(log, "w") as handle:
+        write_jsonl(events, handle)
+    events = read_history("events", log).events
+    changes = out / "changes.csv"
+    _cli(
+        "score",
+        *("--model", str(trained_model), "--source", "events", "--input", str(log)),
+        *("--out", str(out / "scores.csv"), "--changes", str(changes)),
+        *("--partitions", str(PARTITIONS)),
+    )
+    with open(changes) as handle:
+        return {"events": events, "changes": list(csv.DictReader(handle))}
+
+
+@pytest.fixture
+def topics(bootstrap_servers: str, unique_name) -> Topics:
+    app = unique_name("delivery")
+    t = Topics(
+        events=f"{app}.events",
+        strategy_changes=f"{app}.changes",
+        risk_alerts=f"{app}.alerts",
+        dlq=f"{app}.dlq",
+        app_id=app,
+    )
+    create_topics(bootstrap_servers, t, partitions=PARTITIONS)
+    return t
+
+
+@pytest.fixture
+def start_scorer(bootstrap_servers: str, trained_model: Path, tmp_path: Path) -> Iterator:
+    started: list[Scorer] = []
+
+    def start(topics: Topics) -> Scorer:
+        properties = tmp_path / "client.properties"
+        properties.write_text(FAST_GROUP)
+        scorer = Scorer(
+            bootstrap_servers,
+            trained_model,
+            topics,
+            "delivery-0",
+            properties,
+            tmp_path / f"scorer-{len(started)}.log",
+            {"--exit-when-idle": "600"},  # it stops when the test says so
+        )
+        started.append(scorer)
+        return scorer
+
+    yield start
+    for scorer in started:
+        scorer.stop()
+
+
+def _first_part(book: dict) -> tuple[list, list, int]:
+    records = encoded(book["events"])
+    cut = len(records) * 3 // 10
+    return records[:cut], records[cut:], cut
+
+
+def _drained(scorer: Scorer, bootstrap: str, topics: Topics, count: int, what: str) -> None:
+    scorer.wait_for(lambda: committed_total(bootstrap, topics) == count, 180, what)
+
+
+def test_an_output_over_its_topics_limit_is_dead_lettered_and_the_stream_goes_on(
+    bootstrap_servers: str, tiny_book: dict, topics: Topics, start_scorer
+) -> None:
+    first, rest, cut = _first_part(tiny_book)
+    produce(bootstrap_servers, topics.events, first)
+    scorer = start_scorer(topics)
+    _drained(scorer, bootstrap_servers, topics, cut, "the first 30 % committed")
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    entry = ConfigEntry(
+        "max.message.bytes", str(TINY_LIMIT), incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(
+        ResourceType.TOPIC, topics.strategy_changes, incremental_configs=[entry]
+    )
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
+    produce(bootstrap_servers, topics.events, rest)
+    _drained(scorer, bootstrap_servers, topics, len(tiny_book["events"]), "every event committed")
+    assert scorer.process.poll() is None  # the stream went on
+
+    want = reference_keys(tiny_book["changes"])
+    delivered, _ = change_keys(bootstrap_servers, topics, 1)
+    serde = AvroSerde("StrategyChanged")
+    dead: Counter = Counter()
+    for message in read_all(bootstrap_servers, topics.dlq, 1, 30):
+        headers = dict(message.headers() or [])
+        if headers.get("error.reason") != b"output_too_large":
+            continue
+        assert headers["source.topic"] == topics.strategy_changes.encode()
+        assert f"max.message.bytes={TINY_LIMIT}".encode() in headers["error.message"]
+        change = serde.decode(message.value())  # the bytes are kept, decodable
+        dead[(change["loan_id"], change["source_event_id"], change["new_strategy"])] += 1
+    assert dead and delivered  # both before and after the limit changed
+    assert_same_changes(delivered + dead, want)  # exactly once across the two topics
+    log = scorer.log_text()
+    limits = [json.loads(x) for x in log.splitlines() if '"event": "output_size_limits"' in x]
+    assert limits and limits[0]["limits"][topics.strategy_changes] == TINY_LIMIT, log[-3000:]
+    aborted = log.count('"event": "transaction_aborted"')
+    assert 1 <= aborted <= 3, log[-3000:]  # the unit that met the new limit, not a loop
+    print(f"{sum(dead.values())} changes dead-lettered, {aborted} transaction(s) aborted")
+
+
+def _committed_by_partition(bootstrap: str, topics: Topics) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.app_id})
+    try:
+        offsets = consumer.committed(
+            [TopicPartition(topics.events, p) for p in range(PARTITIONS)], timeout=30
+        )
+    finally:
+        consumer.close()
+    return {tp.partition: max(tp.offset, 0) for tp in offsets}
+
+
+def test_the_output_topic_deleted_mid_stream_stops_the_scorer_naming_it_and_commits_nothing_past(
+    bootstrap_servers: str, tiny_book: dict, topics: Topics, start_scorer
+) -> None:
+    first, rest, cut = _first_part(tiny_book)
+    produce(bootstrap_servers, topics.events, first)
+    scorer = start_scorer(topics)
+    _drained(scorer, bootstrap_servers, topics, cut, "the first 30 % committed")
+    before = _committed_by_partition(bootstrap_servers, topics)
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin.delete_topics([topics.strategy_changes])[topics.strategy_changes].result(timeout=30)
+    produce(bootstrap_servers, topics.events, rest)
+    code = scorer.wait_exit(120)
+
+    log = scorer.log_text()
+    assert code == 1, log[-3000:]
+    (line,) = [x for x in log.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: cannot write to {topics.strategy_changes}: "), line
+    assert "no retry can fix this" in line and "does not exist (deleted?)" in line, line
+    assert "loan-recovery topics create" in line, line
+    # Nothing committed past a change that was never written: per partition, the committed
+    # offset is at most the offset of the first change decided after the topic was deleted.
+    after = _committed_by_partition(bootstrap_servers, topics)
+    unwritten = [
+        c
+        for c in tiny_book["changes"]
+        if int(c["source_offset"]) >= before[int(c["source_partition"])]
+    ]
+    assert unwritten
+    for partition in range(PARTITIONS):
+        lost = [
+            int(c["source_offset"]) for c in unwritten if int(c["source_partition"]) == partition
+        ]
+        if lost:
+            assert after[partition] <= min(lost), (partition, after[partition], min(lost))
+
+    # The fix the message names, then a restart: exactly the reference's changes from the
+    # committed offsets on (the ones before the deletion went with the topic).
+    create_topics(bootstrap_servers, topics, partitions=PARTITIONS)
+    again = start_scorer(topics)
+    _drained(again, bootstrap_servers, topics, len(tiny_book["events"]), "drained after the fix")
+    want = reference_keys(
+        [
+            c
+            for c in tiny_book["changes"]
+            if int(c["source_offset"]) >= after[int(c["source_partition"])]
+        ]
+    )
+    got, _ = change_keys(bootstrap_servers, topics, sum(want.values()))
+    assert_same_changes(got, want)
+    print(
+        f"exit {code}: {line[:160]}; committed {sum(after.values())} of {len(tiny_book['events'])}"
+    )
