@@ -20,14 +20,12 @@ path the deleted topic already drives end to end.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -35,11 +33,11 @@ from confluent_kafka.admin import (
     ConfigResource,
     ResourceType,
 )
+from test_stream_crash import committed_offsets
 from test_stream_eos import (
     FAST_GROUP,
     PARTITIONS,
     Scorer,
-    _cli,
     assert_same_changes,
     change_keys,
     committed_total,
@@ -47,6 +45,7 @@ from test_stream_eos import (
     produce,
     read_all,
     reference_keys,
+    scored_book,
 )
 
 from producer.admin import create_topics
@@ -60,38 +59,7 @@ TINY_LIMIT = 200  # bytes: below every StrategyChanged (they carry 1-3 reasons w
 
 @pytest.fixture(scope="module")
 def tiny_book(tmp_path_factory, trained_model: Path) -> dict:
-    from models.data.adapters import read_history, write_jsonl
-    from models.data.synthetic import generate_book
-
-    out = tmp_path_factory.mktemp("delivery-book")
-    _, events, _ = generate_book(BOOK_LOANS, seed=21)
-    log = out / "events.jsonl"
-    with open(log, "w") as handle:
-        write_jsonl(events, handle)
-    events = read_history("events", log).events
-    changes = out / "changes.csv"
-    _cli(
-        "score",
-        *("--model", str(trained_model), "--source", "events", "--input", str(log)),
-        *("--out", str(out / "scores.csv"), "--changes", str(changes)),
-        *("--partitions", str(PARTITIONS)),
-    )
-    with open(changes) as handle:
-        return {"events": events, "changes": list(csv.DictReader(handle))}
-
-
-@pytest.fixture
-def topics(bootstrap_servers: str, unique_name) -> Topics:
-    app = unique_name("delivery")
-    t = Topics(
-        events=f"{app}.events",
-        strategy_changes=f"{app}.changes",
-        risk_alerts=f"{app}.alerts",
-        dlq=f"{app}.dlq",
-        app_id=app,
-    )
-    create_topics(bootstrap_servers, t, partitions=PARTITIONS)
-    return t
+    return scored_book(tmp_path_factory.mktemp("delivery-book"), trained_model, BOOK_LOANS, 21)
 
 
 @pytest.fixture
@@ -169,17 +137,6 @@ def test_an_output_over_its_topics_limit_is_dead_lettered_and_the_stream_goes_on
     print(f"{sum(dead.values())} changes dead-lettered, {aborted} transaction(s) aborted")
 
 
-def _committed_by_partition(bootstrap: str, topics: Topics) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.app_id})
-    try:
-        offsets = consumer.committed(
-            [TopicPartition(topics.events, p) for p in range(PARTITIONS)], timeout=30
-        )
-    finally:
-        consumer.close()
-    return {tp.partition: max(tp.offset, 0) for tp in offsets}
-
-
 def test_the_output_topic_deleted_mid_stream_stops_the_scorer_naming_it_and_commits_nothing_past(
     bootstrap_servers: str, tiny_book: dict, topics: Topics, start_scorer
 ) -> None:
@@ -187,7 +144,7 @@ def test_the_output_topic_deleted_mid_stream_stops_the_scorer_naming_it_and_comm
     produce(bootstrap_servers, topics.events, first)
     scorer = start_scorer(topics)
     _drained(scorer, bootstrap_servers, topics, cut, "the first 30 % committed")
-    before = _committed_by_partition(bootstrap_servers, topics)
+    before = committed_offsets(bootstrap_servers, topics)
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     admin.delete_topics([topics.strategy_changes])[topics.strategy_changes].result(timeout=30)
     produce(bootstrap_servers, topics.events, rest)
@@ -201,7 +158,7 @@ def test_the_output_topic_deleted_mid_stream_stops_the_scorer_naming_it_and_comm
     assert "loan-recovery topics create" in line, line
     # Nothing committed past a change that was never written: per partition, the committed
     # offset is at most the offset of the first change decided after the topic was deleted.
-    after = _committed_by_partition(bootstrap_servers, topics)
+    after = committed_offsets(bootstrap_servers, topics)
     unwritten = [
         c
         for c in tiny_book["changes"]

@@ -17,7 +17,6 @@ group): both guarantees in one, the patience and the SIGTERM scorers in another.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -36,7 +35,6 @@ from confluent_kafka.admin import AdminClient
 from test_stream_eos import (
     PARTITIONS,
     Scorer,
-    _cli,
     assert_same_changes,
     change_keys,
     committed_total,
@@ -44,6 +42,7 @@ from test_stream_eos import (
     produce,
     produce_in_background,
     reference_keys,
+    scored_book,
 )
 
 from loan_recovery.broker import LocalCluster
@@ -69,24 +68,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def small_book(tmp_path_factory, trained_model: Path) -> dict:
-    from models.data.adapters import read_history, write_jsonl
-    from models.data.synthetic import generate_book
-
-    out = tmp_path_factory.mktemp("outage-book")
-    _, events, _ = generate_book(BOOK_LOANS, seed=16)
-    log = out / "events.jsonl"
-    with open(log, "w") as handle:
-        write_jsonl(events, handle)
-    events = read_history("events", log).events
-    changes = out / "changes.csv"
-    _cli(
-        "score",
-        *("--model", str(trained_model), "--source", "events", "--input", str(log)),
-        *("--out", str(out / "scores.csv"), "--changes", str(changes)),
-        *("--partitions", str(PARTITIONS)),
-    )
-    with open(changes) as handle:
-        return {"events": events, "changes": list(csv.DictReader(handle))}
+    return scored_book(tmp_path_factory.mktemp("outage-book"), trained_model, BOOK_LOANS, 16)
 
 
 @pytest.fixture
