@@ -47,6 +47,7 @@ from consumer.delivery import (
     DeliveryFailure,
     PermanentDeliveryError,
     Remedy,
+    permanent_commit_error,
     record_size,
     remedy,
     stop_message,
@@ -98,7 +99,12 @@ def waits_out(error: KafkaError) -> bool:
 
 
 class _Abort(ConsumerError):
-    """The open transaction must be aborted (control flow inside this module only)."""
+    """The open transaction must be aborted (control flow inside this module only); ``error``
+    is the Kafka error that said so, if one did."""
+
+    def __init__(self, message: str, error: KafkaError | None = None) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class OutageError(FatalError):
@@ -352,7 +358,7 @@ class Checkpoint(ABC):
         try:
             self._commit(offsets)
         except _Abort as why:
-            failures = self._delivery_failures()
+            failures = self._delivery_failures(why.error)
             self._abort_unit(str(why))  # first: a permanent error below ends the scorer
             if self._settle(failures):
                 return False  # the record at fault is dead-lettered in the redo: no stall
@@ -369,12 +375,26 @@ class Checkpoint(ABC):
         self.metrics.transactions.labels(result="commit").inc()
         return True
 
-    def _delivery_failures(self) -> list[DeliveryFailure]:
-        """The delivery reports of the failed unit: librdkafka may still hold some in its
-        queue after a failed commit, so serve them first."""
+    def _delivery_failures(self, error: KafkaError | None) -> list[DeliveryFailure]:
+        """The delivery reports of the failed unit (librdkafka may still hold some in its
+        queue after a failed commit, so serve them first), and the commit's own error when no
+        retry can fix it: a topic denied by an ACL fails AddPartitionsToTxn with
+        TOPIC_AUTHORIZATION_FAILED, and its records then report only the abort's _PURGE_QUEUE.
+        The topic is the one the error text names, else all the unit may have written."""
         if self.producer is not None and not self.calls.busy:
             self.producer.poll(0)
-        return self.errors.take_delivery_failures()
+        failures = self.errors.take_delivery_failures()
+        if error is not None and permanent_commit_error(error.code()):
+            written = [
+                self.topics.strategy_changes,
+                self.topics.risk_alerts,
+                self.topics.dlq,
+                self.topics.changelog,
+            ]
+            named = [t for t in written if t in error.str()]
+            topic = named[0] if named else " / ".join(written)
+            failures.append(DeliveryFailure(topic, error.code(), error.name(), error.str(), 0))
+        return failures
 
     def _settle(self, failures: list[DeliveryFailure]) -> bool:
         """Act on the delivery failures of the aborted unit (``consumer.delivery``): raise
@@ -665,7 +685,7 @@ class Checkpoint(ABC):
                 if error.fatal():
                     raise FatalError(self.errors.describe(what, error)) from None
                 if self._requires_abort(error):
-                    raise _Abort(f"{what}: {error.name()}: {error.str()}") from None
+                    raise _Abort(f"{what}: {error.name()}: {error.str()}", error) from None
                 if not waits_out(error):
                     raise self._gave_up(what, error) from None
                 self.stall(what, f"{error.name()}: {error.str()}")
@@ -861,7 +881,7 @@ class AtLeastOnce(Checkpoint):
         return False
 
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
-        return _Abort(f"{what}: {error.name()}: {error.str()}")
+        return _Abort(f"{what}: {error.name()}: {error.str()}", error)
 
 
 CHECKPOINTS: dict[Guarantee, type[Checkpoint]] = {

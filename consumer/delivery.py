@@ -111,6 +111,12 @@ def remedy(code: int, topic: str, topics: Topics) -> Remedy:
     return Remedy.retry
 
 
+def permanent_commit_error(code: int) -> bool:
+    """Whether a commit failing with ``code`` can never succeed, whatever its delivery reports
+    say. Too large is not: that error names no record, its delivery report does."""
+    return code in _AUTHORIZATION or code in _GONE or code in _REFUSED_SETTINGS
+
+
 def stop_message(failure: DeliveryFailure, limit: int | None = None) -> str:
     """One line for the operator: the topic, the error, the fix, and what was committed."""
     what = f"cannot write to {failure.topic}: {failure.name} ({failure.text})"

@@ -202,3 +202,27 @@ def test_an_output_over_the_producers_own_limit_is_dead_lettered() -> None:
     produced = [args for method, args in rig.producers[0].calls if method == "produce"]
     assert [args[0] for args in produced] == ["ch", "dlq"]
     assert dict(produced[1][4])["error.reason"] == b"output_too_large"
+
+
+def test_a_commit_denied_by_an_acl_stops_even_if_its_records_report_only_the_purge() -> None:
+    """AddPartitionsToTxn refused (TOPIC_AUTHORIZATION_FAILED): the records never reach the
+    broker and report only _PURGE_QUEUE (transient); the commit's own error decides."""
+    rig = Rig(ExactlyOnce)
+    rig.process(0, 10, 15)
+    rig.checkpoint.produce("ch", b"L1", b"x")
+    purged = KafkaError(KafkaError._PURGE_QUEUE, "purged")
+    rig.errors.on_delivery_error(purged, Report("ch", b"L1", b"x"))  # type: ignore[arg-type]
+    denied = failure(KafkaError.TOPIC_AUTHORIZATION_FAILED, abort=True)
+    rig.producers[0].fail["commit_transaction"] = [denied]
+    with pytest.raises(PermanentDeliveryError, match="grant the scorer's principal WRITE"):
+        rig.checkpoint.commit()
+    assert "abort_transaction" in rig.producers[0].methods()
+    assert rig.stores[0].commits == 0
+
+
+def test_a_commit_failing_as_too_large_is_settled_by_its_delivery_reports() -> None:
+    rig = Rig(ExactlyOnce)
+    rig.checkpoint.read_limits = lambda names: {"ch": 100}
+    _fail_delivery(rig, KafkaError.MSG_SIZE_TOO_LARGE, "ch", b"x" * 200)
+    assert rig.checkpoint.commit() is False  # dead-lettered in the redo, not a stop
+    assert rig.checkpoint.size_limits == {"ch": 100}
