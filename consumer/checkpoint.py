@@ -881,7 +881,9 @@ class AtLeastOnce(Checkpoint):
         return False
 
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
-        return _Abort(f"{what}: {error.name()}: {error.str()}", error)
+        # An offset commit's own error names no topic written: redone as before, not judged
+        # as a delivery error (that is for a transaction's, ExactlyOnce).
+        return _Abort(f"{what}: {error.name()}: {error.str()}")
 
 
 CHECKPOINTS: dict[Guarantee, type[Checkpoint]] = {
