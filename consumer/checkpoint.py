@@ -44,6 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from consumer.config import Guarantee, ServeConfig
 from consumer.delivery import (
+    UNKNOWN_TOPIC_CODES,
     DeliveryFailure,
     PermanentDeliveryError,
     Remedy,
@@ -278,6 +279,13 @@ class Checkpoint(ABC):
         self.size_limits: dict[str, int] = {}
         self.read_limits: Callable[[list[str]], dict[str, int]] = lambda _topics: {}
         self.dead_lettered_outputs = 0
+        # Which of these topics the cluster does not have (the app asks the brokers' metadata):
+        # tells a deleted topic from a partition moving, both UNKNOWN_TOPIC_OR_PART.
+        self.missing_topics: Callable[[list[str]], list[str]] = lambda _names: []
+        # Set when a produce() finds the transaction already failed (a record the broker
+        # refused makes it abortable, and every later produce fails with _STATE): the unit
+        # is aborted at its commit instead of the scorer exiting on the produce.
+        self.doomed: _Abort | None = None
         self._new_producer = new_producer
         self.producer: Producer | None = self._open_producer()
 
@@ -301,6 +309,10 @@ class Checkpoint(ABC):
     @abstractmethod
     def _requires_abort(self, error: KafkaError) -> bool:
         """Whether ``error`` (not fatal) means the unit must be aborted at once."""
+
+    def _doomed_by(self, error: KafkaError) -> bool:
+        """Whether ``error`` from produce() means the open unit can only be aborted."""
+        return False
 
     @abstractmethod
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
@@ -349,13 +361,16 @@ class Checkpoint(ABC):
             return False
 
     def _commit_unit(self) -> bool:
-        self._write_changelog()
         offsets = [
             TopicPartition(self.topics.events, p, self.positions[p])
             for p in self.first
             if p in self.positions
         ]
         try:
+            if self.doomed is None:
+                self._write_changelog()
+            if self.doomed is not None:
+                raise self.doomed
             self._commit(offsets)
         except _Abort as why:
             failures = self._delivery_failures(why.error)
@@ -384,13 +399,22 @@ class Checkpoint(ABC):
         if self.producer is not None and not self.calls.busy:
             self.producer.poll(0)
         failures = self.errors.take_delivery_failures()
+        written = [
+            self.topics.strategy_changes,
+            self.topics.risk_alerts,
+            self.topics.dlq,
+            self.topics.changelog,
+        ]
+        codes = {f.code for f in failures} | ({error.code()} if error is not None else set())
+        if codes & set(UNKNOWN_TOPIC_CODES):
+            # A deleted topic fails AddPartitionsToTxn with UNKNOWN_TOPIC_OR_PART, exactly as
+            # a partition in the middle of moving does: only the metadata tells them apart.
+            for topic in self.missing_topics(written):
+                text = f"{topic} is not in the cluster's metadata"
+                failures.append(
+                    DeliveryFailure(topic, KafkaError._UNKNOWN_TOPIC, "_UNKNOWN_TOPIC", text, 0)
+                )
         if error is not None and permanent_commit_error(error.code()):
-            written = [
-                self.topics.strategy_changes,
-                self.topics.risk_alerts,
-                self.topics.dlq,
-                self.topics.changelog,
-            ]
             named = [t for t in written if t in error.str()]
             topic = named[0] if named else " / ".join(written)
             failures.append(DeliveryFailure(topic, error.code(), error.name(), error.str(), 0))
@@ -478,6 +502,7 @@ class Checkpoint(ABC):
         return "not committed (offsets stay at the last commit)"
 
     def _abort_unit(self, why: str) -> None:
+        self.doomed = None
         self._abort()
         rewind = []
         for partition, first in self.first.items():
@@ -567,6 +592,11 @@ class Checkpoint(ABC):
                     headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
                     value = None
                     continue
+                if not error.fatal() and self._doomed_by(error):
+                    if self.doomed is None:
+                        why = f"produce to {topic}: {error.name()}: {error.str()}"
+                        self.doomed = _Abort(why, error)
+                    return  # the unit is aborted and redone: this record is produced then
                 if (
                     error.code() == KafkaError.MSG_SIZE_TOO_LARGE
                     and topic in (self.topics.strategy_changes, self.topics.risk_alerts)
@@ -838,6 +868,11 @@ class ExactlyOnce(Checkpoint):
 
     def _requires_abort(self, error: KafkaError) -> bool:
         return error.txn_requires_abort()
+
+    def _doomed_by(self, error: KafkaError) -> bool:
+        # librdkafka refuses produce() with _STATE once the transaction is in its abortable
+        # error state (rd_kafka_txn_may_enq_msg), e.g. after the broker refused a record.
+        return error.txn_requires_abort() or error.code() == KafkaError._STATE
 
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
         return FatalError(self.errors.describe(what, error))

@@ -77,6 +77,8 @@ _AUTHORIZATION = (
     KafkaError._AUTHENTICATION,
 )
 _GONE = (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.TOPIC_EXCEPTION)
+# What a topic that is gone -- or a partition moving -- looks like; the metadata decides.
+UNKNOWN_TOPIC_CODES = (KafkaError.UNKNOWN_TOPIC_OR_PART, *_GONE)
 _REFUSED_SETTINGS = (
     KafkaError.INVALID_CONFIG,
     KafkaError.INVALID_REQUIRED_ACKS,
@@ -153,6 +155,23 @@ def stop_message(failure: DeliveryFailure, limit: int | None = None) -> str:
         f"{what}; no retry can fix this: {fix}. The open transaction was aborted: no input "
         "offset past the last commit was committed"
     )
+
+
+def missing_topics(admin_config: dict[str, str], topic_names: list[str]) -> list[str]:
+    """Those of ``topic_names`` the cluster's metadata does not have; none if it cannot be
+    asked (an outage is not a deletion)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({**admin_config, "log_level": 0})
+    try:
+        metadata = admin.list_topics(timeout=10)
+    except KafkaException:
+        return []
+    return [
+        name
+        for name in topic_names
+        if name not in metadata.topics or metadata.topics[name].error is not None
+    ]
 
 
 def read_size_limits(admin_config: dict[str, str], topic_names: list[str]) -> dict[str, int]:

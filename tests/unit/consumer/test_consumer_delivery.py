@@ -226,3 +226,41 @@ def test_a_commit_failing_as_too_large_is_settled_by_its_delivery_reports() -> N
     _fail_delivery(rig, KafkaError.MSG_SIZE_TOO_LARGE, "ch", b"x" * 200)
     assert rig.checkpoint.commit() is False  # dead-lettered in the redo, not a stop
     assert rig.checkpoint.size_limits == {"ch": 100}
+
+
+def test_produce_into_a_transaction_the_broker_already_failed_aborts_at_the_commit() -> None:
+    """After a refused record the transaction is abortable and produce() fails with _STATE
+    (seen on a real broker): the unit is aborted and redone, the scorer does not exit."""
+    rig = Rig(ExactlyOnce)
+    rig.checkpoint.read_limits = lambda names: {"ch": 100}
+    rig.process(0, 10, 15)
+    rig.checkpoint.produce("ch", b"L1", b"x" * 200)
+    refused = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large")
+    rig.errors.on_delivery_error(refused, Report("ch", b"L1", b"x" * 200))  # type: ignore[arg-type]
+    rig.producers[0].fail["produce"] = [failure(KafkaError._STATE)]
+    rig.checkpoint.produce("ch", b"L2", b"y")  # no exception: the unit is doomed
+    assert rig.checkpoint.doomed is not None
+    assert rig.checkpoint.commit() is False
+    methods = rig.producers[0].methods()
+    assert "abort_transaction" in methods and "commit_transaction" not in methods
+    assert rig.checkpoint.doomed is None and rig.checkpoint.size_limits == {"ch": 100}
+    assert rig.consumer.seeks[-1] == ("ev", 0, 10)
+
+
+@pytest.mark.parametrize(("missing", "stops"), [(["ch"], True), ([], False)])
+def test_unknown_topic_or_partition_stops_only_if_the_metadata_lost_the_topic(
+    missing: list[str], stops: bool
+) -> None:
+    rig = Rig(ExactlyOnce)
+    rig.checkpoint.missing_topics = lambda names: [t for t in names if t in missing]
+    rig.process(0, 10, 15)
+    unknown = failure(KafkaError.UNKNOWN_TOPIC_OR_PART, abort=True)
+    rig.producers[0].fail["commit_transaction"] = [unknown]
+    if stops:  # deleted
+        with pytest.raises(PermanentDeliveryError, match=r"cannot write to ch: .*deleted\?"):
+            rig.checkpoint.commit()
+        assert rig.clock.sleeps == []
+    else:  # a partition moving: redone after a backoff
+        assert rig.checkpoint.commit() is False
+        assert rig.clock.sleeps == [0.1]
+    assert rig.stores[0].commits == 0 and rig.stores[0].rollbacks == 1
