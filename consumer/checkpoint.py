@@ -314,6 +314,11 @@ class Checkpoint(ABC):
         """Whether ``error`` from produce() means the open unit can only be aborted."""
         return False
 
+    def _failed_with(self, offsets: list[TopicPartition]) -> KafkaError | None:
+        """The error that failed a doomed unit, if the guarantee can tell (produce() only
+        says _STATE), without committing anything."""
+        return None
+
     @abstractmethod
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
         """What a non-retriable error becomes (an outage past the patience is always fatal)."""
@@ -370,7 +375,7 @@ class Checkpoint(ABC):
             if self.doomed is None:
                 self._write_changelog()
             if self.doomed is not None:
-                raise self.doomed
+                raise _Abort(str(self.doomed), self._failed_with(offsets) or self.doomed.error)
             self._commit(offsets)
         except _Abort as why:
             failures = self._delivery_failures(why.error)
@@ -873,6 +878,25 @@ class ExactlyOnce(Checkpoint):
         # librdkafka refuses produce() with _STATE once the transaction is in its abortable
         # error state (rd_kafka_txn_may_enq_msg), e.g. after the broker refused a record.
         return error.txn_requires_abort() or error.code() == KafkaError._STATE
+
+    def _failed_with(self, offsets: list[TopicPartition]) -> KafkaError | None:
+        """In the abortable state every transactional call fails at its state check with the
+        error that caused it (TOPIC_AUTHORIZATION_FAILED from AddPartitionsToTxn, say):
+        send_offsets_to_transaction asks, and cannot commit anything even if it succeeded --
+        the unit is aborted right after."""
+        producer = self.producer
+        if not offsets or producer is None or self.calls.busy:
+            return None
+        group = self.consumer.consumer_group_metadata()
+        try:
+            self._call(
+                "send_offsets_to_transaction",
+                lambda t: producer.send_offsets_to_transaction(offsets, group, t),
+                STALLED_CALL_TIMEOUT_S,
+            )
+        except KafkaException as exc:
+            return exc.args[0]
+        return None
 
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
         return FatalError(self.errors.describe(what, error))

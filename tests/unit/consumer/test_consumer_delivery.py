@@ -264,3 +264,19 @@ def test_unknown_topic_or_partition_stops_only_if_the_metadata_lost_the_topic(
         assert rig.checkpoint.commit() is False
         assert rig.clock.sleeps == [0.1]
     assert rig.stores[0].commits == 0 and rig.stores[0].rollbacks == 1
+
+
+def test_a_doomed_unit_asks_the_transaction_for_its_error_and_stops_on_an_acl() -> None:
+    """An ACL refusing AddPartitionsToTxn dooms the unit before its commit; the abortable
+    state's own error (returned by the next transactional call) names the cause."""
+    rig = Rig(ExactlyOnce)
+    rig.process(0, 10, 15)
+    producer = rig.producers[0]
+    producer.fail["produce"] = [failure(KafkaError._STATE)]
+    rig.checkpoint.produce("ch", b"L1", b"x")
+    denied = failure(KafkaError.TOPIC_AUTHORIZATION_FAILED, abort=True)
+    producer.fail["send_offsets_to_transaction"] = [denied]
+    with pytest.raises(PermanentDeliveryError, match="grant the scorer's principal WRITE"):
+        rig.checkpoint.commit()
+    assert "commit_transaction" not in producer.methods()
+    assert "abort_transaction" in producer.methods()
