@@ -13,6 +13,10 @@ while the rest of the input is produced and the brokers are killed, then continu
 backlog on the surviving broker's partitions opens a transaction that cannot commit. To keep
 the module short, scorers that need the same outage share it (each on its own topics and
 group): both guarantees in one, the patience and the SIGTERM scorers in another.
+
+One broker lost (issue #12, item 8): kill -9 mid-stream of the node leading the most input
+partitions, which the test makes the group and transaction coordinator too, then its restart;
+both guarantees' outputs are checked against the batch reference.
 """
 
 from __future__ import annotations
