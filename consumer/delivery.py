@@ -77,8 +77,17 @@ _AUTHORIZATION = (
     KafkaError._AUTHENTICATION,
 )
 _GONE = (KafkaError._UNKNOWN_TOPIC, KafkaError._UNKNOWN_PARTITION, KafkaError.TOPIC_EXCEPTION)
-# What a topic that is gone -- or a partition moving -- looks like; the metadata decides.
-UNKNOWN_TOPIC_CODES = (KafkaError.UNKNOWN_TOPIC_OR_PART, *_GONE)
+# What a topic that is gone looks like -- and so does a partition moving, or an outage; the
+# cluster's metadata decides. Records for a deleted topic's partitions are retried by librdkafka
+# against UNKNOWN_TOPIC_OR_PART until message.timeout.ms, so they may end as _MSG_TIMED_OUT
+# (and the commit as _TIMED_OUT) instead: seen on a real broker, depending on whether the
+# partition was already in the transaction when the topic went.
+UNKNOWN_TOPIC_CODES = (
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    *_GONE,
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+)
 _REFUSED_SETTINGS = (
     KafkaError.INVALID_CONFIG,
     KafkaError.INVALID_REQUIRED_ACKS,
@@ -164,7 +173,7 @@ def missing_topics(admin_config: dict[str, str], topic_names: list[str]) -> list
 
     admin = AdminClient({**admin_config, "log_level": 0})
     try:
-        metadata = admin.list_topics(timeout=10)
+        metadata = admin.list_topics(timeout=5)
     except KafkaException:
         return []
     return [

@@ -247,14 +247,15 @@ def test_produce_into_a_transaction_the_broker_already_failed_aborts_at_the_comm
     assert rig.consumer.seeks[-1] == ("ev", 0, 10)
 
 
+@pytest.mark.parametrize("code", [KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT])
 @pytest.mark.parametrize(("missing", "stops"), [(["ch"], True), ([], False)])
 def test_unknown_topic_or_partition_stops_only_if_the_metadata_lost_the_topic(
-    missing: list[str], stops: bool
+    code: int, missing: list[str], stops: bool
 ) -> None:
     rig = Rig(ExactlyOnce)
     rig.checkpoint.missing_topics = lambda names: [t for t in names if t in missing]
     rig.process(0, 10, 15)
-    unknown = failure(KafkaError.UNKNOWN_TOPIC_OR_PART, abort=True)
+    unknown = failure(code, abort=True)
     rig.producers[0].fail["commit_transaction"] = [unknown]
     if stops:  # deleted
         with pytest.raises(PermanentDeliveryError, match=r"cannot write to ch: .*deleted\?"):
