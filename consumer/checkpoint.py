@@ -278,7 +278,6 @@ class Checkpoint(ABC):
         # read_limits, when the broker refuses a record as too large.
         self.size_limits: dict[str, int] = {}
         self.read_limits: Callable[[list[str]], dict[str, int]] = lambda _topics: {}
-        self.dead_lettered_outputs = 0
         # Which of these topics the cluster does not have (the app asks the brokers' metadata):
         # tells a deleted topic from a partition moving, both UNKNOWN_TOPIC_OR_PART.
         self.missing_topics: Callable[[list[str]], list[str]] = lambda _names: []
@@ -629,7 +628,6 @@ class Checkpoint(ABC):
         ``source.topic`` is the output topic, not the input, so ``dlq redrive`` (which
         re-sends only records of the input topic) leaves it alone."""
         size = len(value or b"")
-        self.dead_lettered_outputs += 1
         self.metrics.dlq.labels(reason="output_too_large").inc()
         self.produce(
             self.topics.dlq,
