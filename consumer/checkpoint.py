@@ -394,6 +394,18 @@ class Checkpoint(ABC):
         self.metrics.transactions.labels(result="commit").inc()
         return True
 
+    def _lost_a_topic(self, error: KafkaError) -> bool:
+        """A retriable failure that may be a deleted topic (records for it wait in
+        librdkafka until message.timeout.ms, and the commit times out meanwhile): asked once
+        per stall, at its first failure, so an outage costs one metadata request, not one per
+        retry. The unit is then aborted and :meth:`_settle` stops naming the topic."""
+        return error.code() in UNKNOWN_TOPIC_CODES and bool(self.missing_topics(self._written()))
+
+    def _written(self) -> list[str]:
+        """Every topic a unit writes to."""
+        t = self.topics
+        return [t.strategy_changes, t.risk_alerts, t.dlq, t.changelog]
+
     def _delivery_failures(self, error: KafkaError | None) -> list[DeliveryFailure]:
         """The delivery reports of the failed unit (librdkafka may still hold some in its
         queue after a failed commit, so serve them first), and the commit's own error when no
@@ -403,12 +415,7 @@ class Checkpoint(ABC):
         if self.producer is not None and not self.calls.busy:
             self.producer.poll(0)
         failures = self.errors.take_delivery_failures()
-        written = [
-            self.topics.strategy_changes,
-            self.topics.risk_alerts,
-            self.topics.dlq,
-            self.topics.changelog,
-        ]
+        written = self._written()
         codes = {f.code for f in failures} | ({error.code()} if error is not None else set())
         if codes & set(UNKNOWN_TOPIC_CODES):
             # A deleted topic fails AddPartitionsToTxn with UNKNOWN_TOPIC_OR_PART, exactly as
@@ -721,6 +728,8 @@ class Checkpoint(ABC):
                     raise _Abort(f"{what}: {error.name()}: {error.str()}", error) from None
                 if not waits_out(error):
                     raise self._gave_up(what, error) from None
+                if self._stalled_at is None and self._lost_a_topic(error):
+                    raise _Abort(f"{what}: {error.name()}: {error.str()}", error) from None
                 self.stall(what, f"{error.name()}: {error.str()}")
                 log_event(
                     "commit_retry",

@@ -173,7 +173,7 @@ def missing_topics(admin_config: dict[str, str], topic_names: list[str]) -> list
 
     admin = AdminClient({**admin_config, "log_level": 0})
     try:
-        metadata = admin.list_topics(timeout=5)
+        metadata = admin.list_topics(timeout=2)
     except KafkaException:
         return []
     return [

@@ -281,3 +281,26 @@ def test_a_doomed_unit_asks_the_transaction_for_its_error_and_stops_on_an_acl() 
         rig.checkpoint.commit()
     assert "commit_transaction" not in producer.methods()
     assert "abort_transaction" in producer.methods()
+
+
+@pytest.mark.parametrize(("missing", "stops"), [(["ch"], True), ([], False)])
+def test_a_commit_timing_out_asks_once_whether_a_topic_is_gone(
+    missing: list[str], stops: bool
+) -> None:
+    """Records for a deleted topic wait in librdkafka (UNKNOWN_TOPIC_OR_PART, retried) and the
+    commit times out: at the stall's first failure the metadata is asked, once."""
+    rig = Rig(ExactlyOnce)
+    asked: list[list[str]] = []
+    rig.checkpoint.missing_topics = lambda names: (
+        asked.append(names) or [t for t in names if t in missing]
+    )
+    rig.process(0, 10, 15)
+    timeout = failure(KafkaError._TIMED_OUT, retriable=True)
+    rig.producers[0].fail["commit_transaction"] = [timeout, timeout, timeout]
+    if stops:
+        with pytest.raises(PermanentDeliveryError, match=r"cannot write to ch: .*deleted\?"):
+            rig.checkpoint.commit()
+        assert rig.clock.sleeps == [] and rig.stores[0].commits == 0
+    else:  # an outage: waited out, the metadata asked at the first failure only
+        assert rig.checkpoint.commit() is True
+        assert len(asked) == 1 and rig.clock.sleeps == [0.1, 0.2, 0.4]
