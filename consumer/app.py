@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from consumer.checkpoint import CHECKPOINTS, Checkpoint, ClientErrors, Interrupted
 from consumer.config import ServeConfig
-from consumer.delivery import missing_topics, read_size_limits, unwritable_topics
+from consumer.delivery import missing_topics, read_size_limits
 from consumer.errors import FatalError as FatalError
 from consumer.health import HealthState
 from consumer.logs import log_event
@@ -144,7 +144,6 @@ class ScorerApp:
         checkpoint.read_limits = lambda names: read_size_limits(cfg.admin_config(), names)
         checkpoint.size_limits = checkpoint.read_limits(outputs)
         checkpoint.missing_topics = lambda names: missing_topics(cfg.admin_config(), names)
-        checkpoint.unwritable_topics = lambda names: unwritable_topics(cfg.admin_config(), names)
         self._consumer, self._recovery, self._checkpoint = consumer, recovery, checkpoint
         self._topology = topology
         recovery.subscribe(checkpoint)

@@ -281,8 +281,6 @@ class Checkpoint(ABC):
         # Which of these topics the cluster does not have (the app asks the brokers' metadata):
         # tells a deleted topic from a partition moving, both UNKNOWN_TOPIC_OR_PART.
         self.missing_topics: Callable[[list[str]], list[str]] = lambda _names: []
-        # Which of these topics the scorer may not write (authorized operations, KIP-430).
-        self.unwritable_topics: Callable[[list[str]], list[str]] = lambda _names: []
         # Set when a produce() finds the transaction already failed (a record the broker
         # refused makes it abortable, and every later produce fails with _STATE): the unit
         # is aborted at its commit instead of the scorer exiting on the produce.
@@ -429,9 +427,7 @@ class Checkpoint(ABC):
                 )
         if error is not None and permanent_commit_error(error.code()):
             named = [t for t in written if t in error.str()]
-            if not named and error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
-                named = self.unwritable_topics(written)
-            topic = ", ".join(named) if named else " / ".join(written)
+            topic = named[0] if named else " / ".join(written)
             failures.append(DeliveryFailure(topic, error.code(), error.name(), error.str(), 0))
         return failures
 

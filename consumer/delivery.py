@@ -183,28 +183,6 @@ def missing_topics(admin_config: dict[str, str], topic_names: list[str]) -> list
     ]
 
 
-def unwritable_topics(admin_config: dict[str, str], topic_names: list[str]) -> list[str]:
-    """Those of ``topic_names`` the scorer's principal may not WRITE, by the brokers' answer to
-    DescribeTopics with authorized operations (KIP-430); none if it cannot be asked. An
-    AddPartitionsToTxn refused with TOPIC_AUTHORIZATION_FAILED does not say which topic."""
-    from confluent_kafka import TopicCollection
-    from confluent_kafka.admin import AclOperation, AdminClient
-
-    admin = AdminClient({**admin_config, "log_level": 0})
-    futures = admin.describe_topics(
-        TopicCollection(topic_names), include_authorized_operations=True, request_timeout=5
-    )
-    denied = []
-    for name, future in futures.items():
-        try:
-            operations = future.result(timeout=10).authorized_operations
-        except (KafkaException, TimeoutError):
-            continue
-        if operations is not None and AclOperation.WRITE not in operations:
-            denied.append(name)
-    return denied
-
-
 def read_size_limits(admin_config: dict[str, str], topic_names: list[str]) -> dict[str, int]:
     """``max.message.bytes`` of each topic that answers (one DescribeConfigs request)."""
     from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType

@@ -214,10 +214,8 @@ def test_a_commit_denied_by_an_acl_stops_even_if_its_records_report_only_the_pur
     rig.errors.on_delivery_error(purged, Report("ch", b"L1", b"x"))  # type: ignore[arg-type]
     denied = failure(KafkaError.TOPIC_AUTHORIZATION_FAILED, abort=True)
     rig.producers[0].fail["commit_transaction"] = [denied]
-    rig.checkpoint.unwritable_topics = lambda names: [t for t in names if t == "ch"]
-    with pytest.raises(PermanentDeliveryError, match="grant the scorer's principal WRITE") as e:
+    with pytest.raises(PermanentDeliveryError, match="grant the scorer's principal WRITE"):
         rig.checkpoint.commit()
-    assert str(e.value).startswith("cannot write to ch: TOPIC_AUTHORIZATION_FAILED")
     assert "abort_transaction" in rig.producers[0].methods()
     assert rig.stores[0].commits == 0
 
