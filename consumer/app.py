@@ -14,7 +14,8 @@ This module only dispatches; each concern has one owner:
 What stays here: signals, the poll loop, a poll's cross-partition batch, the model reload,
 and housekeeping (lag and population gauges, idle exit). Input is read ``read_committed``
 with auto-commit off; fencing and fatal errors end :meth:`ScorerApp.run` with
-:class:`FatalError` (the CLI exits 1 with one clear line).
+:class:`FatalError` (the CLI exits 1 with one clear line), and so does a delivery error that no
+retry can fix (``consumer.delivery``: the topic, the error and the fix).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from consumer.checkpoint import CHECKPOINTS, Checkpoint, ClientErrors, Interrupted
 from consumer.config import ServeConfig
+from consumer.delivery import missing_topics, read_size_limits
 from consumer.errors import FatalError as FatalError
 from consumer.health import HealthState
 from consumer.logs import log_event
@@ -136,6 +138,12 @@ class ScorerApp:
             recovery.close()
             consumer.close()  # not subscribed yet: nobody rebalances
             raise
+        # Outputs over their topic's max.message.bytes are dead-lettered, not produced (a
+        # refused record would abort every redo of its unit: consumer.delivery).
+        outputs = [self.topics.strategy_changes, self.topics.risk_alerts, self.topics.dlq]
+        checkpoint.read_limits = lambda names: read_size_limits(cfg.admin_config(), names)
+        checkpoint.size_limits = checkpoint.read_limits(outputs)
+        checkpoint.missing_topics = lambda names: missing_topics(cfg.admin_config(), names)
         self._consumer, self._recovery, self._checkpoint = consumer, recovery, checkpoint
         self._topology = topology
         recovery.subscribe(checkpoint)

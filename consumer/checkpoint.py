@@ -40,9 +40,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from consumer.config import Guarantee, ServeConfig
+from consumer.delivery import (
+    UNKNOWN_TOPIC_CODES,
+    DeliveryFailure,
+    PermanentDeliveryError,
+    Remedy,
+    permanent_commit_error,
+    record_size,
+    remedy,
+    stop_message,
+)
 from consumer.errors import ConsumerError, FatalError
 from consumer.health import HealthState
 from consumer.logs import log_event
@@ -81,6 +91,7 @@ STALLED_CALL_TIMEOUT_S = 1.0
 # A call still running this long after its own timeout is blocked (librdkafka#5456): a stall.
 OVERDUE_GRACE_S = 2.0
 STOP_CHECK_S = 0.1  # how often a wait looks for a stop request
+MAX_FAILURES_KEPT = 1000  # delivery failures remembered between two looks at them
 
 
 def waits_out(error: KafkaError) -> bool:
@@ -89,7 +100,12 @@ def waits_out(error: KafkaError) -> bool:
 
 
 class _Abort(ConsumerError):
-    """The open transaction must be aborted (control flow inside this module only)."""
+    """The open transaction must be aborted (control flow inside this module only); ``error``
+    is the Kafka error that said so, if one did."""
+
+    def __init__(self, message: str, error: KafkaError | None = None) -> None:
+        super().__init__(message)
+        self.error = error
 
 
 class OutageError(FatalError):
@@ -148,6 +164,9 @@ class ClientErrors:
         self.transactional_id = transactional_id
         self.fatal: str | None = None
         self.delivery_failed: str | None = None
+        # Every failed delivery since the last look (consumer.delivery decides what each means);
+        # bounded, since a unit of a failing topic fails record by record.
+        self.delivery_failures: list[DeliveryFailure] = []
 
     def describe(self, what: str, error: KafkaError) -> str:
         """One clear line; fencing names its usual cause (two instances, one instance id)."""
@@ -166,11 +185,23 @@ class ClientErrors:
         elif error.code() not in _QUIET:
             log_event("kafka_error", level="warning", error=error.str())
 
-    def on_delivery_error(self, error: KafkaError | None, _message: object) -> None:
+    def on_delivery_error(self, error: KafkaError | None, message: Message | None) -> None:
         """``on_delivery`` of the producer (``delivery.report.only.error``): the first failure
-        fails the next at-least-once commit."""
-        if error is not None and self.delivery_failed is None:
+        fails the next at-least-once commit; each is kept for :meth:`take_delivery_failures`."""
+        if error is None:
+            return
+        if self.delivery_failed is None:
             self.delivery_failed = f"delivery failed: {error.str()}"
+        if len(self.delivery_failures) < MAX_FAILURES_KEPT and message is not None:
+            headers = message.headers()
+            size = record_size(message.key(), message.value(), headers)
+            topic = message.topic() or ""
+            failure = DeliveryFailure(topic, error.code(), error.name(), error.str(), size)
+            self.delivery_failures.append(failure)
+
+    def take_delivery_failures(self) -> list[DeliveryFailure]:
+        failures, self.delivery_failures = self.delivery_failures, []
+        return failures
 
     def on_message_error(self, error: KafkaError) -> None:
         """An error in place of a consumed message."""
@@ -242,6 +273,18 @@ class Checkpoint(ABC):
         self.calls = KafkaCalls()
         self.overdue_grace_s = OVERDUE_GRACE_S
         metrics.stalled.set_function(self.health.stalled_seconds)
+        # max.message.bytes of the output topics (consumer.delivery): records over it are
+        # dead-lettered instead of produced. Read at start by the app and again, through
+        # read_limits, when the broker refuses a record as too large.
+        self.size_limits: dict[str, int] = {}
+        self.read_limits: Callable[[list[str]], dict[str, int]] = lambda _topics: {}
+        # Which of these topics the cluster does not have (the app asks the brokers' metadata):
+        # tells a deleted topic from a partition moving, both UNKNOWN_TOPIC_OR_PART.
+        self.missing_topics: Callable[[list[str]], list[str]] = lambda _names: []
+        # Set when a produce() finds the transaction already failed (a record the broker
+        # refused makes it abortable, and every later produce fails with _STATE): the unit
+        # is aborted at its commit instead of the scorer exiting on the produce.
+        self.doomed: _Abort | None = None
         self._new_producer = new_producer
         self.producer: Producer | None = self._open_producer()
 
@@ -265,6 +308,15 @@ class Checkpoint(ABC):
     @abstractmethod
     def _requires_abort(self, error: KafkaError) -> bool:
         """Whether ``error`` (not fatal) means the unit must be aborted at once."""
+
+    def _doomed_by(self, error: KafkaError) -> bool:
+        """Whether ``error`` from produce() means the open unit can only be aborted."""
+        return False
+
+    def _failed_with(self, offsets: list[TopicPartition]) -> KafkaError | None:
+        """The error that failed a doomed unit, if the guarantee can tell (produce() only
+        says _STATE), without committing anything."""
+        return None
 
     @abstractmethod
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
@@ -313,17 +365,23 @@ class Checkpoint(ABC):
             return False
 
     def _commit_unit(self) -> bool:
-        self._write_changelog()
         offsets = [
             TopicPartition(self.topics.events, p, self.positions[p])
             for p in self.first
             if p in self.positions
         ]
         try:
+            if self.doomed is None:
+                self._write_changelog()
+            if self.doomed is not None:
+                raise _Abort(str(self.doomed), self._failed_with(offsets) or self.doomed.error)
             self._commit(offsets)
         except _Abort as why:
+            failures = self._delivery_failures(why.error)
+            self._abort_unit(str(why))  # first: a permanent error below ends the scorer
+            if self._settle(failures):
+                return False  # the record at fault is dead-lettered in the redo: no stall
             self.stall("commit", str(why))
-            self._abort_unit(str(why))
             self._wait()  # redoing at once would fail at once while the brokers are away
             return False
         self._resumed()
@@ -335,6 +393,76 @@ class Checkpoint(ABC):
         self.open = False
         self.metrics.transactions.labels(result="commit").inc()
         return True
+
+    def _lost_a_topic(self, error: KafkaError) -> bool:
+        """A retriable failure that may be a deleted topic (records for it wait in
+        librdkafka until message.timeout.ms, and the commit times out meanwhile): asked once
+        per stall, at its first failure, so an outage costs one metadata request, not one per
+        retry. The unit is then aborted and :meth:`_settle` stops naming the topic."""
+        return error.code() in UNKNOWN_TOPIC_CODES and bool(self.missing_topics(self._written()))
+
+    def _written(self) -> list[str]:
+        """Every topic a unit writes to."""
+        t = self.topics
+        return [t.strategy_changes, t.risk_alerts, t.dlq, t.changelog]
+
+    def _delivery_failures(self, error: KafkaError | None) -> list[DeliveryFailure]:
+        """The delivery reports of the failed unit (librdkafka may still hold some in its
+        queue after a failed commit, so serve them first), and the commit's own error when no
+        retry can fix it: a topic denied by an ACL fails AddPartitionsToTxn with
+        TOPIC_AUTHORIZATION_FAILED, and its records then report only the abort's _PURGE_QUEUE.
+        The topic is the one the error text names, else all the unit may have written."""
+        if self.producer is not None and not self.calls.busy:
+            self.producer.poll(0)
+        failures = self.errors.take_delivery_failures()
+        written = self._written()
+        codes = {f.code for f in failures} | ({error.code()} if error is not None else set())
+        if codes & set(UNKNOWN_TOPIC_CODES):
+            # A deleted topic fails AddPartitionsToTxn with UNKNOWN_TOPIC_OR_PART, exactly as
+            # a partition in the middle of moving does: only the metadata tells them apart.
+            for topic in self.missing_topics(written):
+                text = f"{topic} is not in the cluster's metadata"
+                failures.append(
+                    DeliveryFailure(topic, KafkaError._UNKNOWN_TOPIC, "_UNKNOWN_TOPIC", text, 0)
+                )
+        if error is not None and permanent_commit_error(error.code()):
+            named = [t for t in written if t in error.str()]
+            topic = named[0] if named else " / ".join(written)
+            failures.append(DeliveryFailure(topic, error.code(), error.name(), error.str(), 0))
+        return failures
+
+    def _settle(self, failures: list[DeliveryFailure]) -> bool:
+        """Act on the delivery failures of the aborted unit (``consumer.delivery``): raise
+        :class:`PermanentDeliveryError` for one no retry can fix (the unit is already aborted,
+        so nothing past the last commit is committed); True if a record at fault will be
+        dead-lettered by the redo, False if only transient errors failed it."""
+        learnt = False
+        for failure in failures:
+            action = remedy(failure.code, failure.topic, self.topics)
+            if action is Remedy.retry:
+                continue
+            limit = None
+            if action is Remedy.dead_letter:
+                limit = self.read_limits([failure.topic]).get(failure.topic)
+                if limit is not None and failure.size > limit:
+                    learnt = learnt or self.size_limits.get(failure.topic) != limit
+                    self.size_limits[failure.topic] = limit
+                    continue
+                if limit is None:
+                    continue  # the limit is unknown (the admin request failed): retry
+            message = stop_message(failure, limit)
+            self.errors.fatal = message  # neither the revoke callback nor close() commits
+            log_event(
+                "permanent_delivery_error",
+                level="error",
+                topic=failure.topic,
+                error=failure.name,
+                detail=failure.text,
+            )
+            raise PermanentDeliveryError(message)
+        if learnt:
+            log_event("output_size_limits", level="warning", limits=self.size_limits)
+        return learnt
 
     def finish(self, why: str) -> bool:
         """Commit the open unit, if any, before ``why`` (shutdown, revoke, reload); False if
@@ -385,6 +513,7 @@ class Checkpoint(ABC):
         return "not committed (offsets stay at the last commit)"
 
     def _abort_unit(self, why: str) -> None:
+        self.doomed = None
         self._abort()
         rewind = []
         for partition, first in self.first.items():
@@ -440,10 +569,19 @@ class Checkpoint(ABC):
         partition: int = -1,
         headers: Headers | None = None,
     ) -> None:
-        """Produce into the open unit: waits out a full local queue; a dead letter too big
-        for the broker goes without its bytes; anything else fatal raises."""
+        """Produce into the open unit: waits out a full local queue; an output over its
+        topic's ``max.message.bytes`` is dead-lettered (``output_too_large``), a dead letter
+        too big goes without its bytes; an error no retry can fix stops with its fix."""
         producer = self.producer
         assert producer is not None
+        limit = self.size_limits.get(topic)
+        if limit is not None and record_size(key, value, headers) > limit:
+            if topic != self.topics.dlq and topic != self.topics.changelog:
+                self._dead_letter_output(topic, key, value, limit)
+                return
+            if topic == self.topics.dlq and value:
+                headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
+                value = None
         while True:
             try:
                 if headers is None:
@@ -465,8 +603,59 @@ class Checkpoint(ABC):
                     headers = [*(headers or []), ("error.value_dropped", str(len(value)).encode())]
                     value = None
                     continue
+                if not error.fatal() and self._doomed_by(error):
+                    if self.doomed is None:
+                        why = f"produce to {topic}: {error.name()}: {error.str()}"
+                        self.doomed = _Abort(why, error)
+                    return  # the unit is aborted and redone: this record is produced then
+                if (
+                    error.code() == KafkaError.MSG_SIZE_TOO_LARGE
+                    and topic in (self.topics.strategy_changes, self.topics.risk_alerts)
+                    and value
+                ):
+                    # Over the producer's own message.max.bytes: the record is at fault.
+                    self._dead_letter_output(topic, key, value, None)
+                    return
+                cause = self._root_cause(exc)
+                if not cause.fatal() and remedy(cause.code(), topic, self.topics) is Remedy.stop:
+                    failure = DeliveryFailure(
+                        topic, cause.code(), cause.name(), cause.str(), record_size(key, value)
+                    )
+                    self.fail(f"produce to {topic}: {cause.name()}")  # abort the open unit
+                    self.errors.fatal = stop_message(failure)
+                    raise PermanentDeliveryError(self.errors.fatal) from None
                 # Fatal: fenced, or the transaction is unusable.
-                raise FatalError(self.errors.describe("produce", self._root_cause(exc))) from None
+                raise FatalError(self.errors.describe("produce", cause)) from None
+
+    def _dead_letter_output(
+        self, topic: str, key: bytes | None, value: bytes | None, limit: int | None
+    ) -> None:
+        """An output record larger than its topic accepts: to the DLQ with its bytes (so it
+        can be re-published once the limit is raised) and headers saying why. Its
+        ``source.topic`` is the output topic, not the input, so ``dlq redrive`` (which
+        re-sends only records of the input topic) leaves it alone."""
+        size = len(value or b"")
+        self.metrics.dlq.labels(reason="output_too_large").inc()
+        self.produce(
+            self.topics.dlq,
+            key,
+            value,
+            headers=[
+                ("error.reason", b"output_too_large"),
+                ("error.class", b"MSG_SIZE_TOO_LARGE"),
+                (
+                    "error.message",
+                    (
+                        f"{size}-byte record exceeds {topic}'s max.message.bytes={limit}"
+                        if limit is not None
+                        else f"{size}-byte record exceeds the producer's message.max.bytes"
+                    ).encode(),
+                ),
+                ("source.topic", topic.encode()),
+                ("source.partition", b"-1"),
+                ("source.offset", b"-1"),
+            ],
+        )
 
     def poll(self) -> None:
         """Serve delivery reports and client errors (they are recorded, not raised)."""
@@ -536,9 +725,11 @@ class Checkpoint(ABC):
                 if error.fatal():
                     raise FatalError(self.errors.describe(what, error)) from None
                 if self._requires_abort(error):
-                    raise _Abort(f"{what}: {error.name()}: {error.str()}") from None
+                    raise _Abort(f"{what}: {error.name()}: {error.str()}", error) from None
                 if not waits_out(error):
                     raise self._gave_up(what, error) from None
+                if self._stalled_at is None and self._lost_a_topic(error):
+                    raise _Abort(f"{what}: {error.name()}: {error.str()}", error) from None
                 self.stall(what, f"{error.name()}: {error.str()}")
                 log_event(
                     "commit_retry",
@@ -690,6 +881,30 @@ class ExactlyOnce(Checkpoint):
     def _requires_abort(self, error: KafkaError) -> bool:
         return error.txn_requires_abort()
 
+    def _doomed_by(self, error: KafkaError) -> bool:
+        # librdkafka refuses produce() with _STATE once the transaction is in its abortable
+        # error state (rd_kafka_txn_may_enq_msg), e.g. after the broker refused a record.
+        return error.txn_requires_abort() or error.code() == KafkaError._STATE
+
+    def _failed_with(self, offsets: list[TopicPartition]) -> KafkaError | None:
+        """In the abortable state every transactional call fails at its state check with the
+        error that caused it (TOPIC_AUTHORIZATION_FAILED from AddPartitionsToTxn, say):
+        send_offsets_to_transaction asks, and cannot commit anything even if it succeeded --
+        the unit is aborted right after."""
+        producer = self.producer
+        if not offsets or producer is None or self.calls.busy:
+            return None
+        group = self.consumer.consumer_group_metadata()
+        try:
+            self._call(
+                "send_offsets_to_transaction",
+                lambda t: producer.send_offsets_to_transaction(offsets, group, t),
+                STALLED_CALL_TIMEOUT_S,
+            )
+        except KafkaException as exc:
+            return exc.args[0]
+        return None
+
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
         return FatalError(self.errors.describe(what, error))
 
@@ -732,6 +947,8 @@ class AtLeastOnce(Checkpoint):
         return False
 
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
+        # An offset commit's own error names no topic written: redone as before, not judged
+        # as a delivery error (that is for a transaction's, ExactlyOnce).
         return _Abort(f"{what}: {error.name()}: {error.str()}")
 
 

@@ -173,6 +173,10 @@ class ServeConfig:
             # the bytes saved. Set compression.type in --kafka-config where the network or
             # the brokers' disks are the limit.
             "compression.type": "none",
+            # A deleted output topic must fail delivery (consumer.delivery stops the scorer
+            # naming it), not come back auto-created with the broker's default partition
+            # count: librdkafka's producer asks for auto-creation unless told not to.
+            "allow.auto.create.topics": "false",
             **self._common(),
             "enable.idempotence": "true",
         }

@@ -154,8 +154,10 @@ class LocalBroker:
 
     heap_opts = HEAP_OPTS
 
-    def __init__(self, data_dir: Path | None = None) -> None:
+    def __init__(self, data_dir: Path | None = None, extra: dict[str, str] | None = None) -> None:
         self.data_dir = Path(data_dir or default_data_dir()).resolve()
+        # Settings added to server.properties (a test's authorizer, for instance).
+        self.extra = dict(extra or {})
 
     @property
     def _pid_file(self) -> Path:
@@ -204,7 +206,10 @@ class LocalBroker:
     def _configure(self) -> int:
         """Write ``server.properties``; the client port."""
         port, controller_port = free_port(), free_port()
-        self._properties.write_text(_server_properties(self.data_dir, port, controller_port))
+        extra = "".join(f"{key}={value}\n" for key, value in self.extra.items())
+        self._properties.write_text(
+            _server_properties(self.data_dir, port, controller_port) + extra
+        )
         return port
 
     def _cluster_id(self) -> str:

@@ -140,6 +140,30 @@ def _cli(*args: str, timeout: float = 600) -> None:
     assert result.returncode == 0, f"loan-recovery {' '.join(args)}:\n{result.stderr[-3000:]}"
 
 
+def scored_book(out: Path, model: Path, loans: int, seed: int) -> dict:
+    """A synthetic book's events (as `score` reads them) and its batch reference's changes,
+    computed by the real CLI in ``out``."""
+    from models.data.adapters import read_history, write_jsonl
+    from models.data.synthetic import generate_book
+
+    _, events, _ = generate_book(loans, seed=seed)
+    log = out / "events.jsonl"
+    with open(log, "w") as handle:
+        write_jsonl(events, handle)
+    changes = out / "changes.csv"
+    _cli(
+        "score",
+        *("--model", str(model), "--source", "events", "--input", str(log)),
+        *("--out", str(out / "scores.csv"), "--changes", str(changes)),
+        *("--partitions", str(PARTITIONS)),
+    )
+    with open(changes) as handle:
+        return {
+            "events": read_history("events", log).events,
+            "changes": list(csv.DictReader(handle)),
+        }
+
+
 class Scorer:
     """One `loan-recovery serve` subprocess with its own metrics port and log."""
 
