@@ -291,7 +291,7 @@ def test_the_decomposition_of_one_tree_walks_its_path() -> None:
     from models.serving._forest_kernel import ForestKernel
     from sklearn.ensemble import RandomForestClassifier
 
-    from models.serving.contributions import column_contributions_numpy
+    from models.serving.contributions import input_contributions_numpy
 
     rng = np.random.default_rng(3)
     x = rng.random((400, 3)).astype(np.float32)
@@ -310,5 +310,8 @@ def test_the_decomposition_of_one_tree_walks_its_path() -> None:
                 expected[i, f] += tree.value[child, 0, 1] - tree.value[node, 0, 1]
                 node = child
     expected /= len(trees)
-    assert np.allclose(column_contributions_numpy(trees, rows), expected, atol=1e-15)
-    assert np.allclose(ForestKernel(trees, 3).contributions(rows), expected, atol=1e-15)
+    slots = np.arange(3, dtype=np.int32)  # each forest column its own input
+    assert np.allclose(input_contributions_numpy(trees, rows, slots, 3), expected, atol=1e-15)
+    votes, compiled = ForestKernel(trees, 3).explain(rows, slots, 3)
+    assert np.allclose(compiled, expected, atol=1e-15)
+    assert np.array_equal(votes, forest.predict_proba(rows)[:, 1])
