@@ -21,9 +21,14 @@ The factor is the calibration's secant slope between the average vote and the ro
 is >= 0 for an increasing map: the ranking and the signs are the
 forest's own. Where the map is flat between the two votes (a plateau) the factor is 0 and every
 served contribution is 0; the ranking then falls back to the raw contributions
-(``models.serving.reasons``). ``tests/unit/models/test_models_contributions.py`` checks both
+(``models.serving.reasons``). ``tests/unit/models/test_models_fast_forest.py`` checks both
 identities on 10,000 rows, for this numpy reference and for the compiled kernel, which computes
-the same bits (``ForestKernel.contributions``).
+the same bits (``ForestKernel.explain``, one walk for the votes and the contributions).
+
+Emitted records need only each row's top 3 (:func:`top_contributions`): with a factor >= 0 the
+served ranking is the raws', so only the raw matrix is ranked (the compiled ``top_positions``
+or :func:`top_positions_numpy`). Together with the one walk, the processor's reasons went from
+23.8 to 13.6 us CPU per explained row (docs/MODELS.md, "Cost").
 """
 
 from __future__ import annotations
