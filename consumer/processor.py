@@ -454,7 +454,7 @@ class PartitionProcessor:
         if top is None:
             return {}
         # Only the top cells leave the model (no n x inputs matrices, no per-row lookups):
-        # 23-25 us per explained row before, measured in bench.reasons (docs/MODELS.md).
+        # 23.8 -> 13.6 us CPU per explained row (docs/MODELS.md, "Cost").
         codes, fields = reason_codes(top.columns, emitted).tolist(), REASON_FIELDS
         out = {}
         for i, row_codes, values in zip(wanted, codes, top.values.tolist(), strict=True):
