@@ -9,14 +9,18 @@ live in one place, ``consumer.serializers``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 UNKNOWN_TYPE = "unknown"  # event_type label of records that could not be decoded
 
 
-@dataclass(frozen=True, slots=True)
-class Reason:
+class Reason(NamedTuple):
     """One driver of a risk score (schema record ``Reason``): a reason-code catalogue entry and
-    its exact path-decomposition contribution to the forest's probability."""
+    its exact path-decomposition contribution to the forest's probability.
+
+    A named tuple, not a frozen dataclass like the other outputs: ~2.5 of them are built per
+    emitted record, and a frozen dataclass's ``__init__`` (one ``object.__setattr__`` per
+    field) cost 2.7 us against 1.1 us for this on the shared bench machine (timeit, 3.11)."""
 
     code: str
     feature: str

@@ -45,7 +45,8 @@ _NAMES: dict[type, tuple[str, ...]] = {}
 def _field_names(cls: type) -> tuple[str, ...]:
     names = _NAMES.get(cls)
     if names is None:
-        names = _NAMES[cls] = tuple(f.name for f in fields(cls))
+        named = getattr(cls, "_fields", None)  # a NamedTuple (``Reason``) or a dataclass
+        names = _NAMES[cls] = named if named is not None else tuple(f.name for f in fields(cls))
     return names
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from models.errors import ModelsError
 from models.features.columns import FEATURE_NAMES
-from models.serving.contributions import Explanation
+from models.serving.contributions import Explanation, TopContributions
 from models.serving.forest import FastCalibratedForest, fast_predictor, is_fast_servable
 
 MODEL_FILE = "model.skops"
@@ -184,6 +184,15 @@ class ModelBundle:
             return None
         return self._forest.explain(
             np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURE_NAMES))
+        )
+
+    def explain_top(self, rows: np.ndarray, k: int) -> TopContributions | None:
+        """Each row's ``k`` largest served contributions (:meth:`explain`'s cells, ranked as
+        ``models.serving.reasons.top_reasons`` ranks them): what emitted records carry."""
+        if self._forest is None:
+            return None
+        return self._forest.explain_top(
+            np.asarray(rows, dtype=np.float64).reshape(-1, len(FEATURE_NAMES)), k
         )
 
     def __repr__(self) -> str:

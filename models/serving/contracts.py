@@ -21,7 +21,7 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import numpy as np
 
 from models.features.state import LoanState
-from models.serving.contributions import Explanation
+from models.serving.contributions import Explanation, TopContributions
 from models.serving.guardrails import Guardrails
 
 
@@ -42,6 +42,8 @@ class ExplainingModel(Protocol):
     A model without ``explain`` (or returning None) emits records without reasons."""
 
     def explain(self, rows: np.ndarray) -> Explanation | None: ...
+
+    def explain_top(self, rows: np.ndarray, k: int) -> TopContributions | None: ...
 
 
 @runtime_checkable

@@ -11,7 +11,10 @@ A record's reasons are its top 3 inputs by served contribution (``models.serving
 the ones that raise the risk (contribution > 0); at least one always: when nothing raised it, the
 largest. Ties -- all served contributions are 0 where the calibration is flat -- are broken by
 the raw forest contributions (same signs and order as the served ones wherever the map rises),
-then by input position, so the choice is deterministic.
+then by input position, so the choice is deterministic. :func:`top_reasons` defines that choice
+on the full contribution matrices; the processor gets the same choice cheaper from
+``explain_top`` (only the raws ranked, in the compiled ``top_positions``) and
+:func:`reason_codes` (``tests/unit/models/test_models_reasons.py`` holds the two together).
 
 >>> reason_code("days_past_due", 75.0).text, reason_code("days_past_due", float("nan")).code
 ('60 or more days past due', 'R04')
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.features.columns import FEATURE_NAMES
+from models.features.columns import FEATURE_INDEX, FEATURE_NAMES
 
 MAX_REASONS = 3
 
@@ -114,6 +117,43 @@ def reason_code(feature: str, value: float) -> ReasonCode:
             if value >= band.at_least:  # type: ignore[operator]
                 return band
     return default
+
+
+# (code, feature, text) of each catalogue entry: what a record's reason is made of, by index.
+REASON_FIELDS: tuple[tuple[str, str, str], ...] = tuple(
+    (entry.code, entry.feature, entry.text) for entry in CATALOGUE
+)
+
+
+def _code_tables() -> tuple[np.ndarray, tuple[tuple[int, float, int], ...]]:
+    """Per ``features()`` position, the index of its band-free entry (-1: not catalogued);
+    and every band as (position, from value, index), lowest bound first per feature."""
+    free = np.full(len(FEATURE_NAMES), -1, dtype=np.intp)
+    bands = []
+    for index, entry in enumerate(CATALOGUE):
+        position = FEATURE_INDEX[entry.feature]
+        if entry.at_least is None:
+            free[position] = index
+        else:
+            bands.append((position, float(entry.at_least), index))
+    return free, tuple(sorted(bands))
+
+
+_FREE, _BANDS = _code_tables()
+
+
+def reason_codes(columns: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The catalogue index (into :data:`CATALOGUE`, :data:`REASON_FIELDS`) of each chosen
+    input at its row's value: :func:`reason_code` for a whole batch in a few array operations
+    (a band applies from its bound up, a NaN takes the band-free entry). ``columns``: n x k
+    positions in the ``features()`` ``rows``."""
+    levels = np.take_along_axis(rows, columns, axis=1)
+    codes = _FREE[columns]
+    if (codes < 0).any():
+        raise KeyError(f"not in the catalogue: {FEATURE_NAMES[int(columns[codes < 0][0])]}")
+    for position, at_least, index in _BANDS:  # lowest first: the highest band that applies wins
+        codes[(columns == position) & (levels >= at_least)] = index
+    return codes
 
 
 def top_reasons(

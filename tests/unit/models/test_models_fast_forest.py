@@ -291,7 +291,7 @@ def test_the_decomposition_of_one_tree_walks_its_path() -> None:
     from models.serving._forest_kernel import ForestKernel
     from sklearn.ensemble import RandomForestClassifier
 
-    from models.serving.contributions import column_contributions_numpy
+    from models.serving.contributions import input_contributions_numpy
 
     rng = np.random.default_rng(3)
     x = rng.random((400, 3)).astype(np.float32)
@@ -310,5 +310,101 @@ def test_the_decomposition_of_one_tree_walks_its_path() -> None:
                 expected[i, f] += tree.value[child, 0, 1] - tree.value[node, 0, 1]
                 node = child
     expected /= len(trees)
-    assert np.allclose(column_contributions_numpy(trees, rows), expected, atol=1e-15)
-    assert np.allclose(ForestKernel(trees, 3).contributions(rows), expected, atol=1e-15)
+    slots = np.arange(3, dtype=np.int32)  # each forest column its own input
+    assert np.allclose(input_contributions_numpy(trees, rows, slots, 3), expected, atol=1e-15)
+    votes, compiled = ForestKernel(trees, 3).explain(rows, slots, 3)
+    assert np.allclose(compiled, expected, atol=1e-15)
+    assert np.array_equal(votes, forest.predict_proba(rows)[:, 1])
+
+
+# -- the reasons' fast path (explain_top, top_positions) ----------------------------------------
+
+
+def adversarial_values(rng: np.random.Generator, n: int, m: int) -> np.ndarray:
+    """Contribution-like rows full of ties: values on a coarse grid, exact zeros of both
+    signs, a few NaNs and infinities, some rows all equal."""
+    x = np.round(rng.normal(0.0, 0.02, (n, m)), 3)
+    x[rng.random((n, m)) < 0.2] = 0.0
+    x[rng.random((n, m)) < 0.1] = -0.0
+    x[rng.random((n, m)) < 0.01] = np.nan
+    x[rng.random((n, m)) < 0.01] = np.inf
+    x[rng.random((n, m)) < 0.01] = -np.inf
+    x[::50] = 0.5  # every position tied
+    return x
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 5, 41, 60])
+def test_compiled_top_positions_equal_the_reference(k) -> None:
+    """The compiled selection picks the reference's (stable argsort of ``-values``) positions
+    exactly: ties by position, -0.0 equal to 0.0, NaN after every number."""
+    from models.serving._forest_kernel import top_positions
+
+    from models.serving.contributions import top_positions_numpy
+
+    rng = np.random.default_rng(k)
+    for shape in [(10_000, 41), (7, 1), (0, 41), (3, 0)]:
+        values = adversarial_values(rng, *shape)
+        compiled, reference = top_positions(values, k), top_positions_numpy(values, k)
+        assert compiled.shape == reference.shape == (shape[0], min(k, shape[1]))
+        assert np.array_equal(compiled, reference)
+    ties = np.array([[0.1, 0.3, 0.3, 0.0, -0.0, 0.3]])
+    assert top_positions(ties, 3).tolist() == [[1, 2, 5]]  # equal values: the first first
+
+
+def test_one_walk_gives_the_served_votes(model, random_rows) -> None:
+    """``ForestKernel.explain``'s votes are ``sum_votes``' bits (the scores reasons explain
+    are the served ones) and its contributions the reference's, batch sizes across blocks."""
+    forest = FastCalibratedForest(model, native=True)
+    kernel, slots, n_inputs = forest._kernel, forest._slots, len(forest._inputs)
+    x32 = np.ascontiguousarray(forest._prepare.transform(random_rows), dtype=np.float32)
+    votes, raw = kernel.explain(x32, slots, n_inputs)
+    assert np.array_equal(votes, kernel.sum_votes(x32))
+    from models.serving.contributions import input_contributions_numpy
+
+    assert np.array_equal(raw, input_contributions_numpy(forest._trees, x32, slots, n_inputs))
+    for size in (1, 63, 64, 65, 130):
+        part_votes, part = kernel.explain(x32[:size], slots, n_inputs)
+        assert np.array_equal(part_votes, votes[:size]) and np.array_equal(part, raw[:size])
+    with pytest.raises(ValueError, match="slot"):
+        kernel.explain(x32[:2], np.full_like(slots, n_inputs), n_inputs)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "reference"])
+def test_explain_top_is_explain_ranked_by_top_reasons(model, random_rows, native) -> None:
+    """On 10,000 random rows, ``explain_top`` chooses the inputs ``top_reasons`` chooses from
+    the full ``explain`` matrices (served, then raw, then position) and reports the same
+    served cells, bit for bit -- including rows where the calibration is flat (all served 0,
+    ranked by the raws)."""
+    from models.features.columns import FEATURE_INDEX, FEATURE_NAMES
+    from models.serving.reasons import MAX_REASONS, top_reasons
+
+    forest = FastCalibratedForest(model, native=native)
+    full = forest.explain(random_rows)
+    top = forest.explain_top(random_rows, MAX_REASONS)
+    assert full is not None and top is not None
+    flat = (full.contributions == 0.0).all(axis=1)
+    assert 0 < flat.sum() < len(flat), "some rows sit on a plateau of the map, most do not"
+    n, m = full.raw.shape
+    order = np.lexsort((np.broadcast_to(np.arange(m), (n, m)), -full.raw, -full.contributions))
+    expected = order[:, :MAX_REASONS]
+    assert np.array_equal(top.columns, np.asarray(full.inputs)[expected])
+    assert np.array_equal(top.values, np.take_along_axis(full.contributions, expected, axis=1))
+    chosen = top_reasons(full.inputs, full.contributions, full.raw, random_rows)
+    for i in range(0, n, 97):  # and the reasons' inputs are those cells, positives first
+        features = [FEATURE_INDEX[entry.feature] for entry, _ in chosen[i]]
+        assert features == top.columns[i, : len(features)].tolist()
+        assert {FEATURE_NAMES[c] for c in features} <= {FEATURE_NAMES[c] for c in full.inputs}
+
+
+def test_a_falling_calibration_is_ranked_by_the_three_keys() -> None:
+    """Rows whose factor is negative or NaN (a map that falls; the isotonic one never does)
+    are ranked on served, then raw, then position like ``top_reasons``, not by the raws."""
+    from models.serving.contributions import top_contributions, top_positions_numpy
+
+    raw = np.array([[0.3, 0.1, -0.2, 0.1], [0.3, 0.1, -0.2, 0.1], [0.0, 0.2, 0.2, -0.1]])
+    secant = np.array([-2.0, 0.5, 0.0])
+    top = top_contributions((4, 7, 9, 11), raw, secant, 3, top_positions_numpy)
+    assert top.columns.tolist() == [[9, 7, 11], [4, 7, 11], [7, 9, 4]]
+    assert np.array_equal(top.values[0], np.array([-0.2, 0.1, 0.1]) * -2.0)
+    nan_row = top_contributions((4, 7, 9, 11), raw[:1], np.array([np.nan]), 3, top_positions_numpy)
+    assert nan_row.columns.tolist() == [[4, 7, 11]]  # all served NaN: the raws decide

@@ -115,3 +115,31 @@ def test_rows_of_a_batch_are_ranked_independently() -> None:
     first, second = top_reasons(INPUTS, served, served, rows)
     assert codes(first) == ["R40", "R03", "R11"]
     assert [(e.code, v) for e, v in second] == [("R11", -0.1)]
+
+
+def test_reason_codes_of_a_batch_are_reason_code_of_each_cell() -> None:
+    """The vectorised lookup the processor uses gives :func:`reason_code`'s entry for every
+    cell: each band's bounds, just below them, NaN and negative values, band-free inputs."""
+    from models.serving.reasons import reason_codes
+
+    features = sorted({entry.feature for entry in CATALOGUE})
+    positions = np.array([FEATURE_INDEX[f] for f in features])
+    bounds = sorted({float(e.at_least) for e in CATALOGUE if e.at_least is not None})
+    levels = [math.nan, -3.0, 0.0, *bounds, *(b - 1e-9 for b in bounds), 1e9]
+    rng = np.random.default_rng(5)
+    columns = rng.choice(positions, (2000, 3))
+    rows = rng.choice(levels, (2000, len(FEATURE_INDEX)))
+    codes = reason_codes(columns, rows)
+    assert codes.shape == (2000, 3)
+    for i in range(2000):
+        for j in range(3):
+            feature = features[int(np.flatnonzero(positions == columns[i, j])[0])]
+            assert CATALOGUE[codes[i, j]] == reason_code(feature, rows[i, columns[i, j]])
+    assert {CATALOGUE[c].code for c in codes.ravel()} >= {"R01", "R02", "R03", "R04", "R07"}
+
+
+def test_an_input_outside_the_catalogue_is_refused() -> None:
+    from models.serving.reasons import reason_codes
+
+    with pytest.raises(KeyError, match="gender"):
+        reason_codes(np.array([[FEATURE_INDEX["gender"]]]), np.zeros((1, len(FEATURE_INDEX))))
