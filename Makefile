@@ -9,6 +9,11 @@ STAMP := $(VENV)/.installed
 # under tests/unit/).
 UNIT_TESTS ?= tests/unit
 UNIT_SELECT ?=
+# The broker-free tests are CPU-bound and independent: one worker per core (pytest-xdist), a
+# whole file per worker so a module's fixtures are built once. The broker tests run one at a
+# time after them: several at once would time each other out on a small machine.
+UNIT_WORKERS ?= 2
+XDIST := -n $(UNIT_WORKERS) --dist loadfile
 
 .PHONY: setup test test-unit demo bench lint clean broker-stop system-deps
 
@@ -29,12 +34,13 @@ system-deps:
 test: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
-	@$(BIN)/pytest -q -ra tests
+	@$(BIN)/pytest -q -ra $(XDIST) tests/unit
+	@$(BIN)/pytest -q -ra tests/integration
 
 # No broker and no Kafka jars: what CI runs on its second interpreter.
 test-unit: $(STAMP) system-deps
 	@$(BIN)/python -c 'import sys; print("unit tests on Python", sys.version.split()[0])'
-	@$(BIN)/pytest -q -ra $(UNIT_SELECT) $(UNIT_TESTS)
+	@$(BIN)/pytest -q -ra $(XDIST) $(UNIT_SELECT) $(UNIT_TESTS)
 
 demo: setup
 	@$(BIN)/python scripts/demo.py
