@@ -4,6 +4,8 @@ rollback, parity with the batch reference at any batch size), and a corrected Lo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from consumer.partition_store import CHECKPOINT_KEY, NO_CLOCK
@@ -259,3 +261,12 @@ def test_a_corrected_loan_opened_opens_a_loan_whose_first_was_rejected(
     assert second.dead_letters == [] and second.n == 2
     assert proc.store.states["C"].feature_dict()["loan_amount"] == 12000.0
     assert {c.loan_id for c in second.changes} == {"C"}  # its first decision
+
+
+def test_the_retention_is_configured_and_a_negative_one_refused(tmp_path: Path) -> None:
+    from consumer.config import ConfigError, ServeConfig
+
+    assert ServeConfig("localhost:9092", tmp_path).closed_retention_days == 180.0
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ConfigError, match="--closed-retention-days"):
+            ServeConfig("localhost:9092", tmp_path, closed_retention_days=bad)
