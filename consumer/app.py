@@ -34,7 +34,7 @@ from consumer.errors import FatalError as FatalError
 from consumer.health import HealthState
 from consumer.logs import log_event
 from consumer.metrics import ScorerMetrics
-from consumer.partition_store import total_population
+from consumer.partition_store import DAY_MS, total_population
 from consumer.processor import BatchResult, PartitionProcessor, Record, decide_together
 from consumer.recovery import ChangelogRestorer, Recovery
 from consumer.runtime import tune_gc_for_streaming
@@ -128,6 +128,7 @@ class ScorerApp:
             self.errors,
             self.health,
             self.metrics,
+            closed_retention_ms=cfg.closed_retention_days * DAY_MS,
         )
         try:  # opens the producer: a fenced or unusable transactional id stops us here
             clients = (consumer, self._new_producer, recovery.stores, self.errors, self.metrics)

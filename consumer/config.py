@@ -26,6 +26,7 @@ from pathlib import Path
 
 from consumer.errors import ConfigError as ConfigError
 from consumer.lookup import advertised_client_id
+from consumer.partition_store import DEFAULT_CLOSED_RETENTION_DAYS
 from schemas.topics import Topics
 
 
@@ -98,6 +99,9 @@ class ServeConfig:
     # How often the running scorer re-checks partition counts and the changelog's compaction
     # (consumer.topology); the start-up check always runs.
     topology_check_s: float = 300.0
+    # A closed loan leaves state this long (event time) after its last event (ARCHITECTURE.md
+    # §8); `score --closed-retention-days` must be given the same value for parity.
+    closed_retention_days: float = DEFAULT_CLOSED_RETENTION_DAYS
 
     def __post_init__(self) -> None:
         for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):
@@ -115,6 +119,8 @@ class ServeConfig:
             )
         if self.commit_interval_ms < 1:
             raise ConfigError("--commit-interval-ms must be >= 1")
+        if not self.closed_retention_days >= 0:  # (catches NaN)
+            raise ConfigError("--closed-retention-days must be >= 0")
         if self.outage_patience_s < 0:
             raise ConfigError("--outage-patience-s must be >= 0")
 

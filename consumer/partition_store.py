@@ -17,15 +17,24 @@ the Kafka side (``consumer.checkpoint``, ``consumer.recovery``) only moves recor
 - Changelog: :meth:`changelog_records` gives the changed loans' ``LoanState`` records plus the
   partition's ``PartitionCheckpoint`` under ``__partition__`` (docs/INTERNALS.md, changelog
   keys); :meth:`restore` applies one such record, last write wins.
+- Lifecycle (ARCHITECTURE.md §8): ``clock`` is the partition's event time, the largest
+  ``occurred_at`` of an event applied on it, carried in the checkpoint. A closed loan whose last
+  event is more than ``retention_ms`` behind it has left the partition: the processor treats
+  it as absent from then on (:meth:`expired`), whenever it is removed, so decisions do not
+  depend on when :meth:`sweep` runs; the sweep (once per commit, and per batch in the batch
+  reference) removes such loans with a heap of closed loans by expiry, so it costs nothing
+  when none is due, and the changelog gets their tombstones.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections import Counter, deque
 from collections.abc import Iterable
 
 from consumer.outputs import StrategyChanged
-from models.features.state import LoanState
+from models.features.state import CLOSED, LAST_EVENT_AT, LoanState
 from models.features.state_codec import LoanStateCodec
 from models.serving.contracts import Segmenter
 from schemas import AvroSerde, SchemaDecodeError
@@ -37,6 +46,11 @@ CHECKPOINT_KEY = "__partition__"
 _CHECKPOINT_KEY_BYTES = CHECKPOINT_KEY.encode()
 # Strategy changes kept per partition for the loan lookup: bounded (~1 KB each), not per loan.
 DECISION_HISTORY = 256
+DAY_MS = 86_400_000
+# Long enough for late recoveries after a write-off (issue #12 item 5), short enough that
+# closed loans do not grow memory and the changelog without bound.
+DEFAULT_CLOSED_RETENTION_DAYS = 180.0
+NO_CLOCK = -math.inf  # no event applied on the partition yet
 
 
 def _segmenter_from_json(text: str) -> Segmenter:
@@ -53,22 +67,36 @@ class PartitionStore:
 
     __slots__ = (
         "_checkpoint_serde",
+        "_committed_clock",
         "_committed_events_applied",
         "_committed_segmenter",
+        "_expiring",
         "_pending_decisions",
         "_state_codec",
         "by_segment",
         "by_tier",
+        "clock",
         "decisions",
         "events_applied",
         "partition",
+        "retention_ms",
         "segmenter",
         "states",
         "undo",
     )
 
-    def __init__(self, partition: int, segmenter: Segmenter) -> None:
+    def __init__(
+        self,
+        partition: int,
+        segmenter: Segmenter,
+        retention_ms: float = DEFAULT_CLOSED_RETENTION_DAYS * DAY_MS,
+    ) -> None:
         self.partition = partition
+        self.retention_ms = float(retention_ms)
+        self.clock = self._committed_clock = NO_CLOCK
+        # (expires at, loan id) of closed loans; an entry may be stale (a recovery moved the
+        # loan's last event on, or the id was re-opened after expiry): the sweep re-checks.
+        self._expiring: list[tuple[float, str]] = []
         self.states: dict[str, LoanState] = {}
         self.undo: dict[str, LoanState | None] = {}  # committed image of each touched loan
         self.segmenter = segmenter
@@ -108,6 +136,7 @@ class PartitionStore:
             self._pending_decisions.clear()
         self._committed_segmenter = self.segmenter.to_json()
         self._committed_events_applied = self.events_applied
+        self._committed_clock = self.clock
 
     def rollback(self) -> None:
         """The transaction aborted: back to the state of the last commit."""
@@ -116,16 +145,72 @@ class PartitionStore:
                 self.states.pop(loan_id, None)
             else:
                 self.states[loan_id] = committed
+                if committed.closed:  # the aborted sweep may have popped its heap entry
+                    self.index_closed(committed)
+        self.clock = self._committed_clock
         self.undo.clear()
         self._pending_decisions.clear()
         self.segmenter = _segmenter_from_json(self._committed_segmenter)
         self.events_applied = self._committed_events_applied
         self._recount()
 
+    # -- the lifecycle: closed loans leave after the retention ---------------------------------
+    def advance_clock(self, event_time: float) -> None:
+        if event_time > self.clock:
+            self.clock = event_time
+
+    def expired(self, state: LoanState, event_time: float) -> bool:
+        """Has closed ``state`` left the partition by the time of an event at ``event_time``
+        (the clock counts that event too)? Strictly more than the retention since its last
+        applied event (its close, or its latest recovery after a write-off)."""
+        clock = event_time if event_time > self.clock else self.clock
+        return state.closed and clock - state[LAST_EVENT_AT] > self.retention_ms
+
+    def index_closed(self, state: LoanState) -> None:
+        """Put a closed loan in the sweep's heap (again: duplicates are harmless)."""
+        heapq.heappush(self._expiring, (state[LAST_EVENT_AT] + self.retention_ms, state.loan_id))
+
+    def index_closed_states(self, states: Iterable[LoanState]) -> None:
+        """Index the closed ones among ``states`` (a batch's applied states)."""
+        for state in states:
+            if state[CLOSED]:
+                self.index_closed(state)
+
+    def remove(self, loan_id: str) -> None:
+        """A loan leaves the partition (undoable; a tombstone in the changelog at commit)."""
+        state = self.states.get(loan_id)
+        if state is None:
+            return
+        self.remember(loan_id, state)
+        del self.states[loan_id]
+        if state.risk_tier is not None:
+            self.by_tier[state.risk_tier] -= 1
+        if state.segment is not None:
+            self.by_segment[state.segment] -= 1
+
+    def sweep(self) -> int:
+        """Remove every closed loan past the retention at the current clock; returns how many.
+        O(1) when none is due (a heap peek), so it runs at every commit."""
+        heap, removed = self._expiring, 0
+        while heap and heap[0][0] < self.clock:
+            _, loan_id = heapq.heappop(heap)
+            state = self.states.get(loan_id)
+            if state is None or not state.closed:
+                continue  # gone already, or the id was opened again after it expired
+            if self.clock - state[LAST_EVENT_AT] > self.retention_ms:
+                self.remove(loan_id)
+                removed += 1
+            else:  # a recovery moved its last event on: due later
+                self.index_closed(state)
+        return removed
+
     # -- the changelog --------------------------------------------------------------------------
     def changelog_records(self, now_ms: int) -> list[tuple[bytes, bytes | None]]:
         """(key, value) for every loan changed since the last commit (None: it was opened and
-        rolled away, a tombstone), then the partition's checkpoint."""
+        rolled away, or it left after the closed-loan retention: a tombstone), then the
+        partition's checkpoint. Sweeps first, so the tombstones go in the same transaction as
+        the input offsets that moved the clock past the loans' expiry."""
+        self.sweep()
         encode, states = self._state_codec.encode, self.states
         records: list[tuple[bytes, bytes | None]] = []
         for loan_id in self.undo:
@@ -142,6 +227,7 @@ class PartitionStore:
                 "clusterer_json": self.segmenter.to_json(),
                 "events_applied": self.events_applied,
                 "updated_at": now_ms,
+                "event_time": None if self.clock == NO_CLOCK else int(self.clock),
             }
         )
 
@@ -177,11 +263,17 @@ class PartitionStore:
             return False
         self.segmenter = _segmenter_from_json(checkpoint["clusterer_json"])
         self.events_applied = checkpoint["events_applied"]
+        event_time = checkpoint.get("event_time")  # None: no event yet, or a v1 checkpoint
+        self.clock = NO_CLOCK if event_time is None else float(event_time)
         return True
 
     def finish_restore(self) -> None:
-        """Everything restored is committed by definition; the gauges count it."""
+        """Everything restored is committed by definition; the gauges count it. The closed
+        loans restored go back into the sweep's heap (the next commit removes the due ones:
+        their expiry is already in force, :meth:`expired`)."""
         self.commit()
+        self._expiring.clear()
+        self.index_closed_states(self.states.values())
         self._recount()
 
     # -- summaries ------------------------------------------------------------------------------

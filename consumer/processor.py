@@ -11,6 +11,9 @@ partition in offset order and, for each record:
    ``invalid_loan_id``: it could collide with an internal changelog key, ARCHITECTURE.md §8);
    then opens the loan (``LoanOpened``) or applies the event to its state with the one feature
    state machine, ``models.features.state``; unknown loans and ``InvalidEvent`` -> dead letter;
+   a payment after ``LoanClosed(WRITTEN_OFF)`` is a recovery: applied to the state, counted
+   (outcome ``recovery``), never scored, so a closed loan gets no new decision; a closed loan
+   past the retention (``PartitionStore.expired``) is absent, as if never opened;
 4. remembers the loan's feature row right after this event.
 
 Then it scores every row of the batch in ONE vectorised ``predict_proba`` call and, in offset
@@ -57,7 +60,7 @@ from consumer.outputs import (
     StrategyChanged,
 )
 from consumer.partition_store import CHECKPOINT_KEY as CHECKPOINT_KEY
-from consumer.partition_store import PartitionStore
+from consumer.partition_store import DAY_MS, DEFAULT_CLOSED_RETENTION_DAYS, PartitionStore
 from models.features.columns import FEATURE_NAMES
 from models.features.guard_state import GuardState
 from models.features.loan_id import REASON as INVALID_LOAN_ID
@@ -231,12 +234,15 @@ class PartitionProcessor:
         topic: str = "loan.events",
         segmenter: Segmenter | None = None,
         native: bool = True,
+        closed_retention_ms: float = DEFAULT_CLOSED_RETENTION_DAYS * DAY_MS,
     ) -> None:
         self.bundle = bundle
         self.policy = policy
         self.partition = partition
         self.topic = topic
-        self.store = PartitionStore(partition, segmenter or OnlineSegmenter.from_bundle(bundle))
+        self.store = PartitionStore(
+            partition, segmenter or OnlineSegmenter.from_bundle(bundle), closed_retention_ms
+        )
         # Every policy's choice passes through the one guardrail layer (ARCHITECTURE.md §7).
         self.guardrails = policy.guardrails or Guardrails(GuardrailConfig(), policy.priorities)
         self._serde = AvroSerde("LoanEvent")
@@ -281,6 +287,10 @@ class PartitionProcessor:
                 partial(self._apply_reference, result),
             )
             self._count_kernel_outcomes(result)
+        if result.n:  # once per batch: the hot path pays one max and, rarely, a scan
+            store.advance_clock(float(result.occurred[: result.n].max()))
+            if result.outcomes.get(("LoanClosed", "scored")):
+                store.index_closed_states(result.states)
         if batch:
             result.next_offset = batch[-1][0] + 1
         return result
@@ -319,7 +329,7 @@ class PartitionProcessor:
             )
             return n
         try:
-            state = self._open_or_apply(loan_id, event)
+            state = self._open_or_apply(loan_id, event, result, n)
         except DuplicateEvent:
             result.outcomes[(body_type, "duplicate")] += 1
             return n
@@ -330,6 +340,10 @@ class PartitionProcessor:
             self._dead(result, record, "processing_error", error, body_type)
             return n
         self.store.events_applied += 1
+        if state is None:  # a recovery after a write-off: state only, no decision
+            result.outcomes[(body_type, "recovery")] += 1
+            self.store.advance_clock(float(event["occurred_at"]))
+            return n
         result.outcomes[(body_type, "scored")] += 1
         result.features[n] = model_row(state.features())
         result.occurred[n] = event["occurred_at"]
@@ -348,17 +362,39 @@ class PartitionProcessor:
         result.facts[n, 1] = state[DPD]
         result.guards.append(None if state.guard is None else state.guard.copy())
 
-    def _open_or_apply(self, loan_id: str, event: dict[str, Any]) -> LoanState:
+    def _open_or_apply(
+        self, loan_id: str, event: dict[str, Any], result: BatchResult, n: int
+    ) -> LoanState | None:
+        """The loan's state after ``event`` (the applied event at row ``n`` of ``result``), or
+        None when it was a recovery after a write-off (applied, not to be scored)."""
         store = self.store
         state = store.states.get(loan_id)
+        # Only the reference sees closed loans (the kernel hands them back), and the rows
+        # before n hold the clock's advance within this batch.
+        if (
+            state is not None
+            and state.closed
+            and store.expired(state, self._event_time(result, n, event["occurred_at"]))
+        ):
+            store.remove(loan_id)  # it left the partition: what follows sees no such loan
+            state = None
         if state is None:
             new_state = LoanState.open(event)  # raises unknown_loan for any other body type
             store.remember(loan_id, None)
             store.states[loan_id] = new_state
             return new_state
         store.remember(loan_id, state)
+        closed = state.closed
         state.apply(event)  # raises InvalidEvent before mutating (models.features.state contract)
-        return state
+        return None if closed else state
+
+    @staticmethod
+    def _event_time(result: BatchResult, n: int, occurred_at: int) -> float:
+        """The partition clock's value with ``occurred_at`` counted, in the middle of a batch
+        (``store.clock`` moves on once per batch, and with every recovery)."""
+        if n:
+            return max(float(occurred_at), float(result.occurred[:n].max()))
+        return float(occurred_at)
 
     @staticmethod
     def _dead(

@@ -35,7 +35,7 @@ from consumer.errors import FatalError, RestoreError
 from consumer.health import HealthState
 from consumer.logs import log_event
 from consumer.metrics import ScorerMetrics
-from consumer.partition_store import PartitionStore
+from consumer.partition_store import DAY_MS, DEFAULT_CLOSED_RETENTION_DAYS, PartitionStore
 from consumer.processor import PartitionProcessor
 from consumer.runtime import freeze_long_lived
 from models.serving.contracts import EarlyWarningModel, StrategyPolicy
@@ -177,8 +177,10 @@ class Recovery:
         errors: ClientErrors,
         health: HealthState,
         metrics: ScorerMetrics,
+        closed_retention_ms: float = DEFAULT_CLOSED_RETENTION_DAYS * DAY_MS,
     ) -> None:
         self.consumer = consumer
+        self.closed_retention_ms = closed_retention_ms
         self.restorer = restorer
         self.topic = topic  # the input topic
         self.bundle = bundle
@@ -210,7 +212,13 @@ class Recovery:
             processor.bundle = bundle
 
     def new_processor(self, partition: int) -> PartitionProcessor:
-        return PartitionProcessor(self.bundle, self.policy, partition, self.topic)
+        return PartitionProcessor(
+            self.bundle,
+            self.policy,
+            partition,
+            self.topic,
+            closed_retention_ms=self.closed_retention_ms,
+        )
 
     def processor_for(self, partition: int, first_offset: int) -> PartitionProcessor | None:
         """The processor that may process a fetched batch of ``partition``, or None: revoked

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from consumer.outputs import DeadLetter, EarlyWarningAlert, StrategyChanged
+from consumer.partition_store import DAY_MS, DEFAULT_CLOSED_RETENTION_DAYS
 from consumer.partitioning import partition_for, split_by_partition
 from consumer.processor import PartitionProcessor
 from models.features.state import LoanState
@@ -74,19 +75,26 @@ def score_events(
     topic: str = Topics().events,
     batch: int = BATCH,
     progress: Callable[[int, int], None] | None = None,
+    closed_retention_ms: float = DEFAULT_CLOSED_RETENTION_DAYS * DAY_MS,
 ) -> ScoreResult:
     """Decisions of the stream for ``events`` (in the order the producer would send them).
-    ``progress(done, total)`` is called after every batch."""
+    ``progress(done, total)`` is called after every batch. Closed loans leave state after
+    ``closed_retention_ms`` of event time, by the stream's rule (``PartitionStore.expired``):
+    ``loans`` holds what the stream holds after its last commit."""
     encode = AvroSerde("LoanEvent").encode
     result = ScoreResult()
     by_partition = split_by_partition(events, partitions)
     total = sum(len(sequence) for sequence in by_partition.values())
     for partition, sequence in by_partition.items():
-        processor = PartitionProcessor(bundle, policy, partition, topic)
+        processor = PartitionProcessor(
+            bundle, policy, partition, topic, closed_retention_ms=closed_retention_ms
+        )
         records = [(offset, e["loan_id"].encode(), encode(e)) for offset, e in enumerate(sequence)]
         result.events += len(records)
         for start in range(0, len(records), batch):
             out = processor.process(records[start : start + batch])
+            processor.store.sweep()  # as the stream's commit does (the timing changes no decision)
+            processor.store.commit()  # the undo log would otherwise grow with the whole book
             result.changes += out.changes
             result.alerts += out.alerts
             result.dead_letters += out.dead_letters

@@ -30,6 +30,11 @@ STRATEGY_MODEL_HELP = (
     "Treatment-model bundle (`loan-recovery train-strategy --out`): serve the learned policy "
     "to every loan, or to the policy file's `experiment:` arms with `policy: learned`."
 )
+RETENTION_HELP = (
+    "Days of event time a closed loan stays in state after its last event (its close, or "
+    "its latest recovery after a write-off); later events for it are dead letters "
+    "(unknown_loan). `serve` and `score` need the same value for parity."
+)
 
 
 class Source(StrEnum):
@@ -133,6 +138,11 @@ def serve(
         min=0,
         help="Seconds to wait out a Kafka outage (no commit succeeds) before exiting 1.",
     ),
+    closed_retention_days: float = typer.Option(
+        180.0,
+        envvar=_env("CLOSED_RETENTION_DAYS"),
+        help=RETENTION_HELP,
+    ),
 ) -> None:
     """Score loan events as they arrive; emit strategy changes and early-warning alerts.
 
@@ -186,6 +196,7 @@ def serve(
             exit_when_idle_s=exit_when_idle,
             max_batch=max_batch,
             outage_patience_s=outage_patience_s,
+            closed_retention_days=closed_retention_days,
         )
     except (ConfigError, KafkaConfigError) as error:
         fail(str(error))
@@ -290,6 +301,7 @@ def score(
     loans: int = typer.Option(1000, min=1, help="synthetic: loans of the book (as `generate`)."),
     seed: int = typer.Option(0, help="synthetic: random seed of the book (as `generate`)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    closed_retention_days: float = typer.Option(180.0, min=0.0, help=RETENTION_HELP),
 ) -> None:
     """Batch-score a history exactly as the stream would (the reference for `serve`)."""
     from consumer.reference import score_events, write_changes_csv, write_loans_csv
@@ -297,7 +309,15 @@ def score(
     bundle, policy_obj = _load_model_and_policy(model, policy, strategy_model)
     events = _read_events(source, input_path, loans, seed)
     with _progress(enabled=not as_json) as on_progress:
-        result = score_events(events, bundle, policy_obj, partitions, topic, progress=on_progress)
+        result = score_events(
+            events,
+            bundle,
+            policy_obj,
+            partitions,
+            topic,
+            progress=on_progress,
+            closed_retention_ms=closed_retention_days * 86_400_000,
+        )
     write_loans_csv(result, out)
     if changes:
         write_changes_csv(result, changes)

@@ -97,6 +97,7 @@ cdef uint64_t HASH_MASK = 4503599627370495  # (1 << 52) - 1: models.features.sta
 # Body types in the union's order (the Avro branch index), as models.features.state names them.
 cdef enum:
     CHANNEL_CALL = 0  # ContactChannel's first symbol
+    WRITTEN_OFF_REASON = 2  # CloseReason: REPAID, SETTLED, WRITTEN_OFF, OTHER
 
 cdef enum:
     OPENED = 0
@@ -127,6 +128,7 @@ assert len(_state.FEATURE_NAMES) == N_FEATURES
 assert _state.LAST_PAYMENT_AT == LAST_PAYMENT_AT == FINGERPRINT0 + FINGERPRINT_WORDS
 assert _state.SCORE == LAST_PAYMENT_AT + 1 and _state.DAY_MS == DAY_MS
 assert _state._MAX_DAYS == MAX_DAYS and _state._HASH_MASK == HASH_MASK
+assert _state.CLOSED_OTHER == 1.0 and _state.WRITTEN_OFF == 2.0
 
 
 # models.features.loan_id's rule as a byte table: 2 = may start an id, 1 = may follow, 0 = never
@@ -267,6 +269,8 @@ cdef struct Body:
     # CollectionAttempt
     int64_t method
     bint legal, call, conversation
+    # LoanClosed: CloseReason's branch (WRITTEN_OFF_REASON keeps the recoveries after it)
+    int64_t reason
 
 
 cdef class EventKernel:
@@ -463,7 +467,8 @@ cdef class EventKernel:
             if read_long(r) != 0:  # a compliance hold: the reference applies it
                 return False
         elif b.kind == CLOSED_EVENT:
-            if not 0 <= read_int(r) <= 3 or r.bad:  # reason: CloseReason's 4 symbols
+            b.reason = read_int(r)
+            if not 0 <= b.reason <= 3 or r.bad:  # reason: CloseReason's 4 symbols
                 return False
         else:
             return False
@@ -587,8 +592,8 @@ cdef class EventKernel:
             v[METHOD] = self._method_codes[b.method]
             if b.legal:
                 v[LEGAL] = 1.0
-        else:  # LoanClosed
-            v[CLOSED] = 1.0
+        else:  # LoanClosed: the reference's WRITTEN_OFF / CLOSED_OTHER
+            v[CLOSED] = 2.0 if b.reason == WRITTEN_OFF_REASON else 1.0
         # _can_apply let through: at > watermark, or at it with one other id there.
         if <double>at > v[LAST_EVENT_AT]:
             v[LAST_EVENT_AT] = <double>at

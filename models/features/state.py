@@ -159,6 +159,12 @@ WATERMARK_ID1 = _I["watermark_id_1"]
 FINGERPRINT0 = _I["applied_ids_0"]
 LAST_PAYMENT_AT = _I["last_payment_at"]
 UNKNOWN_PAYMENT = -1.0  # last_payment_at of a record older than LoanState v3
+# The ``closed`` value (no slot of its own: a double more would break the 600-byte budget):
+# 0 open; CLOSED_OTHER closed as repaid, settled or other (and every closed state written
+# before write-offs were told apart, whose reason is unknown); WRITTEN_OFF plus the amount
+# recovered since the write-off (payments after LoanClosed(WRITTEN_OFF), issue #14).
+CLOSED_OTHER = 1.0
+WRITTEN_OFF = 2.0
 _NAN = math.nan
 SCORE = len(SLOTS)  # LoanState's last value: the risk score of its latest decision
 _SIZE = SCORE + 1
@@ -358,7 +364,8 @@ class LoanState(array):
             raise InvalidEvent(
                 "unknown_loan",
                 f"{body_type.rsplit('.', 1)[-1]} for loan {event['loan_id']} "
-                "which was never opened (LoanOpened must come first)",
+                "which was never opened, or was closed and left state after its retention "
+                "(LoanOpened must come first)",
             )
         time_zone, jurisdiction = _time_zone(body), _jurisdiction(body)
         v = cls(event["loan_id"], event["borrower_id"])
@@ -420,7 +427,10 @@ class LoanState(array):
         was applied, and one older that was not is refused as ``out_of_order``. Raises
         :class:`InvalidEvent` for values the loan cannot have (negative amounts, impossible
         dates, events before the opening or after the closing, a second ``LoanOpened``). A
-        refused event leaves the state unchanged.
+        refused event leaves the state unchanged. After ``LoanClosed(WRITTEN_OFF)`` a
+        ``PaymentReceived`` is a recovery: added to :attr:`recovered_after_write_off` (and
+        ``last_payment_at``), nothing else changes, the loan stays closed; every other event
+        after a close is ``loan_closed``.
         """
         v = self
         h = event_id_hash(event["event_id"])
@@ -436,8 +446,15 @@ class LoanState(array):
                 raise DuplicateEvent(event["event_id"])
         body_type, body = event["body"]
         at = event["occurred_at"]
-        if v[CLOSED]:
-            raise InvalidEvent("loan_closed", f"event on loan {self.loan_id} after LoanClosed")
+        closed = v[CLOSED]
+        if closed and (closed < WRITTEN_OFF or body_type != PAYMENT_RECEIVED):
+            # Only a payment after a write-off (a recovery) is still applied to a closed loan.
+            how = "LoanClosed(WRITTEN_OFF)" if closed >= WRITTEN_OFF else "LoanClosed"
+            raise InvalidEvent(
+                "loan_closed",
+                f"{body_type.rsplit('.', 1)[-1]} on loan {self.loan_id} after {how}: a closed "
+                "loan takes only payments after a write-off (recoveries)",
+            )
         if at < v[OPENED_AT]:
             raise InvalidEvent(
                 "before_opening", f"occurred_at {at} is before the loan opened ({v[OPENED_AT]:.0f})"
@@ -447,7 +464,14 @@ class LoanState(array):
                 "out_of_order",
                 f"occurred_at {at} is before the loan's latest applied event ({watermark:.0f})",
             )
-        if body_type == PAYMENT_RECEIVED:
+        if closed:  # a recovery: counted, never an installment (the loan stays closed)
+            paid = _amount(body, "amount_paid")
+            _amount(body, "amount_due")
+            _amount(body, "outstanding_after")
+            v[CLOSED] += paid
+            if paid > 0.0:  # a payment all the same: the limitation period runs from it
+                v[LAST_PAYMENT_AT] = float(at)
+        elif body_type == PAYMENT_RECEIVED:
             due = self._due_date(body, at)
             amount_due = _amount(body, "amount_due")
             paid = _amount(body, "amount_paid")
@@ -498,7 +522,7 @@ class LoanState(array):
                 if body.get("legal_action"):
                     v[LEGAL] = 1.0
         elif body_type == LOAN_CLOSED:
-            v[CLOSED] = 1.0
+            v[CLOSED] = WRITTEN_OFF if body.get("reason") == "WRITTEN_OFF" else CLOSED_OTHER
         elif body_type == LOAN_OPENED:
             raise InvalidEvent("already_opened", f"loan {self.loan_id} was already opened")
         else:
@@ -576,6 +600,19 @@ class LoanState(array):
     @property
     def closed(self) -> bool:
         return bool(self[CLOSED])
+
+    @property
+    def written_off(self) -> bool:
+        """Closed by ``LoanClosed(WRITTEN_OFF)`` (False for a state written before the reason
+        was kept: its payments stay dead letters)."""
+        return self[CLOSED] >= WRITTEN_OFF
+
+    @property
+    def recovered_after_write_off(self) -> float:
+        """The ``amount_paid`` of every payment applied after the write-off (0.0 if none or
+        not written off): what ``models.strategy.outcomes`` counts as ``after``."""
+        closed = self[CLOSED]
+        return closed - WRITTEN_OFF if closed >= WRITTEN_OFF else 0.0
 
     @property
     def last_event_at(self) -> int:

@@ -6,11 +6,11 @@
 (``PaymentReceived.amount_paid``) is recovered, **including payments after
 ``LoanClosed(WRITTEN_OFF)``**: a written-off debt is still owed and what comes in later is a
 recovery (the usual post-charge-off recovery line of a loss book). The streaming state machine
-(``models/features/state.py``, ``LoanState.apply``) rejects every event after ``LoanClosed``
-as ``InvalidEvent("loan_closed")`` - a dead letter - and its Cython twin
-``_event_kernel.pyx`` must stay bit-for-bit equal to it; changing both was not safe in the
-time, so recoveries after a write-off are counted here, offline, and the stream still
-dead-letters them (docs/STRATEGY.md, "Missing"). The strategy a loan is on is the method of its
+(``models/features/state.py``, ``LoanState.apply``, and its compiled twin) applies exactly these
+payments as recoveries (``LoanState.recovered_after_write_off`` equals ``after_write_off``
+here, ``test_stream_recoveries_agree_with_the_offline_outcomes``) and dead-letters every other
+event after a close; the stream also drops re-sent events, which this count assumes absent
+(docs/STRATEGY.md, "Missing"). The strategy a loan is on is the method of its
 latest ``CollectionAttempt`` (``CALLS`` -> ``CALL``, ``DEBT_COLLECTORS`` -> ``DEBT_COLLECTOR``;
 ``OTHER`` and loans never contacted are ``NONE``, cost 0). Cost: ``per_month`` of the policy's
 ``costs:`` for every distinct (strategy, 30-day month) with an attempt, plus ``fee_rate`` of

@@ -27,19 +27,28 @@ def test_the_kernel_is_built() -> None:
     assert _event_kernel.EventKernel is not None
 
 
-def pair(bundle, policy) -> tuple[PartitionProcessor, PartitionProcessor]:
-    native = PartitionProcessor(bundle, policy, partition=0, native=True)
-    reference = PartitionProcessor(bundle, policy, partition=0, native=False)
+def pair(
+    bundle, policy, retention_ms: float = 180 * DAY
+) -> tuple[PartitionProcessor, PartitionProcessor]:
+    native = PartitionProcessor(bundle, policy, 0, native=True, closed_retention_ms=retention_ms)
+    reference = PartitionProcessor(
+        bundle, policy, 0, native=False, closed_retention_ms=retention_ms
+    )
     assert native._kernel is not None and reference._kernel is None
     return native, reference
 
 
 def run_both(
-    bundle, policy, records: list[tuple[int, bytes | None, bytes | None]], batch: int
+    bundle,
+    policy,
+    records: list[tuple[int, bytes | None, bytes | None]],
+    batch: int,
+    retention_ms: float = 180 * DAY,
 ) -> int:
-    """Process ``records`` through both paths, comparing everything after every batch;
-    returns how many records the kernel applied itself."""
-    native, reference = pair(bundle, policy)
+    """Process ``records`` through both paths, comparing everything after every batch
+    (changelog records too: they include the sweep's tombstones); returns how many records the
+    kernel applied itself."""
+    native, reference = pair(bundle, policy, retention_ms)
     kernel_applied = 0
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
@@ -150,8 +159,8 @@ def collection(loan: str, n: int, at: int, method: str = "CALLS", legal: bool = 
     return make_event(f"coll-{loan}-{n}", loan, f"B-{loan}", at, "CollectionAttempt", body)
 
 
-def closed(loan: str, at: int) -> dict:
-    return make_event(f"close-{loan}", loan, f"B-{loan}", at, "LoanClosed", {"reason": "REPAID"})
+def closed(loan: str, at: int, reason: str = "REPAID") -> dict:
+    return make_event(f"close-{loan}", loan, f"B-{loan}", at, "LoanClosed", {"reason": reason})
 
 
 def adversarial_events() -> list[dict]:
@@ -263,6 +272,65 @@ def test_late_events_and_deep_replays_are_decided_alike(bundle, policy) -> None:
     assert sum(n for (_, outcome), n in a.outcomes.items() if outcome == "duplicate") == 6
     assert a.outcomes == b.outcomes and a.rows().tobytes() == b.rows().tobytes()
     assert int(a.counts.sum()) > 0
+
+
+def lifecycle_events() -> list[dict]:
+    """Every close reason, recoveries after a write-off, events after other closes, closed
+    loans leaving after a 10-day retention, and an id opened again after it left."""
+    t0 = 1_700_000_000_000
+    events = [opened(loan, t0) for loan in "PQRSTU"]
+    events += [missed("P", 1, t0 + 31 * DAY), paid("Q", 1, t0 + 31 * DAY)]
+    events += [
+        closed("P", t0 + 40 * DAY, "WRITTEN_OFF"),
+        closed("Q", t0 + 40 * DAY, "REPAID"),
+        closed("R", t0 + 40 * DAY, "SETTLED"),
+        closed("S", t0 + 41 * DAY, "OTHER"),
+        paid("P", 2, t0 + 42 * DAY, amount_paid=125.0),  # a recovery
+        paid("P", 2, t0 + 42 * DAY, amount_paid=125.0),  # its replay: duplicate
+        paid("P", 3, t0 + 43 * DAY, amount_paid=-1.0),  # invalid_amount, even as a recovery
+        missed("P", 4, t0 + 44 * DAY),  # loan_closed
+        paid("Q", 2, t0 + 44 * DAY),  # loan_closed (repaid)
+        collection("T", 1, t0 + 45 * DAY),
+        paid("P", 5, t0 + 48 * DAY, amount_paid=75.5),  # a recovery, extends its retention
+        paid("U", 1, t0 + 55 * DAY),  # clock: Q, R, S have left; P (48) stays
+        paid("Q", 3, t0 + 56 * DAY),  # unknown_loan
+        opened("R", t0 + 56 * DAY, loan_amount=5000.0),  # re-opened: a new loan
+        missed("R", 1, t0 + 87 * DAY),
+        paid("P", 6, t0 + 90 * DAY, amount_paid=10.0),  # too late: unknown_loan
+    ]
+    return events
+
+
+@pytest.mark.parametrize("batch", [1, 3, 100])
+def test_a_lifecycle_stream_is_identical(bundle, policy, batch: int) -> None:
+    """Recoveries and expiry on both paths: the kernel hands every event on a closed loan to
+    the reference, applies the rest itself, and the states (recovered amounts in the closed
+    double), dead letters, outcomes and changelog (tombstones) are the same."""
+    records = [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(lifecycle_events())]
+    assert run_both(bundle, policy, records, batch, retention_ms=10 * DAY) > len(records) // 2
+    native, reference = pair(bundle, policy, 10 * DAY)
+    a, b = native.process(records), reference.process(records)
+    assert dead(a) == dead(b)
+    assert [(d.offset, d.reason) for d in a.dead_letters] == [
+        (14, "invalid_amount"),
+        (15, "loan_closed"),
+        (16, "loan_closed"),
+        (20, "unknown_loan"),
+        (23, "unknown_loan"),
+    ]
+    assert (
+        a.outcomes[("PaymentReceived", "recovery")]
+        == 2
+        == b.outcomes[("PaymentReceived", "recovery")]
+    )
+    assert int(a.counts[4]) == 4  # the kernel applied the four closes itself
+    native.store.sweep()
+    assert set(native.store.states) == {"R", "T", "U"}
+    native, reference = pair(bundle, policy, 10 * DAY)
+    native.process(records[:19]), reference.process(records[:19])  # before P left
+    p_native, p_reference = native.store.states["P"], reference.store.states["P"]
+    assert p_native.tobytes() == p_reference.tobytes()
+    assert p_native.written_off and p_native.recovered_after_write_off == 200.5
 
 
 def test_enum_and_boolean_bytes_out_of_range_fall_back(bundle, policy) -> None:

@@ -450,3 +450,102 @@ def test_states_are_out_of_the_cyclic_collectors_view() -> None:
     state = LoanState("L1", "B1")
     restored = LoanStateCodec().decode(LoanStateCodec().encode(state))
     assert not gc.is_tracked(state) and not gc.is_tracked(restored)
+
+
+def close(reason: str, day: int, eid: str = "c") -> dict:
+    return make_event(eid, "L1", "B1", day * DAY, "LoanClosed", {"reason": reason})
+
+
+def test_a_payment_after_a_write_off_is_a_recovery_that_keeps_the_loan_closed() -> None:
+    """Issue #14 item 1: after LoanClosed(WRITTEN_OFF) a payment is a recovery (kept in state,
+    counted like ``models.strategy.outcomes``' ``after``); the loan stays closed, its features
+    stay those of the write-off, and the recovery is idempotent like any event."""
+    s = LoanState.open(opened())
+    s.apply(missed("e1", 40, 30, 10))
+    s.apply(close("WRITTEN_OFF", 200))
+    assert s.closed and s.written_off and s.recovered_after_write_off == 0.0
+    features = repr(s.features())
+    s.apply(paid("r1", 260, 30, amount=250.0, out=11750.0))
+    s.apply(paid("r2", 300, 30, amount=125.5, out=11624.5))
+    assert s.closed and s.written_off
+    assert s.recovered_after_write_off == 375.5
+    assert repr(s.features()) == features  # no new installment, no reopening
+    assert s.last_payment_at == 300 * DAY and s.last_event_at == 300 * DAY
+    with pytest.raises(DuplicateEvent):
+        s.apply(paid("r1", 260, 30, amount=250.0, out=11750.0))
+    assert s.recovered_after_write_off == 375.5
+    # The record carries it (the ``closed`` double): a restore keeps counting from there.
+    back = LoanState.from_record(
+        AvroSerde("LoanState").decode(AvroSerde("LoanState").encode(s.to_record()))
+    )
+    assert back.recovered_after_write_off == 375.5 and back.written_off
+
+
+@pytest.mark.parametrize(
+    ("reason", "event"),
+    [
+        ("WRITTEN_OFF", missed("x", 260, 240, 20)),
+        (
+            "WRITTEN_OFF",
+            make_event(
+                "x",
+                "L1",
+                "B1",
+                260 * DAY,
+                "CollectionAttempt",
+                dict(method="CALLS", outcome="NO_CONTACT", legal_action=False),
+            ),
+        ),
+        ("WRITTEN_OFF", close("REPAID", 260, eid="x")),
+        ("WRITTEN_OFF", paid("x", 260, 30, amount=-1.0)),  # a recovery is validated too
+        ("REPAID", paid("x", 260, 30)),
+        ("SETTLED", paid("x", 260, 30)),
+        ("OTHER", paid("x", 260, 30)),
+    ],
+)
+def test_other_events_after_a_close_stay_dead_letters(reason: str, event: dict) -> None:
+    s = LoanState.open(opened())
+    s.apply(close(reason, 200))
+    before = repr(s.to_record())
+    with pytest.raises(InvalidEvent) as caught:
+        s.apply(event)
+    expected = "invalid_amount" if event["body"][1].get("amount_paid") == -1.0 else "loan_closed"
+    assert caught.value.reason == expected
+    if expected == "loan_closed":
+        assert "after LoanClosed" in str(caught.value)
+    assert repr(s.to_record()) == before
+
+
+def test_a_closed_record_from_before_write_offs_were_kept_refuses_payments() -> None:
+    """A v3 record written before this change has ``closed`` = 1.0 whatever the reason: it
+    decodes as closed (not written off), so its payments stay dead letters, as before."""
+    s = LoanState.open(opened())
+    s.apply(close("WRITTEN_OFF", 200))
+    record = s.to_record()
+    record["closed"] = 1.0  # what every earlier version wrote for any close
+    old = LoanState.from_record(record)
+    assert old.closed and not old.written_off and old.recovered_after_write_off == 0.0
+    with pytest.raises(InvalidEvent) as caught:
+        old.apply(paid("r1", 260, 30))
+    assert caught.value.reason == "loan_closed"
+
+
+def test_stream_recoveries_agree_with_the_offline_outcomes() -> None:
+    """``models.strategy.outcomes`` counts as recovered after a write-off every payment after
+    LoanClosed(WRITTEN_OFF); the state machine applies exactly those as recoveries."""
+    from models.serving.policy import Policy
+    from models.strategy.outcomes import event_outcomes
+
+    events = [
+        opened(),
+        missed("e1", 40, 30, 10),
+        paid("e2", 70, 60, amount=500.0, out=11500.0),  # before the write-off: not a recovery
+        close("WRITTEN_OFF", 200),
+        paid("r1", 260, 30, amount=250.25, out=11249.75),
+        paid("r2", 320, 30, amount=100.0, out=11149.75),
+    ]
+    states = replay(events)
+    offline = event_outcomes(events, Policy.load(None).costs)
+    assert offline.written_off.tolist() == [True]
+    after = [states["L1"].recovered_after_write_off]
+    assert offline.after_write_off.tolist() == after == [350.25]
