@@ -264,36 +264,6 @@ class Book:
             "pay": _sigmoid(pay),
         }
 
-    def stream_rows(self) -> np.ndarray:
-        """The loans' states as the stream's feature rows (``LoanState.features()`` layout):
-        the columns :func:`models.strategy.stream_features.decision_features` reads, NaN
-        elsewhere. ``decision_features(book.stream_rows(), risk_score)`` gives back ``x``
-        except ``income_ratio``, which the stream cannot observe (that module's table).
-        Days past due are mid-month (``30 (m - 1) + 15``) and the on-time share is one
-        payment's worth of counts, so the mapping inverts them exactly."""
-        from models.features.columns import FEATURE_INDEX, FEATURE_NAMES
-        from models.strategy.stream_features import PRIOR_METHOD_CODES
-
-        c = self.col
-        rows = np.full((len(self.z), len(FEATURE_NAMES)), np.nan)
-        method = np.zeros(len(self.z))
-        for code, sim_code in enumerate(PRIOR_METHOD_CODES.tolist()):
-            if sim_code:  # the stream code that maps to this simulator code (OTHER last wins)
-                method[c["prior_method"] == sim_code] = code
-        for name, values in (
-            ("outstanding", c["balance"]),
-            ("monthly_emi", c["emi"]),
-            ("monthly_income", c["monthly_income"]),
-            ("collateral_value", c["collateral_ratio"] * c["balance"]),
-            ("days_past_due", 30.0 * (c["months_delinquent"] - 1) + 15.0),
-            ("paid_on_time", c["on_time_share"]),
-            ("paid_late", 1.0 - c["on_time_share"]),
-            ("collection_attempts", c["prior_attempts"]),
-            ("last_collection_method", method),
-        ):
-            rows[:, FEATURE_INDEX[name]] = values
-        return rows
-
     @property
     def loan_ids(self) -> list[str]:
         """The loans' ids (``SIM<seed>-<n>``): what arm assignment hashes and the log keys."""

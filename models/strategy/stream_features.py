@@ -3,9 +3,9 @@ from a stream feature row (``LoanState.features()``, and bit for bit its compile
 ``models.features._event_kernel``, in ``models.features.columns.FEATURE_NAMES`` order) plus the
 early-warning score of the same event to :data:`models.strategy.simulator.FEATURES`.
 
-The simulator expresses its state as such a row (:meth:`models.strategy.simulator.Book.
-stream_rows`), so the training log and the stream go through this one function
-(``tests/unit/models/test_strategy_stream.py`` checks the round trip). Per decision feature:
+The simulator's state is expressed as such a row (:func:`stream_rows`), so the training log
+and the stream go through this one function (``tests/unit/models/test_strategy_stream.py``
+checks the round trip). Per decision feature:
 
 ==================  ==========================================================================
 balance             ``outstanding`` (the last payment event's balance)
@@ -43,8 +43,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.features.columns import FEATURE_INDEX, VOCABULARIES
-from models.strategy.simulator import FEATURES, STRATEGIES
+from models.features.columns import FEATURE_INDEX, FEATURE_NAMES, VOCABULARIES
+from models.strategy.simulator import FEATURES, STRATEGIES, Book
 
 UNOBSERVED_INCOME_RATIO = 1.0
 NO_HISTORY_ON_TIME = 2.0 / 3.0
@@ -125,3 +125,30 @@ def decision_features(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
     # a corrupt huge value must not reach the float32 trees as inf
     np.clip(out, -1e30, 1e30, out=out)
     return out
+
+
+def stream_rows(book: Book) -> np.ndarray:
+    """A simulated book's loan states as the stream's feature rows (``LoanState.features()``
+    layout): the columns :func:`decision_features` reads, NaN elsewhere.
+    ``decision_features(stream_rows(book), risk_score)`` gives back ``x`` except
+    ``income_ratio``, which the stream cannot observe (this module's table). Days past due are mid-month (``30 (m - 1) + 15``) and the on-time share is one
+    payment's worth of counts, so the mapping inverts them exactly."""
+    c = book.col
+    rows = np.full((len(book.z), len(FEATURE_NAMES)), np.nan)
+    method = np.zeros(len(book.z))
+    for code, sim_code in enumerate(PRIOR_METHOD_CODES.tolist()):
+        if sim_code:  # the stream code that maps to this simulator code (OTHER last wins)
+            method[c["prior_method"] == sim_code] = code
+    for name, values in (
+        ("outstanding", c["balance"]),
+        ("monthly_emi", c["emi"]),
+        ("monthly_income", c["monthly_income"]),
+        ("collateral_value", c["collateral_ratio"] * c["balance"]),
+        ("days_past_due", 30.0 * (c["months_delinquent"] - 1) + 15.0),
+        ("paid_on_time", c["on_time_share"]),
+        ("paid_late", 1.0 - c["on_time_share"]),
+        ("collection_attempts", c["prior_attempts"]),
+        ("last_collection_method", method),
+    ):
+        rows[:, FEATURE_INDEX[name]] = values
+    return rows

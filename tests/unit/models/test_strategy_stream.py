@@ -20,7 +20,11 @@ from models.strategy.arms import Experiment
 from models.strategy.bundle import load_treatment_bundle
 from models.strategy.simulator import FEATURES, STRATEGIES, Book
 from models.strategy.stream import StrategySetupError, StreamStrategy, TreatmentForests
-from models.strategy.stream_features import UNOBSERVED_INCOME_RATIO, decision_features
+from models.strategy.stream_features import (
+    UNOBSERVED_INCOME_RATIO,
+    decision_features,
+    stream_rows,
+)
 from schemas import AvroSerde
 from schemas.events import make_event
 
@@ -74,7 +78,7 @@ def test_the_simulator_state_as_stream_rows_maps_back_to_its_decision_features()
     """The training log's features and the stream's come from one function: the simulator's
     state written as stream rows maps back exactly, but for the unobservable income ratio."""
     book = Book.generate(4000, seed=9, policy=Policy.load(None))
-    rows = book.stream_rows()
+    rows = stream_rows(book)
     assert rows.shape == (4000, len(FEATURE_NAMES))
     x = decision_features(rows, book.col["risk_score"])
     income = FEATURES.index("income_ratio")
