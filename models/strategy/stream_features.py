@@ -131,8 +131,9 @@ def stream_rows(book: Book) -> np.ndarray:
     """A simulated book's loan states as the stream's feature rows (``LoanState.features()``
     layout): the columns :func:`decision_features` reads, NaN elsewhere.
     ``decision_features(stream_rows(book), risk_score)`` gives back ``x`` except
-    ``income_ratio``, which the stream cannot observe (this module's table). Days past due are mid-month (``30 (m - 1) + 15``) and the on-time share is one
-    payment's worth of counts, so the mapping inverts them exactly."""
+    ``income_ratio``, which the stream cannot observe (this module's table). Days past due are
+    mid-month (``30 (m - 1) + 15``) and the on-time share is one payment's worth of counts, so
+    the mapping inverts them exactly."""
     c = book.col
     rows = np.full((len(book.z), len(FEATURE_NAMES)), np.nan)
     method = np.zeros(len(book.z))
