@@ -17,13 +17,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Message
-
-from consumer.partition_store import CHECKPOINT_KEY
-from models.features.state_codec import LoanStateCodec
-from producer.admin import create_topics
-from schemas.events import make_event
-from schemas.topics import Topics
-from tests.integration.test_stream_eos import (
+from test_stream_eos import (
     FAST_GROUP,
     PARTITIONS,
     ROOT,
@@ -34,6 +28,12 @@ from tests.integration.test_stream_eos import (
     read_all,
     reference_keys,
 )
+
+from consumer.partition_store import CHECKPOINT_KEY
+from models.features.state_codec import LoanStateCodec
+from producer.admin import create_topics
+from schemas.events import make_event
+from schemas.topics import Topics
 
 pytestmark = pytest.mark.integration
 DAY = 86_400_000
