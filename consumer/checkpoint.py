@@ -99,6 +99,12 @@ def waits_out(error: KafkaError) -> bool:
     return error.retriable() or error.code() in _OUTAGE
 
 
+def _gone(topic: str) -> DeliveryFailure:
+    """What a topic missing from the cluster's metadata amounts to (a deleted topic)."""
+    text = f"{topic} is not in the cluster's metadata"
+    return DeliveryFailure(topic, KafkaError._UNKNOWN_TOPIC, "_UNKNOWN_TOPIC", text, 0)
+
+
 class _Abort(ConsumerError):
     """The open transaction must be aborted (control flow inside this module only); ``error``
     is the Kafka error that said so, if one did."""
@@ -420,11 +426,7 @@ class Checkpoint(ABC):
         if codes & set(UNKNOWN_TOPIC_CODES):
             # A deleted topic fails AddPartitionsToTxn with UNKNOWN_TOPIC_OR_PART, exactly as
             # a partition in the middle of moving does: only the metadata tells them apart.
-            for topic in self.missing_topics(written):
-                text = f"{topic} is not in the cluster's metadata"
-                failures.append(
-                    DeliveryFailure(topic, KafkaError._UNKNOWN_TOPIC, "_UNKNOWN_TOPIC", text, 0)
-                )
+            failures.extend(_gone(topic) for topic in self.missing_topics(written))
         if error is not None and permanent_commit_error(error.code()):
             named = [t for t in written if t in error.str()]
             topic = named[0] if named else " / ".join(written)
@@ -849,9 +851,20 @@ class ExactlyOnce(Checkpoint):
                 if error.fatal() or not waits_out(error):
                     self._replace_producer(error)
                     return
+                if self._stalled_at is None:
+                    self._stop_if_a_topic_is_gone()
                 # The abort timed out (brokers away): it resumes when called again.
                 self.stall("abort_transaction", f"{error.name()}: {error.str()}")
                 self._wait()
+
+    def _stop_if_a_topic_is_gone(self) -> None:
+        """At the first failed abort, whether a topic the unit writes was deleted: then the
+        abort can hang for good (measured: _CONFLICT "commit_transaction API call is already
+        in progress" for over 100 s after a commit whose records for a deleted topic timed
+        out), and only the outage patience would end it. The scorer stops now instead, naming
+        the topic; nothing past the last commit is committed, and the broker aborts the open
+        transaction (transaction.timeout.ms, or the next instance's init_transactions)."""
+        self._settle([_gone(topic) for topic in self.missing_topics(self._written())])
 
     def _abort_now(self) -> str:
         producer = self.producer

@@ -304,3 +304,28 @@ def test_a_commit_timing_out_asks_once_whether_a_topic_is_gone(
     else:  # an outage: waited out, the metadata asked at the first failure only
         assert rig.checkpoint.commit() is True
         assert len(asked) == 1 and rig.clock.sleeps == [0.1, 0.2, 0.4]
+
+
+@pytest.mark.parametrize(("missing", "stops"), [(["ch"], True), ([], False)])
+def test_an_abort_refused_after_a_topic_was_deleted_stops_naming_it(
+    missing: list[str], stops: bool
+) -> None:
+    """Measured on a real broker: a commit whose records for a deleted topic timed out is
+    abortable, and the abort is then refused with _CONFLICT ("commit_transaction API call is
+    already in progress") for minutes. At the abort's first failure the metadata is asked: a
+    deleted topic stops the scorer naming it; otherwise the abort is retried as an outage."""
+    rig = Rig(ExactlyOnce)
+    rig.checkpoint.missing_topics = lambda names: [t for t in names if t in missing]
+    rig.process(0, 10, 15)
+    producer = rig.producers[0]
+    producer.fail["commit_transaction"] = [failure(KafkaError._TIMED_OUT, abort=True)]
+    conflict = failure(KafkaError._CONFLICT, retriable=True)
+    producer.fail["abort_transaction"] = [conflict, conflict]
+    if stops:
+        with pytest.raises(PermanentDeliveryError, match=r"cannot write to ch: .*deleted\?"):
+            rig.checkpoint.commit()
+        assert rig.clock.sleeps == [] and rig.stores[0].commits == 0
+    else:
+        assert rig.checkpoint.commit() is False
+        assert producer.methods().count("abort_transaction") == 3
+    assert rig.stores[0].commits == 0
