@@ -47,6 +47,26 @@ CommittedOffsets = Callable[[list[int]], Mapping[int, int | None] | None]
 VERIFY_POLL_S = 0.5  # while waiting, how long the changelog's tail is read between two asks
 
 
+def _unequal(
+    stores: Mapping[int, PartitionStore],
+    offsets: Mapping[int, int | None] | None,
+    partitions: list[int],
+) -> dict[int, tuple[int | None, int | None]]:
+    """{partition: (checkpoint's offset, committed offset)} where the two differ; every
+    partition when the committed offsets could not be read (``offsets`` None)."""
+    out: dict[int, tuple[int | None, int | None]] = {}
+    for p in partitions:
+        have = stores[p].restored_offset
+        want = None if offsets is None else offsets.get(p)
+        if offsets is None or have != want:
+            out[p] = (have, want)
+    return out
+
+
+def _report(pairs: Mapping[int, tuple[int | None, int | None]]) -> dict[int, dict[str, int | None]]:
+    return {p: {"changelog": have, "committed": want} for p, (have, want) in pairs.items()}
+
+
 def _unchecked(store: PartitionStore) -> bool:
     """A v1/v2 checkpoint: the state is restored, but it says no input offset to check."""
     return store.restored_checkpoint and store.restored_offset is None
@@ -172,19 +192,28 @@ class ChangelogRestorer:
         restored, waiting_logged = 0, False
         while True:
             offsets = committed(check)
-            wrong = self._disagreeing(stores, offsets, check)
+            unequal = _unequal(stores, offsets, check)
+            wrong = {
+                p: pair
+                for p, pair in unequal.items()
+                if offsets is None or self._must_wait(pair)  # unknown: ask again
+            }
             if not wrong:
                 break
             if not waiting_logged:
-                log_event(
-                    "restore_waiting",
-                    level="warning",
-                    partitions={p: {"changelog": c, "committed": g} for p, (c, g) in wrong.items()},
-                    wait_s=self.wait_s,
-                )
+                report = _report(wrong)
+                log_event("restore_waiting", level="warning", partitions=report, wait_s=self.wait_s)
                 waiting_logged = True
             if time.monotonic() >= give_up:
-                raise RestoreError(self._mismatch(wrong, time.monotonic() - started))
+                waited = time.monotonic() - started
+                if offsets is None:
+                    raise RestoreError(
+                        f"could not read {self.source}'s committed offsets for partitions "
+                        f"{sorted(wrong)} within {waited:.0f} s, so the state restored from "
+                        f"{self.topic} cannot be checked against them (nothing was committed); "
+                        "is the group coordinator available?"
+                    )
+                raise RestoreError(self._mismatch(wrong, waited))
             if not keep_going():
                 return restored
             # Read the tail of every partition not in agreement: its missing records become
@@ -199,56 +228,22 @@ class ChangelogRestorer:
                 restored += self._apply(self._consumer.consume(1000, timeout=0.05), stores, set())
         if waiting_logged:
             log_event("restore_caught_up", waited_s=round(time.monotonic() - started, 3))
-        if not self.exactly_once:  # the only guarantee that resumes ahead (see above)
-            self._note_ahead(stores, offsets, check)
+        if unequal:  # what is left is ahead, under at least once only (see the class docstring)
+            self.ahead += len(unequal)
+            log_event(
+                "restore_ahead",
+                level="warning",
+                partitions=_report(unequal),
+                why="at least once: a crash between the changelog's flush and the offset "
+                "commit; the events in between come again as duplicates and change nothing",
+            )
         return restored
 
-    def _disagreeing(
-        self,
-        stores: Mapping[int, PartitionStore],
-        offsets: Mapping[int, int | None] | None,
-        partitions: list[int],
-    ) -> dict[int, tuple[int | None, int | None]]:
-        """{partition: (checkpoint's offset, committed offset)} of those that may not resume
-        yet; every partition when the committed offsets could not be read."""
-        out: dict[int, tuple[int | None, int | None]] = {}
-        for p in partitions:
-            have = stores[p].restored_offset
-            if offsets is None:
-                out[p] = (have, None)
-                continue
-            want = offsets.get(p)
-            if have == want:
-                continue
-            behind = want is not None and (have is None or have < want)
-            if behind or self.exactly_once:
-                out[p] = (have, want)
-        return out
-
-    def _note_ahead(
-        self,
-        stores: Mapping[int, PartitionStore],
-        offsets: Mapping[int, int | None] | None,
-        partitions: list[int],
-    ) -> None:
-        """At least once: log and count the partitions whose state is ahead of the group."""
-        if offsets is None:
-            return
-        ahead = {
-            p: {"changelog": have, "committed": offsets.get(p)}
-            for p in partitions
-            if (have := stores[p].restored_offset) is not None and have != offsets.get(p)
-        }
-        if not ahead:
-            return
-        self.ahead += len(ahead)
-        log_event(
-            "restore_ahead",
-            level="warning",
-            partitions=ahead,
-            why="at least once: a crash between the changelog's flush and the offset commit; "
-            "the events in between come again as duplicates and change nothing",
-        )
+    def _must_wait(self, pair: tuple[int | None, int | None]) -> bool:
+        """Whether a partition whose (checkpoint offset, committed offset) differ may not
+        resume: behind, or ahead under exactly once."""
+        have, want = pair
+        return self.exactly_once or (want is not None and (have is None or have < want))
 
     def _mismatch(self, wrong: Mapping[int, tuple[int | None, int | None]], waited: float) -> str:
         """The stop's message: the first partition in disagreement, its cause and its fix."""

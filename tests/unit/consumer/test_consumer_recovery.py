@@ -440,3 +440,18 @@ def test_a_stop_while_waiting_for_the_changelog_never_resumes(bundle, policy) ->
     started = time.monotonic()
     assert not scorer.recovery.restore_pending(keep_going=lambda: next(calls) < 40)
     assert time.monotonic() - started < 5 and scorer.consumer.resumed == []
+
+
+def test_committed_offsets_that_cannot_be_read_are_asked_again_then_stop(bundle, policy) -> None:
+    scorer = Scorer(bundle, policy, changelog={0: changelog_of(bundle, policy, 0, 9)}, wait_s=0.3)
+    asked = []
+
+    def unanswered(partitions: list[TopicPartition], timeout: float) -> list:
+        asked.append(len(partitions))
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "coordinator away"))
+
+    scorer.consumer.committed = unanswered  # type: ignore[method-assign]
+    scorer.assign(0)
+    with pytest.raises(FatalError, match="could not read group app on ev's committed offsets"):
+        scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert len(asked) >= 2 and scorer.consumer.resumed == []
