@@ -1,6 +1,8 @@
 """Assignment and recovery (``consumer.recovery``) with fake clients: partitions are paused
 until restored, a revoke commits before the partitions go (and parks them), a loss aborts and
-commits nothing, and a parked partition nobody moved on comes back without a restore.
+commits nothing, a parked partition nobody moved on comes back without a restore, and a
+restored partition resumes only once its checkpoint's input offset agrees with the group's
+committed offset (ARCHITECTURE.md §8: waits for the changelog's tail, or stops naming both).
 (tests/integration/test_stream_eos.py checks rebalances end to end on a real broker.)"""
 
 from __future__ import annotations
