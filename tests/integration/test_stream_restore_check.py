@@ -85,9 +85,12 @@ def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
     n = len(by_partition[late])
     older, newer = n // 3, 2 * n // 3  # what the changelog shows / what the group committed
     committed = {p: len(e) // 2 for p, e in by_partition.items()} | {late: newer}
+    # And one whose only transaction is the pending one: its changelog looks empty.
+    fresh = next(p for p in sorted(by_partition) if p != late and committed[p] > 0)
 
     # The previous owner's transactions: every partition's state up to its committed offset,
-    # except the late one's last transaction (older..newer), written but not committed yet.
+    # except the late one's last transaction (older..newer) and the fresh one's only one,
+    # written but not committed yet.
     encode = AvroSerde("LoanEvent").encode
     producer = Producer(
         {
@@ -98,22 +101,25 @@ def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
     )
     producer.init_transactions(30)
     producer.begin_transaction()
-    pending: list[tuple[bytes, bytes | None]] = []
+    pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
     for p, part in by_partition.items():
         processor = PartitionProcessor(bundle, policy, p, topics.events)
         cut = older if p == late else committed[p]
         processor.process([(i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(part[:cut])])
-        write_changelog(
-            producer, topics.changelog, p, processor.store.changelog_records(1, input_offset=cut)
-        )
+        records = processor.store.changelog_records(1, input_offset=cut)
+        if p == fresh:
+            pending[p] = records
+            continue
+        write_changelog(producer, topics.changelog, p, records)
         if p == late:
             processor.store.commit()
             gap = list(enumerate(part))[older:newer]
             processor.process([(i, e["loan_id"].encode(), encode(e)) for i, e in gap])
-            pending = processor.store.changelog_records(2, input_offset=newer)
+            pending[p] = processor.store.changelog_records(2, input_offset=newer)
     producer.commit_transaction(30)
     producer.begin_transaction()
-    write_changelog(producer, topics.changelog, late, pending)
+    for p, records in pending.items():
+        write_changelog(producer, topics.changelog, p, records)
     assert producer.flush(30) == 0  # in the log, invisible to read_committed readers
     commit_group_offsets(bootstrap_servers, topics, committed)
 
@@ -140,8 +146,13 @@ def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
     finally:
         impatient.stop()
     (line,) = [x for x in log.splitlines() if x.startswith("error:")]
-    assert f"partition {late} holds state up to input offset {older}" in line, line
-    assert f"committed offset {newer}" in line and "nothing was committed" in line, line
+    if late < fresh:  # the message names the first partition, then the others
+        named, state, want, other = late, f"state up to input offset {older}", newer, fresh
+    else:
+        named, state, want, other = fresh, "no checkpoint", committed[fresh], late
+    assert f"partition {named} holds {state}, " in line, line
+    assert f"committed offset {want} for that partition (also partitions [{other}])" in line, line
+    assert "nothing was committed" in line, line
     assert committed_offsets(bootstrap_servers, topics) == committed
     assert read_all(bootstrap_servers, topics.strategy_changes, 1, timeout_s=2) == []
 
@@ -163,6 +174,7 @@ def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
     assert '"restore_caught_up"' in log
     waiting = [x for x in log.splitlines() if '"restore_waiting"' in x]
     assert f'"{late}": {{"changelog": {older}, "committed": {newer}}}' in waiting[0]
+    assert f'"{fresh}": {{"changelog": null, "committed": {committed[fresh]}}}' in waiting[0]
 
     reference = score_events(events, bundle, policy, PARTITIONS)
     after = [c for c in reference.changes if c.source_offset >= committed[c.source_partition]]
