@@ -124,7 +124,7 @@ class ChangelogRestorer:
         self.wait_s = wait_s
         self.exactly_once = exactly_once
         self.source = source  # names the group and the input topic in messages
-        self.ahead = 0  # partitions restored ahead of their committed offset (at least once)
+        self.ahead = 0  # partitions restored ahead of the committed offset, not yet counted
         self._consumer = consumer
 
     def restore(
@@ -525,6 +525,8 @@ class Recovery:
         if not keep_going():
             return False
         self.metrics.restored_loans.inc(restored)
+        ahead, self.restorer.ahead = self.restorer.ahead, 0
+        self.metrics.restored_ahead.inc(ahead)
         freeze_long_lived()
         self.pending.clear()
         self.consumer.resume([TopicPartition(self.topic, p) for p in partitions])
