@@ -28,7 +28,7 @@ from types import FrameType
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 
 from consumer.checkpoint import CHECKPOINTS, Checkpoint, ClientErrors, Interrupted
-from consumer.config import ServeConfig
+from consumer.config import Guarantee, ServeConfig
 from consumer.delivery import missing_topics, read_size_limits
 from consumer.errors import FatalError as FatalError
 from consumer.health import HealthState
@@ -118,7 +118,13 @@ class ScorerApp:
         self.metrics.set_model(self.bundle.version)
         self.metrics.set_policy(self.policy.version)
         consumer = Consumer({**cfg.consumer_config(), "error_cb": self.errors.on_client_error})
-        restorer = ChangelogRestorer(Consumer(cfg.restore_consumer_config()), self.topics.changelog)
+        restorer = ChangelogRestorer(
+            Consumer(cfg.restore_consumer_config()),
+            self.topics.changelog,
+            wait_s=cfg.restore_wait_s,
+            exactly_once=cfg.guarantee is Guarantee.exactly_once,
+            source=f"group {cfg.group} on {self.topics.events}",
+        )
         recovery = Recovery(
             consumer,
             restorer,

@@ -559,7 +559,10 @@ class Checkpoint(ABC):
             store = self.stores.get(partition)
             if store is None:
                 continue
-            for key, value in store.changelog_records(now_ms):
+            # The checkpoint records the input offset this unit commits (every partition of
+            # the unit has one: track() and advance() go together), so a restore can tell
+            # whether the changelog it read reflects the group's committed offset.
+            for key, value in store.changelog_records(now_ms, self.positions.get(partition)):
                 self.produce(self.topics.changelog, key, value, partition=partition)
 
     # -- the producer ---------------------------------------------------------------------------

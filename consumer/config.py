@@ -41,6 +41,9 @@ class Guarantee(StrEnum):
 # 300 s). A wedged loop is caught by the liveness deadline of /healthz instead.
 RESTORE_TIMEOUT_S = 600.0
 MAX_POLL_INTERVAL_MS = int(RESTORE_TIMEOUT_S * 1000) + 60_000
+# How long a restore waits for the changelog to reflect the group's committed input offset
+# (consumer.recovery.ChangelogRestorer), within RESTORE_TIMEOUT_S.
+RESTORE_WAIT_S = 60.0
 # A static member's session must outlast the broker outages the scorer rides out: with the group
 # coordinator away, librdkafka ends the session itself after session.timeout.ms without a
 # heartbeat answer and rejoins with the same group.instance.id, and the coordinator, once back,
@@ -102,6 +105,9 @@ class ServeConfig:
     # A closed loan leaves state this long (event time) after its last event (ARCHITECTURE.md
     # §8); `score --closed-retention-days` must be given the same value for parity.
     closed_retention_days: float = DEFAULT_CLOSED_RETENTION_DAYS
+    # How long a restore waits for the changelog to catch up with the committed input offset
+    # before it stops the scorer (ARCHITECTURE.md §8).
+    restore_wait_s: float = RESTORE_WAIT_S
 
     def __post_init__(self) -> None:
         for key in (*_CONSUMER_OWNED, *_PRODUCER_OWNED):
@@ -123,6 +129,8 @@ class ServeConfig:
             raise ConfigError("--closed-retention-days must be >= 0")
         if self.outage_patience_s < 0:
             raise ConfigError("--outage-patience-s must be >= 0")
+        if not 0 <= self.restore_wait_s <= RESTORE_TIMEOUT_S:  # (catches NaN)
+            raise ConfigError(f"--restore-wait-s must be between 0 and {RESTORE_TIMEOUT_S:g}")
 
     @property
     def group(self) -> str:

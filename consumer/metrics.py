@@ -182,6 +182,12 @@ class ScorerMetrics:
         self.restored_loans = Counter(
             "loanrec_restored_loans", "Loan states restored from the changelog.", registry=r
         )
+        self.restored_ahead = Counter(
+            "loanrec_restored_ahead_partitions",
+            "Partitions restored with state ahead of the group's committed offset (at least "
+            "once: a crash between the changelog's flush and the offset commit).",
+            registry=r,
+        )
         self.assigned_partitions = Gauge(
             "loanrec_assigned_partitions", "Input partitions assigned to this instance.", registry=r
         )

@@ -16,7 +16,10 @@ the Kafka side (``consumer.checkpoint``, ``consumer.recovery``) only moves recor
   changelog: the next owner of the partition starts with none.
 - Changelog: :meth:`changelog_records` gives the changed loans' ``LoanState`` records plus the
   partition's ``PartitionCheckpoint`` under ``__partition__`` (docs/INTERNALS.md, changelog
-  keys); :meth:`restore` applies one such record, last write wins.
+  keys); :meth:`restore` applies one such record, last write wins. The checkpoint (v3) carries
+  the input offset the state reflects, the offset committed with it; after a restore it is
+  :attr:`restored_offset`, which ``consumer.recovery`` checks against the group's committed
+  offset before the partition resumes (ARCHITECTURE.md §8).
 - Lifecycle (ARCHITECTURE.md §8): ``clock`` is the partition's event time, the largest
   ``occurred_at`` of an event applied on it, carried in the checkpoint. A closed loan whose last
   event is more than ``retention_ms`` behind it has left the partition: the processor treats
@@ -79,6 +82,8 @@ class PartitionStore:
         "decisions",
         "events_applied",
         "partition",
+        "restored_checkpoint",
+        "restored_offset",
         "retention_ms",
         "segmenter",
         "states",
@@ -111,6 +116,10 @@ class PartitionStore:
         self._committed_events_applied = 0
         self.decisions: deque[StrategyChanged] = deque(maxlen=DECISION_HISTORY)
         self._pending_decisions: list[StrategyChanged] = []
+        # What the last checkpoint restored from the changelog said: whether there was one,
+        # and the input offset it reflects (None: none, or a v1/v2 checkpoint without one).
+        self.restored_checkpoint = False
+        self.restored_offset: int | None = None
 
     # -- the undo log ---------------------------------------------------------------------------
     def remember(self, loan_id: str, state: LoanState | None) -> None:
@@ -205,22 +214,27 @@ class PartitionStore:
         return removed
 
     # -- the changelog --------------------------------------------------------------------------
-    def changelog_records(self, now_ms: int) -> list[tuple[bytes, bytes | None]]:
+    def changelog_records(
+        self, now_ms: int, input_offset: int | None = None
+    ) -> list[tuple[bytes, bytes | None]]:
         """(key, value) for every loan changed since the last commit (None: it was opened and
         rolled away, or it left after the closed-loan retention: a tombstone), then the
-        partition's checkpoint. Sweeps first, so the tombstones go in the same transaction as
-        the input offsets that moved the clock past the loans' expiry."""
+        partition's checkpoint, which records ``input_offset``: the next input offset the
+        state reflects, i.e. the one committed in the same unit (``consumer.checkpoint``).
+        Sweeps first, so the tombstones go in the same transaction as the input offsets that
+        moved the clock past the loans' expiry."""
         self.sweep()
         encode, states = self._state_codec.encode, self.states
         records: list[tuple[bytes, bytes | None]] = []
         for loan_id in self.undo:
             state = states.get(loan_id)
             records.append((loan_id.encode(), None if state is None else encode(state)))
-        records.append((_CHECKPOINT_KEY_BYTES, self.checkpoint_value(now_ms)))
+        records.append((_CHECKPOINT_KEY_BYTES, self.checkpoint_value(now_ms, input_offset)))
         return records
 
-    def checkpoint_value(self, now_ms: int) -> bytes:
-        """The segmenter's parameters as plain JSON (never pickle from a topic, DESIGN.md §5)."""
+    def checkpoint_value(self, now_ms: int, input_offset: int | None = None) -> bytes:
+        """The segmenter's parameters as plain JSON (never pickle from a topic, DESIGN.md §5),
+        the event-time clock and the input offset the state reflects."""
         return self._checkpoint_serde.encode(
             {
                 "partition": self.partition,
@@ -228,6 +242,7 @@ class PartitionStore:
                 "events_applied": self.events_applied,
                 "updated_at": now_ms,
                 "event_time": None if self.clock == NO_CLOCK else int(self.clock),
+                "input_offset": input_offset,
             }
         )
 
@@ -265,6 +280,8 @@ class PartitionStore:
         self.events_applied = checkpoint["events_applied"]
         event_time = checkpoint.get("event_time")  # None: no event yet, or a v1 checkpoint
         self.clock = NO_CLOCK if event_time is None else float(event_time)
+        self.restored_checkpoint = True
+        self.restored_offset = checkpoint.get("input_offset")  # None: a v1/v2 checkpoint
         return True
 
     def finish_restore(self) -> None:

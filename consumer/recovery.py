@@ -30,7 +30,7 @@ from confluent_kafka import (
 )
 
 from consumer.checkpoint import Checkpoint, ClientErrors, seek
-from consumer.config import RESTORE_TIMEOUT_S
+from consumer.config import RESTORE_TIMEOUT_S, RESTORE_WAIT_S
 from consumer.errors import FatalError, RestoreError
 from consumer.health import HealthState
 from consumer.logs import log_event
@@ -41,18 +41,90 @@ from consumer.runtime import freeze_long_lived
 from models.serving.contracts import EarlyWarningModel, StrategyPolicy
 
 log = logging.getLogger("loanrec.restore")
+# The group's committed offset per input partition (None: none committed); None when it could
+# not be read (asked again).
+CommittedOffsets = Callable[[list[int]], Mapping[int, int | None] | None]
+VERIFY_POLL_S = 0.5  # while waiting, how long the changelog's tail is read between two asks
+
+
+def _unequal(
+    stores: Mapping[int, PartitionStore],
+    offsets: Mapping[int, int | None] | None,
+    partitions: list[int],
+) -> dict[int, tuple[int | None, int | None]]:
+    """{partition: (checkpoint's offset, committed offset)} where the two differ; every
+    partition when the committed offsets could not be read (``offsets`` None)."""
+    out: dict[int, tuple[int | None, int | None]] = {}
+    for p in partitions:
+        have = stores[p].restored_offset
+        want = None if offsets is None else offsets.get(p)
+        if offsets is None or have != want:
+            out[p] = (have, want)
+    return out
+
+
+def _report(pairs: Mapping[int, tuple[int | None, int | None]]) -> dict[int, dict[str, int | None]]:
+    return {p: {"changelog": have, "committed": want} for p, (have, want) in pairs.items()}
+
+
+def _unchecked(store: PartitionStore) -> bool:
+    """A v1/v2 checkpoint: the state is restored, but it says no input offset to check."""
+    return store.restored_checkpoint and store.restored_offset is None
 
 
 class ChangelogRestorer:
-    """Reads changelog partitions into :class:`PartitionStore` objects.
+    """Reads changelog partitions into :class:`PartitionStore` objects, and checks that the
+    state read reflects the input offset the group committed.
 
     The changelog is partitioned like the input, so input partition ``p``'s state is changelog
     partition ``p``. It is read from the beginning with ``read_committed`` up to its end
     (librdkafka reports the end at the last stable offset, so records of aborted transactions
-    are never seen and pending ones are waited for), every record applied, last write wins."""
+    are never seen and pending ones are waited for), every record applied, last write wins.
 
-    def __init__(self, consumer: Consumer, topic: str) -> None:
+    The end read is not always the end the previous owner committed. Committing a transaction
+    (KIP-98) writes its commit markers to every partition it touched -- the changelog's and
+    ``__consumer_offsets``' -- one by one after ``commit_transaction`` returns, and a
+    ``read_committed`` reader sees a partition's records only below its last stable offset,
+    i.e. once that partition's marker is written. The group's committed offset is read with
+    ``require_stable`` (KIP-447: librdkafka sets it for ``read_committed`` consumers, so an
+    offset of a transaction in flight is waited for), and can be visible while the same
+    transaction's changelog records are not yet. Resuming then would apply the newer input
+    to older state. So each partition's last checkpoint (``PartitionCheckpoint`` v3) records
+    the next input offset its state reflects, the one committed in the same unit, and
+    :meth:`restore` compares it with the group's committed offset (``committed``):
+
+    - equal (or no committed offset and no checkpoint: a new partition): resume;
+    - the checkpoint behind: keep reading the changelog's tail (the missing records appear
+      once their markers land) and asking the group again, for at most ``wait_s``;
+      still behind then, a :class:`RestoreError` names the partition, both offsets, the
+      likely cause and the fix, and the scorer stops having committed nothing;
+    - the checkpoint ahead: at least once flushes the changelog before it commits the
+      offsets, so a crash between the two leaves exactly this; the events in between come
+      again and are duplicates the per-loan idempotency drops (ARCHITECTURE.md §8): resume,
+      logged and counted (:attr:`ahead`). Exactly once writes both in one transaction, so
+      there it means the group's offsets were reset, deleted or expired: waited for like
+      "behind" (an old broker without KIP-447 can answer the older offset for a moment),
+      then the same stop;
+    - a v1/v2 checkpoint (no input offset): nothing to check, logged once per restore.
+
+    The whole restore, waits included, stays within ``timeout_s`` (by default
+    :data:`~consumer.config.RESTORE_TIMEOUT_S`, which ``max.poll.interval.ms`` exceeds), so
+    the group consumer, not polled meanwhile, keeps its membership; it is not polled because
+    that would run rebalance callbacks in the middle of the restore."""
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        topic: str,
+        wait_s: float = RESTORE_WAIT_S,
+        exactly_once: bool = True,
+        source: str = "the group",
+    ) -> None:
         self.topic = topic
+        self.wait_s = wait_s
+        self.exactly_once = exactly_once
+        self.source = source  # names the group and the input topic in messages
+        self.ahead = 0  # partitions restored ahead of the committed offset, not yet counted
         self._consumer = consumer
 
     def restore(
@@ -60,16 +132,19 @@ class ChangelogRestorer:
         stores: Mapping[int, PartitionStore],
         keep_going: Callable[[], bool] = lambda: True,
         timeout_s: float = RESTORE_TIMEOUT_S,
+        committed: CommittedOffsets | None = None,
     ) -> int:
-        """Fill each store from its changelog partition; returns loan states restored."""
+        """Fill each store from its changelog partition; returns loan states restored. With
+        ``committed`` (the group's committed offsets), check the result against them."""
         if not stores:
             return 0
-        remaining = set(self._non_empty(stores, keep_going))
-        if not remaining:
-            return 0
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in remaining])
-        restored = 0
         deadline = time.monotonic() + timeout_s
+        remaining = set(self._non_empty(stores, keep_going))
+        reading = set(remaining)
+        if remaining:
+            tps = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in remaining]
+            self._consumer.assign(tps)
+        restored = 0
         try:
             while remaining and keep_going():
                 if time.monotonic() > deadline:
@@ -80,11 +155,122 @@ class ChangelogRestorer:
                 restored += self._apply(
                     self._consumer.consume(1000, timeout=0.05), stores, remaining
                 )
+            if committed is not None and keep_going():
+                restored += self._verify(stores, committed, keep_going, deadline, reading)
         finally:
-            self._consumer.unassign()
+            if reading:
+                self._consumer.unassign()
         for store in stores.values():
             store.finish_restore()
         return restored
+
+    # -- the check against the committed input offsets ------------------------------------------
+    def _verify(
+        self,
+        stores: Mapping[int, PartitionStore],
+        committed: CommittedOffsets,
+        keep_going: Callable[[], bool],
+        deadline: float,
+        reading: set[int],
+    ) -> int:
+        """Wait until every store's checkpoint agrees with the group's committed offset (see
+        the class docstring); returns the loan states read meanwhile."""
+        unchecked = [p for p in sorted(stores) if _unchecked(stores[p])]
+        if unchecked:
+            log_event(
+                "restore_unverified",
+                level="warning",
+                partitions=unchecked,
+                reason="checkpoint written before PartitionCheckpoint v3: no input offset to "
+                "check against the committed offsets; the next commit writes one",
+            )
+        check = [p for p in sorted(stores) if p not in unchecked]
+        if not check:
+            return 0
+        started = time.monotonic()
+        give_up = min(started + self.wait_s, deadline)
+        restored, waiting_logged = 0, False
+        while True:
+            offsets = committed(check)
+            unequal = _unequal(stores, offsets, check)
+            wrong = {
+                p: pair
+                for p, pair in unequal.items()
+                if offsets is None or self._must_wait(pair)  # unknown: ask again
+            }
+            if not wrong:
+                break
+            if not waiting_logged:
+                report = _report(wrong)
+                log_event("restore_waiting", level="warning", partitions=report, wait_s=self.wait_s)
+                waiting_logged = True
+            if time.monotonic() >= give_up:
+                waited = time.monotonic() - started
+                if offsets is None:
+                    raise RestoreError(
+                        f"could not read {self.source}'s committed offsets for partitions "
+                        f"{sorted(wrong)} within {waited:.0f} s, so the state restored from "
+                        f"{self.topic} cannot be checked against them (nothing was committed); "
+                        "is the group coordinator available?"
+                    )
+                raise RestoreError(self._mismatch(wrong, waited))
+            if not keep_going():
+                return restored
+            # Read the tail of every partition not in agreement: its missing records become
+            # visible when their commit markers land (the last stable offset moves on).
+            new = sorted(set(wrong) - reading)
+            if new:
+                tps = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in new]
+                self._consumer.incremental_assign(tps)
+                reading.update(new)
+            until = min(time.monotonic() + VERIFY_POLL_S, give_up)
+            while time.monotonic() < until and keep_going():
+                restored += self._apply(self._consumer.consume(1000, timeout=0.05), stores, set())
+        if waiting_logged:
+            log_event("restore_caught_up", waited_s=round(time.monotonic() - started, 3))
+        if unequal:  # what is left is ahead, under at least once only (see the class docstring)
+            self.ahead += len(unequal)
+            log_event(
+                "restore_ahead",
+                level="warning",
+                partitions=_report(unequal),
+                why="at least once: a crash between the changelog's flush and the offset "
+                "commit; the events in between come again as duplicates and change nothing",
+            )
+        return restored
+
+    def _must_wait(self, pair: tuple[int | None, int | None]) -> bool:
+        """Whether a partition whose (checkpoint offset, committed offset) differ may not
+        resume: behind, or ahead under exactly once."""
+        have, want = pair
+        return self.exactly_once or (want is not None and (have is None or have < want))
+
+    def _mismatch(self, wrong: Mapping[int, tuple[int | None, int | None]], waited: float) -> str:
+        """The stop's message: the first partition in disagreement, its cause and its fix."""
+        p = min(wrong)
+        have, want = wrong[p]
+        others = f" (also partitions {sorted(set(wrong) - {p})})" if len(wrong) > 1 else ""
+        state = "no checkpoint" if have is None else f"state up to input offset {have}"
+        group = "no committed offset" if want is None else f"committed offset {want}"
+        head = (
+            f"changelog {self.topic} partition {p} holds {state}, but {self.source} has "
+            f"{group} for that partition{others}; they did not agree within {waited:.0f} s "
+            "(nothing was committed). "
+        )
+        if want is not None and (have is None or have < want):
+            return head + (
+                "Likely cause: the changelog is not the one these offsets were committed with "
+                "(it was deleted or recreated, or the group id is shared with another app id), "
+                "or the previous owner's commit markers are still not visible. Fix: if the "
+                "brokers are healthy, restore that changelog or start from scratch with a new "
+                "--app-id and --group-id; a restart retries the check (--restore-wait-s)."
+            )
+        return head + (
+            "Likely cause: under exactly-once the state and the offsets commit together, so "
+            "the group's offsets were reset, deleted or expired (offsets.retention.minutes). "
+            f"Fix: set them back to the state's, e.g. kafka-consumer-groups.sh --group ... "
+            f"--topic <input>:{p} --reset-offsets --to-offset {have} --execute."
+        )
 
     def _non_empty(
         self,
@@ -331,12 +517,16 @@ class Recovery:
             return keep_going()
 
         try:
-            restored = self.restorer.restore(targets, keep_going=going)
+            restored = self.restorer.restore(
+                targets, keep_going=going, committed=self._committed_offsets
+            )
         except RestoreError as error:
             raise FatalError(str(error)) from None
         if not keep_going():
             return False
         self.metrics.restored_loans.inc(restored)
+        ahead, self.restorer.ahead = self.restorer.ahead, 0
+        self.metrics.restored_ahead.inc(ahead)
         freeze_long_lived()
         self.pending.clear()
         self.consumer.resume([TopicPartition(self.topic, p) for p in partitions])
@@ -354,6 +544,20 @@ class Recovery:
             seconds=round(time.monotonic() - started, 3),
         )
         return True
+
+    def _committed_offsets(self, partitions: list[int]) -> dict[int, int | None] | None:
+        """The group's committed input offsets (``read_committed``: stable ones, KIP-447), or
+        None if the group coordinator did not answer (the check asks again)."""
+        try:
+            got = self.consumer.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=10
+            )
+        except KafkaException as exc:
+            log_event("restore_retry", level="warning", error=exc.args[0].str())
+            return None
+        if any(tp.error is not None for tp in got):
+            return None
+        return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in got}
 
     def _still_current(self, partitions: list[int]) -> set[int]:
         """Parked partitions whose committed offset is still the one we committed: nobody

@@ -143,6 +143,13 @@ def serve(
         envvar=_env("CLOSED_RETENTION_DAYS"),
         help=RETENTION_HELP,
     ),
+    restore_wait_s: float = typer.Option(
+        60.0,
+        envvar=_env("RESTORE_WAIT_S"),
+        min=0,
+        help="Seconds a restore waits for the changelog to reflect the committed input "
+        "offset before exiting 1.",
+    ),
 ) -> None:
     """Score loan events as they arrive; emit strategy changes and early-warning alerts.
 
@@ -197,6 +204,7 @@ def serve(
             max_batch=max_batch,
             outage_patience_s=outage_patience_s,
             closed_retention_days=closed_retention_days,
+            restore_wait_s=restore_wait_s,
         )
     except (ConfigError, KafkaConfigError) as error:
         fail(str(error))

@@ -123,8 +123,12 @@ class FakeStore:
     def __init__(self, changelog: list[tuple[bytes, bytes | None]]) -> None:
         self.changelog = changelog
         self.commits = self.rollbacks = 0
+        self.input_offsets: list[int | None] = []  # what each unit's checkpoint records
 
-    def changelog_records(self, now_ms: int) -> list[tuple[bytes, bytes | None]]:
+    def changelog_records(
+        self, now_ms: int, input_offset: int | None = None
+    ) -> list[tuple[bytes, bytes | None]]:
+        self.input_offsets.append(input_offset)
         return self.changelog
 
     def commit(self) -> None:
@@ -239,6 +243,26 @@ def test_a_transaction_begins_lazily_once_and_commits_outputs_state_and_offsets(
     assert not rig.checkpoint.open and rig.transactions("commit") == 1
     rig.process(0, 20, 21)  # the next batch opens the next transaction
     assert producer.methods().count("begin_transaction") == 2
+
+
+@pytest.mark.parametrize("kind", [ExactlyOnce, AtLeastOnce])
+def test_every_commit_s_checkpoint_records_the_input_offset_it_commits(kind) -> None:
+    """The restore check (consumer.recovery) rests on this: each unit that commits input
+    offsets writes each of its partitions' checkpoint with exactly that offset."""
+    rig = Rig(kind)
+    rig.process(0, 10, 15)
+    rig.process(1, 3, 4)
+    assert rig.checkpoint.commit()
+    rig.process(0, 15, 20)  # partition 1 is not in this unit: no checkpoint, no offset
+    assert rig.checkpoint.commit()
+    assert rig.stores[0].input_offsets == [15, 20] and rig.stores[1].input_offsets == [4]
+    committed = [
+        [(tp.partition, tp.offset) for tp in args[0]]
+        for producer in rig.producers
+        for method, args in producer.calls
+        if method == "send_offsets_to_transaction"
+    ] or [[(tp.partition, tp.offset) for tp in offsets] for offsets, _ in rig.consumer.commits]
+    assert committed == [[(0, 15), (1, 4)], [(0, 20)]]
 
 
 def test_an_abortable_error_aborts_rolls_back_and_rewinds_to_the_first_offset() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
-from consumer.config import ServeConfig
+import pytest
+
+from consumer.config import ConfigError, ServeConfig
 
 
 def test_static_membership_comes_from_the_instance_id() -> None:
@@ -24,7 +27,13 @@ def test_max_poll_interval_outlasts_the_longest_restore() -> None:
     interval_s = int(config.consumer_config()["max.poll.interval.ms"]) / 1000
     # The loop does not poll the group consumer while it restores (consumer.recovery).
     assert interval_s > RESTORE_TIMEOUT_S
-    assert ChangelogRestorer.restore.__defaults__[-1] == RESTORE_TIMEOUT_S
+    timeout = inspect.signature(ChangelogRestorer.restore).parameters["timeout_s"].default
+    assert timeout == RESTORE_TIMEOUT_S
+    # The wait for the changelog to reflect the committed offset is inside that bound.
+    assert ServeConfig("b:9092", Path("m"), restore_wait_s=RESTORE_TIMEOUT_S).restore_wait_s
+    for wrong in (-1.0, RESTORE_TIMEOUT_S + 1, float("nan")):
+        with pytest.raises(ConfigError, match="--restore-wait-s"):
+            ServeConfig("b:9092", Path("m"), restore_wait_s=wrong)
 
 
 def test_a_static_members_session_outlasts_the_outage_patience() -> None:

@@ -1,6 +1,8 @@
 """Assignment and recovery (``consumer.recovery``) with fake clients: partitions are paused
 until restored, a revoke commits before the partitions go (and parks them), a loss aborts and
-commits nothing, and a parked partition nobody moved on comes back without a restore.
+commits nothing, a parked partition nobody moved on comes back without a restore, and a
+restored partition resumes only once its checkpoint's input offset agrees with the group's
+committed offset (ARCHITECTURE.md §8: waits for the changelog's tail, or stops naming both).
 (tests/integration/test_stream_eos.py checks rebalances end to end on a real broker.)"""
 
 from __future__ import annotations
@@ -78,10 +80,21 @@ class FakeMessage:
 
 
 class FakeChangelog:
-    """The restore consumer over a changelog given as {partition: [(key, value), ...]}."""
+    """The restore consumer over a changelog given as {partition: [(key, value), ...]}.
 
-    def __init__(self, partitions: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
+    ``tail`` holds records of a transaction whose commit markers are not written yet: they
+    become visible (delivered, then the end again) on the ``reveal_at``-th consume call."""
+
+    def __init__(
+        self,
+        partitions: dict[int, list[tuple[bytes, bytes | None]]],
+        tail: dict[int, list[tuple[bytes, bytes | None]]] | None = None,
+        reveal_at: int | None = None,
+    ) -> None:
         self.partitions = partitions
+        self.tail = tail or {}
+        self.reveal_at = reveal_at
+        self.consumed = 0
         self.reads: list[int] = []  # partitions assigned for a restore
         self._queue: list[Message] = []
 
@@ -92,13 +105,24 @@ class FakeChangelog:
         assert all(tp.offset == OFFSET_BEGINNING for tp in partitions)  # from the beginning
         for tp in partitions:
             self.reads.append(tp.partition)
-            records = self.partitions[tp.partition]
+            records = self.partitions.get(tp.partition, [])
             self._queue += [FakeMessage(tp.partition, k, v) for k, v in records]
             self._queue.append(
                 FakeMessage(tp.partition, None, None, KafkaError(KafkaError._PARTITION_EOF))
             )
 
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.assign(partitions)
+
     def consume(self, n: int, timeout: float) -> list[Message]:
+        self.consumed += 1
+        if self.consumed == self.reveal_at:  # the markers land
+            for p, records in self.tail.items():
+                self.partitions.setdefault(p, []).extend(records)
+                if p in self.reads:
+                    self._queue += [FakeMessage(p, k, v) for k, v in records]
+                    eof = KafkaError(KafkaError._PARTITION_EOF)
+                    self._queue.append(FakeMessage(p, None, None, eof))
         out, self._queue = self._queue[:n], self._queue[n:]
         return out
 
@@ -112,19 +136,34 @@ class FakeChangelog:
 class Scorer:
     """Recovery and an exactly-once checkpoint wired as ``ScorerApp`` wires them, on fakes."""
 
-    def __init__(self, bundle, policy, changelog: dict | None = None) -> None:
+    def __init__(
+        self,
+        bundle,
+        policy,
+        changelog: dict | None = None,
+        tail: dict | None = None,
+        reveal_at: int | None = None,
+        wait_s: float = 60.0,
+        exactly_once: bool = True,
+    ) -> None:
         config = ServeConfig("b:9092", Path("m"), topics=TOPICS, instance_id="t")
         self.consumer = FakeGroupConsumer()
-        self.changelog = FakeChangelog(changelog or {})
+        self.changelog = FakeChangelog(changelog or {}, tail, reveal_at)
         self.errors, self.metrics, self.health = (
             ClientErrors("app-t"),
             ScorerMetrics(),
             HealthState(),
         )
-        restorer = ChangelogRestorer(self.changelog, TOPICS.changelog)  # type: ignore[arg-type]
+        self.restorer = ChangelogRestorer(
+            self.changelog,  # type: ignore[arg-type]
+            TOPICS.changelog,
+            wait_s=wait_s,
+            exactly_once=exactly_once,
+            source=f"group app on {EV}",
+        )
         self.recovery = Recovery(
             self.consumer,
-            restorer,
+            self.restorer,
             EV,
             bundle,
             policy,  # type: ignore[arg-type]
@@ -159,17 +198,34 @@ class Scorer:
         self.checkpoint.advance(partition, next_offset)
 
 
-def changelog_of(bundle, policy, partition: int) -> list[tuple[bytes, bytes | None]]:
-    """A real partition's changelog: a few loans processed, then their records."""
+def changelog_of(
+    bundle, policy, partition: int, input_offset: int | None = None
+) -> list[tuple[bytes, bytes | None]]:
+    """A real partition's changelog: a few loans processed, then their records (the
+    checkpoint recording ``input_offset``)."""
+    return changelogs_of(bundle, policy, partition, [input_offset])[0]
+
+
+def changelogs_of(
+    bundle, policy, partition: int, offsets: list[int | None], loans: int = 4
+) -> list[list[tuple[bytes, bytes | None]]]:
+    """The changelog records of successive commits of one partition: its events split in
+    ``len(offsets)`` parts, each part's commit recording its offset."""
     from consumer.processor import PartitionProcessor
     from models.data.synthetic import generate_book
     from schemas import AvroSerde
 
     encode = AvroSerde("LoanEvent").encode
-    events = generate_book(4, seed=3)[1]
+    events = generate_book(loans, seed=3)[1]
     processor = PartitionProcessor(bundle, policy, partition, EV)
-    processor.process([(i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(events)])
-    return processor.store.changelog_records(now_ms=1)
+    size = -(-len(events) // len(offsets))
+    commits = []
+    for i, offset in enumerate(offsets):
+        part = list(enumerate(events))[i * size : (i + 1) * size]
+        processor.process([(j, e["loan_id"].encode(), encode(e)) for j, e in part])
+        commits.append(processor.store.changelog_records(now_ms=1, input_offset=offset))
+        processor.store.commit()
+    return commits
 
 
 def test_assigned_partitions_wait_paused_until_their_state_is_restored(bundle, policy) -> None:
@@ -225,6 +281,7 @@ def test_a_parked_partition_someone_moved_on_is_restored_afresh(bundle, policy) 
     kept = scorer.recovery.processors[0]
     scorer.revoke(0)
     scorer.consumer.group_offsets = {0: 30}  # another instance processed 9..29
+    scorer.changelog.partitions[0] = changelog_of(bundle, policy, 0, 30)  # and committed this
     scorer.assign(0)
     scorer.recovery.restore_pending(keep_going=lambda: True)
     assert scorer.recovery.processors[0] is not kept
@@ -268,3 +325,136 @@ def test_a_stop_while_the_restore_waits_for_metadata_after_an_outage_ends_it_at_
     started = time.monotonic()
     assert restorer._non_empty([0, 1], keep_going=lambda: next(stops)) == []
     assert changelog.asked == 2 and time.monotonic() - started < 2  # not the 120 s wait
+
+
+# -- the restored state is checked against the group's committed offset (ARCHITECTURE.md §8) --
+def events_of(records: list[tuple[bytes, bytes | None]]) -> set[bytes]:
+    return {k for k, _ in records if k != b"__partition__"}
+
+
+def test_a_checkpoint_equal_to_the_committed_offset_resumes(bundle, policy) -> None:
+    scorer = Scorer(bundle, policy, changelog={0: changelog_of(bundle, policy, 0, 9)})
+    scorer.consumer.group_offsets = {0: 9}
+    scorer.assign(0)
+    assert scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert scorer.consumer.resumed == [0] and scorer.recovery.processors[0].store.states
+    assert scorer.recovery.processors[0].store.restored_offset == 9
+
+
+def test_a_checkpoint_behind_waits_for_the_changelog_s_tail_then_resumes(
+    bundle, policy, capsys
+) -> None:
+    # The previous owner's last transaction committed offset 20, but the changelog's commit
+    # marker is not written yet: only the transaction before it (offset 9) is visible.
+    first, last = changelogs_of(bundle, policy, 0, [9, 20], loans=8)
+    scorer = Scorer(bundle, policy, changelog={0: first}, tail={0: last}, reveal_at=5)
+    scorer.consumer.group_offsets = {0: 20}
+    scorer.assign(0)
+    started = time.monotonic()
+    assert scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert time.monotonic() - started < 5  # resumed as soon as the tail was read
+    store = scorer.recovery.processors[0].store
+    assert store.restored_offset == 20 and scorer.changelog.consumed >= 5
+    assert set(store.states) >= {k.decode() for k in events_of(last)}  # the newer state
+    assert scorer.consumer.resumed == [0]
+    err = capsys.readouterr().err
+    assert '"restore_waiting"' in err and '"changelog": 9, "committed": 20' in err
+    assert '"restore_caught_up"' in err
+
+
+@pytest.mark.parametrize("have", [4, None])
+def test_a_checkpoint_behind_for_good_stops_naming_the_partition_and_offsets(
+    bundle, policy, have
+) -> None:
+    changelog = {0: changelog_of(bundle, policy, 0, have)} if have is not None else {}
+    scorer = Scorer(bundle, policy, changelog=changelog, wait_s=0.3)
+    scorer.consumer.group_offsets = {0: 9}
+    scorer.assign(0)
+    started = time.monotonic()
+    with pytest.raises(FatalError) as caught:
+        scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert 0.3 <= time.monotonic() - started < 3
+    message = str(caught.value)
+    state = "state up to input offset 4" if have is not None else "no checkpoint"
+    assert f"{TOPICS.changelog} partition 0 holds {state}" in message
+    assert "committed offset 9" in message and "nothing was committed" in message
+    assert "--app-id" in message and "Likely cause" in message
+    # Never resumed, nothing produced: the scorer exits with nothing committed.
+    assert scorer.consumer.resumed == [] and scorer.health.ready is False
+    assert "commit_transaction" not in scorer.producer.methods()
+
+
+def test_a_checkpoint_ahead_resumes_under_at_least_once_and_is_counted(
+    bundle, policy, capsys
+) -> None:
+    # A crash after the changelog's flush, before the offset commit: offsets 4..8 come again
+    # and are duplicates the per-loan idempotency drops.
+    changelog = {0: changelog_of(bundle, policy, 0, 9), 1: changelog_of(bundle, policy, 1, 7)}
+    scorer = Scorer(bundle, policy, changelog=changelog, wait_s=5, exactly_once=False)
+    scorer.consumer.group_offsets = {0: 4, 1: 7}
+    scorer.assign(0, 1)
+    started = time.monotonic()
+    assert scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert time.monotonic() - started < 2  # no waiting: nothing would change
+    assert sorted(scorer.consumer.resumed) == [0, 1]
+    assert scorer.metrics.restored_ahead._value.get() == 1 and scorer.restorer.ahead == 0
+    err = capsys.readouterr().err
+    assert '"restore_ahead"' in err and '"0": {"changelog": 9, "committed": 4}' in err
+
+
+def test_a_checkpoint_ahead_under_exactly_once_stops_with_the_reset_to_do(bundle, policy) -> None:
+    scorer = Scorer(bundle, policy, changelog={0: changelog_of(bundle, policy, 0, 9)}, wait_s=0.2)
+    scorer.consumer.group_offsets = {0: 4}  # reset behind the scorer's back
+    scorer.assign(0)
+    with pytest.raises(FatalError, match="--reset-offsets --to-offset 9") as caught:
+        scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert "input offset 9" in str(caught.value) and "committed offset 4" in str(caught.value)
+    assert scorer.consumer.resumed == []
+
+
+def test_a_v2_checkpoint_restores_unchecked_and_says_so_once(bundle, policy, capsys) -> None:
+    from consumer.partition_store import CHECKPOINT_KEY
+    from schemas import AvroSerde
+
+    v2, v3 = (AvroSerde("PartitionCheckpoint", writer_version=v) for v in (2, 3))
+    records = []
+    for p in (0, 1):
+        loans = changelog_of(bundle, policy, p)
+        checkpoint = v3.decode(dict(loans)[CHECKPOINT_KEY.encode()])
+        del checkpoint["input_offset"]
+        records.append([*loans[:-1], (CHECKPOINT_KEY.encode(), v2.encode(checkpoint))])
+    scorer = Scorer(bundle, policy, changelog={0: records[0], 1: records[1]}, wait_s=30)
+    scorer.consumer.group_offsets = {0: 9, 1: 3}  # cannot be checked: no offset in v2
+    scorer.assign(0, 1)
+    started = time.monotonic()
+    assert scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert time.monotonic() - started < 2
+    store = scorer.recovery.processors[0].store
+    assert store.restored_checkpoint and store.restored_offset is None and store.states
+    err = capsys.readouterr().err
+    assert err.count('"restore_unverified"') == 1 and '"partitions": [0, 1]' in err
+
+
+def test_a_stop_while_waiting_for_the_changelog_never_resumes(bundle, policy) -> None:
+    scorer = Scorer(bundle, policy, changelog={0: changelog_of(bundle, policy, 0, 4)}, wait_s=30)
+    scorer.consumer.group_offsets = {0: 9}
+    scorer.assign(0)
+    calls = iter(range(1000))
+    started = time.monotonic()
+    assert not scorer.recovery.restore_pending(keep_going=lambda: next(calls) < 40)
+    assert time.monotonic() - started < 5 and scorer.consumer.resumed == []
+
+
+def test_committed_offsets_that_cannot_be_read_are_asked_again_then_stop(bundle, policy) -> None:
+    scorer = Scorer(bundle, policy, changelog={0: changelog_of(bundle, policy, 0, 9)}, wait_s=0.3)
+    asked = []
+
+    def unanswered(partitions: list[TopicPartition], timeout: float) -> list:
+        asked.append(len(partitions))
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "coordinator away"))
+
+    scorer.consumer.committed = unanswered  # type: ignore[method-assign]
+    scorer.assign(0)
+    with pytest.raises(FatalError, match="could not read group app on ev's committed offsets"):
+        scorer.recovery.restore_pending(keep_going=lambda: True)
+    assert len(asked) >= 2 and scorer.consumer.resumed == []

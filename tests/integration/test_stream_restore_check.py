@@ -1,0 +1,193 @@
+"""A restore never resumes older state from a newer committed offset (ARCHITECTURE.md §8).
+
+The hazard, made deterministic on the real broker: the previous owner's last transaction
+committed its input offsets, but the changelog's commit marker is not written yet, so a
+``read_committed`` restore ends before that transaction's state (KIP-98: a reader sees a
+partition's records only below its last stable offset). Here the "previous owner" is this
+test: it writes the changelog the scorer would have written (the same ``PartitionProcessor``
+over each partition's first events, each checkpoint recording its input offset) with a
+transactional producer of its own, leaves the last transaction of one partition open, and
+commits the group's offsets past it. `loan-recovery serve` then
+
+- with a short ``--restore-wait-s``, exits 1 naming the partition and both offsets, having
+  committed nothing and produced nothing;
+- with a longer one, waits (``restore_waiting``, no output meanwhile), reads the missing
+  records once the transaction commits, and gives exactly the batch reference's outputs for
+  every event after the committed offsets -- which it could not with the older state (the
+  loans opened in the gap would be unknown).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from test_stream_crash import committed_offsets, new_topics
+from test_stream_eos import (
+    FAST_GROUP,
+    PARTITIONS,
+    Scorer,
+    assert_same_changes,
+    change_keys,
+    encoded,
+    produce,
+    read_all,
+    reference_keys,
+)
+
+from consumer.partitioning import partition_for
+from consumer.processor import PartitionProcessor
+from consumer.reference import score_events
+from schemas import AvroSerde
+from schemas.topics import Topics
+
+pytestmark = pytest.mark.integration
+
+
+def write_changelog(
+    producer: Producer, topic: str, partition: int, records: list[tuple[bytes, bytes | None]]
+) -> None:
+    for key, value in records:
+        producer.produce(topic, value, key, partition=partition)
+
+
+def commit_group_offsets(bootstrap: str, topics: Topics, offsets: dict[int, int]) -> None:
+    """What the previous owner's transactions committed (the group has no member now)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": topics.app_id})
+    try:
+        consumer.commit(
+            offsets=[TopicPartition(topics.events, p, o) for p, o in offsets.items()],
+            asynchronous=False,
+        )
+    finally:
+        consumer.close()
+
+
+def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
+    bootstrap_servers: str, trained_model: Path, unique_name, tmp_path: Path
+) -> None:
+    from models.data.synthetic import generate_book
+    from models.serving.bundle import ModelBundle
+    from models.serving.policy import Policy
+
+    topics = new_topics(bootstrap_servers, unique_name("rcheck"))
+    events = generate_book(90, seed=43)[1]
+    produce(bootstrap_servers, topics.events, encoded(events))
+    bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
+    by_partition: dict[int, list[dict]] = {p: [] for p in range(PARTITIONS)}
+    for event in events:  # offsets: the order produced, per partition
+        by_partition[partition_for(event["loan_id"].encode(), PARTITIONS)].append(event)
+    late = max(by_partition, key=lambda p: len(by_partition[p]))  # the partition at risk
+    n = len(by_partition[late])
+    older, newer = n // 3, 2 * n // 3  # what the changelog shows / what the group committed
+    committed = {p: len(e) // 2 for p, e in by_partition.items()} | {late: newer}
+    # And one whose only transaction is the pending one: its changelog looks empty.
+    fresh = next(p for p in sorted(by_partition) if p != late and committed[p] > 0)
+
+    # The previous owner's transactions: every partition's state up to its committed offset,
+    # except the late one's last transaction (older..newer) and the fresh one's only one,
+    # written but not committed yet.
+    encode = AvroSerde("LoanEvent").encode
+    producer = Producer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "transactional.id": unique_name("previous-owner"),
+            "transaction.timeout.ms": 120_000,  # outlives both runs below
+        }
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    pending: dict[int, list[tuple[bytes, bytes | None]]] = {}
+    for p, part in by_partition.items():
+        processor = PartitionProcessor(bundle, policy, p, topics.events)
+        cut = older if p == late else committed[p]
+        processor.process([(i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(part[:cut])])
+        records = processor.store.changelog_records(1, input_offset=cut)
+        if p == fresh:
+            pending[p] = records
+            continue
+        write_changelog(producer, topics.changelog, p, records)
+        if p == late:
+            processor.store.commit()
+            gap = list(enumerate(part))[older:newer]
+            processor.process([(i, e["loan_id"].encode(), encode(e)) for i, e in gap])
+            pending[p] = processor.store.changelog_records(2, input_offset=newer)
+    producer.commit_transaction(30)
+    producer.begin_transaction()
+    for p, records in pending.items():
+        write_changelog(producer, topics.changelog, p, records)
+    assert producer.flush(30) == 0  # in the log, invisible to read_committed readers
+    commit_group_offsets(bootstrap_servers, topics, committed)
+
+    properties = tmp_path / "client.properties"
+    properties.write_text(FAST_GROUP)
+
+    def serve(run: str, wait_s: str) -> Scorer:
+        return Scorer(
+            bootstrap_servers,
+            trained_model,
+            topics,
+            "rc",
+            properties,
+            tmp_path / f"serve-{run}.log",
+            {"--restore-wait-s": wait_s, "--exit-when-idle": "3", "--metrics-port": "0"},
+        )
+
+    # 1. The changelog never catches up within the wait: exit 1, the partition and both
+    #    offsets named, nothing committed, nothing produced.
+    impatient = serve("impatient", "2")
+    try:
+        assert impatient.wait_exit(60) == 1
+        log = impatient.log_text()
+    finally:
+        impatient.stop()
+    (line,) = [x for x in log.splitlines() if x.startswith("error:")]
+    if late < fresh:  # the message names the first partition, then the others
+        named, state, want, other = late, f"state up to input offset {older}", newer, fresh
+    else:
+        named, state, want, other = fresh, "no checkpoint", committed[fresh], late
+    assert f"partition {named} holds {state}, " in line, line
+    assert f"committed offset {want} for that partition (also partitions [{other}])" in line, line
+    assert "nothing was committed" in line, line
+    assert committed_offsets(bootstrap_servers, topics) == committed
+    assert read_all(bootstrap_servers, topics.strategy_changes, 1, timeout_s=2) == []
+
+    # 2. The markers land while it waits: it reads them and resumes from the committed
+    #    offsets with the state they reflect.
+    patient = serve("patient", "30")
+    try:
+        patient.wait_for(
+            lambda: '"restore_waiting"' in patient.log_text(), 60, "the restore to wait"
+        )
+        time.sleep(1)  # still waiting: every partition stays paused, nothing is produced
+        assert patient.process.poll() is None
+        assert read_all(bootstrap_servers, topics.strategy_changes, 1, timeout_s=1) == []
+        producer.commit_transaction(30)
+        assert patient.wait_exit(60) == 0
+        log = patient.log_text()
+    finally:
+        patient.stop()
+    assert '"restore_caught_up"' in log
+    waiting = [x for x in log.splitlines() if '"restore_waiting"' in x]
+    assert f'"{late}": {{"changelog": {older}, "committed": {newer}}}' in waiting[0]
+    assert f'"{fresh}": {{"changelog": null, "committed": {committed[fresh]}}}' in waiting[0]
+
+    reference = score_events(events, bundle, policy, PARTITIONS)
+    after = [c for c in reference.changes if c.source_offset >= committed[c.source_partition]]
+    got, _ = change_keys(bootstrap_servers, topics, len(after))
+    assert_same_changes(got, reference_keys([asdict(c) for c in after]))
+    dead = [
+        d
+        for d in reference.dead_letters
+        if d.offset >= committed[partition_for(d.key or b"", PARTITIONS)]
+    ]
+    out = read_all(bootstrap_servers, topics.dlq, len(dead), timeout_s=5)
+    reasons = Counter(dict(m.headers())["error.reason"].decode() for m in out)
+    assert reasons == Counter(d.reason for d in dead)  # no unknown_loan from a lost gap
+    assert committed_offsets(bootstrap_servers, topics) == {
+        p: len(e) for p, e in by_partition.items()
+    }
