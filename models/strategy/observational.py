@@ -36,7 +36,7 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
 from models.strategy.outcomes import Outcomes
-from models.strategy.treatment import MIN_DECISIONS_PER_ARM, TreatmentError
+from models.strategy.treatment import MIN_DECISIONS_PER_ARM, TreatmentError, arm_forest
 
 FEATURES = (
     "Outstanding_Loan_Amount",
@@ -94,13 +94,7 @@ class DirectMethodModel:
                     f"seed: only {int(mask.sum())} loans got {arm}; the direct method needs "
                     f">= {MIN_DECISIONS_PER_ARM} per method"
                 )
-            forest = RandomForestRegressor(
-                n_estimators=self.n_estimators,
-                min_samples_leaf=self.min_samples_leaf,
-                max_features=0.6,
-                random_state=self.seed + k,
-                n_jobs=1,
-            )
+            forest = arm_forest(self.n_estimators, self.min_samples_leaf, self.seed + k)
             self.arms[arm] = forest.fit(x[mask], target[mask])
         return self
 

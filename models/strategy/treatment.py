@@ -56,6 +56,18 @@ BALANCE = FEATURES.index("balance")
 MIN_DECISIONS_PER_ARM = 30
 
 
+def arm_forest(n_estimators: int, min_samples_leaf: int, seed: int) -> RandomForestRegressor:
+    """The regression forest of one arm (one strategy's outcomes), for this T-learner and the
+    seed CSV's direct method alike."""
+    return RandomForestRegressor(
+        n_estimators=n_estimators,
+        min_samples_leaf=min_samples_leaf,
+        max_features=0.6,
+        random_state=seed,
+        n_jobs=1,
+    )
+
+
 class TreatmentError(ModelsError, ValueError):
     """A log the treatment model cannot learn from (an arm with too few decisions)."""
 
@@ -91,13 +103,7 @@ class TreatmentModel:
                     f"the treatment model needs >= {MIN_DECISIONS_PER_ARM} per strategy "
                     "(log under `--logging-policy random`)"
                 )
-            forest = RandomForestRegressor(
-                n_estimators=self.n_estimators,
-                min_samples_leaf=self.min_samples_leaf,
-                max_features=0.6,
-                random_state=self.seed + k,
-                n_jobs=1,
-            )
+            forest = arm_forest(self.n_estimators, self.min_samples_leaf, self.seed + k)
             self.arms[name] = forest.fit(log.x[rows], target[rows])
         if log.propensity is None:
             self.propensity = RandomForestClassifier(
