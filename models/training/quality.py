@@ -54,25 +54,52 @@ def _auc_ci(
     reps: int = BOOTSTRAP_REPS,
 ) -> tuple[float | None, float | None, float | None]:
     """ROC AUC and its 95 % bootstrap interval, resampling loans (a loan's snapshots move
-    together: they are not independent)."""
+    together: they are not independent).
+
+    A resample is a weight per row (how often its loan was drawn), so the scores are sorted
+    once and each replicate is a few O(n) array operations (:func:`_weighted_auc`) instead of
+    a ``roc_auc_score`` on rows copied out: 30 % of a small ``train`` was these copies."""
     from sklearn.metrics import roc_auc_score
 
     if len(set(y.tolist())) < 2:
         return None, None, None
     auc = float(roc_auc_score(y, p))
     loans, inverse = np.unique(loan, return_inverse=True)
-    members = np.argsort(inverse, kind="stable")
-    starts = np.searchsorted(inverse[members], np.arange(len(loans) + 1))
+    order = np.argsort(p, kind="stable")
+    sorted_p = p[order]
+    group = np.cumsum(np.r_[True, sorted_p[1:] != sorted_p[:-1]]) - 1  # equal scores tie
+    positive = y[order] == 1
+    loan_of = inverse[order]
     stats = []
     for _ in range(reps):
-        drawn = rng.integers(0, len(loans), len(loans))
-        rows = np.concatenate([members[starts[k] : starts[k + 1]] for k in drawn])
-        if len(set(y[rows].tolist())) == 2:
-            stats.append(roc_auc_score(y[rows], p[rows]))
+        drawn = np.bincount(rng.integers(0, len(loans), len(loans)), minlength=len(loans))
+        value = _weighted_auc(drawn[loan_of].astype(np.float64), positive, group)
+        if value is not None:
+            stats.append(value)
     if not stats:
         return auc, None, None
     low, high = np.percentile(stats, [2.5, 97.5])
     return auc, float(low), float(high)
+
+
+def _weighted_auc(weight: np.ndarray, positive: np.ndarray, group: np.ndarray) -> float | None:
+    """ROC AUC of rows sorted by score, row ``i`` counted ``weight[i]`` times, ties (equal
+    ``group``) counted half: what ``roc_auc_score`` gives for the rows repeated that often
+    (the Mann-Whitney form of its trapezoids). None when one class has no weight.
+
+    >>> w = np.array([1.0, 2.0, 1.0]); pos = np.array([False, True, True])
+    >>> _weighted_auc(w, pos, np.array([0, 1, 1]))
+    1.0
+    """
+    pos_w = np.where(positive, weight, 0.0)
+    neg_w = weight - pos_w
+    total_pos, total_neg = pos_w.sum(), neg_w.sum()
+    if total_pos == 0 or total_neg == 0:
+        return None
+    pos_g = np.bincount(group, weights=pos_w)
+    neg_g = np.bincount(group, weights=neg_w)
+    below = np.cumsum(neg_g) - neg_g  # negatives scored strictly lower than the group
+    return float((pos_g * (below + 0.5 * neg_g)).sum() / (total_pos * total_neg))
 
 
 def _tier_stats(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:

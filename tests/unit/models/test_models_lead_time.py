@@ -97,3 +97,27 @@ def test_model_beats_30dpd_at_equal_volume_on_a_synthetic_holdout() -> None:
     assert m["lead_days_mean"] > dpd["lead_days_mean"]
     both = vs["model_earlier"] + vs["same_time"] + vs["rule_earlier"]
     assert both == vs["both_flagged"] == m["written_off_flagged"] - vs["only_model"]
+
+
+def test_the_bootstrap_auc_is_roc_auc_score_of_the_resampled_rows() -> None:
+    """Each replicate weights rows by how often their loan was drawn; the interval must be
+    what resampling the rows themselves and calling ``roc_auc_score`` gives (ties included)."""
+    from sklearn.metrics import roc_auc_score
+
+    from models.training.quality import _auc_ci
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 3000)
+    p = np.round(rng.random(3000), 2)  # many ties
+    loan = rng.integers(0, 600, 3000)
+    auc, low, high = _auc_ci(y, p, loan, np.random.default_rng(9), reps=40)
+    loans, inverse = np.unique(loan, return_inverse=True)
+    draws = np.random.default_rng(9)
+    stats = []
+    for _ in range(40):
+        drawn = draws.integers(0, len(loans), len(loans))
+        rows = np.concatenate([np.flatnonzero(inverse == k) for k in drawn])
+        stats.append(roc_auc_score(y[rows], p[rows]))
+    want_low, want_high = np.percentile(stats, [2.5, 97.5])
+    assert auc == roc_auc_score(y, p)
+    assert abs(low - want_low) < 1e-12 and abs(high - want_high) < 1e-12
