@@ -11,7 +11,10 @@ is either committed whole or aborted"):
   partition stores roll back to their last commit and the consumer is *seeked back* to the
   first offset of the aborted transaction (its fetch position is already past those records).
   If the abort itself fails (librdkafka can fail one with INVALID_TXN_STATE) the producer is
-  replaced: its successor's ``init_transactions`` aborts the transaction on the broker.
+  replaced: its successor's ``init_transactions`` aborts the transaction on the broker. So is
+  a producer whose ``send_offsets_to_transaction`` / ``commit_transaction`` stays blocked past
+  ``transaction.timeout.ms`` (confluentinc/librdkafka#5511): it is abandoned, and the group's
+  committed offsets then say whether the unit is redone.
 - :class:`AtLeastOnce` replaces the transaction by flush + synchronous offset commit: faster,
   and a crash may repeat outputs (never lose them).
 
@@ -116,9 +119,9 @@ class _Abort(ConsumerError):
 
 
 class _Stuck(ConsumerError):
-    """A commit-phase call of the producer has been blocked so long that its transaction can
-    only end aborted, and may never return (control flow inside this module only): the
-    producer is replaced, see :meth:`ExactlyOnce._replace_stuck_producer`."""
+    """A commit-phase call of the producer is blocked past transaction.timeout.ms and may
+    never return (control flow inside this module only): the producer is replaced, see
+    :meth:`ExactlyOnce._replace_stuck_producer`."""
 
     def __init__(self, what: str, blocked_s: float) -> None:
         super().__init__(f"{what}: blocked for {blocked_s:.0f} s, past its timeout")
