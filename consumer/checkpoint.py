@@ -12,9 +12,9 @@ is either committed whole or aborted"):
   first offset of the aborted transaction (its fetch position is already past those records).
   If the abort itself fails (librdkafka can fail one with INVALID_TXN_STATE) the producer is
   replaced: its successor's ``init_transactions`` aborts the transaction on the broker. So is
-  a producer whose ``send_offsets_to_transaction`` / ``commit_transaction`` stays blocked past
-  ``transaction.timeout.ms`` (confluentinc/librdkafka#5511): it is abandoned, and the group's
-  committed offsets then say whether the unit is redone.
+  a producer whose ``send_offsets_to_transaction`` / ``commit_transaction`` stays blocked a
+  commit timeout past ``transaction.timeout.ms`` (confluentinc/librdkafka#5511): it is
+  abandoned, and the group's committed offsets then say whether the unit is redone.
 - :class:`AtLeastOnce` replaces the transaction by flush + synchronous offset commit: faster,
   and a crash may repeat outputs (never lose them).
 
@@ -119,7 +119,7 @@ class _Abort(ConsumerError):
 
 
 class _Stuck(ConsumerError):
-    """A commit-phase call of the producer is blocked past transaction.timeout.ms and may
+    """A commit-phase call of the producer is blocked well past transaction.timeout.ms and may
     never return (control flow inside this module only): the producer is replaced, see
     :meth:`ExactlyOnce._replace_stuck_producer`."""
 
@@ -905,10 +905,15 @@ class ExactlyOnce(Checkpoint):
     @cached_property
     def _stuck_after_s(self) -> float:
         """How long a commit-phase call may block before its producer is replaced: the
-        producer's transaction.timeout.ms (after it the coordinator aborts the transaction on
-        its own, so waiting longer cannot commit it), and never before the call's timeout."""
-        configured = self.config.producer_config()["transaction.timeout.ms"]
-        return max(int(configured) / 1000, self.config.commit_timeout_s + self.overdue_grace_s)
+        producer's transaction.timeout.ms plus the call's own timeout. librdkafka gives up a
+        transactional request in flight after transaction.timeout.ms (measured: "Timed out
+        AddOffsetsToTxnRequest in flight (after 30038ms)", and the call then returns), and the
+        coordinator aborts the transaction by then; a call blocked past that waits for no
+        request of its own. Exactly once does not depend on this value (the fencing and the
+        committed offsets do, see :meth:`_replace_stuck_producer`): it only keeps a call that
+        would still return from costing a producer."""
+        configured = int(self.config.producer_config()["transaction.timeout.ms"]) / 1000
+        return configured + self.config.commit_timeout_s + self.overdue_grace_s
 
     def _abort(self) -> None:
         producer = self.producer
@@ -965,7 +970,7 @@ class ExactlyOnce(Checkpoint):
             self.errors.fatal = None  # the replaced producer's error_cb reported this very error
 
     def _replace_stuck_producer(self, stuck: _Stuck, offsets: list[TopicPartition]) -> bool:
-        """A commit-phase call blocked past transaction.timeout.ms. librdkafka can leave one
+        """A commit-phase call blocked past :attr:`_stuck_after_s`. librdkafka can leave one
         blocked for good, ignoring its timeout: ``send_offsets_to_transaction`` waits for a
         state change of its cached group coordinator, and when that broker dropped out of
         the metadata during the outage (decommissioned: its thread is gone) none comes, even

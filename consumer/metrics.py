@@ -183,7 +183,7 @@ class ScorerMetrics:
             "loanrec_producer_replacements",
             "Transactional producers replaced by a new one with the same transactional.id "
             "(failed_abort: an abort librdkafka refused; stuck_call: a commit call blocked "
-            "past transaction.timeout.ms).",
+            "well past transaction.timeout.ms).",
             ["reason"],
             registry=r,
         )
