@@ -11,7 +11,10 @@ is either committed whole or aborted"):
   partition stores roll back to their last commit and the consumer is *seeked back* to the
   first offset of the aborted transaction (its fetch position is already past those records).
   If the abort itself fails (librdkafka can fail one with INVALID_TXN_STATE) the producer is
-  replaced: its successor's ``init_transactions`` aborts the transaction on the broker.
+  replaced: its successor's ``init_transactions`` aborts the transaction on the broker. So is
+  a producer whose ``send_offsets_to_transaction`` / ``commit_transaction`` stays blocked a
+  commit timeout past ``transaction.timeout.ms`` (confluentinc/librdkafka#5511): it is
+  abandoned, and the group's committed offsets then say whether the unit is redone.
 - :class:`AtLeastOnce` replaces the transaction by flush + synchronous offset commit: faster,
   and a crash may repeat outputs (never lose them).
 
@@ -38,6 +41,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -114,6 +118,16 @@ class _Abort(ConsumerError):
         self.error = error
 
 
+class _Stuck(ConsumerError):
+    """A commit-phase call of the producer is blocked well past transaction.timeout.ms and may
+    never return (control flow inside this module only): the producer is replaced, see
+    :meth:`ExactlyOnce._replace_stuck_producer`."""
+
+    def __init__(self, what: str, blocked_s: float) -> None:
+        super().__init__(f"{what}: blocked for {blocked_s:.0f} s, past its timeout")
+        self.what = what
+
+
 class OutageError(FatalError):
     """A broker outage outlasted ``--outage-patience-s`` (ARCHITECTURE.md §5)."""
 
@@ -132,7 +146,9 @@ class KafkaCalls:
     the loop's thread in Python, so signals are handled and the checkpoint decides."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], Future] | None] = (
+            queue.SimpleQueue()
+        )
         self._thread: threading.Thread | None = None
         self.running: Future | None = None  # the call in progress (or blocked), if any
 
@@ -150,13 +166,20 @@ class KafkaCalls:
         """A call has not returned (it holds the producer: no other call may be made)."""
         return self.running is not None and not self.running.done()
 
+    def retire(self) -> None:
+        """No more calls: the thread ends once the call it is blocked in returns, if it ever
+        does, and with it the last reference to that call's producer (which librdkafka then
+        destroys). Until then an abandoned producer and this thread stay behind, idle."""
+        self._jobs.put(None)
+
     def _serve(self) -> None:
-        while True:
-            call, future = self._jobs.get()
+        while (job := self._jobs.get()) is not None:
+            call, future = job
             try:
                 future.set_result(call())
             except BaseException as error:  # handed to the waiting thread
                 future.set_exception(error)
+            del call, future, job  # a retired thread must not keep its last producer alive
 
 
 class ClientErrors:
@@ -382,14 +405,16 @@ class Checkpoint(ABC):
             if self.doomed is not None:
                 raise _Abort(str(self.doomed), self._failed_with(offsets) or self.doomed.error)
             self._commit(offsets)
+        except _Stuck as stuck:
+            failures = self._delivery_failures(None)  # served before: the stuck one is not polled
+            self.doomed = None
+            if not self._replace_stuck_producer(stuck, offsets):
+                self._roll_back(str(stuck))
+                return self._redo(str(stuck), failures)
         except _Abort as why:
             failures = self._delivery_failures(why.error)
             self._abort_unit(str(why))  # first: a permanent error below ends the scorer
-            if self._settle(failures):
-                return False  # the record at fault is dead-lettered in the redo: no stall
-            self.stall("commit", str(why))
-            self._wait()  # redoing at once would fail at once while the brokers are away
-            return False
+            return self._redo(str(why), failures)
         self._resumed()
         for partition in self.first:
             store = self.stores.get(partition)
@@ -399,6 +424,20 @@ class Checkpoint(ABC):
         self.open = False
         self.metrics.transactions.labels(result="commit").inc()
         return True
+
+    def _redo(self, why: str, failures: list[DeliveryFailure]) -> bool:
+        """After the unit was rolled back: False, once the delivery failures are acted on and,
+        unless a record at fault will be dead-lettered by the redo, the stall's backoff slept
+        (redoing at once would fail at once while the brokers are away)."""
+        if not self._settle(failures):  # first: a permanent error ends the scorer
+            self.stall("commit", why)
+            self._wait()
+        return False
+
+    def _replace_stuck_producer(self, stuck: _Stuck, offsets: list[TopicPartition]) -> bool:
+        """A commit-phase call is stuck (only guarantees whose ``_commit`` passes
+        ``stuck_after_s`` raise :class:`_Stuck`); True if the unit turned out committed."""
+        raise NotImplementedError
 
     def _lost_a_topic(self, error: KafkaError) -> bool:
         """A retriable failure that may be a deleted topic (records for it wait in
@@ -517,6 +556,10 @@ class Checkpoint(ABC):
     def _abort_unit(self, why: str) -> None:
         self.doomed = None
         self._abort()
+        self._roll_back(why)
+
+    def _roll_back(self, why: str) -> None:
+        """The unit is aborted on the broker: roll its stores back and rewind its input."""
         rewind = []
         for partition, first in self.first.items():
             store = self.stores.get(partition)
@@ -694,14 +737,22 @@ class Checkpoint(ABC):
         """A call's timeout: short while stalled (a retried call resumes where it was)."""
         return timeout_s if self._stalled_at is None else min(timeout_s, STALLED_CALL_TIMEOUT_S)
 
-    def _call(self, what: str, call: Callable[[float], object], timeout_s: float) -> object:
+    def _call(
+        self,
+        what: str,
+        call: Callable[[float], object],
+        timeout_s: float,
+        stuck_after_s: float | None = None,
+    ) -> object:
         """``call(timeout)`` on :attr:`calls`' thread. Past its timeout (plus a grace) it is
         blocked: the scorer is stalled, the patience counts and a stop is honoured, while the
-        call keeps running (librdkafka cannot cancel it); its result is used if it returns."""
+        call keeps running (librdkafka cannot cancel it); its result is used if it returns.
+        Still blocked ``stuck_after_s`` after it began, it raises :class:`_Stuck`."""
         timeout = self._timeout(timeout_s)
         future = self.calls.submit(lambda: call(timeout))
         started = time.monotonic()
         overdue_at = started + timeout + self.overdue_grace_s
+        stuck_at = None if stuck_after_s is None else started + stuck_after_s
         while True:
             try:
                 return future.result(timeout=STOP_CHECK_S)
@@ -716,15 +767,22 @@ class Checkpoint(ABC):
                 )
             if self._stalled_at is not None and self.stop_requested():
                 raise Interrupted(f"stop requested while stalled on {what}")
+            if stuck_at is not None and now >= stuck_at:
+                raise _Stuck(what, now - started)
 
-    def _retrying(self, what: str, call: Callable[[float], object], timeout_s: float) -> None:
-        """Run ``call(timeout)``; retry outage errors with capped exponential backoff within
-        the outage patience; turn abortable errors into :class:`_Abort` and fatal ones into
-        :class:`FatalError`."""
+    def _retrying(
+        self,
+        what: str,
+        call: Callable[[float], object],
+        timeout_s: float,
+        stuck_after_s: float | None = None,
+    ) -> object:
+        """Run ``call(timeout)`` and return its result; retry outage errors with capped
+        exponential backoff within the outage patience; turn abortable errors into
+        :class:`_Abort` and fatal ones into :class:`FatalError`."""
         while True:
             try:
-                self._call(what, call, timeout_s)
-                return
+                return self._call(what, call, timeout_s, stuck_after_s)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal():
@@ -838,8 +896,24 @@ class ExactlyOnce(Checkpoint):
                 "send_offsets_to_transaction",
                 lambda t: producer.send_offsets_to_transaction(offsets, group, t),
                 timeout,
+                self._stuck_after_s,
             )
-        self._retrying("commit_transaction", producer.commit_transaction, timeout)
+        self._retrying(
+            "commit_transaction", producer.commit_transaction, timeout, self._stuck_after_s
+        )
+
+    @cached_property
+    def _stuck_after_s(self) -> float:
+        """How long a commit-phase call may block before its producer is replaced: the
+        producer's transaction.timeout.ms plus the call's own timeout. librdkafka gives up a
+        transactional request in flight after transaction.timeout.ms (measured: "Timed out
+        AddOffsetsToTxnRequest in flight (after 30038ms)", and the call then returns), and the
+        coordinator aborts the transaction by then; a call blocked past that waits for no
+        request of its own. Exactly once does not depend on this value (the fencing and the
+        committed offsets do, see :meth:`_replace_stuck_producer`): it only keeps a call that
+        would still return from costing a producer."""
+        configured = int(self.config.producer_config()["transaction.timeout.ms"]) / 1000
+        return configured + self.config.commit_timeout_s + self.overdue_grace_s
 
     def _abort(self) -> None:
         producer = self.producer
@@ -888,11 +962,54 @@ class ExactlyOnce(Checkpoint):
         message = self.errors.describe("abort_transaction", error)
         if message.startswith("fenced"):
             raise FatalError(message)
-        log_event("producer_replaced", level="warning", error=error.str())
+        log_event("producer_replaced", level="warning", reason="failed_abort", error=error.str())
+        self.metrics.producer_replacements.labels(reason="failed_abort").inc()
         self.producer = None  # destroyed before its replacement fences it
         self.producer = self._open_producer()
         if self.errors.fatal == self.errors.describe("processing", error):
             self.errors.fatal = None  # the replaced producer's error_cb reported this very error
+
+    def _replace_stuck_producer(self, stuck: _Stuck, offsets: list[TopicPartition]) -> bool:
+        """A commit-phase call blocked past :attr:`_stuck_after_s`. librdkafka can leave one
+        blocked for good, ignoring its timeout: ``send_offsets_to_transaction`` waits for a
+        state change of its cached group coordinator, and when that broker dropped out of
+        the metadata during the outage (decommissioned: its thread is gone) none comes, even
+        with every broker back (confluentinc/librdkafka#5511, made unbounded by #5456; seen
+        for 3 minutes in tests/integration/test_stream_outage.py). Nothing can cancel the
+        call, and no other transactional call can be made on its producer meanwhile.
+
+        So that producer is abandoned, never used or polled again (its helper thread is
+        retired; if the call ever returns, the producer is destroyed there), and a new one
+        with the same transactional.id is initialised. Its ``init_transactions`` bumps the
+        epoch -- the abandoned producer is fenced: anything it still sends, a late
+        TxnOffsetCommit or a commit, is refused by the brokers -- and returns only once the
+        coordinator has ended the abandoned transaction (it answers CONCURRENT_TRANSACTIONS
+        until then). Ended aborted, unless the stuck call was commit_transaction and its
+        EndTxn had reached the coordinator: the committed offsets tell which, so the unit is
+        either taken as committed (True) or rolled back and redone, and exactly once holds
+        both ways."""
+        log_event("producer_replaced", level="warning", reason="stuck_call", error=str(stuck))
+        self.metrics.producer_replacements.labels(reason="stuck_call").inc()
+        self.calls.retire()
+        self.calls = KafkaCalls()  # the retired thread is still inside the stuck call
+        self.producer = None
+        self.producer = self._open_producer()
+        return self._committed_anyway(offsets)
+
+    def _committed_anyway(self, offsets: list[TopicPartition]) -> bool:
+        """Whether the group's committed offsets are the unit's own (``offsets``): only its
+        transaction can have moved every one of them there. read_committed makes the
+        consumer ask for stable offsets (no pending transactional commit in them)."""
+        if not offsets:
+            return False
+        asked = [TopicPartition(tp.topic, tp.partition) for tp in offsets]
+        committed = self._retrying(
+            "committed offsets",
+            lambda t: _committed(self.consumer, asked, t),
+            self.config.commit_timeout_s,
+        )
+        assert isinstance(committed, dict)
+        return all(committed.get(tp.partition) == tp.offset for tp in offsets)
 
     def _requires_abort(self, error: KafkaError) -> bool:
         return error.txn_requires_abort()
@@ -916,6 +1033,7 @@ class ExactlyOnce(Checkpoint):
                 "send_offsets_to_transaction",
                 lambda t: producer.send_offsets_to_transaction(offsets, group, t),
                 STALLED_CALL_TIMEOUT_S,
+                self._stuck_after_s,
             )
         except KafkaException as exc:
             return exc.args[0]
@@ -972,6 +1090,19 @@ CHECKPOINTS: dict[Guarantee, type[Checkpoint]] = {
     Guarantee.exactly_once: ExactlyOnce,
     Guarantee.at_least_once: AtLeastOnce,
 }
+
+
+def _committed(
+    consumer: Consumer, partitions: list[TopicPartition], timeout: float
+) -> dict[int, int]:
+    """The group's committed offset of each partition; a partition's own error is raised, so
+    that it is retried like the request's."""
+    committed: dict[int, int] = {}
+    for tp in consumer.committed(partitions, timeout=timeout):
+        if tp.error is not None:
+            raise KafkaException(tp.error)
+        committed[tp.partition] = tp.offset
+    return committed
 
 
 def _iso(epoch_s: float | None) -> str:

@@ -179,6 +179,14 @@ class ScorerMetrics:
         self.transactions = Counter(
             "loanrec_transactions", "Transactions by result.", ["result"], registry=r
         )
+        self.producer_replacements = Counter(
+            "loanrec_producer_replacements",
+            "Transactional producers replaced by a new one with the same transactional.id "
+            "(failed_abort: an abort librdkafka refused; stuck_call: a commit call blocked "
+            "well past transaction.timeout.ms).",
+            ["reason"],
+            registry=r,
+        )
         self.restored_loans = Counter(
             "loanrec_restored_loans", "Loan states restored from the changelog.", registry=r
         )
@@ -211,6 +219,8 @@ class ScorerMetrics:
         """Create the label sets the dashboard always shows, so they read 0, not absent."""
         for result in ("commit", "abort"):
             self.transactions.labels(result=result)
+        for reason in ("failed_abort", "stuck_call"):
+            self.producer_replacements.labels(reason=reason)
         for segment in SEGMENTS:
             self.loans_by_segment.labels(segment=segment).set(0)
         for tier in TIERS:

@@ -104,6 +104,9 @@ class FakeConsumer:
         self.seeks: list[tuple[str, int, int]] = []
         self.commits: list[tuple[list, bool]] = []
         self.fail_commit: list[BaseException] = []
+        self.committed_offsets: dict[int, int] = {}
+        self.committed_asked: list[list[tuple[str, int]]] = []
+        self.fail_committed: list[BaseException] = []
 
     def consumer_group_metadata(self) -> object:
         return GROUP
@@ -115,6 +118,16 @@ class FakeConsumer:
         self.commits.append((offsets, asynchronous))
         if self.fail_commit:
             raise self.fail_commit.pop(0)
+
+    def committed(self, partitions: list, timeout: float) -> list:
+        """The group's committed offsets: ``committed_offsets`` (-1001 where none)."""
+        self.committed_asked.append([(tp.topic, tp.partition) for tp in partitions])
+        if self.fail_committed:
+            raise self.fail_committed.pop(0)
+        return [
+            TopicPartition(tp.topic, tp.partition, self.committed_offsets.get(tp.partition, -1001))
+            for tp in partitions
+        ]
 
 
 class FakeStore:
@@ -662,6 +675,107 @@ def test_a_call_blocked_past_its_timeout_is_a_stall_and_its_result_is_used_when_
     assert not ready and "send_offsets_to_transaction" in why and "blocked past its" in why
     assert rig.health.readiness() == (True, "ready") and rig.stores[0].commits == 1
     assert producer.methods()[-1] == "commit_transaction"
+
+
+def stuck_rig(step: str) -> tuple[Rig, BlockingProducer]:
+    """``step`` of the first producer blocks until released (librdkafka#5511: it may never
+    return), and a call is taken as stuck 0.3 s after it began."""
+    rig = Rig(ExactlyOnce, patience_s=30)
+    rig.config.transaction_timeout_ms = 300
+    stuck = StuckProducer("stuck", step)
+    rig.checkpoint.producer = stuck  # type: ignore[assignment]
+    rig.checkpoint.clock = time.monotonic
+    rig.checkpoint.overdue_grace_s = 0.05
+    return rig, stuck
+
+
+class StuckProducer(FakeProducer):
+    """``step`` blocks until ``release`` is set (then it fails fenced, as a late call of a
+    producer whose successor bumped the epoch would)."""
+
+    def __init__(self, name: str, step: str) -> None:
+        super().__init__(name)
+        self.step, self.release, self.returned = step, threading.Event(), threading.Event()
+
+    def _call(self, method: str, *args: object) -> None:
+        super()._call(method, *args)
+        if method == self.step:
+            try:
+                assert self.release.wait(10)
+                raise failure(KafkaError.PRODUCER_FENCED, fatal=True)
+            finally:
+                self.returned.set()
+
+
+@pytest.mark.parametrize("step", ["send_offsets_to_transaction", "commit_transaction"])
+def test_a_commit_call_stuck_past_the_transaction_timeout_replaces_the_producer(
+    step: str,
+) -> None:
+    rig, stuck = stuck_rig(step)
+    rig.consumer.committed_offsets = {0: 10}  # the last commit: the stuck unit did not commit
+    rig.process(0, 10, 15)
+    started = time.monotonic()
+    assert rig.checkpoint.commit() is False
+    assert time.monotonic() - started < 3
+    # A new producer with the same transactional.id: its init_transactions fenced the stuck
+    # one and ended its transaction, which the committed offsets show aborted.
+    assert len(rig.producers) == 2 and rig.checkpoint.producer is rig.producers[1]
+    new = rig.producers[1]
+    assert new.methods() == ["init_transactions"]
+    assert rig.consumer.committed_asked == [[("ev", 0)]]
+    assert rig.stores[0].rollbacks == 1 and rig.stores[0].commits == 0
+    assert rig.consumer.seeks == [("ev", 0, 10)]
+    assert rig.health.stalled_since is not None  # stalled until a commit goes through
+    assert rig.metrics.producer_replacements.labels(reason="stuck_call")._value.get() == 1
+    rig.process(0, 10, 15)  # the redo, on the new producer
+    assert rig.checkpoint.commit()
+    assert new.methods()[-1] == "commit_transaction" and rig.stores[0].commits == 1
+    assert rig.health.readiness() == (True, "ready")
+    # The stuck call returning late (fenced) reaches nobody: not the errors, not the loop.
+    stuck.release.set()
+    assert stuck.returned.wait(5)
+    time.sleep(0.1)
+    rig.errors.raise_if_fatal()
+    assert stuck.methods()[-1] == step  # never used again
+    rig.checkpoint.close()
+    assert new.methods()[-1] == "flush" and "flush" not in stuck.methods()
+
+
+def test_a_stuck_commit_transaction_that_committed_is_not_redone() -> None:
+    """The EndTxn of the stuck commit_transaction reached the coordinator, which completed the
+    commit without the producer: the group's offsets are the unit's, so it is not redone
+    (a redo would duplicate its outputs)."""
+    rig, stuck = stuck_rig("commit_transaction")
+    rig.consumer.committed_offsets = {0: 15, 1: 4}
+    rig.consumer.fail_committed = [failure(KafkaError._TIMED_OUT, retriable=True)]
+    rig.process(0, 10, 15)
+    rig.process(1, 3, 4)
+    assert rig.checkpoint.commit() is True
+    assert len(rig.consumer.committed_asked) == 2  # the failed look-up is retried
+    assert rig.stores[0].commits == 1 and rig.stores[1].commits == 1
+    assert rig.stores[0].rollbacks == 0 and rig.consumer.seeks == []
+    assert not rig.checkpoint.open and rig.health.readiness() == (True, "ready")
+    assert rig.transactions("commit") == 1
+    stuck.release.set()
+
+
+def test_a_stop_while_the_replacement_waits_for_the_outage_gives_the_unit_up() -> None:
+    def later(producer: FakeProducer) -> None:
+        if producer.name == "producer-1":
+            producer.fail["init_transactions"] = [failure(KafkaError._TIMED_OUT)] * 100
+
+    rig, stuck = stuck_rig("send_offsets_to_transaction")
+    rig.prepare = later
+    stop = threading.Event()
+    rig.checkpoint.stop_requested = stop.is_set
+    rig.checkpoint.sleep = lambda _s: stop.set()  # SIGTERM during the first backoff
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit() is False
+    assert rig.checkpoint.abandoned and rig.stores[0].commits == 0
+    assert rig.stores[0].rollbacks == 1
+    assert rig.checkpoint.producer is None  # the new one never initialised; nothing commits
+    rig.checkpoint.close()
+    stuck.release.set()
 
 
 def test_a_call_blocked_past_the_patience_is_an_outage_error() -> None:
