@@ -10,10 +10,13 @@ STAMP := $(VENV)/.installed
 UNIT_TESTS ?= tests/unit
 UNIT_SELECT ?=
 # The broker-free tests are CPU-bound and independent: one worker per core (pytest-xdist), a
-# whole file per worker so a module's fixtures are built once. The broker tests run one at a
-# time after them: several at once would time each other out on a small machine.
+# whole file per worker so a module's fixtures are built once. The broker tests run after them,
+# also on two workers (each starts its own broker; a module per worker, the longest first:
+# tests/conftest.py): they mostly wait on brokers, restarts and timeouts, not on the CPU.
 UNIT_WORKERS ?= 2
 XDIST := -n $(UNIT_WORKERS) --dist loadfile
+BROKER_WORKERS ?= 2
+BROKER_XDIST := -n $(BROKER_WORKERS) --dist loadfile
 
 .PHONY: setup test test-unit demo bench lint clean broker-stop system-deps
 
@@ -35,7 +38,7 @@ test: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/pytest -q -ra $(XDIST) tests/unit
-	@$(BIN)/pytest -q -ra tests/integration
+	@$(BIN)/pytest -q -ra $(BROKER_XDIST) tests/integration
 
 # No broker and no Kafka jars: what CI runs on its second interpreter.
 test-unit: $(STAMP) system-deps

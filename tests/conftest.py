@@ -30,9 +30,23 @@ from confluent_kafka.admin import AdminClient, NewTopic
 # fixture, is an integration test.
 BROKER_FIXTURES = frozenset({"bootstrap_servers", "sasl_broker"})
 UNIT_DIR = Path(__file__).resolve().parent / "unit"
+# The broker modules that take longest, longest first (measured with --durations): `make test`
+# runs the broker tests on two workers, a module per worker in collection order, so a long
+# module collected last would run alone at the end.
+SLOWEST_FIRST = (
+    "test_stream_outage.py",
+    "test_stream_eos.py",
+    "test_stream_delivery_errors.py",
+)
+
+
+def _slow_rank(item: pytest.Item) -> int:
+    name = Path(item.path).name
+    return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_slow_rank)  # stable: each module keeps its own order
     misplaced = []
     for item in items:
         if BROKER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
