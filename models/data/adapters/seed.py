@@ -192,10 +192,12 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
       (:mod:`models.data.synthetic`), so given the counts every placement is equally likely
       and a prefix of the history is distributed as the real one. (They used to come first:
       every loan with a cured miss was then 30+ days past due at its first installment.)
-    - Outstanding follows the contract from ``Loan_Amount``: a payment of ``Monthly_EMI``
-      takes one annuity step ``B -> B (1 + i) - EMI`` (i = ``Interest_Rate`` / 1200; a
-      linear ``B -> B - EMI`` without a positive rate or when the EMI does not cover the
-      interest, as for p), floored at 0; a miss leaves it unchanged. The *last* installment
+    - Outstanding follows the contract from ``Loan_Amount``: after n payments of
+      ``Monthly_EMI`` it is the annuity balance ``L q^n - EMI (q^n - 1) / i`` (q = 1 + i,
+      i = ``Interest_Rate`` / 1200; linear ``L - n EMI`` without a positive rate or when the
+      EMI does not cover the interest, as for p), floored at 0; a miss leaves it unchanged.
+      A history capped at :data:`MAX_PAID_INSTALLMENTS` shows the last installments of a
+      longer one, so n counts the implied earlier payments too. The *last* installment
       carries ``Outstanding_Loan_Amount`` exactly (for a consistent row that is the
       schedule's value up to rounding; otherwise the row's number wins over the schedule).
       It used to fall linearly from ``Loan_Amount`` to the final value, so every snapshot's
@@ -226,8 +228,8 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     trailing = min(missed, max(1, round(dpd / 30))) if dpd > 0 else 0
     early = missed - trailing
     late_payment = dpd == 0 and missed == 0 and history == "delayed"
-    paid = _installments_paid(amount, final_out, emi, rate)
-    paid = min(MAX_PAID_INSTALLMENTS, paid)
+    all_paid = _installments_paid(amount, final_out, emi, rate)
+    paid = min(MAX_PAID_INSTALLMENTS, all_paid)
     # Cured misses need a payment after them; a late-payment row needs its late payment; and
     # the outstanding amount needs at least one installment event to carry it.
     paid = max(paid, 1 if early else 0, int(late_payment), 1 if early + trailing == 0 else 0)
@@ -239,12 +241,12 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     start = amount if amount == amount else (final_out if final_out == final_out else 0.0)
     end = final_out if final_out == final_out else start
     due_amount = emi if emi == emi else 0.0
-    step = _schedule_step(amount, emi, rate)
-    balance = start
+    balance_after = _schedule(start, amount, emi, rate)
+    payments = max(0, all_paid - MAX_PAID_INSTALLMENTS)  # implied, before the cap
 
     def outstanding(k: int) -> float:
         # Known at installment k: the schedule so far; the row's own number at the last one.
-        return end if k == n_inst - 1 else round(balance, 2)
+        return end if k == n_inst - 1 else round(balance_after(payments), 2)
 
     seq = 0
     events: list[dict[str, Any]] = [
@@ -291,7 +293,7 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
         elif k < before:
             is_late = late_payment and k == before - 1
             at = (due + (5 if is_late else 0)) * DAY_MS + 43_200_000  # noon
-            balance = step(balance)
+            payments += 1
             events.append(
                 _event(
                     loan_id,
@@ -351,17 +353,21 @@ def _cured_slots(loan_id: str, count: int, slots: int) -> frozenset[int]:
     return frozenset(int(k) for k in rng.choice(slots, size=count, replace=False))
 
 
-def _schedule_step(amount: float, emi: float, rate: float) -> Callable[[float], float]:
-    """The balance after one more paid installment, from the opening terms only: the annuity
-    step at ``rate`` when the EMI covers the interest on ``amount``, else linear (the same
-    choice as :func:`_installments_paid`); without an EMI or a loan amount the schedule is
-    unknown and the balance stays put until the last installment carries the row's value."""
+def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[[int], float]:
+    """The balance after n paid installments, from the opening terms only: the annuity at
+    ``rate`` when the EMI covers the interest on ``amount``, else linear (the same choice as
+    :func:`_installments_paid`, so a consistent row's schedule ends at its outstanding);
+    without an EMI or a loan amount the schedule is unknown and the balance stays at
+    ``start`` until the last installment carries the row's value."""
     if not (emi > 0 and amount == amount):
-        return lambda balance: balance
+        return lambda n: start
     i = rate / 1200.0 if rate == rate and rate > 0 else 0.0
     if i > 0 and emi > amount * i:
-        return lambda balance: max(0.0, balance * (1.0 + i) - emi)
-    return lambda balance: max(0.0, balance - emi)
+        q = 1.0 + i
+        # Paid off after this many payments; beyond it q**n could overflow for nothing.
+        payoff = -math.log1p(-amount * i / emi) / math.log1p(i)
+        return lambda n: 0.0 if n >= payoff else max(0.0, amount * q**n - emi * (q**n - 1) / i)
+    return lambda n: max(0.0, amount - n * emi)
 
 
 def _installments_paid(amount: float, outstanding: float, emi: float, rate: float) -> int:

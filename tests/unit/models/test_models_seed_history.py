@@ -109,3 +109,27 @@ def test_cured_misses_are_spread_at_random_by_loan_id_not_put_first() -> None:
     assert 0.13 < first_missed / 2000 < 0.24  # 2/11 = 0.18
     assert len(placements) == 55  # every one of C(11, 2) placements occurs
     assert repr(seed_row_events(row)) == repr(seed_row_events(dict(row)))
+
+
+def test_a_capped_history_continues_the_schedule_of_its_implied_payments() -> None:
+    """A 240-month loan 100 installments in shows only its last 24 (MAX_PAID_INSTALLMENTS):
+    the balance carries on from the schedule after the 76 implied payments, so the last
+    installment's row value is the schedule's next step, not a jump."""
+    long_emi = round(AMOUNT * _I / (1.0 - (1.0 + _I) ** -240), 2)
+    growth = (1.0 + _I) ** 100
+    final = round(AMOUNT * growth - long_emi * (growth - 1.0) / _I, 2)
+    row = _row(
+        Loan_Tenure=240,
+        Monthly_EMI=long_emi,
+        Outstanding_Loan_Amount=final,
+        Num_Missed_Payments=0,
+        Days_Past_Due=0,
+        Payment_History="On-Time",
+    )
+    events = seed_row_events(row)
+    balances = [e["body"][1]["outstanding_after"] for e in events[1:25]]
+    assert len(balances) == 24 and balances[-1] == final
+    for n, balance in enumerate(balances[:-1], start=77):
+        growth = (1.0 + _I) ** n
+        assert math.isclose(balance, AMOUNT * growth - long_emi * (growth - 1.0) / _I, abs_tol=0.01)
+    assert 0 < balances[-2] - final < long_emi  # one step, not the rest of the loan
