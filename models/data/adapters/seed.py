@@ -189,8 +189,8 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
       the last of them is a payment, which cures them), drawn from a generator seeded by
       ``Loan_ID`` alone (:func:`_cured_slots`), so the same row always gets the same
       history. Uniform, because the synthetic book misses each installment independently
-      (:mod:`models.data.synthetic`), so given the counts every placement is equally likely
-      and a prefix of the history is distributed as the real one. (They used to come first:
+      (:mod:`models.data.synthetic`), so given the counts every placement is about equally
+      likely (all but the cure before the trailing misses). (They used to come first:
       every loan with a cured miss was then 30+ days past due at its first installment.)
     - Outstanding follows the contract from ``Loan_Amount``: after n payments of
       ``Monthly_EMI`` it is the annuity balance ``L q^n - EMI (q^n - 1) / i`` (q = 1 + i,
