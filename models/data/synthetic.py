@@ -27,7 +27,13 @@ Generating process (all draws from ``numpy.random.default_rng(seed)``, so a seed
    Recovered, or Partially Recovered (p = 0.5) when there were misses. About 20 % default.
 
 The event history of each row comes from :func:`models.data.adapters.seed_row_events`, so the
-events replay to exactly the row's values. :func:`iter_live_events` simulates the same
+events replay to exactly the row's values. A row is the loan's *final* state (the outcome is
+drawn last, from r and the arrears at the end); the history rebuilt from it gives an early
+installment only the opening terms and the installments so far -- the balance follows the
+annuity schedule of the payments made, the cured misses sit at random positions seeded by the
+loan id (the misses of step 3 are independent per installment, so every placement is equally
+likely) -- so the outcome reaches a point-in-time snapshot only through the profile and the
+behaviour up to it. :func:`iter_live_events` simulates the same
 process month by month, forever, for the live producer.
 
 >>> book, events, outcomes = generate_book(200, seed=1)

@@ -12,9 +12,12 @@
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pandas as pd
 
 from models.data.adapters.common import (
@@ -162,6 +165,13 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
 def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     """The event history of one seed row; replaying it reproduces the row's values.
 
+    A seed row is the loan's *final* state, but the stream (and the point-in-time training
+    snapshots, :mod:`models.training.snapshots`) sees each installment as it happens, so an
+    installment's event may carry only what was known then: the opening terms and the
+    installments before it. Nothing before the last installment is derived from the final
+    ``Outstanding_Loan_Amount`` (except how many installments were paid) or from
+    ``Recovery_Status`` (never read here).
+
     Rules (a row is *consistent* when it follows them; inconsistent rows keep the numbers):
 
     - ``Num_Missed_Payments`` = m ``PaymentMissed`` events, ``Days_Past_Due`` = d.
@@ -169,13 +179,29 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
       misses are consecutive at the end, the last one with ``days_past_due = d`` -> payment
       history "Missed". (d > 0 with m = 0 is inconsistent: one miss is added.)
     - d = 0: earlier misses were cured by later payments -> "Delayed"; with m = 0 a "Delayed"
-      row gets one late payment, an "On-Time" row none.
-    - Paid installments: what an annuity at ``Interest_Rate`` with ``Monthly_EMI`` needs to
+      row gets one late payment (the last one), an "On-Time" row none.
+    - Paid installments p: what an annuity at ``Interest_Rate`` with ``Monthly_EMI`` needs to
       fall from ``Loan_Amount`` to ``Outstanding_Loan_Amount`` (linear without a rate),
       capped at :data:`MAX_PAID_INSTALLMENTS`, at least what the rules above need (and at
-      least one installment event in all). Outstanding falls
-      linearly from ``Loan_Amount`` to ``Outstanding_Loan_Amount``, reached exactly at the
-      last installment.
+      least one installment event in all).
+    - Cured misses (the m - t not at the end), each reported 30 days past due: at a uniformly
+      random set of the first e + p - 1 installments before the trailing ones (e = m - t;
+      the last of them is a payment, which cures them), drawn from a generator seeded by
+      ``Loan_ID`` alone (:func:`_cured_slots`), so the same row always gets the same
+      history. Uniform, because the synthetic book misses each installment independently
+      (:mod:`models.data.synthetic`), so given the counts every placement is about equally
+      likely (all but the cure before the trailing misses). (They used to come first:
+      every loan with a cured miss was then 30+ days past due at its first installment.)
+    - Outstanding follows the contract from ``Loan_Amount``: after n payments of
+      ``Monthly_EMI`` it is the annuity balance ``L q^n - EMI (q^n - 1) / i`` (q = 1 + i,
+      i = ``Interest_Rate`` / 1200; linear ``L - n EMI`` without a positive rate or when the
+      EMI does not cover the interest, as for p), floored at 0; a miss leaves it unchanged.
+      A history capped at :data:`MAX_PAID_INSTALLMENTS` shows the last installments of a
+      longer one, so n counts the implied earlier payments too. The *last* installment
+      carries ``Outstanding_Loan_Amount`` exactly (for a consistent row that is the
+      schedule's value up to rounding; otherwise the row's number wins over the schedule).
+      It used to fall linearly from ``Loan_Amount`` to the final value, so every snapshot's
+      balance encoded the end state.
     - Counts above :data:`MAX_COUNT` and days past due above :data:`MAX_DAYS_PAST_DUE` are
       corrupt cells and are capped.
     - ``Collection_Attempts`` = a ``CollectionAttempt`` events at the end, method
@@ -188,6 +214,7 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     amount = _amount_or_nan(row["Loan_Amount"])
     final_out = _amount_or_nan(row["Outstanding_Loan_Amount"])
     emi = _amount_or_nan(row["Monthly_EMI"])
+    rate = _amount_or_nan(row["Interest_Rate"])
     # Caps keep one corrupt cell from turning into millions of events.
     missed = min(MAX_COUNT, max(0, _int_or(row["Num_Missed_Payments"], 0)))
     dpd = min(MAX_DAYS_PAST_DUE, max(0, _int_or(row["Days_Past_Due"], 0)))
@@ -201,20 +228,25 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     trailing = min(missed, max(1, round(dpd / 30))) if dpd > 0 else 0
     early = missed - trailing
     late_payment = dpd == 0 and missed == 0 and history == "delayed"
-    paid = _installments_paid(amount, final_out, emi, row["Interest_Rate"])
-    paid = min(MAX_PAID_INSTALLMENTS, paid)
+    all_paid = _installments_paid(amount, final_out, emi, rate)
+    paid = min(MAX_PAID_INSTALLMENTS, all_paid)
     # Cured misses need a payment after them; a late-payment row needs its late payment; and
     # the outstanding amount needs at least one installment event to carry it.
     paid = max(paid, 1 if early else 0, int(late_payment), 1 if early + trailing == 0 else 0)
-    n_inst = early + paid + trailing
+    before = early + paid  # installments before the trailing misses
+    n_inst = before + trailing
+    cured = _cured_slots(loan_id, early, before - 1)
     # Installment k (0-based) falls due 30 days apart; the history ends at AS_OF_DAY.
     open_day = AS_OF_DAY - 30 * n_inst - 1
     start = amount if amount == amount else (final_out if final_out == final_out else 0.0)
     end = final_out if final_out == final_out else start
     due_amount = emi if emi == emi else 0.0
+    balance_after = _schedule(start, amount, emi, rate)
+    payments = max(0, all_paid - MAX_PAID_INSTALLMENTS)  # implied, before the cap
 
     def outstanding(k: int) -> float:
-        return end if k == n_inst - 1 else start + (end - start) * (k + 1) / n_inst
+        # Known at installment k: the schedule so far; the row's own number at the last one.
+        return end if k == n_inst - 1 else round(balance_after(payments), 2)
 
     seq = 0
     events: list[dict[str, Any]] = [
@@ -232,7 +264,7 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
                 "num_dependents": _int_or(row["Num_Dependents"], -1),
                 "loan_amount": amount,
                 "loan_tenure_months": _int_or(row["Loan_Tenure"], -1),
-                "interest_rate": _amount_or_nan(row["Interest_Rate"]),
+                "interest_rate": rate,
                 "loan_type": row.get("Loan_Type") or "",
                 "collateral_value": _amount_or_nan(row["Collateral_Value"]),
                 "monthly_emi": emi,
@@ -242,7 +274,7 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
     for k in range(n_inst):
         seq += 1
         due = open_day + 30 * (k + 1)
-        if k < early:  # cured misses, each 30 days past due when reported
+        if k in cured:  # a cured miss, 30 days past due when reported
             events.append(
                 _event(
                     loan_id,
@@ -258,9 +290,10 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
                     },
                 )
             )
-        elif k < early + paid:
-            is_late = late_payment and k == early + paid - 1
+        elif k < before:
+            is_late = late_payment and k == before - 1
             at = (due + (5 if is_late else 0)) * DAY_MS + 43_200_000  # noon
+            payments += 1
             events.append(
                 _event(
                     loan_id,
@@ -277,7 +310,7 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
         else:  # trailing misses: the loan is past due now
-            j = k - (early + paid)
+            j = k - before
             days = max(1, dpd - 30 * (trailing - 1 - j))
             events.append(
                 _event(
@@ -309,6 +342,32 @@ def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return events
+
+
+def _cured_slots(loan_id: str, count: int, slots: int) -> frozenset[int]:
+    """``count`` of the installments ``0 .. slots - 1``, uniformly at random from a generator
+    seeded by the loan id only (CRC-32: stable across processes, unlike ``hash``)."""
+    if count <= 0:
+        return frozenset()
+    rng = np.random.default_rng(zlib.crc32(loan_id.encode("utf-8")))
+    return frozenset(int(k) for k in rng.choice(slots, size=count, replace=False))
+
+
+def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[[int], float]:
+    """The balance after n paid installments, from the opening terms only: the annuity at
+    ``rate`` when the EMI covers the interest on ``amount``, else linear (the same choice as
+    :func:`_installments_paid`, so a consistent row's schedule ends at its outstanding);
+    without an EMI or a loan amount the schedule is unknown and the balance stays at
+    ``start`` until the last installment carries the row's value."""
+    if not (emi > 0 and amount == amount):
+        return lambda n: start
+    i = rate / 1200.0 if rate == rate and rate > 0 else 0.0
+    if i > 0 and emi > amount * i:
+        q = 1.0 + i
+        # Paid off after this many payments; beyond it q**n could overflow for nothing.
+        payoff = -math.log1p(-amount * i / emi) / math.log1p(i)
+        return lambda n: 0.0 if n >= payoff else max(0.0, amount * q**n - emi * (q**n - 1) / i)
+    return lambda n: max(0.0, amount - n * emi)
 
 
 def _installments_paid(amount: float, outstanding: float, emi: float, rate: float) -> int:

@@ -390,12 +390,43 @@ def test_guardrail_decisions_say_which_rule_and_are_counted(bundle, policy, even
     assert decoded["guardrails"][0]["rule"] == "compliance_hold"
 
 
+def _relapse(opened: dict) -> list[dict]:
+    """A loan whose wanted strategy drops while it is still past due (95 days, then 5 on the
+    next installment), which the escalation ladder holds back. The synthetic book's histories
+    no longer do this by chance: their cured misses are spread over the history, each cured by
+    the next payment, instead of stacked at its start (issue #13)."""
+    day0 = opened["occurred_at"] // DAY
+
+    def missed(k: int, dpd: int) -> dict:
+        due = day0 + 30 * k
+        return {
+            **opened,
+            "loan_id": "RELAPSE",
+            "borrower_id": "B-RELAPSE",
+            "event_id": f"relapse-{k}",
+            "occurred_at": (day0 + 30 + 95 + k) * DAY,
+            "body": (
+                "loanrec.events.PaymentMissed",
+                {
+                    "installment_due_date": due,
+                    "amount_due": 500.0,
+                    "days_past_due": dpd,
+                    "outstanding": 9000.0,
+                },
+            ),
+        }
+
+    opening = {**opened, "loan_id": "RELAPSE", "borrower_id": "B-RELAPSE", "event_id": "relapse-0"}
+    return [opening, missed(1, 95), missed(2, 5)]
+
+
 def test_guardrail_decisions_do_not_depend_on_batch_size(bundle, policy, events) -> None:
     """The processor applies a batch before deciding: each decision must still see the loan's
     holds, calls and payments as of its own event (the per-event guardrail facts)."""
     from models.data.synthetic import with_guardrail_events
 
     guarded = with_guardrail_events(events, seed=3, hold_rate=0.6, call_rate=0.9)
+    guarded += _relapse(events[0])
     guarded.sort(key=lambda e: e["occurred_at"])
     recs = records(guarded)
     one, many = PartitionProcessor(bundle, policy, 0), PartitionProcessor(bundle, policy, 0)

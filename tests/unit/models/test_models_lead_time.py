@@ -4,8 +4,9 @@ The definition (``models.training.quality.lead_time``) on hand-made snapshots, t
 comparison as measured on a small synthetic holdout (train one seed, test another): the
 model flags exactly as many loans as the rule, beats its precision (95 % bootstrap interval
 above 0) and its lead time over every written-off loan (unflagged = 0 days) on the point
-estimate. On the documented 20k / 5k holdout (docs/MODELS.md) the median-lead interval is
-0 to +44 days, so this small test asserts the point estimates, not significance.
+estimate, and warns first more often than the rule does. On the documented 20k / 5k holdout
+(docs/MODELS.md) the median-lead interval reaches 0, so this small test asserts the point
+estimates, not significance.
 """
 
 from __future__ import annotations
@@ -82,9 +83,18 @@ def test_a_late_extra_catch_never_lowers_the_lead() -> None:
 
 def test_model_beats_30dpd_at_equal_volume_on_a_synthetic_holdout() -> None:
     """Train 3,000 loans (seed 10), test 2,000 (seed 20), 40 trees: about 30 s. Measured
-    (3 seed pairs): precision +0.02 to +0.03, median lead +4 to +48 days, mean +5 to +11."""
+    with the point-in-time seed histories (seed pairs 10/20, 11/21, 12/22): precision +0.023,
+    +0.017, +0.022 (every interval above 0); median lead +61, +28, +50 days; mean +27, +9,
+    +33; the model warned first on 59 / 62 / 90 of the defaulters both flag, the rule on
+    8 / 41 / 33.
+
+    The rule must not fire at the first snapshot of most of its written-off loans: the old
+    reconstruction put every cured miss first, 30 days past due, so 30+ DPD flagged most
+    defaulters as early as any rule can and lead time measured history length."""
     train = snapshot_set(seed_frame_history(generate_frame(3000, seed=10)[0]))
     test = snapshot_set(seed_frame_history(generate_frame(2000, seed=20)[0]))
+    first = test.months_on_book == 1
+    hit_at_first = first & (test.outcome[test.loan] == 1) & (test.x[:, DPD] >= 30)
     model, _ = fit_snapshots(train, np.arange(len(train.y)), n_estimators=40, n_jobs=1)
     rows = np.arange(len(test.y))
     p = model.predict_proba(test.x)[:, 1]
@@ -95,6 +105,8 @@ def test_model_beats_30dpd_at_equal_volume_on_a_synthetic_holdout() -> None:
     assert m["precision"] > dpd["precision"] and vs["precision_diff_ci95"][0] > 0
     assert m["lead_days_median"] >= dpd["lead_days_median"]
     assert m["lead_days_mean"] > dpd["lead_days_mean"]
+    assert vs["model_earlier"] > vs["rule_earlier"]
+    assert hit_at_first.sum() < 0.5 * dpd["written_off_flagged"]
     both = vs["model_earlier"] + vs["same_time"] + vs["rule_earlier"]
     assert both == vs["both_flagged"] == m["written_off_flagged"] - vs["only_model"]
 
