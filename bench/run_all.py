@@ -449,7 +449,9 @@ def write_docs(figures: dict, command: str) -> str:
             for name, value, spec, text, target, at_least in targets
         ),
     ]
-    text = "\n".join(lines) + "\n"
+    from bench.revisions import section
+
+    text = "\n".join([*lines, *section()]) + "\n"
     (ROOT / "docs" / "BENCHMARKS.md").write_text(text)
     (ROOT / "docs" / "benchmarks.json").write_text(json.dumps(figures, indent=2) + "\n")
     return text

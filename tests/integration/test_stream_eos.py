@@ -47,6 +47,25 @@ FAST_GROUP = "session.timeout.ms=6000\nheartbeat.interval.ms=1000\n"
 
 
 @pytest.fixture(scope="module")
+def trained_model(tmp_path_factory) -> Path:
+    """This module's own bundle (it shadows the session's): trained point in time on the
+    session's 600 loans, no score passes 0.70, so the book raises no loan to HIGH and the
+    alerts' reasons would go unchecked. 1,500 loans of the same generator do (~16 s more)."""
+    out = tmp_path_factory.mktemp("eos-model")
+    _cli("generate", "--loans", "1500", "--seed", "7", "--out", str(out / "book"))
+    _cli(
+        "train",
+        "--source",
+        "seed",
+        "--input",
+        str(out / "book" / "loans.csv"),
+        "--out",
+        str(out / "model"),
+    )
+    return out / "model"
+
+
+@pytest.fixture(scope="module")
 def book(tmp_path_factory, trained_model: Path) -> dict:
     """The book as an event log, and the batch reference computed by the real CLI."""
     from models.data.adapters import read_history, write_jsonl
