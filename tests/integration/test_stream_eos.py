@@ -566,23 +566,39 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(
     assert committed_total(bootstrap_servers, topics) == len(events)
 
 
+def _feed_until_joined(bootstrap: str, topic: str, records: list, joined: threading.Event) -> None:
+    """A third of the input at 1,500 events/s, then a trickle (both scorers stay busy, short
+    of their 6 s idle exit) until the second instance has joined, then the rest: on a busy
+    machine a second instance can take longer to start than the whole input takes to feed,
+    and it would join an input already consumed."""
+    cut = len(records) // 3
+    produce(bootstrap, topic, records[:cut], rate=1500)
+    while not joined.wait(0.5) and cut < len(records):
+        produce(bootstrap, topic, records[cut : cut + 20])
+        cut += 20
+    produce(bootstrap, topic, records[cut:], rate=1500)
+
+
 def test_rebalance_moves_state_through_the_changelog(
     bootstrap_servers: str, book: dict, topics: Topics, scorers
 ) -> None:
     events = book["events"]
-    feeder = produce_in_background(bootstrap_servers, topics.events, encoded(events), rate=1500)
+    joined = threading.Event()
+    feeder = threading.Thread(
+        target=_feed_until_joined,
+        args=(bootstrap_servers, topics.events, encoded(events), joined),
+        daemon=True,
+    )
+    feeder.start()
     first = scorers("a")
     first.wait_for(lambda: first.total("loanrec_events_total") > 2000, 90, "first progress")
     second = scorers("b")
     second.wait_for(
-        lambda: (
-            # Any progress: on a busy machine the feeder may be nearly done when it joins,
-            # leaving it a few hundred events before its idle exit.
-            second.total("loanrec_assigned_partitions") > 0
-            and second.total("loanrec_events_total") > 0
-        ),
-        90,
-        "the second instance to take partitions and process",
+        lambda: second.total("loanrec_assigned_partitions") > 0, 90, "the second to join"
+    )
+    joined.set()
+    second.wait_for(
+        lambda: second.total("loanrec_events_total") > 0, 90, "the second instance to process"
     )
     restored_by_second = second.total("loanrec_restored_loans_total")
     # A static member does not leave the group on close: its partitions go back to the first
