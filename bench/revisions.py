@@ -9,9 +9,10 @@ transactional passthrough between them, and reports for each run
 - ``cpu_us_per_event``: the scorer process's CPU time (all its threads) over the same span per
   event, which other load on the machine distorts less than wall-clock rates.
 
-The input is written by the *base* revision's ``produce`` (an older revision reads only its own
-LoanEvent version; this one reads every earlier one), and each revision scores with a bundle it
-trained itself (``bench.common.train_small_model``).
+Each revision reads the same book as written by its own ``produce`` (an older revision reads
+only its own LoanEvent version; this one reads earlier ones too, but through the Python
+reference: measured 2026-12-01, v1 records cost this revision ~4x the CPU of its own v3), and
+scores with a bundle it trained itself (``bench.common.train_small_model``).
 
 The base revision needs a checkout with its kernels built in place, e.g. for ``afea59d``::
 
@@ -91,10 +92,13 @@ def watch(bootstrap: str, group: str, topic: str, process: subprocess.Popen) -> 
     deadline = time.monotonic() + 900
     try:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the scorer of group {group} exited {process.returncode}")
+            exited = process.poll()
+            if exited not in (None, 0):
+                raise RuntimeError(f"the run of group {group} exited {exited}")
             done = sum(max(tp.offset, 0) for tp in watcher.committed(partitions, timeout=10))
-            samples.append((time.monotonic(), done, _cpu_s(process.pid)))
+            # The passthrough exits once it has committed the end: its CPU is the last read.
+            cpu = _cpu_s(process.pid) if exited is None else samples[-1][2]
+            samples.append((time.monotonic(), done, cpu))
             if done >= total:
                 break
             time.sleep(0.1)
@@ -117,30 +121,31 @@ def run(base: Path, rounds: int, loans: int, bootstrap_servers: str | None = Non
     with benchmark_broker(bootstrap_servers) as bootstrap, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
 
-        def cli(*args: str) -> None:
-            subprocess.run(
-                [python, "-m", "loan_recovery.cli", *args],
-                cwd=base,
-                check=True,
-                capture_output=True,
-            )
+        def cli(tree: Path, *args: str) -> None:
+            command = [python, "-m", "loan_recovery.cli", *args]
+            subprocess.run(command, cwd=tree, check=True, capture_output=True)
 
-        cli("generate", "--loans", str(loans), "--seed", "11", "--out", str(work / "book"))
-        topic = f"revisions.events.{uuid.uuid4().hex[:6]}"
-        create_topics(bootstrap, [topic], PARTITIONS)
+        cli(base, "generate", "--loans", str(loans), "--seed", "11", "--out", str(work / "book"))
         events = str(work / "book" / "events.jsonl")
-        cli(
-            "produce",
-            "--source",
-            "events",
-            "--input",
-            events,
-            "--topic",
-            topic,
-            "--bootstrap-servers",
-            bootstrap,
-            "--no-progress",
-        )
+        # The same book, written once by each revision's own `produce` (its own LoanEvent
+        # version): read by this revision, an older version's records take the reference path.
+        topics: dict[str, str] = {}
+        for who, tree in trees.items():
+            topics[who] = f"revisions.{who}.{uuid.uuid4().hex[:6]}"
+            create_topics(bootstrap, [topics[who]], PARTITIONS)
+            cli(
+                tree,
+                "produce",
+                "--source",
+                "events",
+                "--input",
+                events,
+                "--topic",
+                topics[who],
+                "--bootstrap-servers",
+                bootstrap,
+                "--no-progress",
+            )
         models: dict[str, str] = {}
         for i in range(rounds):
             order = (
@@ -148,6 +153,7 @@ def run(base: Path, rounds: int, loans: int, bootstrap_servers: str | None = Non
             )
             for who in order:
                 group = f"revisions-{who}-{uuid.uuid4().hex[:6]}"
+                topic = topics["this" if who == "passthrough" else who]
                 if who == "passthrough":
                     total = str(sum(end_offsets(bootstrap, topic).values()))
                     command = [python, "-m", "bench.passthrough", "--bootstrap-servers"]
@@ -206,9 +212,9 @@ def section(path: Path = RESULTS) -> list[str]:
         f"`python -m bench.revisions --base-tree <checkout of {saved['base']}> --rounds "
         f"{saved['rounds']} --write` on {saved['date']} ({saved['this']} against "
         f"{saved['base']}; a separate run from the figures above). Both revisions' "
-        "exactly-once scorer and the passthrough on one pre-produced input (written by the "
-        "base revision), alternating; events/s and the scorer's CPU per event between 20 % "
-        "and 95 % of the input committed.",
+        "exactly-once scorer, and the passthrough, on one pre-produced book (written by each "
+        "revision's own `produce`), on one broker, alternating; events/s and the scorer's CPU "
+        "per event between 20 % and 95 % of the input committed.",
         "",
         "| round | run | events/s | CPU µs/event | load |",
         "|---:|---|---:|---:|---:|",
