@@ -361,8 +361,8 @@ def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[
     ``start`` until the last installment carries the row's value."""
     if not (emi > 0 and amount == amount):
         return lambda n: start
-    i = rate / 1200.0 if rate == rate and rate > 0 else 0.0
-    if i > 0 and emi > amount * i:
+    i = _annuity_rate(amount, emi, rate)
+    if i > 0:
         q = 1.0 + i
         # Paid off after this many payments; beyond it q**n could overflow for nothing.
         payoff = -math.log1p(-amount * i / emi) / math.log1p(i)
@@ -370,13 +370,20 @@ def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[
     return lambda n: max(0.0, amount - n * emi)
 
 
+def _annuity_rate(amount: float, emi: float, rate: float) -> float:
+    """The monthly rate i of the annuity schedule, or 0 for a linear one: without a positive
+    rate, or when the EMI does not cover the interest on ``amount``."""
+    i = rate / 1200.0 if rate == rate and rate > 0 else 0.0
+    return i if i > 0 and emi > amount * i else 0.0
+
+
 def _installments_paid(amount: float, outstanding: float, emi: float, rate: float) -> int:
     """Installments an annuity loan needs to fall from ``amount`` to ``outstanding``: from
     B_n = L q^n - EMI (q^n - 1) / i with q = 1 + i; linear when the rate is unknown."""
     if not (emi > 0 and amount == amount and outstanding == outstanding):
         return 0
-    i = rate / 1200.0 if rate == rate and rate > 0 else 0.0
-    if i > 0 and emi > amount * i:
+    i = _annuity_rate(amount, emi, rate)
+    if i > 0:
         ratio = (emi / i - outstanding) / (emi / i - amount)
         return max(0, round(math.log(ratio) / math.log1p(i))) if ratio > 0 else 0
     return max(0, round((amount - outstanding) / emi))
