@@ -11,18 +11,18 @@ This module only dispatches; each concern has one owner:
 - ``consumer.serializers``: output records -> Avro bytes and DLQ headers;
 - ``consumer.topology``: partition counts and the changelog's compaction, at start and after.
 
-What stays here: signals, the poll loop, a poll's cross-partition batch, the model reload,
-and housekeeping (lag and population gauges, idle exit). Input is read ``read_committed``
-with auto-commit off; fencing and fatal errors end :meth:`ScorerApp.run` with
-:class:`FatalError` (the CLI exits 1 with one clear line), and so does a delivery error that no
-retry can fix (``consumer.delivery``: the topic, the error and the fix).
+What stays here: signals, the poll loop, a poll's cross-partition batch, the swap of reloaded
+models (what a reload loads: ``consumer.reload``), and housekeeping (lag and population
+gauges, idle exit). Input is read ``read_committed`` with auto-commit off; fencing and fatal
+errors end :meth:`ScorerApp.run` with :class:`FatalError` (the CLI exits 1 with one clear
+line), and so does a delivery error that no retry can fix (``consumer.delivery``: the topic,
+the error and the fix).
 """
 
 from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable
 from types import FrameType
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
@@ -37,6 +37,7 @@ from consumer.metrics import ScorerMetrics
 from consumer.partition_store import DAY_MS, total_population
 from consumer.processor import BatchResult, PartitionProcessor, Record, decide_together
 from consumer.recovery import ChangelogRestorer, Recovery
+from consumer.reload import ModelsLoader
 from consumer.runtime import tune_gc_for_streaming
 from consumer.serializers import OutputSerializer
 from consumer.topology import TopologyWatch, start_watch
@@ -55,14 +56,14 @@ class ScorerApp:
         policy: StrategyPolicy,
         metrics: ScorerMetrics | None = None,
         health: HealthState | None = None,
-        bundle_loader: Callable[[], EarlyWarningModel] | None = None,
+        models_loader: ModelsLoader | None = None,
     ) -> None:
         self.config = config
         self.bundle = bundle
         self.policy = policy
         self.metrics = metrics or ScorerMetrics()
         self.health = health or HealthState()
-        self.bundle_loader = bundle_loader
+        self.models_loader = models_loader  # what SIGHUP reloads (consumer.reload)
         self.topics = config.topics
         # Before any client exists: their callbacks report here from the first call on.
         self.errors = ClientErrors(config.transactional_id)
@@ -276,25 +277,32 @@ class ScorerApp:
 
     # -- reload, housekeeping ----------------------------------------------------------------------
     def _reload(self, recovery: Recovery, checkpoint: Checkpoint) -> None:
-        """SIGHUP: load and validate the new bundle, then swap; on failure keep the old one."""
+        """SIGHUP: load and verify the early-warning bundle, the policy file and the treatment
+        bundle (``consumer.reload``), then swap them together; if any fails, keep all the old
+        ones and log which setting failed."""
         self.reload_requested = False
-        if self.bundle_loader is None:
+        if self.models_loader is None:
             return
         try:
-            bundle = self.bundle_loader()
-        except Exception as error:  # any failure keeps the running model
+            models = self.models_loader()
+        except Exception as error:  # any failure keeps the running models
             log_event(
                 "model_reload_failed",
                 level="error",
+                failed=getattr(error, "setting", "unknown"),
                 error=f"{type(error).__name__}: {error}",
                 keeping=self.bundle.version,
+                keeping_policy=self.policy.version,
             )
             return
-        checkpoint.finish("reload")  # decisions of the old model commit with it
-        self.bundle = bundle
-        recovery.use_bundle(bundle)
-        self.metrics.set_model(bundle.version)
-        log_event("model_reloaded", version=bundle.version)
+        checkpoint.finish("reload")  # decisions of the old models commit with them
+        self.bundle, self.policy = models
+        recovery.use_models(models.bundle, models.policy)
+        self.metrics.set_model(models.bundle.version)
+        self.metrics.set_policy(models.policy.version)
+        log_event(
+            "model_reloaded", version=models.bundle.version, policy_version=models.policy.version
+        )
 
     def _housekeeping(self, recovery: Recovery, checkpoint: Checkpoint) -> None:
         if self._topology is not None:

@@ -416,13 +416,16 @@ class Checkpoint(ABC):
             self._abort_unit(str(why))  # first: a permanent error below ends the scorer
             return self._redo(str(why), failures)
         self._resumed()
+        recovered = 0.0
         for partition in self.first:
             store = self.stores.get(partition)
             if store is not None:
-                store.commit()
+                recovered += store.commit()
         self.first.clear()
         self.open = False
         self.metrics.transactions.labels(result="commit").inc()
+        if recovered:  # counted when final: an aborted unit's redo counts it once
+            self.metrics.recovered_after_write_off.inc(recovered)
         return True
 
     def _redo(self, why: str, failures: list[DeliveryFailure]) -> bool:

@@ -10,7 +10,8 @@
 - ``/metrics``: the Prometheus exposition of :class:`consumer.metrics.ScorerMetrics`.
 - ``/loans/{loan_id}``: one loan as JSON (:class:`consumer.lookup.LoanLookup`, ARCHITECTURE.md
   §9); with a token, only for ``Authorization: Bearer <token>`` (401 otherwise: the answer
-  carries personal data). The probes and ``/metrics`` stay open.
+  carries personal data). The probes and ``/metrics`` stay open. Every answer is counted in
+  ``loanrec_lookup_requests_total{status}`` (the HTTP code).
 
 Bound to 127.0.0.1 unless told otherwise (``--http-host``).
 
@@ -159,6 +160,7 @@ def _handler(
                 except Exception as error:  # a lookup bug must not look like an unknown loan
                     status, body = 500, error_body(500, f"{type(error).__name__}: {error}")
             payload = json.dumps(body, separators=(",", ":")).encode()
+            metrics.lookup_requests.labels(status=str(status)).inc()  # (a client gone: counted)
             self._send(status, "application/json", payload, headers)
 
         def _send(

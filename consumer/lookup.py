@@ -116,6 +116,8 @@ def loan_document(
         "view": view,
         "state": {
             "closed": state.closed,
+            "written_off": state.written_off,
+            "recovered_after_write_off": state.recovered_after_write_off,
             "last_event_at": state.last_event_at,
             "labels": state.labels(),
             "features": features,

@@ -57,6 +57,9 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2000, 5000)
 SEGMENTS = ("HIGH_RISK", "OTHERS", "LOW_RISK")
 TIERS = ("HIGH", "MODERATE", "LOW")
+# Every status GET /loans answers (consumer.lookup, consumer.health): 401 without the token,
+# 421 another instance owns the loan, 503 not started or the partition restoring or moving.
+LOOKUP_STATUSES = ("200", "400", "401", "404", "421", "500", "503")
 GUARDRAIL_RULES = ("compliance_hold", "escalation_ladder", "time_barred", "legal_min_days_past_due")
 
 
@@ -161,6 +164,18 @@ class ScorerMetrics:
             ["rule"],
             registry=r,
         )
+        self.recovered_after_write_off = Counter(
+            "loanrec_recovered_after_write_off",
+            "Money (the book's currency) paid after LoanClosed(WRITTEN_OFF), counted when its "
+            "transaction commits.",
+            registry=r,
+        )
+        self.lookup_requests = Counter(
+            "loanrec_lookup_requests",
+            "GET /loans/{loan_id} requests, by HTTP status code.",
+            ["status"],
+            registry=r,
+        )
         self.loans_in_state = Gauge(
             "loanrec_loans_in_state", "Loans held in memory (assigned partitions).", registry=r
         )
@@ -228,6 +243,8 @@ class ScorerMetrics:
         self.alerts.labels(tier="HIGH")
         for rule in GUARDRAIL_RULES:
             self.guardrail_interventions.labels(rule=rule)
+        for status in LOOKUP_STATUSES:
+            self.lookup_requests.labels(status=status)
 
     def set_model(self, version: str) -> None:
         self.model_info.clear()

@@ -14,6 +14,10 @@ the Kafka side (``consumer.checkpoint``, ``consumer.recovery``) only moves recor
   records (``decisions``, for ``GET /loans``, ``consumer.lookup``): :meth:`record_changes`
   holds a batch's until :meth:`commit`, :meth:`rollback` drops them. Memory, not the
   changelog: the next owner of the partition starts with none.
+- Recovered money: the ``amount_paid`` of the payments after a write-off applied in the open
+  transaction (:meth:`record_recovery`); :meth:`commit` returns it (the scorer counts it in
+  ``loanrec_recovered_after_write_off_total`` only then), :meth:`rollback` drops it, so an
+  aborted and redone transaction counts its recoveries once.
 - Changelog: :meth:`changelog_records` gives the changed loans' ``LoanState`` records plus the
   partition's ``PartitionCheckpoint`` under ``__partition__`` (docs/INTERNALS.md, changelog
   keys); :meth:`restore` applies one such record, last write wins. The checkpoint (v3) carries
@@ -75,6 +79,7 @@ class PartitionStore:
         "_committed_segmenter",
         "_expiring",
         "_pending_decisions",
+        "_pending_recovered",
         "_state_codec",
         "by_segment",
         "by_tier",
@@ -116,6 +121,7 @@ class PartitionStore:
         self._committed_events_applied = 0
         self.decisions: deque[StrategyChanged] = deque(maxlen=DECISION_HISTORY)
         self._pending_decisions: list[StrategyChanged] = []
+        self._pending_recovered = 0.0
         # What the last checkpoint restored from the changelog said: whether there was one,
         # and the input offset it reflects (None: none, or a v1/v2 checkpoint without one).
         self.restored_checkpoint = False
@@ -135,8 +141,14 @@ class PartitionStore:
         """A batch's strategy changes: part of :attr:`decisions` once they commit."""
         self._pending_decisions += changes
 
-    def commit(self) -> None:
-        """The transaction that carried this partition's outputs committed."""
+    def record_recovery(self, amount_paid: float) -> None:
+        """A payment after a write-off was applied: final once its transaction commits."""
+        self._pending_recovered += amount_paid
+
+    def commit(self) -> float:
+        """The transaction that carried this partition's outputs committed; returns the money
+        it recovered after write-offs (what :meth:`record_recovery` held since the last
+        commit or rollback)."""
         self.undo.clear()
         # After the undo log: a lookup between the two (it does not take the loop's lock for
         # commits) sees the committed state with its history one commit behind, never ahead.
@@ -146,6 +158,8 @@ class PartitionStore:
         self._committed_segmenter = self.segmenter.to_json()
         self._committed_events_applied = self.events_applied
         self._committed_clock = self.clock
+        recovered, self._pending_recovered = self._pending_recovered, 0.0
+        return recovered
 
     def rollback(self) -> None:
         """The transaction aborted: back to the state of the last commit."""
@@ -159,6 +173,7 @@ class PartitionStore:
         self.clock = self._committed_clock
         self.undo.clear()
         self._pending_decisions.clear()
+        self._pending_recovered = 0.0
         self.segmenter = _segmenter_from_json(self._committed_segmenter)
         self.events_applied = self._committed_events_applied
         self._recount()

@@ -236,15 +236,12 @@ class PartitionProcessor:
         native: bool = True,
         closed_retention_ms: float = DEFAULT_CLOSED_RETENTION_DAYS * DAY_MS,
     ) -> None:
-        self.bundle = bundle
-        self.policy = policy
         self.partition = partition
         self.topic = topic
         self.store = PartitionStore(
             partition, segmenter or OnlineSegmenter.from_bundle(bundle), closed_retention_ms
         )
-        # Every policy's choice passes through the one guardrail layer (ARCHITECTURE.md §7).
-        self.guardrails = policy.guardrails or Guardrails(GuardrailConfig(), policy.priorities)
+        self.use_models(bundle, policy)
         self._serde = AvroSerde("LoanEvent")
         # The kernel reads the one writer layout it was written for; other writers (a future
         # schema version) go through fastavro's schema resolution in the reference path.
@@ -252,6 +249,16 @@ class PartitionProcessor:
         self._kernel = (
             _event_kernel.EventKernel(self._kernel_header) if _event_kernel and native else None
         )
+
+    def use_models(self, bundle: EarlyWarningModel, policy: StrategyPolicy) -> None:
+        """Decide with ``bundle`` and ``policy`` from the next batch on (at start, and when a
+        SIGHUP reloads them). The segmenter keeps learning from where it is: its centroids are
+        the partition's state, not the bundle's."""
+        self.bundle = bundle
+        self.policy = policy
+        # Every policy's choice passes through the one guardrail layer (ARCHITECTURE.md §7);
+        # the guardrails hold only configuration (each loan's clocks are in its state).
+        self.guardrails = policy.guardrails or Guardrails(GuardrailConfig(), policy.priorities)
 
     # -- the batch ------------------------------------------------------------------------------
     def process(self, batch: list[Record], decided_at_ms: int = 0) -> BatchResult:
@@ -386,7 +393,11 @@ class PartitionProcessor:
         store.remember(loan_id, state)
         closed = state.closed
         state.apply(event)  # raises InvalidEvent before mutating (models.features.state contract)
-        return None if closed else state
+        if not closed:
+            return state
+        # A recovery (state.apply refuses anything else after a close): counted at commit.
+        store.record_recovery(float(event["body"][1]["amount_paid"]))
+        return None
 
     @staticmethod
     def _event_time(result: BatchResult, n: int, occurred_at: int) -> float:

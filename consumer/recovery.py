@@ -390,12 +390,12 @@ class Recovery:
             [self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost
         )
 
-    def use_bundle(self, bundle: EarlyWarningModel) -> None:
-        """A reloaded bundle: every processor decides with it from now on (parked ones get it
-        when they come back)."""
-        self.bundle = bundle
+    def use_models(self, bundle: EarlyWarningModel, policy: StrategyPolicy) -> None:
+        """Reloaded models (SIGHUP): every processor decides with them from now on (parked
+        ones get them when they come back)."""
+        self.bundle, self.policy = bundle, policy
         for processor in self.processors.values():
-            processor.bundle = bundle
+            processor.use_models(bundle, policy)
 
     def new_processor(self, partition: int) -> PartitionProcessor:
         return PartitionProcessor(
@@ -443,7 +443,7 @@ class Recovery:
             parked = self.parked.pop(tp.partition, None)
             if parked is not None:
                 processor, committed = parked
-                processor.bundle = self.bundle  # a reload may have happened meanwhile
+                processor.use_models(self.bundle, self.policy)  # a reload may have happened
                 self.processors[tp.partition] = processor
                 self.reuse_offsets[tp.partition] = committed
             else:

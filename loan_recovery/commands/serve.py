@@ -154,11 +154,11 @@ def serve(
     """Score loan events as they arrive; emit strategy changes and early-warning alerts.
 
     Exactly-once by default. SIGTERM/SIGINT finish the batch, commit and exit 0; SIGHUP reloads
-    the model bundle (kept if the new one does not validate). A Kafka outage is waited out
-    (/readyz fails meanwhile) for --outage-patience-s. Exit 1 on fencing, a fatal Kafka error
-    or an outage longer than that, 2 on bad configuration. With LOANREC_HTTP_TOKEN set,
-    GET /loans/{loan_id} requires it as a bearer token (an environment variable only: a flag
-    would show in `ps`).
+    --model, --policy and --strategy-model together (all kept if any does not validate). A
+    Kafka outage is waited out (/readyz fails meanwhile) for --outage-patience-s. Exit 1 on
+    fencing, a fatal Kafka error or an outage longer than that, 2 on bad configuration. With
+    LOANREC_HTTP_TOKEN set, GET /loans/{loan_id} requires it as a bearer token (an environment
+    variable only: a flag would show in `ps`).
     """
     from consumer.app import ScorerApp
     from consumer.config import Guarantee, ServeConfig, default_instance_id
@@ -167,6 +167,7 @@ def serve(
     from consumer.logs import log_event
     from consumer.lookup import LoanLookup, advertised_address, group_owner_finder
     from consumer.metrics import ScorerMetrics
+    from consumer.reload import load_models
     from schemas.client_config import KafkaConfigError
     from schemas.client_config import load_properties as load_kafka_properties
 
@@ -231,7 +232,12 @@ def serve(
         loans_token=token is not None,
     )
     scorer = ScorerApp(
-        config, bundle, policy_obj, metrics, server.state, bundle_loader=lambda: _load_bundle(model)
+        config,
+        bundle,
+        policy_obj,
+        metrics,
+        server.state,
+        models_loader=lambda: load_models(model, policy, strategy_model),
     )
     scorer.install_signal_handlers()
     try:
@@ -244,34 +250,20 @@ def serve(
         server.close()
 
 
-def _load_bundle(model: Path) -> Any:
-    from models.serving.bundle import ModelBundle
-
-    return ModelBundle.load(model)
-
-
 def _load_model_and_policy(
     model: Path, policy: Path | None, strategy_model: Path | None = None
 ) -> tuple[Any, Any]:
     """The early-warning bundle and what decides: the table, or (with the policy file's
     ``experiment:`` or ``--strategy-model``) the learned policy and arms
-    (``models.strategy.stream``). Every failure exits 2 naming the setting."""
-    from models.serving.bundle import BundleError
-    from models.serving.policy import Policy, PolicyError
-    from models.strategy.stream import StrategySetupError, StreamStrategy
+    (``models.strategy.stream``); what a SIGHUP reloads, by the same function
+    (``consumer.reload``). Every failure exits 2 naming the setting."""
+    from consumer.reload import ModelLoadError, load_models
 
     try:
-        bundle = _load_bundle(model)
-    except (BundleError, FileNotFoundError) as error:
-        fail(f"--model {model}: {error}")
-    try:
-        policy_obj = Policy.load(policy)
-    except (PolicyError, FileNotFoundError) as error:
-        fail(f"--policy {policy}: {error}")
-    try:
-        return bundle, StreamStrategy.load(policy_obj, policy, strategy_model)
-    except StrategySetupError as error:
+        models = load_models(model, policy, strategy_model)
+    except ModelLoadError as error:
         fail(str(error))
+    return models.bundle, models.policy
 
 
 def _check_topics(config: Any) -> int:

@@ -56,7 +56,12 @@ LEARNED_ONLY = Arm("learned", "learned", 1.0, 0.0)  # --strategy-model without a
 
 class StrategySetupError(ModelsError, ValueError):
     """The strategy model and the policy's experiment do not fit together; the message names
-    the setting and the fix."""
+    the setting and the fix, and :attr:`setting` the flag at fault (``--policy`` or
+    ``--strategy-model``: a SIGHUP reload logs which one failed, ``consumer.reload``)."""
+
+    def __init__(self, message: str, setting: str = "--policy") -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class _RegressionTree:
@@ -183,7 +188,8 @@ class StreamStrategy:
             except (BundleError, FileNotFoundError) as error:
                 raise StrategySetupError(
                     f"--strategy-model {strategy_model}: {error} (pass the directory "
-                    "`loan-recovery train-strategy --out` wrote)"
+                    "`loan-recovery train-strategy --out` wrote)",
+                    setting="--strategy-model",
                 ) from None
         return cls(policy, experiment, forests)
 

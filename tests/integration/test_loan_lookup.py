@@ -121,6 +121,10 @@ def test_lookup_200_is_explain_404_unknown_401_without_token(
         assert body["partition"] == partition_for(loan_ids[0], PARTITIONS)
         assert body["history"]["decisions"] == len(expected[loan_ids[0]]["decisions"])
 
+        def answered(status: str) -> float:
+            return scorer.total("loanrec_lookup_requests_total", status=status)
+
+        before = {status: answered(status) for status in ("404", "401")}
         unknown = lookup(scorer, "L-not-a-loan", TOKEN)
         assert unknown is not None and unknown.status_code == 404
         assert unknown.json()["error"] == "unknown loan L-not-a-loan"
@@ -132,6 +136,10 @@ def test_lookup_200_is_explain_404_unknown_401_without_token(
             assert loan_ids[0] not in denied.text  # no personal data without the token
         metrics = requests.get(f"http://127.0.0.1:{scorer.port}/metrics", timeout=5)
         assert metrics.status_code == 200 and "loanrec_events_total" in metrics.text
+        # Every answer is counted by its status (while waiting for the commit, more 200s and
+        # 404s than these; so the last three requests are checked by what they added).
+        assert answered("200") >= len(expected) + 1
+        assert (answered("404"), answered("401")) == (before["404"] + 1, before["401"] + 2)
         assert requests.get(f"http://127.0.0.1:{scorer.port}/readyz", timeout=5).status_code == 200
     finally:
         for scorer in started:

@@ -2,7 +2,8 @@
 short closed-loan retention turns closed loans into changelog tombstones once the partition's
 event time passes their last event + the retention, a restart's restore does not bring them
 back (the loans-in-state gauge counts only the live ones), a payment after a write-off is
-applied as a recovery (no dead letter, no decision), a corrected LoanOpened opens a loan
+applied as a recovery (no dead letter, no decision; its money counted in
+`loanrec_recovered_after_write_off_total`), a corrected LoanOpened opens a loan
 whose first one was rejected, and every output equals `loan-recovery score` with the same
 retention. Small book, 20-day retention: well under a minute."""
 
@@ -195,15 +196,18 @@ def test_closed_loans_expire_recoveries_apply_and_stream_equals_batch(
     # is years before the book's end), and FIXED was opened by its corrected LoanOpened.
     assert FIXED in want_loans and not want_loans & closed
     assert len(want_loans) == LOANS - CLOSED_LOANS + 1
-    seen: list[tuple[float, float]] = []
+    # The recovered money is counted when its transaction commits (exactly the book's).
+    want_seen = (len(want_loans), len(recovered), sum(recovered.values()))
+    seen: list[tuple[float, float, float]] = []
     samples: dict = {}
-    while first.process.poll() is None and seen[-1:] != [(len(want_loans), len(recovered))]:
+    while first.process.poll() is None and seen[-1:] != [want_seen]:
         samples = first.samples() or samples
         in_state = first.total("loanrec_loans_in_state")
-        seen.append((in_state, first.total("loanrec_events_total", outcome="recovery")))
+        recoveries = first.total("loanrec_events_total", outcome="recovery")
+        seen.append((in_state, recoveries, first.total("loanrec_recovered_after_write_off_total")))
         time.sleep(0.2)
     events_seen = {k: v for k, v in samples.items() if k[0] == "loanrec_events_total"}
-    assert seen[-1] == (len(want_loans), len(recovered)), (seen[-3:], events_seen)
+    assert seen[-1] == want_seen, (seen[-3:], events_seen)
     assert first.wait_exit(60) == 0
     got, _ = change_keys(bootstrap_servers, topics, len(want_changes))
     assert got == reference_keys(want_changes)  # stream = batch, none missing or doubled

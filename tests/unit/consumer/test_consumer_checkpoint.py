@@ -137,6 +137,7 @@ class FakeStore:
         self.changelog = changelog
         self.commits = self.rollbacks = 0
         self.input_offsets: list[int | None] = []  # what each unit's checkpoint records
+        self.recovered = 0.0  # money recovered after write-offs in the open unit
 
     def changelog_records(
         self, now_ms: int, input_offset: int | None = None
@@ -144,11 +145,14 @@ class FakeStore:
         self.input_offsets.append(input_offset)
         return self.changelog
 
-    def commit(self) -> None:
+    def commit(self) -> float:
         self.commits += 1
+        recovered, self.recovered = self.recovered, 0.0
+        return recovered
 
     def rollback(self) -> None:
         self.rollbacks += 1
+        self.recovered = 0.0
 
 
 class FakeClock:
@@ -294,6 +298,31 @@ def test_an_abortable_error_aborts_rolls_back_and_rewinds_to_the_first_offset() 
     assert rig.checkpoint.positions == {0: 10, 1: 3}
     assert not rig.checkpoint.open and rig.transactions("abort") == 1
     assert len(rig.producers) == 1  # a successful abort keeps the producer
+
+
+@pytest.mark.parametrize("kind", [ExactlyOnce, AtLeastOnce])
+def test_recovered_money_is_counted_when_its_unit_commits_once_when_redone(kind) -> None:
+    rig = Rig(kind)
+    if kind is ExactlyOnce:
+        rig.producers[0].fail["send_offsets_to_transaction"] = [
+            failure(KafkaError._STATE, abort=True)
+        ]
+    else:  # an output not delivered: the unit is rewound and redone
+        rig.errors.on_delivery_error(KafkaError(KafkaError._MSG_TIMED_OUT, "lost"), None)
+
+    def counted() -> float:
+        return rig.metrics.registry.get_sample_value("loanrec_recovered_after_write_off_total")
+
+    rig.stores[0].recovered = 120.5  # the unit applied recoveries
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit() is False and counted() == 0.0  # aborted: not final
+    rig.stores[0].recovered = 120.5  # the redo applies them again
+    rig.process(0, 10, 15)
+    rig.stores[1].recovered = 30.0
+    rig.process(1, 3, 4)
+    assert rig.checkpoint.commit() and counted() == 150.5
+    rig.process(0, 15, 16)
+    assert rig.checkpoint.commit() and counted() == 150.5  # nothing new: nothing added
 
 
 def test_a_failed_abort_replaces_the_producer_and_the_scorer_carries_on() -> None:

@@ -130,6 +130,23 @@ def test_recovery_after_write_off_is_state_only_and_other_events_are_dead_letter
     assert changelog_state(changelog[b"W"]).recovered_after_write_off == 300.0
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_recovered_money_is_final_at_commit_and_a_rollback_drops_it(
+    bundle: EarlyWarningModel, policy: Policy, native: bool
+) -> None:
+    """What ``loanrec_recovered_after_write_off_total`` counts: ``commit()`` returns the money
+    the unit recovered, so an aborted unit and its redo count W's 300 once."""
+    proc = processor(bundle, policy, native)
+    recs = records(lifecycle_book()[:9])
+    proc.process(recs[:7])
+    assert proc.store.commit() == 0.0  # the write-off itself recovers nothing
+    proc.process(recs[7:])
+    proc.store.rollback()  # the transaction aborted
+    assert proc.store.commit() == 0.0 and proc.store.states["W"].recovered_after_write_off == 0
+    proc.process(recs[7:])  # its redo
+    assert proc.store.commit() == 300.0 and proc.store.commit() == 0.0
+
+
 def changelog_state(value: bytes) -> LoanState:
     return LoanStateCodec().decode(value)
 

@@ -114,6 +114,32 @@ def test_lookup_answers_the_committed_state_not_the_open_transaction(
     assert after["state"]["last_event_at"] == processor.store.states[touched].last_event_at
 
 
+def test_lookup_shows_the_money_recovered_after_a_write_off(bundle, policy) -> None:
+    """W is written off, then pays 300 (a recovery): the lookup shows it once committed, and
+    the committed 300 while a second recovery is in the open transaction."""
+    from test_consumer_lifecycle import closed, missed, opened, paid
+
+    book = [
+        opened("W", 0),
+        missed("W", 1, 40),
+        closed("W", 100, "WRITTEN_OFF"),
+        paid("W", 2, 105, amount=300.0),
+        paid("W", 3, 106, amount=25.5),
+        opened("K", 0),
+    ]
+    processor = single_partition(bundle, policy, book[:4] + book[5:])
+    lookup = lookup_over(processor)
+    status, body, _ = lookup.answer("W")
+    assert status == 200 and body["state"]["closed"] and body["state"]["written_off"]
+    assert body["state"]["recovered_after_write_off"] == 300.0
+    open_loan = lookup.answer("K")[1]["state"]
+    assert not open_loan["written_off"] and open_loan["recovered_after_write_off"] == 0.0
+    processor.process([(9, b"W", AvroSerde("LoanEvent").encode(book[4]))])  # not committed
+    assert lookup.answer("W")[1]["state"]["recovered_after_write_off"] == 300.0
+    processor.store.commit()
+    assert lookup.answer("W")[1]["state"]["recovered_after_write_off"] == 325.5
+
+
 def test_lookup_404_400_503(bundle, policy, events) -> None:
     processor = single_partition(bundle, policy, events[:40])
     status, body, _ = lookup_over(processor).answer("L-never-opened")
@@ -203,7 +229,13 @@ def test_http_loans_requires_the_token_metrics_stay_open(bundle, policy, events)
         )
         assert ok.status_code == 200 and ok.json()["loan_id"] == loan_id
         assert ok.headers["Content-Type"] == "application/json"
+        headers = {"Authorization": "Bearer s3cret"}
+        assert requests.get(f"{base}/loans/L-nope", headers=headers, timeout=5).status_code == 404
         assert requests.get(f"{base}/metrics", timeout=5).status_code == 200
+        exposition = requests.get(f"{base}/metrics", timeout=5).text
+        for status, count in (("200", 1), ("401", 2), ("404", 1), ("503", 0)):
+            line = f'loanrec_lookup_requests_total{{status="{status}"}} {count:.1f}'
+            assert line in exposition, (line, exposition)
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 503  # open, not alive
     finally:
         server.close()
