@@ -6,6 +6,7 @@ models' open transaction commits. (tests/integration/test_stream_ops.py does it 
 
 from __future__ import annotations
 
+import doctest
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from test_consumer_checkpoint import TOPICS
 
+from consumer import reload as reload_module
 from consumer.app import ScorerApp
 from consumer.config import ServeConfig
 from consumer.health import HealthState
@@ -77,6 +79,7 @@ def test_load_models_names_the_setting_that_failed(
     with pytest.raises(ModelLoadError, match=f"--model {tmp_path / 'none'}: ") as failed:
         load_models(tmp_path / "none", None, treatment_model)
     assert failed.value.setting == "--model"
+    assert doctest.testmod(reload_module).failed == 0  # the module's example says the same
 
 
 def test_a_failing_treatment_bundle_keeps_both_old_models_a_good_pair_swaps_both(
