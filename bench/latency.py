@@ -116,8 +116,12 @@ class VisibilityWatcher(threading.Thread):
 
     def run(self) -> None:
         try:
+            consume = self._consumer.consume
             while not self._stop_flag.is_set():
-                batch = self._consumer.consume(1000, timeout=0.02)
+                # consume(n, timeout) waits for n records or the timeout: one blocking call
+                # for 1000 stamped every record up to 20 ms late. Take what has arrived, and
+                # only if nothing has, wait for the first record.
+                batch = consume(1000, timeout=0) or consume(1, timeout=0.02)
                 now_ms = time.time() * 1000.0
                 fresh = [(m.value(), now_ms) for m in batch if m.error() is None]
                 if fresh:

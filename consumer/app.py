@@ -48,6 +48,26 @@ HOUSEKEEPING_INTERVAL_S = 1.0
 IDLE_WAIT_S = 0.01
 
 
+def poll_batch(
+    consume: Callable[..., list[Message]], max_batch: int, wait_s: float
+) -> tuple[list[Message], bool]:
+    """One poll: the records already fetched, up to ``max_batch``, without waiting; only an
+    empty queue blocks, and then for ``wait_s`` at most. Also whether the poll caught up
+    with the input (fewer than a full batch: nothing fetched is left waiting), which lets
+    the checkpoint commit early (``Checkpoint.due``).
+
+    ``consume(n, timeout)`` waits for n messages or the timeout, so a single blocking call
+    under a steady load held every event up to the whole timeout.
+
+    >>> queue = [[1, 2], [], [3]]
+    >>> fake = lambda n, timeout: queue.pop(0)[:n]
+    >>> poll_batch(fake, 2, 0.01), poll_batch(fake, 2, 0.01)
+    (([1, 2], False), ([3], True))
+    """
+    messages = consume(max_batch, timeout=0) or consume(max_batch, timeout=wait_s)
+    return messages, len(messages) < max_batch
+
+
 class ScorerApp:
     def __init__(
         self,
@@ -168,6 +188,7 @@ class ScorerApp:
             model_version=self.bundle.version,
             policy_version=self.policy.version,
             commit_interval_ms=cfg.commit_interval_ms,
+            caught_up_commit_ms=cfg.caught_up_commit_ms,
         )
         return recovery, checkpoint
 
@@ -197,14 +218,11 @@ class ScorerApp:
                     self.last_activity = time.monotonic()  # idle time counts from being ready
                 if self.stopping:  # a restore cut short by a signal must not be used
                     break
-            # Take what is already fetched without waiting; only an empty queue blocks (and
-            # then briefly). consume(n, timeout) waits for n messages or the timeout, so one
-            # blocking call under a steady load held every event up to the whole timeout.
-            messages = consume(max_batch, timeout=0) or consume(max_batch, timeout=wait_s)
+            messages, caught_up = poll_batch(consume, max_batch, wait_s)
             if messages:
                 with self.health.lock:  # GET /loans never sees a poll half applied
                     self._process(messages, recovery, checkpoint)
-            if checkpoint.due():
+            if checkpoint.due(caught_up):
                 checkpoint.commit()
             now = time.monotonic()
             self.health.beat(now)

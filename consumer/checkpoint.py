@@ -367,10 +367,23 @@ class Checkpoint(ABC):
         """Records before ``next_offset`` are processed; the commit covers them."""
         self.positions[partition] = next_offset
 
-    def due(self) -> bool:
-        """The open unit is ``commit_interval_ms`` old."""
-        return (
-            self.open and (time.monotonic() - self.started) * 1000 >= self.config.commit_interval_ms
+    def due(self, caught_up: bool = False) -> bool:
+        """The open unit is ``commit_interval_ms`` old, or ``caught_up_commit_ms`` old when
+        the loop's last poll took every record already fetched (``caught_up``: it returned
+        fewer than a full batch).
+
+        Why both: a unit's decisions become visible only when it commits, so under a steady
+        load below capacity a fixed interval made every decision wait for the rest of it
+        (the scorer idling meanwhile). Committing once caught up costs no throughput -- the
+        loop had nothing to do -- and bounds the extra transactions by the shorter age; under
+        a backlog the loop is never caught up and units last the whole interval, as before.
+        """
+        if not self.open:
+            return False
+        age_ms = (time.monotonic() - self.started) * 1000
+        config = self.config
+        return age_ms >= config.commit_interval_ms or (
+            caught_up and age_ms >= config.caught_up_commit_ms
         )
 
     def forget(self, partition: int) -> int | None:

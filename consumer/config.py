@@ -86,6 +86,10 @@ class ServeConfig:
     # client.id (consumer.lookup.advertised_client_id) so a misdirected lookup can name it.
     http_address: str | None = None
     commit_interval_ms: int = 100
+    # A unit may commit this early once the scorer has taken everything already fetched
+    # (``consumer.checkpoint.Checkpoint.due``): at a moderate load, decisions need not wait
+    # out the whole interval while the scorer idles; under a backlog nothing changes.
+    caught_up_commit_ms: int = 20
     guarantee: Guarantee = Guarantee.exactly_once
     kafka_properties: dict[str, str] = field(default_factory=dict)
     exit_when_idle_s: float | None = None
@@ -125,6 +129,8 @@ class ServeConfig:
             )
         if self.commit_interval_ms < 1:
             raise ConfigError("--commit-interval-ms must be >= 1")
+        if self.caught_up_commit_ms < 1:
+            raise ConfigError("--caught-up-commit-ms must be >= 1")
         if not self.closed_retention_days >= 0:  # (catches NaN)
             raise ConfigError("--closed-retention-days must be >= 0")
         if self.outage_patience_s < 0:

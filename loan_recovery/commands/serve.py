@@ -109,7 +109,16 @@ def serve(
     alerts_topic: str = typer.Option(_T.risk_alerts, envvar=_env("ALERTS_TOPIC")),
     dlq_topic: str = typer.Option(_T.dlq, envvar=_env("DLQ_TOPIC")),
     commit_interval_ms: int = typer.Option(
-        100, envvar=_env("COMMIT_INTERVAL_MS"), min=1, help="One transaction per interval."
+        100,
+        envvar=_env("COMMIT_INTERVAL_MS"),
+        min=1,
+        help="The longest a transaction stays open.",
+    ),
+    caught_up_commit_ms: int = typer.Option(
+        20,
+        envvar=_env("CAUGHT_UP_COMMIT_MS"),
+        min=1,
+        help="Commit a transaction this old once the scorer has caught up with its input.",
     ),
     guarantee: GuaranteeOption = typer.Option(
         GuaranteeOption.exactly_once, envvar=_env("GUARANTEE")
@@ -199,6 +208,7 @@ def serve(
             metrics_port=metrics_port,
             metrics_host=http_host,
             commit_interval_ms=commit_interval_ms,
+            caught_up_commit_ms=caught_up_commit_ms,
             guarantee=Guarantee(guarantee.value),
             kafka_properties=properties,
             exit_when_idle_s=exit_when_idle,

@@ -234,6 +234,17 @@ class Rig:
         return value
 
 
+def test_a_unit_is_due_at_the_interval_or_early_once_caught_up() -> None:
+    rig = Rig(ExactlyOnce)  # commit interval 100 ms, caught-up commit 20 ms (the defaults)
+    assert not rig.checkpoint.due(caught_up=True)  # nothing open
+    rig.process(0, 10, 15)
+    ages = {0.005: (False, False), 0.03: (False, True), 0.15: (True, True)}
+    for age_s, (with_backlog, caught_up) in ages.items():
+        rig.checkpoint.started = time.monotonic() - age_s
+        assert rig.checkpoint.due() is with_backlog, age_s
+        assert rig.checkpoint.due(caught_up=True) is caught_up, age_s
+
+
 def test_a_transaction_begins_lazily_once_and_commits_outputs_state_and_offsets() -> None:
     rig = Rig(ExactlyOnce)
     producer = rig.producers[0]
@@ -872,3 +883,20 @@ def test_while_stalled_each_retry_gets_a_short_timeout() -> None:
     assert rig.checkpoint.commit()
     timeouts = [args[0] for m, args in rig.producers[0].calls if m == "commit_transaction"]
     assert timeouts == [10.0, 1.0, 1.0]  # a stop is looked at every second, not every ten
+
+
+def test_a_poll_is_caught_up_only_when_it_took_less_than_a_full_batch() -> None:
+    from consumer.app import poll_batch
+
+    calls: list[tuple[int, float]] = []
+    fetched = [[1, 2, 3], [], [4], [], []]
+
+    def consume(n: int, timeout: float) -> list[int]:
+        calls.append((n, timeout))
+        return fetched.pop(0)[:n]
+
+    assert poll_batch(consume, 3, 0.01) == ([1, 2, 3], False)  # a full batch: more may wait
+    assert calls == [(3, 0)]  # what was fetched is taken without waiting
+    assert poll_batch(consume, 3, 0.01) == ([4], True)  # only an empty queue blocks, briefly
+    assert calls[1:] == [(3, 0), (3, 0.01)]
+    assert poll_batch(consume, 3, 0.01) == ([], True)

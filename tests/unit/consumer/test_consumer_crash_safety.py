@@ -127,7 +127,7 @@ def test_a_failure_after_commits_keeps_exactly_the_committed_offsets(bundle, pol
     assert len(batches) >= 3
     app = LoopRig(FailingModel(bundle, 3, RuntimeError("bad bundle")), policy, list(batches))
     checkpoint = app.rig.checkpoint
-    checkpoint.due = lambda: checkpoint.open  # type: ignore[method-assign]  # commit every batch
+    checkpoint.due = lambda caught_up=False: checkpoint.open  # type: ignore[method-assign]  # commit every batch
     with pytest.raises(RuntimeError, match="bad bundle"):
         app.run()
     calls = app.rig.producer.calls
