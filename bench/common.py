@@ -21,7 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,10 +89,17 @@ def train_small_model(work: Path) -> Path:
 
 
 def scorer_command(
-    bootstrap: str, model: Path, topic: str, group: str, guarantee: str, metrics_port: int = 0
+    bootstrap: str,
+    model: Path,
+    topic: str,
+    group: str,
+    guarantee: str,
+    metrics_port: int = 0,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """``loan-recovery serve`` on ``topic`` with its own output topics and changelog (created
-    here, 6 partitions) named after ``group``; the app id is ``<group>-app``."""
+    here, 6 partitions) named after ``group``; the app id is ``<group>-app``; ``extra``: more
+    ``serve`` options (the policy and the learned policy of the strategy part)."""
     from producer.admin import create_topics
     from schemas.topics import Topics
 
@@ -130,6 +137,7 @@ def scorer_command(
         guarantee,
         "--metrics-port",
         str(metrics_port),
+        *extra,
     ]
 
 

@@ -3,7 +3,8 @@
 What a collections team waits for: from the moment an event is produced to the moment the
 ``StrategyChanged`` it causes can be read by a ``read_committed`` consumer (downstream systems
 only ever see committed decisions). That includes the producer's batching, the scorer's poll,
-scoring, and the wait for its transaction (commit interval 100 ms) to commit.
+scoring, and the wait for its transaction to commit (``--caught-up-commit-ms`` 20 once the
+scorer has taken everything fetched, ``--commit-interval-ms`` 100 under a backlog).
 
 How: a fresh synthetic book, Avro-encoded beforehand by the producer's encoder, is produced at
 a fixed rate in 1 ms slices (``make bench`` uses half the scorer's measured exactly-once
@@ -37,6 +38,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -214,6 +216,7 @@ def measure_latency(
     work: Path,
     duration_s: float = DURATION_S,
     warmup_s: float = WARMUP_S,
+    extra: Sequence[str] = (),
 ) -> LatencyResult:
     """Produce ``rate`` events/s for ``warmup_s + duration_s`` to a ready exactly-once scorer
     and measure the changes of the last ``duration_s``; see above."""
@@ -223,7 +226,9 @@ def measure_latency(
     create_topics(bootstrap, [topic], PARTITIONS)
     group = f"bench-latency-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    command = scorer_command(bootstrap, model, topic, group, "exactly-once", metrics_port=port)
+    command = scorer_command(
+        bootstrap, model, topic, group, "exactly-once", metrics_port=port, extra=extra
+    )
     scorer = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -4,7 +4,8 @@
    at-least-once modes (all three on the same pre-produced input, timed the same way from the
    group's committed offsets), and the naive per-event ``predict_proba`` loop.
 2. Latency (``bench.latency``): produce -> committed ``StrategyChanged`` visible, p50/p95/p99,
-   at half the exactly-once throughput just measured.
+   at half the exactly-once throughput just measured; then both again with the learned policy
+   and champion/challenger arms (:func:`strategy_part`).
 3. State (``bench.state``): bytes per loan with a million loans held; changelog restore rate.
 4. Quality (``bench.uci_quality``): the stream's AUC on UCI held-out clients and its largest
    difference from the same bundle scoring offline.
@@ -176,7 +177,35 @@ def throughput(bootstrap: str, work: Path, loans: int) -> tuple[dict, Path]:
         instances=2,
     )
     figures["naive_eps"] = naive_eps(bootstrap, model, topic)
+    figures["_topic"] = topic  # for the strategy part (popped by run)
     return figures, model
+
+
+def strategy_options(work: Path) -> list[str]:
+    """``serve`` options for the learned policy and arms (issue #14): the default policy file
+    (guardrails on, as in every other part) plus ``bench.processor``'s experiment -- the table
+    as champion for 80 % of loans, the learned policy with epsilon 0.1 as challenger for 20 % --
+    and a treatment bundle trained as ``bench.processor`` trains it (10,000 simulated loans)."""
+    from bench.processor import EXPERIMENT, train_treatment_model
+    from models.serving.policy import DEFAULT_POLICY
+
+    policy = work / "policy-arms.yaml"
+    policy.write_text(DEFAULT_POLICY.read_text() + EXPERIMENT)
+    treatment = train_treatment_model(work / "strategy")
+    return ["--policy", str(policy), "--strategy-model", str(treatment)]
+
+
+def strategy_part(bootstrap: str, work: Path, model: Path, topic: str, eos_eps: float) -> dict:
+    """Part 2b: exactly-once throughput on part 1's input and latency at half of it, with the
+    champion/challenger experiment and the learned policy (:func:`strategy_options`)."""
+    from bench.latency import measure_latency
+
+    extra = strategy_options(work)
+    group = f"bench-arms-{uuid.uuid4().hex[:6]}"
+    command = scorer_command(bootstrap, model, topic, group, "exactly-once", extra=extra)
+    eps = measure(command, bootstrap, group, topic)
+    latency = asdict(measure_latency(bootstrap, model, eps / 2, work, extra=extra))
+    return {"scorer_eos_arms_eps": eps, "latency": latency, "table_eos_eps": eos_eps}
 
 
 class Timer:
@@ -220,6 +249,9 @@ def run(loans: int) -> dict:
         details["runtime"] = runtime(model)
         latency = asdict(measure_latency(bootstrap, model, figures["scorer_eos_eps"] / 2, work))
         parts.done("latency")
+        topic = figures.pop("_topic")
+        arms = strategy_part(bootstrap, work, model, topic, figures["scorer_eos_eps"])
+        parts.done("arms")
         state = asdict(measure_state(bootstrap, model)[0])
         parts.done("state")
         uci = asdict(measure_uci(bootstrap, work))
@@ -231,6 +263,8 @@ def run(loans: int) -> dict:
         parts.done("restart")
     for key in ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms"):
         figures[key] = latency.pop(key)
+    figures["scorer_eos_arms_eps"] = arms["scorer_eos_arms_eps"]
+    figures["latency_arms_p99_ms"] = arms["latency"]["latency_p99_ms"]
     for key in ("state_bytes_per_loan", "restore_loans_per_s"):
         figures[key] = state.pop(key)
     for key in ("uci_stream_auc", "uci_max_abs_score_diff"):
@@ -248,7 +282,7 @@ def run(loans: int) -> dict:
     )
     details.update(latency=latency, state=state, uci_quality=uci, point_in_time=point_in_time)
     figures["restart_to_drained_s"] = restart.pop("restart_to_drained_s")
-    details.update(latency=latency, state=state, uci_quality=uci, restart=restart)
+    details.update(latency=latency, state=state, uci_quality=uci, restart=restart, arms=arms)
     figures["details"] = details
     return figures
 
@@ -299,6 +333,32 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _arms_section(f: dict, arms: dict) -> list[str]:
+    lat = arms["latency"]
+    return [
+        "## With the learned policy and arms",
+        "",
+        "The same input and the same measurements as above, with `serve --policy FILE "
+        "--strategy-model DIR` (`bench.run_all.strategy_options`): the default policy "
+        "(guardrails on) plus an experiment, the table as champion for 80 % of loans and the "
+        "learned policy (epsilon 0.1) as challenger for 20 %, with a treatment bundle trained "
+        "on 10,000 simulated loans.",
+        "",
+        "| figure | measured | target | |",
+        "|---|---:|---:|---|",
+        f"| scorer_eos_arms_eps | {f['scorer_eos_arms_eps']:,.0f} ev/s "
+        f"({f['scorer_eos_arms_eps'] / f['scorer_eos_eps']:.2f} x the table's) | | |",
+        f"| latency_arms_p50_ms (at {lat['rate']:,.0f} ev/s) | {lat['latency_p50_ms']:,.0f} | | |",
+        f"| latency_arms_p99_ms | {lat['latency_p99_ms']:,.0f} | ≤ 250 | "
+        f"{_check(lat['latency_p99_ms'], 250, False)} |",
+        "",
+        "p50 over the thirds: "
+        + " / ".join(f"{v:,.0f}" for v in lat["p50_by_third_ms"])
+        + f" ms; warm-up p50 / p99 {lat['warmup_p50_ms']:,.0f} / {lat['warmup_p99_ms']:,.0f} ms.",
+        "",
+    ]
+
+
 def write_docs(figures: dict, command: str) -> str:
     f, d = figures, figures["details"]
     lat, state, uci = d["latency"], d["state"], d["uci_quality"]
@@ -307,6 +367,15 @@ def write_docs(figures: dict, command: str) -> str:
         ("scorer EOS / scorer ALO", f["scorer_eos_eps"] / f["scorer_alo_eps"], 0.8),
         ("scorer EOS / naive", f["scorer_eos_eps"] / f["naive_eps"], 100),
     ]
+    arms = d.get("arms")
+    if arms:
+        ratios.append(
+            (
+                "scorer EOS with arms / passthrough",
+                f["scorer_eos_arms_eps"] / f["passthrough_eps"],
+                0.65,
+            )
+        )
     targets = [  # (figure, value, format, target text, target, at least?)
         ("state_bytes_per_loan", f["state_bytes_per_loan"], ",.0f", "≤ 600", 600, False),
         ("restore_loans_per_s", f["restore_loans_per_s"], ",.0f", "≥ 100,000", 100_000, True),
@@ -360,7 +429,9 @@ def write_docs(figures: dict, command: str) -> str:
         f"{PARTITIONS} partitions. Passthrough and both scorers are timed from the group's "
         "committed offsets (first commit to the commit reaching the end of the input), so "
         "start-up is excluded alike; naive = decode + state + the fitted scikit-learn model's "
-        "`predict_proba` on one row per event, in-process, on the first 2,000 events.",
+        "`predict_proba` on one row per event, in-process, on the first 2,000 events. The "
+        "scorer runs the default policy file (`models/serving/default_policy.yaml`): "
+        "guardrails on (holds, time-barred debt, contact frequency, the escalation ladder).",
         "",
         "| figure | events/s |",
         "|---|---:|",
@@ -383,7 +454,8 @@ def write_docs(figures: dict, command: str) -> str:
         f"{lat['events']:,} events of a fresh synthetic book, Avro-encoded beforehand, "
         f"produced at a steady {lat['rate']:,.0f} events/s (half of scorer_eos_eps; achieved "
         f"{lat['produced_eps']:,.0f}) in 1 ms slices, to a fresh topic consumed by "
-        "`loan-recovery serve --guarantee exactly-once` (commit interval 100 ms), started and "
+        "`loan-recovery serve --guarantee exactly-once` (a transaction commits once the "
+        "scorer has caught up and it is 20 ms old, at 100 ms under a backlog), started and "
         "ready (`/readyz`) before the first event. The first "
         f"{lat['warmup_s']:.0f} s of input are warm-up, left out of the percentiles (a fresh "
         "process's first seconds: one-off costs, then catching up); their own p50 / p99 / max "
@@ -410,6 +482,7 @@ def write_docs(figures: dict, command: str) -> str:
         f" ms, decision → visible to `read_committed` {lat['p50_decision_to_visible_ms']:,.0f} "
         "ms (commit interval, commit, fetch).",
         "",
+        *(_arms_section(f, arms) if arms else []),
         "## State, restore and quality",
         "",
         f"- state_bytes_per_loan: `tracemalloc` over {state['loans']:,} loans put into one "
