@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer

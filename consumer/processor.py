@@ -127,6 +127,10 @@ def model_row(row: list[float]) -> list[float]:
     return [v if -_FEATURE_LIMIT < v < _FEATURE_LIMIT else math.nan for v in row]
 
 
+# The LoanEvent writer versions whose layouts ``models.features._event_kernel`` reads, in order.
+EVENT_KERNEL_VERSIONS = (1, 2, 3)
+
+
 class BatchResult:
     """What one partition batch did. The applied events are kept column-wise, in offset order
     (``states[i]``, ``offsets[i]``, ``values[i]``, ``occurred[i]``, feature row
@@ -243,12 +247,14 @@ class PartitionProcessor:
         )
         self.use_models(bundle, policy)
         self._serde = AvroSerde("LoanEvent")
-        # The kernel reads the one writer layout it was written for; other writers (a future
-        # schema version) go through fastavro's schema resolution in the reference path.
-        self._kernel_header = MAGIC + self._serde.writer.fingerprint
-        self._kernel = (
-            _event_kernel.EventKernel(self._kernel_header) if _event_kernel and native else None
+        # The kernel reads the writer layouts it was written for (v1 to v3); other writers (a
+        # future schema version) go through fastavro's schema resolution in the reference path.
+        registry = self._serde.registry
+        headers = tuple(
+            MAGIC + registry.get("LoanEvent", v).fingerprint for v in EVENT_KERNEL_VERSIONS
         )
+        self._kernel_headers = frozenset(headers)
+        self._kernel = _event_kernel.EventKernel(headers) if _event_kernel and native else None
 
     def use_models(self, bundle: EarlyWarningModel, policy: StrategyPolicy) -> None:
         """Decide with ``bundle`` and ``policy`` from the next batch on (at start, and when a
@@ -553,7 +559,7 @@ class PartitionProcessor:
         """The ids of applied event ``i``, read back from its bytes (only for events with an
         output, so the kernel need not keep them for every event)."""
         value = result.values[i]
-        if self._kernel is not None and value[:HEADER_SIZE] == self._kernel_header:
+        if self._kernel is not None and value[:HEADER_SIZE] in self._kernel_headers:
             event_id, borrower_id = _event_kernel.event_ids(value)
         else:
             event = self._serde.decode(value)

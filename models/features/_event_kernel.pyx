@@ -94,6 +94,10 @@ cdef double FEATURE_LIMIT = 1e38  # consumer.processor._FEATURE_LIMIT
 cdef int64_t EXACT_LIMIT = 9007199254740992  # 2**53: beyond it an int -> double comparison may round
 cdef uint64_t HASH_MASK = 4503599627370495  # (1 << 52) - 1: models.features.state._HASH_MASK
 
+# LoanEvent writer versions whose layouts EventKernel reads (1..VERSIONS).
+cdef enum:
+    VERSIONS = 3
+
 # Body types in the union's order (the Avro branch index), as models.features.state names them.
 cdef enum:
     CHANNEL_CALL = 0  # ContactChannel's first symbol
@@ -274,24 +278,34 @@ cdef struct Body:
 
 
 cdef class EventKernel:
-    """Applies LoanEvent v3 records to ``LoanState`` arrays and writes their feature rows.
+    """Applies LoanEvent v1, v2 and v3 records to ``LoanState`` arrays and writes their
+    feature rows.
+
+    Each writer version's layout is read as the reference reads it through fastavro's schema
+    resolution with v3 as the reader: fields a version lacks take v3's defaults (v1 and v2
+    ``LoanOpened``: no time zone, v1 and v2 no jurisdiction; v1 ``CollectionAttempt``: no
+    channel, no conversation, no hold). The enums are the same in all three. Before, only v3
+    was read here, and a stream of v1 records (an upstream producer not yet upgraded) cost
+    about 4x the CPU per event in the reference path (``bench.revisions``, docs/BENCHMARKS.md).
 
     ``apply_batch`` walks a partition batch in offset order; a record it cannot apply with
     certainty goes to the caller's ``fallback`` at its place in the sequence, so the result
     is the reference's, record for record.
     """
 
-    cdef bytes _header
+    cdef bytes _headers  # v1, v2, v3 single-object headers, 10 bytes each
     cdef object _blake2b
     cdef object _new_state
     cdef double _method_codes[5]
 
-    def __init__(self, header: bytes) -> None:
-        """``header``: the single-object header (C3 01 + fingerprint) of LoanEvent v3, the
-        writer schema whose layout this kernel reads; other writers fall back."""
-        if len(header) != 10:
-            raise ValueError("a single-object Avro header is 10 bytes")
-        self._header = header
+    def __init__(self, headers) -> None:
+        """``headers``: the single-object headers (C3 01 + fingerprint) of LoanEvent v1, v2
+        and v3, in that order: the writer schemas whose layouts this kernel reads; other
+        writers fall back."""
+        headers = tuple(headers)
+        if len(headers) != VERSIONS or any(len(h) != 10 for h in headers):
+            raise ValueError(f"{VERSIONS} single-object Avro headers of 10 bytes each")
+        self._headers = b"".join(headers)
         self._blake2b = hashlib.blake2b
         self._new_state = _state.LoanState
         symbols = ("CALLS", "SETTLEMENT_OFFER", "DEBT_COLLECTORS", "LEGAL_NOTICE", "OTHER")
@@ -350,7 +364,8 @@ cdef class EventKernel:
             return None
         cdef Py_ssize_t size = PyBytes_GET_SIZE(value)
         cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(value)
-        if size < 10 or memcmp(data, PyBytes_AS_STRING(self._header), 10) != 0:
+        cdef int version = self._version(data, size)
+        if version == 0:
             return None
         cdef Reader r
         r.p, r.end, r.bad = data + 10, data + size, False
@@ -362,7 +377,7 @@ cdef class EventKernel:
         cdef Py_ssize_t borrower_id_len = read_string(&r, &borrower_id)
         cdef int64_t at = read_long(&r)
         cdef Body body
-        if not self._read_body(&r, &body) or r.bad or r.p != r.end:
+        if not self._read_body(&r, &body, version) or r.bad or r.p != r.end:
             return None  # undecodable, trailing bytes, or values only the reference may judge
         if at <= -EXACT_LIMIT or at >= EXACT_LIMIT:
             return None
@@ -408,7 +423,18 @@ cdef class EventKernel:
             state.track(at, b.call, b.conversation)
         return 0
 
-    cdef bint _read_body(self, Reader* r, Body* b) noexcept:
+    cdef int _version(self, const unsigned char* data, Py_ssize_t size) noexcept:
+        """The LoanEvent writer version whose header starts ``data`` (newest first), 0: none."""
+        cdef const char* headers = PyBytes_AS_STRING(self._headers)
+        cdef int version
+        if size < 10:
+            return 0
+        for version in range(VERSIONS, 0, -1):
+            if memcmp(data, headers + 10 * (version - 1), 10) == 0:
+                return version
+        return 0
+
+    cdef bint _read_body(self, Reader* r, Body* b, int version) noexcept:
         cdef int64_t branch, channel
         b.call = b.conversation = False
         b.kind = <int>read_long(r)
@@ -426,9 +452,9 @@ cdef class EventKernel:
             b.loan_type_len = read_string(r, &b.loan_type)
             b.collateral = read_double(r)
             b.emi = read_double(r)
-            if read_long(r) != 0:  # time_zone set: the reference validates it
+            if version >= 2 and read_long(r) != 0:  # time_zone set: the reference validates it
                 return False
-            if read_long(r) != 0:  # v3 jurisdiction set: the reference validates and packs it
+            if version >= 3 and read_long(r) != 0:  # jurisdiction: the reference packs it
                 return False
         elif b.kind == RECEIVED:
             b.due = read_int(r)
@@ -450,6 +476,9 @@ cdef class EventKernel:
             r.p += 1
             if b.method < 0 or b.method > 4:
                 return False
+            if version == 1:  # v3's defaults: no channel, no conversation, no hold
+                b.call = b.method == 0
+                return not r.bad
             branch = read_long(r)  # channel: null, or ContactChannel's 6 symbols
             if branch == 0:
                 b.call = b.method == 0  # v1 meaning: CALLS is a call attempt
