@@ -15,7 +15,7 @@ performing stretches between them, each named by the loan's own counters, so the
 state of its own. The episode's draw is a function of (experiment id, loan id, episode key)
 only -- :meth:`Experiment.explores` (with probability epsilon) and :meth:`Experiment.explored`
 (the allowed strategy of smallest per-strategy hash: uniform among any allowed set, and
-unchanged while it stays allowed and the set does not grow) -- so it is the same at every event
+unchanged while it stays allowed and the set gains no strategy) -- so it is the same at every event
 of the episode, in the stream, the batch reference and the simulator alike, and independent
 between episodes. The propensity of a strategy ``w`` given the allowed set (``k`` strategies)
 and the arm's own pick is ``(1 - epsilon) 1[w = pick] + epsilon / k``.
@@ -142,9 +142,9 @@ class Experiment:
         The hashes are i.i.d. uniforms, so every option is the smallest with probability
         1 / k: uniform, whatever the options. Keyed by the strategy's name, not its position,
         the choice does not move when the allowed set changes around it: it holds while it
-        stays allowed unless the set grows, and when the set grows from k1 to k2 strategies
-        it holds with probability k1 / k2 -- the most any rule uniform on both sets can (the
-        two uniform distributions differ by 1 - k1 / k2 in total variation)."""
+        stays allowed unless the set gains a strategy, and when the set grows from k1 to k2
+        strategies it holds with probability k1 / k2 -- the most any rule uniform on both sets
+        can (the two uniform distributions differ by 1 - k1 / k2 in total variation)."""
         return min(options, key=lambda s: unit_hash(self.id, loan_id, episode, "pick", s))
 
 
