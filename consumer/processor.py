@@ -523,12 +523,12 @@ class PartitionProcessor:
         self, result: BatchResult, rows: np.ndarray, scores: list[float]
     ) -> DecisionPlan | None:
         """A learned policy's or an experiment's plan for the batch (None: the table policy
-        decides per event, as before). Event ids are read back only for the rows an
-        exploring arm asks about (its draw hashes loan id and event id: replay-stable)."""
+        decides per event, as before). An exploring arm's draw hashes the loan's episode,
+        read from the event's own feature row: replay-stable, whatever the batching."""
         policy = self.policy
         if not isinstance(policy, PlanningPolicy):
             return None
-        return policy.plan(rows, scores, result.states, lambda i: self._source(result, i).event_id)
+        return policy.plan(rows, scores, result.states)
 
     def _guarded(self, state: LoanState, at: int, facts: Facts, wanted: str) -> str:
         """What the guardrails make of ``wanted`` at this event (no state is changed)."""

@@ -145,8 +145,9 @@ def _experiment_choice(
     book: Book, policy_path: Path | None, policy: Policy, model: Path | None, horizon: int
 ) -> tuple[Choice, np.ndarray, str]:
     from models.serving.policy import DEFAULT_POLICY
-    from models.strategy.arms import Experiment, ExperimentError, experiment_choice
+    from models.strategy.arms import Experiment, ExperimentError, episode_keys, experiment_choice
     from models.strategy.simulator import Choice
+    from models.strategy.stream_features import stream_rows
 
     source = policy_path or DEFAULT_POLICY
     try:
@@ -163,7 +164,11 @@ def _experiment_choice(
         if model is None:
             fail("the experiment has a learned arm: give --model DIR")
         picks["learned"] = _learned(model, policy, horizon).predict(book.x)
-    strategy, propensity, arms = experiment_choice(book.loan_ids, book.allowed, experiment, picks)
+    # The stream's draw: each simulated loan is one episode, keyed as the stream keys it.
+    episodes = episode_keys(stream_rows(book))
+    strategy, propensity, arms = experiment_choice(
+        book.loan_ids, episodes, book.allowed, experiment, picks
+    )
     return Choice(strategy, propensity), arms, experiment.id
 
 

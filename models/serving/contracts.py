@@ -117,5 +117,4 @@ class PlanningPolicy(StrategyPolicy, Protocol):
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
-        event_id: Callable[[int], str],
     ) -> DecisionPlan: ...

@@ -7,10 +7,18 @@ to their share. So assignment is stable across restarts and instances, and indep
 experiments (the id is hashed in). **Changing shares moves only the loans it must** when the
 boundary that moves is the only one: with champion 80% / challenger 20% -> 70% / 30% exactly
 the loans with ``u`` in [0.70, 0.80) move, 10% of the book. (With three or more arms, resizing
-one shifts the bands after it; add new arms at the end.) ``epsilon`` explores inside an arm: a
-second hash of the loan picks, with probability epsilon, a strategy uniformly among the allowed
-ones; the logged propensity of the chosen strategy is then
-``(1 - epsilon) 1[chosen = arm's choice] + epsilon / k``.
+one shifts the bands after it; add new arms at the end.)
+
+``epsilon`` explores inside an arm **per episode** (:func:`episode_key`): a loan's history
+splits into delinquency spells (from a missed installment until a payment cures it) and the
+performing stretches between them, each named by the loan's own counters, so the key needs no
+state of its own. The episode's draw is a function of (experiment id, loan id, episode key)
+only -- :meth:`Experiment.explores` (with probability epsilon) and :meth:`Experiment.explored`
+(the allowed strategy of smallest per-strategy hash: uniform among any allowed set, and
+unchanged while it stays allowed and the set gains no strategy) -- so it is the same at every event
+of the episode, in the stream, the batch reference and the simulator alike, and independent
+between episodes. The propensity of a strategy ``w`` given the allowed set (``k`` strategies)
+and the arm's own pick is ``(1 - epsilon) 1[w = pick] + epsilon / k``.
 
 >>> experiment = Experiment.from_dict(
 ...     {"id": "exp-1", "arms": [
@@ -26,6 +34,7 @@ True
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +43,12 @@ import numpy as np
 import yaml
 
 from models.errors import ModelsError
+from models.features.columns import FEATURE_INDEX
+from models.strategy.simulator import STRATEGIES
 
 POLICIES = ("table", "learned")
+MISSED = FEATURE_INDEX["num_missed"]
+CONSECUTIVE = FEATURE_INDEX["consecutive_missed"]
 
 
 class ExperimentError(ModelsError, ValueError):
@@ -117,26 +130,71 @@ class Experiment:
                 return arm
         return self.arms[-1]
 
-    def exploration(self, loan_id: str) -> tuple[float, float]:
-        """Two stable uniforms for ε-exploration: (explore?, which strategy)."""
-        return unit_hash(self.id, loan_id, "explore"), unit_hash(self.id, loan_id, "pick")
+    def explores(self, arm: Arm, loan_id: str, episode: str) -> bool:
+        """Does the loan's ``episode`` explore in ``arm``? (probability ``arm.epsilon``, the
+        same answer at every event of the episode)."""
+        return arm.epsilon > 0 and unit_hash(self.id, loan_id, episode, "explore") < arm.epsilon
+
+    def explored(self, loan_id: str, episode: str, options: Sequence[str]) -> str:
+        """The strategy an exploring ``episode`` takes among ``options`` (the allowed ones):
+        the one of smallest ``unit_hash(id, loan, episode, "pick", strategy)``.
+
+        The hashes are i.i.d. uniforms, so every option is the smallest with probability
+        1 / k: uniform, whatever the options. Keyed by the strategy's name, not its position,
+        the choice does not move when the allowed set changes around it: it holds while it
+        stays allowed unless the set gains a strategy, and when the set grows from k1 to k2
+        strategies it holds with probability k1 / k2 -- the most any rule uniform on both sets
+        can (the two uniform distributions differ by 1 - k1 / k2 in total variation)."""
+        return min(options, key=lambda s: unit_hash(self.id, loan_id, episode, "pick", s))
+
+
+def episode_key(num_missed: float, consecutive_missed: float) -> str:
+    """The loan's episode at an event, from the two counters of its feature row
+    (``models.features.columns``; no state of its own, issue 14's 600-byte budget).
+
+    ``num_missed - consecutive_missed`` is the number of misses *before* the current spell:
+    constant while the spell lasts (each miss adds one to both), and strictly larger in the
+    next one (the cure resets ``consecutive_missed``, after at least one miss). So ``d{n}``
+    names the delinquency spell after ``n`` earlier misses, ``p{n}`` the performing stretch
+    that follows ``n`` misses (before the first miss: ``p0``). A spell ends where the state
+    machine's ``days_past_due`` returns to 0: at any ``PaymentReceived``, partial ones too
+    (``LoanState.apply``); a close ends the loan's decisions altogether.
+
+    >>> [episode_key(m, c) for m, c in [(0, 0), (1, 1), (2, 2), (2, 0), (3, 1), (3, 0)]]
+    ['p0', 'd0', 'd0', 'p2', 'd2', 'p3']
+    """
+    before = int(num_missed - consecutive_missed)
+    return f"d{before}" if consecutive_missed > 0 else f"p{before}"
+
+
+def episode_keys(rows: np.ndarray) -> list[str]:
+    """:func:`episode_key` of every feature row (``LoanState.features()`` layout)."""
+    missed, consecutive = rows[:, MISSED].tolist(), rows[:, CONSECUTIVE].tolist()
+    return [episode_key(m, c) for m, c in zip(missed, consecutive, strict=True)]
 
 
 def experiment_choice(
-    loan_ids: list[str], allowed: np.ndarray, experiment: Experiment, picks: dict[str, np.ndarray]
+    loan_ids: list[str],
+    episodes: Sequence[str],
+    allowed: np.ndarray,
+    experiment: Experiment,
+    picks: dict[str, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per loan: the strategy (index), its propensity and the arm name, given each policy's
-    pick (``picks[policy]``, strategy indices) and the allowed mask (loans x strategies)."""
+    """Per loan: the strategy (index into ``STRATEGIES``), its propensity and the arm name,
+    given each loan's episode key, each policy's pick (``picks[policy]``, strategy indices) and
+    the allowed mask (loans x strategies). The same draw as the stream's
+    (``models.strategy.stream``): :meth:`Experiment.explores` and :meth:`Experiment.explored`."""
     n = len(loan_ids)
     strategy = np.zeros(n, dtype=np.int64)
     propensity = np.zeros(n)
     names = np.empty(n, dtype=object)
-    for i, loan in enumerate(loan_ids):
+    for i, (loan, episode) in enumerate(zip(loan_ids, episodes, strict=True)):
         arm = experiment.assign(loan)
         base = int(picks[arm.policy][i])
-        options = np.flatnonzero(allowed[i])
-        explore, pick = experiment.exploration(loan)
-        chosen = int(options[int(pick * len(options))]) if explore < arm.epsilon else base
+        options = [STRATEGIES[j] for j in np.flatnonzero(allowed[i])]
+        chosen = base
+        if experiment.explores(arm, loan, episode):
+            chosen = STRATEGIES.index(experiment.explored(loan, episode, options))
         strategy[i] = chosen
         propensity[i] = (1 - arm.epsilon) * (chosen == base) + arm.epsilon / len(options)
         names[i] = arm.name

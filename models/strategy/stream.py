@@ -14,14 +14,24 @@ What the plan does, and why:
   argmax with value hysteresis (:func:`models.strategy.learned.keep_or_best`, the offline
   rule). Table-arm rows are valued only when they emit (for ``expected_net_recovery``), in one
   more batched call: the hot path evaluates forests only where the decision uses them.
-- **Exploration** (``epsilon``): per decision, two uniforms from ``sha256(experiment id, loan
-  id, event id)``; an event id is in the input, so a replay (stream or the batch reference)
-  draws the same numbers and stream = batch holds.
+- **Exploration** (``epsilon``), **per episode**: the episode is
+  :func:`models.strategy.arms.episode_key` of the event's own feature row (the delinquency
+  spell, or the performing stretch, the event belongs to: two counters every state has, no
+  new byte per loan), and the draw is :meth:`~models.strategy.arms.Experiment.explores` /
+  :meth:`~models.strategy.arms.Experiment.explored` of (experiment id, loan id, episode), the
+  functions the simulator's experiment uses. So an exploring episode wants its explored
+  strategy at every event until the loan cures (or misses again, after a cure), whatever the
+  batching, in the stream and the batch reference alike; the ladder then climbs to it and
+  stays there instead of being asked for a fresh strategy at the next event.
 - **Propensity**: the probability that the arm's randomisation produced the strategy that was
   *emitted*, i.e. after the guardrails: ``sum over wanted w of P(w) 1[guard(w) = emitted]``
-  with ``P(w) = (1 - epsilon) 1[w = arm's pick] + epsilon / k`` over the ``k`` allowed. The
-  guardrails are a deterministic function of the state, so this is exact (1 for an arm
-  without exploration; 1 under a hold, where every w becomes HOLD).
+  with ``P(w) = (1 - epsilon) 1[w = arm's pick] + epsilon / k`` over the ``k`` allowed, at
+  this event's pick, allowed set and guardrail facts (1 for an arm without exploration; 1
+  under a hold, where every w becomes HOLD). Exact given the state at an episode's first
+  decision, where the draw is independent of everything the state holds (a new key); at later
+  decisions of the same episode it is that same probability at the event's inputs, which
+  the episode's earlier emissions may have shaped (docs/STRATEGY.md, "Exploration per
+  episode").
 
 Every choice still passes through the processor's one guardrail layer (hold, time-barred debt,
 Reg F timing, ladder): the plan only says what the policy *wants*.
@@ -42,7 +52,7 @@ from models.serving.bundle import BundleError
 from models.serving.contracts import ExperimentFields
 from models.serving.guardrails import Guardrails
 from models.serving.policy import TIERS, Policy
-from models.strategy.arms import Arm, Experiment, ExperimentError, unit_hash
+from models.strategy.arms import CONSECUTIVE, MISSED, Arm, Experiment, ExperimentError, episode_key
 from models.strategy.bundle import load_treatment_bundle, read_metadata
 from models.strategy.learned import DEFAULT_MARGIN, keep_or_best
 from models.strategy.rules import allowed_strategies
@@ -198,9 +208,8 @@ class StreamStrategy:
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
-        event_id: Callable[[int], str],
     ) -> BatchPlan:
-        return BatchPlan(self, rows, scores, states, event_id)
+        return BatchPlan(self, rows, scores, states)
 
 
 class BatchPlan:
@@ -213,12 +222,10 @@ class BatchPlan:
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
-        event_id: Callable[[int], str],
     ) -> None:
         self._owner = owner
         self._rows, self._scores = rows, scores
         self._loans = [s.loan_id for s in states]
-        self._event_id = event_id
         self._arms = [owner.arm_of(loan) for loan in self._loans]
         self._values: dict[int, list[float]] = {}
         learned = [i for i, a in enumerate(self._arms) if a.policy == "learned"]
@@ -252,11 +259,13 @@ class BatchPlan:
             best, kept = keep_or_best(masked, current, owner.margin)
             pick, kind = STRATEGIES[best], ("kept" if kept else "best")
         wanted = pick
-        if arm.epsilon > 0:
-            options = owner._allowed[tier]
-            key = (owner._experiment_id or "", self._loans[i], self._event_id(i))
-            if unit_hash(*key, "explore") < arm.epsilon:
-                wanted, kind = options[int(unit_hash(*key, "pick") * len(options))], "explore"
+        experiment = owner.experiment
+        if arm.epsilon > 0 and experiment is not None:  # (only an experiment's arms explore)
+            loan, row = self._loans[i], self._rows[i]
+            episode = episode_key(row[MISSED], row[CONSECUTIVE])
+            if experiment.explores(arm, loan, episode):
+                wanted = experiment.explored(loan, episode, owner._allowed[tier])
+                kind = "explore"
         self._decided[i] = (kind, pick, wanted, tier, segment, score, current)
         return wanted
 
@@ -274,7 +283,10 @@ class BatchPlan:
             text = f"learned: largest expected net recovery {value:.0f}"
         else:
             k = len(owner._allowed[tier])
-            text = f"explore: uniform among {k} allowed (epsilon {arm.epsilon:g})"
+            episode = episode_key(self._rows[i, MISSED], self._rows[i, CONSECUTIVE])
+            text = (
+                f"explore: uniform among {k} allowed (epsilon {arm.epsilon:g}, episode {episode})"
+            )
         return text if owner._experiment_id is None else f"arm {arm.name}: {text}"
 
     def settle(self, i: int, emitted: str, guard: Callable[[str], str]) -> None:

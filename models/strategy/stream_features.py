@@ -129,11 +129,14 @@ def decision_features(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def stream_rows(book: Book) -> np.ndarray:
     """A simulated book's loan states as the stream's feature rows (``LoanState.features()``
-    layout): the columns :func:`decision_features` reads, NaN elsewhere.
+    layout): the columns :func:`decision_features` reads and the episode's two counters, NaN
+    elsewhere.
     ``decision_features(stream_rows(book), risk_score)`` gives back ``x`` except
     ``income_ratio``, which the stream cannot observe (this module's table). Days past due are
     mid-month (``30 (m - 1) + 15``) and the on-time share is one payment's worth of counts, so
-    the mapping inverts them exactly."""
+    the mapping inverts them exactly. A simulated loan is in its first delinquency spell, one
+    miss per month delinquent (``num_missed = consecutive_missed = months_delinquent``): its
+    episode key (``models.strategy.arms.episode_key``) is ``d0``, as the stream would key it."""
     c = book.col
     rows = np.full((len(book.z), len(FEATURE_NAMES)), np.nan)
     method = np.zeros(len(book.z))
@@ -146,6 +149,8 @@ def stream_rows(book: Book) -> np.ndarray:
         ("monthly_income", c["monthly_income"]),
         ("collateral_value", c["collateral_ratio"] * c["balance"]),
         ("days_past_due", 30.0 * (c["months_delinquent"] - 1) + 15.0),
+        ("num_missed", c["months_delinquent"]),
+        ("consecutive_missed", c["months_delinquent"]),
         ("paid_on_time", c["on_time_share"]),
         ("paid_late", 1.0 - c["on_time_share"]),
         ("collection_attempts", c["prior_attempts"]),

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from consumer.processor import PartitionProcessor
 from loan_recovery.cli import app
 from models.features.columns import FEATURE_NAMES
-from models.features.state import LoanState
+from models.features.state import InvalidEvent, LoanState
 from models.serving.policy import DEFAULT_POLICY, Policy
-from models.strategy.arms import Experiment
+from models.strategy.arms import Experiment, episode_key, episode_keys, experiment_choice
 from models.strategy.bundle import load_treatment_bundle
 from models.strategy.simulator import FEATURES, STRATEGIES, Book
 from models.strategy.stream import StrategySetupError, StreamStrategy, TreatmentForests
@@ -170,11 +170,81 @@ def test_arm_decisions_are_replay_stable_and_equal_on_both_paths(
     bundle, experiment, records
 ) -> None:
     """Batch size and the compiled event kernel change nothing, experiment fields included
-    (exploration draws hash the event id, never the batch)."""
+    (exploration draws hash the loan's episode, read from the event's own row, never the
+    batch)."""
     at_once = run(PartitionProcessor(bundle, experiment, 0), records, len(records))
     by_97 = run(PartitionProcessor(bundle, experiment, 0), records, 97)
     reference = run(PartitionProcessor(bundle, experiment, 0, native=False), records, 500)
     assert at_once == by_97 == reference
+
+
+def test_an_exploring_episode_explores_at_every_event_until_it_ends(
+    bundle, experiment, records
+) -> None:
+    """In the processor, batch by batch: every emitted change of an exploring (loan,
+    episode) says ``explore`` with the episode key of its own event (the state machine's
+    replay gives it), no change of a non-exploring one does, and while the tier (so the
+    allowed set) stays the same an explored episode emits one strategy where no guardrail
+    intervened."""
+    from models.data.synthetic import generate_book
+
+    _, events, _ = generate_book(300, seed=5)
+    events.sort(key=lambda e: e["occurred_at"])
+    states: dict[str, LoanState] = {}
+    episode_of: dict[str, str] = {}
+    for event in events:
+        try:
+            if event["loan_id"] not in states:
+                states[event["loan_id"]] = LoanState.open(event)
+            else:
+                states[event["loan_id"]].apply(event)
+        except InvalidEvent:
+            continue
+        row = states[event["loan_id"]].feature_dict()
+        episode_of[event["event_id"]] = episode_key(row["num_missed"], row["consecutive_missed"])
+    changes = run(PartitionProcessor(bundle, experiment, 0), records, 97)
+    spec = Experiment.load(experiment.base.path)
+    kinds: dict[tuple[str, str], set[bool]] = {}
+    held: dict[tuple[str, str, str], set[str]] = {}
+    for c in changes:
+        arm = spec.assign(c.loan_id)
+        if arm.epsilon == 0:
+            continue
+        episode = episode_of[c.source_event_id]
+        explored = "explore: " in c.policy_rule
+        assert explored == spec.explores(arm, c.loan_id, episode)
+        kinds.setdefault((c.loan_id, episode), set()).add(explored)
+        if explored:
+            assert c.policy_rule.endswith(f"episode {episode})")
+            if not c.guardrails:
+                held.setdefault((c.loan_id, episode, c.risk_tier), set()).add(c.new_strategy)
+    assert sum(True in k for k in kinds.values()) > 20  # enough exploring episodes to judge
+    assert all(len(k) == 1 for k in kinds.values())
+    assert held and all(len(s) == 1 for s in held.values())
+
+
+def test_the_stream_draws_what_the_simulator_draws(experiment) -> None:
+    """The same loans and episodes (a simulated book as stream rows): the processor's plan
+    wants, for the table arms, exactly the strategies the simulator's experiment logs."""
+    book = Book.generate(3000, seed=4, policy=Policy.load(None))
+    rows, ids = stream_rows(book), book.loan_ids  # (loan_ids builds the list per call)
+    spec = Experiment.load(experiment.base.path)
+    tables = [i for i, loan in enumerate(ids) if spec.assign(loan).policy == "table"]
+    strategy, _, arms = experiment_choice(
+        [ids[i] for i in tables],
+        episode_keys(rows[tables]),
+        book.allowed[tables],
+        spec,
+        {"table": book.table_choice().strategy[tables]},
+    )
+    loans = [LoanState(ids[i], "B") for i in tables]
+    plan = experiment.plan(rows[tables], book.col["risk_score"][tables].tolist(), loans)
+    wanted = [
+        plan.decide(n, book.tier[i], book.segment[i], float(book.col["risk_score"][i]), None)
+        for n, i in enumerate(tables)
+    ]
+    assert wanted == [STRATEGIES[s] for s in strategy]
+    assert "explorer" in set(arms) and (strategy != book.table_choice().strategy[tables]).any()
 
 
 def test_the_learned_policy_alone_has_no_experiment_id(bundle, treatment_model, records) -> None:
