@@ -19,6 +19,9 @@ commits the group's offsets past it. `loan-recovery serve` then
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -41,6 +44,7 @@ from test_stream_eos import (
 
 from consumer.partitioning import partition_for
 from consumer.processor import PartitionProcessor
+from consumer.recovery import ChangelogRestorer
 from consumer.reference import score_events
 from schemas import AvroSerde
 from schemas.topics import Topics
@@ -191,3 +195,120 @@ def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
     assert committed_offsets(bootstrap_servers, topics) == {
         p: len(e) for p, e in by_partition.items()
     }
+
+
+# -- at least once: a crash between the unit's flush and its offset commit ---------------------
+KILLED_SERVE = Path(__file__).with_name("serve_killed_before_offset_commit.py")
+
+
+def changelog_checkpoints(bootstrap: str, topics: Topics, bundle, policy) -> dict[int, int]:
+    """Each changelog partition's checkpoint offset, read the way a restore reads it."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topics.app_id}-check",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    restorer = ChangelogRestorer(reader, topics.changelog)
+    stores = {
+        p: PartitionProcessor(bundle, policy, p, topics.events).store for p in range(PARTITIONS)
+    }
+    try:
+        restorer.restore(stores)
+    finally:
+        restorer.close()
+    return {p: s.restored_offset for p, s in stores.items() if s.restored_offset is not None}
+
+
+def test_at_least_once_killed_before_its_offset_commit_resumes_from_its_checkpoint(
+    bootstrap_servers: str, trained_model: Path, unique_name, tmp_path: Path
+) -> None:
+    """kill -9 right after an at-least-once unit's flush (its outputs and changelog are in
+    Kafka, its offsets are not): the restart restores a checkpoint ahead of the committed
+    offset, logs and counts it, and the outputs are exactly the batch reference's."""
+    from models.data.synthetic import generate_book
+    from models.serving.bundle import ModelBundle
+    from models.serving.policy import Policy
+
+    topics = new_topics(bootstrap_servers, unique_name("alo-ahead"))
+    events = generate_book(200, seed=44)[1]
+    produce(bootstrap_servers, topics.events, encoded(events))
+    bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
+    # The default session timeout: the restart rejoins at once anyway (static membership
+    # replaces the killed member), and a short one can expire under load mid-commit.
+    properties = tmp_path / "client.properties"
+    properties.write_text("# the scorer's defaults\n")
+    alo = {"--guarantee": "at-least-once"}
+    lengths = Counter(partition_for(e["loan_id"].encode(), PARTITIONS) for e in events)
+
+    # 1. Units of at most 200 events, one per poll; killed at the first offset commit past
+    #    half the input that moves an already committed partition on.
+    crashing = Scorer(
+        *(bootstrap_servers, trained_model, topics, "alo", properties, tmp_path / "crash.log"),
+        alo | {"--commit-interval-ms": "1", "--max-batch": "200", "--metrics-port": "0"},
+        command=[sys.executable, str(KILLED_SERVE), str(len(events) // 2)],
+    )
+    try:
+        assert crashing.wait_exit(90) == -signal.SIGKILL, crashing.log_text()[-3000:]
+        log = crashing.log_text()
+    finally:
+        crashing.stop()
+    (line,) = [x for x in log.splitlines() if x.startswith("kill_before_offset_commit ")]
+    killed = json.loads(line.split(" ", 1)[1])
+    before = {int(p): o for p, o in killed["committed"].items()}
+    unit = {int(p): o for p, o in killed["not_committed"].items()}
+    # The situation, as the broker shows it: the changelog reflects the killed unit, the
+    # group's offsets only the units before it.
+    assert committed_offsets(bootstrap_servers, topics) == {
+        p: before.get(p, 0) for p in range(PARTITIONS)
+    }
+    checkpoints = changelog_checkpoints(bootstrap_servers, topics, bundle, policy)
+    assert checkpoints == before | unit
+    ahead = {p: (o, before.get(p)) for p, o in unit.items() if o != before.get(p)}
+    assert any(committed is not None for _, committed in ahead.values()), killed
+
+    # 2. The restart: every ahead partition resumes at once, from its checkpoint.
+    restarted = Scorer(
+        *(bootstrap_servers, trained_model, topics, "alo", properties, tmp_path / "again.log"),
+        alo,
+    )
+    try:
+        restarted.wait_for(
+            lambda: committed_offsets(bootstrap_servers, topics) == dict(lengths),
+            60,
+            "every event committed",
+        )
+        ahead_counted = restarted.total("loanrec_restored_ahead_partitions_total")
+        duplicates = restarted.total("loanrec_events_total", outcome="duplicate")
+    finally:
+        restarted.stop()
+    log = restarted.log.read_text()
+    assert restarted.process.returncode == 0, log[-3000:]
+    (restore,) = [json.loads(x) for x in log.splitlines() if '"restore_ahead"' in x]
+    assert restore["partitions"] == {
+        str(p): {"changelog": k, "committed": c} for p, (k, c) in ahead.items()
+    }
+    assert ahead_counted == len(ahead)
+    # Resumed from the checkpoints: what the killed unit did is not re-read.
+    (stopped,) = [json.loads(x) for x in log.splitlines() if '"event": "stopped"' in x]
+    assert stopped["processed"] == len(events) - sum(checkpoints.values())
+    assert duplicates == 0
+
+    reference = score_events(events, bundle, policy, PARTITIONS)
+    want = reference_keys([asdict(c) for c in reference.changes])
+    got, records = change_keys(bootstrap_servers, topics, len(reference.changes))
+    assert_same_changes(got, want)
+    last = {r["loan_id"]: r["new_strategy"] for r in records}
+    assert last == {c.loan_id: c.new_strategy for c in reference.changes}
+    out = read_all(bootstrap_servers, topics.dlq, len(reference.dead_letters), timeout_s=5)
+    headers = [dict(m.headers()) for m in out]
+    assert Counter(
+        (int(h["source.partition"]), int(h["source.offset"]), h["error.reason"].decode())
+        for h in headers
+    ) == Counter(
+        (partition_for(d.key or b"", PARTITIONS), d.offset, d.reason)
+        for d in reference.dead_letters
+    )
