@@ -547,6 +547,7 @@ class Recovery:
             self.consumer,
             [TopicPartition(self.topic, p, o) for p, o in starts.items() if p in self.processors],
         )
+        self._commit_with_next_unit(ahead)
         self.health.ready = True
         log_event(
             "state_restored",
@@ -556,6 +557,17 @@ class Recovery:
             seconds=round(time.monotonic() - started, 3),
         )
         return True
+
+    def _commit_with_next_unit(self, offsets: Mapping[int, int]) -> None:
+        """Put each partition's restored offset into the open unit, so the group's offset
+        comes to agree with the state even if no new input arrives for it (else the group
+        would show the events skipped as lag until then)."""
+        assert self.checkpoint is not None
+        for partition, offset in offsets.items():
+            if partition in self.processors:
+                self.checkpoint.begin()
+                self.checkpoint.track(partition, offset)
+                self.checkpoint.advance(partition, offset)
 
     def _committed_offsets(self, partitions: list[int]) -> dict[int, int | None] | None:
         """The group's committed input offsets (``read_committed``: stable ones, KIP-447), or

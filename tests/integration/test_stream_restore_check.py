@@ -42,6 +42,8 @@ from test_stream_eos import (
     reference_keys,
 )
 
+from consumer.app import ScorerApp
+from consumer.config import ServeConfig
 from consumer.partitioning import partition_for
 from consumer.processor import PartitionProcessor
 from consumer.recovery import ChangelogRestorer
@@ -224,11 +226,15 @@ def changelog_checkpoints(bootstrap: str, topics: Topics, bundle, policy) -> dic
 
 
 def test_at_least_once_killed_before_its_offset_commit_resumes_from_its_checkpoint(
-    bootstrap_servers: str, trained_model: Path, unique_name, tmp_path: Path
+    bootstrap_servers: str, trained_model: Path, unique_name, tmp_path: Path, capsys
 ) -> None:
-    """kill -9 right after an at-least-once unit's flush (its outputs and changelog are in
-    Kafka, its offsets are not): the restart restores a checkpoint ahead of the committed
-    offset, logs and counts it, and the outputs are exactly the batch reference's."""
+    """`serve --guarantee at-least-once` killed (SIGKILL) right after a unit's flush: its
+    outputs and changelog are in Kafka, its offsets are not, so the changelog's checkpoint is
+    ahead of the group's committed offset. The restart restores it, resumes from the
+    checkpoint's offset (logged and counted), and the outputs are exactly the batch
+    reference's: none lost, none twice (the killed unit's were all acknowledged, and nothing
+    before the checkpoint is read again)."""
+    from consumer.config import Guarantee
     from models.data.synthetic import generate_book
     from models.serving.bundle import ModelBundle
     from models.serving.policy import Policy
@@ -236,22 +242,27 @@ def test_at_least_once_killed_before_its_offset_commit_resumes_from_its_checkpoi
     topics = new_topics(bootstrap_servers, unique_name("alo-ahead"))
     events = generate_book(200, seed=44)[1]
     produce(bootstrap_servers, topics.events, encoded(events))
-    bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
-    # The default session timeout: the restart rejoins at once anyway (static membership
-    # replaces the killed member), and a short one can expire under load mid-commit.
+    lengths = Counter(partition_for(e["loan_id"].encode(), PARTITIONS) for e in events)
+    # The scorer's own session timeout (none in the file): a short one can expire mid-commit
+    # on a loaded machine, and the restart rejoins at once anyway (static membership).
     properties = tmp_path / "client.properties"
     properties.write_text("# the scorer's defaults\n")
-    alo = {"--guarantee": "at-least-once"}
-    lengths = Counter(partition_for(e["loan_id"].encode(), PARTITIONS) for e in events)
 
     # 1. Units of at most 200 events, one per poll; killed at the first offset commit past
     #    half the input that moves an already committed partition on.
     crashing = Scorer(
         *(bootstrap_servers, trained_model, topics, "alo", properties, tmp_path / "crash.log"),
-        alo | {"--commit-interval-ms": "1", "--max-batch": "200", "--metrics-port": "0"},
+        {
+            "--guarantee": "at-least-once",
+            "--commit-interval-ms": "1",
+            "--max-batch": "200",
+            "--metrics-port": "0",
+        },
         command=[sys.executable, str(KILLED_SERVE), str(len(events) // 2)],
     )
-    try:
+    try:  # the reference meanwhile (the scorer starts in its own process)
+        bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
+        reference = score_events(events, bundle, policy, PARTITIONS)
         assert crashing.wait_exit(90) == -signal.SIGKILL, crashing.log_text()[-3000:]
         log = crashing.log_text()
     finally:
@@ -270,39 +281,40 @@ def test_at_least_once_killed_before_its_offset_commit_resumes_from_its_checkpoi
     ahead = {p: (o, before.get(p)) for p, o in unit.items() if o != before.get(p)}
     assert any(committed is not None for _, committed in ahead.values()), killed
 
-    # 2. The restart: every ahead partition resumes at once, from its checkpoint.
-    restarted = Scorer(
-        *(bootstrap_servers, trained_model, topics, "alo", properties, tmp_path / "again.log"),
-        alo,
+    # 2. The restart (the same instance, in this process): it resumes from the checkpoints.
+    capsys.readouterr()
+    config = ServeConfig(
+        bootstrap_servers,
+        trained_model,
+        topics=topics,
+        instance_id="alo",
+        guarantee=Guarantee.at_least_once,
+        exit_when_idle_s=2,
+        metrics_port=None,
     )
-    try:
-        restarted.wait_for(
-            lambda: committed_offsets(bootstrap_servers, topics) == dict(lengths),
-            60,
-            "every event committed",
-        )
-        ahead_counted = restarted.total("loanrec_restored_ahead_partitions_total")
-        duplicates = restarted.total("loanrec_events_total", outcome="duplicate")
-    finally:
-        restarted.stop()
-    log = restarted.log.read_text()
-    assert restarted.process.returncode == 0, log[-3000:]
-    (restore,) = [json.loads(x) for x in log.splitlines() if '"restore_ahead"' in x]
+    restarted = ScorerApp(config, bundle, policy)
+    restarted.run()
+    (restore,) = [
+        json.loads(x) for x in capsys.readouterr().err.splitlines() if "restore_ahead" in x
+    ]
     assert restore["partitions"] == {
         str(p): {"changelog": k, "committed": c} for p, (k, c) in ahead.items()
     }
-    assert ahead_counted == len(ahead)
-    # Resumed from the checkpoints: what the killed unit did is not re-read.
-    (stopped,) = [json.loads(x) for x in log.splitlines() if '"event": "stopped"' in x]
-    assert stopped["processed"] == len(events) - sum(checkpoints.values())
-    assert duplicates == 0
+    assert restarted.metrics.restored_ahead._value.get() == len(ahead)
+    # What the killed unit did is not read again, and the group's offsets reach the end.
+    assert restarted.processed == len(events) - sum(checkpoints.values())
+    assert committed_offsets(bootstrap_servers, topics) == dict(lengths)
 
-    reference = score_events(events, bundle, policy, PARTITIONS)
     want = reference_keys([asdict(c) for c in reference.changes])
     got, records = change_keys(bootstrap_servers, topics, len(reference.changes))
     assert_same_changes(got, want)
     last = {r["loan_id"]: r["new_strategy"] for r in records}
     assert last == {c.loan_id: c.new_strategy for c in reference.changes}
+    alerts = read_all(bootstrap_servers, topics.risk_alerts, len(reference.alerts), timeout_s=5)
+    decode = AvroSerde("EarlyWarningAlert").decode
+    assert Counter(
+        (a["loan_id"], a["source_event_id"]) for a in map(decode, (m.value() for m in alerts))
+    ) == Counter((a.loan_id, a.source_event_id) for a in reference.alerts)
     out = read_all(bootstrap_servers, topics.dlq, len(reference.dead_letters), timeout_s=5)
     headers = [dict(m.headers()) for m in out]
     assert Counter(

@@ -14,12 +14,13 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from test_consumer_checkpoint import TOPICS, FakeConsumer, FakeProducer
 
-from consumer.checkpoint import ClientErrors, ExactlyOnce
+from consumer.checkpoint import AtLeastOnce, ClientErrors, ExactlyOnce
 from consumer.config import ServeConfig
 from consumer.errors import FatalError
 from consumer.health import HealthState
 from consumer.metrics import ScorerMetrics
 from consumer.recovery import ChangelogRestorer, Recovery
+from schemas import AvroSerde
 
 EV = TOPICS.events
 
@@ -172,7 +173,7 @@ class Scorer:
             self.metrics,
         )
         self.producer = FakeProducer("only")
-        self.checkpoint = ExactlyOnce(
+        self.checkpoint = (ExactlyOnce if exactly_once else AtLeastOnce)(
             config,
             self.consumer,
             lambda: self.producer,  # type: ignore[arg-type]
@@ -405,6 +406,14 @@ def test_a_checkpoint_ahead_resumes_from_its_own_offset_under_at_least_once(
     err = capsys.readouterr().err
     assert '"restore_ahead"' in err and '"0": {"changelog": 9, "committed": 4}' in err
     assert '"2": {"changelog": 6, "committed": null}' in err
+    # The next commit moves the group's offsets to the state's, new input or not, and the
+    # checkpoints it writes record them.
+    assert scorer.checkpoint.open and scorer.checkpoint.commit()
+    ((offsets, _),) = scorer.consumer.commits
+    assert [(tp.partition, tp.offset) for tp in offsets] == [(0, 9), (2, 6)]
+    serde = AvroSerde("PartitionCheckpoint")
+    written = [a for m, a in scorer.producer.calls if m == "produce" and a[1] == b"__partition__"]
+    assert [(a[3], serde.decode(a[2])["input_offset"]) for a in written] == [(0, 9), (2, 6)]
 
 
 def test_a_checkpoint_ahead_under_exactly_once_stops_with_the_reset_to_do(bundle, policy) -> None:
