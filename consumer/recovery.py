@@ -167,8 +167,15 @@ class ChangelogRestorer:
         finally:
             if reading:
                 self._consumer.unassign()
-        for store in stores.values():
-            store.finish_restore()
+        unfinished = {p: n for p, store in stores.items() if (n := store.finish_restore())}
+        if unfinished:
+            log_event(
+                "restore_unfinished_unit_undone",
+                level="warning",
+                records=unfinished,
+                why="changelog records after the partition's last checkpoint (at least once: "
+                "a crash while the changelog was flushed); the unit is redone",
+            )
         return restored
 
     # -- the check against the committed input offsets ------------------------------------------
