@@ -15,6 +15,11 @@ commits the group's offsets past it. `loan-recovery serve` then
   records once the transaction commits, and gives exactly the batch reference's outputs for
   every event after the committed offsets -- which it could not with the older state (the
   loans opened in the gap would be unknown).
+
+And the at-least-once case the other way round: `serve --guarantee at-least-once` killed
+(SIGKILL, ``serve_killed_before_offset_commit.py``) between a unit's flush and its offset
+commit leaves the changelog's checkpoint ahead of the committed offset; the restart resumes
+from the checkpoint, reads none of that unit again, and its outputs equal the reference's.
 """
 
 from __future__ import annotations
