@@ -15,8 +15,8 @@ is either committed whole or aborted"):
   a producer whose ``send_offsets_to_transaction`` / ``commit_transaction`` stays blocked a
   commit timeout past ``transaction.timeout.ms`` (confluentinc/librdkafka#5511): it is
   abandoned, and the group's committed offsets then say whether the unit is redone.
-- :class:`AtLeastOnce` replaces the transaction by flush + synchronous offset commit: faster,
-  and a crash may repeat outputs (never lose them).
+- :class:`AtLeastOnce` replaces the transaction by flushes (the outputs, then the changelog)
+  and a synchronous offset commit: faster, and a crash may repeat outputs (never lose them).
 
 Both sit behind :class:`Checkpoint`, so the loop (``consumer.app``) never asks which guarantee
 it runs under. Fencing and fatal errors raise :class:`~consumer.errors.FatalError`.
@@ -327,6 +327,11 @@ class Checkpoint(ABC):
         """Start a unit on the broker side, if the guarantee has one."""
 
     @abstractmethod
+    def _deliver_outputs(self) -> None:
+        """Before the changelog is written: make the unit's outputs durable, if the guarantee
+        does not commit them together with it; raise :class:`_Abort` to roll back."""
+
+    @abstractmethod
     def _commit(self, offsets: list[TopicPartition]) -> None:
         """Make the outputs and ``offsets`` durable; raise :class:`_Abort` to roll back."""
 
@@ -414,6 +419,7 @@ class Checkpoint(ABC):
         ]
         try:
             if self.doomed is None:
+                self._deliver_outputs()
                 self._write_changelog()
             if self.doomed is not None:
                 raise _Abort(str(self.doomed), self._failed_with(offsets) or self.doomed.error)
@@ -902,6 +908,9 @@ class ExactlyOnce(Checkpoint):
         assert self.producer is not None
         self.producer.begin_transaction()
 
+    def _deliver_outputs(self) -> None:
+        pass  # the transaction commits the outputs, the changelog and the offsets together
+
     def _commit(self, offsets: list[TopicPartition]) -> None:
         producer = self.producer
         assert producer is not None
@@ -1060,8 +1069,17 @@ class ExactlyOnce(Checkpoint):
 
 
 class AtLeastOnce(Checkpoint):
-    """Flush, then commit the offsets synchronously; a failure rewinds and reprocesses (the
-    outputs already delivered are delivered again: at least once)."""
+    """Flush the outputs, then write and flush the changelog, then commit the offsets
+    synchronously; a failure rewinds and reprocesses (the outputs already delivered are
+    delivered again: at least once).
+
+    The order is what makes a restore safe after a crash between two of the steps
+    (ARCHITECTURE.md §8): a partition's checkpoint in the changelog reflects input whose
+    outputs are all acknowledged, so a restore whose checkpoint is ahead of the group's
+    committed offset resumes from the checkpoint's offset (``consumer.recovery``) and loses
+    nothing. Flushed together, a checkpoint could land while some of its unit's outputs had
+    not (the producer keeps order per partition only), and resuming from it would lose them.
+    The price is one more flush per commit."""
 
     def _open_producer(self) -> Producer:
         return self._new_producer()
@@ -1069,26 +1087,33 @@ class AtLeastOnce(Checkpoint):
     def _begin(self) -> None:
         pass  # nothing on the broker: the unit is just the offsets not yet committed
 
+    def _deliver_outputs(self) -> None:
+        self._flush("outputs")
+
     def _commit(self, offsets: list[TopicPartition]) -> None:
-        producer = self.producer
-        assert producer is not None
-        # Outputs still queued are delivered once the brokers are back (librdkafka retries
-        # them up to message.timeout.ms): wait for them rather than producing them again.
-        timeout = self.config.commit_timeout_s
-        while (left := self._call("flush", producer.flush, timeout)) > 0:
-            if self.errors.delivery_failed:
-                break
-            self.stall("flush", f"{left} outputs not acknowledged")
-            self._wait()
-        if self.errors.delivery_failed:
-            why, self.errors.delivery_failed = self.errors.delivery_failed, None
-            raise _Abort(why)
+        self._flush("changelog records")
         if offsets:
             self._retrying(
                 "commit offsets",
                 lambda _t: self.consumer.commit(offsets=offsets, asynchronous=False),
-                timeout,
+                self.config.commit_timeout_s,
             )
+
+    def _flush(self, what: str) -> None:
+        """Wait until everything produced is acknowledged; :class:`_Abort` if a delivery
+        failed. Records still queued are delivered once the brokers are back (librdkafka
+        retries them up to message.timeout.ms): waited for rather than produced again."""
+        producer = self.producer
+        assert producer is not None
+        timeout = self.config.commit_timeout_s
+        while (left := self._call("flush", producer.flush, timeout)) > 0:
+            if self.errors.delivery_failed:
+                break
+            self.stall("flush", f"{left} {what} not acknowledged")
+            self._wait()
+        if self.errors.delivery_failed:
+            why, self.errors.delivery_failed = self.errors.delivery_failed, None
+            raise _Abort(why)
 
     def _abort(self) -> None:
         pass  # nothing to undo on the broker; rollback + rewind reprocess the unit

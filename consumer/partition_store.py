@@ -81,6 +81,7 @@ class PartitionStore:
         "_pending_decisions",
         "_pending_recovered",
         "_state_codec",
+        "_unfinished",
         "by_segment",
         "by_tier",
         "clock",
@@ -126,6 +127,7 @@ class PartitionStore:
         # and the input offset it reflects (None: none, or a v1/v2 checkpoint without one).
         self.restored_checkpoint = False
         self.restored_offset: int | None = None
+        self._unfinished = 0  # loan records restored since the last checkpoint restored
 
     # -- the undo log ---------------------------------------------------------------------------
     def remember(self, loan_id: str, state: LoanState | None) -> None:
@@ -266,8 +268,12 @@ class PartitionStore:
         if key == _CHECKPOINT_KEY_BYTES:
             if value is not None and self._restore_checkpoint(value):
                 self.commit()
+                self._unfinished = 0
             return False
         loan_id = key.decode() if key else ""
+        if self.restored_checkpoint:  # undone by finish_restore unless a checkpoint follows
+            self.remember(loan_id, self.states.get(loan_id))
+            self._unfinished += 1
         if value is None:
             self.states.pop(loan_id, None)
             return False
@@ -299,14 +305,28 @@ class PartitionStore:
         self.restored_offset = checkpoint.get("input_offset")  # None: a v1/v2 checkpoint
         return True
 
-    def finish_restore(self) -> None:
+    def finish_restore(self) -> int:
         """Everything restored is committed by definition; the gauges count it. The closed
         loans restored go back into the sweep's heap (the next commit removes the due ones:
-        their expiry is already in force, :meth:`expired`)."""
+        their expiry is already in force, :meth:`expired`). Returns how many loan records
+        after the last checkpoint were undone.
+
+        Every unit writes a partition's changed loans, then its checkpoint, so records after
+        the last checkpoint are a unit that never finished: an at-least-once scorer killed
+        while its changelog was being flushed (exactly once never shows them: read_committed).
+        They are undone, so the state is exactly the one the checkpoint's input offset
+        reflects and the unit is redone in full (ARCHITECTURE.md §8); kept, the redo would
+        find some of its loans ahead (their events dropped as duplicates, not scored, so the
+        segmenter would not learn them again as it did the first time). Loans before the
+        first checkpoint are never undone: a changelog without any keeps them all."""
+        unfinished, self._unfinished = self._unfinished, 0
+        if unfinished:
+            self.rollback()
         self.commit()
         self._expiring.clear()
         self.index_closed_states(self.states.values())
         self._recount()
+        return unfinished
 
     # -- summaries ------------------------------------------------------------------------------
     def population(self) -> tuple[Counter[str], Counter[str]]:

@@ -99,12 +99,16 @@ class ChangelogRestorer:
       still behind then, a :class:`RestoreError` names the partition, both offsets, the
       likely cause and the fix, and the scorer stops having committed nothing;
     - the checkpoint ahead: at least once flushes the changelog before it commits the
-      offsets, so a crash between the two leaves exactly this; the events in between come
-      again and are duplicates the per-loan idempotency drops (ARCHITECTURE.md §8): resume,
-      logged and counted (:attr:`ahead`). Exactly once writes both in one transaction, so
-      there it means the group's offsets were reset, deleted or expired: waited for like
-      "behind" (an old broker without KIP-447 can answer the older offset for a moment),
-      then the same stop;
+      offsets, so a crash between the two leaves exactly this. The state reflects every
+      event before the checkpoint's offset, and their outputs are in Kafka (at least once
+      flushes the outputs before it writes the changelog, ``consumer.checkpoint``): resume
+      *from the checkpoint's offset* (:attr:`ahead`, which the caller seeks to), logged and
+      counted. Not from the committed one: re-read, those events would not all be no-ops --
+      a loan that left state after its retention within them would be opened again by its
+      re-read LoanOpened, re-decided and re-emitted, and move the partition's segmenter
+      (ARCHITECTURE.md §8). Exactly once writes both in one transaction, so there it means
+      the group's offsets were reset, deleted or expired: waited for like "behind" (an old
+      broker without KIP-447 can answer the older offset for a moment), then the same stop;
     - a v1/v2 checkpoint (no input offset): nothing to check, logged once per restore.
 
     The whole restore, waits included, stays within ``timeout_s`` (by default
@@ -124,7 +128,9 @@ class ChangelogRestorer:
         self.wait_s = wait_s
         self.exactly_once = exactly_once
         self.source = source  # names the group and the input topic in messages
-        self.ahead = 0  # partitions restored ahead of the committed offset, not yet counted
+        # Partitions restored ahead of the committed offset (at least once), not yet taken by
+        # the caller: {partition: the checkpoint's offset, where its input resumes}.
+        self.ahead: dict[int, int] = {}
         self._consumer = consumer
 
     def restore(
@@ -136,6 +142,7 @@ class ChangelogRestorer:
     ) -> int:
         """Fill each store from its changelog partition; returns loan states restored. With
         ``committed`` (the group's committed offsets), check the result against them."""
+        self.ahead = {}  # a restore cut short before is never used (Recovery discards it)
         if not stores:
             return 0
         deadline = time.monotonic() + timeout_s
@@ -160,8 +167,15 @@ class ChangelogRestorer:
         finally:
             if reading:
                 self._consumer.unassign()
-        for store in stores.values():
-            store.finish_restore()
+        unfinished = {p: n for p, store in stores.items() if (n := store.finish_restore())}
+        if unfinished:
+            log_event(
+                "restore_unfinished_unit_undone",
+                level="warning",
+                records=unfinished,
+                why="changelog records after the partition's last checkpoint (at least once: "
+                "a crash while the changelog was flushed); the unit is redone",
+            )
         return restored
 
     # -- the check against the committed input offsets ------------------------------------------
@@ -229,13 +243,16 @@ class ChangelogRestorer:
         if waiting_logged:
             log_event("restore_caught_up", waited_s=round(time.monotonic() - started, 3))
         if unequal:  # what is left is ahead, under at least once only (see the class docstring)
-            self.ahead += len(unequal)
+            for p, (have, _) in unequal.items():
+                assert have is not None  # no checkpoint is never ahead (_must_wait)
+                self.ahead[p] = have
             log_event(
                 "restore_ahead",
                 level="warning",
                 partitions=_report(unequal),
                 why="at least once: a crash between the changelog's flush and the offset "
-                "commit; the events in between come again as duplicates and change nothing",
+                "commit; the input resumes from the changelog's offset, the outputs of the "
+                "events before it being already acknowledged",
             )
         return restored
 
@@ -525,16 +542,19 @@ class Recovery:
         if not keep_going():
             return False
         self.metrics.restored_loans.inc(restored)
-        ahead, self.restorer.ahead = self.restorer.ahead, 0
-        self.metrics.restored_ahead.inc(ahead)
+        ahead, self.restorer.ahead = self.restorer.ahead, {}
+        self.metrics.restored_ahead.inc(len(ahead))
         freeze_long_lived()
         self.pending.clear()
         self.consumer.resume([TopicPartition(self.topic, p) for p in partitions])
-        rewind, self.rewind_after_restore = self.rewind_after_restore, {}
+        # A partition restored ahead resumes where its state does (ChangelogRestorer), also
+        # when a batch was fetched for it meanwhile (from the committed offset).
+        starts, self.rewind_after_restore = {**self.rewind_after_restore, **ahead}, {}
         seek(
             self.consumer,
-            [TopicPartition(self.topic, p, o) for p, o in rewind.items() if p in self.processors],
+            [TopicPartition(self.topic, p, o) for p, o in starts.items() if p in self.processors],
         )
+        self._commit_with_next_unit(ahead)
         self.health.ready = True
         log_event(
             "state_restored",
@@ -544,6 +564,17 @@ class Recovery:
             seconds=round(time.monotonic() - started, 3),
         )
         return True
+
+    def _commit_with_next_unit(self, offsets: Mapping[int, int]) -> None:
+        """Put each partition's restored offset into the open unit, so the group's offset
+        comes to agree with the state even if no new input arrives for it (else the group
+        would show the events skipped as lag until then)."""
+        assert self.checkpoint is not None
+        for partition, offset in offsets.items():
+            if partition in self.processors:
+                self.checkpoint.begin()
+                self.checkpoint.track(partition, offset)
+                self.checkpoint.advance(partition, offset)
 
     def _committed_offsets(self, partitions: list[int]) -> dict[int, int | None] | None:
         """The group's committed input offsets (``read_committed``: stable ones, KIP-447), or

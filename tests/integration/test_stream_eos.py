@@ -195,7 +195,9 @@ class Scorer:
         properties: Path,
         log: Path,
         flags: dict[str, str],
+        command: list[str] | None = None,
     ) -> None:
+        """``command``: what runs `serve` (by default the CLI's module; a test may wrap it)."""
         self.port = free_port()
         self.log = log
         args = {
@@ -213,7 +215,7 @@ class Scorer:
             "--exit-when-idle": "6",
             **flags,
         }
-        command = [sys.executable, "-m", "loan_recovery.cli", "serve"]
+        command = [*(command or [sys.executable, "-m", "loan_recovery.cli"]), "serve"]
         command += [x for kv in args.items() for x in kv]
         self._out = open(log, "wb")  # noqa: SIM115 -- closed in stop()
         self.process = subprocess.Popen(

@@ -15,10 +15,18 @@ commits the group's offsets past it. `loan-recovery serve` then
   records once the transaction commits, and gives exactly the batch reference's outputs for
   every event after the committed offsets -- which it could not with the older state (the
   loans opened in the gap would be unknown).
+
+And the at-least-once case the other way round: `serve --guarantee at-least-once` killed
+(SIGKILL, ``serve_killed_before_offset_commit.py``) between a unit's flush and its offset
+commit leaves the changelog's checkpoint ahead of the committed offset; the restart resumes
+from the checkpoint, reads none of that unit again, and its outputs equal the reference's.
 """
 
 from __future__ import annotations
 
+import json
+import signal
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -39,8 +47,11 @@ from test_stream_eos import (
     reference_keys,
 )
 
+from consumer.app import ScorerApp
+from consumer.config import ServeConfig
 from consumer.partitioning import partition_for
 from consumer.processor import PartitionProcessor
+from consumer.recovery import ChangelogRestorer
 from consumer.reference import score_events
 from schemas import AvroSerde
 from schemas.topics import Topics
@@ -191,3 +202,130 @@ def test_serve_waits_for_the_changelog_to_reflect_the_committed_offset_or_stops(
     assert committed_offsets(bootstrap_servers, topics) == {
         p: len(e) for p, e in by_partition.items()
     }
+
+
+# -- at least once: a crash between the unit's flush and its offset commit ---------------------
+KILLED_SERVE = Path(__file__).with_name("serve_killed_before_offset_commit.py")
+
+
+def changelog_checkpoints(bootstrap: str, topics: Topics, bundle, policy) -> dict[int, int]:
+    """Each changelog partition's checkpoint offset, read the way a restore reads it."""
+    reader = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{topics.app_id}-check",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
+    restorer = ChangelogRestorer(reader, topics.changelog)
+    stores = {
+        p: PartitionProcessor(bundle, policy, p, topics.events).store for p in range(PARTITIONS)
+    }
+    try:
+        restorer.restore(stores)
+    finally:
+        restorer.close()
+    return {p: s.restored_offset for p, s in stores.items() if s.restored_offset is not None}
+
+
+def test_at_least_once_killed_before_its_offset_commit_resumes_from_its_checkpoint(
+    bootstrap_servers: str, trained_model: Path, unique_name, tmp_path: Path, capsys
+) -> None:
+    """`serve --guarantee at-least-once` killed (SIGKILL) right after a unit's flush: its
+    outputs and changelog are in Kafka, its offsets are not, so the changelog's checkpoint is
+    ahead of the group's committed offset. The restart restores it, resumes from the
+    checkpoint's offset (logged and counted), and the outputs are exactly the batch
+    reference's: none lost, none twice (the killed unit's were all acknowledged, and nothing
+    before the checkpoint is read again)."""
+    from consumer.config import Guarantee
+    from models.data.synthetic import generate_book
+    from models.serving.bundle import ModelBundle
+    from models.serving.policy import Policy
+
+    topics = new_topics(bootstrap_servers, unique_name("alo-ahead"))
+    events = generate_book(200, seed=44)[1]
+    produce(bootstrap_servers, topics.events, encoded(events))
+    lengths = Counter(partition_for(e["loan_id"].encode(), PARTITIONS) for e in events)
+    # The scorer's own session timeout (none in the file): a short one can expire mid-commit
+    # on a loaded machine, and the restart rejoins at once anyway (static membership).
+    properties = tmp_path / "client.properties"
+    properties.write_text("# the scorer's defaults\n")
+
+    # 1. Units of at most 200 events, one per poll; killed at the first offset commit past
+    #    half the input that moves an already committed partition on.
+    crashing = Scorer(
+        *(bootstrap_servers, trained_model, topics, "alo", properties, tmp_path / "crash.log"),
+        {
+            "--guarantee": "at-least-once",
+            "--commit-interval-ms": "1",
+            "--max-batch": "200",
+            "--metrics-port": "0",
+        },
+        command=[sys.executable, str(KILLED_SERVE), str(len(events) // 2)],
+    )
+    try:  # the reference meanwhile (the scorer starts in its own process)
+        bundle, policy = ModelBundle.load(trained_model), Policy.load(None)
+        reference = score_events(events, bundle, policy, PARTITIONS)
+        assert crashing.wait_exit(90) == -signal.SIGKILL, crashing.log_text()[-3000:]
+        log = crashing.log_text()
+    finally:
+        crashing.stop()
+    (line,) = [x for x in log.splitlines() if x.startswith("kill_before_offset_commit ")]
+    killed = json.loads(line.split(" ", 1)[1])
+    before = {int(p): o for p, o in killed["committed"].items()}
+    unit = {int(p): o for p, o in killed["not_committed"].items()}
+    # The situation, as the broker shows it: the changelog reflects the killed unit, the
+    # group's offsets only the units before it.
+    assert committed_offsets(bootstrap_servers, topics) == {
+        p: before.get(p, 0) for p in range(PARTITIONS)
+    }
+    checkpoints = changelog_checkpoints(bootstrap_servers, topics, bundle, policy)
+    assert checkpoints == before | unit
+    ahead = {p: (o, before.get(p)) for p, o in unit.items() if o != before.get(p)}
+    assert any(committed is not None for _, committed in ahead.values()), killed
+
+    # 2. The restart (the same instance, in this process): it resumes from the checkpoints.
+    capsys.readouterr()
+    config = ServeConfig(
+        bootstrap_servers,
+        trained_model,
+        topics=topics,
+        instance_id="alo",
+        guarantee=Guarantee.at_least_once,
+        exit_when_idle_s=2,
+        metrics_port=None,
+    )
+    restarted = ScorerApp(config, bundle, policy)
+    restarted.run()
+    (restore,) = [
+        json.loads(x) for x in capsys.readouterr().err.splitlines() if "restore_ahead" in x
+    ]
+    assert restore["partitions"] == {
+        str(p): {"changelog": k, "committed": c} for p, (k, c) in ahead.items()
+    }
+    assert restarted.metrics.restored_ahead._value.get() == len(ahead)
+    # What the killed unit did is not read again, and the group's offsets reach the end.
+    assert restarted.processed == len(events) - sum(checkpoints.values())
+    assert committed_offsets(bootstrap_servers, topics) == dict(lengths)
+
+    want = reference_keys([asdict(c) for c in reference.changes])
+    got, records = change_keys(bootstrap_servers, topics, len(reference.changes))
+    assert_same_changes(got, want)
+    last = {r["loan_id"]: r["new_strategy"] for r in records}
+    assert last == {c.loan_id: c.new_strategy for c in reference.changes}
+    alerts = read_all(bootstrap_servers, topics.risk_alerts, len(reference.alerts), timeout_s=5)
+    decode = AvroSerde("EarlyWarningAlert").decode
+    assert Counter(
+        (a["loan_id"], a["source_event_id"]) for a in map(decode, (m.value() for m in alerts))
+    ) == Counter((a.loan_id, a.source_event_id) for a in reference.alerts)
+    out = read_all(bootstrap_servers, topics.dlq, len(reference.dead_letters), timeout_s=5)
+    headers = [dict(m.headers()) for m in out]
+    assert Counter(
+        (int(h["source.partition"]), int(h["source.offset"]), h["error.reason"].decode())
+        for h in headers
+    ) == Counter(
+        (partition_for(d.key or b"", PARTITIONS), d.offset, d.reason)
+        for d in reference.dead_letters
+    )

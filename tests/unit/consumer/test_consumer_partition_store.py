@@ -102,6 +102,53 @@ def test_changelog_records_restore_an_identical_partition(bundle, histories) -> 
         restored.restore(b"someone-else", first[0][1])
 
 
+def test_records_after_the_last_checkpoint_are_an_unfinished_unit_and_undone(
+    bundle, histories
+) -> None:
+    """At least once, killed while a unit's changelog was flushed: some of its loan records
+    are in the changelog, its checkpoint is not. The restore undoes them, so the state is the
+    one the last checkpoint's input offset reflects and the redo is exact (ARCHITECTURE.md §8)."""
+    (a, b, c) = sorted(histories)
+    original = new_store(bundle, partition=4)
+    for event in histories[a][:4] + histories[b][:2]:
+        apply(original, event)
+    first = original.changelog_records(now_ms=1, input_offset=6)
+    original.commit()
+    image = records(original)
+    for event in histories[a][4:5] + histories[c][:1]:
+        apply(original, event)
+    second = original.changelog_records(now_ms=2, input_offset=8)
+    assert [k for k, _ in second][-1] == CHECKPOINT_KEY.encode()
+    torn = [*second[:-1], (b.encode(), None)]  # a's and c's new states, b's tombstone
+
+    restored = new_store(bundle, partition=4)
+    for key, value in first + torn:
+        restored.restore(key, value)
+    assert restored.finish_restore() == 3
+    assert records(restored) == image and restored.restored_offset == 6
+    assert restored.segmenter.to_json() == first_segmenter(first)
+    assert not restored.has_uncommitted
+    # The whole unit, checkpoint included: nothing undone.
+    whole = new_store(bundle, partition=4)
+    for key, value in first + second:
+        whole.restore(key, value)
+    assert whole.finish_restore() == 0 and whole.restored_offset == 8
+    assert records(whole) == records(original)
+    # No checkpoint at all (a changelog of loans only): nothing to undo, every loan kept.
+    loans_only = new_store(bundle, partition=4)
+    for key, value in first[:-1]:
+        loans_only.restore(key, value)
+    assert loans_only.finish_restore() == 0 and set(loans_only.states) == {a, b}
+
+
+def first_segmenter(changelog: list[tuple[bytes, bytes | None]]) -> str:
+    from schemas import AvroSerde
+
+    (value,) = [v for k, v in changelog if k == CHECKPOINT_KEY.encode()]
+    assert value is not None
+    return AvroSerde("PartitionCheckpoint").decode(value)["clusterer_json"]
+
+
 def test_total_population_adds_up_the_partitions(bundle, histories) -> None:
     (a, b, c) = sorted(histories)
     left, right = new_store(bundle, 0), new_store(bundle, 1)

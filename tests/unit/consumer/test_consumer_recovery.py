@@ -14,12 +14,13 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, TopicPartition
 from test_consumer_checkpoint import TOPICS, FakeConsumer, FakeProducer
 
-from consumer.checkpoint import ClientErrors, ExactlyOnce
+from consumer.checkpoint import AtLeastOnce, ClientErrors, ExactlyOnce
 from consumer.config import ServeConfig
 from consumer.errors import FatalError
 from consumer.health import HealthState
 from consumer.metrics import ScorerMetrics
 from consumer.recovery import ChangelogRestorer, Recovery
+from schemas import AvroSerde
 
 EV = TOPICS.events
 
@@ -172,7 +173,7 @@ class Scorer:
             self.metrics,
         )
         self.producer = FakeProducer("only")
-        self.checkpoint = ExactlyOnce(
+        self.checkpoint = (ExactlyOnce if exactly_once else AtLeastOnce)(
             config,
             self.consumer,
             lambda: self.producer,  # type: ignore[arg-type]
@@ -384,22 +385,35 @@ def test_a_checkpoint_behind_for_good_stops_naming_the_partition_and_offsets(
     assert "commit_transaction" not in scorer.producer.methods()
 
 
-def test_a_checkpoint_ahead_resumes_under_at_least_once_and_is_counted(
+def test_a_checkpoint_ahead_resumes_from_its_own_offset_under_at_least_once(
     bundle, policy, capsys
 ) -> None:
-    # A crash after the changelog's flush, before the offset commit: offsets 4..8 come again
-    # and are duplicates the per-loan idempotency drops.
-    changelog = {0: changelog_of(bundle, policy, 0, 9), 1: changelog_of(bundle, policy, 1, 7)}
+    # A crash after the changelog's flush, before the offset commit: partition 0's state
+    # reflects offsets up to 9, the group committed 4; partition 2's state reflects up to 6
+    # and the group committed nothing (the crash came before its first offset commit).
+    # Both resume where their state does, never re-reading 4..8 (or 0..5).
+    changelog = {p: changelog_of(bundle, policy, p, o) for p, o in [(0, 9), (1, 7), (2, 6)]}
     scorer = Scorer(bundle, policy, changelog=changelog, wait_s=5, exactly_once=False)
     scorer.consumer.group_offsets = {0: 4, 1: 7}
-    scorer.assign(0, 1)
+    scorer.assign(0, 1, 2)
+    assert scorer.recovery.processor_for(0, 4) is None  # fetched before the restore ended
     started = time.monotonic()
     assert scorer.recovery.restore_pending(keep_going=lambda: True)
     assert time.monotonic() - started < 2  # no waiting: nothing would change
-    assert sorted(scorer.consumer.resumed) == [0, 1]
-    assert scorer.metrics.restored_ahead._value.get() == 1 and scorer.restorer.ahead == 0
+    assert sorted(scorer.consumer.resumed) == [0, 1, 2]
+    assert sorted(scorer.consumer.seeks) == [(EV, 0, 9), (EV, 2, 6)]  # 1 agrees: no seek
+    assert scorer.metrics.restored_ahead._value.get() == 2 and scorer.restorer.ahead == {}
     err = capsys.readouterr().err
     assert '"restore_ahead"' in err and '"0": {"changelog": 9, "committed": 4}' in err
+    assert '"2": {"changelog": 6, "committed": null}' in err
+    # The next commit moves the group's offsets to the state's, new input or not, and the
+    # checkpoints it writes record them.
+    assert scorer.checkpoint.open and scorer.checkpoint.commit()
+    ((offsets, _),) = scorer.consumer.commits
+    assert [(tp.partition, tp.offset) for tp in offsets] == [(0, 9), (2, 6)]
+    serde = AvroSerde("PartitionCheckpoint")
+    written = [a for m, a in scorer.producer.calls if m == "produce" and a[1] == b"__partition__"]
+    assert [(a[3], serde.decode(a[2])["input_offset"]) for a in written] == [(0, 9), (2, 6)]
 
 
 def test_a_checkpoint_ahead_under_exactly_once_stops_with_the_reset_to_do(bundle, policy) -> None:
