@@ -41,6 +41,7 @@ from models.features.columns import (
 )
 from models.features.state import replay
 from models.serving.bundle import single_threaded
+from models.serving.forest import FastCalibratedForest, is_fast_servable
 from models.serving.policy import Policy
 from models.serving.segmenter import DEFAULT_HALFLIFE, name_by_risk
 from models.training.bundle_writer import write_bundle
@@ -273,6 +274,16 @@ def split_by_loan(y: np.ndarray, holdout: float, seed: int) -> tuple[np.ndarray,
     return np.sort(train), np.sort(test)
 
 
+def _p_default(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """P(default) per row, served as the stream serves it: the fast forest is scikit-learn's
+    ``predict_proba`` bit for bit (tests/unit/models/test_models_fast_forest.py), at a fraction
+    of its cost per call. Permutation importance predicts features x repeats times (120 calls):
+    profiled on a 1,500-loan book with 40 trees, scikit-learn's calls were 37 % of the fit."""
+    if is_fast_servable(model):
+        return FastCalibratedForest(model).predict_proba
+    return lambda rows: model.predict_proba(rows)[:, 1]
+
+
 def holdout_metrics(
     model: Any, x: np.ndarray, y: np.ndarray, seed: int, inputs: tuple[str, ...] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -280,8 +291,14 @@ def holdout_metrics(
     of its ``inputs`` (default: all features) on a seeded subsample (it predicts features x
     repeats times)."""
     from sklearn.inspection import permutation_importance
+    from sklearn.metrics import roc_auc_score
 
-    p = model.predict_proba(x)[:, 1]
+    predict = _p_default(model)
+
+    def roc_auc(_: Any, rows: np.ndarray, labels: np.ndarray) -> float:
+        return float(roc_auc_score(labels, predict(rows)))
+
+    p = predict(x)
     metrics = evaluate(y, p)
     report = {"curves": _curves(y, p)}
     rng = np.random.default_rng(seed)
@@ -291,7 +308,7 @@ def holdout_metrics(
             model,
             x[rows],
             y[rows],
-            scoring="roc_auc",
+            scoring=roc_auc,
             n_repeats=PERMUTATION_REPEATS,
             random_state=seed,
             n_jobs=1,

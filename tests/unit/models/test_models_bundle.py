@@ -278,3 +278,23 @@ def test_nothing_imports_skops_but_the_narrowing_helper() -> None:
         if imports_skops(path)
     ]
     assert importers == ["models/serving/skops_io.py"], importers
+
+
+def test_permutation_importance_equals_scikit_learn_s_roc_auc_scorer(trained) -> None:
+    # holdout_metrics scores the permutations with the fast forest: the same numbers as the
+    # scorer "roc_auc" on the scikit-learn model (300 rows: all of them are permuted).
+    from sklearn.inspection import permutation_importance
+
+    from models.features.columns import FEATURE_NAMES
+    from models.training.early_warning import PERMUTATION_REPEATS, holdout_metrics
+
+    model = ModelBundle.load(trained["dir"]).model
+    x = trained["rows"][:300]
+    y = (model.predict_proba(x)[:, 1] > np.median(model.predict_proba(x)[:, 1])).astype(int)
+    metrics, _ = holdout_metrics(model, x, y, seed=4)
+    want = permutation_importance(
+        model, x, y, scoring="roc_auc", n_repeats=PERMUTATION_REPEATS, random_state=4, n_jobs=1
+    )
+    got = {d["feature"]: d["mean"] for d in metrics["permutation_importance"]}
+    assert got == dict(zip(FEATURE_NAMES, want.importances_mean.tolist(), strict=True))
+    assert any(value > 0 for value in got.values())
