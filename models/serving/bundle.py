@@ -127,8 +127,9 @@ class ModelBundle:
     @classmethod
     def load(cls, directory: str | Path) -> ModelBundle:
         """Load and verify a bundle; :class:`BundleError` says what is wrong."""
-        import skops.io as sio
+        from models.serving.skops_io import skops_io
 
+        sio = skops_io()
         directory = Path(directory)
         metadata = read_verified_metadata(
             directory, "is this a bundle written by `loan-recovery train`?"

@@ -23,15 +23,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio
-from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
-
 from models.serving.bundle import (
     BundleError,
     content_version,
     read_verified_metadata,
     sha256_file,
 )
+from models.serving.skops_io import skops_io
 from models.strategy.simulator import FEATURES, STRATEGIES
 from models.strategy.treatment import TreatmentModel
 
@@ -58,7 +56,7 @@ def write_treatment_bundle(
     """Save ``model`` and ``metadata`` (plus file hashes and version); returns the version."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sio.dump(model.to_state(), directory / MODEL_FILE)
+    skops_io().dump(model.to_state(), directory / MODEL_FILE)
     meta = dict(metadata)
     meta.update(
         kind=KIND,
@@ -96,6 +94,9 @@ def read_metadata(directory: str | Path) -> dict[str, Any]:
 
 def load_treatment_bundle(directory: str | Path) -> TreatmentModel:
     """Load and verify a treatment bundle; :class:`BundleError` says what is wrong."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    sio = skops_io()
     meta = read_metadata(directory)
     path = Path(directory) / MODEL_FILE
     try:

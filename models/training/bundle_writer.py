@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import skops.io as sio
-
 from models.serving.bundle import FORMAT, METADATA_FILE, MODEL_FILE, content_version, sha256_file
+from models.serving.skops_io import skops_io
 
 
 def write_bundle(
@@ -21,7 +20,7 @@ def write_bundle(
     ``directory``; returns the bundle version."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sio.dump(model, directory / MODEL_FILE)
+    skops_io().dump(model, directory / MODEL_FILE)
     for name, content in (extra_files or {}).items():
         (directory / name).write_bytes(content)
     metadata = dict(metadata)

@@ -5,6 +5,7 @@ deterministic and checkpointable as JSON."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -181,7 +182,10 @@ def test_a_consistent_bundle_with_untrusted_types_is_refused(tmp_path: Path) -> 
         FunctionTransformer(func=operator.neg),
         {"features": [], "thresholds": {"high": 0.75, "moderate": 0.5}, "segmenter": {}},
     )
-    with pytest.raises(BundleError, match=r"untrusted types \['_operator\.neg'\]"):
+    # FunctionTransformer too: skops alone trusts every scikit-learn estimator, this process's
+    # skops only those our bundles hold (models.serving.skops_io).
+    untrusted = ["_operator.neg", "sklearn.preprocessing._function_transformer.FunctionTransformer"]
+    with pytest.raises(BundleError, match=re.escape(f"untrusted types {untrusted}")):
         ModelBundle.load(tmp_path)
 
 
@@ -218,3 +222,79 @@ def test_online_names_follow_the_centres_along_the_risk_axis() -> None:
     assert seg.learn_predict({"days_past_due": -4.0, "outstanding_ratio": 6.0}) == "LOW_RISK"
     assert seg.names == ["LOW_RISK", "HIGH_RISK", "OTHERS"]
     assert seg.predict_one({"days_past_due": 0.1, "outstanding_ratio": 0.0}) == "HIGH_RISK"
+
+
+SKOPS_TRUST = """
+import sklearn.utils
+from sklearn.utils import all_estimators
+
+full = sklearn.utils.all_estimators
+from models.serving.skops_io import BUNDLE_ESTIMATORS, skops_io
+
+skops_io()
+from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES
+from skops.io._utils import get_type_name
+
+assert sklearn.utils.all_estimators is full
+names = SKLEARN_ESTIMATOR_TYPE_NAMES
+assert sorted(names) == sorted(BUNDLE_ESTIMATORS), names
+public = {get_type_name(cls) for _, cls in all_estimators()}
+assert set(BUNDLE_ESTIMATORS) <= public, set(BUNDLE_ESTIMATORS) - public
+print("narrowed", len(names), "of", len(public))
+"""
+
+
+def test_skops_trusts_by_default_only_the_public_estimators_our_bundles_hold() -> None:
+    # A fresh interpreter: this one may have imported skops already. Narrowing never widens
+    # the trust: every name is one skops trusts by default anyway.
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SKOPS_TRUST], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("narrowed 11 of "), done.stdout
+
+
+def test_nothing_imports_skops_but_the_narrowing_helper() -> None:
+    import ast
+
+    def imports_skops(path: Path) -> bool:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            if any(name.split(".")[0] == "skops" for name in names):
+                return True
+        return False
+
+    root = Path(__file__).resolve().parents[3]
+    folders = ("models", "consumer", "producer", "schemas", "loan_recovery", "bench", "tests")
+    importers = [
+        str(path.relative_to(root))
+        for folder in folders
+        for path in (root / folder).rglob("*.py")
+        if imports_skops(path)
+    ]
+    assert importers == ["models/serving/skops_io.py"], importers
+
+
+def test_permutation_importance_equals_scikit_learn_s_roc_auc_scorer(trained) -> None:
+    # holdout_metrics scores the permutations with the fast forest: the same numbers as the
+    # scorer "roc_auc" on the scikit-learn model (300 rows: all of them are permuted).
+    from sklearn.inspection import permutation_importance
+
+    from models.features.columns import FEATURE_NAMES
+    from models.training.early_warning import PERMUTATION_REPEATS, holdout_metrics
+
+    model = ModelBundle.load(trained["dir"]).model
+    x = trained["rows"][:300]
+    y = (model.predict_proba(x)[:, 1] > np.median(model.predict_proba(x)[:, 1])).astype(int)
+    metrics, _ = holdout_metrics(model, x, y, seed=4)
+    want = permutation_importance(
+        model, x, y, scoring="roc_auc", n_repeats=PERMUTATION_REPEATS, random_state=4, n_jobs=1
+    )
+    got = {d["feature"]: d["mean"] for d in metrics["permutation_importance"]}
+    assert got == dict(zip(FEATURE_NAMES, want.importances_mean.tolist(), strict=True))
+    assert any(value > 0 for value in got.values())

@@ -53,65 +53,48 @@ def test_generate_writes_one_seed_csv_an_event_log_and_outcomes(book: Path) -> N
     assert len(list(book.glob("*.csv"))) == 1
 
 
+@pytest.fixture(scope="module")
+def trained(book: Path, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """The book trained from its seed CSV and from its event log (40 trees each): the metrics
+    printed and the bundle, shared by the tests that read them (each fit costs seconds)."""
+    out = tmp_path_factory.mktemp("trained")
+    fits = {}
+    for source, name in (("seed", "loans.csv"), ("events", "events.jsonl")):
+        result = cli(
+            "train",
+            "--source",
+            source,
+            "--input",
+            str(book / name),
+            "--out",
+            str(out / source),
+            "--trees",
+            "40",
+            "--json",
+        )
+        fits[source] = (json.loads(result.stdout), out / source)
+    return fits
+
+
 @pytest.mark.parametrize("source", ["seed", "events"])
 def test_train_writes_a_loadable_bundle_and_prints_json_metrics(
-    book: Path, tmp_path: Path, source: str
+    trained: dict[str, tuple[dict, Path]], source: str
 ) -> None:
-    path = book / ("loans.csv" if source == "seed" else "events.jsonl")
-    result = cli(
-        "train",
-        "--source",
-        source,
-        "--input",
-        str(path),
-        "--out",
-        str(tmp_path / "model"),
-        "--trees",
-        "40",
-        "--json",
-    )
-    metrics = json.loads(result.stdout)
+    metrics, model = trained[source]
     for key in ("roc_auc", "pr_auc", "brier"):
         assert isinstance(metrics[key], float)
     assert set(metrics["silhouette"]) == {"kmeans", "dbscan", "agglomerative"}
     assert metrics["roc_auc"] > 0.7
-    bundle = ModelBundle.load(tmp_path / "model")
+    bundle = ModelBundle.load(model)
     assert bundle.version == metrics["version"]
 
 
 def test_seed_and_event_log_of_the_same_book_give_the_same_training_data(
-    book: Path, tmp_path: Path
+    trained: dict[str, tuple[dict, Path]],
 ) -> None:
-    a = json.loads(
-        cli(
-            "train",
-            "--source",
-            "seed",
-            "--input",
-            str(book / "loans.csv"),
-            "--out",
-            str(tmp_path / "a"),
-            "--trees",
-            "5",
-            "--json",
-        ).stdout
-    )
-    b = json.loads(
-        cli(
-            "train",
-            "--source",
-            "events",
-            "--input",
-            str(book / "events.jsonl"),
-            "--out",
-            str(tmp_path / "b"),
-            "--trees",
-            "5",
-            "--json",
-        ).stdout
-    )
-    meta_a = ModelBundle.load(tmp_path / "a").metadata
-    meta_b = ModelBundle.load(tmp_path / "b").metadata
+    (a, model_a), (b, model_b) = trained["seed"], trained["events"]
+    meta_a = ModelBundle.load(model_a).metadata
+    meta_b = ModelBundle.load(model_b).metadata
     assert meta_a["training_data_sha256"] == meta_b["training_data_sha256"]
     # Identical data gives the identical model (training is deterministic: one thread per
     # forest, so no vote is summed in thread-completion order), hence identical metrics.
@@ -256,25 +239,17 @@ def _segment_loans(html: str) -> int:
     return sum(int(n.replace(",", "")) for n in re.findall(r"\((\d[\d,]*) loans, mean", html))
 
 
-def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_path: Path) -> None:
-    cli(
-        "train",
-        "--source",
-        "seed",
-        "--input",
-        str(book / "loans.csv"),
-        "--out",
-        str(tmp_path / "model"),
-        "--trees",
-        "20",
-    )
-    cli("report", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "a.html"))
+def test_report_command_for_the_training_book_and_another_book(
+    trained: dict[str, tuple[dict, Path]], tmp_path: Path
+) -> None:
+    model = trained["seed"][1]
+    cli("report", "--model", str(model), "--out", str(tmp_path / "a.html"))
     other = tmp_path / "other"
     cli("generate", "--loans", "700", "--seed", "99", "--out", str(other))
     cli(
         "report",
         "--model",
-        str(tmp_path / "model"),
+        str(model),
         "--out",
         str(tmp_path / "b.html"),
         "--source",
@@ -299,7 +274,7 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
     cli(
         "report",
         "--model",
-        str(tmp_path / "model"),
+        str(model),
         "--out",
         str(tmp_path / "seed.html"),
         "--source",
@@ -325,7 +300,7 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
     result = cli(
         "report",
         "--model",
-        str(tmp_path / "model"),
+        str(model),
         "--out",
         str(tmp_path / "c.html"),
         "--input",
@@ -338,7 +313,7 @@ def test_report_command_for_the_training_book_and_another_book(book: Path, tmp_p
     result = cli(
         "report",
         "--model",
-        str(tmp_path / "model"),
+        str(model),
         "--out",
         str(tmp_path / "d.html"),
         "--evaluation",

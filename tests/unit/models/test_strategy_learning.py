@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skops.io as sio
+from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
 from models.serving.bundle import BundleError, content_version, sha256_file
 from models.serving.policy import Policy
+from models.serving.skops_io import skops_io
 from models.strategy.bundle import load_treatment_bundle, write_treatment_bundle
 from models.strategy.decision_log import DecisionLog, write_log
 from models.strategy.evaluation import estimate
@@ -92,6 +93,16 @@ def test_value_hysteresis_keeps_a_near_equal_strategy_only(trained) -> None:
         assert kept == (second if row == close else best)
 
 
+def _consistent_bundle(directory: Path, meta: dict, state: dict) -> Path:
+    """A treatment bundle holding ``state``, its hashes and version right."""
+    directory.mkdir()
+    skops_io().dump({"propensity": None, **state}, directory / "treatment.skops")
+    meta = {**meta, "files": {"treatment.skops": sha256_file(directory / "treatment.skops")}}
+    meta["version"] = content_version(meta)
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    return directory
+
+
 def test_the_bundle_round_trips_and_refuses_tampering(trained, tmp_path: Path) -> None:
     model, bundle = trained
     x = Book.generate(50, seed=15, policy=POLICY).x
@@ -103,16 +114,20 @@ def test_the_bundle_round_trips_and_refuses_tampering(trained, tmp_path: Path) -
     (edited / "metadata.json").write_text(json.dumps({**meta, "horizon": 99}))
     with pytest.raises(BundleError, match="modified after training"):
         load_treatment_bundle(edited)
-    # A well-formed bundle whose archive holds a type outside the whitelist is refused.
-    foreign = tmp_path / "foreign"
-    foreign.mkdir()
+    # A well-formed bundle whose archive holds a type outside the whitelist is refused, a
+    # scikit-learn estimator too (skops alone trusts every one: models.serving.skops_io) ...
     clf = LogisticRegression().fit(x[:, :2], np.arange(50) % 2)
-    sio.dump({"arms": {"CALL": clf}, "propensity": None}, foreign / "treatment.skops")
-    meta = {**meta, "files": {"treatment.skops": sha256_file(foreign / "treatment.skops")}}
-    meta["version"] = content_version(meta)
-    (foreign / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="untrusted"):
+    foreign = _consistent_bundle(tmp_path / "foreign", meta, {"arms": {"CALL": clf}})
+    with pytest.raises(
+        BundleError,
+        match=r"untrusted types \['sklearn\.linear_model\._logistic\.LogisticRegression'\]",
+    ):
         load_treatment_bundle(foreign)
+    # ... and trusted types in another shape than one forest per strategy.
+    forest = RandomForestRegressor(n_estimators=2).fit(x[:, :2], np.arange(50.0))
+    shape = _consistent_bundle(tmp_path / "shape", meta, {"arms": {"CALL": forest}})
+    with pytest.raises(BundleError, match="untrusted content"):
+        load_treatment_bundle(shape)
     with pytest.raises(BundleError, match=r"no metadata\.json"):
         load_treatment_bundle(tmp_path)
 
