@@ -12,23 +12,39 @@ import time
 from pathlib import Path
 
 from cli_runner import run_cli
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def topic_count(bootstrap: str, topic: str) -> int:
-    """Messages on a topic: the sum over partitions of high - low watermark."""
+_NOT_READY = (
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+)
+
+
+def topic_count(bootstrap: str, topic: str, attempts: int = 20) -> int:
+    """Messages on a topic: the sum over partitions of high - low watermark. A topic created a
+    moment ago can still answer NOT_LEADER_FOR_PARTITION while its leaders are elected (seen
+    on a busy machine): those errors are retried, briefly."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "count"})
     try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            hi - lo
-            for lo, hi in (
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                for p in partitions
-            )
-        )
+        for attempt in range(attempts):
+            try:
+                partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+                return sum(
+                    hi - lo
+                    for lo, hi in (
+                        consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                        for p in partitions
+                    )
+                )
+            except KafkaException as error:
+                if error.args[0].code() not in _NOT_READY or attempt == attempts - 1:
+                    raise
+                time.sleep(0.25)
+        raise AssertionError("unreachable")
     finally:
         consumer.close()
 

@@ -187,6 +187,22 @@ def test_closed_loans_expire_recoveries_apply_and_stream_equals_batch(
 
     produce(bootstrap_servers, topics.events, encoded(events))
     first = scorer(1)
+    # Sampled while the scorer runs (it idle-exits 3 s after the input; the reference, a
+    # process of its own, may still be scoring then): the open loans and FIXED stay in state,
+    # and the recovered money is counted when its transaction commits (exactly the book's).
+    want_seen = (LOANS - CLOSED_LOANS + 1, len(recovered), sum(recovered.values()))
+    seen: list[tuple[float, float, float]] = []
+    samples: dict = {}
+    while first.process.poll() is None and seen[-1:] != [want_seen]:
+        if first.samples():  # the HTTP server is up (and not yet gone)
+            samples = first.samples() or samples
+            in_state = first.total("loanrec_loans_in_state")
+            recoveries = first.total("loanrec_events_total", outcome="recovery")
+            money = first.total("loanrec_recovered_after_write_off_total")
+            seen.append((in_state, recoveries, money))
+        time.sleep(0.2)
+    events_seen = {k: v for k, v in samples.items() if k[0] == "loanrec_events_total"}
+    assert seen and seen[-1] == want_seen, (seen[-3:], events_seen)
     assert reference.wait(300) == 0, reference.stderr.read().decode()[-3000:]
     with open(tmp_path / "scores.csv") as handle:
         want_loans = {row["loan_id"] for row in csv.DictReader(handle)}
@@ -195,19 +211,7 @@ def test_closed_loans_expire_recoveries_apply_and_stream_equals_batch(
     # The reference holds the open loans and FIXED; every closed loan has left (their close
     # is years before the book's end), and FIXED was opened by its corrected LoanOpened.
     assert FIXED in want_loans and not want_loans & closed
-    assert len(want_loans) == LOANS - CLOSED_LOANS + 1
-    # The recovered money is counted when its transaction commits (exactly the book's).
-    want_seen = (len(want_loans), len(recovered), sum(recovered.values()))
-    seen: list[tuple[float, float, float]] = []
-    samples: dict = {}
-    while first.process.poll() is None and seen[-1:] != [want_seen]:
-        samples = first.samples() or samples
-        in_state = first.total("loanrec_loans_in_state")
-        recoveries = first.total("loanrec_events_total", outcome="recovery")
-        seen.append((in_state, recoveries, first.total("loanrec_recovered_after_write_off_total")))
-        time.sleep(0.2)
-    events_seen = {k: v for k, v in samples.items() if k[0] == "loanrec_events_total"}
-    assert seen[-1] == want_seen, (seen[-3:], events_seen)
+    assert len(want_loans) == want_seen[0]
     assert first.wait_exit(60) == 0
     got, _ = change_keys(bootstrap_servers, topics, len(want_changes))
     assert got == reference_keys(want_changes)  # stream = batch, none missing or doubled
