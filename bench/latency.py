@@ -3,8 +3,7 @@
 What a collections team waits for: from the moment an event is produced to the moment the
 ``StrategyChanged`` it causes can be read by a ``read_committed`` consumer (downstream systems
 only ever see committed decisions). That includes the producer's batching, the scorer's poll,
-scoring, and the wait for its transaction to commit (``--caught-up-commit-ms`` 20 once the
-scorer has taken everything fetched, ``--commit-interval-ms`` 100 under a backlog).
+scoring, and the wait for its transaction (commit interval 100 ms) to commit.
 
 How: a fresh synthetic book, Avro-encoded beforehand by the producer's encoder, is produced at
 a fixed rate in 1 ms slices (``make bench`` uses half the scorer's measured exactly-once

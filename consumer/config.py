@@ -87,9 +87,10 @@ class ServeConfig:
     http_address: str | None = None
     commit_interval_ms: int = 100
     # A unit may commit this early once the scorer has taken everything already fetched
-    # (``consumer.checkpoint.Checkpoint.due``): at a moderate load, decisions need not wait
-    # out the whole interval while the scorer idles; under a backlog nothing changes.
-    caught_up_commit_ms: int = 20
+    # (``consumer.checkpoint.Checkpoint.due``). Off by default (= the commit interval): at
+    # 6k events/s it halved the p50 (155 -> 84 ms), but at 12k on 2 cores the extra
+    # transactions cost the scorer CPU and the p99 doubled (296 -> 578 ms, docs/BENCHMARKS.md).
+    caught_up_commit_ms: int = 100
     guarantee: Guarantee = Guarantee.exactly_once
     kafka_properties: dict[str, str] = field(default_factory=dict)
     exit_when_idle_s: float | None = None

@@ -115,7 +115,7 @@ def serve(
         help="The longest a transaction stays open.",
     ),
     caught_up_commit_ms: int = typer.Option(
-        20,
+        100,
         envvar=_env("CAUGHT_UP_COMMIT_MS"),
         min=1,
         help="Commit a transaction this old once the scorer has caught up with its input.",

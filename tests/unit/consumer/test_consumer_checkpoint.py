@@ -7,6 +7,7 @@ tests/integration/test_stream_eos.py check the same guarantees end to end on a r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -235,7 +236,8 @@ class Rig:
 
 
 def test_a_unit_is_due_at_the_interval_or_early_once_caught_up() -> None:
-    rig = Rig(ExactlyOnce)  # commit interval 100 ms, caught-up commit 20 ms (the defaults)
+    rig = Rig(ExactlyOnce)  # commit interval 100 ms (the default)
+    rig.checkpoint.config = dataclasses.replace(rig.config, caught_up_commit_ms=20)
     assert not rig.checkpoint.due(caught_up=True)  # nothing open
     rig.process(0, 10, 15)
     ages = {0.005: (False, False), 0.03: (False, True), 0.15: (True, True)}
