@@ -289,7 +289,10 @@ class Checkpoint(ABC):
         self.positions: dict[int, int] = {}
         self.first: dict[int, int] = {}
         self.open = False
-        self.started = 0.0
+        self.started = 0.0  # when the open unit began (monotonic)
+        # When the last commit began (monotonic): the commit interval is the cadence of
+        # commits from one commit's start to the next (see :meth:`due`).
+        self.last_commit_started = float("-inf")
         # The stall (see the module docstring): since when (monotonic) and the next backoff.
         self.health = health or HealthState()
         self._stalled_at: float | None = None
@@ -373,23 +376,29 @@ class Checkpoint(ABC):
         self.positions[partition] = next_offset
 
     def due(self, caught_up: bool = False) -> bool:
-        """The open unit is ``commit_interval_ms`` old, or ``caught_up_commit_ms`` old when
-        the loop's last poll took every record already fetched (``caught_up``: it returned
-        fewer than a full batch).
+        """The last commit began ``commit_interval_ms`` ago, or the open unit is
+        ``caught_up_commit_ms`` old when the loop's last poll took every record already
+        fetched (``caught_up``: it returned fewer than a full batch).
 
-        Why both: a unit's decisions become visible only when it commits, so under a steady
-        load below capacity a fixed interval made every decision wait for the rest of it
-        (the scorer idling meanwhile). Committing once caught up costs no throughput -- the
-        loop had nothing to do -- and bounds the extra transactions by the shorter age; under
-        a backlog the loop is never caught up and units last the whole interval, as before.
+        Why from the last commit's *start*: a unit's decisions become visible only when it
+        commits, and the events that arrive while a commit runs wait for it. Timed from the
+        unit's begin (right after that commit), they then waited for a whole interval more,
+        so a decision waited up to commit + interval + commit. Timed from the commit's start,
+        the commit's own time counts toward the next interval: at most one commit per
+        interval still (the bound on transactions), and an event arriving after an idle
+        spell commits with its first batch.
+
+        Why both: under a steady load below capacity a fixed interval made every decision wait
+        for the rest of it (the scorer idling meanwhile); the early commit trades more
+        transactions for less waiting (off by default: docs/BENCHMARKS.md).
         """
         if not self.open:
             return False
-        age_ms = (time.monotonic() - self.started) * 1000
+        now = time.monotonic()
         config = self.config
-        return age_ms >= config.commit_interval_ms or (
-            caught_up and age_ms >= config.caught_up_commit_ms
-        )
+        if (now - self.last_commit_started) * 1000 >= config.commit_interval_ms:
+            return True
+        return caught_up and (now - self.started) * 1000 >= config.caught_up_commit_ms
 
     def forget(self, partition: int) -> int | None:
         """The partition is gone (revoked or lost); its next offset, if any was processed."""
@@ -405,6 +414,7 @@ class Checkpoint(ABC):
         if self.abandoned:
             self.abandon("stopping")
             return False
+        self.last_commit_started = time.monotonic()
         try:
             return self._commit_unit()
         except Interrupted as stop:
