@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -252,6 +253,14 @@ def benchmark_broker(explicit: str | None = None) -> Iterator[str]:
         yield broker.start().bootstrap_servers
     finally:
         broker.stop()
+        pauses = np.asarray(broker.gc_pauses_ms())
+        if pauses.size:  # every figure above waited on these: say how long they were
+            p50, p99 = np.percentile(pauses, [50, 99])
+            print(
+                f"broker GC: {pauses.size} pauses, p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+                f"max {pauses.max():.1f} ms, total {pauses.sum() / 1000:.1f} s",
+                file=sys.stderr,
+            )
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,16 @@ from schemas.errors import LoanRecoveryError
 
 SCRIPTS_DIR = Path(__file__).resolve().parents[1] / "scripts"
 HEAP_OPTS = "-Xms256m -Xmx512m"
+# Kafka's own bin/kafka-run-class.sh (KAFKA_JVM_PERFORMANCE_OPTS): G1 aiming at 20 ms pauses,
+# not the JVM's default 200 ms target, which lets a collection pause the broker -- every
+# commit and fetch waiting on it -- for far longer.
+JVM_PERFORMANCE_OPTS = (
+    "-XX:+UseG1GC",
+    "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35",
+    "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+)
 CLUSTER_HEAP_OPTS = "-Xms128m -Xmx384m"  # three JVMs share a small machine
 
 
@@ -215,6 +226,28 @@ class LocalBroker:
     def _cluster_id(self) -> str:
         return _kafka_uuid()
 
+    def java_command(self, classpath: str, log4j: Path) -> list[str]:
+        """The JVM's command line up to the main class. The collector's pauses go to
+        ``gc.log`` in the data dir (:meth:`gc_pauses_ms` reads them), as Kafka's own
+        scripts keep a ``kafkaServer-gc.log``."""
+        return [
+            "java",
+            *self.heap_opts.split(),
+            *JVM_PERFORMANCE_OPTS,
+            f"-Xlog:gc:file={self.data_dir / 'gc.log'}:time,uptime:filecount=2,filesize=10m",
+            f"-Dlog4j2.configurationFile={log4j}",
+            f"-Dkafka.logs.dir={self.data_dir}",
+            "-cp",
+            classpath,
+        ]
+
+    def gc_pauses_ms(self) -> list[float]:
+        """The collector's stop-the-world pauses (ms) so far, from the ``gc.log*`` files of
+        :meth:`java_command`, e.g. ``GC(7) Pause Young (Normal) 60M->12M(256M) 4.210ms``."""
+        pause = re.compile(r"Pause .* (\d+(?:\.\d+)?)ms$", re.M)
+        logs = sorted(self.data_dir.glob("gc.log*"))
+        return [float(x) for log in logs for x in pause.findall(log.read_text())]
+
     def _launch(self) -> tuple[subprocess.Popen, str]:
         """Start the JVM (formatting a new data dir first); do not wait for it."""
         classpath = kafka_classpath()
@@ -222,16 +255,7 @@ class LocalBroker:
         port = self._configure()
         log4j = self.data_dir / "log4j2.properties"
         log4j.write_text(_LOG4J2.format(log=self.data_dir / "server.log"))
-        java = [
-            "java",
-            *self.heap_opts.split(),
-            "-XX:+UseG1GC",
-            "-Djava.awt.headless=true",
-            f"-Dlog4j2.configurationFile={log4j}",
-            f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp",
-            classpath,
-        ]
+        java = self.java_command(classpath, log4j)
         if not (self.data_dir / "kraft-logs" / "meta.properties").exists():
             self._format(java)
         with open(self.data_dir / "broker.out", "ab") as out:
@@ -426,8 +450,13 @@ class LocalCluster:
         self.nodes[node_id - 1].kill()
 
     def stop(self, timeout_s: float = 15.0) -> bool:
-        """Stop every node this data dir started; False if none was running."""
-        return any([node.stop(timeout_s) for node in self.nodes])
+        """Stop every node this data dir started, all at once; False if none was running.
+
+        One by one, the last node's controlled shutdown waited out ``timeout_s`` for a
+        controller quorum that had already gone, and was then killed anyway: measured on a
+        three-node cluster with one topic, 3.6 + 5.0 + 15.3 s, against 7.7 s all at once."""
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            return any(list(pool.map(lambda node: node.stop(timeout_s), self.nodes)))
 
 
 def resolve_bootstrap_servers(explicit: str | None = None) -> str:

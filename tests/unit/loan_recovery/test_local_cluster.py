@@ -50,3 +50,22 @@ def test_broker_status_reports_each_node_of_a_stopped_cluster(tmp_path: Path) ->
         "node 2: down",
         "node 3: down",
     ]
+
+
+def test_brokers_run_with_kafkas_own_gc_settings_and_log_their_pauses(tmp_path: Path) -> None:
+    """As Kafka's bin/kafka-run-class.sh runs them (G1 aiming at 20 ms pauses, not the JVM's
+    200 ms default), with a GC log whose pauses `make bench` reports."""
+    node = LocalCluster(tmp_path / "c", nodes=3).nodes[0]
+    command = node.java_command("kafka.jar", tmp_path / "log4j2.properties")
+    assert {"-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20"} <= set(command)
+    (log,) = [arg for arg in command if arg.startswith("-Xlog:gc:file=")]
+    assert log.split("=", 1)[1].startswith(str(node.data_dir / "gc.log") + ":")
+    node.data_dir.mkdir(parents=True)
+    (node.data_dir / "gc.log").write_text(  # two lines as JDK 17 writes them, and a non-pause
+        "[2026-12-02T02:20:17.317+0000][0.020s] Using G1\n"
+        "[2026-12-02T02:20:19.101+0000][1.804s] GC(0) Pause Young (Normal) (G1 Evacuation "
+        "Pause) 23M->4M(256M) 7.514ms\n"
+        "[2026-12-02T02:20:25.400+0000][8.103s] GC(1) Pause Remark 40M->40M(256M) 1.250ms\n"
+    )
+    (node.data_dir / "gc.log.0").write_text("[9.0s] GC(2) Pause Young (Mixed) 9M->2M(256M) 12ms\n")
+    assert sorted(node.gc_pauses_ms()) == [1.25, 7.514, 12.0]
