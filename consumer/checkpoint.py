@@ -376,29 +376,31 @@ class Checkpoint(ABC):
         self.positions[partition] = next_offset
 
     def due(self, caught_up: bool = False) -> bool:
-        """The last commit began ``commit_interval_ms`` ago, or the open unit is
-        ``caught_up_commit_ms`` old when the loop's last poll took every record already
-        fetched (``caught_up``: it returned fewer than a full batch).
+        """The open unit is ``commit_interval_ms`` old; or the loop's last poll took every
+        record already fetched (``caught_up``: it returned fewer than a full batch) and the
+        last commit *began* ``commit_interval_ms`` ago or the unit is ``caught_up_commit_ms``
+        old.
 
-        Why from the last commit's *start*: a unit's decisions become visible only when it
-        commits, and the events that arrive while a commit runs wait for it. Timed from the
-        unit's begin (right after that commit), they then waited for a whole interval more,
-        so a decision waited up to commit + interval + commit. Timed from the commit's start,
-        the commit's own time counts toward the next interval: at most one commit per
-        interval still (the bound on transactions), and an event arriving after an idle
-        spell commits with its first batch.
-
-        Why both: under a steady load below capacity a fixed interval made every decision wait
-        for the rest of it (the scorer idling meanwhile); the early commit trades more
-        transactions for less waiting (off by default: docs/BENCHMARKS.md).
+        Why from the last commit's start once caught up: a unit's decisions become visible
+        only when it commits, and the events that arrive while a commit runs wait for it.
+        Timed from the unit's begin (right after that commit) they then waited a whole
+        interval more, up to commit + interval + commit; timed from the commit's start, the
+        commit's own time counts toward the next interval, still at most one commit per
+        interval (docs/SERVING.md has the A/B). Under a backlog (never caught up) a unit
+        lasts the whole interval as before: more, shorter units would take CPU from scoring.
+        The early commit (``caught_up_commit_ms``) trades more transactions for less waiting
+        (off by default: docs/BENCHMARKS.md).
         """
         if not self.open:
             return False
         now = time.monotonic()
         config = self.config
-        if (now - self.last_commit_started) * 1000 >= config.commit_interval_ms:
+        if (now - self.started) * 1000 >= config.commit_interval_ms:
             return True
-        return caught_up and (now - self.started) * 1000 >= config.caught_up_commit_ms
+        return caught_up and (
+            (now - self.last_commit_started) * 1000 >= config.commit_interval_ms
+            or (now - self.started) * 1000 >= config.caught_up_commit_ms
+        )
 
     def forget(self, partition: int) -> int | None:
         """The partition is gone (revoked or lost); its next offset, if any was processed."""

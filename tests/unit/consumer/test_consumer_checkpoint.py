@@ -240,7 +240,6 @@ def test_a_unit_is_due_at_the_interval_or_early_once_caught_up() -> None:
     rig.checkpoint.config = dataclasses.replace(rig.config, caught_up_commit_ms=20)
     assert not rig.checkpoint.due(caught_up=True)  # nothing open
     rig.process(0, 10, 15)
-    assert rig.checkpoint.due()  # no commit yet: the first unit commits with its first batch
     assert rig.checkpoint.commit()
     rig.process(0, 15, 20)
     ages = {0.005: (False, False), 0.03: (False, True), 0.15: (True, True)}
@@ -251,20 +250,23 @@ def test_a_unit_is_due_at_the_interval_or_early_once_caught_up() -> None:
 
 
 def test_the_interval_counts_from_the_last_commits_start_not_the_units_begin() -> None:
-    """Events that arrived during a 60 ms commit begin the next unit when it returns; that
-    unit is due 100 ms after the commit began, not 100 ms after it returned (a decision
-    would otherwise wait commit + interval + commit)."""
+    """Caught up, events that arrived during a 60 ms commit begin the next unit when it
+    returns; that unit is due 100 ms after the commit began, not 100 ms after it returned (a
+    decision would otherwise wait commit + interval + commit). Under a backlog a unit lasts the
+    whole interval, as before."""
     rig = Rig(ExactlyOnce)
     rig.process(0, 10, 15)
+    assert rig.checkpoint.due(caught_up=True)  # no commit yet: commits with its first batch
+    assert not rig.checkpoint.due()  # under a backlog: the whole interval
     now = time.monotonic()
-    rig.checkpoint.last_commit_started = now - 0.06
     assert rig.checkpoint.commit()
     assert rig.checkpoint.last_commit_started >= now  # stamped when the commit began
     rig.process(0, 15, 20)
     rig.checkpoint.last_commit_started, rig.checkpoint.started = now - 0.11, now - 0.05
-    assert rig.checkpoint.due()  # 110 ms since the commit began, 50 ms since the unit began
+    assert rig.checkpoint.due(caught_up=True)  # 110 ms since the commit began, 50 since begin
+    assert not rig.checkpoint.due()  # a backlog: 50 ms into the unit
     rig.checkpoint.last_commit_started = now - 0.09
-    assert not rig.checkpoint.due()  # at most one commit per interval
+    assert not rig.checkpoint.due(caught_up=True)  # at most one commit per interval
 
 
 def test_a_transaction_begins_lazily_once_and_commits_outputs_state_and_offsets() -> None:
