@@ -50,22 +50,34 @@ IDLE_WAIT_S = 0.01
 
 
 def poll_batch(
-    consume: Callable[..., list[Message]], max_batch: int, wait_s: float
+    consume: Callable[..., list[Message]],
+    max_batch: int,
+    wait_s: float,
+    gather: int = 1,
+    hold_s: float = 0.0,
 ) -> tuple[list[Message], bool]:
     """One poll: the records already fetched, up to ``max_batch``, without waiting; only an
-    empty queue blocks, and then for ``wait_s`` at most. Also whether the poll caught up
-    with the input (fewer than a full batch: nothing fetched is left waiting), which lets
-    the checkpoint commit early (``Checkpoint.due``).
+    empty queue blocks, and then for ``wait_s`` at most. Fewer than ``gather`` records (the
+    input trickling in) wait up to ``hold_s`` more for the rest: the scoring calls' cost per
+    batch is fixed, so many small batches cost a loaded scorer the CPU it needs to keep up
+    (``ServeConfig.min_batch``). Also whether the poll caught up with the input (fewer than a
+    full batch: nothing fetched is left waiting), which lets the checkpoint commit on its
+    cadence (``Checkpoint.due``).
 
     ``consume(n, timeout)`` waits for n messages or the timeout, so a single blocking call
-    under a steady load held every event up to the whole timeout.
+    under a steady load held every event up to the whole timeout: the hold is bounded by the
+    caller (the open unit's due time).
 
-    >>> queue = [[1, 2], [], [3]]
+    >>> queue = [[1, 2], [], [3], [4, 5], [6]]
     >>> fake = lambda n, timeout: queue.pop(0)[:n]
     >>> poll_batch(fake, 2, 0.01), poll_batch(fake, 2, 0.01)
     (([1, 2], False), ([3], True))
+    >>> poll_batch(fake, 4, 0.01, gather=3, hold_s=0.02)  # gathers [6] to [4, 5]
+    ([4, 5, 6], True)
     """
     messages = consume(max_batch, timeout=0) or consume(max_batch, timeout=wait_s)
+    if messages and len(messages) < gather and hold_s > 0:
+        messages.extend(consume(gather - len(messages), timeout=hold_s))
     return messages, len(messages) < max_batch
 
 
@@ -209,6 +221,8 @@ class ScorerApp:
         assert self._consumer is not None
         consume, max_batch = self._consumer.consume, self.config.max_batch
         wait_s = min(IDLE_WAIT_S, self.config.commit_interval_ms / 2000)
+        gather = min(self.config.min_batch, max_batch)
+        batch_wait_s = self.config.batch_wait_ms / 1000
         next_housekeeping = 0.0
         while not self.stopping:
             self.errors.raise_if_fatal()
@@ -219,7 +233,8 @@ class ScorerApp:
                     self.last_activity = time.monotonic()  # idle time counts from being ready
                 if self.stopping:  # a restore cut short by a signal must not be used
                     break
-            messages, caught_up = poll_batch(consume, max_batch, wait_s)
+            hold_s = min(batch_wait_s, checkpoint.until_due())  # never past a due commit
+            messages, caught_up = poll_batch(consume, max_batch, wait_s, gather, hold_s)
             if messages:
                 with self.health.lock:  # GET /loans never sees a poll half applied
                     self._process(messages, recovery, checkpoint)

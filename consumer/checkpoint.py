@@ -402,6 +402,17 @@ class Checkpoint(ABC):
             or (now - self.started) * 1000 >= config.caught_up_commit_ms
         )
 
+    def until_due(self) -> float:
+        """Seconds until a caught-up unit is due (:meth:`due`): 0 when none is open and the
+        last commit began an interval ago or more, so the first batch after an idle spell is
+        not held back."""
+        config = self.config
+        now = time.monotonic()
+        deadline = self.last_commit_started + config.commit_interval_ms / 1000
+        if self.open:
+            deadline = min(deadline, self.started + config.caught_up_commit_ms / 1000)
+        return max(0.0, deadline - now)
+
     def forget(self, partition: int) -> int | None:
         """The partition is gone (revoked or lost); its next offset, if any was processed."""
         self.first.pop(partition, None)

@@ -141,6 +141,18 @@ def serve(
         min=1,
         help="Most events per poll (one vectorised scoring call).",
     ),
+    min_batch: int = typer.Option(
+        500,
+        envvar=_env("MIN_BATCH"),
+        min=1,
+        help="When input trickles in, gather this many events per batch (--batch-wait-ms).",
+    ),
+    batch_wait_ms: int = typer.Option(
+        25,
+        envvar=_env("BATCH_WAIT_MS"),
+        min=0,
+        help="The longest a poll waits to gather --min-batch events (never past a due commit).",
+    ),
     outage_patience_s: float = typer.Option(
         300.0,
         envvar=_env("OUTAGE_PATIENCE_S"),
@@ -213,6 +225,8 @@ def serve(
             kafka_properties=properties,
             exit_when_idle_s=exit_when_idle,
             max_batch=max_batch,
+            min_batch=min_batch,
+            batch_wait_ms=batch_wait_ms,
             outage_patience_s=outage_patience_s,
             closed_retention_days=closed_retention_days,
             restore_wait_s=restore_wait_s,

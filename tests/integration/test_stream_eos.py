@@ -546,7 +546,16 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(
     bootstrap_servers: str, book: dict, topics: Topics, scorers
 ) -> None:
     events = book["events"]
-    feeder = produce_in_background(bootstrap_servers, topics.events, encoded(events), rate=1000)
+    # Two fifths at 1,000 events/s, then a trickle until the third kill, then the rest: each
+    # kill lands mid-stream however long the restarts take (on a loaded machine the whole
+    # input at 1,000 events/s was once committed before the third kill).
+    killed = threading.Event()
+    feeder = threading.Thread(
+        target=_feed_until,
+        args=(bootstrap_servers, topics.events, encoded(events), killed, 1000, 0.4),
+        daemon=True,
+    )
+    feeder.start()
     rng = random.Random(4)
     # Static membership: a restarted instance takes its predecessor's place in the group at
     # once instead of waiting for the dead member's session to time out.
@@ -560,6 +569,7 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(
         kills += 1
         assert committed_total(bootstrap_servers, topics) < len(events), "killed after the end"
     assert kills == 3
+    killed.set()
     feeder.join(120)
     final = scorers("crash", static)
     assert final.wait_exit() == 0, final.log_text()[-3000:]
@@ -568,17 +578,25 @@ def test_kill_9_three_times_loses_and_duplicates_nothing(
     assert committed_total(bootstrap_servers, topics) == len(events)
 
 
-def _feed_until_joined(bootstrap: str, topic: str, records: list, joined: threading.Event) -> None:
-    """A third of the input at 1,500 events/s, then a trickle (both scorers stay busy, short
-    of their 6 s idle exit) until the second instance has joined, then the rest: on a busy
-    machine a second instance can take longer to start than the whole input takes to feed,
-    and it would join an input already consumed."""
-    cut = len(records) // 3
-    produce(bootstrap, topic, records[:cut], rate=1500)
-    while not joined.wait(0.5) and cut < len(records):
+def _feed_until(
+    bootstrap: str,
+    topic: str,
+    records: list,
+    done: threading.Event,
+    rate: float = 1500,
+    first: float = 1 / 3,
+) -> None:
+    """The ``first`` share of the input at ``rate`` events/s, then a trickle (20 records per
+    half second: scorers stay busy, short of their idle exit) until ``done``, then the rest:
+    on a busy machine a scorer can take longer to start than the whole input takes to feed,
+    and what the test waits for (a second instance joining, a kill) would come after the
+    input was consumed."""
+    cut = int(len(records) * first)
+    produce(bootstrap, topic, records[:cut], rate=rate)
+    while not done.wait(0.5) and cut < len(records):
         produce(bootstrap, topic, records[cut : cut + 20])
         cut += 20
-    produce(bootstrap, topic, records[cut:], rate=1500)
+    produce(bootstrap, topic, records[cut:], rate=rate)
 
 
 def test_rebalance_moves_state_through_the_changelog(
@@ -587,7 +605,7 @@ def test_rebalance_moves_state_through_the_changelog(
     events = book["events"]
     joined = threading.Event()
     feeder = threading.Thread(
-        target=_feed_until_joined,
+        target=_feed_until,
         args=(bootstrap_servers, topics.events, encoded(events), joined),
         daemon=True,
     )

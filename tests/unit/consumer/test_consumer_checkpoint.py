@@ -945,3 +945,40 @@ def test_a_poll_is_caught_up_only_when_it_took_less_than_a_full_batch() -> None:
     assert poll_batch(consume, 3, 0.01) == ([4], True)  # only an empty queue blocks, briefly
     assert calls[1:] == [(3, 0), (3, 0.01)]
     assert poll_batch(consume, 3, 0.01) == ([], True)
+
+
+def test_a_trickle_is_gathered_into_a_bigger_batch_for_at_most_the_hold() -> None:
+    """Fewer than ``gather`` records wait up to ``hold_s`` for the rest (one blocking call for
+    exactly the missing count); a full or an empty poll does not wait, nor a zero hold."""
+    from consumer.app import poll_batch
+
+    calls: list[tuple[int, float]] = []
+    fetched = [[1, 2], [3, 4, 5], [6], [], [7, 8, 9, 10], [11]]
+
+    def consume(n: int, timeout: float) -> list[int]:
+        calls.append((n, timeout))
+        return fetched.pop(0)[:n]
+
+    assert poll_batch(consume, 10, 0.01, gather=5, hold_s=0.02) == ([1, 2, 3, 4, 5], True)
+    assert calls == [(10, 0), (3, 0.02)]
+    assert poll_batch(consume, 10, 0.01, gather=5, hold_s=0.0) == ([6], True)  # due: no hold
+    assert poll_batch(consume, 10, 0.01, gather=5, hold_s=0.02) == ([7, 8, 9, 10, 11], True)
+    assert calls[3:] == [(10, 0), (10, 0.01), (1, 0.02)]
+
+
+def test_a_poll_never_holds_past_the_units_due_time() -> None:
+    """``until_due``: the hold's bound. Nothing open and the last commit an interval ago: 0 (the
+    first batch after an idle spell commits at once); otherwise the time left until the last
+    commit's start plus the interval, or the early commit's age if that comes first."""
+    rig = Rig(ExactlyOnce)  # commit interval 100 ms
+    assert rig.checkpoint.until_due() == 0.0  # no commit yet
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit()
+    assert 0.09 < rig.checkpoint.until_due() <= 0.1  # the commit just began
+    rig.checkpoint.last_commit_started = time.monotonic() - 0.03
+    assert 0.06 < rig.checkpoint.until_due() <= 0.07
+    rig.checkpoint.config = dataclasses.replace(rig.config, caught_up_commit_ms=20)
+    rig.process(0, 15, 20)  # a unit opens now: the early commit comes first
+    assert 0.01 < rig.checkpoint.until_due() <= 0.02
+    rig.checkpoint.last_commit_started = time.monotonic() - 0.5
+    assert rig.checkpoint.until_due() == 0.0
