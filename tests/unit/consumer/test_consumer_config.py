@@ -54,3 +54,13 @@ def test_a_static_members_session_outlasts_the_outage_patience() -> None:
         "b:9092", Path("m"), kafka_properties={"session.timeout.ms": "20000"}
     ).consumer_config()
     assert mine["session.timeout.ms"] == "20000"  # a --kafka-config value wins
+
+
+def test_fetches_wait_briefly_for_a_batch_and_the_user_can_change_it() -> None:
+    """The broker answers a fetch at 64 KiB or after 20 ms (fewer, bigger batches: each has a
+    fixed cost); a --kafka-config file's values win."""
+    config = ServeConfig("b:9092", Path("m")).consumer_config()
+    assert (config["fetch.min.bytes"], config["fetch.wait.max.ms"]) == ("65536", "20")
+    props = {"fetch.min.bytes": "1", "fetch.wait.max.ms": "5"}
+    mine = ServeConfig("b:9092", Path("m"), kafka_properties=props).consumer_config()
+    assert (mine["fetch.min.bytes"], mine["fetch.wait.max.ms"]) == ("1", "5")
