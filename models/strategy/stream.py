@@ -10,10 +10,12 @@ What the plan does, and why:
 - **Learned**: the treatment model's expected net recovery of every strategy for the batch's
   learned-arm rows, in ONE batched evaluation per strategy forest (:class:`TreatmentForests`,
   the early-warning forest's compiled kernel, ``models.serving._forest_kernel``), from the
-  decision features of :mod:`models.strategy.stream_features`; then per event the allowed
-  argmax with value hysteresis (:func:`models.strategy.learned.keep_or_best`, the offline
-  rule). Table-arm rows are valued only when they emit (for ``expected_net_recovery``), in one
-  more batched call: the hot path evaluates forests only where the decision uses them.
+  decision features of :mod:`models.strategy.stream_features`; then the allowed argmax with
+  value hysteresis (:func:`models.strategy.learned.keep_or_best`, the offline rule), made in
+  numpy for the whole batch (:class:`BatchPlan`) but for the loan's current strategy, which
+  only the event knows; :class:`RowPlan`, the per-event code, is its reference twin.
+  Table-arm rows are valued only when they emit (for ``expected_net_recovery``), in one more
+  batched call: the hot path evaluates forests only where the decision uses them.
 - **Exploration** (``epsilon``), **per episode**: the episode is
   :func:`models.strategy.arms.episode_key` of the event's own feature row (the delinquency
   spell, or the performing stretch, the event belongs to: two counters every state has, no
