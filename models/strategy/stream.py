@@ -208,8 +208,9 @@ class StreamStrategy:
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
+        reported_income: np.ndarray | None = None,
     ) -> BatchPlan:
-        return BatchPlan(self, rows, scores, states)
+        return BatchPlan(self, rows, scores, states, reported_income)
 
 
 class BatchPlan:
@@ -222,9 +223,11 @@ class BatchPlan:
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
+        reported_income: np.ndarray | None = None,
     ) -> None:
         self._owner = owner
         self._rows, self._scores = rows, scores
+        self._reported = reported_income  # per row, NaN: none (LoanEvent v4)
         self._loans = [s.loan_id for s in states]
         self._arms = [owner.arm_of(loan) for loan in self._loans]
         self._values: dict[int, list[float]] = {}
@@ -242,7 +245,8 @@ class BatchPlan:
         if not missing or self._owner.forests is None:
             return
         scores = np.asarray([self._scores[i] for i in missing])
-        x = decision_features(self._rows[missing], scores)
+        reported = None if self._reported is None else self._reported[missing]
+        x = decision_features(self._rows[missing], scores, reported)
         for i, values in zip(missing, self._owner.forests.predict(x).tolist(), strict=True):
             self._values[i] = values
 
