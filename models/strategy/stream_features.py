@@ -10,7 +10,7 @@ checks the round trip). Per decision feature:
 ==================  ==========================================================================
 balance             ``outstanding`` (the last payment event's balance)
 emi                 ``monthly_emi``
-monthly_income      ``monthly_income`` (at origination: the stream has no later income)
+monthly_income      ``monthly_income`` (at origination; a later report is income_ratio's)
 income_ratio        ``reported_income / monthly_income``: the latest income reported after
                     origination (LoanEvent v4 ``CollectionAttempt.income_report``, kept in
                     ``LoanState.reported_income``; not a model feature row column, so the
@@ -143,7 +143,8 @@ def stream_rows(book: Book) -> np.ndarray:
     layout): the columns :func:`decision_features` reads and the episode's two counters, NaN
     elsewhere.
     ``decision_features(stream_rows(book), risk_score)`` gives back ``x`` except
-    ``income_ratio``, which the stream cannot observe (this module's table). Days past due are
+    ``income_ratio`` (1.0); with ``book.income_reports()`` as the reported incomes it gives
+    back the true ratio of the loans whose lender was told (this module's table). Days past due are
     mid-month (``30 (m - 1) + 15``) and the on-time share is one payment's worth of counts, so
     the mapping inverts them exactly. A simulated loan is in its first delinquency spell, one
     miss per month delinquent (``num_missed = consecutive_missed = months_delinquent``): its

@@ -57,6 +57,7 @@ def run_both(
         assert a.n == b.n
         assert a.rows().tobytes() == b.rows().tobytes()
         assert a.occurred_at.tolist() == b.occurred_at.tolist()
+        assert a.facts[: a.n].tobytes() == b.facts[: b.n].tobytes()  # reported income too
         assert a.offsets == b.offsets and a.values == b.values
         assert [s.loan_id for s in a.states] == [s.loan_id for s in b.states]
         assert a.outcomes == b.outcomes
