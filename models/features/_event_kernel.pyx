@@ -490,7 +490,7 @@ cdef class EventKernel:
             branch = read_long(r)  # channel: null, or ContactChannel's 6 symbols
             if branch == 0:
                 b.call = b.method == 0  # v1 meaning: CALLS is a call attempt
-            elif branch == 2:
+            elif branch == 1:  # (read_long decodes the zig-zag: the enum is branch 1, byte 02)
                 channel = read_int(r)
                 if not 0 <= channel <= 5:
                     return False

@@ -136,7 +136,7 @@ def test_older_writer_versions_go_through_the_kernel_identically(bundle, policy,
 def income_reports(events: list[dict], seed: int, rate: float = 0.5) -> list[dict]:
     """``events`` (per-loan order) with, after a share ``rate`` of missed payments, a contact
     with a conversation that carries an income report (LoanEvent v4) of 0.2-1.2 x the
-    origination income, from one of the four sources; channel null, as the kernel reads it."""
+    origination income, from one of the four sources, by call, SMS or an unnamed channel."""
     rng = random.Random(seed)
     sources = ("BORROWER_DISCLOSURE", "INCOME_VERIFICATION", "BUREAU_REFRESH", "OTHER")
     income: dict[str, float] = {}
@@ -155,7 +155,7 @@ def income_reports(events: list[dict], seed: int, rate: float = 0.5) -> list[dic
                 method="CALLS",
                 outcome="OTHER",
                 legal_action=False,
-                channel=None,
+                channel=rng.choice((None, "CALL", "SMS")),
                 conversation=True,
                 hold=None,
                 income_report=report,
@@ -175,7 +175,9 @@ def income_reports(events: list[dict], seed: int, rate: float = 0.5) -> list[dic
 
 def test_v4_income_reports_go_through_the_kernel_identically(bundle, policy) -> None:
     """LoanEvent v4's income report is applied by the kernel itself (no fallback), bit for bit
-    as the reference: the same states (``reported_income`` included) and rows."""
+    as the reference: the same states (``reported_income`` included) and rows. Its contacts
+    name a channel too: before this test, a CollectionAttempt with a channel always fell back
+    (the kernel compared the decoded union branch with 2, the encoded byte, not 1)."""
     from models.data.synthetic import generate_book
     from models.features.state import REPORTED_INCOME
 
