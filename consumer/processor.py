@@ -470,8 +470,8 @@ class PartitionProcessor:
                 self._move(by_tier, previous_tier, tier)
             if segment != state.segment:
                 self._move(by_segment, state.segment, segment)
-            state.strategy, state.risk_tier = strategy, tier
-            state.risk_score, state.segment = score, segment
+            state.set_labels(strategy, tier, segment)  # one shared-triple lookup, not three
+            state.risk_score = score
             changed = strategy != previous_strategy
             alert = tier == "HIGH" and previous_tier != "HIGH"
             if changed or alert:
