@@ -65,7 +65,14 @@ from models.features.columns import FEATURE_NAMES
 from models.features.guard_state import GuardState
 from models.features.loan_id import REASON as INVALID_LOAN_ID
 from models.features.loan_id import describe_invalid, is_valid_loan_id
-from models.features.state import DPD, LAST_PAYMENT_AT, DuplicateEvent, InvalidEvent, LoanState
+from models.features.state import (
+    DPD,
+    LAST_PAYMENT_AT,
+    REPORTED_INCOME,
+    DuplicateEvent,
+    InvalidEvent,
+    LoanState,
+)
 from models.native import load_kernel
 from models.serving.contracts import (
     DecisionPlan,
@@ -128,7 +135,7 @@ def model_row(row: list[float]) -> list[float]:
 
 
 # The LoanEvent writer versions whose layouts ``models.features._event_kernel`` reads, in order.
-EVENT_KERNEL_VERSIONS = (1, 2, 3)
+EVENT_KERNEL_VERSIONS = (1, 2, 3, 4)
 
 
 class BatchResult:
@@ -165,8 +172,9 @@ class BatchResult:
         self.n = 0  # applied events so far
         self.features = np.empty((capacity, _WIDTH))  # row i: loan's features after event i
         self.occurred = np.empty(capacity, dtype=np.int64)  # occurred_at, for latency
-        # Guardrail facts after event i: last payment, days past due; a copy of the guard.
-        self.facts = np.empty((capacity, 2))
+        # Guardrail facts after event i: last payment, days past due, and the reported income
+        # (for a learned policy's income_ratio); a copy of the guard.
+        self.facts = np.empty((capacity, 3))
         self.guards: list[GuardState | None] = []
         self.states: list[LoanState] = []
         self.offsets: list[int] = []
@@ -247,7 +255,7 @@ class PartitionProcessor:
         )
         self.use_models(bundle, policy)
         self._serde = AvroSerde("LoanEvent")
-        # The kernel reads the writer layouts it was written for (v1 to v3); other writers (a
+        # The kernel reads the writer layouts it was written for (v1 to v4); other writers (a
         # future schema version) go through fastavro's schema resolution in the reference path.
         registry = self._serde.registry
         headers = tuple(
@@ -373,6 +381,7 @@ class PartitionProcessor:
         batch is applied, when the state already holds its later events."""
         result.facts[n, 0] = state[LAST_PAYMENT_AT]
         result.facts[n, 1] = state[DPD]
+        result.facts[n, 2] = state[REPORTED_INCOME]
         result.guards.append(None if state.guard is None else state.guard.copy())
 
     def _open_or_apply(
@@ -449,7 +458,7 @@ class PartitionProcessor:
                 wanted = decide(tier, segment, score, previous_strategy)
             else:
                 wanted = plan.decide(i, tier, segment, score, previous_strategy)
-            paid_at, dpd = facts[i]
+            paid_at, dpd, _ = facts[i]
             fact = Facts(guards[i], paid_at, dpd)
             strategy, interventions, hold_reason = choose(state, wanted, occurred[i], fact)
             if plan is not None and strategy != previous_strategy:  # (before record: pure)
@@ -461,8 +470,8 @@ class PartitionProcessor:
                 self._move(by_tier, previous_tier, tier)
             if segment != state.segment:
                 self._move(by_segment, state.segment, segment)
-            state.strategy, state.risk_tier = strategy, tier
-            state.risk_score, state.segment = score, segment
+            state.set_labels(strategy, tier, segment)  # one shared-triple lookup, not three
+            state.risk_score = score
             changed = strategy != previous_strategy
             alert = tier == "HIGH" and previous_tier != "HIGH"
             if changed or alert:
@@ -528,7 +537,7 @@ class PartitionProcessor:
         policy = self.policy
         if not isinstance(policy, PlanningPolicy):
             return None
-        return policy.plan(rows, scores, result.states)
+        return policy.plan(rows, scores, result.states, result.facts[: result.n, 2])
 
     def _guarded(self, state: LoanState, at: int, facts: Facts, wanted: str) -> str:
         """What the guardrails make of ``wanted`` at this event (no state is changed)."""

@@ -55,7 +55,8 @@ def encode_state(bytes header, object state, Py_ssize_t slots) -> bytes:
     cdef const char* loan = utf8(state.loan_id, &loan_n)
     cdef bytes borrower = state._borrower
     borrower_n = PyBytes_GET_SIZE(borrower)
-    strategy_obj, tier_obj, segment_obj = state.strategy, state.risk_tier, state.segment
+    # LoanState's shared (strategy, tier, segment) triple: one slot read, not three properties
+    strategy_obj, tier_obj, segment_obj = state._labels
     cdef const char* strategy = NULL
     cdef const char* tier = NULL
     cdef const char* segment = NULL

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Compiled twin of the scorer's per-event path: LoanEvent v3 bytes -> state -> feature row.
+"""Compiled twin of the scorer's per-event path: LoanEvent v4 bytes -> state -> feature row.
 
 The reference implementation -- and the definition of every rule -- is Python:
 ``schemas.AvroSerde.decode`` (fastavro), ``models.features.state.LoanState.open`` / ``.apply`` /
@@ -17,7 +17,9 @@ Python expression), and "refuse when in doubt": any check that is not certain fa
 
 A call attempt's or conversation's guardrail bookkeeping (``models.features.guard_state``) is
 the reference's own ``LoanState.track``, called from here. Holds and borrower time zones fall
-back (rare, and the reference validates the zone), and so do jurisdictions (v3).
+back (rare, and the reference validates the zone), and so do jurisdictions (v3). A v4 income
+report (``CollectionAttempt.income_report``) is applied here: it is how the learned strategy
+policy sees an income shock, so the simulator's and a lender's shocked borrowers carry it.
 """
 
 cimport cython
@@ -81,6 +83,7 @@ cdef enum:
     WATERMARK_ID1 = 37
     FINGERPRINT0 = 38
     LAST_PAYMENT_AT = 41
+    REPORTED_INCOME = 42
     FINGERPRINT_WORDS = 3
     FINGERPRINT_BITS = 156
     FINGERPRINT_PROBES = 4
@@ -96,12 +99,13 @@ cdef uint64_t HASH_MASK = 4503599627370495  # (1 << 52) - 1: models.features.sta
 
 # LoanEvent writer versions whose layouts EventKernel reads (1..VERSIONS).
 cdef enum:
-    VERSIONS = 3
+    VERSIONS = 4
 
 # Body types in the union's order (the Avro branch index), as models.features.state names them.
 cdef enum:
     CHANNEL_CALL = 0  # ContactChannel's first symbol
     WRITTEN_OFF_REASON = 2  # CloseReason: REPAID, SETTLED, WRITTEN_OFF, OTHER
+    INCOME_SOURCES = 4  # IncomeSource: BORROWER_DISCLOSURE, INCOME_VERIFICATION, BUREAU_REFRESH, OTHER
 
 cdef enum:
     OPENED = 0
@@ -130,7 +134,8 @@ assert _state.FINGERPRINT_BITS == FINGERPRINT_BITS and _state.FINGERPRINT_PROBES
 assert _state._PROBE_MASK == PROBE_MASK and _state.MANY_AT_WATERMARK == -1.0
 assert len(_state.FEATURE_NAMES) == N_FEATURES
 assert _state.LAST_PAYMENT_AT == LAST_PAYMENT_AT == FINGERPRINT0 + FINGERPRINT_WORDS
-assert _state.SCORE == LAST_PAYMENT_AT + 1 and _state.DAY_MS == DAY_MS
+assert _state.REPORTED_INCOME == REPORTED_INCOME == LAST_PAYMENT_AT + 1
+assert _state.SCORE == REPORTED_INCOME + 1 and _state.DAY_MS == DAY_MS
 assert _state._MAX_DAYS == MAX_DAYS and _state._HASH_MASK == HASH_MASK
 assert _state.CLOSED_OTHER == 1.0 and _state.WRITTEN_OFF == 2.0
 
@@ -272,19 +277,21 @@ cdef struct Body:
     double amount_due, paid, outstanding
     # CollectionAttempt
     int64_t method
-    bint legal, call, conversation
+    bint legal, call, conversation, reported
+    double reported_income  # v4 income_report.monthly_income, when reported
     # LoanClosed: CloseReason's branch (WRITTEN_OFF_REASON keeps the recoveries after it)
     int64_t reason
 
 
 cdef class EventKernel:
-    """Applies LoanEvent v1, v2 and v3 records to ``LoanState`` arrays and writes their
+    """Applies LoanEvent v1, v2, v3 and v4 records to ``LoanState`` arrays and writes their
     feature rows.
 
     Each writer version's layout is read as the reference reads it through fastavro's schema
-    resolution with v3 as the reader: fields a version lacks take v3's defaults (v1 and v2
+    resolution with v4 as the reader: fields a version lacks take v4's defaults (v1 and v2
     ``LoanOpened``: no time zone, v1 and v2 no jurisdiction; v1 ``CollectionAttempt``: no
-    channel, no conversation, no hold). The enums are the same in all three. Before, only v3
+    channel, no conversation, no hold; v1 to v3: no income report). The enums are the same in
+    all four. Before, only v3
     was read here, and a stream of v1 records (an upstream producer not yet upgraded) cost
     about 4x the CPU per event in the reference path (``bench.revisions``, docs/BENCHMARKS.md).
 
@@ -293,15 +300,15 @@ cdef class EventKernel:
     is the reference's, record for record.
     """
 
-    cdef bytes _headers  # v1, v2, v3 single-object headers, 10 bytes each
+    cdef bytes _headers  # v1 to v4 single-object headers, 10 bytes each
     cdef object _blake2b
     cdef object _new_state
     cdef double _method_codes[5]
 
     def __init__(self, headers) -> None:
-        """``headers``: the single-object headers (C3 01 + fingerprint) of LoanEvent v1, v2
-        and v3, in that order: the writer schemas whose layouts this kernel reads; other
-        writers fall back."""
+        """``headers``: the single-object headers (C3 01 + fingerprint) of LoanEvent v1 to v4,
+        in that order: the writer schemas whose layouts this kernel reads; other writers fall
+        back."""
         headers = tuple(headers)
         if len(headers) != VERSIONS or any(len(h) != 10 for h in headers):
             raise ValueError(f"{VERSIONS} single-object Avro headers of 10 bytes each")
@@ -328,7 +335,7 @@ cdef class EventKernel:
 
         An applied record adds its state, offset and value to the ``out_`` lists, its
         occurred_at to ``occurred[n]``, its features to ``rows[n]``, its guardrail facts to
-        ``facts[n]`` (last payment, days past due) and ``out_guards`` (a copy of its guard, or
+        ``facts[n]`` (last payment, days past due, reported income) and ``out_guards`` (a copy of its guard, or
         None: ``PartitionProcessor._snapshot``), and 1 to
         ``counts[body type]``. Any other record is passed to ``fallback(record, n)``, which
         returns the next free row. Returns the next free row.
@@ -347,6 +354,7 @@ cdef class EventKernel:
             v = (<array>state).data.as_doubles
             facts[n, 0] = v[LAST_PAYMENT_AT]
             facts[n, 1] = v[DPD]
+            facts[n, 2] = v[REPORTED_INCOME]
             guard = state.guard
             out_guards.append(None if guard is None else guard.copy())
             counts[kind] += 1
@@ -436,7 +444,7 @@ cdef class EventKernel:
 
     cdef bint _read_body(self, Reader* r, Body* b, int version) noexcept:
         cdef int64_t branch, channel
-        b.call = b.conversation = False
+        b.call = b.conversation = b.reported = False
         b.kind = <int>read_long(r)
         if r.bad:
             return False
@@ -482,7 +490,7 @@ cdef class EventKernel:
             branch = read_long(r)  # channel: null, or ContactChannel's 6 symbols
             if branch == 0:
                 b.call = b.method == 0  # v1 meaning: CALLS is a call attempt
-            elif branch == 2:
+            elif branch == 1:  # (read_long decodes the zig-zag: the enum is branch 1, byte 02)
                 channel = read_int(r)
                 if not 0 <= channel <= 5:
                     return False
@@ -495,6 +503,15 @@ cdef class EventKernel:
             r.p += 1
             if read_long(r) != 0:  # a compliance hold: the reference applies it
                 return False
+            if version >= 4:
+                branch = read_long(r)  # income_report: null, or an IncomeReport
+                if branch == 1:
+                    b.reported = True
+                    b.reported_income = read_double(r)
+                    if not 0 <= read_int(r) < INCOME_SOURCES or bad_amount(b.reported_income):
+                        return False  # (invalid_amount: the reference dead-letters it)
+                elif branch != 0:
+                    return False
         elif b.kind == CLOSED_EVENT:
             b.reason = read_int(r)
             if not 0 <= b.reason <= 3 or r.bad:  # reason: CloseReason's 4 symbols
@@ -536,6 +553,7 @@ cdef class EventKernel:
         v[LAST_EVENT_AT] = <double>at
         v[LAST_DUE] = NAN
         v[LAST_PAYMENT_AT] = NAN
+        v[REPORTED_INCOME] = NAN
         v[OUTSTANDING] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
         v[OUT_BEFORE] = v[OUTSTANDING]
         v[WATERMARK_ID0] = h
@@ -621,6 +639,8 @@ cdef class EventKernel:
             v[METHOD] = self._method_codes[b.method]
             if b.legal:
                 v[LEGAL] = 1.0
+            if b.reported:
+                v[REPORTED_INCOME] = b.reported_income
         else:  # LoanClosed: the reference's WRITTEN_OFF / CLOSED_OTHER
             v[CLOSED] = 2.0 if b.reason == WRITTEN_OFF_REASON else 1.0
         # _can_apply let through: at > watermark, or at it with one other id there.

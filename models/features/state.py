@@ -10,7 +10,8 @@ per attribute; the ids and decision labels in ``__slots__``), and idempotency (A
 exactly the watermark are kept as two 52-bit hashes, and every id ever applied is in a 156-bit
 Bloom fingerprint, so a loan costs about 596 bytes with its ids and its entry in the scorer's
 dict (``bench/state.py``, 1M loans: ~589 before the guardrails' ``last_payment_at`` double;
-their ``guard`` slot is paid for by sharing the (tier, segment) pair).
+their ``guard`` slot is paid for by sharing the (tier, segment) pair, and LoanEvent v4's
+``reported_income`` double by sharing the strategy label with them too).
 
 >>> from schemas.events import make_event
 >>> opened = make_event("e1", "L1", "B1", 0, "LoanOpened", dict(
@@ -114,6 +115,9 @@ SLOTS: tuple[str, ...] = (
     *(f"applied_ids_{i}" for i in range(FINGERPRINT_WORDS)),
     # guardrails (models.serving.guardrails): the limitation period runs from the last payment
     "last_payment_at",
+    # the latest income reported after origination (LoanEvent v4 CollectionAttempt.income_report;
+    # NaN: none): the learned strategy policy's income_ratio (models.strategy.stream_features)
+    "reported_income",
 )
 _I = {name: i for i, name in enumerate(SLOTS)}
 (
@@ -158,7 +162,9 @@ WATERMARK_ID0 = _I["watermark_id_0"]
 WATERMARK_ID1 = _I["watermark_id_1"]
 FINGERPRINT0 = _I["applied_ids_0"]
 LAST_PAYMENT_AT = _I["last_payment_at"]
+REPORTED_INCOME = _I["reported_income"]
 UNKNOWN_PAYMENT = -1.0  # last_payment_at of a record older than LoanState v3
+NO_INCOME_REPORT = -1.0  # reported_income of a record older than LoanState v4 (none)
 # The ``closed`` value (no slot of its own: a double more would break the 600-byte budget):
 # 0 open; CLOSED_OTHER closed as repaid, settled or other (and every closed state written
 # before write-offs were told apart, whose reason is unknown); WRITTEN_OFF plus the amount
@@ -170,6 +176,7 @@ SCORE = len(SLOTS)  # LoanState's last value: the risk score of its latest decis
 _SIZE = SCORE + 1
 _NO_SCORE = array("d", [_NAN])
 _BLANK = array("d", [0.0]) * len(SLOTS) + _NO_SCORE
+_BLANK[REPORTED_INCOME] = _NAN  # nothing reported (0.0 would read as an income of 0)
 
 
 def _gc_untracker() -> Callable[[object], None]:
@@ -274,20 +281,21 @@ def _jurisdiction(body: dict[str, Any]) -> str | None:
     return code
 
 
-_NO_LABELS: tuple[str | None, str | None] = (None, None)
-_LABELS: dict[tuple[str | None, str | None], tuple[str | None, str | None]] = {}
-_MAX_LABELS = 4096  # beyond (never, with a real policy): pairs are simply not shared
+_Labels = tuple[str | None, str | None, str | None]
+_NO_LABELS: _Labels = (None, None, None)
+_LABELS: dict[_Labels, _Labels] = {}
+_MAX_LABELS = 4096  # beyond (never, with a real policy): triples are simply not shared
 
 
-def _labels(tier: str | None, segment: str | None) -> tuple[str | None, str | None]:
-    """The shared ``(tier, segment)`` pair."""
-    key = (tier, segment)
-    pair = _LABELS.get(key)
-    if pair is None:
-        pair = key
+def _labels(strategy: str | None, tier: str | None, segment: str | None) -> _Labels:
+    """The shared ``(strategy, tier, segment)`` triple."""
+    key = (strategy, tier, segment)
+    triple = _LABELS.get(key)
+    if triple is None:
+        triple = key
         if len(_LABELS) < _MAX_LABELS:
             _LABELS[key] = key
-    return pair
+    return triple
 
 
 class LoanState(array):
@@ -301,9 +309,11 @@ class LoanState(array):
     States compare and hash by identity, like any object, not as arrays.
     """
 
-    # The tier and segment of the last decision share one slot: an interned (tier, segment)
-    # pair (a few dozen exist), which pays for the guard slot (bench/state.py's 600 bytes).
-    __slots__ = ("_borrower", "_tier_segment", "guard", "loan_id", "strategy")
+    # The strategy, tier and segment of the last decision share one slot: an interned
+    # (strategy, tier, segment) triple (a few hundred exist at most). The pair (tier, segment)
+    # paid for the guard slot; adding the strategy pays for the reported_income double (LoanEvent
+    # v4): 8 bytes per loan each, within bench/state.py's 600 bytes.
+    __slots__ = ("_borrower", "_labels", "guard", "loan_id")
     __hash__ = object.__hash__
     __eq__ = object.__eq__
     __ne__ = object.__ne__
@@ -318,28 +328,42 @@ class LoanState(array):
         state.loan_id = loan_id
         state._borrower = borrower_id.encode()
         # Decisions of the streaming scorer, carried through the changelog with the state.
-        state.strategy = None
-        state._tier_segment = _NO_LABELS
+        state._labels = _NO_LABELS
         # Guardrail facts, only for loans that have any (models.features.guard_state).
         state.guard: GuardState | None = None
         _untrack(state)  # long-lived and acyclic (see _gc_untracker)
         return state
 
     @property
+    def strategy(self) -> str | None:
+        return self._labels[0]
+
+    @strategy.setter
+    def strategy(self, strategy: str | None) -> None:
+        labels = self._labels
+        self._labels = _labels(strategy, labels[1], labels[2])
+
+    @property
     def risk_tier(self) -> str | None:
-        return self._tier_segment[0]
+        return self._labels[1]
 
     @risk_tier.setter
     def risk_tier(self, tier: str | None) -> None:
-        self._tier_segment = _labels(tier, self._tier_segment[1])
+        labels = self._labels
+        self._labels = _labels(labels[0], tier, labels[2])
 
     @property
     def segment(self) -> str | None:
-        return self._tier_segment[1]
+        return self._labels[2]
 
     @segment.setter
     def segment(self, segment: str | None) -> None:
-        self._tier_segment = _labels(self._tier_segment[0], segment)
+        labels = self._labels
+        self._labels = _labels(labels[0], labels[1], segment)
+
+    def set_labels(self, strategy: str | None, tier: str | None, segment: str | None) -> None:
+        """All three decision labels at once (one shared-triple lookup instead of three)."""
+        self._labels = _labels(strategy, tier, segment)
 
     @property
     def borrower_id(self) -> str:
@@ -385,7 +409,7 @@ class LoanState(array):
         v[COLLATERAL] = _optional_amount(body, "collateral_value")
         v[EMI] = _optional_amount(body, "monthly_emi")
         v[OPENED_AT] = v[LAST_EVENT_AT] = float(event["occurred_at"])
-        v[LAST_DUE] = v[LAST_PAYMENT_AT] = _NAN
+        v[LAST_DUE] = v[LAST_PAYMENT_AT] = v[REPORTED_INCOME] = _NAN
         v[OUTSTANDING] = v[OUT_BEFORE] = v[AMOUNT] if v[AMOUNT] == v[AMOUNT] else 0.0
         h = event_id_hash(event["event_id"])
         v[WATERMARK_ID0] = h
@@ -509,6 +533,10 @@ class LoanState(array):
                 v[MAX_DPD] = float(dpd)
             v[OUTSTANDING] = outstanding
         elif body_type == COLLECTION_ATTEMPT:
+            report = body.get("income_report")
+            if report is not None:  # LoanEvent v4; checked first: a refused event changes nothing
+                report = report[1] if isinstance(report, tuple) else report
+                v[REPORTED_INCOME] = _amount(report, "monthly_income")
             hold = body.get("hold")
             if hold is not None:  # a compliance hold (LoanEvent v2), not a contact
                 hold = hold[1] if isinstance(hold, tuple) else hold
@@ -557,6 +585,12 @@ class LoanState(array):
         elif is_shared(guard):
             guard = self.guard = guard.copy()
         return guard
+
+    @property
+    def reported_income(self) -> float | None:
+        """The monthly income last reported after origination (None: never reported)."""
+        income = self[REPORTED_INCOME]
+        return None if income != income else income
 
     @property
     def last_payment_at(self) -> int | None:
@@ -680,7 +714,7 @@ class LoanState(array):
     # -- persistence ---------------------------------------------------------------------------
 
     def to_record(self) -> dict[str, Any]:
-        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v3.avsc``)."""
+        """The ``LoanState`` Avro record (``schemas/avro/LoanState/v4.avsc``)."""
         record: dict[str, Any] = dict(zip(SLOTS, self, strict=False))  # (the score is last)
         record["loan_id"] = self.loan_id
         record["borrower_id"] = self.borrower_id
@@ -694,8 +728,7 @@ class LoanState(array):
     def copy(self) -> LoanState:
         """An independent copy (the scorer's undo log keeps one per loan per transaction)."""
         state = array.__new__(LoanState, "d", self)  # values and score; ids shared, not copied
-        state.loan_id, state._borrower = self.loan_id, self._borrower
-        state.strategy, state._tier_segment = self.strategy, self._tier_segment
+        state.loan_id, state._borrower, state._labels = self.loan_id, self._borrower, self._labels
         state.guard = None if self.guard is None else self.guard.copy()
         return state
 
@@ -707,11 +740,11 @@ class LoanState(array):
         score = record.get("risk_score")
         if record.setdefault("last_payment_at", UNKNOWN_PAYMENT) == UNKNOWN_PAYMENT:
             record["last_payment_at"] = _NAN  # before v3: read as never paid (conservative)
+        if record.setdefault("reported_income", NO_INCOME_REPORT) == NO_INCOME_REPORT:
+            record["reported_income"] = _NAN  # before v4: nothing reported
         values = [float(record[name]) for name in SLOTS] + [_NAN if score is None else score]
         state = cls(record["loan_id"], record["borrower_id"], array("d", values))
-        state.strategy = record.get("strategy")
-        state.risk_tier = record.get("risk_tier")
-        state.segment = record.get("segment")
+        state.set_labels(record.get("strategy"), record.get("risk_tier"), record.get("segment"))
         state.guard = GuardState.from_record(record.get("guard"))
         return state
 

@@ -3,7 +3,8 @@
 The scorer writes one changelog record per loan touched in every transaction and reads them
 all back on restore, so this codec is on the hot path twice. ``LoanState`` v2 is a fixed
 layout -- two strings, the state array's doubles in ``SLOTS`` order, four nullable fields, and
-(v3) the nullable guard (an array of doubles and a nullable time zone) --
+(v3) the nullable guard (an array of doubles and a nullable time zone; v4 adds one double,
+``reported_income``, to the array) --
 and Avro encodes a double as its 8 little-endian IEEE bytes, so the state array *is* the
 middle of the Avro body: ``array.tobytes()`` writes it and ``array.frombytes()`` reads it,
 instead of a dict of 47 fields walked by a generic encoder.
@@ -185,8 +186,8 @@ class LoanStateCodec:
         state = LoanState(loan_id, borrower_id)
         memoryview(state).cast("B")[:_DOUBLES] = memoryview(data)[pos : pos + _DOUBLES]
         pos += _DOUBLES
-        state.strategy, pos = self._read_optional_string(data, pos)
-        state.risk_tier, pos = self._read_optional_string(data, pos)
+        strategy, pos = self._read_optional_string(data, pos)
+        tier, pos = self._read_optional_string(data, pos)
         if data[pos] == 2:
             state[SCORE] = _PACK_DOUBLE.unpack_from(data, pos + 1)[0]
             pos += 9
@@ -194,7 +195,8 @@ class LoanStateCodec:
             pos += 1
         else:
             raise ValueError(f"bad union branch {data[pos]} of risk_score")
-        state.segment, pos = self._read_optional_string(data, pos)
+        segment, pos = self._read_optional_string(data, pos)
+        state.set_labels(strategy, tier, segment)
         state.guard, pos = self._read_guard(data, pos)
         return state, pos
 

@@ -117,4 +117,9 @@ class PlanningPolicy(StrategyPolicy, Protocol):
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
-    ) -> DecisionPlan: ...
+        reported_income: np.ndarray | None = None,
+    ) -> DecisionPlan:
+        """``reported_income[i]``: the loan's latest reported income right after event ``i``
+        (NaN: none; LoanEvent v4), as of the event like ``rows`` -- ``states`` already hold
+        the batch's later events."""
+        ...

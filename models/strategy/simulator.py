@@ -89,6 +89,10 @@ FEATURES = (
     "prior_method",  # 0 none, else 1 + index in STRATEGIES
 )
 DEFAULT_HORIZON = 12
+# What the lender learns of an income shock before the entry decision: each prior contact
+# (``prior_attempts``, the stream's collection_attempts) of a shocked borrower was a
+# collections conversation in which they disclosed the hardship with this probability.
+DISCLOSURE_RATE = 0.5
 
 
 class SimulatorError(ModelsError, ValueError):
@@ -270,6 +274,27 @@ class Book:
         return [f"SIM{self.seed}-{i:07d}" for i in range(len(self.z))]
 
     # --- choosers -------------------------------------------------------------------------
+    def income_reports(self) -> np.ndarray:
+        """The income each loan's lender was told before the entry decision (NaN: none), as a
+        LoanEvent v4 ``CollectionAttempt.income_report`` (BORROWER_DISCLOSURE) carries it.
+
+        A lender learns of an income shock when the borrower discloses the hardship in a
+        collections conversation: each of a shocked borrower's ``prior_attempts`` contacts
+        (made before entry) is such a disclosure with p = :data:`DISCLOSURE_RATE`, so a loan
+        is reported with p = ``1 - (1 - DISCLOSURE_RATE) ** prior_attempts`` (0 without any
+        contact), and the report is what they now earn, ``monthly_income x income_ratio``.
+        Unshocked borrowers have no hardship to disclose: nothing is reported (their stream
+        income ratio stays 1.0 where the truth is 0.85-1.1). Nothing the stream could not
+        know: the report depends on the shock (what is told) and on contacts the stream has
+        seen, never on the latent risk or the future. Drawn from the seed's fourth stream, so
+        the borrowers, shocks and logging policy's draws are those of a book without it."""
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(4)[3])
+        u = rng.random(len(self.z))
+        c = self.col
+        shocked = c["income_ratio"] < 0.75  # the effect model's shock (_effects)
+        told = shocked & (u < 1.0 - (1.0 - DISCLOSURE_RATE) ** c["prior_attempts"])
+        return np.where(told, c["monthly_income"] * c["income_ratio"], np.nan)
+
     def table_choice(self) -> Choice:
         """The static tier x segment table (``policy.matrix``), deterministic."""
         chosen = [

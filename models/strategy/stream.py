@@ -214,8 +214,9 @@ class StreamStrategy:
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
-    ) -> RowPlan:
-        return self._plan(self, rows, scores, states)
+        reported_income: np.ndarray | None = None,
+    ) -> RowPlan | BatchPlan:
+        return self._plan(self, rows, scores, states, reported_income)
 
 
 class RowPlan:
@@ -231,9 +232,11 @@ class RowPlan:
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
+        reported_income: np.ndarray | None = None,
     ) -> None:
         self._owner = owner
         self._rows, self._scores = rows, scores
+        self._reported = reported_income  # per row, NaN: none (LoanEvent v4)
         self._loans = [s.loan_id for s in states]
         self._arms = [owner.arm_of(loan) for loan in self._loans]
         self._values: dict[int, list[float]] = {}
@@ -251,7 +254,8 @@ class RowPlan:
         if not missing or self._owner.forests is None:
             return
         scores = np.asarray([self._scores[i] for i in missing])
-        x = decision_features(self._rows[missing], scores)
+        reported = None if self._reported is None else self._reported[missing]
+        x = decision_features(self._rows[missing], scores, reported)
         for i, values in zip(missing, self._owner.forests.predict(x).tolist(), strict=True):
             self._values[i] = values
 
@@ -357,9 +361,11 @@ class BatchPlan(RowPlan):
         rows: np.ndarray,
         scores: Sequence[float],
         states: Sequence[LoanState],
+        reported_income: np.ndarray | None = None,
     ) -> None:
         self._owner = owner
         self._rows, self._scores = rows, scores
+        self._reported = reported_income  # per row, NaN: none (LoanEvent v4)
         self._loans = [s.loan_id for s in states]
         n = len(self._loans)
         if owner.experiment is None:  # every loan on the implicit learned arm
@@ -389,7 +395,8 @@ class BatchPlan(RowPlan):
         if not len(missing):
             return False
         scores = np.asarray(self._scores, dtype=np.float64)[missing]
-        x = decision_features(self._rows[missing], scores)
+        reported = None if self._reported is None else self._reported[missing]
+        x = decision_features(self._rows[missing], scores, reported)
         self._table[missing] = self._owner.forests.predict(x)
         self._valued[missing] = True
         return True

@@ -10,11 +10,14 @@ checks the round trip). Per decision feature:
 ==================  ==========================================================================
 balance             ``outstanding`` (the last payment event's balance)
 emi                 ``monthly_emi``
-monthly_income      ``monthly_income`` (at origination: the stream has no later income)
-income_ratio        **not observable in the stream**: LoanEvent carries income only on
-                    ``LoanOpened``. The stream uses :data:`UNOBSERVED_INCOME_RATIO` (1.0, "no
-                    known income shock"), the conservative value: it never offers a plan or a
-                    settlement for a shock nobody saw. (docs/STRATEGY.md "Missing".)
+monthly_income      ``monthly_income`` (at origination; a later report is income_ratio's)
+income_ratio        ``reported_income / monthly_income``: the latest income reported after
+                    origination (LoanEvent v4 ``CollectionAttempt.income_report``, kept in
+                    ``LoanState.reported_income``; not a model feature row column, so the
+                    processor passes it beside the rows) over the origination income; with no
+                    report (or no origination income) :data:`UNOBSERVED_INCOME_RATIO` (1.0,
+                    "no known income shock"), the conservative value: it never offers a plan or
+                    a settlement for a shock nobody saw
 collateral_ratio    ``collateral_value / outstanding`` (0 when nothing is outstanding)
 months_delinquent   ``ceil(days_past_due / 30)``: 1-30 days past due is the first month
 on_time_share       ``paid_on_time / (paid_on_time + paid_late)``: the share of payments made
@@ -96,9 +99,12 @@ if FEATURES != _ORDER:  # a new simulator feature needs its stream definition he
     raise ImportError(f"stream_features maps {_ORDER}, the simulator has {FEATURES}")
 
 
-def decision_features(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``rows`` (n x FEATURE_NAMES) and the events' early-warning ``scores`` (n) -> the
-    treatment model's input (n x :data:`FEATURES`); every value finite."""
+def decision_features(
+    rows: np.ndarray, scores: np.ndarray, reported_income: np.ndarray | None = None
+) -> np.ndarray:
+    """``rows`` (n x FEATURE_NAMES), the events' early-warning ``scores`` (n) and the loans'
+    latest ``reported_income`` after each event (n, NaN: none; None: nothing reported for any)
+    -> the treatment model's input (n x :data:`FEATURES`); every value finite."""
     rows = np.atleast_2d(rows)
     c = {name: rows[:, i] for name, i in _COLUMNS.items()}
     n = len(rows)
@@ -116,6 +122,11 @@ def decision_features(rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
     out[:, 1] = np.nan_to_num(c["monthly_emi"], nan=0.0)
     out[:, 2] = np.nan_to_num(c["monthly_income"], nan=0.0)
     out[:, 3] = UNOBSERVED_INCOME_RATIO
+    if reported_income is not None:
+        origination = c["monthly_income"]
+        known = (reported_income == reported_income) & (origination > 0)  # (NaN compares False)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[:, 3] = np.where(known, reported_income / origination, UNOBSERVED_INCOME_RATIO)
     out[:, 4] = collateral_ratio
     out[:, 5] = np.ceil(np.maximum(dpd, 0.0) / 30.0)
     out[:, 6] = on_time
@@ -132,7 +143,8 @@ def stream_rows(book: Book) -> np.ndarray:
     layout): the columns :func:`decision_features` reads and the episode's two counters, NaN
     elsewhere.
     ``decision_features(stream_rows(book), risk_score)`` gives back ``x`` except
-    ``income_ratio``, which the stream cannot observe (this module's table). Days past due are
+    ``income_ratio`` (1.0); with ``book.income_reports()`` as the reported incomes it gives
+    back the true ratio of the loans whose lender was told (this module's table). Days past due are
     mid-month (``30 (m - 1) + 15``) and the on-time share is one payment's worth of counts, so
     the mapping inverts them exactly. A simulated loan is in its first delinquency spell, one
     miss per month delinquent (``num_missed = consecutive_missed = months_delinquent``): its

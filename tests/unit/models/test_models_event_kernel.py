@@ -57,6 +57,7 @@ def run_both(
         assert a.n == b.n
         assert a.rows().tobytes() == b.rows().tobytes()
         assert a.occurred_at.tolist() == b.occurred_at.tolist()
+        assert a.facts[: a.n].tobytes() == b.facts[: b.n].tobytes()  # reported income too
         assert a.offsets == b.offsets and a.values == b.values
         assert [s.loan_id for s in a.states] == [s.loan_id for s in b.states]
         assert a.outcomes == b.outcomes
@@ -116,11 +117,11 @@ def test_valid_stream_is_identical(bundle, policy, batch: int) -> None:
     assert kernel_applied == len(records)  # a plain valid stream never needs the reference
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_older_writer_versions_go_through_the_kernel_identically(bundle, policy, version) -> None:
-    """v1 and v2 records are read by the kernel with v3's defaults for the fields they lack,
-    exactly as the reference reads them through fastavro's schema resolution (before, every
-    v1/v2 record fell back: ~4x the CPU per event)."""
+    """v1, v2 and v3 records are read by the kernel with v4's defaults for the fields they
+    lack, exactly as the reference reads them through fastavro's schema resolution (before,
+    every v1/v2 record fell back: ~4x the CPU per event)."""
     records = book_records(40, seed=23, writer_version=version)
     older = AvroSerde("LoanEvent", writer_version=version).writer.fingerprint
     assert older != AvroSerde("LoanEvent").writer.fingerprint
@@ -130,6 +131,118 @@ def test_older_writer_versions_go_through_the_kernel_identically(bundle, policy,
     applied = run_both(bundle, policy, guarded, 64)
     # v1 cannot carry holds, time zones or channels: every record goes through the kernel.
     assert applied == len(guarded) if version == 1 else len(guarded) // 2 < applied
+
+
+def income_reports(events: list[dict], seed: int, rate: float = 0.5) -> list[dict]:
+    """``events`` (per-loan order) with, after a share ``rate`` of missed payments, a contact
+    with a conversation that carries an income report (LoanEvent v4) of 0.2-1.2 x the
+    origination income, from one of the four sources, by call, SMS or an unnamed channel."""
+    rng = random.Random(seed)
+    sources = ("BORROWER_DISCLOSURE", "INCOME_VERIFICATION", "BUREAU_REFRESH", "OTHER")
+    income: dict[str, float] = {}
+    out: list[dict] = []
+    for event in events:
+        out.append(event)
+        body_type, body = event["body"]
+        if body_type.endswith("LoanOpened"):
+            income[event["loan_id"]] = body["monthly_income"]
+        elif body_type.endswith("PaymentMissed") and rng.random() < rate:
+            report = {
+                "monthly_income": income[event["loan_id"]] * rng.uniform(0.2, 1.2),
+                "source": rng.choice(sources),
+            }
+            contact = dict(
+                method="CALLS",
+                outcome="OTHER",
+                legal_action=False,
+                channel=rng.choice((None, "CALL", "SMS")),
+                conversation=True,
+                hold=None,
+                income_report=report,
+            )
+            out.append(
+                make_event(
+                    f"{event['event_id']}-income",
+                    event["loan_id"],
+                    event["borrower_id"],
+                    event["occurred_at"] + 3_600_000,
+                    "CollectionAttempt",
+                    contact,
+                )
+            )
+    return out
+
+
+def test_v4_income_reports_go_through_the_kernel_identically(bundle, policy) -> None:
+    """LoanEvent v4's income report is applied by the kernel itself (no fallback), bit for bit
+    as the reference: the same states (``reported_income`` included) and rows. Its contacts
+    name a channel too: before this test, a CollectionAttempt with a channel always fell back
+    (the kernel compared the decoded union branch with 2, the encoded byte, not 1)."""
+    from models.data.synthetic import generate_book
+    from models.features.state import REPORTED_INCOME
+
+    events = income_reports(generate_book(40, seed=25)[1], seed=25)
+    reports = [e for e in events if e["body"][1].get("income_report")]
+    assert len(reports) > 20
+    events.sort(key=lambda e: e["occurred_at"])
+    records = [(i, e["loan_id"].encode(), ENCODE(e)) for i, e in enumerate(events)]
+    assert AvroSerde("LoanEvent").writer.version == 4
+    for batch in (1, 64):
+        assert run_both(bundle, policy, records, batch) == len(records)
+    native = PartitionProcessor(bundle, policy, 0, native=True)
+    native.process(records)
+    latest = {e["loan_id"]: e["body"][1]["income_report"]["monthly_income"] for e in reports}
+    for loan, state in native.store.states.items():
+        assert state.reported_income == latest.get(loan)  # None: never reported
+        if loan not in latest:
+            assert state[REPORTED_INCOME] != state[REPORTED_INCOME]  # NaN
+
+
+def test_bad_income_reports_are_refused_alike(bundle, policy) -> None:
+    """A negative, infinite or NaN reported income is the reference's invalid_amount (the
+    kernel hands it back); a report on a hold event is applied by the reference; an out of
+    range IncomeSource byte falls back too. The refused contact changes nothing."""
+    t0 = 1_700_000_000_000
+    inf, nan = float("inf"), float("nan")
+
+    def report(n: int, at: int, income: float, hold: dict | None = None) -> dict:
+        body = dict(
+            method="CALLS",
+            outcome="OTHER",
+            legal_action=False,
+            channel=None,
+            conversation=hold is None,
+            hold=hold,
+            income_report={"monthly_income": income, "source": "BORROWER_DISCLOSURE"},
+        )
+        return make_event(f"inc-R-{n}", "R", "B-R", at, "CollectionAttempt", body)
+
+    hold = {"action": "SET", "reason": "DISPUTE"}
+    events = [
+        opened("R", t0),
+        missed("R", 1, t0 + 31 * DAY),
+        report(2, t0 + 32 * DAY, -1.0),  # invalid_amount
+        report(3, t0 + 33 * DAY, inf),
+        report(4, t0 + 34 * DAY, nan),
+        report(5, t0 + 35 * DAY, 0.0),  # job loss: no income, a valid report
+        report(6, t0 + 36 * DAY, 1800.0, hold=hold),  # with a hold: the reference applies it
+        report(7, t0 + 37 * DAY, 2100.0),
+    ]
+    records = [(i, b"R", ENCODE(e)) for i, e in enumerate(events)]
+    good = records[-1][2]
+    # The v4 body ends with: ... hold null (0), income_report branch 1 (2), 8 bytes, source.
+    assert good[-11] == 0 and good[-10] == 2
+    records.append((len(records), b"R", good[:-1] + bytes([8])))  # IncomeSource index 4
+    applied = run_both(bundle, policy, records, batch=3)
+    assert applied == 4  # opening, miss, the 0.0 report and the last one: not the rest
+    native, reference = pair(bundle, policy)
+    results = native.process(records[:3]), reference.process(records[:3])
+    assert dead(results[0]) == dead(results[1])
+    assert [d[1] for d in dead(results[0])] == ["invalid_amount"]
+    state = native.store.states["R"]
+    assert state.reported_income is None and state.feature_dict()["collection_attempts"] == 0.0
+    native.process(records[3:])
+    assert native.store.states["R"].reported_income == 2100.0
 
 
 @pytest.mark.parametrize("batch", [1, 64])

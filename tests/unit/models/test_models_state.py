@@ -300,7 +300,7 @@ def test_record_round_trips_through_avro_and_schema_matches_slots() -> None:
     with pytest.raises(DuplicateEvent):
         back.apply(paid("e1", 30, 30))  # ... and still knows the ids it has seen
     root = Path(__file__).resolve().parents[3]
-    schema = json.loads((root / "schemas/avro/LoanState/v3.avsc").read_text())
+    schema = json.loads((root / "schemas/avro/LoanState/v4.avsc").read_text())
     names = [field["name"] for field in schema["fields"]]
     assert names[2 : 2 + len(SLOTS)] == list(SLOTS)
     assert {"strategy", "risk_tier", "risk_score", "segment"} <= set(names)

@@ -238,3 +238,30 @@ def test_the_processor_emits_the_same_with_either_plan(
     rules = " ".join(fast[0])
     assert "learned: largest" in rules  # (a kept strategy is no change: not emitted)
     assert ("explore: uniform" in rules) == arms
+
+
+def test_both_plans_value_rows_with_the_reported_income() -> None:
+    """LoanEvent v4's reported income reaches the treatment model's ``income_ratio`` through
+    either plan, row for row (NaN: nothing reported, ratio 1)."""
+    from models.strategy.simulator import FEATURES
+    from models.strategy.stream_features import decision_features
+
+    seen: list[np.ndarray] = []
+
+    class Recording(TableForests):
+        def predict(self, x: np.ndarray) -> np.ndarray:
+            seen.append(x.copy())
+            return super().predict(x)
+
+    rng = np.random.default_rng(7)
+    rows, scores, loans = random_batch(rng, 40)
+    rows[:, FEATURE_NAMES.index("monthly_income")] = 3000.0  # at origination
+    reported = np.where(rng.random(40) < 0.5, np.nan, rng.uniform(100, 5000, 40))
+    forests = Recording(random_values(rng, 40, 2.0), 2.0)
+    for reference in (True, False):
+        strategy = StreamStrategy(POLICY, None, forests, reference=reference)  # type: ignore[arg-type]
+        strategy.plan(rows, scores, loans, reported)
+    ratio = FEATURES.index("income_ratio")
+    want = decision_features(rows, np.asarray(scores), reported)[:, ratio]
+    assert len(seen) == 2 and (want != 1.0).any()
+    assert np.array_equal(seen[0][:, ratio], want) and np.array_equal(seen[1][:, ratio], want)

@@ -76,7 +76,8 @@ def run(processor: PartitionProcessor, recs: list, batch: int) -> list:
 
 def test_the_simulator_state_as_stream_rows_maps_back_to_its_decision_features() -> None:
     """The training log's features and the stream's come from one function: the simulator's
-    state written as stream rows maps back exactly, but for the unobservable income ratio."""
+    state written as stream rows maps back exactly, but for the income ratio, which the stream
+    knows only where an income was reported (LoanEvent v4): exact there, 1.0 elsewhere."""
     book = Book.generate(4000, seed=9, policy=Policy.load(None))
     rows = stream_rows(book)
     assert rows.shape == (4000, len(FEATURE_NAMES))
@@ -85,6 +86,65 @@ def test_the_simulator_state_as_stream_rows_maps_back_to_its_decision_features()
     others = [k for k in range(len(FEATURES)) if k != income]
     np.testing.assert_allclose(x[:, others], book.x[:, others], rtol=1e-12, atol=1e-12)
     assert (x[:, income] == UNOBSERVED_INCOME_RATIO).all()
+    reports = book.income_reports()
+    told = reports == reports
+    seen = decision_features(rows, book.col["risk_score"], reports)
+    np.testing.assert_allclose(seen[:, others], x[:, others], rtol=0, atol=0)
+    np.testing.assert_allclose(seen[told, income], book.col["income_ratio"][told], rtol=1e-12)
+    assert (seen[~told, income] == UNOBSERVED_INCOME_RATIO).all() and told.sum() > 200
+
+
+def test_the_income_ratio_is_the_latest_report_over_the_origination_income() -> None:
+    """NaN (nothing reported) -> 1.0; a report of 0 (a job loss) -> 0.0; no or a zero
+    origination income -> 1.0 (no ratio to form)."""
+    rows = np.full((5, len(FEATURE_NAMES)), np.nan)
+    rows[:, FEATURE_NAMES.index("monthly_income")] = [2000.0, 2000.0, 2000.0, 0.0, np.nan]
+    reported = np.array([np.nan, 900.0, 0.0, 500.0, 500.0])
+    x = decision_features(rows, np.zeros(5), reported)
+    assert x[:, FEATURES.index("income_ratio")].tolist() == [1.0, 0.45, 0.0, 1.0, 1.0]
+    assert (decision_features(rows, np.zeros(5))[:, FEATURES.index("income_ratio")] == 1.0).all()
+
+
+def test_the_simulator_reports_a_shock_only_after_a_disclosing_contact() -> None:
+    """Book.income_reports: only shocked borrowers report, only after at least one prior
+    contact, what they now earn; at the documented rate 1 - (1 - p)^attempts; deterministic,
+    and the book's borrowers and logging draws are those of the seed without it."""
+    from models.strategy.simulator import DISCLOSURE_RATE
+
+    policy = Policy.load(None)
+    book = Book.generate(20000, seed=3, policy=policy)
+    before = book.x.copy(), book.random_choice().strategy.copy()
+    reports = book.income_reports()
+    c, told = book.col, reports == reports
+    shocked = c["income_ratio"] < 0.75
+    assert not told[~shocked].any() and not told[c["prior_attempts"] == 0].any()
+    np.testing.assert_array_equal(reports[told], (c["monthly_income"] * c["income_ratio"])[told])
+    for k in (1, 2):
+        group = shocked & (c["prior_attempts"] == k)
+        expected = 1.0 - (1.0 - DISCLOSURE_RATE) ** k
+        assert abs(told[group].mean() - expected) < 0.05, (k, told[group].mean())
+    np.testing.assert_array_equal(book.income_reports(), reports)
+    np.testing.assert_array_equal(book.x, before[0])
+    np.testing.assert_array_equal(book.random_choice().strategy, before[1])
+
+
+def test_a_plan_values_rows_with_their_reported_income(experiment) -> None:
+    """StreamStrategy.plan takes each row's reported income: the learned arm's expected values
+    are the forests' at decision_features(rows, scores, reported)."""
+    book = Book.generate(400, seed=6, policy=Policy.load(None))
+    rows, scores, reports = stream_rows(book), book.col["risk_score"], book.income_reports()
+    loans = [LoanState(loan, "B") for loan in book.loan_ids]
+    plan = experiment.plan(rows, scores.tolist(), loans, reports)
+    blind = experiment.plan(rows, scores.tolist(), loans)
+    learned = [
+        i for i, loan in enumerate(book.loan_ids) if experiment.arm_of(loan).policy == "learned"
+    ]
+    expected = experiment.forests.predict(
+        decision_features(rows[learned], scores[learned], reports[learned])
+    )
+    assert [plan._values[i] for i in learned] == expected.tolist()
+    told = [k for k, i in enumerate(learned) if reports[i] == reports[i]]
+    assert told and any(plan._values[learned[k]] != blind._values[learned[k]] for k in told)
     # every simulated prior method is one a CollectionAttempt can record
     assert set(np.unique(book.col["prior_method"])) == {0.0, 1.0, 2.0, 4.0}
 
@@ -271,3 +331,57 @@ def test_score_refuses_a_learned_arm_without_the_model(trained_model, policy_fil
     )  # fmt: skip
     assert result.exit_code == 2
     assert "--strategy-model DIR" in result.output
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["kernel", "reference"])
+def test_the_processor_passes_each_events_reported_income_to_the_plan(
+    bundle, experiment, native: bool
+) -> None:
+    """A v4 income report reaches the learned policy as of its event: NaN before the report,
+    the reported amount from it on, even when the batch also holds a later report."""
+    encode = AvroSerde("LoanEvent").encode
+    opened = make_event("o", "L1", "B1", 0, "LoanOpened", dict(
+        age=40, gender="Female", employment_type="Salaried", monthly_income=3000.0,
+        num_dependents=1, loan_amount=12000.0, loan_tenure_months=12, interest_rate=9.5,
+        loan_type="Personal", collateral_value=0.0, monthly_emi=1050.0))  # fmt: skip
+    due = dict(installment_due_date=30, amount_due=1050.0)
+    missed = make_event(
+        "m",
+        "L1",
+        "B1",
+        40 * DAY,
+        "PaymentMissed",
+        {**due, "days_past_due": 10, "outstanding": 1.2e4},
+    )
+
+    def contact(n: int, income: float) -> dict:
+        body = dict(
+            method="CALLS",
+            outcome="OTHER",
+            legal_action=False,
+            channel=None,
+            conversation=True,
+            hold=None,
+            income_report={"monthly_income": income, "source": "BORROWER_DISCLOSURE"},
+        )
+        return make_event(f"c{n}", "L1", "B1", (40 + n) * DAY, "CollectionAttempt", body)
+
+    events = [opened, missed, contact(1, 1200.0), contact(2, 900.0)]
+    records = [(i, b"L1", encode(e)) for i, e in enumerate(events)]
+    seen: list[list[float]] = []
+    plan = experiment.plan
+
+    def spy(rows, scores, states, reported_income=None):
+        seen.append(reported_income.tolist())
+        return plan(rows, scores, states, reported_income)
+
+    processor = PartitionProcessor(bundle, experiment, 0, native=native)
+    try:
+        experiment.plan = spy  # type: ignore[method-assign]
+        processor.process(records)
+    finally:
+        del experiment.plan
+    assert len(seen) == 1
+    reported = seen[0]
+    assert [r != r for r in reported[:2]] == [True, True] and reported[2:] == [1200.0, 900.0]
+    assert processor.store.states["L1"].reported_income == 900.0

@@ -217,6 +217,7 @@ def test_every_body_type_round_trips() -> None:
             "channel": "LETTER",
             "conversation": False,
             "hold": None,
+            "income_report": None,
         },
         "LoanClosed": {"reason": "WRITTEN_OFF"},
     }
@@ -282,4 +283,33 @@ def test_v3_jurisdiction_reads_with_v2_both_ways() -> None:
     assert v3.decode(v2.encode(old))["body"][1] == {**body, "jurisdiction": None}
     new = sample_event(body=("loanrec.events.LoanOpened", {**body, "jurisdiction": "US-CA"}))
     assert v2.decode(v3.encode(new))["body"][1] == body
-    assert AvroSerde("LoanEvent").writer.version == 3
+
+
+def test_v4_income_report_reads_with_v3_both_ways() -> None:
+    """LoanEvent v4 adds CollectionAttempt.income_report with a default: v3 bytes (and v1's)
+    read as v4 with no report, and a v3 reader reads a v4 contact with a report as the same
+    contact without it; v4 is what producers write."""
+    v1 = AvroSerde("LoanEvent", writer_version=1, reader_version=1)
+    v3 = AvroSerde("LoanEvent", writer_version=3, reader_version=3)
+    v4 = AvroSerde("LoanEvent", writer_version=4, reader_version=4)
+    contact = {
+        "method": "CALLS",
+        "outcome": "PROMISE_TO_PAY",
+        "legal_action": False,
+        "channel": "CALL",
+        "conversation": True,
+        "hold": None,
+    }
+    old = sample_event(body=("loanrec.events.CollectionAttempt", contact))
+    assert v4.decode(v3.encode(old))["body"][1] == {**contact, "income_report": None}
+    v1_contact = {"method": "CALLS", "outcome": "NO_CONTACT", "legal_action": False}
+    v1_bytes = v1.encode(sample_event(body=("loanrec.events.CollectionAttempt", v1_contact)))
+    assert v4.decode(v1_bytes)["body"][1]["income_report"] is None
+    report = {"monthly_income": 1250.5, "source": "BORROWER_DISCLOSURE"}
+    new = sample_event(
+        body=("loanrec.events.CollectionAttempt", {**contact, "income_report": report})
+    )
+    decoded = v4.decode(v4.encode(new))["body"][1]["income_report"]
+    assert decoded == ("loanrec.events.IncomeReport", report)
+    assert v3.decode(v4.encode(new))["body"][1] == contact
+    assert AvroSerde("LoanEvent").writer.version == 4
