@@ -141,9 +141,15 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
     events: list[dict[str, Any]] = []
     outcomes: dict[str, int] = {}
     seen: dict[str, int] = {}
+    # Rows as Python values, built column-wise (floats, not numpy scalars: seed_row_events
+    # reads every number through float()/int(), so the events are the same).
+    numbers = list(zip(*(num[c].tolist() for c in SEED_NUMERIC), strict=True))
+    texts = list(zip(*(text[c].tolist() for c in text), strict=True))
+    text_columns = tuple(text)
+    loan_ids = text["Loan_ID"]
     for i in range(n):
         row_no = i + 2  # 1-based, after the header: what a spreadsheet shows
-        loan_id = text["Loan_ID"][i]
+        loan_id = loan_ids[i]
         if not loan_id or loan_id.lower() == "nan":
             loan_id = f"row-{row_no}"
         if loan_id in seen:
@@ -152,8 +158,8 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
                 f"repeats row {seen[loan_id]}; give every loan one row"
             )
         seen[loan_id] = row_no
-        row = {c: num[c][i] for c in SEED_NUMERIC}
-        row.update({c: text[c][i] for c in text})
+        row = dict(zip(SEED_NUMERIC, numbers[i], strict=True))
+        row.update(zip(text_columns, texts[i], strict=True))
         row["Loan_ID"] = loan_id
         events.extend(seed_row_events(row))
         outcome = RECOVERY_OUTCOMES.get(_canonical(row["Recovery_Status"]))
@@ -349,8 +355,9 @@ def _cured_slots(loan_id: str, count: int, slots: int) -> frozenset[int]:
     seeded by the loan id only (CRC-32: stable across processes, unlike ``hash``)."""
     if count <= 0:
         return frozenset()
-    rng = np.random.default_rng(zlib.crc32(loan_id.encode("utf-8")))
-    return frozenset(int(k) for k in rng.choice(slots, size=count, replace=False))
+    # default_rng(seed) is Generator(PCG64(seed)); built directly, without its dispatch.
+    rng = np.random.Generator(np.random.PCG64(zlib.crc32(loan_id.encode("utf-8"))))
+    return frozenset(rng.choice(slots, size=count, replace=False).tolist())
 
 
 def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[[int], float]:
@@ -366,7 +373,15 @@ def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[
         q = 1.0 + i
         # Paid off after this many payments; beyond it q**n could overflow for nothing.
         payoff = -math.log1p(-amount * i / emi) / math.log1p(i)
-        return lambda n: 0.0 if n >= payoff else max(0.0, amount * q**n - emi * (q**n - 1) / i)
+
+        def annuity(n: int) -> float:
+            if n >= payoff:
+                return 0.0
+            qn = q**n
+            balance = amount * qn - emi * (qn - 1) / i
+            return balance if balance > 0.0 else 0.0  # max(0.0, balance), NaN and -0.0 alike
+
+        return annuity
     return lambda n: max(0.0, amount - n * emi)
 
 
@@ -390,7 +405,12 @@ def _installments_paid(amount: float, outstanding: float, emi: float, rate: floa
 
 
 def _title(value: str) -> str:
-    for name in COLLECTION_METHODS:
-        if _canonical(name) == _canonical(value):
-            return name
-    return value
+    """The collection method ``value`` names (case, spaces and punctuation aside), or
+    ``value``."""
+    return _TITLES.get(_canonical(value), value)
+
+
+_TITLES: dict[str, str] = {}
+for _name_ in COLLECTION_METHODS:  # the first name of a canonical spelling wins, as it did
+    _TITLES.setdefault(_canonical(_name_), _name_)
+del _name_
