@@ -1,5 +1,7 @@
 # cython: language_level=3
-"""Compiled twin of ``LoanStateCodec.encode``'s fast path (``models/features/state_codec.py``).
+"""Compiled twins of ``LoanStateCodec``'s fast paths (``models/features/state_codec.py``):
+``encode_state`` of ``_encode_python``, and ``StateDecoder`` (at the end of this file) of
+``_decode_body``, which a restore runs once per changelog record.
 
 The scorer writes one changelog record per loan touched in every transaction -- nearly one
 per input event at full speed -- so this encoder is on the hot path. It writes exactly the
