@@ -320,6 +320,7 @@ class ChangelogRestorer:
         self, messages: list[Message], stores: Mapping[int, PartitionStore], remaining: set[int]
     ) -> int:
         restored = 0
+        by_partition = {p: stores[p] for p in stores}  # a dict: StoreView's lookup is Python
         for message in messages:
             error = message.error()
             if error is not None:
@@ -331,7 +332,7 @@ class ChangelogRestorer:
                 log.warning("changelog read error: %s", error)
                 continue
             try:
-                if stores[message.partition()].restore(message.key(), message.value()):
+                if by_partition[message.partition()].restore(message.key(), message.value()):
                     restored += 1
             except Exception as error:  # an incompatible record: never guess a loan's state
                 raise RestoreError(

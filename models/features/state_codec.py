@@ -32,8 +32,9 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from typing import Any
+from typing import Any, Protocol
 
+from models.features import state as _state_module
 from models.features.guard_state import GuardState, restored_guard
 from models.features.state import SCORE, SLOTS, LoanState
 from models.native import load_kernel
@@ -42,6 +43,12 @@ from schemas.serde import HEADER_SIZE, MAGIC
 
 _codec_kernel = load_kernel("features._codec_kernel")  # None: the Python fast path below
 _encode_compiled = _codec_kernel.encode_state if _codec_kernel else None
+_StateDecoder = _codec_kernel.StateDecoder if _codec_kernel else None
+
+
+class _Decoder(Protocol):  # _codec_kernel.StateDecoder
+    def decode(self, data: bytes, pos: int) -> tuple[LoanState, int]: ...
+
 
 _SLOT_COUNT = len(SLOTS)
 _DOUBLES = 8 * _SLOT_COUNT
@@ -125,7 +132,7 @@ class LoanStateCodec:
     """Encode a :class:`LoanState` to, and decode it from, ``LoanState`` single-object Avro."""
 
     def __init__(self, native: bool = True) -> None:
-        """``native=False``: never use the compiled encoder (tests compare the two)."""
+        """``native=False``: never use the compiled encoder and decoder (tests compare them)."""
         self._serde = AvroSerde("LoanState")
         self._header = MAGIC + self._serde.writer.fingerprint
         # v1 records are read as v1 (resolving them to v2 would drop their recent ids, which
@@ -135,6 +142,18 @@ class LoanStateCodec:
         self._labels: dict[bytes, str] = {}
         self.fast = sys.byteorder == "little" and _has_fixed_layout(self._serde.writer.raw)
         self.compiled = self.fast and _encode_compiled is not None and native
+        self._decoder: _Decoder | None = None
+        if self.fast and _StateDecoder is not None and native:
+            self._decoder = _StateDecoder(
+                LoanState("", ""),  # cloned: the states' type, size and no-score NaN
+                self._labels,
+                _MAX_LABELS,
+                _state_module._LABELS,
+                _state_module._MAX_LABELS,
+                restored_guard,
+                _SLOT_COUNT,
+            )
+        self.compiled_decode = self._decoder is not None
 
     def encode(self, state: LoanState) -> bytes:
         if not self.fast:
@@ -170,7 +189,10 @@ class LoanStateCodec:
                 return LoanState.from_record(self._v1.decode(data))
             return LoanState.from_record(self._serde.decode(data))  # other versions: resolve
         try:
-            state, end = self._decode_body(data)
+            if self._decoder is not None:
+                state, end = self._decoder.decode(data, HEADER_SIZE)
+            else:
+                state, end = self._decode_body(data)
         except (IndexError, UnicodeDecodeError, struct.error, ValueError) as error:
             raise SchemaDecodeError("undecodable", f"LoanState body is corrupt: {error}") from None
         if end != len(data):
@@ -180,6 +202,9 @@ class LoanStateCodec:
         return state
 
     def _decode_body(self, data: bytes) -> tuple[LoanState, int]:
+        """The reference of the fast path's decoder (``decode_state`` in
+        ``models/features/_codec_kernel.pyx`` is its compiled twin, ~10x less CPU per record:
+        a restore's cost was 80% this method, see ``bench/state.py --profile``)."""
         loan_id, pos = self._read_string(data, HEADER_SIZE)
         borrower_id, pos = self._read_string(data, pos)
         # Filled in place (frombytes() would over-allocate the array by 40 bytes per loan).

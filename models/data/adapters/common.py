@@ -62,8 +62,11 @@ def _read_csv(path: str | Path | IO[str]) -> pd.DataFrame:
         ) from None
 
 
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")  # compiled once: _canonical runs per row and cell
+
+
 def _canonical(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    return _NOT_ALNUM.sub("", name.lower())
 
 
 def _match_columns(
@@ -99,9 +102,13 @@ def _numbers(column: pd.Series) -> np.ndarray:
 def event_id(loan_id: str, index: int) -> str:
     """Deterministic UUID-formatted id of a loan's ``index``-th history event, so replaying a
     file twice yields the same ids (and the stream drops the repeats)."""
-    h = hashlib.md5(f"{loan_id}\x00{index}".encode(), usedforsecurity=False).hexdigest()
-    variant = "89ab"[int(h[16], 16) & 3]  # RFC 4122 variant bits, as in a random (v4) UUID
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:32]}"
+    h = _md5(f"{loan_id}\x00{index}".encode(), usedforsecurity=False).hexdigest()
+    # RFC 4122 variant bits, as in a random (v4) UUID: "89ab"[int(h[16], 16) & 3], looked up.
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_md5 = hashlib.md5
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 def _int_or(value: float, default: int) -> int:

@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -141,25 +143,48 @@ def seed_frame_history(frame: pd.DataFrame, path: Any = "<frame>") -> History:
     events: list[dict[str, Any]] = []
     outcomes: dict[str, int] = {}
     seen: dict[str, int] = {}
-    for i in range(n):
-        row_no = i + 2  # 1-based, after the header: what a spreadsheet shows
-        loan_id = text["Loan_ID"][i]
-        if not loan_id or loan_id.lower() == "nan":
-            loan_id = f"row-{row_no}"
-        if loan_id in seen:
-            raise AdapterError(
-                f"{_name(path)}: row {row_no}, column 'Loan_ID': {loan_id!r} "
-                f"repeats row {seen[loan_id]}; give every loan one row"
-            )
-        seen[loan_id] = row_no
-        row = {c: num[c][i] for c in SEED_NUMERIC}
-        row.update({c: text[c][i] for c in text})
-        row["Loan_ID"] = loan_id
-        events.extend(seed_row_events(row))
-        outcome = RECOVERY_OUTCOMES.get(_canonical(row["Recovery_Status"]))
-        if outcome is not None:  # blank or unknown status: events yes, training label no
-            outcomes[loan_id] = outcome
+    # Rows as Python values, built column-wise (floats, not numpy scalars: seed_row_events
+    # reads every number through float()/int(), so the events are the same).
+    numbers = list(zip(*(num[c].tolist() for c in SEED_NUMERIC), strict=True))
+    texts = list(zip(*(text[c].tolist() for c in text), strict=True))
+    text_columns = tuple(text)
+    loan_ids = text["Loan_ID"]
+    with _collector_paused():
+        for i in range(n):
+            row_no = i + 2  # 1-based, after the header: what a spreadsheet shows
+            loan_id = loan_ids[i]
+            if not loan_id or loan_id.lower() == "nan":
+                loan_id = f"row-{row_no}"
+            if loan_id in seen:
+                raise AdapterError(
+                    f"{_name(path)}: row {row_no}, column 'Loan_ID': {loan_id!r} "
+                    f"repeats row {seen[loan_id]}; give every loan one row"
+                )
+            seen[loan_id] = row_no
+            row = dict(zip(SEED_NUMERIC, numbers[i], strict=True))
+            row.update(zip(text_columns, texts[i], strict=True))
+            row["Loan_ID"] = loan_id
+            events.extend(seed_row_events(row))
+            outcome = RECOVERY_OUTCOMES.get(_canonical(row["Recovery_Status"]))
+            if outcome is not None:  # blank or unknown status: events yes, training label no
+                outcomes[loan_id] = outcome
     return History(events, outcomes, "seed", n)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a book's events are built (back on after, as
+    it was). Each event is three new containers (~15 per loan), so the collector ran again
+    and again over the growing, acyclic list of events: seed_frame_history of a 30,000-loan
+    book took 6.3-8.8 s of CPU with it on, 5.0-5.2 s with it off (one process, interleaved).
+    Nothing built here is a cycle, so nothing is left for it to find."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def seed_row_events(row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -349,8 +374,9 @@ def _cured_slots(loan_id: str, count: int, slots: int) -> frozenset[int]:
     seeded by the loan id only (CRC-32: stable across processes, unlike ``hash``)."""
     if count <= 0:
         return frozenset()
-    rng = np.random.default_rng(zlib.crc32(loan_id.encode("utf-8")))
-    return frozenset(int(k) for k in rng.choice(slots, size=count, replace=False))
+    # default_rng(seed) is Generator(PCG64(seed)); built directly, without its dispatch.
+    rng = np.random.Generator(np.random.PCG64(zlib.crc32(loan_id.encode("utf-8"))))
+    return frozenset(rng.choice(slots, size=count, replace=False).tolist())
 
 
 def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[[int], float]:
@@ -366,7 +392,15 @@ def _schedule(start: float, amount: float, emi: float, rate: float) -> Callable[
         q = 1.0 + i
         # Paid off after this many payments; beyond it q**n could overflow for nothing.
         payoff = -math.log1p(-amount * i / emi) / math.log1p(i)
-        return lambda n: 0.0 if n >= payoff else max(0.0, amount * q**n - emi * (q**n - 1) / i)
+
+        def annuity(n: int) -> float:
+            if n >= payoff:
+                return 0.0
+            qn = q**n
+            balance = amount * qn - emi * (qn - 1) / i
+            return balance if balance > 0.0 else 0.0  # max(0.0, balance), NaN and -0.0 alike
+
+        return annuity
     return lambda n: max(0.0, amount - n * emi)
 
 
@@ -390,7 +424,12 @@ def _installments_paid(amount: float, outstanding: float, emi: float, rate: floa
 
 
 def _title(value: str) -> str:
-    for name in COLLECTION_METHODS:
-        if _canonical(name) == _canonical(value):
-            return name
-    return value
+    """The collection method ``value`` names (case, spaces and punctuation aside), or
+    ``value``."""
+    return _TITLES.get(_canonical(value), value)
+
+
+_TITLES: dict[str, str] = {}
+for _name_ in COLLECTION_METHODS:  # the first name of a canonical spelling wins, as it did
+    _TITLES.setdefault(_canonical(_name_), _name_)
+del _name_

@@ -5,12 +5,15 @@ so the training snapshots of an early installment cannot encode the outcome."""
 
 from __future__ import annotations
 
+import gc
 import math
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from models.data.adapters import SEED_COLUMNS, seed_frame_history, seed_row_events
+from models.data.adapters.common import AdapterError
 from models.features.columns import FEATURE_INDEX
 from models.features.state import replay
 from models.training.snapshots import cut_after_installments, snapshot_set
@@ -133,3 +136,23 @@ def test_a_capped_history_continues_the_schedule_of_its_implied_payments() -> No
         growth = (1.0 + _I) ** n
         assert math.isclose(balance, AMOUNT * growth - long_emi * (growth - 1.0) / _I, abs_tol=0.01)
     assert 0 < balances[-2] - final < long_emi  # one step, not the rest of the loan
+
+
+def test_the_collector_is_back_as_it_was_after_a_book_even_a_refused_one() -> None:
+    """seed_frame_history pauses the cyclic collector while it builds events (speed): it must
+    leave it on when it was on -- also when the book is refused -- and off when it was off."""
+    frame = pd.DataFrame(
+        [{c: "" for c in SEED_COLUMNS} | {"Loan_ID": "L1", "Loan_Amount": "1000"}] * 2
+    )
+    assert gc.isenabled()
+    assert len(seed_frame_history(frame.iloc[:1]).events) > 0
+    assert gc.isenabled()
+    with pytest.raises(AdapterError, match="repeats row 2"):
+        seed_frame_history(frame)  # the same Loan_ID twice
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        seed_frame_history(frame.iloc[:1])
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
+import random
+
 import pytest
 
 from models.data.synthetic import generate_book, with_guardrail_events
+from models.features.guard_state import is_shared
 from models.features.state import REPORTED_INCOME, replay
 from models.features.state_codec import LoanStateCodec
 from schemas import AvroSerde, SchemaDecodeError
+from schemas.serde import HEADER_SIZE
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +80,53 @@ def test_a_corrupt_record_is_a_decode_error_not_a_wrong_state(states, cut: int) 
         codec.decode(data[:cut])
     with pytest.raises(SchemaDecodeError):
         codec.decode(data + b"\x00")
+
+
+def _image(state) -> tuple:
+    """Everything a decoded state holds, bit for bit (the values' bytes, NaNs included)."""
+    guard = state.guard
+    return (
+        type(state),
+        bytes(state),
+        state.loan_id,
+        state._borrower,
+        state._labels,
+        gc.is_tracked(state),
+        None if guard is None else (type(guard), bytes(guard), guard.time_zone, is_shared(guard)),
+    )
+
+
+def _decoded(codec: LoanStateCodec, data: bytes) -> tuple | str:
+    try:
+        return _image(codec.decode(data))
+    except SchemaDecodeError:
+        return "refused"
+
+
+def test_the_compiled_decoder_builds_the_references_states(states) -> None:
+    compiled, python = LoanStateCodec(), LoanStateCodec(native=False)
+    assert compiled.compiled_decode and not python.compiled_decode
+    for state in states:
+        data = compiled.encode(state)
+        fast, slow = compiled.decode(data), python.decode(data)
+        assert _image(fast) == _image(slow)
+        # Shared like the reference's: the label strings, the (strategy, tier, segment) triple,
+        # and an
+        # opening-facts-only guard.
+        assert fast._labels is slow._labels
+        assert fast.strategy is compiled.decode(data).strategy
+        if slow.guard is not None and is_shared(slow.guard):
+            assert fast.guard is slow.guard
+
+
+def test_the_compiled_decoder_refuses_what_the_reference_refuses(states) -> None:
+    compiled, python = LoanStateCodec(), LoanStateCodec(native=False)
+    rng = random.Random(11)
+    for state in states[:40]:
+        data = compiled.encode(state)
+        variants = [data[:cut] for cut in range(len(data))] + [data + b"\x00"]
+        for _ in range(60):  # single corrupted bytes: a branch, a length, a value
+            at = rng.randrange(HEADER_SIZE, len(data))
+            variants.append(data[:at] + bytes([rng.randrange(256)]) + data[at + 1 :])
+        for variant in variants:
+            assert _decoded(compiled, variant) == _decoded(python, variant)

@@ -3,7 +3,10 @@ ordered, valid for the state machine and endless."""
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from models.data.adapters import SEED_COLUMNS
@@ -76,3 +79,29 @@ def test_every_generated_row_replays_to_its_own_values() -> None:
             float(row.Legal_Action_Taken == "Yes"),
             row.Loan_Amount,
         ), row.Loan_ID
+
+
+def _book_digest(n_loans: int, seed: int) -> str:
+    """SHA-256 (first 16 hex digits) of a whole book: the frame's columns, dtypes, index and
+    every cell (exact repr), every event and every outcome."""
+    frame, events, outcomes = generate_book(n_loans, seed=seed)
+    digest = hashlib.sha256()
+    digest.update(repr((list(frame.columns), [str(d) for d in frame.dtypes])).encode())
+    digest.update(repr(frame.index.tolist()).encode())
+    digest.update(frame.to_csv().encode())
+    digest.update(repr(frame.to_dict("list")).encode())
+    digest.update(repr(events).encode())
+    digest.update(repr(outcomes).encode())
+    return digest.hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("n_loans", "seed", "digest"),
+    [(300, 0, "2c788e6d100fa73a"), (2000, 1, "c253f919992d89d7")],
+)
+def test_a_seed_gives_the_same_book_byte_for_byte(n_loans: int, seed: int, digest: str) -> None:
+    """Pinned books: tests, benchmarks and trained models depend on them, so a speed-up of the
+    generator or of the seed adapter must not change a byte (these digests were taken before
+    the speed-ups of branch restore-speed and again after). A deliberate change of the
+    generating process updates them, and says so."""
+    assert _book_digest(n_loans, seed) == digest
