@@ -393,14 +393,9 @@ class Checkpoint(ABC):
         """
         if not self.open:
             return False
-        now = time.monotonic()
-        config = self.config
-        if (now - self.started) * 1000 >= config.commit_interval_ms:
+        if (time.monotonic() - self.started) * 1000 >= self.config.commit_interval_ms:
             return True
-        return caught_up and (
-            (now - self.last_commit_started) * 1000 >= config.commit_interval_ms
-            or (now - self.started) * 1000 >= config.caught_up_commit_ms
-        )
+        return caught_up and self.until_due() == 0.0
 
     def until_due(self) -> float:
         """Seconds until a caught-up unit is due (:meth:`due`): 0 when none is open and the

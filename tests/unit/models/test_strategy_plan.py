@@ -21,7 +21,6 @@ from models.serving.policy import DEFAULT_POLICY, TIERS, Policy
 from models.strategy.arms import Experiment
 from models.strategy.simulator import STRATEGIES
 from models.strategy.stream import BatchPlan, RowPlan, StreamStrategy
-from schemas import AvroSerde
 
 POLICY = Policy.load(None)
 HOLD = POLICY.guardrails.hold if POLICY.guardrails is not None else "HOLD"
@@ -185,16 +184,6 @@ experiment:
     - {name: challenger, policy: learned, share: 0.4, epsilon: 0.3}
     - {name: explorer, policy: table, share: 0.2, epsilon: 0.5}
 """
-
-
-@pytest.fixture(scope="module")
-def records() -> list[tuple[int, bytes, bytes]]:
-    from models.data.synthetic import generate_book
-
-    encode = AvroSerde("LoanEvent").encode
-    _, events, _ = generate_book(300, seed=5)
-    events.sort(key=lambda e: e["occurred_at"])
-    return [(i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(events)]
 
 
 def run_logged(

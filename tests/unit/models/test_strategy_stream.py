@@ -54,16 +54,6 @@ def experiment(policy_file: Path, treatment_model: Path) -> StreamStrategy:
     return strategy
 
 
-@pytest.fixture(scope="module")
-def records() -> list[tuple[int, bytes, bytes]]:
-    from models.data.synthetic import generate_book
-
-    encode = AvroSerde("LoanEvent").encode
-    _, events, _ = generate_book(300, seed=5)
-    events.sort(key=lambda e: e["occurred_at"])
-    return [(i, e["loan_id"].encode(), encode(e)) for i, e in enumerate(events)]
-
-
 def run(processor: PartitionProcessor, recs: list, batch: int) -> list:
     changes = []
     for start in range(0, len(recs), batch):
