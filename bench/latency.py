@@ -38,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,14 @@ class LatencyResult:
     # the rest of the batch, waiting for the commit interval, the commit, the reader's fetch).
     p50_to_decision_ms: float = 0.0
     p50_decision_to_visible_ms: float = 0.0
+    # The tail's parts (p99 of each part on its own: they need not add up to the total's).
+    p99_to_decision_ms: float = 0.0
+    p99_decision_to_visible_ms: float = 0.0
+    # The scorer's commits over the whole run, warm-up included (loanrec_commit_seconds):
+    # how many, their mean, and the share that took longer than 50 / 100 / 250 ms.
+    commits: int = 0
+    commit_mean_ms: float = 0.0
+    commits_over_ms: dict[str, float] = field(default_factory=dict)
 
 
 class VisibilityWatcher(threading.Thread):
@@ -208,6 +216,33 @@ def latencies_ms(bootstrap: str, input_topic: str, seen: list[tuple[bytes, float
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
+def commit_times(port: int) -> tuple[int, float, dict[str, float]]:
+    """The scorer's ``loanrec_commit_seconds`` histogram, read from its ``/metrics``: commits,
+    their mean in ms, and the share of commits over each of 50, 100 and 250 ms."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    buckets: dict[float, float] = {}
+    count = total = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "loanrec_commit_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets[float(sample.labels["le"])] = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+    if not count:
+        return 0, 0.0, {}
+    over = {f"{le * 1000:g}": round(1 - buckets[le] / count, 4) for le in (0.05, 0.1, 0.25)}
+    return int(count), total / count * 1000, over
+
+
 def measure_latency(
     bootstrap: str,
     model: Path,
@@ -238,6 +273,7 @@ def measure_latency(
         summary = produce_paced(bootstrap, topic, records, rate)
         watch_group_until_done(bootstrap, group, topic, end_offsets(bootstrap, topic))
         watcher.stop_when_quiet()
+        commits = commit_times(port)
     finally:
         stop_process(scorer)
         if watcher.is_alive():
@@ -265,6 +301,9 @@ def measure_latency(
         thirds,  # type: ignore[arg-type]
         float(np.percentile(to_decision, 50)),
         float(np.percentile(lat - to_decision, 50)),
+        float(np.percentile(to_decision, 99)),
+        float(np.percentile(lat - to_decision, 99)),
+        *commits,
     )
 
 

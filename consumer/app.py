@@ -238,8 +238,9 @@ class ScorerApp:
             if messages:
                 with self.health.lock:  # GET /loans never sees a poll half applied
                     self._process(messages, recovery, checkpoint)
+            checkpoint.settle(wait=False)  # a commit in flight that returned: its outputs go
             if checkpoint.due(caught_up):
-                checkpoint.commit()
+                checkpoint.commit_in_background()
             now = time.monotonic()
             self.health.beat(now)
             if now >= next_housekeeping:

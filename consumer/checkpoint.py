@@ -18,6 +18,19 @@ is either committed whole or aborted"):
 - :class:`AtLeastOnce` replaces the transaction by flushes (the outputs, then the changelog)
   and a synchronous offset commit: faster, and a crash may repeat outputs (never lose them).
 
+**Commit in the background** (exactly once, ``ServeConfig.background_commit``): a due unit's
+changelog records go into its transaction on the loop's thread, then its
+``send_offsets_to_transaction`` and ``commit_transaction`` run on the calls' thread
+(:class:`KafkaCalls`) while the loop polls and processes the next unit. No record may enter a
+transaction that is committing, so the next unit's outputs are held and produced into its own
+transaction once the commit returns; its stores keep a second generation of the undo log
+(``PartitionStore.seal``). If the commit fails, or outlasts its timeout, the next unit is rolled
+back and its input rewound, and the committing unit finishes exactly as a commit on the loop's
+thread would: retried, or aborted, rolled back and redone. Exactly once is unchanged: a unit's
+records, changelog and offsets still commit in one transaction, and a crash loses at most the
+units not committed. What changes is that a decision's own commit no longer also delays the
+decisions after it (measured in docs/BENCHMARKS.md).
+
 Both sit behind :class:`Checkpoint`, so the loop (``consumer.app``) never asks which guarantee
 it runs under. Fencing and fatal errors raise :class:`~consumer.errors.FatalError`.
 
@@ -40,6 +53,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -262,6 +276,52 @@ def seek(consumer: Consumer, positions: list[TopicPartition]) -> None:
                 time.sleep(0.05)
 
 
+class _Skipped(ConsumerError):
+    """commit_transaction was not called: the unit's send_offsets_to_transaction failed."""
+
+
+class _InFlight:
+    """A unit whose commit calls run on :class:`KafkaCalls`' thread (commit in the
+    background): what it covers, and the futures of its two calls."""
+
+    __slots__ = (
+        "commit_future",
+        "finished",
+        "first",
+        "group",
+        "offsets",
+        "offsets_future",
+        "started",
+    )
+
+    def __init__(
+        self, first: dict[int, int], offsets: list[TopicPartition], group: object, started: float
+    ) -> None:
+        self.first = first  # the unit's first offset per partition (an abort rewinds to it)
+        self.offsets = offsets  # the input offsets it commits
+        self.group = group  # consumer_group_metadata() when it was submitted
+        self.started = started  # monotonic, when its commit began
+        self.finished = 0.0  # monotonic, when commit_transaction returned
+        self.offsets_future: Future | None = None
+        self.commit_future: Future | None = None
+
+    def run(self, producer: Producer, timeout: float) -> None:
+        """The commit job: only after the offsets went into the transaction."""
+        sent = self.offsets_future
+        if sent is not None and sent.exception() is not None:  # done: it ran first
+            raise _Skipped("send_offsets_to_transaction failed")
+        producer.commit_transaction(timeout)
+        self.finished = time.monotonic()
+
+    def done(self) -> bool:
+        future = self.commit_future
+        return future is not None and future.done()
+
+    def succeeded(self) -> bool:
+        future = self.commit_future
+        return future is not None and future.done() and future.exception() is None
+
+
 class Checkpoint(ABC):
     """The open unit of work: which input it covers, its outputs, its commit and its abort.
 
@@ -289,6 +349,11 @@ class Checkpoint(ABC):
         self.positions: dict[int, int] = {}
         self.first: dict[int, int] = {}
         self.open = False
+        # Commit in the background (see the module docstring): the unit committing, whether
+        # the open unit's transaction has begun, and the outputs it holds until it does.
+        self.in_flight: _InFlight | None = None
+        self.begun = False
+        self._held: list[tuple[str, bytes | None, bytes | None, int, Headers | None]] = []
         self.started = 0.0  # when the open unit began (monotonic)
         # When the last commit began (monotonic): the commit interval is the cadence of
         # commits from one commit's start to the next (see :meth:`due`).
@@ -359,12 +424,27 @@ class Checkpoint(ABC):
     def _gave_up(self, what: str, error: KafkaError) -> Exception:
         """What a non-retriable error becomes (an outage past the patience is always fatal)."""
 
+    background = False  # whether this guarantee can commit in the background
+
+    def _submit_commit(self, flight: _InFlight) -> None:
+        """Start ``flight``'s commit calls on :attr:`calls` (guarantees with :attr:`background`)."""
+        raise NotImplementedError
+
+    def _finish_commit(self, flight: _InFlight) -> None:
+        """Wait for ``flight``'s calls as :meth:`_commit` would have made them: retried,
+        :class:`_Abort`, :class:`_Stuck` or fatal alike."""
+        raise NotImplementedError
+
     # -- the unit -------------------------------------------------------------------------------
     def begin(self) -> None:
         """Open a unit unless one is open (called by the first batch with records, so an idle
         scorer keeps no transaction open)."""
         if not self.open:
-            self._begin()
+            # With a commit in flight no record may enter the producer: the unit's
+            # transaction begins when that commit returns (:meth:`settle`).
+            self.begun = self.in_flight is None
+            if self.begun:
+                self._begin()
             self.open, self.started = True, time.monotonic()
 
     def track(self, partition: int, first: int) -> None:
@@ -413,35 +493,159 @@ class Checkpoint(ABC):
         self.first.pop(partition, None)
         return self.positions.pop(partition, None)
 
+    @property
+    def unsettled(self) -> bool:
+        """A unit is open or committing: something a revoke or a loss must settle."""
+        return self.open or self.in_flight is not None
+
     def commit(self) -> bool:
-        """Commit the open unit; False if it had to be aborted (state rolled back, input
+        """Commit the open unit (after the one committing in the background, if any), and
+        return when it is committed; False if one had to be aborted (state rolled back, input
         rewound) or was given up because a stop arrived during a stall. Raises
         :class:`FatalError` if neither is possible."""
+        if self.in_flight is not None and not self.settle():
+            return False
         if not self.open:
             return True
         if self.abandoned:
             self.abandon("stopping")
             return False
         self.last_commit_started = time.monotonic()
+        committed = self._commit_guarded(None)
+        if committed:
+            self.metrics.commit_seconds.observe(time.monotonic() - self.last_commit_started)
+        return committed
+
+    def commit_in_background(self) -> bool:
+        """Start committing the open unit and return while its commit calls run (the module
+        docstring); the loop goes on with the next unit, and :meth:`settle` ends the commit.
+        Where the guarantee cannot, or a stall or a failed record is being dealt with, this
+        is :meth:`commit`. False if a unit had to be aborted."""
+        if (
+            not (self.background and self.config.background_commit)
+            or self.abandoned
+            or self._stalled_at is not None
+        ):
+            return self.commit()
+        if self.in_flight is not None and not self.settle():
+            return False
+        if not self.open or self.doomed is not None:
+            return self.commit()
+        self.last_commit_started = started = time.monotonic()
+        offsets = self._unit_offsets()
+        self._write_changelog()
+        if self.doomed is not None:  # a changelog record failed the transaction: abort now
+            return self._commit_guarded(None)
+        flight = _InFlight(self.first, offsets, self.consumer.consumer_group_metadata(), started)
+        for partition in flight.first:
+            store = self.stores.get(partition)
+            if store is not None:
+                store.seal()
+        self._submit_commit(flight)
+        self.in_flight, self.first = flight, {}
+        self.open = self.begun = False
+        return True
+
+    def settle(self, wait: bool = True) -> bool:
+        """End the commit in flight, if any: on success the units it covered are final and
+        the unit opened since begins its transaction with the outputs it held. If the commit
+        failed, or is still running a commit timeout after it began, the unit opened since is
+        rolled back and rewound, and the committing one ends the way :meth:`commit` ends a
+        unit. With ``wait`` False a commit still running is left running (True). False if
+        the committing unit was aborted."""
+        flight = self.in_flight
+        if flight is None or (not wait and not flight.done()):
+            return True
+        deadline = flight.started + self._timeout(self.config.commit_timeout_s)
+        while not flight.done() and time.monotonic() < deadline:
+            assert flight.commit_future is not None
+            futures_wait([flight.commit_future], timeout=STOP_CHECK_S)
+        if flight.succeeded():
+            self._committed_in_background(flight)
+            return True
+        self._reopen(flight)
+        committed = self._commit_guarded(flight)
+        if committed:
+            self.metrics.commit_seconds.observe(time.monotonic() - flight.started)
+        return committed
+
+    def _committed_in_background(self, flight: _InFlight) -> None:
+        self.in_flight = None
+        recovered = 0.0
+        for partition in flight.first:
+            store = self.stores.get(partition)
+            if store is not None:
+                recovered += store.commit_sealed()
+        self.metrics.transactions.labels(result="commit").inc()
+        self.metrics.commit_seconds.observe(flight.finished - flight.started)
+        if recovered:
+            self.metrics.recovered_after_write_off.inc(recovered)
+        if self.open:  # the unit opened meanwhile: its transaction, with what it held
+            self._begin()
+            self.begun = True
+            held, self._held = self._held, []
+            for topic, key, value, partition, headers in held:
+                self.produce(topic, key, value, partition, headers)
+
+    def _reopen(self, flight: _InFlight) -> None:
+        """The commit in flight did not succeed (yet): roll back and rewind the unit opened
+        since, and make the committing unit the open one again, as if it had never been
+        sealed, so the rest of its commit runs on the loop's thread."""
+        self.in_flight = None
+        self._held.clear()
+        rewind = []
+        for partition, first in self.first.items():
+            store = self.stores.get(partition)
+            if store is None:
+                continue
+            store.rollback()  # to the committing unit's end
+            self.positions[partition] = first
+            rewind.append(TopicPartition(self.topics.events, partition, first))
+        seek(self.consumer, rewind)
+        for partition in flight.first:
+            store = self.stores.get(partition)
+            if store is not None:
+                store.unseal()
+        for tp in flight.offsets:
+            self.positions[tp.partition] = tp.offset
+        self.first = flight.first
+        self.open = self.begun = True
+        self.started = flight.started
+        if rewind:
+            log_event(
+                "background_commit_reopened",
+                level="warning",
+                rewound={tp.partition: tp.offset for tp in rewind},
+            )
+
+    def _commit_guarded(self, flight: _InFlight | None) -> bool:
         try:
-            return self._commit_unit()
+            return self._commit_unit(flight)
         except Interrupted as stop:
             self.abandon(str(stop))
             return False
 
-    def _commit_unit(self) -> bool:
-        offsets = [
+    def _unit_offsets(self) -> list[TopicPartition]:
+        return [
             TopicPartition(self.topics.events, p, self.positions[p])
             for p in self.first
             if p in self.positions
         ]
+
+    def _commit_unit(self, flight: _InFlight | None = None) -> bool:
+        """Commit the open unit; with ``flight``, the rest of a background commit (its
+        changelog is written and its calls started)."""
+        offsets = self._unit_offsets() if flight is None else flight.offsets
         try:
-            if self.doomed is None:
-                self._deliver_outputs()
-                self._write_changelog()
-            if self.doomed is not None:
-                raise _Abort(str(self.doomed), self._failed_with(offsets) or self.doomed.error)
-            self._commit(offsets)
+            if flight is not None:
+                self._finish_commit(flight)
+            else:
+                if self.doomed is None:
+                    self._deliver_outputs()
+                    self._write_changelog()
+                if self.doomed is not None:
+                    raise _Abort(str(self.doomed), self._failed_with(offsets) or self.doomed.error)
+                self._commit(offsets)
         except _Stuck as stuck:
             failures = self._delivery_failures(None)  # served before: the stuck one is not polled
             self.doomed = None
@@ -550,14 +754,19 @@ class Checkpoint(ABC):
         it had to be aborted."""
         if self.abandoned:
             return not self.open
-        if self.open and not self.commit():
+        if self.unsettled and not self.commit():
             log_event("transaction_not_committed", level="warning", on=why)
             return False
         return True
 
     def abort(self, why: str) -> None:
-        """Abort, roll every store of the unit back and rewind its input."""
+        """Abort, roll every store of the unit back and rewind its input (after the commit
+        in flight, if any, has ended)."""
         try:
+            if self.in_flight is not None and not self.settle():
+                return  # aborted with the open unit
+            if not self.open:
+                return
             self._abort_unit(why)
         except Interrupted as stop:
             self.abandon(str(stop))
@@ -570,6 +779,8 @@ class Checkpoint(ABC):
         the revoke callback of ``consumer.close()``, not :meth:`close`)."""
         self.abandoned = True
         outcome = "nothing open"
+        if self.in_flight is not None:  # its commit may still land: nothing else does
+            self._reopen(self.in_flight)
         if self.open:
             self.open = False
             outcome = self._abort_now()
@@ -625,9 +836,16 @@ class Checkpoint(ABC):
         the revoke callback of ``consumer.close()`` nor :meth:`close` commits or flushes
         outputs of a batch that was never finished. Offsets then stay at the last commit."""
         self.errors.fatal = self.errors.fatal or f"unexpected error while processing: {why}"
+        self._held.clear()
+        flight = self.in_flight
+        if flight is not None and flight.commit_future is not None:
+            # A whole unit, processed before the error: it lands (or not) before we exit.
+            futures_wait([flight.commit_future], timeout=self.config.commit_timeout_s)
         if not self.open:
             return
         self.open = False
+        if not self.begun:
+            return  # nothing of the unit reached the broker
         try:
             self._abort()
         except Exception as error:  # the broker aborts it anyway: transaction timeout, or
@@ -659,7 +877,11 @@ class Checkpoint(ABC):
     ) -> None:
         """Produce into the open unit: waits out a full local queue; an output over its
         topic's ``max.message.bytes`` is dead-lettered (``output_too_large``), a dead letter
-        too big goes without its bytes; an error no retry can fix stops with its fix."""
+        too big goes without its bytes; an error no retry can fix stops with its fix. While a
+        commit is in flight the record is held for the open unit's transaction."""
+        if self.in_flight is not None:
+            self._held.append((topic, key, value, partition, headers))
+            return
         producer = self.producer
         assert producer is not None
         limit = self.size_limits.get(topic)
@@ -746,9 +968,11 @@ class Checkpoint(ABC):
         )
 
     def poll(self) -> None:
-        """Serve delivery reports and client errors (they are recorded, not raised)."""
+        """Serve delivery reports and client errors (they are recorded, not raised); a commit
+        in flight serves them itself."""
         assert self.producer is not None
-        self.producer.poll(0)
+        if self.in_flight is None:
+            self.producer.poll(0)
 
     def close(self) -> None:
         """Flush what is queued unless a fatal error means nothing can be delivered; then drop
@@ -783,14 +1007,19 @@ class Checkpoint(ABC):
         call: Callable[[float], object],
         timeout_s: float,
         stuck_after_s: float | None = None,
+        running: tuple[Future, float] | None = None,
     ) -> object:
         """``call(timeout)`` on :attr:`calls`' thread. Past its timeout (plus a grace) it is
         blocked: the scorer is stalled, the patience counts and a stop is honoured, while the
         call keeps running (librdkafka cannot cancel it); its result is used if it returns.
-        Still blocked ``stuck_after_s`` after it began, it raises :class:`_Stuck`."""
+        Still blocked ``stuck_after_s`` after it began, it raises :class:`_Stuck`.
+        ``running``: the call was submitted already (its future, and when: monotonic)."""
         timeout = self._timeout(timeout_s)
-        future = self.calls.submit(lambda: call(timeout))
-        started = time.monotonic()
+        if running is None:
+            future = self.calls.submit(lambda: call(timeout))
+            started = time.monotonic()
+        else:
+            future, started = running
         overdue_at = started + timeout + self.overdue_grace_s
         stuck_at = None if stuck_after_s is None else started + stuck_after_s
         while True:
@@ -816,13 +1045,16 @@ class Checkpoint(ABC):
         call: Callable[[float], object],
         timeout_s: float,
         stuck_after_s: float | None = None,
+        running: tuple[Future, float] | None = None,
     ) -> object:
         """Run ``call(timeout)`` and return its result; retry outage errors with capped
         exponential backoff within the outage patience; turn abortable errors into
-        :class:`_Abort` and fatal ones into :class:`FatalError`."""
+        :class:`_Abort` and fatal ones into :class:`FatalError`. ``running``: its first
+        attempt was submitted already (:meth:`_call`)."""
         while True:
             try:
-                return self._call(what, call, timeout_s, stuck_after_s)
+                first, running = running, None
+                return self._call(what, call, timeout_s, stuck_after_s, first)
             except KafkaException as exc:
                 error: KafkaError = exc.args[0]
                 if error.fatal():
@@ -943,6 +1175,44 @@ class ExactlyOnce(Checkpoint):
             )
         self._retrying(
             "commit_transaction", producer.commit_transaction, timeout, self._stuck_after_s
+        )
+
+    background = True
+
+    def _submit_commit(self, flight: _InFlight) -> None:
+        producer = self.producer
+        assert producer is not None
+        timeout = self._timeout(self.config.commit_timeout_s)
+        if flight.offsets:
+            offsets, group = flight.offsets, flight.group
+            flight.offsets_future = self.calls.submit(
+                lambda: producer.send_offsets_to_transaction(offsets, group, timeout)
+            )
+        flight.commit_future = self.calls.submit(lambda: flight.run(producer, timeout))
+
+    def _finish_commit(self, flight: _InFlight) -> None:
+        producer = self.producer
+        assert producer is not None
+        timeout = self.config.commit_timeout_s
+        sent = flight.offsets_future
+        if sent is not None:
+            self._retrying(
+                "send_offsets_to_transaction",
+                lambda t: producer.send_offsets_to_transaction(flight.offsets, flight.group, t),
+                timeout,
+                self._stuck_after_s,
+                (sent, flight.started),
+            )
+        # If the first send_offsets failed (and a retry went through), its commit job skipped.
+        first_sent = sent is None or sent.exception() is None
+        commit_future = flight.commit_future
+        assert commit_future is not None
+        self._retrying(
+            "commit_transaction",
+            producer.commit_transaction,
+            timeout,
+            self._stuck_after_s,
+            (commit_future, flight.started) if first_sent else None,
         )
 
     @cached_property

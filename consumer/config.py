@@ -91,6 +91,10 @@ class ServeConfig:
     # 6k events/s it halved the p50 (155 -> 84 ms), but at 12k on 2 cores the extra
     # transactions cost the scorer CPU and the p99 doubled (296 -> 578 ms, docs/BENCHMARKS.md).
     caught_up_commit_ms: int = 100
+    # Exactly once: a unit's commit calls run on their thread while the loop processes the
+    # next unit, whose outputs wait until the commit returns (consumer.checkpoint, "commit
+    # in the background"). Off: the loop waits for every commit, as before.
+    background_commit: bool = True
     guarantee: Guarantee = Guarantee.exactly_once
     kafka_properties: dict[str, str] = field(default_factory=dict)
     exit_when_idle_s: float | None = None

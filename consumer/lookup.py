@@ -200,8 +200,8 @@ class LoanLookup:
     @staticmethod
     def _read(processor: PartitionProcessor, loan_id: str, partition: int) -> dict | None:
         store = processor.store
-        # The open transaction's changes are not committed: answer from their undo image.
-        state = store.undo[loan_id] if loan_id in store.undo else store.states.get(loan_id)
+        # The open transaction's changes (and the one committing) are not committed yet.
+        state = store.committed_image(loan_id)
         if state is None:
             return None
         decisions = [c for c in store.decisions.copy() if c.loan_id == loan_id]

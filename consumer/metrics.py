@@ -194,6 +194,15 @@ class ScorerMetrics:
         self.transactions = Counter(
             "loanrec_transactions", "Transactions by result.", ["result"], registry=r
         )
+        self.commit_seconds = Histogram(
+            "loanrec_commit_seconds",
+            "Wall time of a committed unit's commit, per unit: the changelog records handed "
+            "to the producer, then the offsets and the transaction's end (exactly once) or "
+            "the flushes and the offset commit (at least once). A decision becomes visible "
+            "only when its unit's commit returns.",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
         self.producer_replacements = Counter(
             "loanrec_producer_replacements",
             "Transactional producers replaced by a new one with the same transactional.id "

@@ -10,6 +10,12 @@ the Kafka side (``consumer.checkpoint``, ``consumer.recovery``) only moves recor
 - Undo log: each loan touched since the last :meth:`commit` keeps its committed image (None
   if it was opened meanwhile), the segmenter its committed JSON; :meth:`rollback` restores
   both after an aborted transaction.
+- A committing generation (:meth:`seal`): while the loop processes the next unit, the unit
+  whose commit is in flight (``consumer.checkpoint``, "commit in the background") keeps its
+  undo log, held decisions and recovered money apart. The open unit then rolls back to the
+  sealed unit's end (:meth:`rollback`); :meth:`commit_sealed` makes the sealed unit final;
+  :meth:`unseal` puts it back as the open unit (its commit failed: it is rolled back or
+  retried as if it had never been sealed).
 - Decisions: the partition's last :data:`DECISION_HISTORY` committed ``StrategyChanged``
   records (``decisions``, for ``GET /loans``, ``consumer.lookup``): :meth:`record_changes`
   holds a batch's until :meth:`commit`, :meth:`rollback` drops them. Memory, not the
@@ -40,6 +46,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Iterable
 from operator import attrgetter
+from typing import NamedTuple
 
 from consumer.outputs import StrategyChanged
 from models.features.state import CLOSED, LAST_EVENT_AT, LoanState
@@ -62,6 +69,18 @@ NO_CLOCK = -math.inf  # no event applied on the partition yet
 _LABELS = attrgetter("_labels")  # LoanState's interned (strategy, risk_tier, segment)
 
 
+class _Sealed(NamedTuple):
+    """A unit whose commit is in flight: its undo log and held outputs, and what was
+    committed before it (:meth:`PartitionStore.seal`)."""
+
+    undo: dict[str, LoanState | None]
+    decisions: list[StrategyChanged]
+    recovered: float
+    segmenter: str
+    events_applied: int
+    clock: float
+
+
 def _segmenter_from_json(text: str) -> Segmenter:
     from models.serving.segmenter import OnlineSegmenter
 
@@ -82,6 +101,7 @@ class PartitionStore:
         "_expiring",
         "_pending_decisions",
         "_pending_recovered",
+        "_sealed",
         "_state_codec",
         "_unfinished",
         "by_segment",
@@ -125,6 +145,7 @@ class PartitionStore:
         self.decisions: deque[StrategyChanged] = deque(maxlen=DECISION_HISTORY)
         self._pending_decisions: list[StrategyChanged] = []
         self._pending_recovered = 0.0
+        self._sealed: _Sealed | None = None  # the unit whose commit is in flight, if any
         # What the last checkpoint restored from the changelog said: whether there was one,
         # and the input offset it reflects (None: none, or a v1/v2 checkpoint without one).
         self.restored_checkpoint = False
@@ -139,7 +160,66 @@ class PartitionStore:
 
     @property
     def has_uncommitted(self) -> bool:
-        return bool(self.undo) or self.events_applied != self._committed_events_applied
+        return (
+            bool(self.undo)
+            or self._sealed is not None
+            or self.events_applied != self._committed_events_applied
+        )
+
+    def committed_image(self, loan_id: str) -> LoanState | None:
+        """The loan as last committed (None: not in the committed state), whatever the open
+        and the committing unit changed since."""
+        sealed = self._sealed
+        if sealed is not None and loan_id in sealed.undo:
+            return sealed.undo[loan_id]
+        undo = self.undo
+        return undo[loan_id] if loan_id in undo else self.states.get(loan_id)
+
+    def seal(self) -> None:
+        """The open unit's commit goes on in the background: keep its changes apart, so that
+        the next unit rolls back to this one's end and this one can still be made final
+        (:meth:`commit_sealed`) or opened again (:meth:`unseal`)."""
+        assert self._sealed is None, "one commit in flight at a time"
+        self._sealed = _Sealed(
+            self.undo,
+            self._pending_decisions,
+            self._pending_recovered,
+            self._committed_segmenter,
+            self._committed_events_applied,
+            self._committed_clock,
+        )
+        # The compiled kernel fills ``undo`` in place, and reads the attribute per batch.
+        self.undo = {}
+        self._pending_decisions = []
+        self._pending_recovered = 0.0
+        self._committed_segmenter = self.segmenter.to_json()
+        self._committed_events_applied = self.events_applied
+        self._committed_clock = self.clock
+
+    @property
+    def sealed(self) -> bool:
+        return self._sealed is not None
+
+    def commit_sealed(self) -> float:
+        """The sealed unit committed; returns the money it recovered after write-offs."""
+        sealed, self._sealed = self._sealed, None
+        assert sealed is not None
+        if sealed.decisions:
+            self.decisions.extend(sealed.decisions)
+        return sealed.recovered
+
+    def unseal(self) -> None:
+        """The sealed unit's commit failed: it is the open unit again, exactly as before
+        :meth:`seal`. The unit opened since must be rolled back first (:meth:`rollback`)."""
+        sealed, self._sealed = self._sealed, None
+        assert sealed is not None
+        assert not self.undo and not self._pending_decisions, "roll the open unit back first"
+        self.undo = sealed.undo
+        self._pending_decisions = sealed.decisions
+        self._pending_recovered = sealed.recovered
+        self._committed_segmenter = sealed.segmenter
+        self._committed_events_applied = sealed.events_applied
+        self._committed_clock = sealed.clock
 
     def record_changes(self, changes: list[StrategyChanged]) -> None:
         """A batch's strategy changes: part of :attr:`decisions` once they commit."""
@@ -153,6 +233,7 @@ class PartitionStore:
         """The transaction that carried this partition's outputs committed; returns the money
         it recovered after write-offs (what :meth:`record_recovery` held since the last
         commit or rollback)."""
+        assert self._sealed is None, "the commit in flight is made final first"
         self.undo.clear()
         # After the undo log: a lookup between the two (it does not take the loop's lock for
         # commits) sees the committed state with its history one commit behind, never ahead.
@@ -166,7 +247,8 @@ class PartitionStore:
         return recovered
 
     def rollback(self) -> None:
-        """The transaction aborted: back to the state of the last commit."""
+        """The transaction aborted: back to the state of the last commit (with a unit sealed,
+        to the sealed unit's end)."""
         for loan_id, committed in self.undo.items():
             if committed is None:
                 self.states.pop(loan_id, None)

@@ -489,7 +489,7 @@ class Recovery:
     def on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Someone else may own them already: abort, never commit for them.
         assert self.checkpoint is not None
-        if self.checkpoint.open:
+        if self.checkpoint.unsettled:
             try:
                 self.checkpoint.abort("partitions lost")
             except FatalError as error:

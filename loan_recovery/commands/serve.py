@@ -153,6 +153,13 @@ def serve(
         min=0,
         help="The longest a poll waits to gather --min-batch events (never past a due commit).",
     ),
+    background_commit: bool = typer.Option(
+        True,
+        "--background-commit/--no-background-commit",
+        envvar=_env("BACKGROUND_COMMIT"),
+        help="Exactly once: process the next batch while a commit runs (its outputs wait "
+        "for it).",
+    ),
     outage_patience_s: float = typer.Option(
         300.0,
         envvar=_env("OUTAGE_PATIENCE_S"),
@@ -227,6 +234,7 @@ def serve(
             max_batch=max_batch,
             min_batch=min_batch,
             batch_wait_ms=batch_wait_ms,
+            background_commit=background_commit,
             outage_patience_s=outage_patience_s,
             closed_retention_days=closed_retention_days,
             restore_wait_s=restore_wait_s,
