@@ -157,8 +157,7 @@ def serve(
         True,
         "--background-commit/--no-background-commit",
         envvar=_env("BACKGROUND_COMMIT"),
-        help="Exactly once: process the next batch while a commit runs (its outputs wait "
-        "for it).",
+        help="Exactly once: process the next batch while a commit runs (its outputs wait for it).",
     ),
     outage_patience_s: float = typer.Option(
         300.0,
