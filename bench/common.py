@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 if TYPE_CHECKING:
@@ -304,6 +304,14 @@ class CommitProgress:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
+_COORDINATOR_MOVING = (
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+)
+
+
 def watch_group_until_done(
     bootstrap: str,
     group: str,
@@ -324,7 +332,16 @@ def watch_group_until_done(
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
-            committed = watcher.committed(partitions, timeout=10)
+            try:
+                committed = watcher.committed(partitions, timeout=10)
+            except KafkaException as exc:
+                # The group's coordinator moving or loading (NOT_COORDINATOR right after the
+                # broker started, seen once): ask again, as a client would.
+                error = exc.args[0]
+                if not (error.retriable() or error.code() in _COORDINATOR_MOVING):
+                    raise
+                time.sleep(poll_s)
+                continue
             done = sum(max(tp.offset, 0) for tp in committed)
             now = time.perf_counter()
             if done > 0 and first is None:

@@ -169,10 +169,12 @@ class PartitionStore:
     def committed_image(self, loan_id: str) -> LoanState | None:
         """The loan as last committed (None: not in the committed state), whatever the open
         and the committing unit changed since."""
-        sealed = self._sealed
+        # Lookups run on the HTTP server's threads, and commits do not take their lock: the
+        # open undo log is read before the sealed one, and seal/unseal write them in the
+        # other order, so a seal between the two reads finds the image in either.
+        undo, sealed = self.undo, self._sealed
         if sealed is not None and loan_id in sealed.undo:
             return sealed.undo[loan_id]
-        undo = self.undo
         return undo[loan_id] if loan_id in undo else self.states.get(loan_id)
 
     def seal(self) -> None:
@@ -211,10 +213,11 @@ class PartitionStore:
     def unseal(self) -> None:
         """The sealed unit's commit failed: it is the open unit again, exactly as before
         :meth:`seal`. The unit opened since must be rolled back first (:meth:`rollback`)."""
-        sealed, self._sealed = self._sealed, None
-        assert sealed is not None
         assert not self.undo and not self._pending_decisions, "roll the open unit back first"
-        self.undo = sealed.undo
+        sealed = self._sealed
+        assert sealed is not None
+        self.undo = sealed.undo  # before the seal goes: a lookup finds the image meanwhile
+        self._sealed = None
         self._pending_decisions = sealed.decisions
         self._pending_recovered = sealed.recovered
         self._committed_segmenter = sealed.segmenter

@@ -139,6 +139,8 @@ class FakeStore:
         self.commits = self.rollbacks = 0
         self.input_offsets: list[int | None] = []  # what each unit's checkpoint records
         self.recovered = 0.0  # money recovered after write-offs in the open unit
+        self.log: list[str] = []  # commit, rollback, seal, commit_sealed, unseal, in order
+        self.sealed_recovered = 0.0
 
     def changelog_records(
         self, now_ms: int, input_offset: int | None = None
@@ -146,14 +148,31 @@ class FakeStore:
         self.input_offsets.append(input_offset)
         return self.changelog
 
+        self.log: list[str] = []  # commit, rollback, seal, commit_sealed, unseal, in order
+        self.sealed_recovered = 0.0
+
     def commit(self) -> float:
         self.commits += 1
+        self.log.append("commit")
         recovered, self.recovered = self.recovered, 0.0
         return recovered
 
     def rollback(self) -> None:
         self.rollbacks += 1
+        self.log.append("rollback")
         self.recovered = 0.0
+
+    def seal(self) -> None:
+        self.log.append("seal")
+        self.sealed_recovered, self.recovered = self.recovered, 0.0
+
+    def commit_sealed(self) -> float:
+        self.log.append("commit_sealed")
+        return self.sealed_recovered
+
+    def unseal(self) -> None:
+        self.log.append("unseal")
+        self.recovered = self.sealed_recovered
 
 
 class FakeClock:
@@ -982,3 +1001,182 @@ def test_a_poll_never_holds_past_the_units_due_time() -> None:
     assert 0.01 < rig.checkpoint.until_due() <= 0.02
     rig.checkpoint.last_commit_started = time.monotonic() - 0.5
     assert rig.checkpoint.until_due() == 0.0
+
+
+# -- commit in the background ---------------------------------------------------------------------
+class GatedProducer(FakeProducer):
+    """``commit_transaction`` waits for ``gate`` (a commit the broker takes its time over)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.gate = threading.Event()
+
+    def commit_transaction(self, timeout: float) -> None:
+        super().commit_transaction(timeout)
+        assert self.gate.wait(10)
+
+
+def background_rig(gated: bool = True, timeout_s: float = 5.0) -> tuple[Rig, FakeProducer]:
+    rig = Rig(ExactlyOnce)
+    rig.checkpoint.config = dataclasses.replace(rig.config, commit_timeout_s=timeout_s)
+    producer = GatedProducer("gated") if gated else FakeProducer("fast")
+    rig.checkpoint.producer = producer  # type: ignore[assignment]
+    return rig, producer
+
+
+def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return condition()
+
+
+def sent_offsets(producer: FakeProducer) -> list[list[tuple[int, int]]]:
+    return [
+        [(tp.partition, tp.offset) for tp in args[0]]
+        for method, args in producer.calls
+        if method == "send_offsets_to_transaction"
+    ]
+
+
+def produced(producer: FakeProducer, topic: str) -> list[bytes]:
+    return [args[2] for method, args in producer.calls if method == "produce" and args[0] == topic]
+
+
+def commit_count(rig: Rig) -> float:
+    value = rig.metrics.registry.get_sample_value("loanrec_commit_seconds_count")
+    assert value is not None
+    return value
+
+
+def test_a_background_commit_holds_the_next_units_outputs_until_it_returns() -> None:
+    rig, producer = background_rig()
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    checkpoint.produce("ch", b"L1", b"change-1")
+    assert checkpoint.commit_in_background()  # returns while commit_transaction runs
+    assert eventually(lambda: "commit_transaction" in producer.methods())
+    assert checkpoint.in_flight is not None and not checkpoint.open
+    rig.process(0, 15, 20)  # the next unit, processed meanwhile
+    checkpoint.produce("ch", b"L2", b"change-2")
+    checkpoint.poll()
+    assert checkpoint.settle(wait=False)  # still running: nothing changes
+    assert produced(producer, "ch") == [b"change-1"]  # held: no record enters a committing txn
+    assert producer.methods().count("begin_transaction") == 1 and "poll" not in producer.methods()
+    assert rig.stores[0].log == ["seal"] and rig.transactions("commit") == 0
+
+    producer.gate.set()  # type: ignore[attr-defined]
+    assert eventually(lambda: checkpoint.in_flight is not None and checkpoint.in_flight.done())
+    assert checkpoint.settle(wait=False)
+    assert checkpoint.in_flight is None and checkpoint.open and checkpoint.begun
+    assert producer.methods()[-2:] == ["begin_transaction", "produce"]  # its txn, its output
+    assert produced(producer, "ch") == [b"change-1", b"change-2"]
+    assert rig.stores[0].log == ["seal", "commit_sealed"] and rig.transactions("commit") == 1
+
+    assert checkpoint.commit()  # the next unit, on the loop's thread
+    assert sent_offsets(producer) == [[(0, 15)], [(0, 20)]]
+    assert rig.stores[0].log == ["seal", "commit_sealed", "commit"]
+    assert rig.transactions("commit") == 2 and commit_count(rig) == 2
+    assert rig.consumer.seeks == []
+
+
+def test_a_background_commit_that_fails_rolls_back_the_next_unit_then_aborts_its_own() -> None:
+    rig, producer = background_rig(gated=False)
+    producer.fail["commit_transaction"] = [failure(KafkaError._STATE, abort=True)]
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    rig.process(1, 3, 4)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    checkpoint.produce("ch", b"L2", b"held")
+    assert checkpoint.settle() is False
+    # The next unit first (back to the committing unit's end), then the committing unit.
+    assert rig.stores[0].log == ["seal", "rollback", "unseal", "rollback"]
+    assert rig.stores[1].log == ["seal", "unseal", "rollback"]
+    assert rig.consumer.seeks == [("ev", 0, 15), ("ev", 0, 10), ("ev", 1, 3)]
+    assert checkpoint.positions == {0: 10, 1: 3} and not checkpoint.open
+    assert "abort_transaction" in producer.methods() and b"held" not in produced(producer, "ch")
+    assert rig.transactions("abort") == 1 and rig.transactions("commit") == 0
+    rig.process(0, 10, 20)  # the redo: one unit, committed
+    assert checkpoint.commit() and sent_offsets(producer)[-1] == [(0, 20)]
+
+
+@pytest.mark.parametrize("step", ["send_offsets_to_transaction", "commit_transaction"])
+def test_a_background_commit_with_a_retriable_error_is_retried_on_the_loop(step: str) -> None:
+    rig, producer = background_rig(gated=False)
+    producer.fail[step] = [failure(KafkaError._TIMED_OUT, retriable=True)]
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    assert checkpoint.settle() is True  # the committing unit went through on a retry
+    calls = [m for m in producer.methods() if m in ("send_offsets_to_transaction", step)]
+    # A failed send_offsets skips its commit job: commit_transaction runs once, after it.
+    assert producer.methods()[-1] == "commit_transaction"
+    assert producer.methods().count("commit_transaction") == (
+        2 if step == "commit_transaction" else 1
+    )
+    assert calls.count(step) == 2
+    assert rig.stores[0].log == ["seal", "rollback", "unseal", "commit"]
+    assert rig.consumer.seeks == [("ev", 0, 15)]  # only the next unit is redone
+    assert checkpoint.positions == {0: 15} and not checkpoint.open
+    assert rig.transactions("commit") == 1 and rig.health.readiness() == (True, "ready")
+
+
+def test_a_background_commit_slower_than_its_timeout_finishes_on_the_loop() -> None:
+    rig, producer = background_rig(timeout_s=0.05)
+    checkpoint = rig.checkpoint
+    checkpoint.clock = time.monotonic  # the slow call is waited for in real time
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+
+    def release_once_reopened() -> None:
+        eventually(lambda: "unseal" in rig.stores[0].log)
+        producer.gate.set()  # type: ignore[attr-defined]
+
+    releaser = threading.Thread(target=release_once_reopened)
+    releaser.start()
+    assert checkpoint.settle() is True  # the same call's result is used when it returns
+    releaser.join()
+    assert producer.methods().count("commit_transaction") == 1
+    assert rig.stores[0].log == ["seal", "rollback", "unseal", "commit"]
+    assert rig.consumer.seeks == [("ev", 0, 15)] and checkpoint.positions == {0: 15}
+
+
+def test_a_revoke_or_a_loss_during_a_background_commit_settles_it_first() -> None:
+    rig, producer = background_rig()
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    checkpoint.produce("ch", b"L2", b"change-2")
+    threading.Timer(0.05, producer.gate.set).start()  # type: ignore[attr-defined]
+    assert checkpoint.finish("revoke")  # both units commit, in order
+    assert sent_offsets(producer) == [[(0, 15)], [(0, 20)]]
+    assert produced(producer, "ch") == [b"change-2"]
+    assert not checkpoint.unsettled
+
+    rig, producer = background_rig()
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    assert checkpoint.in_flight is not None and checkpoint.open and not checkpoint.begun
+    threading.Timer(0.05, producer.gate.set).start()  # type: ignore[attr-defined]
+    checkpoint.abort("partitions lost")  # the unit committing lands; the open one aborts
+    assert sent_offsets(producer) == [[(0, 15)]]
+    assert rig.stores[0].log == ["seal", "commit_sealed", "rollback"]
+    assert producer.methods()[-2:] == ["begin_transaction", "abort_transaction"]
+    assert rig.consumer.seeks == [("ev", 0, 15)] and not checkpoint.unsettled
+
+
+@pytest.mark.parametrize("how", ["at-least-once", "switched off"])
+def test_without_background_commits_the_loop_waits_for_every_commit(how: str) -> None:
+    rig = Rig(AtLeastOnce if how == "at-least-once" else ExactlyOnce)
+    if how == "switched off":
+        rig.checkpoint.config = dataclasses.replace(rig.config, background_commit=False)
+    rig.process(0, 10, 15)
+    assert rig.checkpoint.commit_in_background()
+    assert rig.checkpoint.in_flight is None and rig.stores[0].log == ["commit"]
+    assert rig.transactions("commit") == 1

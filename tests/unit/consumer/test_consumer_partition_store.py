@@ -186,3 +186,60 @@ def test_a_legacy_loan_under_the_checkpoint_key_is_dropped_and_the_partition_res
     assert target.events_applied == source.events_applied
     with pytest.raises(SchemaDecodeError):  # anything else under the key still fails loudly
         target.restore(CHECKPOINT_KEY.encode(), b"\xc3\x01" + b"\x00" * 12)
+
+
+def test_a_sealed_unit_is_kept_apart_from_the_next_one(bundle, histories) -> None:
+    """Commit in the background (consumer.checkpoint): the unit committing is sealed while
+    the next is processed; the next rolls back to the sealed unit's end, and the sealed one
+    is then made final, or opened again and rolled back to the last commit."""
+    (a, b, c) = sorted(histories)
+    store = new_store(bundle)
+    for event in histories[a][:2]:
+        apply(store, event)
+    store.commit()
+    committed = records(store), store.segmenter.to_json(), store.events_applied
+    for event in histories[a][2:4] + histories[b][:1]:  # the unit that will commit
+        apply(store, event)
+    store.record_recovery(10.0)
+    store.seal()
+    assert store.sealed and store.undo == {}
+    sealed_end = records(store), store.segmenter.to_json(), store.events_applied
+    for event in histories[a][4:5] + histories[c][:2]:  # the next unit
+        apply(store, event)
+    store.record_recovery(5.0)
+    assert set(store.undo) == {a, c}  # its own first images: a as the sealed unit left it
+    # A lookup sees the last commit: a's image from before the sealed unit, b absent.
+    assert repr(store.committed_image(a).to_record()) == committed[0][a]
+    assert store.committed_image(b) is None and store.committed_image(c) is None
+
+    store.rollback()  # the next unit only
+    assert (records(store), store.segmenter.to_json(), store.events_applied) == sealed_end
+    store.unseal()  # the commit failed: the sealed unit is the open one again
+    assert set(store.undo) == {a, b} and store.has_uncommitted
+    store.rollback()
+    assert (records(store), store.segmenter.to_json(), store.events_applied) == committed
+
+    for event in histories[a][2:4]:  # again, and this time the commit lands
+        apply(store, event)
+    store.record_recovery(7.0)
+    store.seal()
+    apply(store, histories[b][0])
+    assert store.commit_sealed() == 7.0 and not store.sealed
+    assert set(store.undo) == {b}  # the next unit is still open
+    assert store.commit() == 0.0 and not store.has_uncommitted
+
+
+def test_one_unit_at_a_time_is_sealed_and_the_open_one_is_rolled_back_before_unsealing(
+    bundle, histories
+) -> None:
+    (a, *_) = sorted(histories)
+    store = new_store(bundle)
+    apply(store, histories[a][0])
+    store.seal()
+    with pytest.raises(AssertionError, match="one commit in flight"):
+        store.seal()
+    apply(store, histories[a][1])
+    with pytest.raises(AssertionError, match="roll the open unit back first"):
+        store.unseal()
+    with pytest.raises(AssertionError, match="made final first"):
+        store.commit()
