@@ -85,12 +85,15 @@ class ServeConfig:
     # HOST:PORT of this instance's HTTP server, advertised to the group in the consumer's
     # client.id (consumer.lookup.advertised_client_id) so a misdirected lookup can name it.
     http_address: str | None = None
-    commit_interval_ms: int = 100
+    # 50, not 100, since commits run in the background (``background_commit``): the loop no
+    # longer idles for each commit's round trips, so more commits cost little throughput
+    # (docs/SERVING.md has the A/B) and each decision waits half as long for its unit's.
+    commit_interval_ms: int = 50
     # A unit may commit this early once the scorer has taken everything already fetched
     # (``consumer.checkpoint.Checkpoint.due``). Off by default (= the commit interval): at
     # 6k events/s it halved the p50 (155 -> 84 ms), but at 12k on 2 cores the extra
     # transactions cost the scorer CPU and the p99 doubled (296 -> 578 ms, docs/BENCHMARKS.md).
-    caught_up_commit_ms: int = 100
+    caught_up_commit_ms: int = 50
     # Exactly once: a unit's commit calls run on their thread while the loop processes the
     # next unit, whose outputs wait until the commit returns (consumer.checkpoint, "commit
     # in the background"). Off: the loop waits for every commit, as before.

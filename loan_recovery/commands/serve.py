@@ -109,13 +109,13 @@ def serve(
     alerts_topic: str = typer.Option(_T.risk_alerts, envvar=_env("ALERTS_TOPIC")),
     dlq_topic: str = typer.Option(_T.dlq, envvar=_env("DLQ_TOPIC")),
     commit_interval_ms: int = typer.Option(
-        100,
+        50,
         envvar=_env("COMMIT_INTERVAL_MS"),
         min=1,
         help="The longest a transaction stays open.",
     ),
     caught_up_commit_ms: int = typer.Option(
-        100,
+        50,
         envvar=_env("CAUGHT_UP_COMMIT_MS"),
         min=1,
         help="Commit a transaction this old once the scorer has caught up with its input.",

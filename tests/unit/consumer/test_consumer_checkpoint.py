@@ -209,6 +209,8 @@ class Rig:
             instance_id="t",
             commit_timeout_s=0.05,
             outage_patience_s=patience_s,
+            commit_interval_ms=100,
+            caught_up_commit_ms=100,
         )
         self.health = HealthState()
         self.health.ready = True
@@ -255,7 +257,7 @@ class Rig:
 
 
 def test_a_unit_is_due_at_the_interval_or_early_once_caught_up() -> None:
-    rig = Rig(ExactlyOnce)  # commit interval 100 ms (the default)
+    rig = Rig(ExactlyOnce)  # commit interval 100 ms
     rig.checkpoint.config = dataclasses.replace(rig.config, caught_up_commit_ms=20)
     assert not rig.checkpoint.due(caught_up=True)  # nothing open
     rig.process(0, 10, 15)
