@@ -1182,3 +1182,38 @@ def test_without_background_commits_the_loop_waits_for_every_commit(how: str) ->
     assert rig.checkpoint.commit_in_background()
     assert rig.checkpoint.in_flight is None and rig.stores[0].log == ["commit"]
     assert rig.transactions("commit") == 1
+
+
+def test_a_due_unit_stays_open_while_the_previous_commit_runs_and_commits_once_it_returns() -> None:
+    rig, producer = background_rig()
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    assert checkpoint.commit_in_background()  # due, but the first commit runs: no waiting
+    assert checkpoint.in_flight is not None and checkpoint.open
+    rig.process(0, 20, 25)  # the loop keeps scoring into the same open unit
+    assert eventually(lambda: "commit_transaction" in producer.methods())
+    assert sent_offsets(producer) == [[(0, 15)]]
+    producer.gate.set()  # type: ignore[attr-defined]
+    assert eventually(lambda: checkpoint.in_flight is not None and checkpoint.in_flight.done())
+    assert checkpoint.settle(wait=False) and checkpoint.begun
+    assert checkpoint.commit_in_background()  # now it starts, covering both batches
+    assert eventually(lambda: checkpoint.in_flight is not None and checkpoint.in_flight.done())
+    assert checkpoint.settle(wait=False)
+    assert sent_offsets(producer) == [[(0, 15)], [(0, 25)]]
+    assert rig.stores[0].log == ["seal", "commit_sealed", "seal", "commit_sealed"]
+
+
+def test_a_due_unit_waits_for_a_commit_in_flight_past_its_timeout() -> None:
+    rig, producer = background_rig(timeout_s=0.05)
+    checkpoint = rig.checkpoint
+    checkpoint.clock = time.monotonic
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    time.sleep(0.06)  # the commit in flight is now older than its timeout
+    threading.Timer(0.05, producer.gate.set).start()  # type: ignore[attr-defined]
+    assert checkpoint.commit_in_background()  # settles it (reopened, finished on the loop)
+    assert rig.stores[0].log[:4] == ["seal", "rollback", "unseal", "commit"]
+    assert rig.consumer.seeks == [("ev", 0, 15)]
