@@ -1026,6 +1026,19 @@ def background_rig(gated: bool = True, timeout_s: float = 5.0) -> tuple[Rig, Fak
     return rig, producer
 
 
+def committing_and_open(
+    gated: bool = True, timeout_s: float = 5.0
+) -> tuple[Rig, FakeProducer, Checkpoint]:
+    """A unit (offsets 10-15 of partition 0) committing in the background, and the next one
+    (15-20) open behind it."""
+    rig, producer = background_rig(gated, timeout_s)
+    checkpoint = rig.checkpoint
+    rig.process(0, 10, 15)
+    assert checkpoint.commit_in_background()
+    rig.process(0, 15, 20)
+    return rig, producer, checkpoint
+
+
 def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition() and time.monotonic() < deadline:
@@ -1126,12 +1139,8 @@ def test_a_background_commit_with_a_retriable_error_is_retried_on_the_loop(step:
 
 
 def test_a_background_commit_slower_than_its_timeout_finishes_on_the_loop() -> None:
-    rig, producer = background_rig(timeout_s=0.05)
-    checkpoint = rig.checkpoint
+    rig, producer, checkpoint = committing_and_open(timeout_s=0.05)
     checkpoint.clock = time.monotonic  # the slow call is waited for in real time
-    rig.process(0, 10, 15)
-    assert checkpoint.commit_in_background()
-    rig.process(0, 15, 20)
 
     def release_once_reopened() -> None:
         eventually(lambda: "unseal" in rig.stores[0].log)
@@ -1147,11 +1156,7 @@ def test_a_background_commit_slower_than_its_timeout_finishes_on_the_loop() -> N
 
 
 def test_a_revoke_or_a_loss_during_a_background_commit_settles_it_first() -> None:
-    rig, producer = background_rig()
-    checkpoint = rig.checkpoint
-    rig.process(0, 10, 15)
-    assert checkpoint.commit_in_background()
-    rig.process(0, 15, 20)
+    rig, producer, checkpoint = committing_and_open()
     checkpoint.produce("ch", b"L2", b"change-2")
     threading.Timer(0.05, producer.gate.set).start()  # type: ignore[attr-defined]
     assert checkpoint.finish("revoke")  # both units commit, in order
@@ -1159,11 +1164,7 @@ def test_a_revoke_or_a_loss_during_a_background_commit_settles_it_first() -> Non
     assert produced(producer, "ch") == [b"change-2"]
     assert not checkpoint.unsettled
 
-    rig, producer = background_rig()
-    checkpoint = rig.checkpoint
-    rig.process(0, 10, 15)
-    assert checkpoint.commit_in_background()
-    rig.process(0, 15, 20)
+    rig, producer, checkpoint = committing_and_open()
     assert checkpoint.in_flight is not None and checkpoint.open and not checkpoint.begun
     threading.Timer(0.05, producer.gate.set).start()  # type: ignore[attr-defined]
     checkpoint.abort("partitions lost")  # the unit committing lands; the open one aborts
@@ -1185,11 +1186,7 @@ def test_without_background_commits_the_loop_waits_for_every_commit(how: str) ->
 
 
 def test_a_due_unit_stays_open_while_the_previous_commit_runs_and_commits_once_it_returns() -> None:
-    rig, producer = background_rig()
-    checkpoint = rig.checkpoint
-    rig.process(0, 10, 15)
-    assert checkpoint.commit_in_background()
-    rig.process(0, 15, 20)
+    rig, producer, checkpoint = committing_and_open()
     assert checkpoint.commit_in_background()  # due, but the first commit runs: no waiting
     assert checkpoint.in_flight is not None and checkpoint.open
     rig.process(0, 20, 25)  # the loop keeps scoring into the same open unit
@@ -1206,12 +1203,8 @@ def test_a_due_unit_stays_open_while_the_previous_commit_runs_and_commits_once_i
 
 
 def test_a_due_unit_waits_for_a_commit_in_flight_past_its_timeout() -> None:
-    rig, producer = background_rig(timeout_s=0.05)
-    checkpoint = rig.checkpoint
+    rig, producer, checkpoint = committing_and_open(timeout_s=0.05)
     checkpoint.clock = time.monotonic
-    rig.process(0, 10, 15)
-    assert checkpoint.commit_in_background()
-    rig.process(0, 15, 20)
     time.sleep(0.06)  # the commit in flight is now older than its timeout
     threading.Timer(0.05, producer.gate.set).start()  # type: ignore[attr-defined]
     assert checkpoint.commit_in_background()  # settles it (reopened, finished on the loop)
