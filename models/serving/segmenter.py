@@ -118,6 +118,7 @@ class OnlineSegmenter:
         self._risks = [self._risk(centre) for centre in self._centres]
         self._names = name_by_risk(self._risks)
         self._kernel = self._new_kernel() if self._use_kernel(native) else None
+        self._json: tuple[int, str] | None = None  # (steps counted, to_json() then)
 
     def _use_kernel(self, native: bool | None) -> bool:
         """``native=None``: the kernel wherever it is built and supports this shape (one risk
@@ -287,8 +288,21 @@ class OnlineSegmenter:
         }
 
     def to_json(self) -> str:
-        """Everything needed to resume, as plain JSON (floats round-trip exactly)."""
-        return json.dumps({"init": self.init, "state": self.state()}, sort_keys=True)
+        """Everything needed to resume, as plain JSON (floats round-trip exactly).
+
+        Kept until the next step: every step counts first, so an unchanged count means
+        unchanged state. A commit asks twice per partition with no step between (the
+        changelog checkpoint, then the committed image), which cost the scorer 4.6 % of its
+        loop at 30,000 events/s (py-spy)."""
+        kernel = self._kernel
+        count = kernel.count if kernel is not None else self._count
+        memo = self._json
+        if memo is None or memo[0] != count:
+            memo = self._json = (
+                count,
+                json.dumps({"init": self.init, "state": self.state()}, sort_keys=True),
+            )
+        return memo[1]
 
     @classmethod
     def from_json(cls, text: str, native: bool | None = None) -> OnlineSegmenter:

@@ -445,3 +445,24 @@ def test_kernel_equals_reference_and_river_where_sums_cancel(seed: int, halflife
     assert native.to_json() == python.to_json()
     keys = range(len(SEGMENT_FEATURES))
     assert python.state()["centres"] == [[kmeans.centers[c][k] for k in keys] for c in range(3)]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_to_json_is_kept_until_the_next_step_and_then_recomputed(native: bool) -> None:
+    rng = random.Random(5)
+    segmenter = OnlineSegmenter(_init(rng), native=native)
+
+    def fresh() -> str:
+        return json.dumps({"init": segmenter.init, "state": segmenter.state()}, sort_keys=True)
+
+    before = segmenter.to_json()
+    assert segmenter.to_json() is before  # asked again with no step between: the same text
+    row = [0.0] * len(FEATURE_NAMES)
+    for step in range(3):
+        for k in range(len(row)):
+            row[k] = rng.uniform(0, 100)
+        segmenter.learn_predict(list(row))
+        after = segmenter.to_json()
+        assert after != before and after == fresh(), step
+        assert json.loads(after)["state"]["count"] == 500 + step + 1
+        before = after
