@@ -20,12 +20,24 @@ catches up. That transient is reported on its own (``warmup_*``); the percentile
 next ``DURATION_S`` seconds, are the steady state a collections team lives with. (In one
 ``make bench`` run with every event counted, p99 was 287 ms against 170-190 ms steady.)
 
-Why 20 s: the broker warms up too. After ``make bench``'s throughput part (big produce and
-fetch batches), its first latency run, with an 8 s warm-up, was still settling in the measured
-window: thirds of the p50 129 / 105 / 92 ms, commits 29 ms on average against 20 in the next
-run on the same broker (p99 324 against 187-257 ms); on a freshly started broker the first
-run's first third was 1,049 ms against 174 and 141. ``p50_by_third_ms`` shows whether the
-window was steady.
+Why 40 s: the broker and the scorer warm up to the paced workload after ``make bench``'s
+throughput part (big produce and fetch batches), and 20 s was not enough. In ``make bench``'s
+own order on one broker (session 12, ``python -m bench.warmup``: throughput, this run with 40 s of
+warm-up, the arms' throughput, their run with 40 s; p99 per 5 s of input; two rounds, each on a
+fresh broker), the p99 over seconds 20-45 of a run against 40-65 of the same run was:
+
+=======================  ============  ============
+run                      round 1       round 2
+=======================  ============  ============
+table policy             334 -> 116    121 -> 127
+arms                     181 -> 155    150 -> 113
+=======================  ============  ============
+
+In round 1 the table's first 35 s had p99s of 565, 829, 324, 266, 323, 391 and 206 ms, and
+99-128 ms from then on. Session 11 had found the broker's C2 JIT compiler at 19-42 % of a core
+for ~40 s after the workload changed (3-13 % in the next run on the same broker).
+``p99_by_5s_ms`` reports that series for every run, warm-up included, and ``p50_by_third_ms``
+shows whether the measured window was steady.
 
 A reader assigned to the strategy topic stamps each record with the wall-clock time it
 became visible; the latency of a change is that time minus the Kafka ``CreateTime`` of its
@@ -70,7 +82,7 @@ from bench.common import (
 from schemas.client_config import PARTITIONER
 
 DURATION_S = 25.0  # measured
-WARMUP_S = 20.0  # produced first at the same rate, excluded from the percentiles (see above)
+WARMUP_S = 40.0  # produced first at the same rate, excluded from the percentiles (see above)
 EVENTS_PER_LOAN = 12  # a synthetic loan has ~15 events: this many loans always suffice
 
 
@@ -106,6 +118,9 @@ class LatencyResult:
     commits: int = 0
     commit_mean_ms: float = 0.0
     commits_over_ms: dict[str, float] = field(default_factory=dict)
+    # p99 of each 5 s of input (by produce time), warm-up included: the start-up transient's
+    # shape, and where the measured window begins (index warmup_s / 5).
+    p99_by_5s_ms: tuple[float, ...] = ()
 
 
 class VisibilityWatcher(threading.Thread):
@@ -286,6 +301,7 @@ def measure_latency(
         if watcher.is_alive():
             watcher.stop_when_quiet(quiet_s=0)
     table = latencies_ms(bootstrap, topic, watcher.seen)
+    by_5s = p99_by_window(table, 5.0)
     measured = table[:, 0] >= table[0, 0] + warmup_s * 1000
     warmup, table = table[~measured, 1], table[measured]
     lat, to_decision = table[:, 1], table[:, 2]
@@ -311,7 +327,15 @@ def measure_latency(
         float(np.percentile(to_decision, 99)),
         float(np.percentile(lat - to_decision, 99)),
         *commits,
+        by_5s,
     )
+
+
+def p99_by_window(table: np.ndarray, window_s: float) -> tuple[float, ...]:
+    """p99 latency of each ``window_s`` of input by produce time (``table``: rows of produce
+    time ms, latency ms, ...), from the first change on; an empty window is skipped."""
+    window = ((table[:, 0] - table[0, 0]) // (window_s * 1000)).astype(np.int64)
+    return tuple(float(np.percentile(table[window == w, 1], 99)) for w in np.unique(window))
 
 
 def main() -> None:

@@ -333,6 +333,20 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def _by_5s(lat: dict) -> str:
+    """The run's p99 per 5 s of input, warm-up included (older result files lack it)."""
+    series = lat.get("p99_by_5s_ms") or ()
+    start = int(lat["warmup_s"] // 5)
+    cells = [f"{v:,.0f}" for v in series]
+    if start < len(cells):
+        cells[start] = "| " + cells[start]
+    return (
+        "p99 per 5 s of input, from the first (the bar marks the end of the warm-up): "
+        + " ".join(cells)
+        + " ms."
+    )
+
+
 def _arms_section(f: dict, arms: dict) -> list[str]:
     lat = arms["latency"]
     return [
@@ -355,6 +369,8 @@ def _arms_section(f: dict, arms: dict) -> list[str]:
         "p50 over the thirds: "
         + " / ".join(f"{v:,.0f}" for v in lat["p50_by_third_ms"])
         + f" ms; warm-up p50 / p99 {lat['warmup_p50_ms']:,.0f} / {lat['warmup_p99_ms']:,.0f} ms.",
+        "",
+        _by_5s(lat),
         "",
     ]
 
@@ -461,7 +477,8 @@ def write_docs(figures: dict, command: str) -> str:
         "commit), started and "
         "ready (`/readyz`) before the first event. The first "
         f"{lat['warmup_s']:.0f} s of input are warm-up, left out of the percentiles (a fresh "
-        "process's first seconds: one-off costs, then catching up); their own p50 / p99 / max "
+        "process's first seconds, and the broker's after the throughput part: see "
+        "`bench.latency`, 'Why 40 s'); their own p50 / p99 / max "
         f"were {lat['warmup_p50_ms']:,.0f} / {lat['warmup_p99_ms']:,.0f} / "
         f"{lat['warmup_max_ms']:,.0f} ms. Latency of each of the "
         f"{lat['changes']:,} measured `StrategyChanged` records = the wall-clock time a "
@@ -484,6 +501,8 @@ def write_docs(figures: dict, command: str) -> str:
         f"p50s at the scorer's `decided_at`: produce → decision {lat['p50_to_decision_ms']:,.0f}"
         f" ms, decision → visible to `read_committed` {lat['p50_decision_to_visible_ms']:,.0f} "
         "ms (commit interval, commit, fetch).",
+        "",
+        _by_5s(lat),
         "",
         *(_arms_section(f, arms) if arms else []),
         "## State, restore and quality",
