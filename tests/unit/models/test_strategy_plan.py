@@ -47,6 +47,9 @@ class TableForests:
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.values[x[:, 0].astype(np.int64)]
 
+    def predict_strategy(self, x: np.ndarray, k: int) -> np.ndarray:
+        return self.predict(x)[:, k]
+
 
 def random_values(rng: np.random.Generator, n: int, margin: float) -> np.ndarray:
     """Small integers (ties, and values exactly ``margin`` below the best), some rows of

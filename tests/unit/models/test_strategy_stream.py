@@ -187,6 +187,18 @@ def test_the_served_forests_equal_the_treatment_model(treatment_model: Path) -> 
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
 
 
+def test_one_strategys_forest_gives_its_column_of_all_of_them(treatment_model: Path) -> None:
+    """``predict_strategy(x, k)`` (a table arm's emitted row is valued for its strategy only)
+    is column ``k`` of ``predict(x)`` bit for bit, compiled and reference."""
+    model = load_treatment_bundle(treatment_model)
+    x = Book.generate(300, seed=4, policy=Policy.load(None)).x
+    for native in (None, False):
+        forests = TreatmentForests(model, native=native)
+        every = forests.predict(x)
+        for k in range(len(STRATEGIES)):
+            assert forests.predict_strategy(x, k).tobytes() == every[:, k].copy().tobytes()
+
+
 # -- arms in the processor --------------------------------------------------------------------
 
 
